@@ -1,0 +1,158 @@
+"""The database schema (SQLAlchemy 2 declarative). Alembic migrations mirror it exactly."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware values")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: object
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ApiToken(Base):
+    """An API token; only the SHA-256 digest of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    # first characters of the token, so an operator can tell tokens apart when revoking
+    hint: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Delegation(Base):
+    """A tenant's DNS delegation: `_acme-challenge.<base_name>` CNAME `<label>.<zone>`."""
+
+    __tablename__ = "delegations"
+    __table_args__ = (UniqueConstraint("tenant_id", "base_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    base_name: Mapped[str] = mapped_column(String(253))
+    label: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class VerificationCode(Base):
+    """The one-minute code /v1/cert/dv hands out; /v1/cert/apply turns it into an order."""
+
+    __tablename__ = "verification_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    challenge_type: Mapped[str] = mapped_column(String(8))
+    domains: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
+
+
+class AcmeAccount(Base):
+    """One ACME account per issuer; its key is encrypted at rest."""
+
+    __tablename__ = "acme_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64), unique=True)
+    directory_url: Mapped[str] = mapped_column(Text)
+    key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    account_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Order(Base):
+    """A certificate order: certok's record of intent plus the saved ACME state between steps."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    issuer: Mapped[str] = mapped_column(String(64))
+    algorithm: Mapped[str] = mapped_column(String(8))
+    challenge_type: Mapped[str] = mapped_column(String(8))
+    domains: Mapped[str] = mapped_column(Text)
+    # pending | issued | failure (the API's words)
+    state: Mapped[str] = mapped_column(String(16))
+    # why it is still pending (last retryable problem) or why it failed
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acme_order_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    csr_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deadline_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ChallengeRecord(Base):
+    """Challenge material presented for a pending authorization, served by any node.
+
+    dns-01: ``name`` is the delegated label inside certok's zone and ``value`` the TXT value.
+    http-01: ``name`` is ``<host>/<token>`` and ``value`` the key authorization.
+    """
+
+    __tablename__ = "challenge_records"
+    __table_args__ = (Index("ix_challenge_records_kind_name", "kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(400))
+    value: Mapped[str] = mapped_column(Text)
+    authz_url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,163 @@
+"""certok's settings: the only module that reads the environment or a config file.
+
+Every field is documented in ``docs/settings.md`` (a test holds the two together).
+Precedence, highest first: environment variables (``CERTOK_<FIELD>``, nested fields with
+``__``, e.g. ``CERTOK_ISSUERS__LETSENCRYPT__DIRECTORY``), then the TOML config file named by
+``--config`` or ``CERTOK_CONFIG``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+GOOGLE_DIRECTORY = "https://dv.acme-v02.api.pki.goog/directory"
+ZEROSSL_DIRECTORY = "https://acme.zerossl.com/v2/DV90"
+
+
+class IssuerSettings(BaseModel):
+    """One named ACME certificate authority (the `issuer` parameter of /v1/cert/apply)."""
+
+    directory: str
+    # PEM bundle to trust for the directory's TLS (tests: the rig's own CA); None = system CAs.
+    ca_bundle: Path | None = None
+    # External account binding, where the CA requires it (Google Trust Services, ZeroSSL).
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    # ZeroSSL only: fetch EAB credentials for this email from ZeroSSL's API on first use.
+    zerossl_email: str | None = None
+    # Contact address registered with the ACME account (optional).
+    contact_email: str | None = None
+
+
+def _default_issuers() -> dict[str, IssuerSettings]:
+    return {
+        "google": IssuerSettings(directory=GOOGLE_DIRECTORY),
+        "letsencrypt": IssuerSettings(directory=LETSENCRYPT_DIRECTORY),
+        "zerossl": IssuerSettings(directory=ZEROSSL_DIRECTORY),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CERTOK_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    data_dir: Path = Path("certok-data")
+    database_url: str | None = None
+    secret_key_file: Path | None = None
+    secret_key: str | None = Field(default=None, repr=False)
+
+    # --- HTTP API --------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+
+    # --- authoritative DNS -----------------------------------------------------------------
+    dns_zone: str = "acme.certok.localhost"
+    dns_host: str = "127.0.0.1"
+    dns_port: int = 5300
+    dns_nameservers: list[str] = Field(default_factory=list)
+    dns_nameserver_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    dns_ttl: int = Field(default=5, ge=0, le=60)
+    dns_refresh_seconds: float = Field(default=0.5, gt=0, le=5)
+    dns_max_txt_values: int = Field(default=8, ge=1, le=32)
+
+    # --- outbound lookups ------------------------------------------------------------------
+    resolvers: list[str] = Field(default_factory=lambda: ["1.1.1.1", "8.8.8.8"])
+    resolver_timeout_seconds: float = Field(default=3.0, gt=0)
+
+    # --- verification codes and orders -----------------------------------------------------
+    code_ttl_seconds: int = Field(default=60, ge=1)
+    apply_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    order_retention_hours: int = Field(default=72, ge=24)
+    max_domains: int = Field(default=100, ge=1, le=100)
+
+    # --- issuance --------------------------------------------------------------------------
+    issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)
+    default_issuer: str = "google"
+    worker_threads: int = Field(default=8, ge=1, le=256)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    acme_poll_seconds: float = Field(default=0.1, gt=0)
+    acme_timeout_seconds: float = Field(default=30.0, gt=0)
+    order_deadline_seconds: int = Field(default=86400, ge=60)
+
+    # --- logging ---------------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @field_validator("dns_zone")
+    @classmethod
+    def _zone_is_absolute_lowercase(cls, value: str) -> str:
+        zone = value.strip().rstrip(".").lower()
+        if not zone or " " in zone:
+            raise ValueError("dns_zone must be a DNS name such as acme.example.com")
+        return zone
+
+    @field_validator("issuers", mode="before")
+    @classmethod
+    def _merge_default_issuers(cls, value: Any) -> Any:
+        # Configuring one issuer (say, pointing letsencrypt at a test CA) must not remove the
+        # others: merge the given ones over the defaults, field by field.
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {
+            name: issuer.model_dump() for name, issuer in _default_issuers().items()
+        }
+        for name, given in value.items():
+            key = str(name).lower()
+            given_dict = given.model_dump() if isinstance(given, BaseModel) else dict(given)
+            merged[key] = {**merged.get(key, {}), **given_dict}
+        return merged
+
+    @model_validator(mode="after")
+    def _check_default_issuer(self) -> Settings:
+        self.default_issuer = self.default_issuer.lower()
+        if self.default_issuer not in self.issuers:
+            raise ValueError(f"default_issuer {self.default_issuer!r} is not in issuers")
+        return self
+
+    # --- derived values --------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'certok.db').resolve()}"
+
+    @property
+    def effective_secret_key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def nameserver_names(self) -> list[str]:
+        names = self.dns_nameservers or [f"ns1.{self.dns_zone}"]
+        return [n.rstrip(".").lower() for n in names]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the config file (passed as init values) beats defaults.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings from the TOML file (``config_file`` or ``$CERTOK_CONFIG``) and env."""
+    path = config_file or os.environ.get("CERTOK_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    values.update(overrides)
+    return Settings(**values)
