@@ -9,6 +9,7 @@ Precedence, highest first: environment variables (``CERTOK_<FIELD>``, nested fie
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,9 @@ class Settings(BaseSettings):
     acme_timeout_seconds: float = Field(default=30.0, gt=0)
     order_deadline_seconds: int = Field(default=86400, ge=60)
 
+    # --- cluster ---------------------------------------------------------------------------
+    node_name: str | None = None
+
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -133,6 +137,10 @@ class Settings(BaseSettings):
     @property
     def effective_secret_key_file(self) -> Path:
         return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def effective_node_name(self) -> str:
+        return self.node_name or socket.gethostname()
 
     @property
     def nameserver_names(self) -> list[str]:

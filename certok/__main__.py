@@ -1,0 +1,3 @@
+from certok.cli.main import main
+
+main()

@@ -1,0 +1,74 @@
+"""The httpsok envelope `{code, msg, data, traceId}` and the one place errors become answers."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from certok.errors import CertokError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0
+NO_STORE = {"Cache-Control": "no-store"}
+
+# Envelope codes for failures that happen before certok's own code runs (routing, methods).
+_HTTP_CODES = {404: 1404, 405: 1405}
+
+
+def trace_id(request: Request) -> str:
+    existing = getattr(request.state, "trace_id", None)
+    if existing is None:
+        existing = secrets.token_hex(8)
+        request.state.trace_id = existing
+    return existing
+
+
+def envelope(
+    request: Request,
+    data: Any = None,
+    *,
+    code: int = SUCCESS,
+    msg: str = "success",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"code": code, "msg": msg, "data": data, "traceId": trace_id(request)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def certok_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CertokError)
+    return envelope(request, code=exc.code, msg=exc.message, status=exc.http_status)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        msg = f"no such endpoint: {request.url.path}; see /v1/openapi.json"
+    elif exc.status_code == 405:
+        msg = f"method {request.method} not allowed on {request.url.path}; see /v1/openapi.json"
+    else:
+        msg = str(exc.detail)
+    return envelope(
+        request,
+        code=_HTTP_CODES.get(exc.status_code, 1000 + exc.status_code),
+        msg=msg,
+        status=exc.status_code,
+    )
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    trace = trace_id(request)
+    log.error("unexpected error (traceId %s)", trace, exc_info=exc)
+    return envelope(
+        request,
+        code=1500,
+        msg=f"internal error; the operator can find it in the log under traceId {trace}",
+        status=500,
+    )

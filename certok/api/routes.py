@@ -1,0 +1,228 @@
+"""HTTP routes of the httpsok OpenAPI (`/v1/cert/dv`, `/v1/cert/apply`) and service endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from certok.api.envelope import (
+    NO_STORE,
+    certok_error_handler,
+    envelope,
+    http_error_handler,
+    unexpected_error_handler,
+)
+from certok.api.openapi import openapi_document
+from certok.api.waiters import OrderWaiters
+from certok.crypto import ALGORITHMS, SecretBox
+from certok.db.engine import transaction
+from certok.domains.verify import DnsVerifier, DvResult
+from certok.errors import CertokError, InvalidRequest
+from certok.names import parse_domains
+from certok.orders.service import PENDING, OrderView, order_state, redeem_code, view_order
+from certok.settings import Settings
+from certok.tenants.service import TenantRef, authenticate
+
+TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
+CHALLENGE_TYPES = ("dns", "http")
+# While a fresh order is pending, re-read its state this often (other nodes may drive it).
+WAIT_POLL_SECONDS = 0.25
+
+
+@dataclass
+class ApiServices:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    box: SecretBox
+    verifier: DnsVerifier
+    waiters: OrderWaiters
+    wake_worker: Any  # Callable[[], None]
+
+
+def create_app(services: ApiServices) -> Starlette:
+    api = _Api(services)
+    routes = [
+        Route("/v1/cert/dv", api.dv, methods=["GET"]),
+        Route("/v1/cert/apply", api.apply, methods=["GET"]),
+        Route("/v1/openapi.json", api.openapi, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/healthz", api.health, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            CertokError: certok_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+    )
+    app.state.services = services
+    return app
+
+
+class _Api:
+    def __init__(self, services: ApiServices) -> None:
+        self.s = services
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document(self.s.settings))
+
+    # --- GET /v1/cert/dv ---------------------------------------------------------------------
+    async def dv(self, request: Request) -> Response:
+        tenant = await self._tenant(request)
+        challenge_type = _choice(request, "type", "dns", CHALLENGE_TYPES)
+        raw = _single(request, "domains")
+        if not raw:
+            raise InvalidRequest(
+                "missing parameter domains: pass domains=example.com,*.example.com"
+            )
+        domains = parse_domains(raw, max_names=self.s.settings.max_domains)
+        if challenge_type == "http":
+            raise InvalidRequest(
+                "type=http is not available on this server yet: use type=dns "
+                "(add the CNAME records this endpoint lists)"
+            )
+        result = await self.s.verifier.verify(tenant, domains)
+        return envelope(request, _dv_data(result), msg=_dv_message(result))
+
+    # --- GET /v1/cert/apply ------------------------------------------------------------------
+    async def apply(self, request: Request) -> Response:
+        tenant = await self._tenant(request)
+        code = _single(request, "code")
+        if not code:
+            raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")
+        code = code.strip().lower()
+        algorithm = _choice(request, "algorithm", "ECC", ALGORITHMS)
+        issuers = tuple(sorted(self.s.settings.issuers))
+        issuer = _choice(request, "issuer", self.s.settings.default_issuer, issuers)
+        settings = self.s.settings
+
+        def redeem() -> tuple[int, bool]:
+            with transaction(self.s.sessions) as session:
+                return redeem_code(
+                    session,
+                    tenant.id,
+                    code,
+                    algorithm=algorithm,
+                    issuer=issuer,
+                    deadline_seconds=settings.order_deadline_seconds,
+                )
+
+        order_id, created = await asyncio.to_thread(redeem)
+        if created:
+            self.s.wake_worker()
+        view = await self._wait_for(order_id, settings.apply_wait_seconds)
+        return envelope(request, _order_data(view), msg=_order_message(view), headers=NO_STORE)
+
+    async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
+        deadline = time.monotonic() + seconds
+        while True:
+            state = await asyncio.to_thread(self._read_state, order_id)
+            remaining = deadline - time.monotonic()
+            if state != PENDING or remaining <= 0:
+                break
+            await self.s.waiters.wait(order_id, min(WAIT_POLL_SECONDS, remaining))
+        return await asyncio.to_thread(self._view, order_id)
+
+    def _read_state(self, order_id: int) -> str:
+        with self.s.sessions() as session:
+            return order_state(session, order_id)
+
+    def _view(self, order_id: int) -> OrderView:
+        with self.s.sessions() as session:
+            return view_order(session, order_id, self.s.box)
+
+    async def _tenant(self, request: Request) -> TenantRef:
+        token = request.headers.get(TOKEN_HEADER)
+
+        def check() -> TenantRef:
+            with self.s.sessions() as session:
+                return authenticate(session, token)
+
+        return await asyncio.to_thread(check)
+
+
+# --- parameters ------------------------------------------------------------------------------
+def _single(request: Request, name: str) -> str | None:
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"parameter {name} given {len(values)} times: give it once")
+    return values[0] if values else None
+
+
+def _choice(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _single(request, name)
+    if value is None or value.strip() == "":
+        return default
+    for choice in choices:
+        if value.strip().lower() == choice.lower():
+            return choice
+    raise InvalidRequest(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
+
+
+# --- rendering ----------------------------------------------------------------------------------
+def _dv_data(result: DvResult) -> dict[str, Any]:
+    items = []
+    for item in result.items:
+        entry: dict[str, Any] = {"domain": item.domain}
+        if item.type is not None:
+            entry.update(type=item.type, name=item.name, value=item.value)
+        entry.update(valid=item.valid, cost=str(item.cost_ms))
+        if item.detail:
+            entry["detail"] = item.detail
+        items.append(entry)
+    return {
+        "code": result.code,
+        "type": result.type,
+        "items": items,
+        "valid": result.valid,
+        "cost": str(result.cost_ms),
+    }
+
+
+def _dv_message(result: DvResult) -> str:
+    if result.valid:
+        return "success"
+    return "not verified yet: " + "; ".join(dict.fromkeys(result.problems))
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _order_data(view: OrderView) -> dict[str, Any]:
+    if view.status == "issued":
+        return {
+            "status": "issued",
+            "issuer": view.issuer,
+            "subject": view.subject,
+            "notBefore": _time(view.not_before),
+            "notAfter": _time(view.not_after),
+            "domains": view.domains,
+            "certificate": view.certificate,
+            "privateKey": view.private_key,
+        }
+    data: dict[str, Any] = {"status": view.status}
+    if view.reason:
+        data["reason"] = view.reason
+    return data
+
+
+def _order_message(view: OrderView) -> str:
+    if view.status == "failure":
+        return f"certificate order failed: {view.reason}"
+    if view.status == "pending":
+        return "pending: ask again in about 10 seconds"
+    return "success"

@@ -1,0 +1,106 @@
+"""Domain verification (/v1/cert/dv): is each name delegated to this tenant? If so, a code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.asyncresolver
+from sqlalchemy.orm import Session, sessionmaker
+
+from certok.clock import Clock, utcnow
+from certok.db.engine import transaction
+from certok.domains.delegations import ensure_delegations
+from certok.names import base_name, challenge_name, relative_challenge_name
+from certok.orders.codes import issue_code
+from certok.prechecks.delegation import check_delegations
+from certok.tenants.service import TenantRef
+
+
+@dataclass(frozen=True)
+class DvItem:
+    domain: str
+    type: str | None
+    name: str | None
+    value: str | None
+    valid: bool
+    cost_ms: int
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class DvResult:
+    code: str | None
+    type: str
+    items: list[DvItem]
+    valid: bool
+    cost_ms: int
+
+    @property
+    def problems(self) -> list[str]:
+        return [item.detail for item in self.items if not item.valid and item.detail]
+
+
+class DnsVerifier:
+    """Checks the `_acme-challenge` CNAMEs of a tenant's names through the configured resolver."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        zone: str,
+        label_key: bytes,
+        resolver_factory: Callable[[], dns.asyncresolver.Resolver],
+        code_ttl_seconds: int,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._sessions = session_factory
+        self._zone = zone
+        self._label_key = label_key
+        self._resolver_factory = resolver_factory
+        self._code_ttl = code_ttl_seconds
+        self._clock = clock
+
+    async def verify(self, tenant: TenantRef, domains: list[str]) -> DvResult:
+        started = time.perf_counter()
+        bases = [base_name(d) for d in domains]
+        labels = await asyncio.to_thread(self._labels, tenant.id, bases)
+        unique_bases = sorted(set(bases))
+        targets = {b: f"{labels[b]}.{self._zone}" for b in unique_bases}
+        results = await check_delegations(
+            [(challenge_name(b), targets[b]) for b in unique_bases], self._resolver_factory()
+        )
+        by_base = dict(zip(unique_bases, results, strict=True))
+        items = [
+            DvItem(
+                domain=domain,
+                type="CNAME",
+                name=relative_challenge_name(domain),
+                value=targets[base],
+                valid=by_base[base].valid,
+                cost_ms=by_base[base].cost_ms,
+                detail=None if by_base[base].valid else by_base[base].detail,
+            )
+            for domain, base in zip(domains, bases, strict=True)
+        ]
+        valid = all(item.valid for item in items)
+        code = None
+        if valid:
+            code = await asyncio.to_thread(self._issue_code, tenant.id, domains)
+        return DvResult(
+            code=code,
+            type="dns",
+            items=items,
+            valid=valid,
+            cost_ms=int((time.perf_counter() - started) * 1000),
+        )
+
+    def _labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
+        with transaction(self._sessions) as session:
+            return ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
+
+    def _issue_code(self, tenant_id: int, domains: list[str]) -> str:
+        with transaction(self._sessions) as session:
+            return issue_code(session, tenant_id, "dns", domains, self._code_ttl, self._clock)

@@ -1,0 +1,48 @@
+"""Verification codes: what /v1/cert/dv hands out and /v1/cert/apply redeems once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certok.clock import Clock, utcnow
+from certok.db.models import VerificationCode
+from certok.errors import NotFound
+
+CODE_HEX_CHARS = 16
+
+
+def issue_code(
+    session: Session,
+    tenant_id: int,
+    challenge_type: str,
+    domains: list[str],
+    ttl_seconds: int,
+    clock: Clock = utcnow,
+) -> str:
+    now = clock()
+    code = secrets.token_hex(CODE_HEX_CHARS // 2)
+    session.add(
+        VerificationCode(
+            code=code,
+            tenant_id=tenant_id,
+            challenge_type=challenge_type,
+            domains=",".join(domains),
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+        )
+    )
+    return code
+
+
+def find_code(session: Session, tenant_id: int, code: str) -> VerificationCode:
+    """The tenant's code; another tenant's code is reported exactly like an unknown one."""
+    row = session.scalar(select(VerificationCode).where(VerificationCode.code == code))
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(
+            f"verification code {code!r} not found: call /v1/cert/dv with your token to get one"
+        )
+    return row

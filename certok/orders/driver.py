@@ -1,0 +1,421 @@
+"""The order driver: one ACME step per call, state saved in between.
+
+Each call to `OrderDriver.step` loads the order, does one exchange with the CA (fetching the
+order and its authorizations counts as one), saves what it learned with the next attempt time,
+and says how long to wait before the next step. A restart therefore resumes the same ACME
+order from its saved URL instead of starting over.
+
+Every save is fenced by the lease: a worker that lost its lease (it stalled past the lease
+time and another worker took over) cannot overwrite the newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from certok.clock import Clock, utcnow
+from certok.crypto import (
+    SecretBox,
+    certificate_facts,
+    generate_private_key,
+    make_csr,
+    private_key_to_pem,
+)
+from certok.db.engine import transaction
+from certok.db.models import ChallengeRecord, Delegation, Order
+from certok.errors import CertokError
+from certok.issuance import (
+    AcmeProblem,
+    AuthzInfo,
+    ChallengeInfo,
+    OrderInfo,
+    ProblemKind,
+    dns01_txt_value,
+    valid_token,
+)
+from certok.names import base_name, challenge_name
+from certok.orders.accounts import AccountRegistry, IssuerAccount
+from certok.orders.schedule import next_attempt
+from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
+from certok.prechecks.delegation import check_delegations
+from certok.prechecks.resolver import make_resolver
+from certok.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# RFC 8555 §7.1.6 status words.
+STATUS_PENDING = "pending"
+STATUS_READY = "ready"
+STATUS_PROCESSING = "processing"
+STATUS_VALID = "valid"
+STATUS_INVALID = "invalid"
+
+CHALLENGE_FOR_TYPE = {"dns": "dns-01", "http": "http-01"}
+MAX_POLL_SECONDS = 10.0
+# How many times a failed ownership re-check is retried before the order fails: a passing
+# DNS blip must not fail an order whose delegation was verified seconds ago.
+OWNERSHIP_RETRIES = 2
+
+
+class LeaseLost(Exception):
+    """Another worker owns this order now; stop touching it."""
+
+
+@dataclass(frozen=True)
+class OrderSnapshot:
+    id: int
+    tenant_id: int
+    issuer: str
+    algorithm: str
+    challenge_type: str
+    domains: list[str]
+    acme_order_url: str | None
+    key_encrypted: bytes | None
+    csr_pem: str | None
+    attempts: int
+    reason: str | None
+    deadline_at: dt.datetime
+    created_at: dt.datetime
+
+
+class OrderDriver:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        box: SecretBox,
+        accounts: AccountRegistry,
+        *,
+        worker_id: str,
+        on_challenge_records_changed: Callable[[], None] | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._sessions = session_factory
+        self._settings = settings
+        self._box = box
+        self._accounts = accounts
+        self._worker_id = worker_id
+        self._records_changed = on_challenge_records_changed
+        self._clock = clock
+
+    # --- entry point ---------------------------------------------------------------------
+    def step(self, order_id: int) -> float | None:
+        """Advance the order by one step. Returns seconds until the next step, None when done."""
+        order = self._load(order_id)
+        if order is None:
+            return None
+        if self._clock() > order.deadline_at:
+            self._fail(order, f"gave up at the order deadline; last problem: {order.reason}")
+            return None
+        try:
+            account = self._accounts.account(order.issuer)
+            if order.acme_order_url is None:
+                return self._begin(order, account)
+            info = account.session.fetch_order(order.acme_order_url)
+            return self._advance(order, account, info)
+        except AcmeProblem as problem:
+            return self._on_problem(order, problem)
+        except LeaseLost:
+            raise
+        except CertokError as error:
+            self._fail(order, error.message)
+            return None
+        except Exception:
+            # A bug or an unexpected failure must not spin: back off like a retryable problem.
+            log.exception("order %s: unexpected error", order.id)
+            return self._retry_later(order, "internal error (see the server log)", None)
+
+    # --- steps -----------------------------------------------------------------------------
+    def _begin(self, order: OrderSnapshot, account: IssuerAccount) -> float | None:
+        problem = self._ownership_problem(order)
+        if problem is not None:
+            if order.attempts < OWNERSHIP_RETRIES:
+                return self._retry_later(order, problem, None)
+            self._fail(order, problem)
+            return None
+        csr_pem = order.csr_pem
+        if csr_pem is None or order.key_encrypted is None:
+            # Key and CSR are saved before the CA sees them, so a restart reuses them.
+            key = generate_private_key(order.algorithm)
+            csr_pem = make_csr(key, order.domains)
+            self._save(
+                order.id,
+                key_encrypted=self._box.encrypt(
+                    private_key_to_pem(key).encode("ascii"), order_key_owner(order.id)
+                ),
+                csr_pem=csr_pem,
+            )
+        info = account.session.new_order(csr_pem.encode("ascii"))
+        self._save(order.id, acme_order_url=info.url)
+        log.info("order %s: ACME order %s created at %s", order.id, info.url, order.issuer)
+        order = self._load_required(order.id)
+        return self._advance(order, account, info)
+
+    def _advance(
+        self, order: OrderSnapshot, account: IssuerAccount, info: OrderInfo
+    ) -> float | None:
+        if info.status == STATUS_INVALID:
+            # "invalid": The certificate will not be issued. Consider this order process abandoned.
+            self._fail(
+                order, info.error or _first_authz_error(info) or "the CA marked the order invalid"
+            )
+            return None
+        if info.status == STATUS_PENDING:
+            return self._work_on_authorizations(order, account, info)
+        self._remove_challenge_records(order.id)
+        if info.status == STATUS_READY:
+            # "ready": The server agrees that the requirements have been fulfilled, and is
+            # awaiting finalization. Submit a finalization request.
+            assert order.csr_pem is not None
+            info = account.session.finalize(info, order.csr_pem.encode("ascii"))
+            if info.status != STATUS_VALID:
+                return self._poll_later(order, info.retry_after)
+        if info.status == STATUS_PROCESSING:
+            return self._poll_later(order, info.retry_after)
+        if info.status == STATUS_VALID and info.certificate_url:
+            fullchain = account.session.download_certificate(info.certificate_url)
+            self._issue(order, fullchain)
+            return None
+        return self._poll_later(order, info.retry_after)
+
+    def _work_on_authorizations(
+        self, order: OrderSnapshot, account: IssuerAccount, info: OrderInfo
+    ) -> float | None:
+        wanted = CHALLENGE_FOR_TYPE[order.challenge_type]
+        to_answer: list[tuple[AuthzInfo, ChallengeInfo]] = []
+        finished_authz: list[str] = []
+        for authz in info.authorizations:
+            if authz.status == STATUS_VALID:
+                finished_authz.append(authz.url)
+                continue
+            if authz.status != STATUS_PENDING:
+                # RFC 8555 §7.1.6: invalid, deactivated, expired and revoked are final.
+                self._fail(
+                    order, authz.error or f"authorization for {authz.identifier} is {authz.status}"
+                )
+                return None
+            challenge = next((c for c in authz.challenges if c.type == wanted), None)
+            if challenge is None:
+                self._fail(
+                    order,
+                    f"the CA offered no {wanted} challenge for {authz.identifier}"
+                    + (": wildcard names need type=dns" if wanted == "http-01" else ""),
+                )
+                return None
+            if not valid_token(challenge.token):
+                self._fail(order, f"the CA sent a malformed challenge token for {authz.identifier}")
+                return None
+            if challenge.status == STATUS_PENDING:
+                to_answer.append((authz, challenge))
+        if finished_authz:
+            self._remove_challenge_records(order.id, finished_authz)
+        if to_answer:
+            self._present(order, account, to_answer)
+            for _authz, challenge in to_answer:
+                account.session.answer_challenge(challenge.url)
+        return self._poll_later(order, info.retry_after)
+
+    # --- challenge material -----------------------------------------------------------------
+    def _present(
+        self,
+        order: OrderSnapshot,
+        account: IssuerAccount,
+        items: list[tuple[AuthzInfo, ChallengeInfo]],
+    ) -> None:
+        now = self._clock()
+        with transaction(self._sessions) as session:
+            self._check_lease(session, order.id)
+            labels = self._labels(session, order.tenant_id, [a.identifier for a, _ in items])
+            for authz, challenge in items:
+                session.execute(
+                    delete(ChallengeRecord).where(
+                        ChallengeRecord.order_id == order.id,
+                        ChallengeRecord.authz_url == authz.url,
+                    )
+                )
+                label = labels.get(authz.identifier)
+                if label is None:
+                    raise CertokError(
+                        f"{authz.identifier} has no delegation for this tenant: "
+                        "call /v1/cert/dv first"
+                    )
+                session.add(
+                    ChallengeRecord(
+                        order_id=order.id,
+                        kind="dns-01",
+                        name=label,
+                        value=dns01_txt_value(account.key, challenge.token),
+                        authz_url=authz.url,
+                        created_at=now,
+                    )
+                )
+        self._notify_records_changed()
+
+    def _remove_challenge_records(self, order_id: int, authz_urls: list[str] | None = None) -> None:
+        with transaction(self._sessions) as session:
+            statement = delete(ChallengeRecord).where(ChallengeRecord.order_id == order_id)
+            if authz_urls is not None:
+                statement = statement.where(ChallengeRecord.authz_url.in_(authz_urls))
+            removed = session.execute(statement).rowcount
+        if removed:
+            self._notify_records_changed()
+
+    def _notify_records_changed(self) -> None:
+        if self._records_changed is not None:
+            self._records_changed()
+
+    @staticmethod
+    def _labels(session: Session, tenant_id: int, identifiers: list[str]) -> dict[str, str]:
+        rows = session.execute(
+            select(Delegation.base_name, Delegation.label).where(
+                Delegation.tenant_id == tenant_id, Delegation.base_name.in_(identifiers)
+            )
+        )
+        return {row.base_name: row.label for row in rows}
+
+    # --- ownership ---------------------------------------------------------------------------
+    def _ownership_problem(self, order: OrderSnapshot) -> str | None:
+        """Why this tenant may not order these names now, or None.
+
+        The CA may reuse an authorization it validated earlier for the shared ACME account,
+        so certok's own check must gate every order: each name's delegation must end at this
+        tenant's label at the moment the order goes out.
+        """
+        if order.challenge_type != "dns":
+            return None
+        bases = sorted({base_name(d) for d in order.domains})
+        with self._sessions() as session:
+            labels = self._labels(session, order.tenant_id, bases)
+        missing = [b for b in bases if b not in labels]
+        if missing:
+            return f"{', '.join(missing)} not delegated to this tenant: call /v1/cert/dv"
+        zone = self._settings.dns_zone
+        items = [(challenge_name(b), f"{labels[b]}.{zone}") for b in bases]
+        resolver = make_resolver(self._settings.resolvers, self._settings.resolver_timeout_seconds)
+        results = asyncio.run(check_delegations(items, resolver))
+        bad = [r.detail for r in results if not r.valid]
+        return "; ".join(bad) if bad else None
+
+    # --- saving state ------------------------------------------------------------------------
+    def _load(self, order_id: int) -> OrderSnapshot | None:
+        with self._sessions() as session:
+            row = session.get(Order, order_id)
+            if row is None or row.state != PENDING or row.lease_owner != self._worker_id:
+                return None
+            return OrderSnapshot(
+                id=row.id,
+                tenant_id=row.tenant_id,
+                issuer=row.issuer,
+                algorithm=row.algorithm,
+                challenge_type=row.challenge_type,
+                domains=row.domains.split(","),
+                acme_order_url=row.acme_order_url,
+                key_encrypted=row.key_encrypted,
+                csr_pem=row.csr_pem,
+                attempts=row.attempts,
+                reason=row.reason,
+                deadline_at=row.deadline_at,
+                created_at=row.created_at,
+            )
+
+    def _load_required(self, order_id: int) -> OrderSnapshot:
+        order = self._load(order_id)
+        if order is None:
+            raise LeaseLost(order_id)
+        return order
+
+    def _check_lease(self, session: Session, order_id: int) -> None:
+        owner = session.scalar(select(Order.lease_owner).where(Order.id == order_id))
+        if owner != self._worker_id:
+            raise LeaseLost(order_id)
+
+    def _save(self, order_id: int, **values: Any) -> None:
+        with transaction(self._sessions) as session:
+            result = session.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.lease_owner == self._worker_id)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                raise LeaseLost(order_id)
+
+    def _poll_later(self, order: OrderSnapshot, retry_after: dt.datetime | None) -> float:
+        now = self._clock()
+        delay = _poll_delay(now - order.created_at, self._settings.acme_poll_seconds)
+        if retry_after is not None:
+            delay = max(delay, (retry_after - now).total_seconds())
+        self._save(
+            order.id,
+            attempts=0,
+            next_attempt_at=now + dt.timedelta(seconds=delay),
+        )
+        return delay
+
+    def _retry_later(
+        self, order: OrderSnapshot, reason: str, retry_after: dt.datetime | None
+    ) -> float:
+        now = self._clock()
+        failures = order.attempts + 1
+        when = next_attempt(now, failures, retry_after)
+        self._save(
+            order.id,
+            attempts=failures,
+            reason=f"{reason} (retry {failures} at {when:%Y-%m-%d %H:%M:%S} UTC)",
+            next_attempt_at=when,
+        )
+        log.warning("order %s: retrying at %s: %s", order.id, when.isoformat(), reason)
+        return (when - now).total_seconds()
+
+    def _on_problem(self, order: OrderSnapshot, problem: AcmeProblem) -> float | None:
+        if problem.kind in (ProblemKind.RETRYABLE, ProblemKind.RATE_LIMITED):
+            return self._retry_later(
+                order, f"{problem.type}: {problem.detail}", problem.retry_after
+            )
+        self._fail(order, f"{problem.type}: {problem.detail}")
+        return None
+
+    def _fail(self, order: OrderSnapshot, reason: str) -> None:
+        now = self._clock()
+        self._save(
+            order.id,
+            state=FAILURE,
+            reason=reason,
+            finished_at=now,
+            lease_owner=None,
+            lease_until=None,
+        )
+        self._remove_challenge_records(order.id)
+        log.warning("order %s failed: %s", order.id, reason)
+
+    def _issue(self, order: OrderSnapshot, fullchain: str) -> None:
+        facts = certificate_facts(fullchain)
+        self._save(
+            order.id,
+            state=ISSUED,
+            reason=None,
+            certificate_pem=fullchain,
+            not_before=facts.not_before,
+            not_after=facts.not_after,
+            finished_at=self._clock(),
+            lease_owner=None,
+            lease_until=None,
+        )
+        self._remove_challenge_records(order.id)
+        log.info("order %s issued for %s", order.id, ",".join(order.domains))
+
+
+def _poll_delay(age: dt.timedelta, base_seconds: float) -> float:
+    """Poll fast while an order is young, then slower (a tenth of its age, at most 10 s)."""
+    return min(max(base_seconds, age.total_seconds() / 10), MAX_POLL_SECONDS)
+
+
+def _first_authz_error(info: OrderInfo) -> str | None:
+    return next((a.error for a in info.authorizations if a.error), None)

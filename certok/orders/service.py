@@ -1,0 +1,141 @@
+"""Recording intent: turn a verification code into an order, and read an order's state.
+
+The API never talks to a CA; it records an order here and the worker drives it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from certok.clock import Clock, utcnow
+from certok.crypto import SecretBox
+from certok.db.models import Order, VerificationCode
+from certok.errors import CodeExpired, NotFound
+from certok.orders.codes import find_code
+
+PENDING = "pending"
+ISSUED = "issued"
+FAILURE = "failure"
+
+
+def order_key_owner(order_id: int) -> str:
+    """Associated data for an order's encrypted private key (binds the ciphertext to the row)."""
+    return f"order:{order_id}:key"
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What /v1/cert/apply shows for an order."""
+
+    id: int
+    status: str
+    issuer: str
+    domains: str
+    reason: str | None
+    subject: str | None = None
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+
+
+class _AlreadyRedeemed(Exception):
+    pass
+
+
+def redeem_code(
+    session: Session,
+    tenant_id: int,
+    code: str,
+    *,
+    algorithm: str,
+    issuer: str,
+    deadline_seconds: int,
+    clock: Clock = utcnow,
+) -> tuple[int, bool]:
+    """The order for `code`, creating it on first use. Returns (order id, created now).
+
+    A code starts an order only within its validity and only once; later calls with the same
+    code read that order (whatever algorithm/issuer they pass).
+    """
+    row = find_code(session, tenant_id, code)
+    if row.order_id is not None:
+        return row.order_id, False
+    now = clock()
+    if now > row.expires_at:
+        raise CodeExpired(
+            f"verification code {code!r} expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC "
+            "(codes are valid for one minute): call /v1/cert/dv again for a new code"
+        )
+    order = Order(
+        tenant_id=tenant_id,
+        issuer=issuer,
+        algorithm=algorithm,
+        challenge_type=row.challenge_type,
+        domains=row.domains,
+        state=PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        deadline_at=now + dt.timedelta(seconds=deadline_seconds),
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(order)
+            session.flush()
+            # Compare-and-set: only one request may bind an order to the code.
+            claimed = session.execute(
+                update(VerificationCode)
+                .where(VerificationCode.id == row.id, VerificationCode.order_id.is_(None))
+                .values(order_id=order.id)
+            )
+            if claimed.rowcount != 1:
+                raise _AlreadyRedeemed
+    except _AlreadyRedeemed:
+        session.expire(row)
+        winner = session.scalar(
+            select(VerificationCode.order_id).where(VerificationCode.id == row.id)
+        )
+        if winner is None:  # pragma: no cover - the CAS failed, so someone set it
+            raise NotFound("verification code vanished: call /v1/cert/dv again") from None
+        return winner, False
+    return order.id, True
+
+
+def order_state(session: Session, order_id: int) -> str:
+    return session.scalar(select(Order.state).where(Order.id == order_id)) or PENDING
+
+
+def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
+    from certok.crypto import certificate_facts  # local: only issued orders need it
+
+    order = session.get(Order, order_id)
+    if order is None:
+        raise NotFound("order not found")
+    view = OrderView(
+        id=order.id,
+        status=order.state,
+        issuer=order.issuer,
+        domains=order.domains,
+        reason=order.reason,
+    )
+    if order.state != ISSUED or not order.certificate_pem or not order.key_encrypted:
+        return view
+    facts = certificate_facts(order.certificate_pem)
+    key_pem = box.decrypt(order.key_encrypted, order_key_owner(order.id)).decode("ascii")
+    return OrderView(
+        id=order.id,
+        status=order.state,
+        issuer=order.issuer,
+        domains=order.domains,
+        reason=None,
+        subject=facts.subject,
+        not_before=order.not_before,
+        not_after=order.not_after,
+        certificate=order.certificate_pem,
+        private_key=key_pem,
+    )

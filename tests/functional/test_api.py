@@ -1,0 +1,280 @@
+"""The HTTP API in-process (real database, real Starlette app): envelope, auth, codes, orders."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+from starlette.testclient import TestClient
+
+from certok.api.routes import ApiServices, create_app
+from certok.api.waiters import OrderWaiters
+from certok.crypto import generate_private_key, private_key_from_pem, private_key_to_pem
+from certok.db.engine import transaction
+from certok.db.models import Order
+from certok.domains.verify import DnsVerifier
+from certok.orders.codes import issue_code
+from certok.orders.service import order_key_owner
+from certok.prechecks.resolver import make_resolver
+from certok.settings import Settings
+from certok.store import Store
+from certok.tenants import service as tenants
+
+
+@dataclass
+class ApiHarness:
+    client: TestClient
+    store: Store
+    tokens: dict[str, str]
+    tenant_ids: dict[str, int]
+    wakes: list[int]
+
+    def get(self, path: str, tenant: str | None = "alpha", **params: str):  # type: ignore[no-untyped-def]
+        headers = {"httpsok-token": self.tokens[tenant]} if tenant else {}
+        return self.client.get(path, params=params, headers=headers)
+
+    def code_for(self, tenant: str, domains: list[str], ttl: int = 60) -> str:
+        with transaction(self.store.sessions) as session:
+            return issue_code(session, self.tenant_ids[tenant], "dns", domains, ttl)
+
+
+@pytest.fixture
+def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
+    # Nothing listens on this port: dv checks fail fast without touching any real resolver.
+    settings = Settings(
+        data_dir=tmp_path,
+        dns_zone="acme.svc.test",
+        resolvers=["127.0.0.1:9"],
+        resolver_timeout_seconds=0.5,
+        apply_wait_seconds=0.3,
+    )
+    tokens: dict[str, str] = {}
+    ids: dict[str, int] = {}
+    with transaction(store.sessions) as session:
+        for name in ("alpha", "beta"):
+            ids[name] = tenants.create_tenant(session, name).id
+            tokens[name] = tenants.issue_token(session, name)
+    wakes: list[int] = []
+    verifier = DnsVerifier(
+        store.sessions,
+        zone=settings.dns_zone,
+        label_key=b"k" * 32,
+        resolver_factory=lambda: make_resolver(settings.resolvers, 0.5),
+        code_ttl_seconds=60,
+    )
+    app = create_app(
+        ApiServices(
+            settings=settings,
+            sessions=store.sessions,
+            box=store.box,
+            verifier=verifier,
+            waiters=OrderWaiters(),
+            wake_worker=lambda: wakes.append(1),
+        )
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield ApiHarness(client, store, tokens, ids, wakes)
+
+
+def assert_error(response, status: int, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"code", "msg", "data", "traceId"}
+    assert body["code"] != 0
+    assert body["data"] is None
+    for word in words:
+        assert word in body["msg"], body["msg"]
+
+
+def test_health_and_openapi(api: ApiHarness) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    doc = api.client.get("/v1/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/cert/dv", "/v1/cert/apply"} <= set(doc["paths"])
+    params = {p["name"]: p for p in doc["paths"]["/v1/cert/apply"]["get"]["parameters"]}
+    assert params["issuer"]["schema"]["default"] == "google"
+    assert params["algorithm"]["schema"]["default"] == "ECC"
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({}, ["missing token", "httpsok-token"]),
+        ({"httpsok-token": "nope"}, ["32 hex"]),
+        ({"httpsok-token": "0" * 32}, ["invalid or revoked"]),
+    ],
+)
+def test_bad_tokens_are_401(api: ApiHarness, headers: dict[str, str], words: list[str]) -> None:
+    response = api.client.get("/v1/cert/dv", params={"domains": "a.example.com"}, headers=headers)
+    assert_error(response, 401, *words)
+
+
+def test_revoked_token_and_disabled_tenant(api: ApiHarness) -> None:
+    with transaction(api.store.sessions) as session:
+        tenants.revoke_token(session, api.tokens["alpha"])
+    assert_error(api.get("/v1/cert/dv", domains="a.example.com"), 401, "revoked")
+    with transaction(api.store.sessions) as session:
+        tenants.set_disabled(session, "beta", True)
+    assert_error(api.get("/v1/cert/dv", "beta", domains="a.example.com"), 401, "disabled")
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({}, 400, ["missing parameter domains"]),
+        ({"domains": "a.example.com", "type": "ftp"}, 400, ["type", "dns", "http"]),
+        ({"domains": "exa mple.com"}, 400, ["exa mple.com"]),
+        ({"domains": "192.168.0.1"}, 400, ["192.168.0.1"]),
+        ({"domains": "a.example.com,a.example.com"}, 400, ["a.example.com"]),
+        ({"domains": "*.example.com", "type": "http"}, 400, ["dns"]),
+    ],
+)
+def test_dv_rejects_bad_input(
+    api: ApiHarness, params: dict[str, str], status: int, words: list[str]
+) -> None:
+    assert_error(api.get("/v1/cert/dv", **params), status, *words)
+
+
+def test_dv_without_delegation_gives_cname_and_no_code(api: ApiHarness) -> None:
+    response = api.get("/v1/cert/dv", domains="www.customer.test,*.customer.test,customer.test")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["code"] == 0
+    data = body["data"]
+    assert data["valid"] is False and data["code"] is None and data["type"] == "dns"
+    items = {item["domain"]: item for item in data["items"]}
+    assert items["www.customer.test"]["name"] == "_acme-challenge.www"
+    assert items["customer.test"]["name"] == "_acme-challenge"
+    # apex and wildcard share one CNAME; www has its own
+    assert items["customer.test"]["value"] == items["*.customer.test"]["value"]
+    assert items["www.customer.test"]["value"] != items["customer.test"]["value"]
+    for item in items.values():
+        assert item["type"] == "CNAME" and item["valid"] is False
+        assert item["value"].endswith(".acme.svc.test")
+        assert len(item["value"].split(".")[0]) == 16
+        assert item["cost"].isdigit()
+    assert "not verified" in body["msg"]
+
+
+def test_labels_differ_between_tenants_and_are_stable(api: ApiHarness) -> None:
+    def value(tenant: str) -> str:
+        return api.get("/v1/cert/dv", tenant, domains="www.customer.test").json()["data"]["items"][
+            0
+        ]["value"]
+
+    first = value("alpha")
+    assert value("alpha") == first
+    assert value("beta") != first
+
+
+def test_apply_unknown_other_tenant_and_expired_codes(api: ApiHarness) -> None:
+    assert_error(api.get("/v1/cert/apply"), 400, "missing parameter code")
+    assert_error(api.get("/v1/cert/apply", code="0123456789abcdef"), 404, "not found")
+    beta_code = api.code_for("beta", ["www.customer.test"])
+    unknown = api.get("/v1/cert/apply", code="fedcba9876543210").json()["msg"]
+    other = api.get("/v1/cert/apply", code=beta_code)
+    assert_error(other, 404, "not found")
+    # another tenant's code looks exactly like an unknown one (only the code itself differs)
+    assert other.json()["msg"].replace(beta_code, "X") == unknown.replace("fedcba9876543210", "X")
+    expired = api.code_for("alpha", ["www.customer.test"], ttl=-1)
+    assert_error(api.get("/v1/cert/apply", code=expired), 410, "expired", "/v1/cert/dv")
+
+
+def test_apply_validates_algorithm_and_issuer(api: ApiHarness) -> None:
+    code = api.code_for("alpha", ["www.customer.test"])
+    assert_error(api.get("/v1/cert/apply", code=code, algorithm="DSA"), 400, "ECC", "RSA")
+    assert_error(
+        api.get("/v1/cert/apply", code=code, issuer="acme-ca"), 400, "google", "letsencrypt"
+    )
+    # nothing was recorded by the refused calls: the code still starts one order
+    response = api.get("/v1/cert/apply", code=code, algorithm="rsa", issuer="LetsEncrypt")
+    assert response.status_code == 200
+    assert response.json()["data"]["status"] == "pending"
+    with api.store.sessions() as session:
+        orders = session.query(Order).all()
+    assert [(o.algorithm, o.issuer, o.domains) for o in orders] == [
+        ("RSA", "letsencrypt", "www.customer.test")
+    ]
+
+
+def test_apply_starts_one_order_and_polls_it(api: ApiHarness) -> None:
+    code = api.code_for("alpha", ["www.customer.test"])
+    first = api.get("/v1/cert/apply", code=code)
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "no-store"
+    assert first.json()["data"] == {"status": "pending"}
+    assert api.wakes == [1]
+    second = api.get("/v1/cert/apply", code=code, algorithm="RSA")
+    assert second.json()["data"]["status"] == "pending"
+    assert api.wakes == [1]  # no second order
+    with api.store.sessions() as session:
+        orders = session.query(Order).all()
+    assert len(orders) == 1 and orders[0].algorithm == "ECC" and orders[0].issuer == "google"
+
+
+def _self_signed(key, names: list[str]) -> str:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_issued_and_failed_orders_render_the_seed_fields(api: ApiHarness) -> None:
+    code = api.code_for("alpha", ["*.customer.test", "customer.test"])
+    api.get("/v1/cert/apply", code=code, issuer="letsencrypt")
+    key = generate_private_key("ECC")
+    pem = _self_signed(key, ["*.customer.test", "customer.test"])
+    with transaction(api.store.sessions) as session:
+        order = session.query(Order).one()
+        order.state = "issued"
+        order.certificate_pem = pem
+        order.not_before = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        order.not_after = dt.datetime(2026, 4, 2, 3, 4, 5, tzinfo=dt.UTC)
+        order.key_encrypted = api.store.box.encrypt(
+            private_key_to_pem(key).encode(), order_key_owner(order.id)
+        )
+    response = api.get("/v1/cert/apply", code=code)
+    assert response.headers["cache-control"] == "no-store"
+    data = response.json()["data"]
+    assert data["status"] == "issued"
+    assert data["issuer"] == "letsencrypt"
+    assert data["subject"] == "*.customer.test"
+    assert data["domains"] == "*.customer.test,customer.test"
+    assert data["notBefore"] == "2026-01-02 03:04:05"
+    assert data["notAfter"] == "2026-04-02 03:04:05"
+    assert data["certificate"] == pem
+    assert data["privateKey"].startswith("-----BEGIN EC PRIVATE KEY-----")
+    assert private_key_from_pem(data["privateKey"]).private_numbers() == key.private_numbers()
+
+    code2 = api.code_for("alpha", ["www.customer.test"])
+    api.get("/v1/cert/apply", code=code2)
+    with transaction(api.store.sessions) as session:
+        failed = session.query(Order).filter(Order.domains == "www.customer.test").one()
+        failed.state = "failure"
+        failed.reason = "caa: CAA record forbids issuance"
+    body = api.get("/v1/cert/apply", code=code2).json()
+    assert body["code"] == 0
+    assert body["data"] == {"status": "failure", "reason": "caa: CAA record forbids issuance"}
+    assert "CAA" in body["msg"]
+
+
+def test_unknown_route_and_method_use_the_envelope(api: ApiHarness) -> None:
+    assert_error(api.client.get("/v1/cert/nothing"), 404, "/v1/cert/nothing")
+    assert_error(api.client.post("/v1/cert/dv"), 405, "POST")
