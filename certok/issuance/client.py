@@ -1,0 +1,654 @@
+"""One ACME exchange per call, over certbot's `acme` library.
+
+The worker drives each order one step at a time and saves state between steps, so every
+method here does a single protocol exchange (plus nonce fetches and, for orders, the
+POST-as-GETs of their authorizations) and returns plain frozen dataclasses. Every failure
+leaves as an :class:`~certok.issuance.problems.AcmeProblem`; nothing from `acme`,
+`requests` or `josepy` crosses this border.
+
+Orders, authorizations and challenges are read from the raw JSON rather than the library's
+message classes: an unknown status or a token that is not canonical base64url must reach
+the worker as data it can judge, not as a deserialization error.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import datetime as dt
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import josepy
+import requests
+from acme import client as acme_client
+from acme import crypto_util, messages
+from acme import errors as acme_errors
+from cryptography import x509
+
+from certok.clock import Clock, utcnow
+from certok.issuance.accounts import signature_algorithm
+from certok.issuance.problems import (
+    BAD_CONFIGURATION,
+    GARBLED_RESPONSE,
+    UNEXPECTED,
+    AcmeProblem,
+    ProblemKind,
+    classify_error,
+    describe_problem,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# RFC 8555 §7.1.6 statuses the worker compares against.
+STATUS_PENDING = "pending"
+STATUS_READY = "ready"
+STATUS_PROCESSING = "processing"
+STATUS_VALID = "valid"
+STATUS_INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class ChallengeInfo:
+    type: str
+    url: str
+    # As the CA sent it: untrusted. Check with valid_token() before any use.
+    token: str
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AuthzInfo:
+    url: str
+    # The name without "*." (RFC 8555 §7.1.4); `wildcard` says whether the order asked for it.
+    identifier: str
+    wildcard: bool
+    status: str
+    challenges: tuple[ChallengeInfo, ...]
+    # The first failed challenge's problem, described.
+    error: str | None
+
+    @property
+    def name(self) -> str:
+        """The name as it appears in the certificate (``*.example.com`` for a wildcard)."""
+        return f"*.{self.identifier}" if self.wildcard else self.identifier
+
+
+@dataclass(frozen=True)
+class OrderInfo:
+    url: str
+    status: str
+    finalize_url: str
+    certificate_url: str | None
+    authorizations: tuple[AuthzInfo, ...]
+    error: str | None
+    # When the CA asked to be polled again (Retry-After on the order), if it did.
+    retry_after: dt.datetime | None
+
+
+class _EmptyObject(josepy.JSONDeSerializable):
+    """The JSON payload ``{}`` (RFC 8555 §7.5.1: "the client sends an empty JSON body")."""
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _EmptyObject:
+        return cls()
+
+    def __bool__(self) -> bool:
+        # ClientNetwork sends b"" (POST-as-GET) for a falsy payload; {} must stay a payload.
+        return True
+
+
+class _NonceRetryingNetwork(acme_client.ClientNetwork):
+    """A ClientNetwork that retries badNonce many times, with the error's own nonce.
+
+    The library retries a badNonce once, and only stores nonces from successful answers.
+    At Pebble's 90% rejection that fails nearly every order; a tight loop of up to
+    ``nonce_retries`` immediate retries succeeds (REFERENCE: 40/40 at 90%).
+    """
+
+    def __init__(self, *, nonce_retries: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._nonce_retries = nonce_retries
+        # The latest response, so the border can read the status and Retry-After of a
+        # failure the library turned into an exception without them.
+        self.last_response: requests.Response | None = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        self.last_response = None
+        response = super()._send_request(method, url, *args, **kwargs)
+        self.last_response = response
+        if not response.ok:
+            # RFC 8555 §6.5: the server "SHOULD provide [a Replay-Nonce] in error responses
+            # as well"; keeping it saves a newNonce round trip on every badNonce retry.
+            # None or unreadable: then the next POST asks newNonce for one.
+            with contextlib.suppress(acme_errors.NonceError):
+                self._add_nonce(response)
+        return response
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        retries = 0
+        while True:
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                # RFC 8555 §6.5: "the client SHOULD retry the request using the new nonce".
+                if error.code != "badNonce" or retries >= self._nonce_retries:
+                    raise
+                retries += 1
+
+    @classmethod
+    def _check_response(
+        cls, response: requests.Response, content_type: str | None = None
+    ) -> requests.Response:
+        # The library turns every 409 into ConflictError and drops its problem document
+        # (alreadyReplaced, for one). Keep the document unless the 409 points at a resource.
+        if response.status_code == 409 and "Location" not in response.headers:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("type"), str):
+                try:
+                    problem = messages.Error.from_json(body)
+                except josepy.DeserializationError:
+                    problem = None
+                if problem is not None:
+                    raise problem
+        return super()._check_response(response, content_type=content_type)
+
+
+class AcmeSession:
+    """One issuer's directory + account; every method does one exchange (plus the nonce
+    fetches) and raises only AcmeProblem.
+
+    Safe to share between worker threads: each thread gets its own ClientNetwork (nonce
+    pool and HTTP connection pool); the directory and the account URL are shared.
+    """
+
+    def __init__(
+        self,
+        directory_url: str,
+        account_key: josepy.JWK,
+        *,
+        account_url: str | None = None,
+        ca_bundle: str | None = None,
+        timeout: float = 30,
+        user_agent: str = "certok",
+        nonce_retries: int = 100,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._directory_url = directory_url
+        self._key = account_key
+        self._alg = signature_algorithm(account_key)
+        # requests' `verify` takes a CA bundle path as well as a bool.
+        self._verify: bool | str = ca_bundle or True
+        self._timeout = timeout
+        self._user_agent = user_agent
+        self._nonce_retries = max(0, nonce_retries)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._directory: messages.Directory | None = None
+        self._account_url = account_url
+        self._local = threading.local()
+        self._networks: weakref.WeakSet[_NonceRetryingNetwork] = weakref.WeakSet()
+
+    # --- account ---------------------------------------------------------------------------
+    @property
+    def directory_url(self) -> str:
+        return self._directory_url
+
+    @property
+    def account_key(self) -> josepy.JWK:
+        return self._key
+
+    @property
+    def account_url(self) -> str | None:
+        return self._account_url
+
+    def external_account_required(self) -> bool:
+        """Whether the directory's meta says ``externalAccountRequired`` (fetches it once)."""
+        return self._exchange(
+            lambda client: bool(client.external_account_required()), needs_account=False
+        )
+
+    def register(
+        self,
+        *,
+        contact_email: str | None = None,
+        eab_kid: str | None = None,
+        eab_hmac_key: str | None = None,
+    ) -> str:
+        """newAccount (terms agreed); returns the account URL, the one thing to save.
+
+        Idempotent: for a key that already has an account the CA returns its URL. EAB is
+        sent only when the directory asks for it, because a CA that does not require it may
+        still check one it is sent (Pebble does). When it does ask, an ``onlyReturnExisting``
+        lookup comes first, so an existing account is found without spending the binding.
+        """
+        # Set by `run` when a binding went out, so a refusal can be blamed on the EAB settings.
+        sent_eab_kid: list[str] = []
+
+        def run(client: acme_client.ClientV2) -> str:
+            binding = None
+            if client.external_account_required():
+                # An EAB key may be good for one account only (Google): if the key already
+                # has an account, find it without spending the binding (RFC 8555 §7.3.1).
+                existing = _existing_account_url(client)
+                if existing is not None:
+                    return existing
+                binding = self._external_account_binding(client, eab_kid, eab_hmac_key)
+                sent_eab_kid.append(eab_kid or "")
+            registration = messages.NewRegistration.from_data(
+                email=contact_email,
+                terms_of_service_agreed=True,
+                external_account_binding=binding,
+            )
+            try:
+                url = client.new_account(registration).uri
+            except acme_errors.ConflictError as existing:
+                # RFC 8555 §7.3.1: an account for this key exists; its URL is in Location.
+                url = existing.location
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise AcmeProblem(
+                    ProblemKind.RETRYABLE,
+                    GARBLED_RESPONSE,
+                    "the CA created the account but sent no Location for it",
+                )
+            return url
+
+        try:
+            account_url = self._exchange(run, needs_account=False)
+        except AcmeProblem as problem:
+            if sent_eab_kid and problem.type in ("unauthorized", "malformed"):
+                raise AcmeProblem(
+                    ProblemKind.REJECTED,
+                    problem.type,
+                    f"the CA refused the external account binding for eab_kid "
+                    f"{sent_eab_kid[0]!r}: check the issuer's eab_kid and eab_hmac_key "
+                    f"(some CAs accept each key once only). The CA said: {problem.detail}",
+                    http_status=problem.http_status,
+                ) from problem
+            raise
+        with self._lock:
+            self._account_url = account_url
+        return account_url
+
+    def _external_account_binding(
+        self,
+        client: acme_client.ClientV2,
+        eab_kid: str | None,
+        eab_hmac_key: str | None,
+    ) -> dict[str, Any]:
+        if not eab_kid or not eab_hmac_key:
+            raise AcmeProblem(
+                ProblemKind.REJECTED,
+                "externalAccountRequired",
+                f"the CA at {self._directory_url} requires external account binding: set "
+                "eab_kid and eab_hmac_key for this issuer (for ZeroSSL, zerossl_email "
+                "fetches them)",
+            )
+        try:
+            return messages.ExternalAccountBinding.from_data(
+                account_public_key=self._key.public_key(),
+                kid=eab_kid,
+                hmac_key=eab_hmac_key,
+                directory=client.directory,
+            )
+        except (ValueError, binascii.Error, josepy.DeserializationError) as exc:
+            raise AcmeProblem(
+                ProblemKind.REJECTED,
+                BAD_CONFIGURATION,
+                "the issuer's eab_hmac_key is not base64url: copy it exactly as the CA gave it",
+            ) from exc
+
+    # --- orders ----------------------------------------------------------------------------
+    def new_order(self, csr_pem: bytes) -> OrderInfo:
+        """newOrder for the CSR's names, then POST-as-GET each authorization."""
+        identifiers = _csr_identifiers(csr_pem)
+
+        def run(client: acme_client.ClientV2) -> OrderInfo:
+            response = client._post(
+                _directory_entry(client, "newOrder"),
+                messages.NewOrder(identifiers=identifiers),
+            )
+            order_url = response.headers.get("Location")
+            if not order_url:
+                raise AcmeProblem(
+                    ProblemKind.RETRYABLE,
+                    GARBLED_RESPONSE,
+                    "the CA created an order but sent no Location for it",
+                )
+            return self._order_with_authorizations(client, order_url, response, True)
+
+        return self._exchange(run)
+
+    def fetch_order(self, order_url: str, *, include_authorizations: bool = True) -> OrderInfo:
+        """POST-as-GET the order and (unless told not to) each of its authorizations.
+
+        After finalization the authorizations are all valid and need not be fetched again:
+        ``include_authorizations=False`` returns the order with ``authorizations=()``.
+        """
+
+        def run(client: acme_client.ClientV2) -> OrderInfo:
+            response = client._post_as_get(order_url)
+            return self._order_with_authorizations(
+                client, order_url, response, include_authorizations
+            )
+
+        return self._exchange(run)
+
+    def fetch_authorization(self, authorization_url: str) -> AuthzInfo:
+        """POST-as-GET one authorization."""
+        return self._exchange(
+            lambda client: _authz_info(
+                authorization_url, _json_object(client._post_as_get(authorization_url))
+            )
+        )
+
+    def answer_challenge(self, challenge_url: str) -> ChallengeInfo:
+        """POST ``{}`` to the challenge: the CA starts validating (RFC 8555 §7.5.1)."""
+        return self._exchange(
+            lambda client: _challenge_info(
+                _json_object(client._post(challenge_url, _EmptyObject()))
+            )
+        )
+
+    def finalize(self, order: OrderInfo, csr_pem: bytes) -> OrderInfo:
+        """POST the CSR to the order's finalize URL (RFC 8555 §7.4).
+
+        The CA usually answers ``processing``: poll with fetch_order until ``valid``. The
+        returned order carries ``order``'s authorizations (the answer lists only URLs).
+        """
+        csr = _load_csr(csr_pem)
+
+        def run(client: acme_client.ClientV2) -> OrderInfo:
+            response = client._post(order.finalize_url, messages.CertificateRequest(csr=csr))
+            return _order_info(
+                order.url,
+                _json_object(response),
+                order.authorizations,
+                self._retry_after(response),
+            )
+
+        try:
+            return self._exchange(run)
+        except AcmeProblem as problem:
+            # Every authorization is valid by now, so "unauthorized" here is about the CSR
+            # (Pebble: names that differ from the order's), not a failed validation: a new
+            # order with the same CSR would fail the same way.
+            if problem.kind is ProblemKind.AUTHORIZATION_DEAD:
+                raise AcmeProblem(
+                    ProblemKind.REJECTED,
+                    problem.type,
+                    f"the CA refused the CSR: {problem.detail}",
+                    http_status=problem.http_status,
+                ) from problem
+            raise
+
+    def download_certificate(self, certificate_url: str) -> str:
+        """POST-as-GET the certificate URL: the full chain PEM, leaf first (RFC 8555 §7.4.2)."""
+
+        def run(client: acme_client.ClientV2) -> str:
+            response = client._post_as_get(certificate_url)
+            chain = response.text
+            try:
+                certificates = x509.load_pem_x509_certificates(chain.encode("ascii"))
+            except (ValueError, UnicodeEncodeError) as exc:
+                raise AcmeProblem(
+                    ProblemKind.RETRYABLE,
+                    GARBLED_RESPONSE,
+                    f"the certificate at {certificate_url} is not a PEM certificate chain",
+                ) from exc
+            if not certificates:
+                raise AcmeProblem(
+                    ProblemKind.RETRYABLE,
+                    GARBLED_RESPONSE,
+                    f"the certificate at {certificate_url} is empty",
+                )
+            return chain
+
+        return self._exchange(run)
+
+    def close(self) -> None:
+        """Close every thread's HTTP connection pool."""
+        with self._lock:
+            networks = list(self._networks)
+        for network in networks:
+            network.session.close()
+
+    def __enter__(self) -> AcmeSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the border ------------------------------------------------------------------------
+    def _exchange(
+        self,
+        operation: Callable[[acme_client.ClientV2], T],
+        *,
+        needs_account: bool = True,
+    ) -> T:
+        """Run one exchange on this thread's network; every failure leaves as AcmeProblem."""
+        network = self._network()
+        try:
+            account = self._registration() if needs_account else None
+            # newAccount must be signed with the key (jwk), everything else with the kid.
+            network.account = account
+            client = acme_client.ClientV2(self._directory_from(network), network)
+            return operation(client)
+        except AcmeProblem:
+            raise
+        except Exception as exc:
+            raise self._problem(exc, network) from exc
+
+    def _problem(self, exc: Exception, network: _NonceRetryingNetwork) -> AcmeProblem:
+        response = network.last_response
+        status: int | None = None
+        retry_after: dt.datetime | None = None
+        if response is not None and not response.ok:
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+        problem = classify_error(exc, http_status=status, retry_after=retry_after)
+        if problem.type == UNEXPECTED:
+            log.error("unexpected failure talking to %s", self._directory_url, exc_info=exc)
+        return problem
+
+    def _network(self) -> _NonceRetryingNetwork:
+        network: _NonceRetryingNetwork | None = getattr(self._local, "network", None)
+        if network is None:
+            network = _NonceRetryingNetwork(
+                nonce_retries=self._nonce_retries,
+                key=self._key,
+                alg=self._alg,
+                verify_ssl=self._verify,
+                user_agent=self._user_agent,
+                timeout=self._timeout,
+            )
+            self._local.network = network
+            with self._lock:
+                self._networks.add(network)
+        return network
+
+    def _directory_from(self, network: _NonceRetryingNetwork) -> messages.Directory:
+        directory = self._directory
+        if directory is None:
+            # Two threads may both fetch it the first time; both answers are the same.
+            fetched = acme_client.ClientV2.get_directory(self._directory_url, network)
+            with self._lock:
+                if self._directory is None:
+                    self._directory = fetched
+                directory = self._directory
+        return directory
+
+    def _registration(self) -> messages.RegistrationResource:
+        account_url = self._account_url
+        if account_url is None:
+            raise AcmeProblem(
+                ProblemKind.REJECTED,
+                BAD_CONFIGURATION,
+                "no ACME account yet: call register() first or pass the saved account_url",
+            )
+        # The library needs a RegistrationResource only for its `uri` (the JWS `kid`).
+        return messages.RegistrationResource(body=messages.Registration(), uri=account_url)
+
+    def _retry_after(self, response: requests.Response) -> dt.datetime | None:
+        return parse_retry_after(response.headers.get("Retry-After"), self._clock())
+
+    def _order_with_authorizations(
+        self,
+        client: acme_client.ClientV2,
+        order_url: str,
+        response: requests.Response,
+        include_authorizations: bool,
+    ) -> OrderInfo:
+        body = _json_object(response)
+        retry_after = self._retry_after(response)
+        authorizations: tuple[AuthzInfo, ...] = ()
+        if include_authorizations:
+            authorizations = tuple(
+                _authz_info(url, _json_object(client._post_as_get(url)))
+                for url in _string_list(body, "authorizations")
+            )
+        return _order_info(order_url, body, authorizations, retry_after)
+
+
+# --- parsing the CA's answers ----------------------------------------------------------------
+
+
+def _garbled(detail: str) -> AcmeProblem:
+    return AcmeProblem(ProblemKind.RETRYABLE, GARBLED_RESPONSE, detail)
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise _garbled(f"the CA's answer from {response.url} is not JSON") from exc
+    if not isinstance(body, dict):
+        raise _garbled(f"the CA's answer from {response.url} is not a JSON object")
+    return body
+
+
+def _required_string(body: Mapping[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise _garbled(f"the CA's {what} has no {key!r}")
+    return value
+
+
+def _optional_string(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _string_list(body: Mapping[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _garbled(f"the CA's {key!r} is not a list of URLs")
+    return value
+
+
+def _problem_text(body: Mapping[str, Any]) -> str | None:
+    error = body.get("error")
+    return describe_problem(error) if isinstance(error, Mapping) else None
+
+
+def _order_info(
+    url: str,
+    body: Mapping[str, Any],
+    authorizations: tuple[AuthzInfo, ...],
+    retry_after: dt.datetime | None,
+) -> OrderInfo:
+    return OrderInfo(
+        url=url,
+        status=_required_string(body, "status", "order"),
+        finalize_url=_required_string(body, "finalize", "order"),
+        certificate_url=_optional_string(body, "certificate"),
+        authorizations=authorizations,
+        error=_problem_text(body),
+        retry_after=retry_after,
+    )
+
+
+def _authz_info(url: str, body: Mapping[str, Any]) -> AuthzInfo:
+    identifier = body.get("identifier")
+    if not isinstance(identifier, Mapping):
+        raise _garbled(f"the authorization {url} has no identifier")
+    raw_challenges = body.get("challenges", [])
+    if not isinstance(raw_challenges, list):
+        raise _garbled(f"the authorization {url} has no list of challenges")
+    challenges = tuple(_challenge_info(c) for c in raw_challenges if isinstance(c, Mapping))
+    return AuthzInfo(
+        url=url,
+        identifier=_required_string(identifier, "value", "authorization identifier"),
+        wildcard=body.get("wildcard") is True,
+        status=_required_string(body, "status", "authorization"),
+        challenges=challenges,
+        error=next((c.error for c in challenges if c.error), None),
+    )
+
+
+def _challenge_info(body: Mapping[str, Any]) -> ChallengeInfo:
+    token = body.get("token")
+    return ChallengeInfo(
+        type=_required_string(body, "type", "challenge"),
+        url=_required_string(body, "url", "challenge"),
+        token=token if isinstance(token, str) else "",
+        status=_optional_string(body, "status") or STATUS_PENDING,
+        error=_problem_text(body),
+    )
+
+
+def _existing_account_url(client: acme_client.ClientV2) -> str | None:
+    """The URL of the account this key already has, or None (``onlyReturnExisting``)."""
+    lookup = messages.NewRegistration(only_return_existing=True)
+    try:
+        response = client._post(_directory_entry(client, "newAccount"), lookup)
+    except messages.Error as error:
+        if error.code == "accountDoesNotExist":
+            return None
+        raise
+    return response.headers.get("Location") or None
+
+
+def _directory_entry(client: acme_client.ClientV2, name: str) -> str:
+    try:
+        url = client.directory[name]
+    except KeyError as exc:
+        raise _garbled(f"the CA's directory has no {name!r}") from exc
+    if not isinstance(url, str):
+        raise _garbled(f"the CA's directory entry {name!r} is not a URL")
+    return url
+
+
+def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    try:
+        return x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise AcmeProblem(
+            ProblemKind.REJECTED, "badCSR", "the CSR is not a PEM certificate request"
+        ) from exc
+
+
+def _csr_identifiers(csr_pem: bytes) -> list[messages.Identifier]:
+    csr = _load_csr(csr_pem)
+    dns_names, ip_addresses = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+    identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
+    identifiers += [
+        messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip)) for ip in ip_addresses
+    ]
+    if not identifiers:
+        raise AcmeProblem(ProblemKind.REJECTED, "badCSR", "the CSR names no domain")
+    return identifiers

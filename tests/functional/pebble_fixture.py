@@ -1,0 +1,259 @@
+"""A real Pebble CA on loopback for functional tests of the ACME adapter.
+
+Each instance gets a throwaway TLS CA and server certificate (made with `cryptography`), a
+config on free loopback ports, and runs with PEBBLE_VA_ALWAYS_VALID=1 so no DNS or HTTP
+validation is needed. Pebble still insists on `-dnsserver`: it points at a free loopback
+port where nothing answers (and nothing is ever asked).
+
+Import ``pebble_server`` and ``pebble_eab_server`` into a test module (``# noqa: F401``)
+to get the module-scoped fixtures ``pebble`` (options via indirect parametrization, e.g.
+``@pytest.mark.parametrize("pebble", [{"nonce_reject": 90}], indirect=True)``) and
+``pebble_eab`` (externalAccountBindingRequired with the MAC keys in ``EAB_KEYS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+PEBBLE_BINARY = "/usr/bin/pebble"
+EAB_KEYS = {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"}
+# Names Pebble refuses with rejectedIdentifier (its domainBlocklist covers subdomains too).
+BLOCKED_DOMAIN = "blocked.test"
+# Ports other processes on a shared machine use: never pick them.
+_RESERVED_PORTS = {5001, 5002, 8053, 14000, 15000}
+_START_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class PebbleInstance:
+    directory_url: str
+    ca_bundle: str
+    management_url: str
+    log_path: Path
+    eab_keys: dict[str, str] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def root_certificate_pem(self) -> str:
+        """Pebble's issuing root (regenerated at every start), from the management port."""
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        with urllib.request.urlopen(f"{self.management_url}/roots/0", context=context) as answer:
+            return answer.read().decode("ascii")
+
+
+def free_loopback_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (and not one of Pebble's defaults)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _RESERVED_PORTS:
+            return port
+
+
+def write_tls_material(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1 signed by it.
+
+    Returns (CA bundle, server certificate, server key) paths.
+    """
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certok test TLS CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    bundle = directory / "ca.pem"
+    cert_path = directory / "localhost.pem"
+    key_path = directory / "localhost.key"
+    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return bundle, cert_path, key_path
+
+
+@contextlib.contextmanager
+def run_pebble(
+    workdir: Path,
+    *,
+    nonce_reject: int = 0,
+    eab_required: bool = False,
+    strict: bool = False,
+) -> Iterator[PebbleInstance]:
+    """Start Pebble in ``workdir``, wait for its directory, yield it, stop it."""
+    if not Path(PEBBLE_BINARY).exists():
+        pytest.skip(f"{PEBBLE_BINARY} is not installed (apt-get install pebble)")
+    bundle, cert_path, key_path = write_tls_material(workdir / "tls")
+    acme_port, management_port = free_loopback_port(), free_loopback_port()
+    config: dict[str, Any] = {
+        "listenAddress": f"127.0.0.1:{acme_port}",
+        "managementListenAddress": f"127.0.0.1:{management_port}",
+        "certificate": str(cert_path),
+        "privateKey": str(key_path),
+        # With ALWAYS_VALID nothing connects to these; they only have to be valid ports.
+        "httpPort": free_loopback_port(),
+        "tlsPort": free_loopback_port(),
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": eab_required,
+        "domainBlocklist": [BLOCKED_DOMAIN],
+        "certificateValidityPeriod": 7776000,
+    }
+    if eab_required:
+        config["externalAccountMACKeys"] = EAB_KEYS
+    config_path = workdir / "pebble.json"
+    config_path.write_text(json.dumps({"pebble": config}, indent=2))
+    env = {
+        **os.environ,
+        "PEBBLE_VA_ALWAYS_VALID": "1",
+        "PEBBLE_VA_NOSLEEP": "1",
+        "PEBBLE_AUTHZREUSE": "0",
+        "PEBBLE_WFE_NONCEREJECT": str(nonce_reject),
+    }
+    command = [
+        PEBBLE_BINARY,
+        "-config",
+        str(config_path),
+        "-dnsserver",
+        f"127.0.0.1:{free_loopback_port()}",
+    ]
+    if strict:
+        command.append("-strict")
+    log_path = workdir / "pebble.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=workdir
+        )
+    instance = PebbleInstance(
+        directory_url=f"https://127.0.0.1:{acme_port}/dir",
+        ca_bundle=str(bundle),
+        management_url=f"https://127.0.0.1:{management_port}",
+        log_path=log_path,
+        eab_keys=dict(EAB_KEYS) if eab_required else {},
+    )
+    try:
+        _wait_for_directory(process, instance)
+        yield instance
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _wait_for_directory(process: subprocess.Popen[bytes], instance: PebbleInstance) -> None:
+    context = ssl.create_default_context(cafile=instance.ca_bundle)
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"pebble exited with {process.returncode} (busy port?):\n{instance.log_text()}"
+            )
+        try:
+            with urllib.request.urlopen(instance.directory_url, context=context, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
+    raise RuntimeError(f"pebble did not serve its directory in time:\n{instance.log_text()}")
+
+
+# Registered under the short names; the function names differ so that importing them into a
+# test module does not shadow the test functions' `pebble` / `pebble_eab` parameters.
+@pytest.fixture(scope="module", name="pebble")
+def pebble_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PebbleInstance]:
+    """A plain Pebble; options (nonce_reject, strict) by indirect parametrization."""
+    options: dict[str, Any] = getattr(request, "param", None) or {}
+    workdir = tmp_path_factory.mktemp("pebble")
+    with run_pebble(workdir, **options) as instance:
+        yield instance
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="pebble_eab")
+def pebble_eab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PebbleInstance]:
+    """A Pebble that requires external account binding (MAC keys: EAB_KEYS)."""
+    workdir = tmp_path_factory.mktemp("pebble-eab")
+    with run_pebble(workdir, eab_required=True) as instance:
+        yield instance
+    shutil.rmtree(workdir, ignore_errors=True)
