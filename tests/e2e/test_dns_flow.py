@@ -1,0 +1,260 @@
+"""The seed's DNS-delegation user story, end to end, as a user runs it.
+
+Real `certok serve` (subprocess) with its DNS server behind unbound, customer DNS in NSD,
+Pebble as the CA (plain for letsencrypt/zerossl, EAB-required for google).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certok.crypto import private_key_from_pem
+from tests.rig import Rig
+from tests.rig.certok_server import CertokServer
+
+
+def certok_cli(server: CertokServer, *args: str) -> str:
+    """Run the `certok` command against the server's data dir, as an operator would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "certok", *args],
+        env={**os.environ, **server.env},
+        cwd=server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def create_tenant(server: CertokServer, name: str) -> str:
+    out = certok_cli(server, "tenant", "create", name)
+    return out.split("token:")[1].split()[0]
+
+
+@dataclass
+class User:
+    """A domain owner's script: a token and two calls."""
+
+    server: CertokServer
+    token: str
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        return httpx.get(
+            self.server.base_url + path,
+            params=params,
+            headers={"httpsok-token": self.token},
+            timeout=30,
+            trust_env=False,
+        )
+
+    def dv(self, domains: str, **params: str) -> dict:  # type: ignore[type-arg]
+        response = self.get("/v1/cert/dv", domains=domains, **params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["code"] == 0
+        return body["data"]
+
+    def apply_until_done(self, code: str, timeout: float = 60, **params: str) -> dict:  # type: ignore[type-arg]
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.get("/v1/cert/apply", code=code, **params)
+            assert response.status_code == 200, response.text
+            data = response.json()["data"]
+            if data["status"] != "pending" or time.monotonic() > deadline:
+                return data
+            time.sleep(0.2)
+
+
+def delegate(rig: Rig, records: Callable[[list[str]], None], *dv_data: dict) -> None:  # type: ignore[type-arg]
+    """The owner adds the CNAMEs certok asked for (once) to the customer zone in NSD."""
+    lines = {
+        f"{item['name']} IN CNAME {item['value']}."
+        for data in dv_data
+        for item in data["items"]
+    }
+    records(sorted(lines))
+
+
+def verify_chain(rig: Rig, fullchain: str, tmp_path: Path, *, eab: bool = False) -> None:
+    certs = x509.load_pem_x509_certificates(fullchain.encode())
+    assert len(certs) >= 2, "full chain expected: leaf + intermediate"
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp_path / "root.pem").write_text(rig.pebble_roots(eab=eab))
+    (tmp_path / "leaf.pem").write_bytes(certs[0].public_bytes(Encoding.PEM))
+    (tmp_path / "chain.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]))
+    result = subprocess.run(
+        [
+            "openssl", "verify", "-CAfile", str(tmp_path / "root.pem"),
+            "-untrusted", str(tmp_path / "chain.pem"), str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def check_issued(
+    rig: Rig, data: dict, names: list[str], algorithm: str, tmp_path: Path, *, eab: bool = False  # type: ignore[type-arg]
+) -> None:
+    assert data["status"] == "issued", data
+    assert data["domains"] == ",".join(names)
+    leaf = x509.load_pem_x509_certificates(data["certificate"].encode())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
+    assert data["subject"] == names[0]
+    for field in ("notBefore", "notAfter"):
+        time.strptime(data[field], "%Y-%m-%d %H:%M:%S")
+    assert data["notAfter"] == leaf.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S")
+    key = private_key_from_pem(data["privateKey"])
+    expected_type = ec.EllipticCurvePrivateKey if algorithm == "ECC" else rsa.RSAPrivateKey
+    assert isinstance(key, expected_type)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        assert key.curve.name == "secp256r1"
+    else:
+        assert key.key_size == 2048
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
+    verify_chain(rig, data["certificate"], tmp_path, eab=eab)
+
+
+@pytest.fixture
+def server(certok_server: Callable[..., CertokServer]) -> CertokServer:
+    return certok_server()
+
+
+def test_one_name_letsencrypt_rsa(rig: Rig, server: CertokServer, customer_records, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    user = User(server, create_tenant(server, "acme-corp"))
+    first = user.dv("www.customer.test")
+    assert first["valid"] is False and first["code"] is None
+    item = first["items"][0]
+    assert item["name"] == "_acme-challenge.www" and item["type"] == "CNAME"
+    delegate(rig, customer_records, first)
+    second = user.dv("www.customer.test")
+    assert second["valid"] is True and second["items"][0]["valid"] is True
+    assert len(second["code"]) == 16
+    data = user.apply_until_done(second["code"], algorithm="RSA", issuer="letsencrypt")
+    assert data["issuer"] == "letsencrypt"
+    check_issued(rig, data, ["www.customer.test"], "RSA", tmp_path)
+    # the same code keeps answering with the same certificate
+    again = user.apply_until_done(second["code"])
+    assert again["certificate"] == data["certificate"]
+
+
+def test_wildcard_and_apex_ecc_on_the_eab_issuer(  # type: ignore[no-untyped-def]
+    rig: Rig, server: CertokServer, customer_records, tmp_path
+) -> None:
+    user = User(server, create_tenant(server, "acme-corp"))
+    names = ["*.customer.test", "customer.test", "www.customer.test"]
+    first = user.dv(",".join(names))
+    values = {item["domain"]: item["value"] for item in first["items"]}
+    assert values["*.customer.test"] == values["customer.test"]
+    delegate(rig, customer_records, first)
+    second = user.dv(",".join(names))
+    assert second["valid"] is True
+    # defaults: algorithm ECC, issuer google (here: the Pebble that requires EAB)
+    data = user.apply_until_done(second["code"])
+    assert data["issuer"] == "google"
+    check_issued(rig, data, names, "ECC", tmp_path, eab=True)
+
+
+def test_missing_or_foreign_cname_gets_no_code(  # type: ignore[no-untyped-def]
+    rig: Rig, server: CertokServer, customer_records
+) -> None:
+    alice = User(server, create_tenant(server, "alice"))
+    mallory = User(server, create_tenant(server, "mallory"))
+    # no CNAME at all
+    data = alice.dv("nodeleg.customer.test")
+    assert data["valid"] is False and data["code"] is None
+    assert "_acme-challenge.nodeleg" in data["items"][0]["detail"]
+    # alice delegates www; mallory asks for the same name: her label differs, so not valid
+    delegate(rig, customer_records, alice.dv("www.customer.test"))
+    assert alice.dv("www.customer.test")["valid"] is True
+    stolen = mallory.dv("www.customer.test")
+    assert stolen["valid"] is False and stolen["code"] is None
+    assert stolen["items"][0]["value"] != alice.dv("www.customer.test")["items"][0]["value"]
+    # and mallory cannot use alice's code either
+    alice_code = alice.dv("www.customer.test")["code"]
+    response = mallory.get("/v1/cert/apply", code=alice_code)
+    assert response.status_code == 404 and response.json()["code"] != 0
+    # a wrong token is refused outright
+    response = User(server, "f" * 32).get("/v1/cert/dv", domains="www.customer.test")
+    assert response.status_code == 401 and response.json()["code"] != 0
+    # alice's code is still good after mallory's attempts
+    assert alice.apply_until_done(alice_code)["status"] == "issued"
+
+
+def test_expired_code_is_refused(  # type: ignore[no-untyped-def]
+    rig: Rig, certok_server, customer_records
+) -> None:
+    server = certok_server(code_ttl_seconds=1)
+    user = User(server, create_tenant(server, "acme-corp"))
+    delegate(rig, customer_records, user.dv("www.customer.test"))
+    code = user.dv("www.customer.test")["code"]
+    time.sleep(1.5)
+    response = user.get("/v1/cert/apply", code=code)
+    assert response.status_code == 410
+    body = response.json()
+    assert body["code"] != 0 and "/v1/cert/dv" in body["msg"]
+
+
+def test_nonce_rejection_30_percent_still_issues_every_order(  # type: ignore[no-untyped-def]
+    rig: Rig, certok_server, customer_records, tmp_path
+) -> None:
+    with rig.pebble_settings(nonce_reject=30):
+        server = certok_server()
+        user = User(server, create_tenant(server, "acme-corp"))
+        names = [f"www{i}.customer.test" for i in ("", "2", "3", "4", "5")]
+        first = user.dv(",".join(names))
+        delegate(rig, customer_records, first)
+        results = []
+        for name in names:
+            code = user.dv(name)["code"]
+            assert code, name
+            results.append((name, user.apply_until_done(code, issuer="letsencrypt")))
+        for name, data in results:
+            assert data["status"] == "issued", (name, data)
+        check_issued(rig, results[0][1], [names[0]], "ECC", tmp_path)
+
+
+def _order_row(server: CertokServer) -> tuple[str, str | None]:
+    with sqlite3.connect(Path(server.env["CERTOK_DATA_DIR"]) / "certok.db") as db:
+        row = db.execute("SELECT state, acme_order_url FROM orders").fetchone()
+    return row[0], row[1]
+
+
+def test_sigkill_while_pending_then_restart_resumes_the_same_order(  # type: ignore[no-untyped-def]
+    rig: Rig, certok_server, customer_records, tmp_path
+) -> None:
+    # Slow validations (3 s) so the order is surely in flight when certok dies.
+    with rig.pebble_settings(env={"PEBBLE_VA_NOSLEEP": "0", "PEBBLE_VA_SLEEPTIME": "3"}):
+        server = certok_server(apply_wait_seconds=0)
+        user = User(server, create_tenant(server, "acme-corp"))
+        delegate(rig, customer_records, user.dv("www.customer.test"))
+        code = user.dv("www.customer.test")["code"]
+        assert user.get("/v1/cert/apply", code=code, issuer="letsencrypt").json()["data"][
+            "status"
+        ] == "pending"
+        deadline = time.monotonic() + 10
+        while _order_row(server)[1] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state, order_url = _order_row(server)
+        assert state == "pending" and order_url, "the ACME order should exist before the kill"
+        server.kill()
+        server.start()
+        data = user.apply_until_done(code, timeout=60)
+        check_issued(rig, data, ["www.customer.test"], "ECC", tmp_path)
+        # resumed, not restarted: the same ACME order finished
+        assert _order_row(server) == ("issued", order_url)
