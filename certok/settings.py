@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     dns_port: int = 5300
     dns_nameservers: list[str] = Field(default_factory=list)
     dns_nameserver_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
-    dns_ttl: int = Field(default=5, ge=0, le=60)
+    # 0: a resolver must never serve a previous order's TXT value for the same name.
+    dns_ttl: int = Field(default=0, ge=0, le=60)
     dns_refresh_seconds: float = Field(default=0.5, gt=0, le=5)
     dns_max_txt_values: int = Field(default=8, ge=1, le=32)
 

@@ -6,10 +6,8 @@ Pebble as the CA (plain for letsencrypt/zerossl, EAB-required for google).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,26 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from certok.crypto import private_key_from_pem
 from tests.rig import Rig
 from tests.rig.certok_server import CertokServer
-
-
-def certok_cli(server: CertokServer, *args: str) -> str:
-    """Run the `certok` command against the server's data dir, as an operator would."""
-    result = subprocess.run(
-        [sys.executable, "-m", "certok", *args],
-        env={**os.environ, **server.env},
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def create_tenant(server: CertokServer, name: str) -> str:
-    out = certok_cli(server, "tenant", "create", name)
-    return out.split("token:")[1].split()[0]
 
 
 @dataclass
@@ -82,9 +60,7 @@ class User:
 def delegate(rig: Rig, records: Callable[[list[str]], None], *dv_data: dict) -> None:  # type: ignore[type-arg]
     """The owner adds the CNAMEs certok asked for (once) to the customer zone in NSD."""
     lines = {
-        f"{item['name']} IN CNAME {item['value']}."
-        for data in dv_data
-        for item in data["items"]
+        f"{item['name']} IN CNAME {item['value']}." for data in dv_data for item in data["items"]
     }
     records(sorted(lines))
 
@@ -108,7 +84,13 @@ def verify_chain(rig: Rig, fullchain: str, tmp_path: Path, *, eab: bool = False)
 
 
 def check_issued(
-    rig: Rig, data: dict, names: list[str], algorithm: str, tmp_path: Path, *, eab: bool = False  # type: ignore[type-arg]
+    rig: Rig,
+    data: dict,
+    names: list[str],
+    algorithm: str,
+    tmp_path: Path,
+    *,
+    eab: bool = False,  # type: ignore[type-arg]
 ) -> None:
     assert data["status"] == "issued", data
     assert data["domains"] == ",".join(names)
@@ -135,8 +117,10 @@ def server(certok_server: Callable[..., CertokServer]) -> CertokServer:
     return certok_server()
 
 
-def test_one_name_letsencrypt_rsa(rig: Rig, server: CertokServer, customer_records, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    user = User(server, create_tenant(server, "acme-corp"))
+def test_one_name_letsencrypt_rsa(
+    rig: Rig, server: CertokServer, customer_records, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    user = User(server, server.create_tenant("acme-corp"))
     first = user.dv("www.customer.test")
     assert first["valid"] is False and first["code"] is None
     item = first["items"][0]
@@ -156,7 +140,7 @@ def test_one_name_letsencrypt_rsa(rig: Rig, server: CertokServer, customer_recor
 def test_wildcard_and_apex_ecc_on_the_eab_issuer(  # type: ignore[no-untyped-def]
     rig: Rig, server: CertokServer, customer_records, tmp_path
 ) -> None:
-    user = User(server, create_tenant(server, "acme-corp"))
+    user = User(server, server.create_tenant("acme-corp"))
     names = ["*.customer.test", "customer.test", "www.customer.test"]
     first = user.dv(",".join(names))
     values = {item["domain"]: item["value"] for item in first["items"]}
@@ -173,8 +157,8 @@ def test_wildcard_and_apex_ecc_on_the_eab_issuer(  # type: ignore[no-untyped-def
 def test_missing_or_foreign_cname_gets_no_code(  # type: ignore[no-untyped-def]
     rig: Rig, server: CertokServer, customer_records
 ) -> None:
-    alice = User(server, create_tenant(server, "alice"))
-    mallory = User(server, create_tenant(server, "mallory"))
+    alice = User(server, server.create_tenant("alice"))
+    mallory = User(server, server.create_tenant("mallory"))
     # no CNAME at all
     data = alice.dv("nodeleg.customer.test")
     assert data["valid"] is False and data["code"] is None
@@ -200,7 +184,7 @@ def test_expired_code_is_refused(  # type: ignore[no-untyped-def]
     rig: Rig, certok_server, customer_records
 ) -> None:
     server = certok_server(code_ttl_seconds=1)
-    user = User(server, create_tenant(server, "acme-corp"))
+    user = User(server, server.create_tenant("acme-corp"))
     delegate(rig, customer_records, user.dv("www.customer.test"))
     code = user.dv("www.customer.test")["code"]
     time.sleep(1.5)
@@ -215,7 +199,7 @@ def test_nonce_rejection_30_percent_still_issues_every_order(  # type: ignore[no
 ) -> None:
     with rig.pebble_settings(nonce_reject=30):
         server = certok_server()
-        user = User(server, create_tenant(server, "acme-corp"))
+        user = User(server, server.create_tenant("acme-corp"))
         names = [f"www{i}.customer.test" for i in ("", "2", "3", "4", "5")]
         first = user.dv(",".join(names))
         delegate(rig, customer_records, first)
@@ -241,12 +225,13 @@ def test_sigkill_while_pending_then_restart_resumes_the_same_order(  # type: ign
     # Slow validations (3 s) so the order is surely in flight when certok dies.
     with rig.pebble_settings(env={"PEBBLE_VA_NOSLEEP": "0", "PEBBLE_VA_SLEEPTIME": "3"}):
         server = certok_server(apply_wait_seconds=0)
-        user = User(server, create_tenant(server, "acme-corp"))
+        user = User(server, server.create_tenant("acme-corp"))
         delegate(rig, customer_records, user.dv("www.customer.test"))
         code = user.dv("www.customer.test")["code"]
-        assert user.get("/v1/cert/apply", code=code, issuer="letsencrypt").json()["data"][
-            "status"
-        ] == "pending"
+        assert (
+            user.get("/v1/cert/apply", code=code, issuer="letsencrypt").json()["data"]["status"]
+            == "pending"
+        )
         deadline = time.monotonic() + 10
         while _order_row(server)[1] is None and time.monotonic() < deadline:
             time.sleep(0.05)

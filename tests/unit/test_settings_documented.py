@@ -20,12 +20,18 @@ def documented_names() -> set[str]:
 def test_every_setting_is_documented() -> None:
     names = documented_names()
     missing = [f for f in Settings.model_fields if f not in names]
-    missing += [f"issuers.<name>.{f}" for f in IssuerSettings.model_fields if f"issuers.<name>.{f}" not in names]
+    missing += [
+        f"issuers.<name>.{f}"
+        for f in IssuerSettings.model_fields
+        if f"issuers.<name>.{f}" not in names
+    ]
     assert not missing, f"add these to docs/settings.md: {missing}"
 
 
 def test_no_documented_setting_is_stale() -> None:
-    known = set(Settings.model_fields) | {f"issuers.<name>.{f}" for f in IssuerSettings.model_fields}
+    known = set(Settings.model_fields) | {
+        f"issuers.<name>.{f}" for f in IssuerSettings.model_fields
+    }
     stale = documented_names() - known
     assert not stale, f"docs/settings.md documents settings that do not exist: {stale}"
 
