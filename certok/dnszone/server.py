@@ -1,0 +1,259 @@
+"""The asyncio DNS server: UDP and TCP on one port, answers from the zone cache's snapshot.
+
+All protocol decisions live in ``answer.answer``; this module only moves bytes, frames TCP
+(RFC 7766: two-byte length, several queries per connection, idle timeout, connection cap) and
+limits UDP response rates per client network (like NSD's RRL) so the server is a poor
+amplifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer
+from certok.dnszone.records import ZoneCache
+from certok.dnszone.wire import truncate_reply
+
+log = logging.getLogger(__name__)
+
+TCP_IDLE_TIMEOUT = 10.0
+MAX_TCP_CONNECTIONS = 256
+RATE_LIMIT_PER_SECOND = 200
+RATE_LIMIT_SLIP = 2
+_PORT_ATTEMPTS = 50
+_UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+class RateDecision(enum.Enum):
+    SEND = "send"
+    TRUNCATE = "truncate"  # TC=1 tells a real resolver to come back over TCP
+    DROP = "drop"
+
+
+class ResponseRateLimiter:
+    """UDP responses per second per client /24 (IPv4) or /64 (IPv6), like NSD's RRL.
+
+    Over the limit, every ``slip``-th response still goes out truncated so a legitimate
+    resolver behind a spoofed flood can retry over TCP; the others are dropped.
+    """
+
+    # Forget every network when the table gets this big (a spoofed-source flood).
+    MAX_TRACKED_NETWORKS = 100_000
+
+    def __init__(
+        self, per_second: int, slip: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._per_second = per_second
+        self._slip = slip
+        self._clock = clock
+        # network → [second, responses in that second, responses limited so far]
+        self._windows: dict[bytes, list[int]] = {}
+
+    def decide(self, address: str) -> RateDecision:
+        network = _client_network(address)
+        second = int(self._clock())
+        window = self._windows.get(network)
+        if window is None or window[0] != second:
+            if len(self._windows) >= self.MAX_TRACKED_NETWORKS:
+                self._windows.clear()
+            self._windows[network] = [second, 1, 0]
+            return RateDecision.SEND
+        window[1] += 1
+        if window[1] <= self._per_second:
+            return RateDecision.SEND
+        window[2] += 1
+        if self._slip and window[2] % self._slip == 0:
+            return RateDecision.TRUNCATE
+        return RateDecision.DROP
+
+
+def _client_network(address: str) -> bytes:
+    packed = ipaddress.ip_address(address.split("%", 1)[0]).packed
+    return packed[:3] if len(packed) == 4 else packed[:8]
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(
+        self, config: ZoneConfig, cache: ZoneCache, limiter: ResponseRateLimiter | None
+    ) -> None:
+        self._config = config
+        self._cache = cache
+        self._limiter = limiter
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's UDP transport does not subclass DatagramTransport; uvloop's does.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        try:
+            decision = RateDecision.SEND
+            if self._limiter is not None:
+                decision = self._limiter.decide(str(addr[0]))
+                if decision is RateDecision.DROP:
+                    return
+            reply = answer(data, self._config, self._cache.records, max_udp=ADVERTISED_UDP_PAYLOAD)
+            if reply is None or self._transport is None:
+                return
+            if decision is RateDecision.TRUNCATE:
+                reply = truncate_reply(reply)
+            self._transport.sendto(reply, addr)
+        except Exception:
+            log.exception("dropping a UDP query from %s after an unexpected error", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (a client that went away): nothing to do.
+        log.debug("UDP socket error: %s", exc)
+
+
+class DnsServer:
+    """A running server; ``port`` is the bound port, the same for UDP and TCP."""
+
+    def __init__(
+        self,
+        port: int,
+        udp: asyncio.DatagramTransport,
+        tcp: asyncio.Server,
+        connections: set[asyncio.Task[None]],
+    ) -> None:
+        self.port = port
+        self._udp = udp
+        self._tcp = tcp
+        self._connections = connections
+
+    async def close(self) -> None:
+        self._udp.close()
+        self._tcp.close()
+        # Python 3.11's wait_closed does not wait for (or end) open connections.
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._tcp.wait_closed()
+
+
+class _TcpHandler:
+    def __init__(
+        self,
+        config: ZoneConfig,
+        cache: ZoneCache,
+        idle_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self._config = config
+        self._cache = cache
+        self._idle_timeout = idle_timeout
+        self._max_connections = max_connections
+        self.connections: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self.connections) >= self._max_connections:
+            writer.close()
+            return
+        self.connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass  # the client left, went idle, or reset: all normal ends of a connection
+        except Exception:
+            log.exception("closing a DNS TCP connection after an unexpected error")
+        finally:
+            self.connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # RFC 7766 §6.2.1: serve queries one after another until the client goes idle.
+        while True:
+            async with asyncio.timeout(self._idle_timeout):
+                length = int.from_bytes(await reader.readexactly(2), "big")
+                query = await reader.readexactly(length)
+            reply = answer(query, self._config, self._cache.records, max_udp=None)
+            if reply is None:
+                continue
+            writer.write(len(reply).to_bytes(2, "big") + reply)
+            async with asyncio.timeout(self._idle_timeout):
+                await writer.drain()
+
+
+async def start_dns_server(
+    host: str,
+    port: int,
+    config: ZoneConfig,
+    cache: ZoneCache,
+    *,
+    tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+    max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+    rate_limit_per_second: int | None = RATE_LIMIT_PER_SECOND,
+    rate_limit_slip: int = RATE_LIMIT_SLIP,
+) -> DnsServer:
+    """Serve ``config``'s zone on ``host``:``port`` (UDP and TCP); port 0 picks a free port.
+
+    ``host`` must be an IP address literal: binding never consults a resolver.
+    ``rate_limit_per_second=None`` turns UDP response rate limiting off (benchmarks).
+    """
+    udp_sock, tcp_sock = _bind_udp_and_tcp(host, port)
+    bound_port = int(udp_sock.getsockname()[1])
+    loop = asyncio.get_running_loop()
+    limiter = (
+        ResponseRateLimiter(rate_limit_per_second, rate_limit_slip)
+        if rate_limit_per_second
+        else None
+    )
+    try:
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(config, cache, limiter), sock=udp_sock
+        )
+    except BaseException:
+        udp_sock.close()
+        tcp_sock.close()
+        raise
+    handler = _TcpHandler(config, cache, tcp_idle_timeout, max_tcp_connections)
+    try:
+        tcp = await asyncio.start_server(handler, sock=tcp_sock)
+    except BaseException:
+        udp.close()
+        tcp_sock.close()
+        raise
+    return DnsServer(bound_port, udp, tcp, handler.connections)
+
+
+def _bind_udp_and_tcp(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"dns_host must be an IP address such as 127.0.0.1, not {host!r}"
+        ) from None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    # With port 0 the kernel picks a free UDP port, which may be taken for TCP: try again.
+    for _ in range(_PORT_ATTEMPTS if port == 0 else 1):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(OSError):
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
+            udp.bind((host, port))
+            chosen = udp.getsockname()[1]
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, chosen))
+            tcp.listen(128)
+        except OSError:
+            udp.close()
+            tcp.close()
+            if port != 0:
+                raise
+            continue
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        return udp, tcp
+    raise OSError(f"no port on {host} was free for both UDP and TCP")

@@ -1,0 +1,646 @@
+"""The real DNS server on loopback, answering from a ZoneCache over a real SQLite database.
+
+The server runs on its own asyncio loop in a background thread; the tests query it with
+dnspython's blocking clients (and raw sockets where exact bytes or framing matter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.migrate import upgrade
+from certok.db.models import ChallengeRecord, Delegation, Order, Tenant
+from certok.dnszone.answer import ZoneConfig
+from certok.dnszone.records import ZoneCache, ZoneRecords
+from certok.dnszone.server import DnsServer, start_dns_server
+
+ZONE = "acme.svc.test"
+LABEL = "0123456789abcdef"
+OTHER_LABEL = "fedcba9876543210"
+CONFIG = ZoneConfig(
+    zone=ZONE, nameservers=(f"ns1.{ZONE}",), nameserver_addresses=("127.0.0.1",), ttl=5
+)
+HOST = "127.0.0.1"
+TIMEOUT = 2.0
+T = TypeVar("T")
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread; run() executes a coroutine there."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@dataclass
+class Zone:
+    """Writes the rows certok's other parts write: delegations and dns-01 TXT values."""
+
+    sessions: sessionmaker[Session]
+    tenant_id: int
+    order_id: int
+
+    def delegate(self, label: str, base_name: str) -> None:
+        with transaction(self.sessions) as session:
+            session.add(
+                Delegation(
+                    tenant_id=self.tenant_id, base_name=base_name, label=label, created_at=now()
+                )
+            )
+
+    def present(self, label: str, value: str) -> None:
+        with transaction(self.sessions) as session:
+            session.add(
+                ChallengeRecord(
+                    order_id=self.order_id,
+                    kind="dns-01",
+                    name=label,
+                    value=value,
+                    authz_url=f"https://ca.test/authz/{value}",
+                    created_at=now(),
+                )
+            )
+
+    def clean_up(self, label: str) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(delete(ChallengeRecord).where(ChallengeRecord.name == label))
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture
+def zone(sessions: sessionmaker[Session]) -> Zone:
+    with transaction(sessions) as session:
+        tenant = Tenant(name="tenant-a", disabled=False, created_at=now())
+        session.add(tenant)
+        session.flush()
+        order = Order(
+            tenant_id=tenant.id,
+            issuer="letsencrypt",
+            algorithm="ECC",
+            challenge_type="dns",
+            domains="customer.test,*.customer.test",
+            state="pending",
+            attempts=0,
+            next_attempt_at=now(),
+            deadline_at=now() + dt.timedelta(days=1),
+            created_at=now(),
+        )
+        session.add(order)
+        session.flush()
+        return Zone(sessions, tenant.id, order.id)
+
+
+@pytest.fixture
+def cache(sessions: sessionmaker[Session]) -> ZoneCache:
+    return ZoneCache(sessions)
+
+
+ServerFactory = Callable[..., DnsServer]
+
+
+@pytest.fixture
+def start_server(loop_thread: LoopThread) -> Iterator[ServerFactory]:
+    servers: list[DnsServer] = []
+
+    def start(cache: ZoneCache, **options: Any) -> DnsServer:
+        server = loop_thread.run(start_dns_server(HOST, 0, CONFIG, cache, **options))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        loop_thread.run(server.close())
+
+
+@pytest.fixture
+def server(start_server: ServerFactory, cache: ZoneCache) -> DnsServer:
+    return start_server(cache)
+
+
+def txt_query(label: str, **options: Any) -> dns.message.Message:
+    return dns.message.make_query(f"{label}.{ZONE}", "TXT", **options)
+
+
+def txt_values(reply: dns.message.Message) -> list[str]:
+    return sorted(b"".join(r.strings).decode() for rrset in reply.answer for r in rrset)
+
+
+def udp_bytes(port: int, query: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendto(query, (HOST, port))
+        return sock.recv(65535)
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        data += chunk
+    return data
+
+
+def tcp_frames(sock: socket.socket, count: int) -> list[bytes]:
+    frames = []
+    for _ in range(count):
+        length = struct.unpack("!H", read_exactly(sock, 2))[0]
+        frames.append(read_exactly(sock, length))
+    return frames
+
+
+def tcp_connect(port: int) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    # Closing with our query unread makes the kernel send a reset instead of a FIN.
+    try:
+        return sock.recv(2) == b""
+    except ConnectionResetError:
+        return True
+
+
+def frame(query: bytes) -> bytes:
+    return struct.pack("!H", len(query)) + query
+
+
+# --- answers from the database ------------------------------------------------------------------
+
+
+def test_values_from_the_database_are_served_over_udp_and_tcp(
+    zone: Zone, cache: ZoneCache, server: DnsServer
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "apex-digest")
+    zone.present(LABEL, "wildcard-digest")  # apex + wildcard: two values at one label
+    cache.refresh()
+
+    query = txt_query(LABEL)
+    over_udp = dns.query.udp(query, HOST, port=server.port, timeout=TIMEOUT)
+    over_tcp = dns.query.tcp(query, HOST, port=server.port, timeout=TIMEOUT)
+    assert txt_values(over_udp) == ["apex-digest", "wildcard-digest"]
+    assert over_udp.flags & dns.flags.AA
+    assert over_udp == over_tcp
+    # Identical bytes on both transports.
+    with tcp_connect(server.port) as sock:
+        sock.sendall(frame(query.to_wire()))
+        (tcp_reply,) = tcp_frames(sock, 1)
+    assert udp_bytes(server.port, query.to_wire()) == tcp_reply
+
+
+def test_removed_values_become_nodata_and_unknown_labels_nxdomain(
+    zone: Zone, cache: ZoneCache, server: DnsServer
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    reply = dns.query.udp(txt_query(LABEL), HOST, port=server.port, timeout=TIMEOUT)
+    assert txt_values(reply) == ["digest"]
+
+    zone.clean_up(LABEL)
+    cache.refresh()
+    reply = dns.query.udp(txt_query(LABEL), HOST, port=server.port, timeout=TIMEOUT)
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer == []
+    assert reply.authority[0].rdtype == dns.rdatatype.SOA
+
+    reply = dns.query.udp(txt_query(OTHER_LABEL), HOST, port=server.port, timeout=TIMEOUT)
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert reply.authority[0].rdtype == dns.rdatatype.SOA
+
+
+def test_case_of_the_question_is_preserved(zone: Zone, cache: ZoneCache, server: DnsServer) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    mixed = "0123456789aBcDeF.aCmE.SvC.tEsT."
+    query = dns.message.make_query(mixed, "TXT")
+    for reply in (
+        dns.query.udp(query, HOST, port=server.port, timeout=TIMEOUT),
+        dns.query.tcp(query, HOST, port=server.port, timeout=TIMEOUT),
+    ):
+        assert reply.question[0].name.to_text() == mixed
+        assert reply.answer[0].name.to_text() == mixed
+        assert txt_values(reply) == ["digest"]
+
+
+def test_big_answer_is_truncated_over_udp_and_complete_over_tcp(
+    zone: Zone, cache: ZoneCache, server: DnsServer
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    values = [f"{i}-" + "v" * 180 for i in range(8)]
+    for value in values:
+        zone.present(LABEL, value)
+    cache.refresh()
+    query = txt_query(LABEL, use_edns=False)
+    reply = dns.query.udp(query, HOST, port=server.port, timeout=TIMEOUT)
+    assert reply.flags & dns.flags.TC
+    assert reply.answer == []
+    reply, used_tcp = dns.query.udp_with_fallback(query, HOST, port=server.port, timeout=TIMEOUT)
+    assert used_tcp
+    assert txt_values(reply) == sorted(values)
+
+
+def test_refresh_keeps_the_snapshot_when_nothing_changed(zone: Zone, cache: ZoneCache) -> None:
+    zone.delegate(LABEL, "customer.test")
+    cache.refresh()
+    first = cache.records
+    cache.refresh()
+    assert cache.records is first
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    assert cache.records is not first
+    assert cache.records.serial > first.serial
+    assert cache.records.txt == {LABEL: ("digest",)}
+    assert cache.records.labels == frozenset({LABEL})
+
+
+def test_refresh_reads_only_dns01_rows(zone: Zone, cache: ZoneCache) -> None:
+    with transaction(zone.sessions) as session:
+        session.add(
+            ChallengeRecord(
+                order_id=zone.order_id,
+                kind="http-01",
+                name="www.customer.test/token",
+                value="key-authorization",
+                authz_url="https://ca.test/authz/1",
+                created_at=now(),
+            )
+        )
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    assert dict(cache.records.txt) == {LABEL: ("digest",)}
+
+
+def test_a_cache_without_a_database_serves_what_it_is_given(
+    start_server: ServerFactory,
+) -> None:
+    cache = ZoneCache(None)
+    cache.refresh()  # nothing to read: keeps the empty snapshot
+    cache.replace(ZoneRecords.build([LABEL], [(LABEL, "given")]))
+    server = start_server(cache)
+    reply = dns.query.udp(txt_query(LABEL), HOST, port=server.port, timeout=TIMEOUT)
+    assert txt_values(reply) == ["given"]
+
+
+# --- the refresher ------------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_request_refresh_wakes_the_refresher_at_once(
+    zone: Zone, cache: ZoneCache, server: DnsServer, loop_thread: LoopThread
+) -> None:
+    refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(3600), loop_thread.loop)
+    try:
+        assert wait_until(lambda: cache.records.labels == frozenset(), 5)
+        zone.delegate(LABEL, "customer.test")
+        zone.present(LABEL, "digest")
+        started = time.monotonic()
+        cache.request_refresh()  # from this (non-loop) thread, as the worker does
+        assert wait_until(lambda: LABEL in cache.records.txt, 5)
+        assert time.monotonic() - started < 2  # not the hour-long interval
+        reply = dns.query.udp(txt_query(LABEL), HOST, port=server.port, timeout=TIMEOUT)
+        assert txt_values(reply) == ["digest"]
+
+        zone.clean_up(LABEL)
+        assert cache.wait_for_refresh(5)
+        assert LABEL not in cache.records.txt
+    finally:
+        refresher.cancel()
+
+
+def test_the_refresher_refreshes_on_its_interval(
+    zone: Zone, cache: ZoneCache, loop_thread: LoopThread
+) -> None:
+    refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(0.05), loop_thread.loop)
+    try:
+        zone.delegate(LABEL, "customer.test")
+        assert wait_until(lambda: LABEL in cache.records.labels, 5)
+    finally:
+        refresher.cancel()
+
+
+def test_wait_for_refresh_times_out_without_a_refresher(cache: ZoneCache) -> None:
+    assert cache.wait_for_refresh(0.05) is False
+
+
+def test_the_refresher_survives_database_errors(
+    tmp_path: Path, loop_thread: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/late.db")  # no schema yet: every read fails
+    factory = make_session_factory(engine)
+    cache = ZoneCache(factory)
+    caplog.set_level(logging.ERROR, logger="certok.dnszone.records")
+    refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(0.05), loop_thread.loop)
+    try:
+        assert wait_until(lambda: "refresh failed" in caplog.text, 5)
+        assert not refresher.done()
+        upgrade(engine)
+        zone = Zone(factory, 0, 0)
+        with transaction(factory) as session:
+            session.add(Tenant(name="t", disabled=False, created_at=now()))
+            session.flush()
+            zone.tenant_id = session.query(Tenant).one().id
+        zone.delegate(LABEL, "customer.test")
+        assert wait_until(lambda: LABEL in cache.records.labels, 5)
+    finally:
+        refresher.cancel()
+        engine.dispose()
+
+
+# --- TCP behaviour ------------------------------------------------------------------------------
+
+
+def test_several_queries_on_one_tcp_connection(
+    zone: Zone, cache: ZoneCache, server: DnsServer
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    queries = [txt_query(LABEL), txt_query(OTHER_LABEL), dns.message.make_query(ZONE, "SOA")]
+    with tcp_connect(server.port) as sock:
+        # Pipelined: all queries before reading any reply (RFC 7766 §6.2.1.1).
+        sock.sendall(b"".join(frame(q.to_wire()) for q in queries))
+        replies = [dns.message.from_wire(r) for r in tcp_frames(sock, 3)]
+        # The connection stays open for more.
+        sock.sendall(frame(queries[0].to_wire()))
+        (again,) = tcp_frames(sock, 1)
+    assert [r.id for r in replies] == [q.id for q in queries]
+    assert txt_values(replies[0]) == ["digest"]
+    assert replies[1].rcode() == dns.rcode.NXDOMAIN
+    assert replies[2].answer[0].rdtype == dns.rdatatype.SOA
+    assert dns.message.from_wire(again) == replies[0]
+
+
+def test_idle_tcp_connections_are_closed(start_server: ServerFactory, cache: ZoneCache) -> None:
+    server = start_server(cache, tcp_idle_timeout=0.2)
+    with tcp_connect(server.port) as sock:
+        sock.settimeout(3)
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 2
+
+
+def test_tcp_connections_are_capped(start_server: ServerFactory, cache: ZoneCache) -> None:
+    server = start_server(cache, max_tcp_connections=2)
+    query = dns.message.make_query(ZONE, "SOA").to_wire()
+    first, second = tcp_connect(server.port), tcp_connect(server.port)
+    try:
+        for sock in (first, second):  # both are being served
+            sock.sendall(frame(query))
+            tcp_frames(sock, 1)
+        with tcp_connect(server.port) as third:
+            third.settimeout(3)
+            third.sendall(frame(query))
+            assert closed_by_server(third)  # turned away
+        second.close()
+        assert wait_until(lambda: _served_over_tcp(server.port, query), 3)
+    finally:
+        first.close()
+        second.close()
+
+
+def _served_over_tcp(port: int, query: bytes) -> bool:
+    try:
+        with tcp_connect(port) as sock:
+            sock.sendall(frame(query))
+            return len(tcp_frames(sock, 1)) == 1
+    except (ConnectionError, OSError):
+        return False
+
+
+def test_close_ends_open_tcp_connections(loop_thread: LoopThread, cache: ZoneCache) -> None:
+    server = loop_thread.run(start_dns_server(HOST, 0, CONFIG, cache))
+    with tcp_connect(server.port) as sock:
+        sock.sendall(frame(dns.message.make_query(ZONE, "SOA").to_wire()))
+        tcp_frames(sock, 1)
+        loop_thread.run(server.close())
+        sock.settimeout(3)
+        assert sock.recv(1) == b""
+    with pytest.raises(OSError):
+        tcp_connect(server.port).close()
+
+
+def test_a_fixed_port_is_bound_for_udp_and_tcp(loop_thread: LoopThread, cache: ZoneCache) -> None:
+    port = free_port()
+    server = loop_thread.run(start_dns_server(HOST, port, CONFIG, cache))
+    try:
+        assert server.port == port
+        query = dns.message.make_query(ZONE, "SOA")
+        assert dns.query.udp(query, HOST, port=port, timeout=TIMEOUT).answer
+        assert dns.query.tcp(query, HOST, port=port, timeout=TIMEOUT).answer
+    finally:
+        loop_thread.run(server.close())
+
+
+def test_a_host_name_is_refused_rather_than_resolved(
+    loop_thread: LoopThread, cache: ZoneCache
+) -> None:
+    with pytest.raises(ValueError, match="IP address"):
+        loop_thread.run(start_dns_server("localhost", 0, CONFIG, cache))
+
+
+# --- UDP rate limiting --------------------------------------------------------------------------
+
+
+def test_udp_responses_are_rate_limited_with_slip(
+    start_server: ServerFactory, cache: ZoneCache
+) -> None:
+    server = start_server(cache, rate_limit_per_second=20, rate_limit_slip=2)
+    sent = 100
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(sent):
+            query = dns.message.make_query(ZONE, "SOA", use_edns=False)
+            query.id = i
+            sock.sendto(query.to_wire(), (HOST, server.port))
+        replies = []
+        sock.settimeout(0.5)
+        try:
+            while True:
+                replies.append(dns.message.from_wire(sock.recv(65535)))
+        except TimeoutError:
+            pass
+    full = [r for r in replies if not r.flags & dns.flags.TC]
+    truncated = [r for r in replies if r.flags & dns.flags.TC]
+    # At most two one-second windows were touched: 20 full replies each.
+    assert 20 <= len(full) <= 40
+    assert truncated, "over the limit, every second reply slips out truncated"
+    assert len(replies) < sent
+
+
+# --- through a real recursive resolver ----------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free for UDP and TCP, below the ephemeral range the kernel hands out."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind((HOST, port))
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                    tcp.bind((HOST, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port for unbound")
+
+
+UNBOUND_CONF = """\
+server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip4: yes
+    do-ip6: no
+    do-udp: yes
+    do-tcp: yes
+    access-control: 127.0.0.0/8 allow
+    username: ""
+    chroot: ""
+    directory: "{workdir}"
+    pidfile: "{workdir}/unbound.pid"
+    use-syslog: no
+    logfile: "{workdir}/unbound.log"
+    verbosity: 1
+    do-not-query-localhost: no
+    module-config: "iterator"
+    qname-minimisation: yes
+    local-zone: "test." nodefault
+    local-zone: "." refuse
+    local-zone: "{zone}." transparent
+    cache-max-ttl: 5
+    cache-max-negative-ttl: 1
+    infra-host-ttl: 5
+    num-threads: 1
+remote-control:
+    control-enable: no
+stub-zone:
+    name: "{zone}."
+    stub-addr: 127.0.0.1@{stub_port}
+"""
+
+
+@pytest.fixture
+def unbound(tmp_path: Path, server: DnsServer) -> Iterator[int]:
+    binary = shutil.which("unbound") or "/usr/sbin/unbound"
+    if not Path(binary).exists():
+        pytest.skip("unbound is not installed (apt-get install unbound)")
+    workdir = tmp_path / "unbound"
+    workdir.mkdir()
+    port = free_port()
+    conf = workdir / "unbound.conf"
+    conf.write_text(
+        UNBOUND_CONF.format(port=port, workdir=workdir, zone=ZONE, stub_port=server.port)
+    )
+    stderr_path = workdir / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    try:
+        probe = dns.message.make_query(ZONE, "SOA")
+
+        def answering() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"unbound exited: {stderr_path.read_text()}")
+            try:
+                dns.query.udp(probe, HOST, port=port, timeout=0.2)
+            except (dns.exception.Timeout, OSError):
+                return False
+            return True
+
+        assert wait_until(answering, 10), (workdir / "unbound.log").read_text()
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def test_unbound_resolves_txt_through_the_server(
+    zone: Zone, cache: ZoneCache, server: DnsServer, unbound: int
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.delegate(OTHER_LABEL, "other.customer.test")
+    zone.present(LABEL, "apex-digest")
+    zone.present(LABEL, "wildcard-digest")
+    cache.refresh()
+    query = dns.message.make_query("0123456789ABCdef.Acme.Svc.Test.", "TXT")
+    reply = dns.query.udp(query, HOST, port=unbound, timeout=5)
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert txt_values(reply) == ["apex-digest", "wildcard-digest"]
+
+    # An allocated label without values: NODATA through the resolver, not NXDOMAIN.
+    reply = dns.query.udp(txt_query(OTHER_LABEL), HOST, port=unbound, timeout=5)
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer == []
