@@ -83,7 +83,11 @@ async def serve(settings: Settings) -> None:
         )
     )
     dns_server = await start_dns_server(
-        settings.dns_host, settings.dns_port, ZoneConfig.from_settings(settings), zone_cache
+        settings.dns_host,
+        settings.dns_port,
+        ZoneConfig.from_settings(settings),
+        zone_cache,
+        rate_limit_per_second=settings.dns_rate_limit_per_second or None,
     )
     log.info("DNS for %s on %s:%d (udp+tcp)", settings.dns_zone, settings.dns_host, dns_server.port)
     http = uvicorn.Server(

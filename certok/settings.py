@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     dns_ttl: int = Field(default=0, ge=0, le=60)
     dns_refresh_seconds: float = Field(default=0.5, gt=0, le=5)
     dns_max_txt_values: int = Field(default=8, ge=1, le=32)
+    dns_rate_limit_per_second: int = Field(default=0, ge=0)
 
     # --- outbound lookups ------------------------------------------------------------------
     resolvers: list[str] = Field(default_factory=lambda: ["1.1.1.1", "8.8.8.8"])
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     acme_poll_seconds: float = Field(default=0.1, gt=0)
     acme_timeout_seconds: float = Field(default=30.0, gt=0)
+    challenge_propagation_seconds: float | None = Field(default=None, ge=0)
     order_deadline_seconds: int = Field(default=86400, ge=60)
 
     # --- cluster ---------------------------------------------------------------------------
@@ -138,6 +140,15 @@ class Settings(BaseSettings):
     @property
     def effective_secret_key_file(self) -> Path:
         return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def effective_challenge_propagation_seconds(self) -> float:
+        """How long presented challenge material needs before every DNS node serves it."""
+        if self.challenge_propagation_seconds is not None:
+            return self.challenge_propagation_seconds
+        if self.effective_database_url.startswith("sqlite"):
+            return 0.0  # one process: its DNS server is refreshed synchronously
+        return 2 * self.dns_refresh_seconds
 
     @property
     def effective_node_name(self) -> str:

@@ -125,6 +125,8 @@ class Order(Base):
     # why it is still pending (last retryable problem) or why it failed
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     acme_order_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # ACME orders created so far for this order (a dead authorization may need a new one)
+    acme_orders: Mapped[int] = mapped_column(Integer, default=0)
     key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     csr_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -156,3 +158,6 @@ class ChallengeRecord(Base):
     value: Mapped[str] = mapped_column(Text)
     authz_url: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # When certok told the CA to validate; a CA may show the challenge `pending` until its
+    # validation ends (Pebble does while it sleeps), and answering again only adds load.
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

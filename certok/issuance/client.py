@@ -40,6 +40,7 @@ from certok.issuance.problems import (
     ProblemKind,
     classify_error,
     describe_problem,
+    kind_for_type,
     parse_retry_after,
 )
 
@@ -63,6 +64,9 @@ class ChallengeInfo:
     token: str
     status: str
     error: str | None
+    # How bad the error is (None without an error): AUTHORIZATION_DEAD means a new order may
+    # succeed once the pre-check passes again; REJECTED means it will not.
+    error_kind: ProblemKind | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class AuthzInfo:
     challenges: tuple[ChallengeInfo, ...]
     # The first failed challenge's problem, described.
     error: str | None
+    error_kind: ProblemKind | None = None
 
     @property
     def name(self) -> str:
@@ -590,13 +595,15 @@ def _authz_info(url: str, body: Mapping[str, Any]) -> AuthzInfo:
     if not isinstance(raw_challenges, list):
         raise _garbled(f"the authorization {url} has no list of challenges")
     challenges = tuple(_challenge_info(c) for c in raw_challenges if isinstance(c, Mapping))
+    failed = next((c for c in challenges if c.error), None)
     return AuthzInfo(
         url=url,
         identifier=_required_string(identifier, "value", "authorization identifier"),
         wildcard=body.get("wildcard") is True,
         status=_required_string(body, "status", "authorization"),
         challenges=challenges,
-        error=next((c.error for c in challenges if c.error), None),
+        error=failed.error if failed else None,
+        error_kind=failed.error_kind if failed else None,
     )
 
 
@@ -608,7 +615,16 @@ def _challenge_info(body: Mapping[str, Any]) -> ChallengeInfo:
         token=token if isinstance(token, str) else "",
         status=_optional_string(body, "status") or STATUS_PENDING,
         error=_problem_text(body),
+        error_kind=_problem_kind_of(body),
     )
+
+
+def _problem_kind_of(body: Mapping[str, Any]) -> ProblemKind | None:
+    error = body.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    problem_type = error.get("type")
+    return kind_for_type(problem_type if isinstance(problem_type, str) else "")
 
 
 def _existing_account_url(client: acme_client.ClientV2) -> str | None:

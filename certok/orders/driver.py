@@ -63,6 +63,9 @@ MAX_POLL_SECONDS = 10.0
 # How many times a failed ownership re-check is retried before the order fails: a passing
 # DNS blip must not fail an order whose delegation was verified seconds ago.
 OWNERSHIP_RETRIES = 2
+# A failed validation (dns, connection, unauthorized, …) kills that authorization; certok then
+# tries a new ACME order (after the ownership pre-check passes again) up to this many in all.
+MAX_ACME_ORDERS = 3
 
 
 class LeaseLost(Exception):
@@ -78,6 +81,7 @@ class OrderSnapshot:
     challenge_type: str
     domains: list[str]
     acme_order_url: str | None
+    acme_orders: int
     key_encrypted: bytes | None
     csr_pem: str | None
     attempts: int
@@ -105,6 +109,7 @@ class OrderDriver:
         self._worker_id = worker_id
         self._records_changed = on_challenge_records_changed
         self._clock = clock
+        self._propagation_seconds = settings.effective_challenge_propagation_seconds
 
     # --- entry point ---------------------------------------------------------------------
     def step(self, order_id: int) -> float | None:
@@ -154,7 +159,7 @@ class OrderDriver:
                 csr_pem=csr_pem,
             )
         info = account.session.new_order(csr_pem.encode("ascii"))
-        self._save(order.id, acme_order_url=info.url)
+        self._save(order.id, acme_order_url=info.url, acme_orders=order.acme_orders + 1)
         log.info("order %s: ACME order %s created at %s", order.id, info.url, order.issuer)
         order = self._load_required(order.id)
         return self._advance(order, account, info)
@@ -164,10 +169,9 @@ class OrderDriver:
     ) -> float | None:
         if info.status == STATUS_INVALID:
             # "invalid": The certificate will not be issued. Consider this order process abandoned.
-            self._fail(
-                order, info.error or _first_authz_error(info) or "the CA marked the order invalid"
-            )
-            return None
+            reason = info.error or _first_authz_error(info) or "the CA marked the order invalid"
+            dead = any(a.error_kind == ProblemKind.AUTHORIZATION_DEAD for a in info.authorizations)
+            return self._start_over_or_fail(order, reason, dead)
         if info.status == STATUS_PENDING:
             return self._work_on_authorizations(order, account, info)
         self._remove_challenge_records(order.id)
@@ -198,10 +202,9 @@ class OrderDriver:
                 continue
             if authz.status != STATUS_PENDING:
                 # RFC 8555 §7.1.6: invalid, deactivated, expired and revoked are final.
-                self._fail(
-                    order, authz.error or f"authorization for {authz.identifier} is {authz.status}"
-                )
-                return None
+                reason = authz.error or f"authorization for {authz.identifier} is {authz.status}"
+                dead = authz.error_kind == ProblemKind.AUTHORIZATION_DEAD
+                return self._start_over_or_fail(order, reason, dead)
             challenge = next((c for c in authz.challenges if c.type == wanted), None)
             if challenge is None:
                 self._fail(
@@ -218,9 +221,12 @@ class OrderDriver:
         if finished_authz:
             self._remove_challenge_records(order.id, finished_authz)
         if to_answer:
-            self._present(order, account, to_answer)
-            for _authz, challenge in to_answer:
+            ready = self._present(order, account, to_answer)
+            for authz_url, challenge in ready:
                 account.session.answer_challenge(challenge.url)
+                self._mark_answered(order.id, authz_url)
+            if len(ready) < len(to_answer) and self._propagation_seconds > 0:
+                return self._poll_later(order, None, at_least=self._propagation_seconds)
         return self._poll_later(order, info.retry_after)
 
     # --- challenge material -----------------------------------------------------------------
@@ -229,35 +235,68 @@ class OrderDriver:
         order: OrderSnapshot,
         account: IssuerAccount,
         items: list[tuple[AuthzInfo, ChallengeInfo]],
-    ) -> None:
+    ) -> list[tuple[str, ChallengeInfo]]:
+        """Store the challenge material; return the challenges every DNS node serves by now.
+
+        Material goes to the database, where every node's DNS server finds it within its
+        refresh interval; a challenge is answered only after that (at once in one process,
+        where the refresh is synchronous).
+        """
         now = self._clock()
+        settled_before = now - dt.timedelta(seconds=self._propagation_seconds)
+        ready: list[tuple[str, ChallengeInfo]] = []
+        added = False
         with transaction(self._sessions) as session:
             self._check_lease(session, order.id)
             labels = self._labels(session, order.tenant_id, [a.identifier for a, _ in items])
-            for authz, challenge in items:
-                session.execute(
-                    delete(ChallengeRecord).where(
+            presented = {
+                row.authz_url: row
+                for row in session.scalars(
+                    select(ChallengeRecord).where(
                         ChallengeRecord.order_id == order.id,
-                        ChallengeRecord.authz_url == authz.url,
+                        ChallengeRecord.authz_url.in_([a.url for a, _ in items]),
                     )
                 )
+            }
+            for authz, challenge in items:
                 label = labels.get(authz.identifier)
                 if label is None:
                     raise CertokError(
                         f"{authz.identifier} has no delegation for this tenant: "
                         "call /v1/cert/dv first"
                     )
+                value = dns01_txt_value(account.key, challenge.token)
+                existing = presented.get(authz.url)
+                if existing is not None and existing.value == value:
+                    if existing.answered_at is None and existing.created_at <= settled_before:
+                        ready.append((authz.url, challenge))
+                    continue
+                if existing is not None:
+                    session.delete(existing)
                 session.add(
                     ChallengeRecord(
                         order_id=order.id,
                         kind="dns-01",
                         name=label,
-                        value=dns01_txt_value(account.key, challenge.token),
+                        value=value,
                         authz_url=authz.url,
                         created_at=now,
                     )
                 )
-        self._notify_records_changed()
+                added = True
+                if self._propagation_seconds <= 0:
+                    ready.append((authz.url, challenge))
+        if added:
+            self._notify_records_changed()
+        return ready
+
+    def _mark_answered(self, order_id: int, authz_url: str) -> None:
+        with transaction(self._sessions) as session:
+            session.execute(
+                update(ChallengeRecord)
+                .where(ChallengeRecord.order_id == order_id, ChallengeRecord.authz_url == authz_url)
+                .values(answered_at=self._clock())
+            )
 
     def _remove_challenge_records(self, order_id: int, authz_urls: list[str] | None = None) -> None:
         with transaction(self._sessions) as session:
@@ -318,6 +357,7 @@ class OrderDriver:
                 challenge_type=row.challenge_type,
                 domains=row.domains.split(","),
                 acme_order_url=row.acme_order_url,
+                acme_orders=row.acme_orders,
                 key_encrypted=row.key_encrypted,
                 csr_pem=row.csr_pem,
                 attempts=row.attempts,
@@ -347,9 +387,11 @@ class OrderDriver:
             if result.rowcount != 1:
                 raise LeaseLost(order_id)
 
-    def _poll_later(self, order: OrderSnapshot, retry_after: dt.datetime | None) -> float:
+    def _poll_later(
+        self, order: OrderSnapshot, retry_after: dt.datetime | None, at_least: float = 0
+    ) -> float:
         now = self._clock()
-        delay = _poll_delay(now - order.created_at, self._settings.acme_poll_seconds)
+        delay = max(_poll_delay(now - order.created_at, self._settings.acme_poll_seconds), at_least)
         if retry_after is not None:
             delay = max(delay, (retry_after - now).total_seconds())
         self._save(
@@ -381,6 +423,17 @@ class OrderDriver:
             )
         self._fail(order, f"{problem.type}: {problem.detail}")
         return None
+
+    def _start_over_or_fail(self, order: OrderSnapshot, reason: str, dead: bool) -> float | None:
+        """A dead authorization: a new ACME order (ownership re-checked first), within limits."""
+        self._remove_challenge_records(order.id)
+        if not dead or order.acme_orders >= MAX_ACME_ORDERS:
+            self._fail(order, reason)
+            return None
+        self._save(order.id, acme_order_url=None)
+        return self._retry_later(
+            order, f"validation failed; trying a new ACME order: {reason}", None
+        )
 
     def _fail(self, order: OrderSnapshot, reason: str) -> None:
         now = self._clock()

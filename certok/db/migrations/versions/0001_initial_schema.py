@@ -87,6 +87,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("acme_order_url", sa.Text(), nullable=True),
+        sa.Column("acme_orders", sa.Integer(), nullable=False),
         sa.Column("key_encrypted", sa.LargeBinary(), nullable=True),
         sa.Column("csr_pem", sa.Text(), nullable=True),
         sa.Column("certificate_pem", sa.Text(), nullable=True),
@@ -118,6 +119,7 @@ def upgrade() -> None:
         sa.Column("value", sa.Text(), nullable=False),
         sa.Column("authz_url", sa.Text(), nullable=False),
         sa.Column("created_at", certok.db.models.UTCDateTime(), nullable=False),
+        sa.Column("answered_at", certok.db.models.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["order_id"],
             ["orders.id"],
