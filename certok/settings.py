@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
+    # Serve the API over HTTPS too (both files needed), e.g. on 443 for the HTTP-01 redirect.
+    https_host: str = "127.0.0.1"
+    https_port: int = 8443
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     # --- authoritative DNS -----------------------------------------------------------------
     dns_zone: str = "acme.certok.localhost"
@@ -72,10 +77,17 @@ class Settings(BaseSettings):
     dns_refresh_seconds: float = Field(default=0.5, gt=0, le=5)
     dns_max_txt_values: int = Field(default=8, ge=1, le=32)
     dns_rate_limit_per_second: int = Field(default=0, ge=0)
+    dns_hosts: dict[str, list[str]] = Field(default_factory=dict)
 
     # --- outbound lookups ------------------------------------------------------------------
     resolvers: list[str] = Field(default_factory=lambda: ["1.1.1.1", "8.8.8.8"])
     resolver_timeout_seconds: float = Field(default=3.0, gt=0)
+    # HTTP-01 pre-checks: the port CAs use to reach customers' web servers, the ports a
+    # redirect may go to, and (tests only) whether loopback addresses may be contacted.
+    http01_port: int = Field(default=80, ge=1, le=65535)
+    precheck_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    precheck_allow_loopback: bool = False
+    precheck_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # --- verification codes and orders -----------------------------------------------------
     code_ttl_seconds: int = Field(default=60, ge=1)
@@ -149,6 +161,10 @@ class Settings(BaseSettings):
         if self.effective_database_url.startswith("sqlite"):
             return 0.0  # one process: its DNS server is refreshed synchronously
         return 2 * self.dns_refresh_seconds
+
+    @property
+    def https_enabled(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None
 
     @property
     def effective_node_name(self) -> str:

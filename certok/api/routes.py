@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from certok.api.envelope import (
@@ -27,6 +27,7 @@ from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.engine import transaction
 from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest
+from certok.http01 import store as http01_store
 from certok.names import parse_domains
 from certok.orders.service import PENDING, OrderView, order_state, redeem_code, view_order
 from certok.settings import Settings
@@ -56,6 +57,9 @@ def create_app(services: ApiServices) -> Starlette:
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.health, methods=["GET"]),
+        # HTTP-01 responder: public, no token (the CA follows the customer's redirect here).
+        Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
+        Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -75,6 +79,25 @@ class _Api:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def http01_host_only(self, request: Request) -> Response:
+        return await self._http01(request, None)
+
+    async def http01_tenant_bound(self, request: Request) -> Response:
+        return await self._http01(request, request.path_params["handle"])
+
+    async def _http01(self, request: Request, handle: str | None) -> Response:
+        host = str(request.path_params["host"]).rstrip(".").lower()
+        token = str(request.path_params["token"])
+
+        def lookup() -> str | None:
+            with self.s.sessions() as session:
+                return http01_store.key_authorization(session, host, token, handle)
+
+        value = await asyncio.to_thread(lookup)
+        if value is None:
+            return PlainTextResponse("no pending challenge for this host and token\n", 404)
+        return PlainTextResponse(value)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(self.s.settings))

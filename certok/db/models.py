@@ -50,6 +50,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Random handle in the tenant-bound HTTP-01 redirect (/v1/dv/<handle>/$host/$1).
+    http_handle: Mapped[str] = mapped_column(String(32), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
@@ -77,6 +79,21 @@ class Delegation(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     base_name: Mapped[str] = mapped_column(String(253))
     label: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class HttpHostBinding(Base):
+    """A host verified through the seed's host-only nginx block belongs to the first tenant.
+
+    The host-only redirect names no tenant, so without this any tenant could obtain
+    certificates for any host that redirects to certok.
+    """
+
+    __tablename__ = "http_host_bindings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(253), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 

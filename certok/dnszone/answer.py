@@ -83,6 +83,9 @@ class ZoneConfig:
     nameserver_addresses: tuple[str, ...]  # glue A/AAAA for NS names inside the zone
     ttl: int  # TTL for all answers; SOA MINIMUM = ttl too (negative caching stays short)
     max_txt_values: int = 8
+    # Fixed A/AAAA records inside the zone, e.g. certok's own API host name:
+    # (("svc", ("127.0.0.1",)),) — relative names; a tuple of pairs keeps the config hashable.
+    host_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         zone = self.zone.strip().rstrip(".").lower()
@@ -100,6 +103,15 @@ class ZoneConfig:
         object.__setattr__(self, "zone", zone)
         object.__setattr__(self, "nameservers", nameservers)
         object.__setattr__(self, "nameserver_addresses", tuple(self.nameserver_addresses))
+        hosts = []
+        for name, addresses in self.host_addresses:
+            relative = name.strip().rstrip(".").lower().removesuffix("." + zone)
+            if not _RELATIVE_NAME.fullmatch(relative):
+                raise ValueError(f"host name {name!r} must be a name inside the zone {zone}")
+            for address in addresses:
+                ipaddress.ip_address(address)
+            hosts.append((relative, tuple(addresses)))
+        object.__setattr__(self, "host_addresses", tuple(hosts))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ZoneConfig:
@@ -109,6 +121,9 @@ class ZoneConfig:
             nameserver_addresses=tuple(settings.dns_nameserver_addresses),
             ttl=settings.dns_ttl,
             max_txt_values=settings.dns_max_txt_values,
+            host_addresses=tuple(
+                (name, tuple(addresses)) for name, addresses in settings.dns_hosts.items()
+            ),
         )
 
 
@@ -177,6 +192,12 @@ def _build_index(config: ZoneConfig, records: ZoneRecords) -> _ZoneIndex:
             glue.append(node[rdtype])
 
     empty_non_terminals: set[bytes] = set()
+    for relative, host_addresses in config.host_addresses:
+        owner = dns.name.from_text(relative, origin=zone)
+        node = nodes.setdefault(_key(owner), {})
+        for rdtype, rdatas in _address_rdatas(host_addresses).items():
+            node[rdtype] = dns.rrset.from_rdata_list(owner, ttl, rdatas)
+        empty_non_terminals.update(_key(parent) for parent in _ancestors_below(owner, zone))
     for relative in sorted(records.labels | set(records.txt)):
         if not _RELATIVE_NAME.fullmatch(relative):
             log.warning("ignoring a zone name that is not a plain relative name: %r", relative)

@@ -32,6 +32,7 @@ from certok.crypto import (
 from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Delegation, Order
 from certok.errors import CertokError
+from certok.http01.store import HTTP01_KIND, record_name
 from certok.issuance import (
     AcmeProblem,
     AuthzInfo,
@@ -39,6 +40,7 @@ from certok.issuance import (
     OrderInfo,
     ProblemKind,
     dns01_txt_value,
+    http01_key_authorization,
     valid_token,
 )
 from certok.names import base_name, challenge_name
@@ -243,12 +245,19 @@ class OrderDriver:
         where the refresh is synchronous).
         """
         now = self._clock()
-        settled_before = now - dt.timedelta(seconds=self._propagation_seconds)
+        is_dns = order.challenge_type == "dns"
+        # HTTP-01 material is read from the database per request: every node has it at once.
+        propagation = self._propagation_seconds if is_dns else 0.0
+        settled_before = now - dt.timedelta(seconds=propagation)
         ready: list[tuple[str, ChallengeInfo]] = []
         added = False
         with transaction(self._sessions) as session:
             self._check_lease(session, order.id)
-            labels = self._labels(session, order.tenant_id, [a.identifier for a, _ in items])
+            labels = (
+                self._labels(session, order.tenant_id, [a.identifier for a, _ in items])
+                if is_dns
+                else {}
+            )
             presented = {
                 row.authz_url: row
                 for row in session.scalars(
@@ -259,13 +268,18 @@ class OrderDriver:
                 )
             }
             for authz, challenge in items:
-                label = labels.get(authz.identifier)
-                if label is None:
-                    raise CertokError(
-                        f"{authz.identifier} has no delegation for this tenant: "
-                        "call /v1/cert/dv first"
-                    )
-                value = dns01_txt_value(account.key, challenge.token)
+                if is_dns:
+                    label = labels.get(authz.identifier)
+                    if label is None:
+                        raise CertokError(
+                            f"{authz.identifier} has no delegation for this tenant: "
+                            "call /v1/cert/dv first"
+                        )
+                    kind, name = "dns-01", label
+                    value = dns01_txt_value(account.key, challenge.token)
+                else:
+                    kind, name = HTTP01_KIND, record_name(authz.identifier, challenge.token)
+                    value = http01_key_authorization(account.key, challenge.token)
                 existing = presented.get(authz.url)
                 if existing is not None and existing.value == value:
                     if existing.answered_at is None and existing.created_at <= settled_before:
@@ -276,15 +290,15 @@ class OrderDriver:
                 session.add(
                     ChallengeRecord(
                         order_id=order.id,
-                        kind="dns-01",
-                        name=label,
+                        kind=kind,
+                        name=name,
                         value=value,
                         authz_url=authz.url,
                         created_at=now,
                     )
                 )
                 added = True
-                if self._propagation_seconds <= 0:
+                if propagation <= 0:
                     ready.append((authz.url, challenge))
         if added:
             self._notify_records_changed()

@@ -28,6 +28,7 @@ TENANT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 class TenantRef:
     id: int
     name: str
+    http_handle: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,10 @@ def create_tenant(session: Session, name: str, clock: Clock = utcnow) -> TenantR
         )
     if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
         raise Conflict(f"tenant {name!r} already exists: pick another name")
-    tenant = Tenant(name=name, disabled=False, created_at=clock())
+    tenant = Tenant(name=name, disabled=False, http_handle=secrets.token_hex(8), created_at=clock())
     session.add(tenant)
     session.flush()
-    return TenantRef(tenant.id, tenant.name)
+    return TenantRef(tenant.id, tenant.name, tenant.http_handle)
 
 
 def find_tenant(session: Session, name: str) -> Tenant:
@@ -122,7 +123,14 @@ def authenticate(session: Session, token: str | None) -> TenantRef:
         raise Unauthenticated("invalid token: a token is 32 hex characters, see your console")
     digest = token_digest(token)
     row = session.execute(
-        select(ApiToken.digest, ApiToken.revoked_at, Tenant.id, Tenant.name, Tenant.disabled)
+        select(
+            ApiToken.digest,
+            ApiToken.revoked_at,
+            Tenant.id,
+            Tenant.name,
+            Tenant.disabled,
+            Tenant.http_handle,
+        )
         .join(Tenant, Tenant.id == ApiToken.tenant_id)
         .where(ApiToken.digest == digest)
     ).first()
@@ -132,4 +140,4 @@ def authenticate(session: Session, token: str | None) -> TenantRef:
         raise Unauthenticated("invalid or revoked token: ask the operator for a new one")
     if row.disabled:
         raise Unauthenticated("this tenant is disabled: contact the operator")
-    return TenantRef(row.id, row.name)
+    return TenantRef(row.id, row.name, row.http_handle)

@@ -661,3 +661,37 @@ def test_rate_limit_per_network_with_slip() -> None:
     # A new second refills the budget.
     clock.now += 1
     assert limiter.decide("192.0.2.1") is RateDecision.SEND
+
+
+def test_fixed_host_addresses_are_served() -> None:
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
+    from certok.dnszone.answer import ZoneConfig, answer
+    from certok.dnszone.records import ZoneRecords
+
+    config = ZoneConfig(
+        zone="acme.svc.test",
+        nameservers=("ns1.acme.svc.test",),
+        nameserver_addresses=("127.0.0.1",),
+        ttl=0,
+        host_addresses=(("svc443", ("127.0.0.2", "::2")), ("api.eu", ("127.0.0.3",))),
+    )
+    records = ZoneRecords.build([], [])
+
+    def ask(name: str, rdtype: str) -> dns.message.Message:
+        query = dns.message.make_query(name, rdtype)
+        reply = answer(query.to_wire(), config, records, max_udp=1232)
+        assert reply is not None
+        return dns.message.from_wire(reply)
+
+    a = ask("SVC443.acme.svc.test", "A")
+    assert a.rcode() == dns.rcode.NOERROR
+    assert [r.address for r in a.answer[0]] == ["127.0.0.2"]
+    assert str(a.answer[0].name) == "SVC443.acme.svc.test."
+    assert [r.address for r in ask("svc443.acme.svc.test", "AAAA").answer[0]] == ["::2"]
+    # the empty non-terminal above api.eu is NODATA, not NXDOMAIN
+    eu = ask("eu.acme.svc.test", "A")
+    assert eu.rcode() == dns.rcode.NOERROR and not eu.answer
+    assert ask("nothere.acme.svc.test", "A").rcode() == dns.rcode.NXDOMAIN

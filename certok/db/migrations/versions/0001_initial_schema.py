@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 10:03:36.243611
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.Column("http_handle", sa.String(length=32), nullable=False),
         sa.Column("created_at", certok.db.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("http_handle"),
         sa.UniqueConstraint("name"),
     )
     op.create_table(
@@ -75,6 +77,24 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("delegations", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_delegations_tenant_id"), ["tenant_id"], unique=False)
+
+    op.create_table(
+        "http_host_bindings",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("host", sa.String(length=253), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", certok.db.models.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("host"),
+    )
+    with op.batch_alter_table("http_host_bindings", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_http_host_bindings_tenant_id"), ["tenant_id"], unique=False
+        )
 
     op.create_table(
         "orders",
@@ -177,6 +197,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_orders_due")
 
     op.drop_table("orders")
+    with op.batch_alter_table("http_host_bindings", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_http_host_bindings_tenant_id"))
+
+    op.drop_table("http_host_bindings")
     with op.batch_alter_table("delegations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delegations_tenant_id"))
 
