@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from functools import partial
 
 import uvicorn
+from starlette.applications import Starlette
 
 from certok.api.routes import ApiServices, create_app
 from certok.api.waiters import OrderWaiters
@@ -90,16 +93,23 @@ async def serve(settings: Settings) -> None:
         rate_limit_per_second=settings.dns_rate_limit_per_second or None,
     )
     log.info("DNS for %s on %s:%d (udp+tcp)", settings.dns_zone, settings.dns_host, dns_server.port)
-    http = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-            lifespan="off",
+    listeners = [
+        _HttpListener(_uvicorn_config(app, settings, settings.api_host, settings.api_port))
+    ]
+    if settings.https_enabled:
+        listeners.append(
+            _HttpListener(
+                _uvicorn_config(
+                    app,
+                    settings,
+                    settings.https_host,
+                    settings.https_port,
+                    ssl_certfile=str(settings.tls_cert_file),
+                    ssl_keyfile=str(settings.tls_key_file),
+                )
+            )
         )
-    )
+    _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(
@@ -107,7 +117,7 @@ async def serve(settings: Settings) -> None:
         ),
     ]
     try:
-        await http.serve()
+        await asyncio.gather(*(listener.serve() for listener in listeners))
     finally:
         worker.stop()
         for task in tasks:
@@ -117,3 +127,37 @@ async def serve(settings: Settings) -> None:
                 await task
         await dns_server.close()
         store.engine.dispose()
+
+
+class _HttpListener(uvicorn.Server):
+    """A uvicorn server whose signals are handled by `serve` for all listeners at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(
+    app: Starlette, settings: Settings, host: str, port: int, **tls: str
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+def _stop_on_signals(listeners: list[_HttpListener]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("stopping")
+        for listener in listeners:
+            listener.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from certok.db.engine import transaction
 from certok.errors import CertokError
+from certok.http01 import store as http01_store
 from certok.runtime import configure_logging, serve
 from certok.settings import Settings, load_settings
 from certok.store import Store, open_store
@@ -170,6 +171,26 @@ def token_revoke(ctx: click.Context, token: str) -> None:
 
     _with_store(ctx, action)
     click.echo("token revoked")
+
+
+@cli.group("host")
+def host_group() -> None:
+    """HTTP-01 host bindings (hosts verified through the host-only nginx block)."""
+
+
+@host_group.command("release")
+@click.argument("host")
+@click.pass_context
+def host_release(ctx: click.Context, host: str) -> None:
+    """Release HOST from the tenant it is bound to, so another tenant can verify it."""
+
+    def action(store: Store) -> bool:
+        with transaction(store.sessions) as session:
+            return http01_store.release_host(session, host.strip().rstrip("."))
+
+    if not _with_store(ctx, action):
+        raise click.ClickException(f"{host} is not bound to any tenant")
+    click.echo(f"{host} released")
 
 
 @cli.group("db")

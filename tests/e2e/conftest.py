@@ -15,6 +15,7 @@ import pytest
 
 from tests.rig import Rig, missing_binaries
 from tests.rig.certok_server import CertokServer
+from tests.rig.fault_proxy import FaultProxy
 
 _HERE = Path(__file__).parent
 _INSTALL_HINT = (
@@ -91,3 +92,20 @@ def certok_server(rig: Rig, tmp_path: Path) -> Iterator[Callable[..., CertokServ
         server.stop()
         # pytest shows captured output of failed tests only: this costs nothing on success.
         print(f"--- {server.log_path} ---\n{server.log_text()[-4000:]}")
+
+
+@pytest.fixture
+def fault_proxy(rig: Rig) -> Iterator[FaultProxy]:
+    """A started FaultProxy in front of the rig's plain Pebble, stopped after the test.
+
+    Point a client at `fault_proxy.directory_url` (certok: `issuers__letsencrypt__directory=`);
+    it trusts `rig.ca_bundle` like Pebble. The request log is printed if the test failed.
+    """
+    with FaultProxy.for_rig(rig) as proxy:
+        yield proxy
+        print("--- fault proxy request log ---")
+        for record in proxy.requests():
+            print(
+                f"{record.method} {record.path} {record.action or '-'} {record.outcome} "
+                f"{record.status}"
+            )

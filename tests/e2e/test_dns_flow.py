@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from certok.crypto import private_key_from_pem
 from tests.rig import Rig
 from tests.rig.certok_server import CertokServer
+from tests.rig.fault_proxy import Rule, stall
 
 
 @dataclass
@@ -220,26 +222,29 @@ def _order_row(server: CertokServer) -> tuple[str, str | None]:
 
 
 def test_sigkill_while_pending_then_restart_resumes_the_same_order(  # type: ignore[no-untyped-def]
-    rig: Rig, certok_server, customer_records, tmp_path
+    rig: Rig, certok_server, customer_records, fault_proxy, tmp_path
 ) -> None:
-    # Slow validations (3 s) so the order is surely in flight when certok dies.
-    with rig.pebble_settings(env={"PEBBLE_VA_NOSLEEP": "0", "PEBBLE_VA_SLEEPTIME": "3"}):
-        server = certok_server(apply_wait_seconds=0)
-        user = User(server, server.create_tenant("acme-corp"))
-        delegate(rig, customer_records, user.dv("www.customer.test"))
-        code = user.dv("www.customer.test")["code"]
-        assert (
-            user.get("/v1/cert/apply", code=code, issuer="letsencrypt").json()["data"]["status"]
-            == "pending"
-        )
-        deadline = time.monotonic() + 10
-        while _order_row(server)[1] is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        state, order_url = _order_row(server)
-        assert state == "pending" and order_url, "the ACME order should exist before the kill"
-        server.kill()
-        server.start()
-        data = user.apply_until_done(code, timeout=60)
-        check_issued(rig, data, ["www.customer.test"], "ECC", tmp_path)
-        # resumed, not restarted: the same ACME order finished
-        assert _order_row(server) == ("issued", order_url)
+    # Hold certok's first challenge answer at the proxy: certok is surely mid-order (the ACME
+    # order exists, its TXT value is presented) when it dies. The held request is never
+    # forwarded, so the restarted certok must answer the challenge itself.
+    fault_proxy.add_rule(
+        Rule(action=stall(until=threading.Event()), path=r"/chalZ/", method="POST", times=1)
+    )
+    server = certok_server(
+        apply_wait_seconds=0, issuers__letsencrypt__directory=fault_proxy.directory_url
+    )
+    user = User(server, server.create_tenant("acme-corp"))
+    delegate(rig, customer_records, user.dv("www.customer.test"))
+    code = user.dv("www.customer.test")["code"]
+    first = user.get("/v1/cert/apply", code=code, issuer="letsencrypt").json()["data"]
+    assert first["status"] == "pending"
+    fault_proxy.wait_for(r"/chalZ/", method="POST", timeout=20)
+    state, order_url = _order_row(server)
+    assert state == "pending" and order_url, "the ACME order should exist before the kill"
+    server.kill()
+    server.start()
+    data = user.apply_until_done(code, timeout=60)
+    check_issued(rig, data, ["www.customer.test"], "ECC", tmp_path)
+    # resumed, not restarted: the same ACME order finished, and only one was ever created
+    assert _order_row(server) == ("issued", order_url)
+    assert len(fault_proxy.requests(r"/order-plz", method="POST")) == 1

@@ -1,0 +1,83 @@
+"""The `certok` command as an operator runs it (a real subprocess on a real data dir)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(data_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTOK_")}
+    env["CERTOK_DATA_DIR"] = str(data_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "certok", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_tenant_and_token_lifecycle(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert "up to date" in run(data, "db", "upgrade").stdout
+    created = run(data, "tenant", "create", "Acme-Corp")
+    token = created.stdout.split("token:")[1].split()[0]
+    assert len(token) == 32 and int(token, 16) >= 0
+    assert "cannot show it again" in created.stderr
+    # only the digest is stored, never the token
+    with sqlite3.connect(data / "certok.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert token not in dump
+
+    listing = run(data, "tenant", "list").stdout
+    assert "acme-corp" in listing and "active" in listing
+
+    second = run(data, "token", "create", "acme-corp").stdout.split("token:")[1].split()[0]
+    assert second != token
+    assert run(data, "tenant", "list").stdout.split("acme-corp")[1].split()[1] == "2"
+    run(data, "token", "revoke", second[:6])
+    assert run(data, "tenant", "list").stdout.split("acme-corp")[1].split()[1] == "1"
+
+    run(data, "tenant", "disable", "acme-corp")
+    assert "disabled" in run(data, "tenant", "list").stdout
+    run(data, "tenant", "enable", "acme-corp")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tenant", "create", "bad name!"), "not valid"),
+        (("tenant", "disable", "nobody"), "no tenant named"),
+        (("token", "revoke", "abc"), "at least its first 6"),
+        (("token", "revoke", "0" * 32), "no active token"),
+        (("host", "release", "www.example.com"), "not bound"),
+    ],
+)
+def test_operator_errors_are_clear(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run(tmp_path / "data", *args, ok=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_tenant_and_bad_settings(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run(data, "tenant", "create", "acme")
+    result = run(data, "tenant", "create", "acme", ok=False)
+    assert result.returncode != 0 and "already exists" in result.stderr
+    config = tmp_path / "certok.toml"
+    config.write_text("dns_ttl = 999\n")
+    result = run(data, "--config", str(config), "tenant", "list", ok=False)
+    assert (
+        result.returncode != 0 and "dns_ttl" in result.stderr and "Traceback" not in result.stderr
+    )
