@@ -137,6 +137,16 @@ def test_one_name_letsencrypt_rsa(
     # the same code keeps answering with the same certificate
     again = user.apply_until_done(second["code"])
     assert again["certificate"] == data["certificate"]
+    # at rest: no token, no private key in clear; one ACME account for the issuer
+    with sqlite3.connect(Path(server.env["CERTOK_DATA_DIR"]) / "certok.db") as db:
+        dump = "\n".join(db.iterdump())
+        accounts = db.execute("SELECT issuer FROM acme_accounts").fetchall()
+    assert user.token not in dump
+    assert "PRIVATE KEY" not in dump
+    body = "".join(data["privateKey"].splitlines()[1:-1])
+    assert body[:40] not in dump
+    assert accounts == [("letsencrypt",)]
+    assert "PRIVATE KEY" not in server.log_text() and user.token not in server.log_text()
 
 
 def test_wildcard_and_apex_ecc_on_the_eab_issuer(  # type: ignore[no-untyped-def]
