@@ -17,6 +17,7 @@ from certok.api.waiters import OrderWaiters
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache
 from certok.dnszone.server import start_dns_server
+from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
@@ -46,11 +47,21 @@ async def serve(settings: Settings) -> None:
     waiters.bind(asyncio.get_running_loop())
     accounts = AccountRegistry(store.sessions, settings, store.box)
     node = settings.effective_node_name
+    verifier = DnsVerifier(
+        store.sessions,
+        zone=settings.dns_zone,
+        label_key=store.box.derive(LABEL_KEY_PURPOSE),
+        resolver_factory=partial(
+            make_resolver, settings.resolvers, settings.resolver_timeout_seconds
+        ),
+        code_ttl_seconds=settings.code_ttl_seconds,
+    )
     driver = OrderDriver(
         store.sessions,
         settings,
         store.box,
         accounts,
+        Ownership({"dns": verifier}),
         worker_id=node,
         # Same process: make a freshly written TXT value visible before the CA asks.
         on_challenge_records_changed=zone_cache.refresh,
@@ -66,15 +77,6 @@ async def serve(settings: Settings) -> None:
     released = worker.release_own_leases()
     if released:
         log.info("resuming %d order(s) left by a previous run of node %s", released, node)
-    verifier = DnsVerifier(
-        store.sessions,
-        zone=settings.dns_zone,
-        label_key=store.box.derive(LABEL_KEY_PURPOSE),
-        resolver_factory=partial(
-            make_resolver, settings.resolvers, settings.resolver_timeout_seconds
-        ),
-        code_ttl_seconds=settings.code_ttl_seconds,
-    )
     app = create_app(
         ApiServices(
             settings=settings,

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
+from certok.db.models import Delegation
 from certok.domains.delegations import ensure_delegations
 from certok.names import base_name, challenge_name, relative_challenge_name
 from certok.orders.codes import issue_code
@@ -96,6 +98,27 @@ class DnsVerifier:
             valid=valid,
             cost_ms=int((time.perf_counter() - started) * 1000),
         )
+
+    async def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
+        """Why the names are not (or no longer) delegated to this tenant, or None."""
+        bases = sorted({base_name(d) for d in domains})
+        labels = await asyncio.to_thread(self._existing_labels, tenant_id, bases)
+        missing = [b for b in bases if b not in labels]
+        if missing:
+            return f"{', '.join(missing)} not delegated to this tenant: call /v1/cert/dv"
+        items = [(challenge_name(b), f"{labels[b]}.{self._zone}") for b in bases]
+        results = await check_delegations(items, self._resolver_factory())
+        bad = [r.detail for r in results if not r.valid]
+        return "; ".join(bad) if bad else None
+
+    def _existing_labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Delegation.base_name, Delegation.label).where(
+                    Delegation.tenant_id == tenant_id, Delegation.base_name.in_(bases)
+                )
+            )
+            return {row.base_name: row.label for row in rows}
 
     def _labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
         with transaction(self._sessions) as session:

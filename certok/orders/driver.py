@@ -11,7 +11,6 @@ time and another worker took over) cannot overwrite the newer state.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -43,12 +42,9 @@ from certok.issuance import (
     http01_key_authorization,
     valid_token,
 )
-from certok.names import base_name, challenge_name
 from certok.orders.accounts import AccountRegistry, IssuerAccount
 from certok.orders.schedule import next_attempt
 from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
-from certok.prechecks.delegation import check_delegations
-from certok.prechecks.resolver import make_resolver
 from certok.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +64,10 @@ OWNERSHIP_RETRIES = 2
 # A failed validation (dns, connection, unauthorized, …) kills that authorization; certok then
 # tries a new ACME order (after the ownership pre-check passes again) up to this many in all.
 MAX_ACME_ORDERS = 3
+
+
+# (tenant id, challenge type, names) → why the tenant may not order them now, or None.
+OwnershipCheck = Callable[[int, str, list[str]], str | None]
 
 
 class LeaseLost(Exception):
@@ -99,6 +99,7 @@ class OrderDriver:
         settings: Settings,
         box: SecretBox,
         accounts: AccountRegistry,
+        ownership: OwnershipCheck,
         *,
         worker_id: str,
         on_challenge_records_changed: Callable[[], None] | None = None,
@@ -108,6 +109,7 @@ class OrderDriver:
         self._settings = settings
         self._box = box
         self._accounts = accounts
+        self._ownership = ownership
         self._worker_id = worker_id
         self._records_changed = on_challenge_records_changed
         self._clock = clock
@@ -339,23 +341,9 @@ class OrderDriver:
         """Why this tenant may not order these names now, or None.
 
         The CA may reuse an authorization it validated earlier for the shared ACME account,
-        so certok's own check must gate every order: each name's delegation must end at this
-        tenant's label at the moment the order goes out.
+        so certok's own check gates every order, at the moment the order goes out.
         """
-        if order.challenge_type != "dns":
-            return None
-        bases = sorted({base_name(d) for d in order.domains})
-        with self._sessions() as session:
-            labels = self._labels(session, order.tenant_id, bases)
-        missing = [b for b in bases if b not in labels]
-        if missing:
-            return f"{', '.join(missing)} not delegated to this tenant: call /v1/cert/dv"
-        zone = self._settings.dns_zone
-        items = [(challenge_name(b), f"{labels[b]}.{zone}") for b in bases]
-        resolver = make_resolver(self._settings.resolvers, self._settings.resolver_timeout_seconds)
-        results = asyncio.run(check_delegations(items, resolver))
-        bad = [r.detail for r in results if not r.valid]
-        return "; ".join(bad) if bad else None
+        return self._ownership(order.tenant_id, order.challenge_type, order.domains)
 
     # --- saving state ------------------------------------------------------------------------
     def _load(self, order_id: int) -> OrderSnapshot | None:
