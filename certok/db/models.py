@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 from sqlalchemy import (
     Boolean,
@@ -51,7 +52,9 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # Random handle in the tenant-bound HTTP-01 redirect (/v1/dv/<handle>/$host/$1).
-    http_handle: Mapped[str] = mapped_column(String(32), unique=True)
+    http_handle: Mapped[str] = mapped_column(
+        String(32), unique=True, default=lambda: secrets.token_hex(8)
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 

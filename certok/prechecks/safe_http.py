@@ -30,6 +30,7 @@ import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import dns.asyncresolver
@@ -103,14 +104,20 @@ class FetchResult:
     stopped: bool = False
 
 
+# Where a fetch stopped: the URL rules, the DNS lookup, the address policy, the TCP connect,
+# the TLS handshake, the response, the redirect count, or the whole fetch's deadline.
+Stage = Literal["url", "dns", "address", "connect", "tls", "response", "redirects", "deadline"]
+
+
 class FetchProblem(Exception):
     """A fetch ended without a final response; ``reason`` says why, ``url`` says where."""
 
-    def __init__(self, reason: str, hops: tuple[Hop, ...], url: str) -> None:
+    def __init__(self, reason: str, hops: tuple[Hop, ...], url: str, stage: Stage) -> None:
         super().__init__(reason)
         self.reason = reason
         self.hops = hops  # the responses received before the problem
         self.url = url  # the URL certok was about to request (or requesting) when it stopped
+        self.stage = stage
 
 
 class FetchRefused(FetchProblem):
@@ -121,16 +128,19 @@ class FetchFailed(FetchProblem):
     """A lookup, a connection or a response failed (timeouts, refusals, malformed HTTP)."""
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
+class _Stop(Exception):
+    def __init__(self, stage: Stage, reason: str) -> None:
         super().__init__(reason)
+        self.stage = stage
         self.reason = reason
 
 
-class _Failed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class _Refused(_Stop):
+    pass
+
+
+class _Failed(_Stop):
+    pass
 
 
 class _Malformed(Exception):
@@ -167,7 +177,7 @@ class SafeFetcher:
         self,
         resolver_factory: Callable[[], dns.asyncresolver.Resolver],
         policy: AddressPolicy,
-        limits: FetchLimits = FetchLimits(),  # noqa: B008 - frozen, so sharing it is safe
+        limits: FetchLimits = FetchLimits(),  # frozen, so one shared default is safe
         *,
         max_concurrent: int = 32,
     ) -> None:
@@ -207,15 +217,18 @@ class SafeFetcher:
                 async with asyncio.timeout(self._limits.total_timeout):
                     return await self._follow(progress, stop_at_prefix)
             except _Refused as refusal:
-                raise FetchRefused(refusal.reason, tuple(progress.hops), progress.url) from None
+                hops = tuple(progress.hops)
+                raise FetchRefused(refusal.reason, hops, progress.url, refusal.stage) from None
             except _Failed as failure:
-                raise FetchFailed(failure.reason, tuple(progress.hops), progress.url) from None
+                hops = tuple(progress.hops)
+                raise FetchFailed(failure.reason, hops, progress.url, failure.stage) from None
             except TimeoutError:
                 raise FetchFailed(
                     f"gave up on {_clip(progress.url)} after {self._limits.total_timeout:g} s "
                     f"(the whole fetch took too long)",
                     tuple(progress.hops),
                     progress.url,
+                    "deadline",
                 ) from None
 
     def _gate(self) -> asyncio.Semaphore:
@@ -252,12 +265,14 @@ class SafeFetcher:
                 )
             if response.location is None:
                 raise _Failed(
-                    f"{_clip(target.url)} answered {response.status} without a Location header"
+                    "response",
+                    f"{_clip(target.url)} answered {response.status} without a Location header",
                 )
             progress.url = urljoin(target.url, response.location)
         raise _Refused(
+            "redirects",
             f"too many redirects: more than {self._limits.max_redirects} "
-            f"(the CA follows at most {self._limits.max_redirects})"
+            f"(the CA follows at most {self._limits.max_redirects})",
         )
 
     # --- the URL rules ------------------------------------------------------------------------
@@ -267,26 +282,28 @@ class SafeFetcher:
         shown = _clip(raw)
         if len(raw) > self._limits.max_url_length:
             raise _Refused(
+                "url",
                 f"{what}a URL of {len(raw)} characters is not allowed "
-                f"(at most {self._limits.max_url_length}): {shown}"
+                f"(at most {self._limits.max_url_length}): {shown}",
             )
         if _CONTROL_CHARS.search(raw):
-            raise _Refused(f"{what}{shown!r} is not a valid URL (control characters)")
+            raise _Refused("url", f"{what}{shown!r} is not a valid URL (control characters)")
         try:
             parts = urlsplit(raw)
             port = parts.port
         except ValueError as exc:
-            raise _Refused(f"{what}{shown} is not a valid URL ({exc})") from None
+            raise _Refused("url", f"{what}{shown} is not a valid URL ({exc})") from None
         scheme = parts.scheme
         if scheme not in _DEFAULT_PORTS:
-            raise _Refused(f"{what}{shown} is not allowed: only http and https URLs are")
+            raise _Refused("url", f"{what}{shown} is not allowed: only http and https URLs are")
         # WHATWG URL parsers read "\" as "/", Python's as part of the host: refuse the doubt.
         if "\\" in parts.netloc or not parts.hostname:
-            raise _Refused(f"{what}{shown} is not a valid URL (no usable host)")
+            raise _Refused("url", f"{what}{shown} is not a valid URL (no usable host)")
         port = _DEFAULT_PORTS[scheme] if port is None else port
         if port not in self._limits.allowed_ports:
             raise _Refused(
-                f"{what}port {port} is not allowed (only {_and_list(self._limits.allowed_ports)})"
+                "url",
+                f"{what}port {port} is not allowed (only {_and_list(self._limits.allowed_ports)})",
             )
         host, literal = self._host(parts.hostname, what, shown)
         host_in_url = f"[{host}]" if isinstance(literal, ipaddress.IPv6Address) else host
@@ -297,8 +314,9 @@ class SafeFetcher:
         url = f"{scheme}://{host_header}{request_target}"
         if len(url) > self._limits.max_url_length:
             raise _Refused(
+                "url",
                 f"{what}a URL of {len(url)} characters is not allowed "
-                f"(at most {self._limits.max_url_length}): {_clip(url)}"
+                f"(at most {self._limits.max_url_length}): {_clip(url)}",
             )
         return _Target(url, scheme, host, literal, port, request_target, host_header)
 
@@ -306,23 +324,24 @@ class SafeFetcher:
         host = given
         if not host.isascii():
             try:
-                # UTS #46 maps look-alikes too: full-width "１２７.０.０.１" becomes 127.0.0.1.
+                # UTS #46 maps look-alikes too: full-width digits and dots become 127.0.0.1.
                 host = idna.encode(host, uts46=True).decode("ascii")
             except (idna.IDNAError, UnicodeError):
-                raise _Refused(f"{what}{shown}: {given!r} is not a valid hostname") from None
+                raise _Refused("url", f"{what}{shown}: {given!r} is not a valid hostname") from None
         literal = parse_host_literal(host)
         if literal is not None:
             meaning = f"{literal}" if host == str(literal) else f"{host}, which means {literal}"
             if not self._policy.allow_loopback:
                 raise _Refused(
+                    "url",
                     f"{what}{shown} names an IP address ({meaning}): only hostnames are allowed, "
-                    "as the CA follows redirects only to DNS names"
+                    "as the CA follows redirects only to DNS names",
                 )
             try:
                 checked = self._policy.check(literal)
             except AddressRefused as refusal:
                 raise _Refused(
-                    f"{what}{shown} names an IP address ({meaning}) and {refusal.reason}"
+                    "url", f"{what}{shown} names an IP address ({meaning}) and {refusal.reason}"
                 ) from None
             return str(checked), checked
         name = host[:-1] if host.endswith(".") else host
@@ -332,13 +351,11 @@ class SafeFetcher:
             or not all(_HOST_LABEL.fullmatch(label) for label in labels)
             or _NUMERIC_LABEL.fullmatch(labels[-1])
         ):
-            raise _Refused(f"{what}{shown}: {given!r} is not a valid hostname")
+            raise _Refused("url", f"{what}{shown}: {given!r} is not a valid hostname")
         return name, None
 
     # --- DNS ----------------------------------------------------------------------------------
-    async def _resolve(
-        self, host: str, resolver: dns.asyncresolver.Resolver
-    ) -> list[IPAddress]:
+    async def _resolve(self, host: str, resolver: dns.asyncresolver.Resolver) -> list[IPAddress]:
         """The addresses to try, in order (IPv6 first, as Let's Encrypt), all of them checked."""
         name = dns.name.from_text(host)  # absolute: no search list can be appended
         results = await asyncio.gather(
@@ -358,14 +375,16 @@ class SafeFetcher:
         if not addresses:
             if failures:
                 raise failures[0]
-            raise _Failed(f"{host} has no A or AAAA record")
+            raise _Failed("dns", f"{host} has no A or AAAA record")
         # Every address, not only the one used: a name that mixes a public address with an
         # internal one is a probe, and which one a CA picks is not certok's to guess.
         for address in addresses:
             try:
                 self._policy.check(address)
             except AddressRefused as refusal:
-                raise _Refused(f"{host} resolves to {refusal.address}, {refusal.purpose}") from None
+                raise _Refused(
+                    "address", f"{host} resolves to {refusal.address}, {refusal.purpose}"
+                ) from None
         first_v6 = next((a for a in addresses if a.version == 6), None)
         first_v4 = next((a for a in addresses if a.version == 4), None)
         return [a for a in (first_v6, first_v4) if a is not None]
@@ -375,19 +394,19 @@ class SafeFetcher:
         self, target: _Target, candidates: list[IPAddress]
     ) -> tuple[_Response, IPAddress]:
         """Request target from the first candidate that accepts a connection."""
-        failures: list[str] = []
+        failures: list[_Failed] = []
         for address in candidates:
             # A CA falls back to IPv4 when IPv6 does not connect; a response failure is final.
             try:
                 reader, writer = await self._dial(address, target)
             except _Failed as failure:
-                failures.append(failure.reason)
+                failures.append(failure)
                 continue
             try:
                 return await self._request(reader, writer, target, address), address
             finally:
                 writer.transport.abort()
-        raise _Failed("; ".join(failures))
+        raise _Failed(failures[-1].stage, "; ".join(f.reason for f in failures))
 
     async def _dial(
         self, address: IPAddress, target: _Target
@@ -397,7 +416,7 @@ class SafeFetcher:
             # The address was checked when it was resolved; check the one actually dialled.
             self._policy.check(address)
         except AddressRefused as refusal:
-            raise _Refused(f"refusing to connect to {refusal.reason}") from None
+            raise _Refused("address", f"refusing to connect to {refusal.reason}") from None
         where = _where(address, target)
         limits = self._limits
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
@@ -409,11 +428,11 @@ class SafeFetcher:
         except TimeoutError:
             sock.close()
             raise _Failed(
-                f"timed out connecting to {where} after {limits.connect_timeout:g} s"
+                "connect", f"timed out connecting to {where} after {limits.connect_timeout:g} s"
             ) from None
         except OSError as exc:
             sock.close()
-            raise _Failed(f"could not connect to {where}: {_os_error(exc)}") from None
+            raise _Failed("connect", f"could not connect to {where}: {_os_error(exc)}") from None
         reader, writer = await asyncio.open_connection(sock=sock, limit=_MAX_HEAD_BYTES)
         if target.scheme != "https":
             return reader, writer
@@ -425,11 +444,14 @@ class SafeFetcher:
         except TimeoutError:
             writer.transport.abort()
             raise _Failed(
-                f"the TLS handshake with {where} timed out after {limits.connect_timeout:g} s"
+                "tls",
+                f"the TLS handshake with {where} timed out after {limits.connect_timeout:g} s",
             ) from None
         except (ssl.SSLError, OSError) as exc:
             writer.transport.abort()
-            raise _Failed(f"the TLS handshake with {where} failed: {_os_error(exc)}") from None
+            raise _Failed(
+                "tls", f"the TLS handshake with {where} failed: {_os_error(exc)}"
+            ) from None
         return reader, writer
 
     async def _request(
@@ -456,11 +478,15 @@ class SafeFetcher:
                 await writer.drain()
                 return await _read_response(reader, self._limits.max_body_bytes)
         except TimeoutError:
-            raise _Failed(f"{where} did not answer {_clip(target.url)} within {timeout:g} s") from None
+            raise _Failed(
+                "response", f"{where} did not answer {_clip(target.url)} within {timeout:g} s"
+            ) from None
         except _Malformed as exc:
-            raise _Failed(f"{where} sent a malformed HTTP response ({exc})") from None
+            raise _Failed("response", f"{where} sent a malformed HTTP response ({exc})") from None
         except (OSError, ssl.SSLError) as exc:
-            raise _Failed(f"reading the response from {where} failed: {_os_error(exc)}") from None
+            raise _Failed(
+                "response", f"reading the response from {where} failed: {_os_error(exc)}"
+            ) from None
 
 
 async def _lookup(
@@ -475,13 +501,17 @@ async def _lookup(
         async with asyncio.timeout(resolver.lifetime):
             answer = await resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
     except dns.resolver.NXDOMAIN:
-        raise _Failed(f"{host} does not exist in DNS (NXDOMAIN)") from None
+        raise _Failed("dns", f"{host} does not exist in DNS (NXDOMAIN)") from None
     except (dns.resolver.LifetimeTimeout, TimeoutError):
-        raise _Failed(f"looking up {host} {kind} timed out") from None
+        raise _Failed("dns", f"looking up {host} {kind} timed out") from None
     except dns.resolver.NoNameservers:
-        raise _Failed(f"looking up {host} {kind} failed: no resolver gave an answer") from None
+        raise _Failed(
+            "dns", f"looking up {host} {kind} failed: no resolver gave an answer"
+        ) from None
     except (dns.exception.DNSException, OSError) as exc:
-        raise _Failed(f"looking up {host} {kind} failed ({type(exc).__name__}: {exc})") from None
+        raise _Failed(
+            "dns", f"looking up {host} {kind} failed ({type(exc).__name__}: {exc})"
+        ) from None
     if answer.rrset is None:
         return []
     return [ipaddress.ip_address(rdata.address) for rdata in answer.rrset]
@@ -564,8 +594,9 @@ async def _read_body(
     if codings and codings[-1] == "chunked":
         return await _read_chunked(reader, max_body)
     lengths = {
-        value.strip() for field_value in headers.get("content-length", []) for value in
-        field_value.split(",")
+        value.strip()
+        for field_value in headers.get("content-length", [])
+        for value in field_value.split(",")
     }
     if lengths and not codings:
         # RFC 9112 §6.3: differing lengths are an error, not a choice.
