@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def documented_names() -> set[str]:
-    return set(re.findall(r"^\| `([a-z_.<>]+)` \|", DOC.read_text(), flags=re.MULTILINE))
+    return set(re.findall(r"^\| `([a-z0-9_.<>]+)` \|", DOC.read_text(), flags=re.MULTILINE))
 
 
 def test_every_setting_is_documented() -> None:
