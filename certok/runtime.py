@@ -17,12 +17,15 @@ from certok.api.waiters import OrderWaiters
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache
 from certok.dnszone.server import start_dns_server
+from certok.domains.http_verify import HttpVerifier
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
+from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.resolver import make_resolver
+from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
 from certok.store import open_store
 
@@ -47,13 +50,28 @@ async def serve(settings: Settings) -> None:
     waiters.bind(asyncio.get_running_loop())
     accounts = AccountRegistry(store.sessions, settings, store.box)
     node = settings.effective_node_name
+    resolver_factory = partial(make_resolver, settings.resolvers, settings.resolver_timeout_seconds)
     verifier = DnsVerifier(
         store.sessions,
         zone=settings.dns_zone,
         label_key=store.box.derive(LABEL_KEY_PURPOSE),
-        resolver_factory=partial(
-            make_resolver, settings.resolvers, settings.resolver_timeout_seconds
+        resolver_factory=resolver_factory,
+        code_ttl_seconds=settings.code_ttl_seconds,
+    )
+    fetcher = SafeFetcher(
+        resolver_factory,
+        AddressPolicy(allow_loopback=settings.precheck_allow_loopback),
+        FetchLimits(
+            allowed_ports=frozenset(settings.precheck_allowed_ports),
+            connect_timeout=settings.precheck_timeout_seconds,
+            read_timeout=settings.precheck_timeout_seconds,
         ),
+    )
+    http_verifier = HttpVerifier(
+        store.sessions,
+        public_url=settings.public_url,
+        fetcher_factory=lambda: fetcher,
+        http_port=settings.http01_port,
         code_ttl_seconds=settings.code_ttl_seconds,
     )
     driver = OrderDriver(
@@ -61,7 +79,7 @@ async def serve(settings: Settings) -> None:
         settings,
         store.box,
         accounts,
-        Ownership({"dns": verifier}),
+        Ownership({"dns": verifier, "http": http_verifier}),
         worker_id=node,
         # Same process: make a freshly written TXT value visible before the CA asks.
         on_challenge_records_changed=zone_cache.refresh,
@@ -83,6 +101,7 @@ async def serve(settings: Settings) -> None:
             sessions=store.sessions,
             box=store.box,
             verifier=verifier,
+            http_verifier=http_verifier,
             waiters=waiters,
             wake_worker=worker.wake,
         )

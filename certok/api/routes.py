@@ -25,6 +25,7 @@ from certok.api.openapi import openapi_document
 from certok.api.waiters import OrderWaiters
 from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.engine import transaction
+from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest
 from certok.http01 import store as http01_store
@@ -45,6 +46,7 @@ class ApiServices:
     sessions: sessionmaker[Session]
     box: SecretBox
     verifier: DnsVerifier
+    http_verifier: HttpVerifier
     waiters: OrderWaiters
     wake_worker: Any  # Callable[[], None]
 
@@ -113,11 +115,15 @@ class _Api:
             )
         domains = parse_domains(raw, max_names=self.s.settings.max_domains)
         if challenge_type == "http":
-            raise InvalidRequest(
-                "type=http is not available on this server yet: use type=dns "
-                "(add the CNAME records this endpoint lists)"
-            )
-        result = await self.s.verifier.verify(tenant, domains)
+            wildcards = [d for d in domains if d.startswith("*.")]
+            if wildcards:
+                raise InvalidRequest(
+                    f"{wildcards[0]}: wildcard certificates need type=dns "
+                    "(CAs validate wildcards over DNS only)"
+                )
+            result = await self.s.http_verifier.verify(tenant, domains)
+        else:
+            result = await self.s.verifier.verify(tenant, domains)
         return envelope(request, _dv_data(result), msg=_dv_message(result))
 
     # --- GET /v1/cert/apply ------------------------------------------------------------------
@@ -206,13 +212,16 @@ def _dv_data(result: DvResult) -> dict[str, Any]:
         if item.detail:
             entry["detail"] = item.detail
         items.append(entry)
-    return {
+    data: dict[str, Any] = {
         "code": result.code,
         "type": result.type,
         "items": items,
         "valid": result.valid,
         "cost": str(result.cost_ms),
     }
+    if result.nginx is not None:
+        data["nginx"] = result.nginx
+    return data
 
 
 def _dv_message(result: DvResult) -> str:

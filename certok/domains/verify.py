@@ -39,6 +39,8 @@ class DvResult:
     items: list[DvItem]
     valid: bool
     cost_ms: int
+    # type=http: the tenant-bound nginx block to paste
+    nginx: str | None = None
 
     @property
     def problems(self) -> list[str]:

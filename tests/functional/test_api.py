@@ -17,10 +17,13 @@ from certok.api.waiters import OrderWaiters
 from certok.crypto import generate_private_key, private_key_from_pem, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order
+from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
+from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.resolver import make_resolver
+from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -67,12 +70,23 @@ def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-unty
         resolver_factory=lambda: make_resolver(settings.resolvers, 0.5),
         code_ttl_seconds=60,
     )
+    fetcher = SafeFetcher(
+        lambda: make_resolver(settings.resolvers, 0.5), AddressPolicy(), FetchLimits()
+    )
+    http_verifier = HttpVerifier(
+        store.sessions,
+        public_url=settings.public_url,
+        fetcher_factory=lambda: fetcher,
+        http_port=80,
+        code_ttl_seconds=60,
+    )
     app = create_app(
         ApiServices(
             settings=settings,
             sessions=store.sessions,
             box=store.box,
             verifier=verifier,
+            http_verifier=http_verifier,
             waiters=OrderWaiters(),
             wake_worker=lambda: wakes.append(1),
         )

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -311,6 +312,42 @@ class Rig:
         """The test lines currently merged over the base customer zone."""
         return list(self._customer_records)
 
+    def set_nginx_redirects(self, sites: Mapping[str, str]) -> None:
+        """Serve the seed's block for each `server name → redirect target` (replacing earlier
+        ones): `return 302 <target>$host/$1;`. Returns once nginx serves the new config."""
+        lines = []
+        for server_name, target in sites.items():
+            lines += [
+                "server {",
+                f"    listen 127.0.0.1:{self.nginx_port};",
+                f"    server_name {server_name};",
+                r"    location ~ ^/\.well-known/acme-challenge/([-_a-zA-Z0-9]+)$ {",
+                f"        return 302 {target}$host/$1;",
+                "    }",
+                "}",
+            ]
+        sites_dir = self.runtime_dir / "nginx" / "sites"
+        (sites_dir / "tests.conf").write_text("\n".join(lines) + "\n")
+        pid = self._services["nginx"].pid
+        if pid is None:
+            raise RigError("nginx is not running")
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + CHANGE_TIMEOUT_SECONDS
+        for server_name, target in sites.items():
+            while True:
+                location = self._nginx_location(server_name)
+                if location is not None and location.startswith(target):
+                    break
+                if time.monotonic() > deadline:
+                    raise RigError(f"nginx did not pick up the redirect for {server_name}")
+                time.sleep(0.05)
+
+    def _nginx_location(self, server_name: str) -> str | None:
+        url = f"http://127.0.0.1:{self.nginx_port}/.well-known/acme-challenge/probe"
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            response = client.get(url, headers={"Host": server_name})
+        return response.headers.get("location")
+
     def set_customer_records(self, extra: Sequence[str]) -> None:
         """Make customer.test hold the base records plus `extra`, visible through unbound.
 
@@ -421,7 +458,7 @@ class Rig:
         # nginx's workers run as `nobody` when the rig runs as root: they must reach their paths.
         rig.chmod(0o755)
         logs = rig / "logs"
-        service_dirs = ("nsd", "unbound", "nginx/tmp", "pebble")
+        service_dirs = ("nsd", "unbound", "nginx/tmp", "nginx/sites", "pebble")
         for directory in (logs, *(rig / name for name in service_dirs)):
             directory.mkdir(parents=True, exist_ok=True)
         write_server_tls(rig / "certs")
