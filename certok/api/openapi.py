@@ -49,6 +49,7 @@ _DV_DATA = {
         "items": {"type": "array", "items": _DV_ITEM},
         "valid": {"type": "boolean"},
         "cost": {"type": "string", "example": "38"},
+        "nginx": {"type": "string", "description": "type=http: the nginx block to paste"},
     },
 }
 
