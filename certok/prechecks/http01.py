@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from certok.prechecks.safe_http import FetchProblem, FetchResult, SafeFetcher
 
 HTTP_PORT = 80
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 # REFERENCE.md: anything that becomes a path must match this (uacme#64).
 _PROBE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -36,6 +37,25 @@ class HttpCheckResult:
     detail: str  # what is wrong and what to do, or what is right
     cost_ms: int
     final_url: str | None  # where the redirect chain led; None if it never got a response
+
+
+def canonical_prefix(prefix: str) -> str:
+    """The prefix as the fetcher writes URLs: lowercase scheme and host, no default port.
+
+    So ``https://Certok.Example.net:443/v1/dv/`` from a setting still matches the chain's
+    ``https://certok.example.net/v1/dv/...``.
+    """
+    parts = urlsplit(prefix)
+    if not parts.hostname:
+        return prefix
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        return prefix
+    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def nginx_block(expected_prefix: str) -> str:
@@ -67,6 +87,7 @@ async def check_http_redirect(
         raise ValueError(f"probe token {probe_token!r} must match {_PROBE_TOKEN.pattern}")
     started = time.monotonic()
     name = domain.strip().rstrip(".").lower()
+    expected_prefix = canonical_prefix(expected_prefix)
 
     def result(valid: bool, detail: str, final_url: str | None) -> HttpCheckResult:
         cost_ms = round((time.monotonic() - started) * 1000)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -268,7 +269,7 @@ class SafeFetcher:
                     "response",
                     f"{_clip(target.url)} answered {response.status} without a Location header",
                 )
-            progress.url = urljoin(target.url, response.location)
+            progress.url = _join(target.url, response.location)
         raise _Refused(
             "redirects",
             f"too many redirects: more than {self._limits.max_redirects} "
@@ -662,6 +663,14 @@ def _unverified_tls_context() -> ssl.SSLContext:
     return context
 
 
+def _join(base: str, location: str) -> str:
+    """The absolute URL a Location header means; one that cannot be parsed is refused."""
+    try:
+        return urljoin(base, location)
+    except ValueError as exc:
+        raise _Refused("url", f"redirect to {_clip(location)} is not a valid URL ({exc})") from None
+
+
 def _quote(text: str, safe: str) -> str:
     # surrogateescape round-trips the raw bytes of a non-UTF-8 Location header.
     return quote(text.encode("utf-8", "surrogateescape"), safe=safe)
@@ -674,8 +683,11 @@ def _where(address: IPAddress, target: _Target) -> str:
 
 
 def _os_error(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower() if exc.strerror[:1].isupper() else exc.strerror
+    if isinstance(exc, ssl.SSLError):
+        return f"{exc.reason or exc}".lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio's messages carry the address tuple; the errno's own text reads better.
+        return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
 
 

@@ -8,6 +8,7 @@ it handled at once, so a test can prove what the fetcher did (or did not) connec
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import tempfile
 import threading
@@ -44,6 +45,20 @@ def redirect(location: str, status: int = 302) -> Route:
     return route
 
 
+def nginx_challenge_redirect(prefix: str, status: int = 302) -> Route:
+    """What the customer's nginx block does: ``return 302 <prefix>$host/$1``.
+
+    nginx's ``$host`` is the Host header without its port, lowercased; ``$1`` is the token.
+    """
+
+    def route(handler: _Handler) -> None:
+        host = (handler.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+        token = handler.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        redirect(f"{prefix}{host}/{token}", status)(handler)
+
+    return route
+
+
 def respond(status: int, body: bytes = b"", *, chunked: bool = False) -> Route:
     def route(handler: _Handler) -> None:
         head = f"HTTP/1.1 {status} Whatever\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -52,7 +67,9 @@ def respond(status: int, body: bytes = b"", *, chunked: bool = False) -> Route:
                 b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7])
                 for i in range(0, len(body), 7)
             )
-            handler.send_raw(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
+            handler.send_raw(
+                f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n"
+            )
         else:
             handler.send_raw(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
@@ -130,11 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
             SeenRequest(self.path, self.headers.get("Host"), self.headers.get("User-Agent"), sni)
         )
         route = self.server.routes.get(self.path.split("?", 1)[0], respond(404, b"not found"))
-        with self.server.active():
-            try:
-                route(self)
-            except OSError:
-                pass  # the client hung up, as the fetcher does once it has read enough
+        # The client may hang up mid-answer, as the fetcher does once it has read enough.
+        with self.server.active(), contextlib.suppress(OSError):
+            route(self)
 
     def send_raw(self, data: bytes) -> None:
         self.wfile.write(data)
@@ -261,7 +276,9 @@ class FakeWebServer:
             self._tmp.cleanup()
 
 
-def _remember_sni(sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> None:
+def _remember_sni(
+    sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext
+) -> None:
     # The callback gets the SSLSocket being handshaken; keep the name on it for do_GET.
     sslobj.certok_sni = name  # type: ignore[union-attr]
 
