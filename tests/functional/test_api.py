@@ -292,3 +292,58 @@ def test_issued_and_failed_orders_render_the_seed_fields(api: ApiHarness) -> Non
 def test_unknown_route_and_method_use_the_envelope(api: ApiHarness) -> None:
     assert_error(api.client.get("/v1/cert/nothing"), 404, "/v1/cert/nothing")
     assert_error(api.client.post("/v1/cert/dv"), 405, "POST")
+
+
+def test_http01_responder_answers_only_through_the_owning_form(api: ApiHarness) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from certok.db.models import ChallengeRecord, Tenant
+    from certok.http01 import store as http01_store
+
+    code = api.code_for("alpha", ["www.customer.test"])
+    api.get("/v1/cert/apply", code=code)
+    with transaction(api.store.sessions) as session:
+        order = session.query(Order).one()
+        session.add(
+            ChallengeRecord(
+                order_id=order.id,
+                kind="http-01",
+                name="www.customer.test/tok_en-1",
+                value="tok_en-1.thumbprint",
+                authz_url="https://ca.test/authz/1",
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        handles = {t.name: t.http_handle for t in session.query(Tenant)}
+
+    def fetch(path: str):  # type: ignore[no-untyped-def]
+        return api.client.get(path)
+
+    # host-only form: nothing until the host is bound, then only for its tenant's orders
+    assert fetch("/v1/dv/www.customer.test/tok_en-1").status_code == 404
+    with transaction(api.store.sessions) as session:
+        http01_store.claim_host(session, "www.customer.test", api.tenant_ids["beta"])
+    assert fetch("/v1/dv/www.customer.test/tok_en-1").status_code == 404
+    with transaction(api.store.sessions) as session:
+        assert http01_store.release_host(session, "www.customer.test")
+        http01_store.claim_host(session, "www.customer.test", api.tenant_ids["alpha"])
+    ok = fetch("/v1/dv/WWW.customer.test/tok_en-1")
+    assert ok.status_code == 200 and ok.text == "tok_en-1.thumbprint"
+    assert ok.headers["content-type"].startswith("text/plain")
+    # tenant-bound form: the owner's handle answers, another tenant's does not
+    assert (
+        fetch(f"/v1/dv/{handles['alpha']}/www.customer.test/tok_en-1").text == "tok_en-1.thumbprint"
+    )
+    assert fetch(f"/v1/dv/{handles['beta']}/www.customer.test/tok_en-1").status_code == 404
+    # other tokens and hostile ones are 404, never an error
+    for path in (
+        "/v1/dv/www.customer.test/other",
+        "/v1/dv/www.customer.test/tok%2Fen",
+        "/v1/dv/www.customer.test/" + "a" * 200,
+        "/v1/dv/nothex/www.customer.test/tok_en-1",
+    ):
+        assert fetch(path).status_code == 404, path
+    # CAs fetch from several vantage points at once: same answer every time
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(fetch, ["/v1/dv/www.customer.test/tok_en-1"] * 24))
+    assert {(a.status_code, a.text) for a in answers} == {(200, "tok_en-1.thumbprint")}
