@@ -76,6 +76,10 @@ class RateLimited(CertokError):
     http_status = 429
     code = 1429
 
+    def __init__(self, message: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class ConfigurationError(CertokError):
     """certok is misconfigured: see docs/settings.md."""

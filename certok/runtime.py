@@ -12,6 +12,7 @@ from functools import partial
 import uvicorn
 from starlette.applications import Starlette
 
+from certok.api.ratelimit import RateLimiter
 from certok.api.routes import ApiServices, create_app
 from certok.api.waiters import OrderWaiters
 from certok.dnszone.answer import ZoneConfig
@@ -104,6 +105,12 @@ async def serve(settings: Settings) -> None:
             http_verifier=http_verifier,
             waiters=waiters,
             wake_worker=worker.wake,
+            limiter=RateLimiter(
+                {
+                    "dv": settings.rate_limit_dv_per_minute,
+                    "apply": settings.rate_limit_apply_per_minute,
+                }
+            ),
         )
     )
     dns_server = await start_dns_server(

@@ -44,7 +44,11 @@ def envelope(
 
 async def certok_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CertokError)
-    return envelope(request, code=exc.code, msg=exc.message, status=exc.http_status)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return envelope(
+        request, code=exc.code, msg=exc.message, status=exc.http_status, headers=headers
+    )
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +22,7 @@ from certok.api.envelope import (
     unexpected_error_handler,
 )
 from certok.api.openapi import openapi_document
+from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters
 from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.engine import transaction
@@ -49,6 +50,7 @@ class ApiServices:
     http_verifier: HttpVerifier
     waiters: OrderWaiters
     wake_worker: Any  # Callable[[], None]
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter({}))
 
 
 def create_app(services: ApiServices) -> Starlette:
@@ -107,6 +109,7 @@ class _Api:
     # --- GET /v1/cert/dv ---------------------------------------------------------------------
     async def dv(self, request: Request) -> Response:
         tenant = await self._tenant(request)
+        self.s.limiter.check(tenant.id, "dv")
         challenge_type = _choice(request, "type", "dns", CHALLENGE_TYPES)
         raw = _single(request, "domains")
         if not raw:
@@ -129,6 +132,7 @@ class _Api:
     # --- GET /v1/cert/apply ------------------------------------------------------------------
     async def apply(self, request: Request) -> Response:
         tenant = await self._tenant(request)
+        self.s.limiter.check(tenant.id, "apply")
         code = _single(request, "code")
         if not code:
             raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")

@@ -318,8 +318,13 @@ class AcmeSession:
             ) from exc
 
     # --- orders ----------------------------------------------------------------------------
-    def new_order(self, csr_pem: bytes) -> OrderInfo:
-        """newOrder for the CSR's names, then POST-as-GET each authorization."""
+    def new_order(self, csr_pem: bytes, *, include_authorizations: bool = True) -> OrderInfo:
+        """newOrder for the CSR's names, then (unless told not to) POST-as-GET each
+        authorization.
+
+        ``include_authorizations=False`` returns as soon as the CA has created the order
+        (``authorizations=()``), so a caller can save its URL before anything else can fail.
+        """
         identifiers = _csr_identifiers(csr_pem)
 
         def run(client: acme_client.ClientV2) -> OrderInfo:
@@ -334,7 +339,9 @@ class AcmeSession:
                     GARBLED_RESPONSE,
                     "the CA created an order but sent no Location for it",
                 )
-            return self._order_with_authorizations(client, order_url, response, True)
+            return self._order_with_authorizations(
+                client, order_url, response, include_authorizations
+            )
 
         return self._exchange(run)
 

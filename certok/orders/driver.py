@@ -162,10 +162,13 @@ class OrderDriver:
                 ),
                 csr_pem=csr_pem,
             )
-        info = account.session.new_order(csr_pem.encode("ascii"))
-        self._save(order.id, acme_order_url=info.url, acme_orders=order.acme_orders + 1)
-        log.info("order %s: ACME order %s created at %s", order.id, info.url, order.issuer)
+        # The URL is saved the moment the CA has made the order, before its authorizations
+        # are read: a crash in between must resume this ACME order, not create another.
+        created = account.session.new_order(csr_pem.encode("ascii"), include_authorizations=False)
+        self._save(order.id, acme_order_url=created.url, acme_orders=order.acme_orders + 1)
+        log.info("order %s: ACME order %s created at %s", order.id, created.url, order.issuer)
         order = self._load_required(order.id)
+        info = account.session.fetch_order(created.url)
         return self._advance(order, account, info)
 
     def _advance(

@@ -347,3 +347,16 @@ def test_http01_responder_answers_only_through_the_owning_form(api: ApiHarness) 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(fetch, ["/v1/dv/www.customer.test/tok_en-1"] * 24))
     assert {(a.status_code, a.text) for a in answers} == {(200, "tok_en-1.thumbprint")}
+
+
+def test_per_tenant_rate_limit_answers_429_with_retry_after(api: ApiHarness) -> None:
+    from certok.api.ratelimit import RateLimiter
+
+    api.client.app.state.services.limiter = RateLimiter({"dv": 2, "apply": 2})  # type: ignore[attr-defined]
+    for _ in range(2):
+        assert api.get("/v1/cert/dv", domains="exa mple.com").status_code == 400
+    limited = api.get("/v1/cert/dv", domains="a.example.com")
+    assert_error(limited, 429, "at most 2 a minute", "retry in")
+    assert int(limited.headers["retry-after"]) >= 1
+    # another tenant is not affected
+    assert api.get("/v1/cert/dv", "beta", domains="exa mple.com").status_code == 400
