@@ -43,6 +43,7 @@ from certok.issuance.problems import (
     kind_for_type,
     parse_retry_after,
 )
+from certok.issuance.transport import Resolve, mount_resolver
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,11 @@ class AcmeSession:
         user_agent: str = "certok",
         nonce_retries: int = 100,
         clock: Clock = utcnow,
+        resolve: Resolve | None = None,
     ) -> None:
         self._directory_url = directory_url
+        # Host names of the CA resolved through certok's resolvers (None: the system's).
+        self._resolve = resolve
         self._key = account_key
         self._alg = signature_algorithm(account_key)
         # requests' `verify` takes a CA bundle path as well as a bool.
@@ -488,6 +492,8 @@ class AcmeSession:
                 user_agent=self._user_agent,
                 timeout=self._timeout,
             )
+            if self._resolve is not None:
+                mount_resolver(network.session, self._resolve)
             self._local.network = network
             with self._lock:
                 self._networks.add(network)

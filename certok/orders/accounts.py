@@ -22,6 +22,8 @@ from certok.issuance import (
     fetch_zerossl_eab,
     new_account_key,
 )
+from certok.issuance.transport import dns_resolver
+from certok.prechecks.resolver import parse_resolver_address
 from certok.settings import IssuerSettings, Settings
 
 
@@ -53,6 +55,10 @@ class AccountRegistry:
         self._ready: dict[str, IssuerAccount] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._resolve = dns_resolver(
+            [parse_resolver_address(a) for a in settings.resolvers],
+            settings.resolver_timeout_seconds,
+        )
 
     def issuer_settings(self, name: str) -> IssuerSettings:
         issuer = self._settings.issuers.get(name)
@@ -107,6 +113,7 @@ class AccountRegistry:
             account_url=account_url,
             ca_bundle=str(issuer.ca_bundle) if issuer.ca_bundle else None,
             timeout=self._settings.acme_timeout_seconds,
+            resolve=self._resolve,
         )
         if account_url is None:
             eab_kid, eab_hmac = issuer.eab_kid, issuer.eab_hmac_key
