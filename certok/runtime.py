@@ -90,6 +90,7 @@ async def serve(settings: Settings) -> None:
         driver,
         worker_id=node,
         threads=settings.worker_threads,
+        max_in_flight=settings.worker_max_orders,
         poll_seconds=settings.worker_poll_seconds,
         on_order_finished=waiters.finished,
     )

@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)
     default_issuer: str = "google"
     worker_threads: int = Field(default=8, ge=1, le=256)
+    worker_max_orders: int = Field(default=256, ge=1)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     acme_poll_seconds: float = Field(default=0.1, gt=0)
     acme_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -1,8 +1,10 @@
-"""The worker: claims due orders with a lease and drives them in a thread pool.
+"""The worker: claims due orders with a lease and drives them, one step at a time.
 
 Claiming is a compare-and-set UPDATE (`... WHERE lease expired`), which is safe on SQLite
-and on PostgreSQL with several nodes. While a step says the next one is due soon, the same
-thread keeps the order (extending the lease) instead of handing it back: that keeps an
+and on PostgreSQL with several nodes. Each claimed order is an asyncio task that runs its
+blocking steps (database, CA) in the thread pool and waits between them on the event loop,
+so a few threads drive hundreds of orders in flight. While a step says the next one is due
+soon, the task keeps the order (and its lease) instead of handing it back: that keeps an
 issuance on a fast CA well under a second.
 """
 
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +30,7 @@ from certok.orders.driver import LeaseLost, OrderDriver
 from certok.orders.service import PENDING
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEASE_SECONDS = 60
 # Keep driving an order in the same thread while its next step is at most this far away.
@@ -42,6 +46,7 @@ class Worker:
         worker_id: str,
         threads: int,
         poll_seconds: float,
+        max_in_flight: int = 256,
         on_order_finished: Callable[[int], None] | None = None,
         clock: Clock = utcnow,
     ) -> None:
@@ -49,6 +54,7 @@ class Worker:
         self._driver = driver
         self._worker_id = worker_id
         self._threads = threads
+        self._max_in_flight = max_in_flight
         self._poll_seconds = poll_seconds
         self._on_finished = on_order_finished
         self._clock = clock
@@ -58,6 +64,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
@@ -79,13 +86,15 @@ class Worker:
         self._wake = asyncio.Event()
         while not self._stopping.is_set():
             try:
-                free = self._threads - len(self._busy)
+                free = self._max_in_flight - len(self._busy)
                 if free > 0:
-                    claimed = await asyncio.to_thread(self._claim, free)
+                    claimed = await self._in_pool(self._claim, free)
                     for order_id in claimed:
                         with self._busy_lock:
                             self._busy.add(order_id)
-                        self._pool.submit(self._drive, order_id)
+                        task = asyncio.create_task(self._drive(order_id))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
             except Exception:
                 log.exception("worker: claiming orders failed; trying again shortly")
             with contextlib.suppress(TimeoutError):
@@ -95,7 +104,13 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
         self.wake()
+        for task in list(self._tasks):
+            task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_pool(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, function, *args)
 
     # --- claiming ----------------------------------------------------------------------------
     def _claim(self, limit: int) -> list[int]:
@@ -156,23 +171,32 @@ class Worker:
             )
 
     # --- driving -------------------------------------------------------------------------------
-    def _drive(self, order_id: int) -> None:
+    async def _drive(self, order_id: int) -> None:
+        lease_checked = time.monotonic()
         try:
             while not self._stopping.is_set():
-                delay = self._driver.step(order_id)
+                delay = await self._in_pool(self._driver.step, order_id)
                 if delay is None:
                     if self._on_finished is not None:
                         self._on_finished(order_id)
                     return
-                if delay > INLINE_WAIT_SECONDS or not self._extend_lease(order_id):
-                    self._release_lease(order_id)
+                if delay > INLINE_WAIT_SECONDS:
+                    await self._in_pool(self._release_lease, order_id)
                     return
-                time.sleep(max(delay, 0))
+                # Renew the lease well before it runs out, not on every step.
+                if time.monotonic() - lease_checked > LEASE_SECONDS / 3:
+                    if not await self._in_pool(self._extend_lease, order_id):
+                        return
+                    lease_checked = time.monotonic()
+                await asyncio.sleep(max(delay, 0))
         except LeaseLost:
             log.warning("order %s: lease lost to another worker; leaving it", order_id)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("order %s: unexpected error; it will be retried", order_id)
-            self._release_lease(order_id)
+            with contextlib.suppress(Exception):
+                await self._in_pool(self._release_lease, order_id)
         finally:
             with self._busy_lock:
                 self._busy.discard(order_id)
