@@ -1,0 +1,521 @@
+"""certok's HTTP API under load, next to a hello-world ASGI app on the same server stack.
+
+    python bench/api_rps.py [--duration 10] [--connections 32] [--repeat 2] [--json FILE]
+
+Needs `wrk` (`apt-get install wrk`). What it does:
+- starts the real `certok serve` (SQLite in a temp dir, its DNS server on a free port, every
+  issuer pointed at a closed loopback port) pinned to one core, creates a tenant with
+  `python -m certok tenant create bench`, and puts one issued order (self-signed certificate,
+  key encrypted with the data dir's secret.key) in the database with certok's own modules, so
+  `GET /v1/cert/apply?code=<code>` answers `issued` straight away;
+- starts a hello-world Starlette app that answers a small JSON body, under the same uvicorn
+  settings and event loop as `certok serve`, on the same core;
+- starts a stand-in resolver (dnspython over UDP) that answers NXDOMAIN to everything, on the
+  load generator's core, and points `CERTOK_RESOLVERS` at it, so `GET /v1/cert/dv` for a name
+  without a delegation runs its full path (database, CNAME lookup, answer);
+- runs `wrk --latency` on the other core against the hello world, apply polling and dv,
+  `--repeat` rounds taking turns, and reports each one's best round: requests/s, average and
+  p99 latency, server CPU, and the ratio to the hello world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.util
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    LOOPBACK,
+    Cores,
+    CpuMeter,
+    Measurement,
+    Report,
+    Target,
+    clean_environment,
+    describe_machine,
+    free_port,
+    pinned,
+    print_report,
+    require_tools,
+    tool_path,
+)
+
+from tests.rig.certok_server import CertokServer
+from tests.rig.process import ManagedProcess, tcp_is_listening
+
+BENCH = "api_rps"
+ZONE = "acme.bench.test"
+ISSUED_NAME = "www.bench.test"
+UNDELEGATED_NAME = "nodeleg.bench.test"
+TOKEN_HEADER = "httpsok-token"
+STARTUP_TIMEOUT = 30.0
+IDLE_SECONDS = 3.0
+TARGET_RPS = 5_000
+TARGET_RATIO = 0.5
+
+
+def _run_on_uvloop(coroutine: object) -> None:
+    """The event loop `certok serve` runs on (certok.cli.main._run)."""
+    try:
+        import uvloop
+
+        uvloop.run(coroutine)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+# --- the reference: hello world on the same stack -------------------------------------------------
+
+
+def serve_hello(argv: list[str]) -> None:
+    """`api_rps.py serve-hello --port P` (run by the benchmark)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    parser = argparse.ArgumentParser(prog="api_rps.py serve-hello")
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args(argv).port
+
+    async def hello(request: object) -> JSONResponse:
+        return JSONResponse({"code": 0, "msg": "success", "data": {"hello": "world"}})
+
+    app = Starlette(routes=[Route("/", hello, methods=["GET"])])
+    # The uvicorn settings certok.runtime.serve uses, and its default log level.
+    config = uvicorn.Config(
+        app, host=LOOPBACK, port=port, log_level="info", access_log=False, lifespan="off"
+    )
+    _run_on_uvloop(uvicorn.Server(config).serve())
+
+
+# --- a resolver that knows nothing ----------------------------------------------------------------
+
+
+class _NxdomainProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:
+            return  # not a DNS query: a real resolver would drop it too
+        reply = dns.message.make_response(query)
+        reply.set_rcode(dns.rcode.NXDOMAIN)
+        self.transport.sendto(reply.to_wire(), addr)  # type: ignore[attr-defined]
+
+
+def serve_nxdomain(argv: list[str]) -> None:
+    """`api_rps.py serve-nxdomain --port P`: NXDOMAIN for every UDP query (run by the bench)."""
+    parser = argparse.ArgumentParser(prog="api_rps.py serve-nxdomain")
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args(argv).port
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            _NxdomainProtocol, local_addr=(LOOPBACK, port)
+        )
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"NXDOMAIN for everything on {LOOPBACK}:{port}", flush=True)
+        await stop.wait()
+        transport.close()
+
+    _run_on_uvloop(main())
+
+
+def resolver_answers(port: int) -> bool:
+    query = dns.message.make_query("probe.bench.test.", "CNAME")
+    try:
+        reply = dns.query.udp(query, LOOPBACK, port=port, timeout=0.3)
+    except Exception:
+        return False
+    return reply.rcode() == dns.rcode.NXDOMAIN
+
+
+# --- certok, with a tenant and an issued order ----------------------------------------------
+
+
+def certok_env(data_dir: Path, api_port: int, dns_port: int, resolver_port: int) -> dict[str, str]:
+    closed = f"http://{LOOPBACK}:{free_port('closed port for the issuers')}/directory"
+    env = {
+        "CERTOK_DATA_DIR": str(data_dir),
+        "CERTOK_API_HOST": LOOPBACK,
+        "CERTOK_API_PORT": str(api_port),
+        "CERTOK_PUBLIC_URL": f"http://{LOOPBACK}:{api_port}",
+        "CERTOK_DNS_HOST": LOOPBACK,
+        "CERTOK_DNS_PORT": str(dns_port),
+        "CERTOK_DNS_ZONE": ZONE,
+        "CERTOK_RESOLVERS": json.dumps([f"{LOOPBACK}:{resolver_port}"]),
+        # One tenant is the whole load here: its per-tenant limits would measure the limiter.
+        "CERTOK_RATE_LIMIT_DV_PER_MINUTE": "0",
+        "CERTOK_RATE_LIMIT_APPLY_PER_MINUTE": "0",
+    }
+    # No order here needs a CA; should one ever be driven, it must not leave the machine.
+    for issuer in ("GOOGLE", "LETSENCRYPT", "ZEROSSL"):
+        env[f"CERTOK_ISSUERS__{issuer}__DIRECTORY"] = closed
+    return env
+
+
+def self_signed(name: str) -> tuple[str, str, dt.datetime, dt.datetime]:
+    """(certificate PEM, key PEM, not before, not after) for `name`, ECC P-256."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from certok.crypto import generate_private_key, private_key_to_pem
+
+    key = generate_private_key("ECC")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    not_before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    not_after = not_before + dt.timedelta(days=90)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return pem, private_key_to_pem(key), not_before, not_after
+
+
+def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
+    """An issued order behind a verification code of `tenant_name`; the code."""
+    from certok.db.engine import transaction
+    from certok.db.models import Order, VerificationCode
+    from certok.orders.service import ISSUED, order_key_owner
+    from certok.settings import Settings
+    from certok.store import open_store
+    from certok.tenants.service import find_tenant
+
+    store = open_store(Settings(data_dir=data_dir))
+    try:
+        certificate, key_pem, not_before, not_after = self_signed(ISSUED_NAME)
+        now = dt.datetime.now(dt.UTC)
+        code = "b3c4be11c0de0001"
+        with transaction(store.sessions) as session:
+            tenant = find_tenant(session, tenant_name)
+            order = Order(
+                tenant_id=tenant.id,
+                issuer="letsencrypt",
+                algorithm="ECC",
+                challenge_type="dns",
+                domains=ISSUED_NAME,
+                state=ISSUED,
+                attempts=1,
+                acme_orders=1,
+                certificate_pem=certificate,
+                not_before=not_before,
+                not_after=not_after,
+                next_attempt_at=now,
+                deadline_at=now + dt.timedelta(days=1),
+                created_at=now,
+                finished_at=now,
+            )
+            session.add(order)
+            session.flush()  # the key's associated data names the order's id
+            order.key_encrypted = store.box.encrypt(key_pem.encode(), order_key_owner(order.id))
+            session.add(
+                VerificationCode(
+                    code=code,
+                    tenant_id=tenant.id,
+                    challenge_type="dns",
+                    domains=ISSUED_NAME,
+                    created_at=now,
+                    expires_at=now + dt.timedelta(minutes=1),
+                    order_id=order.id,
+                )
+            )
+        return code
+    finally:
+        store.engine.dispose()
+
+
+# --- wrk ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkRun:
+    rps: float
+    avg: float
+    p99: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    cpu_percent: float | None
+
+    @property
+    def per_cpu_second(self) -> float | None:
+        """Requests per CPU-second of the server: what one core does when other work on the
+        shared machine takes some of the server's core."""
+        if not self.cpu_percent:
+            return None
+        return self.rps / (self.cpu_percent / 100.0)
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_DURATION = r"([\d.]+)(us|ms|s|m)"
+
+
+def _seconds(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int, int]:
+    """(requests/s, avg latency, p99 latency, requests, non-2xx/3xx, socket errors)."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    avg = re.search(r"^\s+Latency\s+" + _DURATION, output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+" + _DURATION, output, re.MULTILINE)
+    total = re.search(r"(\d+) requests in", output)
+    if not (rps and avg and p99 and total):
+        raise SystemExit(f"could not read wrk's output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return (
+        float(rps.group(1)),
+        _seconds(*avg.groups()),
+        _seconds(*p99.groups()),
+        int(total.group(1)),
+        int(non_2xx.group(1)) if non_2xx else 0,
+        sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    url: str
+    headers: tuple[str, ...]
+    server_pid: int | None
+
+
+def run_wrk(endpoint: Endpoint, args: argparse.Namespace, core: int | None) -> tuple[WrkRun, str]:
+    argv = [tool_path("wrk"), "-t1", f"-c{args.connections}", f"-d{args.duration:g}s", "--latency"]
+    for header in endpoint.headers:
+        argv += ["-H", header]
+    argv = pinned([*argv, endpoint.url], core)
+    with CpuMeter(endpoint.server_pid) as cpu:
+        finished = subprocess.run(argv, capture_output=True, text=True, check=True)
+    rps, avg, p99, requests, non_2xx, errors = parse_wrk(finished.stdout)
+    run = WrkRun(rps, avg, p99, requests, non_2xx, errors, cpu.percent)
+    return run, shlex.join(argv)
+
+
+def http_implementation() -> str:
+    """What uvicorn's `http="auto"` picks in this environment (certok serve leaves it so)."""
+    if importlib.util.find_spec("httptools") is not None:
+        return "httptools"
+    return "h11 (httptools is not installed)"
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def check_answers(base_url: str, token: str, code: str) -> None:
+    """Fail before measuring anything if the endpoints do not answer what they should."""
+    headers = {TOKEN_HEADER: token}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30, trust_env=False) as http:
+        applied = http.get("/v1/cert/apply", params={"code": code}).json()
+        if (applied.get("data") or {}).get("status") != "issued":
+            raise SystemExit(f"apply did not answer issued: {applied}")
+        dv = http.get("/v1/cert/dv", params={"domains": UNDELEGATED_NAME}).json()
+        item = ((dv.get("data") or {}).get("items") or [{}])[0]
+        if item.get("valid") is not False or "CNAME" not in (item.get("detail") or ""):
+            raise SystemExit(f"dv for an undelegated name did not ask for the CNAME: {dv}")
+
+
+def run(args: argparse.Namespace) -> Report:
+    require_tools("wrk", "taskset")
+    clean_environment()
+    cores = Cores.pick()
+    print(f"api_rps: {describe_machine()}", flush=True)
+    print(f"api_rps: {cores.describe()}", flush=True)
+    script = str(Path(__file__).resolve())
+    with tempfile.TemporaryDirectory(prefix="certok-bench-api-") as tmp:
+        workdir = Path(tmp)
+        processes: list[ManagedProcess] = []
+        certok: CertokServer | None = None
+        try:
+            resolver_port = free_port("NXDOMAIN resolver")
+            resolver = ManagedProcess(
+                "nxdomain-resolver",
+                pinned([sys.executable, script, "serve-nxdomain", "--port", str(resolver_port)],
+                       cores.load),
+                log_path=workdir / "resolver.log",
+                cwd=workdir,
+            )  # fmt: skip
+            resolver.start()
+            processes.append(resolver)
+            resolver.wait_until(lambda: resolver_answers(resolver_port), "answering", 20)
+
+            api_port, dns_port = free_port("certok api"), free_port("certok dns")
+            env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
+            certok = CertokServer(
+                env,
+                workdir=workdir / "certok",
+                command=pinned([sys.executable, "-m", "certok", "serve"], cores.server),
+                startup_timeout=STARTUP_TIMEOUT,
+            )
+            certok.workdir.mkdir(parents=True)
+            token = certok.create_tenant("bench")
+            code = insert_issued_order(workdir / "data", "bench")
+            certok.start()
+            check_answers(certok.base_url, token, code)
+            # What the worker and the zone refresher cost while no request comes in.
+            with CpuMeter(certok.pid) as idle:
+                time.sleep(IDLE_SECONDS)
+
+            hello_port = free_port("hello world")
+            hello = ManagedProcess(
+                "hello-world",
+                pinned([sys.executable, script, "serve-hello", "--port", str(hello_port)],
+                       cores.server),
+                log_path=workdir / "hello.log",
+                cwd=workdir,
+            )  # fmt: skip
+            hello.start()
+            processes.append(hello)
+            hello.wait_until(lambda: tcp_is_listening(hello_port), "listening", STARTUP_TIMEOUT)
+
+            auth = (f"{TOKEN_HEADER}: {token}",)
+            endpoints = [
+                Endpoint("hello world (Starlette + uvicorn)", f"http://{LOOPBACK}:{hello_port}/",
+                         (), hello.pid),
+                Endpoint("certok GET /v1/cert/apply (issued)",
+                         f"{certok.base_url}/v1/cert/apply?code={code}", auth, certok.pid),
+                Endpoint("certok GET /v1/cert/dv (no delegation)",
+                         f"{certok.base_url}/v1/cert/dv?domains={UNDELEGATED_NAME}", auth,
+                         certok.pid),
+            ]  # fmt: skip
+            commands: list[str] = []
+            runs: dict[str, list[WrkRun]] = {e.name: [] for e in endpoints}
+            # A short unmeasured round first: imports, caches, SQLite's page cache.
+            for endpoint in endpoints:
+                warm = argparse.Namespace(connections=args.connections, duration=args.warmup)
+                run_wrk(endpoint, warm, cores.load)
+            for _ in range(args.repeat):
+                for endpoint in endpoints:
+                    print(f"api_rps: {endpoint.name}, {args.duration:g} s", flush=True)
+                    result, command = run_wrk(endpoint, args, cores.load)
+                    runs[endpoint.name].append(result)
+                    commands.append(command)
+        finally:
+            if certok is not None:
+                certok.stop()
+            for process in reversed(processes):
+                process.stop()
+
+    # The least disturbed round of each: the shared machine only ever slows a round down.
+    best = {
+        name: max(results, key=lambda r: (r.non_2xx == 0 and r.socket_errors == 0, r.rps))
+        for name, results in runs.items()
+    }
+    hello_best = best[endpoints[0].name]
+    report = Report(commands=[c.replace(token, "<token>") for c in commands])
+    for endpoint in endpoints:
+        result = best[endpoint.name]
+        notes = [f"best of {len(runs[endpoint.name])}"]
+        per_core = result.per_cpu_second
+        if per_core is not None:
+            hello_core = hello_best.per_cpu_second
+            relative = f" ({per_core / hello_core:.2f}x hello)" if hello_core else ""
+            notes.append(f"{per_core:,.0f} req per server CPU-second{relative}")
+        if endpoint is endpoints[0]:
+            notes.append(f"uvicorn's HTTP parser here: {http_implementation()}")
+        if result.non_2xx or result.socket_errors:
+            # Error answers are cheap: a rate that includes them is not the endpoint's.
+            notes.insert(
+                0,
+                f"INVALID: {result.non_2xx} non-2xx answers, {result.socket_errors} socket errors",
+            )
+        report.measurements.append(
+            Measurement(
+                bench=BENCH,
+                case=endpoint.name,
+                rate=result.rps,
+                rate_unit="req/s",
+                ratio=result.rps / hello_best.rps if hello_best.rps else None,
+                ratio_of="hello",
+                latency={"avg": result.avg, "p99": result.p99},
+                cpu_percent=result.cpu_percent,
+                note="; ".join(notes),
+            )
+        )
+    report.measurements.append(
+        Measurement(
+            bench=BENCH,
+            case=f"certok serve, idle for {IDLE_SECONDS:g} s",
+            cpu_percent=idle.percent,
+            note="worker polls and DNS zone refreshes only",
+        )
+    )
+    apply_best = best[endpoints[1].name]
+    ratio = apply_best.rps / hello_best.rps if hello_best.rps else 0.0
+    report.targets += [
+        Target(
+            BENCH,
+            f"apply polling >= {TARGET_RPS:,} req/s on one core",
+            f"{apply_best.rps:,.0f} req/s",
+            apply_best.rps >= TARGET_RPS and apply_best.non_2xx == 0,
+        ),
+        Target(
+            BENCH,
+            f"apply polling >= {TARGET_RATIO} x hello world",
+            f"{ratio:.2f}x ({hello_best.rps:,.0f} req/s hello world)",
+            ratio >= TARGET_RATIO and apply_best.non_2xx == 0,
+        ),
+    ]
+    return report
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-hello":
+        serve_hello(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-nxdomain":
+        serve_nxdomain(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up (2)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="rounds; each endpoint's best is reported (2)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
+    args = parser.parse_args()
+    report = run(args)
+    print()
+    print_report(report)
+    report.write(args.json)
+
+
+if __name__ == "__main__":
+    main()
