@@ -12,6 +12,7 @@ from functools import partial
 import uvicorn
 from starlette.applications import Starlette
 
+from certok.api.caches import TtlCache
 from certok.api.ratelimit import RateLimiter
 from certok.api.routes import ApiServices, create_app
 from certok.api.waiters import OrderWaiters
@@ -106,6 +107,7 @@ async def serve(settings: Settings) -> None:
             http_verifier=http_verifier,
             waiters=waiters,
             wake_worker=worker.wake,
+            tokens=TtlCache(ttl=settings.token_cache_seconds, max_entries=100_000),
             limiter=RateLimiter(
                 {
                     "dv": settings.rate_limit_dv_per_minute,

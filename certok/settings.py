@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     apply_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     order_retention_hours: int = Field(default=72, ge=24)
     max_domains: int = Field(default=100, ge=1, le=100)
+    token_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     rate_limit_dv_per_minute: int = Field(default=120, ge=0)
     rate_limit_apply_per_minute: int = Field(default=1200, ge=0)
 

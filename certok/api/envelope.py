@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from certok.errors import CertokError
 
@@ -40,6 +41,27 @@ def envelope(
 ) -> JSONResponse:
     body = {"code": code, "msg": msg, "data": data, "traceId": trace_id(request)}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def envelope_with_encoded_data(
+    request: Request, data_json: bytes, *, headers: dict[str, str] | None = None
+) -> Response:
+    """A success envelope around data already encoded as JSON (the issued-order fast path)."""
+    body = b"".join(
+        (
+            b'{"code":0,"msg":"success","data":',
+            data_json,
+            b',"traceId":"',
+            trace_id(request).encode("ascii"),
+            b'"}',
+        )
+    )
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON exactly as JSONResponse renders it, for envelope_with_encoded_data."""
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def certok_error_handler(request: Request, exc: Exception) -> JSONResponse:

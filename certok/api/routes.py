@@ -14,10 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from certok.api.caches import TtlCache, token_key
 from certok.api.envelope import (
     NO_STORE,
     certok_error_handler,
+    encode_data,
     envelope,
+    envelope_with_encoded_data,
     http_error_handler,
     unexpected_error_handler,
 )
@@ -51,6 +54,12 @@ class ApiServices:
     waiters: OrderWaiters
     wake_worker: Any  # Callable[[], None]
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter({}))
+    tokens: TtlCache[bytes, TenantRef] = field(
+        default_factory=lambda: TtlCache(ttl=2.0, max_entries=100_000)
+    )
+    issued: TtlCache[tuple[int, str], bytes] = field(
+        default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
+    )
 
 
 def create_app(services: ApiServices) -> Starlette:
@@ -141,6 +150,9 @@ class _Api:
         issuers = tuple(sorted(self.s.settings.issuers))
         issuer = _choice(request, "issuer", self.s.settings.default_issuer, issuers)
         settings = self.s.settings
+        cached = self.s.issued.get((tenant.id, code))
+        if cached is not None:
+            return envelope_with_encoded_data(request, cached, headers=NO_STORE)
 
         def redeem() -> tuple[int, bool]:
             with transaction(self.s.sessions) as session:
@@ -157,7 +169,12 @@ class _Api:
         if created:
             self.s.wake_worker()
         view = await self._wait_for(order_id, settings.apply_wait_seconds)
-        return envelope(request, _order_data(view), msg=_order_message(view), headers=NO_STORE)
+        data = _order_data(view)
+        if view.status == "issued":
+            encoded = encode_data(data)
+            self.s.issued.put((tenant.id, code), encoded)
+            return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
+        return envelope(request, data, msg=_order_message(view), headers=NO_STORE)
 
     async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
         deadline = time.monotonic() + seconds
@@ -179,12 +196,20 @@ class _Api:
 
     async def _tenant(self, request: Request) -> TenantRef:
         token = request.headers.get(TOKEN_HEADER)
+        key = token_key(token) if token else None
+        if key is not None:
+            known = self.s.tokens.get(key)
+            if known is not None:
+                return known
 
         def check() -> TenantRef:
             with self.s.sessions() as session:
                 return authenticate(session, token)
 
-        return await asyncio.to_thread(check)
+        tenant = await asyncio.to_thread(check)
+        if key is not None:
+            self.s.tokens.put(key, tenant)
+        return tenant
 
 
 # --- parameters ------------------------------------------------------------------------------

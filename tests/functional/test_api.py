@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
+from certok.api.caches import TtlCache
 from certok.api.routes import ApiServices, create_app
 from certok.api.waiters import OrderWaiters
 from certok.crypto import generate_private_key, private_key_from_pem, private_key_to_pem
@@ -87,6 +88,8 @@ def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-unty
             box=store.box,
             verifier=verifier,
             http_verifier=http_verifier,
+            # every request checks its token (revocation tests); caching is tested on its own
+            tokens=TtlCache(ttl=0, max_entries=10),
             waiters=OrderWaiters(),
             wake_worker=lambda: wakes.append(1),
         )
