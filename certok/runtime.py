@@ -7,8 +7,8 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from functools import partial
 
+import dns.asyncresolver
 import uvicorn
 from starlette.applications import Starlette
 
@@ -52,7 +52,12 @@ async def serve(settings: Settings) -> None:
     waiters.bind(asyncio.get_running_loop())
     accounts = AccountRegistry(store.sessions, settings, store.box)
     node = settings.effective_node_name
-    resolver_factory = partial(make_resolver, settings.resolvers, settings.resolver_timeout_seconds)
+    # A resolver holds configuration only: one serves every request and worker thread.
+    resolver = make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
+
+    def resolver_factory() -> dns.asyncresolver.Resolver:
+        return resolver
+
     verifier = DnsVerifier(
         store.sessions,
         zone=settings.dns_zone,

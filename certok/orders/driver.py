@@ -230,11 +230,31 @@ class OrderDriver:
         if to_answer:
             ready = self._present(order, account, to_answer)
             for authz_url, challenge in ready:
-                account.session.answer_challenge(challenge.url)
+                try:
+                    account.session.answer_challenge(challenge.url)
+                except AcmeProblem as problem:
+                    if not self._answered_before(account, authz_url, challenge.url, problem):
+                        raise
                 self._mark_answered(order.id, authz_url)
             if len(ready) < len(to_answer) and self._propagation_seconds > 0:
                 return self._poll_later(order, None, at_least=self._propagation_seconds)
         return self._poll_later(order, info.retry_after)
+
+    @staticmethod
+    def _answered_before(
+        account: IssuerAccount, authz_url: str, challenge_url: str, problem: AcmeProblem
+    ) -> bool:
+        """Whether a refused answer only means the CA already has an earlier one.
+
+        After a crash between answering and saving that fact, the restarted driver answers
+        again; if the first answer arrived meanwhile, the challenge is no longer pending and
+        the CA refuses the second (Pebble: `malformed`). The next fetch shows the outcome.
+        """
+        if problem.kind is not ProblemKind.REJECTED:
+            return False
+        authz = account.session.fetch_authorization(authz_url)
+        current = next((c for c in authz.challenges if c.url == challenge_url), None)
+        return current is not None and current.status != STATUS_PENDING
 
     # --- challenge material -----------------------------------------------------------------
     def _present(
