@@ -7,111 +7,18 @@ Pebble as the CA (plain for letsencrypt/zerossl, EAB-required for google).
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certok.crypto import private_key_from_pem
+from tests.e2e.flow import User, check_issued, delegate
+from tests.e2e.flow import order_row as _order_row
 from tests.rig import Rig
 from tests.rig.certok_server import CertokServer
 from tests.rig.fault_proxy import Rule, stall
-
-
-@dataclass
-class User:
-    """A domain owner's script: a token and two calls."""
-
-    server: CertokServer
-    token: str
-
-    def get(self, path: str, **params: str) -> httpx.Response:
-        return httpx.get(
-            self.server.base_url + path,
-            params=params,
-            headers={"httpsok-token": self.token},
-            timeout=30,
-            trust_env=False,
-        )
-
-    def dv(self, domains: str, **params: str) -> dict:  # type: ignore[type-arg]
-        response = self.get("/v1/cert/dv", domains=domains, **params)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["code"] == 0
-        return body["data"]
-
-    def apply_until_done(self, code: str, timeout: float = 60, **params: str) -> dict:  # type: ignore[type-arg]
-        deadline = time.monotonic() + timeout
-        while True:
-            response = self.get("/v1/cert/apply", code=code, **params)
-            assert response.status_code == 200, response.text
-            data = response.json()["data"]
-            if data["status"] != "pending" or time.monotonic() > deadline:
-                return data
-            time.sleep(0.2)
-
-
-def delegate(rig: Rig, records: Callable[[list[str]], None], *dv_data: dict) -> None:  # type: ignore[type-arg]
-    """The owner adds the CNAMEs certok asked for (once) to the customer zone in NSD."""
-    lines = {
-        f"{item['name']} IN CNAME {item['value']}." for data in dv_data for item in data["items"]
-    }
-    records(sorted(lines))
-
-
-def verify_chain(rig: Rig, fullchain: str, tmp_path: Path, *, eab: bool = False) -> None:
-    certs = x509.load_pem_x509_certificates(fullchain.encode())
-    assert len(certs) >= 2, "full chain expected: leaf + intermediate"
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    (tmp_path / "root.pem").write_text(rig.pebble_roots(eab=eab))
-    (tmp_path / "leaf.pem").write_bytes(certs[0].public_bytes(Encoding.PEM))
-    (tmp_path / "chain.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]))
-    result = subprocess.run(
-        [
-            "openssl", "verify", "-CAfile", str(tmp_path / "root.pem"),
-            "-untrusted", str(tmp_path / "chain.pem"), str(tmp_path / "leaf.pem"),
-        ],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def check_issued(
-    rig: Rig,
-    data: dict,
-    names: list[str],
-    algorithm: str,
-    tmp_path: Path,
-    *,
-    eab: bool = False,  # type: ignore[type-arg]
-) -> None:
-    assert data["status"] == "issued", data
-    assert data["domains"] == ",".join(names)
-    leaf = x509.load_pem_x509_certificates(data["certificate"].encode())[0]
-    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
-    assert data["subject"] == names[0]
-    for field in ("notBefore", "notAfter"):
-        time.strptime(data[field], "%Y-%m-%d %H:%M:%S")
-    assert data["notAfter"] == leaf.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S")
-    key = private_key_from_pem(data["privateKey"])
-    expected_type = ec.EllipticCurvePrivateKey if algorithm == "ECC" else rsa.RSAPrivateKey
-    assert isinstance(key, expected_type)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        assert key.curve.name == "secp256r1"
-    else:
-        assert key.key_size == 2048
-    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
-    verify_chain(rig, data["certificate"], tmp_path, eab=eab)
 
 
 @pytest.fixture
@@ -223,12 +130,6 @@ def test_nonce_rejection_30_percent_still_issues_every_order(  # type: ignore[no
         for name, data in results:
             assert data["status"] == "issued", (name, data)
         check_issued(rig, results[0][1], [names[0]], "ECC", tmp_path)
-
-
-def _order_row(server: CertokServer) -> tuple[str, str | None]:
-    with sqlite3.connect(Path(server.env["CERTOK_DATA_DIR"]) / "certok.db") as db:
-        row = db.execute("SELECT state, acme_order_url FROM orders").fetchone()
-    return row[0], row[1]
 
 
 def test_sigkill_while_pending_then_restart_resumes_the_same_order(  # type: ignore[no-untyped-def]
