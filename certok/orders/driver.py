@@ -402,7 +402,9 @@ class OrderDriver:
         if owner != self._worker_id:
             raise LeaseLost(order_id)
 
-    def _save(self, order_id: int, **values: Any) -> None:
+    def _save(self, order_id: int, *, finished: bool = False, **values: Any) -> None:
+        """Save `values` if we still hold the lease; `finished` also drops the order's
+        challenge material in the same transaction, so a crash cannot leave it served."""
         with transaction(self._sessions) as session:
             result = session.execute(
                 update(Order)
@@ -411,6 +413,13 @@ class OrderDriver:
             )
             if result.rowcount != 1:
                 raise LeaseLost(order_id)
+            removed = 0
+            if finished:
+                removed = session.execute(
+                    delete(ChallengeRecord).where(ChallengeRecord.order_id == order_id)
+                ).rowcount
+        if removed:
+            self._notify_records_changed()
 
     def _poll_later(
         self, order: OrderSnapshot, retry_after: dt.datetime | None, at_least: float = 0
@@ -464,19 +473,20 @@ class OrderDriver:
         now = self._clock()
         self._save(
             order.id,
+            finished=True,
             state=FAILURE,
             reason=reason,
             finished_at=now,
             lease_owner=None,
             lease_until=None,
         )
-        self._remove_challenge_records(order.id)
         log.warning("order %s failed: %s", order.id, reason)
 
     def _issue(self, order: OrderSnapshot, fullchain: str) -> None:
         facts = certificate_facts(fullchain)
         self._save(
             order.id,
+            finished=True,
             state=ISSUED,
             reason=None,
             certificate_pem=fullchain,
@@ -486,7 +496,6 @@ class OrderDriver:
             lease_owner=None,
             lease_until=None,
         )
-        self._remove_challenge_records(order.id)
         log.info("order %s issued for %s", order.id, ",".join(order.domains))
 
 
