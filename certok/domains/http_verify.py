@@ -24,9 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Tenant
-from certok.domains.verify import DvItem, DvResult
+from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
-from certok.orders.codes import issue_code
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
 from certok.prechecks.safe_http import SafeFetcher
 from certok.tenants.service import TenantRef
@@ -66,7 +65,7 @@ class HttpVerifier:
         self._prefix = public_url.rstrip("/") + RESPONDER_PATH
         self._fetcher_factory = fetcher_factory
         self._http_port = http_port
-        self._code_ttl = code_ttl_seconds
+        self._codes = CodeIssuer(session_factory, code_ttl_seconds, clock)
         self._clock = clock
 
     def bound_target(self, tenant: TenantRef) -> str:
@@ -91,17 +90,8 @@ class HttpVerifier:
             )
             for check in checks
         ]
-        valid = all(item.valid for item in items)
-        code = None
-        if valid:
-            code = await asyncio.to_thread(self._issue_code, tenant.id, domains)
-        return DvResult(
-            code=code,
-            type="http",
-            items=items,
-            valid=valid,
-            cost_ms=int((time.perf_counter() - started) * 1000),
-            nginx=nginx_block(self.bound_target(tenant)),
+        return await self._codes.result(
+            tenant.id, "http", domains, items, started, nginx_block(self.bound_target(tenant))
         )
 
     async def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
@@ -170,7 +160,3 @@ class HttpVerifier:
                 select(Tenant.id, Tenant.name, Tenant.http_handle).where(Tenant.id == tenant_id)
             ).one()
             return TenantRef(row.id, row.name, row.http_handle)
-
-    def _issue_code(self, tenant_id: int, domains: list[str]) -> str:
-        with transaction(self._sessions) as session:
-            return issue_code(session, tenant_id, "http", domains, self._code_ttl, self._clock)

@@ -47,6 +47,45 @@ class DvResult:
         return [item.detail for item in self.items if not item.valid and item.detail]
 
 
+class CodeIssuer:
+    """Turns checked items into a DvResult, with a fresh code when every item is valid."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], code_ttl_seconds: int, clock: Clock
+    ) -> None:
+        self._sessions = session_factory
+        self._code_ttl = code_ttl_seconds
+        self._clock = clock
+
+    async def result(
+        self,
+        tenant_id: int,
+        challenge_type: str,
+        domains: list[str],
+        items: list[DvItem],
+        started: float,
+        nginx: str | None = None,
+    ) -> DvResult:
+        valid = all(item.valid for item in items)
+        code = None
+        if valid:
+            code = await asyncio.to_thread(self._issue, tenant_id, challenge_type, domains)
+        return DvResult(
+            code=code,
+            type=challenge_type,
+            items=items,
+            valid=valid,
+            cost_ms=int((time.perf_counter() - started) * 1000),
+            nginx=nginx,
+        )
+
+    def _issue(self, tenant_id: int, challenge_type: str, domains: list[str]) -> str:
+        with transaction(self._sessions) as session:
+            return issue_code(
+                session, tenant_id, challenge_type, domains, self._code_ttl, self._clock
+            )
+
+
 class DnsVerifier:
     """Checks the `_acme-challenge` CNAMEs of a tenant's names through the configured resolver."""
 
@@ -64,7 +103,7 @@ class DnsVerifier:
         self._zone = zone
         self._label_key = label_key
         self._resolver_factory = resolver_factory
-        self._code_ttl = code_ttl_seconds
+        self._codes = CodeIssuer(session_factory, code_ttl_seconds, clock)
         self._clock = clock
 
     async def verify(self, tenant: TenantRef, domains: list[str]) -> DvResult:
@@ -89,17 +128,7 @@ class DnsVerifier:
             )
             for domain, base in zip(domains, bases, strict=True)
         ]
-        valid = all(item.valid for item in items)
-        code = None
-        if valid:
-            code = await asyncio.to_thread(self._issue_code, tenant.id, domains)
-        return DvResult(
-            code=code,
-            type="dns",
-            items=items,
-            valid=valid,
-            cost_ms=int((time.perf_counter() - started) * 1000),
-        )
+        return await self._codes.result(tenant.id, "dns", domains, items, started)
 
     async def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
         """Why the names are not (or no longer) delegated to this tenant, or None."""
@@ -129,7 +158,3 @@ class DnsVerifier:
             return existing
         with transaction(self._sessions) as session:
             return ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
-
-    def _issue_code(self, tenant_id: int, domains: list[str]) -> str:
-        with transaction(self._sessions) as session:
-            return issue_code(session, tenant_id, "dns", domains, self._code_ttl, self._clock)

@@ -14,8 +14,6 @@ to get the module-scoped fixtures ``pebble`` (options via indirect parametrizati
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -31,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.rig.tls import write_server_tls
 
 PEBBLE_BINARY = "/usr/bin/pebble"
 EAB_KEYS = {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"}
@@ -73,83 +69,6 @@ def free_loopback_port() -> int:
             return port
 
 
-def write_tls_material(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for localhost/127.0.0.1 signed by it.
-
-    Returns (CA bundle, server certificate, server key) paths.
-    """
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certok test TLS CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    bundle = directory / "ca.pem"
-    cert_path = directory / "localhost.pem"
-    key_path = directory / "localhost.key"
-    bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return bundle, cert_path, key_path
-
-
 @contextlib.contextmanager
 def run_pebble(
     workdir: Path,
@@ -161,7 +80,8 @@ def run_pebble(
     """Start Pebble in ``workdir``, wait for its directory, yield it, stop it."""
     if not Path(PEBBLE_BINARY).exists():
         pytest.skip(f"{PEBBLE_BINARY} is not installed (apt-get install pebble)")
-    bundle, cert_path, key_path = write_tls_material(workdir / "tls")
+    tls = write_server_tls(workdir / "tls")
+    bundle, cert_path, key_path = tls.ca_bundle, tls.certificate, tls.private_key
     acme_port, management_port = free_loopback_port(), free_loopback_port()
     config: dict[str, Any] = {
         "listenAddress": f"127.0.0.1:{acme_port}",
