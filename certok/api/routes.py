@@ -222,12 +222,15 @@ def _single(request: Request, name: str) -> str | None:
 
 def _choice(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _single(request, name)
-    if value is None or value.strip() == "":
+    if value is None:
         return default
     for choice in choices:
-        if value.strip().lower() == choice.lower():
+        if value.lower() == choice.lower():
             return choice
-    raise InvalidRequest(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
+    raise InvalidRequest(
+        f"{name}={value!r} is not supported: use one of {', '.join(choices)} "
+        f"(any case), or leave {name} out for {default}"
+    )
 
 
 # --- rendering ----------------------------------------------------------------------------------

@@ -1,0 +1,742 @@
+"""Tenant isolation, explored by a Hypothesis state machine with three tenants.
+
+The machine holds the world's DNS in its own table: for each name, which tenant's label (if
+any) ``_acme-challenge.<name>`` points to. A small authoritative server on loopback
+(``dnsfake_server.FakeNameserver``) answers certok's resolver from that table, so the
+machine can move a delegation from one tenant to another at any moment. Its rules then do
+what tenants and the worker do, in any order Hypothesis finds:
+
+- ``dv`` for some names, as any tenant;
+- ``apply`` with the tenant's own codes and with other tenants' codes (fresh or redeemed);
+- one driver step of an order, as the worker would, against a real Pebble that validates
+  every challenge (``PEBBLE_VA_ALWAYS_VALID``): the CA checks nothing, exactly the case of
+  an authorization reused at the CA, so certok's own ownership check is the only guard;
+- an issued order written directly (certificate and encrypted key), as the worker writes it;
+- key authorizations stored for an order's host, host bindings claimed and released, and the
+  HTTP-01 responder asked through every tenant's handle and through the host-only form.
+
+After every step the database is inspected. The properties:
+- a tenant never sees another tenant's code, order, certificate or private key in an answer;
+- another tenant's code is answered exactly like an unknown code (status, headers, body);
+- dv gives a code only for names delegated to the caller right now;
+- an ACME order is created, and a TXT value written (``challenge_records``), only for names
+  delegated to the order's tenant at that moment, and only under that tenant's labels;
+- the responder serves a key authorization only through the owning tenant's handle, or
+  through the host-only form when the host is bound to that tenant.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from certok.api.routes import ApiServices, create_app
+from certok.api.waiters import OrderWaiters
+from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
+from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.migrate import upgrade
+from certok.db.models import ChallengeRecord, Delegation, Order, VerificationCode
+from certok.domains.delegations import compute_label
+from certok.domains.http_verify import HttpVerifier
+from certok.domains.ownership import Ownership
+from certok.domains.verify import DnsVerifier
+from certok.http01 import store as http01_store
+from certok.names import base_name
+from certok.orders.accounts import AccountRegistry
+from certok.orders.driver import OrderDriver
+from certok.orders.service import order_key_owner
+from certok.prechecks.addresses import AddressPolicy
+from certok.prechecks.resolver import make_resolver
+from certok.prechecks.safe_http import FetchLimits, SafeFetcher
+from certok.settings import IssuerSettings, Settings
+from certok.store import Store
+from certok.tenants import service as tenants
+from tests.functional.dnsfake_server import FakeNameserver
+from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+
+pytestmark = pytest.mark.timeout(240)
+
+ZONE = "acme.svc.test"
+CUSTOMER = "customer.test"
+LABEL_KEY = b"isolation-test-label-key-0123456"
+WORKER = "isolation-worker"
+TOKEN_HEADER = "httpsok-token"
+TENANTS = 3
+NAMES_PER_RUN = 3
+# Steps the worker takes on an order in one go; issuing takes about four with Pebble.
+MAX_STEPS_PER_DRIVE = 8
+# Each run of the machine gets its own tenants and names, so runs share one database.
+RUNS = itertools.count(1)
+
+
+@dataclass
+class World:
+    client: TestClient
+    store: Store
+    fake_dns: FakeNameserver
+    driver: OrderDriver
+    kek: bytes  # the key-encryption key (lives in a file or the environment, never the DB)
+    database: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> Iterator[World]:
+    tmp_path: Path = tmp_path_factory.mktemp("isolation")
+    database = tmp_path / "certok.db"
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine)
+    kek = secrets.token_bytes(32)
+    store = Store(engine, make_session_factory(engine), SecretBox(kek))
+    with FakeNameserver(zones=[CUSTOMER, ZONE]) as fake_dns:
+        settings = Settings(
+            data_dir=tmp_path,
+            dns_zone=ZONE,
+            resolvers=[f"127.0.0.1:{fake_dns.port}"],
+            resolver_timeout_seconds=1.0,
+            apply_wait_seconds=0,
+            challenge_propagation_seconds=0,
+            issuers={
+                "pebble": IssuerSettings(
+                    directory=pebble.directory_url, ca_bundle=Path(pebble.ca_bundle)
+                )
+            },
+            default_issuer="pebble",
+        )
+
+        def resolver() -> Any:
+            return make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
+
+        verifier = DnsVerifier(
+            store.sessions,
+            zone=ZONE,
+            label_key=LABEL_KEY,
+            resolver_factory=resolver,
+            code_ttl_seconds=600,
+        )
+        fetcher = SafeFetcher(resolver, AddressPolicy(), FetchLimits())
+        http_verifier = HttpVerifier(
+            store.sessions,
+            public_url=settings.public_url,
+            fetcher_factory=lambda: fetcher,
+            http_port=80,
+            code_ttl_seconds=600,
+        )
+        app = create_app(
+            ApiServices(
+                settings=settings,
+                sessions=store.sessions,
+                box=store.box,
+                verifier=verifier,
+                http_verifier=http_verifier,
+                waiters=OrderWaiters(),
+                wake_worker=lambda: None,  # the machine's `work` rule is the worker
+            )
+        )
+        driver = OrderDriver(
+            store.sessions,
+            settings,
+            store.box,
+            AccountRegistry(store.sessions, settings, store.box),
+            Ownership({"dns": verifier, "http": http_verifier}),
+            worker_id=WORKER,
+        )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield World(client, store, fake_dns, driver, kek, database)
+    engine.dispose()
+
+
+# --- the machine's view of the world -------------------------------------------------------------
+
+
+@dataclass
+class TenantInfo:
+    name: str
+    id: int
+    token: str
+    handle: str
+
+
+@dataclass
+class CodeInfo:
+    code: str
+    owner: int  # index into tenants
+    domains: list[str]
+    order_id: int | None = None
+
+
+@dataclass
+class HttpChallenge:
+    host: str
+    token: str
+    key_authorization: str
+    owner: int
+
+
+@dataclass
+class Secrets:
+    """What belongs to one tenant and must never appear in another tenant's answers."""
+
+    codes: set[str] = field(default_factory=set)
+    certificates: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
+
+
+def self_signed(names: list[str]) -> tuple[str, str]:
+    key = generate_private_key("ECC")
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), private_key_to_pem(key)
+
+
+def pem_body(pem: str) -> str:
+    """The base64 lines of a PEM: what would give a secret away, however it is wrapped."""
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))[:200]
+
+
+INDEX = st.integers(0, 1000)
+TENANT = st.integers(0, TENANTS - 1)
+
+
+class IsolationMachine(RuleBasedStateMachine):
+    world: World  # set by the test before the machine runs
+    # How often the interesting branches were reached, over all runs (checked at the end).
+    reached: dict[str, int] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        run = next(RUNS)
+        self.tenants: list[TenantInfo] = []
+        with transaction(self.world.store.sessions) as session:
+            for index in range(TENANTS):
+                ref = tenants.create_tenant(session, f"iso-{run}-{index}")
+                token = tenants.issue_token(session, ref.name)
+                self.tenants.append(TenantInfo(ref.name, ref.id, token, ref.http_handle))
+        self.bases = [f"n{i}.r{run}.{CUSTOMER}" for i in range(NAMES_PER_RUN)]
+        # base → index of the tenant its _acme-challenge CNAME points to, or None.
+        self.delegated: dict[str, int | None] = dict.fromkeys(self.bases)
+        self.codes: list[CodeInfo] = []
+        self.challenges: list[HttpChallenge] = []
+        self.bindings: dict[str, int] = {}  # host → tenant index (host-only form)
+        self.secrets = [Secrets() for _ in self.tenants]
+        # Orders whose ACME order was created while a name was not the tenant's: must stay empty.
+        self.unowned_acme_orders: list[str] = []
+
+    # --- helpers ------------------------------------------------------------------------------
+    def get(self, path: str, tenant: int | None, **params: str) -> Any:
+        headers = {TOKEN_HEADER: self.tenants[tenant].token} if tenant is not None else {}
+        response = self.world.client.get(path, params=params, headers=headers)
+        assert response.status_code < 500, response.text
+        if tenant is not None:
+            # What the request carried may come back (a code named in a 404): that is no leak.
+            echoed = {value.strip().lower() for value in params.values()}
+            self.assert_no_foreign_secrets(tenant, response.text, echoed)
+        return response
+
+    def assert_no_foreign_secrets(self, tenant: int, text: str, echoed: set[str]) -> None:
+        for other, owned in enumerate(self.secrets):
+            if other == tenant:
+                continue
+            for code in owned.codes - echoed:
+                assert code not in text, f"tenant {tenant} was shown tenant {other}'s code"
+            for pem in owned.certificates | owned.keys:
+                assert pem_body(pem) not in text, f"tenant {tenant} saw tenant {other}'s PEM"
+
+    def label(self, tenant: int, base: str) -> str:
+        return compute_label(LABEL_KEY, self.tenants[tenant].id, base)
+
+    def owned_by(self, tenant: int, domains: list[str]) -> bool:
+        return all(self.delegated[base_name(d)] == tenant for d in domains)
+
+    def apply(self, tenant: int, code: str) -> Any:
+        return self.get("/v1/cert/apply", tenant, code=code)
+
+    # --- the world's DNS -------------------------------------------------------------------------
+    @rule(base=INDEX, owner=st.one_of(st.none(), TENANT))
+    def delegate(self, base: int, owner: int | None) -> None:
+        """The domain owner points the CNAME at a tenant's label, or removes it."""
+        name = self.bases[base % len(self.bases)]
+        challenge = f"_acme-challenge.{name}"
+        if owner is None:
+            self.world.fake_dns.data.cnames.pop(challenge, None)
+        else:
+            self.world.fake_dns.add_cname(challenge, f"{self.label(owner, name)}.{ZONE}")
+        self.delegated[name] = owner
+
+    @initialize(
+        owners=st.lists(
+            st.one_of(st.none(), TENANT), min_size=NAMES_PER_RUN, max_size=NAMES_PER_RUN
+        )
+    )
+    def delegate_all(self, owners: list[int | None]) -> None:
+        for index, owner in enumerate(owners):
+            self.delegate(index, owner)
+
+    def count(self, what: str) -> None:
+        self.reached[what] = self.reached.get(what, 0) + 1
+
+    # --- the API ---------------------------------------------------------------------------------
+    @rule(
+        tenant=TENANT,
+        picks=st.lists(st.tuples(INDEX, st.booleans()), min_size=1, max_size=3, unique=True),
+    )
+    def dv(self, tenant: int, picks: list[tuple[int, bool]]) -> None:
+        self.check_dv(tenant, self.domains(picks))
+
+    @rule(tenant=TENANT, wildcard=st.booleans())
+    def dv_for_own_names(self, tenant: int, wildcard: bool) -> None:
+        """dv for the names delegated to the caller, which should give a code."""
+        own = [base for base, owner in self.delegated.items() if owner == tenant]
+        if own:
+            self.check_dv(tenant, own + ([f"*.{own[0]}"] if wildcard else []))
+
+    @rule(tenant=TENANT, algorithm=st.sampled_from(["ECC", "RSA"]))
+    def order_own_names(self, tenant: int, algorithm: str) -> None:
+        """The happy path in one step: dv for the caller's names, apply, the worker's steps."""
+        codes_before = len(self.codes)
+        self.dv_for_own_names(tenant, wildcard=True)
+        if len(self.codes) > codes_before:
+            self.apply_own_code(len(self.codes) - 1, algorithm)
+            self.drive(self.codes[-1])
+
+    @rule(tenant=TENANT, name=INDEX, thief=st.one_of(st.none(), TENANT))
+    def order_then_lose_a_name(self, tenant: int, name: int, thief: int | None) -> None:
+        """The name changes hands between apply and the worker: the CA must never hear of it."""
+        codes_before = len(self.codes)
+        self.dv_for_own_names(tenant, wildcard=False)
+        if len(self.codes) > codes_before:
+            self.apply_own_code(len(self.codes) - 1, "ECC")
+            self.lose_a_name_then_drive(self.codes[-1], name, thief)
+
+    def domains(self, picks: list[tuple[int, bool]]) -> list[str]:
+        return list(
+            dict.fromkeys(
+                ("*." if wildcard else "") + self.bases[index % len(self.bases)]
+                for index, wildcard in picks
+            )
+        )
+
+    def check_dv(self, tenant: int, domains: list[str]) -> None:
+        response = self.get("/v1/cert/dv", tenant, domains=",".join(domains))
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        for item in data["items"]:
+            # Every tenant is shown its own label for a name, never another tenant's.
+            assert item["value"] == f"{self.label(tenant, base_name(item['domain']))}.{ZONE}"
+        owned = self.owned_by(tenant, domains)
+        assert data["valid"] is owned, (tenant, domains, self.delegated, data)
+        if owned:
+            code = data["code"]
+            assert isinstance(code, str) and len(code) == 16
+            self.codes.append(CodeInfo(code, tenant, domains))
+            self.secrets[tenant].codes.add(code)
+            self.count("code")
+        else:
+            assert data["code"] is None
+
+    @precondition(lambda self: self.codes)
+    @rule(pick=INDEX, algorithm=st.sampled_from(["ECC", "RSA"]))
+    def apply_own_code(self, pick: int, algorithm: str) -> None:
+        info = self.codes[pick % len(self.codes)]
+        response = self.get(
+            "/v1/cert/apply", info.owner, code=info.code, algorithm=algorithm, issuer="pebble"
+        )
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        assert data["status"] in ("pending", "issued", "failure")
+        with self.world.store.sessions() as session:
+            row = session.scalar(select(VerificationCode).where(VerificationCode.code == info.code))
+            assert row is not None and row.order_id is not None
+            order = session.get(Order, row.order_id)
+            assert order is not None and order.tenant_id == self.tenants[info.owner].id
+        assert info.order_id in (None, row.order_id)  # one code, one order
+        info.order_id = row.order_id
+        if data["status"] == "issued":
+            assert data["domains"] == ",".join(info.domains)
+            self.secrets[info.owner].certificates.add(data["certificate"])
+            self.secrets[info.owner].keys.add(data["privateKey"])
+
+    @precondition(lambda self: self.codes)
+    @rule(
+        pick=INDEX,
+        shift=st.integers(1, TENANTS - 1),
+        spelling=st.sampled_from(["as-is", "upper", "padded"]),
+    )
+    def apply_foreign_code(self, pick: int, shift: int, spelling: str) -> None:
+        """Another tenant's code, fresh or redeemed, is answered exactly like an unknown code."""
+        info = self.codes[pick % len(self.codes)]
+        intruder = (info.owner + shift) % TENANTS
+        sent = {"as-is": info.code, "upper": info.code.upper(), "padded": f" {info.code} "}[
+            spelling
+        ]
+        unknown = secrets.token_hex(8)
+        unknown_sent = {"as-is": unknown, "upper": unknown.upper(), "padded": f" {unknown} "}[
+            spelling
+        ]
+        with self.world.store.sessions() as session:
+            orders_before = session.scalars(select(Order.id).order_by(Order.id)).all()
+        foreign = self.apply(intruder, sent)
+        reference = self.apply(intruder, unknown_sent)
+        assert foreign.status_code == reference.status_code == 404
+        assert dict(foreign.headers) == dict(reference.headers)
+        foreign_body, reference_body = foreign.json(), reference.json()
+        foreign_body.pop("traceId")
+        reference_body.pop("traceId")
+        assert json.dumps(foreign_body).replace(info.code, "<code>") == json.dumps(
+            reference_body
+        ).replace(unknown, "<code>")
+        with self.world.store.sessions() as session:
+            assert session.scalars(select(Order.id).order_by(Order.id)).all() == orders_before
+
+    # --- the worker ------------------------------------------------------------------------------
+    def orders(self) -> list[CodeInfo]:
+        return [info for info in self.codes if info.order_id is not None]
+
+    @precondition(lambda self: any(info.order_id is not None for info in self.codes))
+    @rule(pick=INDEX)
+    def work(self, pick: int) -> None:
+        orders = self.orders()
+        self.drive(orders[pick % len(orders)])
+
+    @precondition(lambda self: any(info.order_id is not None for info in self.codes))
+    @rule(pick=INDEX, name=INDEX, thief=st.one_of(st.none(), TENANT))
+    def move_a_delegation_then_work(self, pick: int, name: int, thief: int | None) -> None:
+        orders = self.orders()
+        self.lose_a_name_then_drive(orders[pick % len(orders)], name, thief)
+
+    def lose_a_name_then_drive(self, info: CodeInfo, name: int, thief: int | None) -> None:
+        """The name changes hands after the code was given out: the order must not proceed."""
+        base = base_name(info.domains[name % len(info.domains)])
+        self.delegate(self.bases.index(base), thief)
+        self.drive(info)
+
+    @staticmethod
+    def txt_record_ids(session: Any, order_id: int) -> set[int]:
+        return set(
+            session.scalars(
+                select(ChallengeRecord.id).where(
+                    ChallengeRecord.order_id == order_id, ChallengeRecord.kind == "dns-01"
+                )
+            )
+        )
+
+    def drive(self, info: CodeInfo) -> None:
+        """Steps of one order, as the worker takes them, while the DNS stays as it is now."""
+        assert info.order_id is not None
+        for _ in range(MAX_STEPS_PER_DRIVE):
+            with transaction(self.world.store.sessions) as session:
+                order = session.get(Order, info.order_id)
+                assert order is not None
+                if order.state != "pending":
+                    return
+                acme_orders_before = order.acme_orders
+                txt_before = self.txt_record_ids(session, order.id)
+                order.lease_owner = WORKER
+                order.lease_until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+            delay = self.world.driver.step(info.order_id)
+            owned = self.owned_by(info.owner, info.domains)
+            with self.world.store.sessions() as session:
+                order = session.get(Order, info.order_id)
+                assert order is not None
+                written = self.txt_record_ids(session, order.id) - txt_before
+                went_to_ca = order.acme_orders > acme_orders_before or bool(written)
+                if went_to_ca and not owned:
+                    self.unowned_acme_orders.append(
+                        f"order {order.id} of tenant {info.owner} for {info.domains} went "
+                        f"to the CA while the DNS said {self.delegated}"
+                    )
+                if not owned and not went_to_ca:
+                    self.count("refused by the ownership check")
+                if order.state == "issued":
+                    self.count("issued by the CA")
+                    assert order.certificate_pem and order.key_encrypted
+                    key = self.world.store.box.decrypt(
+                        order.key_encrypted, order_key_owner(order.id)
+                    )
+                    self.secrets[info.owner].certificates.add(order.certificate_pem)
+                    self.secrets[info.owner].keys.add(key.decode())
+            if delay is None:
+                return
+            time.sleep(min(delay, 0.02))  # Pebble validates in the background
+
+    @precondition(lambda self: any(info.order_id is not None for info in self.codes))
+    @rule(pick=INDEX)
+    def issue_directly(self, pick: int) -> None:
+        """The worker's last write, without a CA: certificate and encrypted key."""
+        orders = self.orders()
+        info = orders[pick % len(orders)]
+        certificate, key = self_signed([d.replace("*", "wild") for d in info.domains])
+        with transaction(self.world.store.sessions) as session:
+            order = session.get(Order, info.order_id)
+            assert order is not None
+            if order.state != "pending":
+                return
+            order.state = "issued"
+            order.certificate_pem = certificate
+            order.key_encrypted = self.world.store.box.encrypt(
+                key.encode(), order_key_owner(order.id)
+            )
+            order.not_before = dt.datetime.now(dt.UTC)
+            order.not_after = order.not_before + dt.timedelta(days=90)
+        self.secrets[info.owner].certificates.add(certificate)
+        self.secrets[info.owner].keys.add(key)
+
+    # --- HTTP-01 ---------------------------------------------------------------------------------
+    @precondition(lambda self: any(info.order_id is not None for info in self.codes))
+    @rule(pick=INDEX)
+    def present_key_authorization(self, pick: int) -> None:
+        """A key authorization stored for an order's host, as the worker stores it."""
+        orders = self.orders()
+        info = orders[pick % len(orders)]
+        host = base_name(info.domains[0])
+        token = secrets.token_urlsafe(16)
+        value = f"{token}.{secrets.token_urlsafe(32)}"
+        with transaction(self.world.store.sessions) as session:
+            session.add(
+                ChallengeRecord(
+                    order_id=info.order_id,
+                    kind=http01_store.HTTP01_KIND,
+                    name=http01_store.record_name(host, token),
+                    value=value,
+                    authz_url=f"https://ca.test/authz/{token}",
+                    created_at=dt.datetime.now(dt.UTC),
+                )
+            )
+        self.challenges.append(HttpChallenge(host, token, value, info.owner))
+
+    @rule(base=INDEX, owner=st.one_of(st.none(), TENANT))
+    def bind_host(self, base: int, owner: int | None) -> None:
+        """A host verified through the host-only block (or released by the operator)."""
+        host = self.bases[base % len(self.bases)]
+        with transaction(self.world.store.sessions) as session:
+            if owner is None:
+                http01_store.release_host(session, host)
+                self.bindings.pop(host, None)
+            else:
+                bound = http01_store.claim_host(session, host, self.tenants[owner].id)
+                # The first tenant keeps the host: claiming a bound host changes nothing.
+                expected = self.bindings.setdefault(host, owner)
+                assert bound == self.tenants[expected].id
+
+    @precondition(lambda self: self.challenges)
+    @rule(pick=INDEX, via=st.one_of(st.none(), TENANT), host_case=st.booleans())
+    def ask_responder(self, pick: int, via: int | None, host_case: bool) -> None:
+        challenge = self.challenges[pick % len(self.challenges)]
+        host = challenge.host.upper() if host_case else challenge.host
+        if via is None:
+            path = f"/v1/dv/{host}/{challenge.token}"
+            serves = self.bindings.get(challenge.host) == challenge.owner
+        else:
+            path = f"/v1/dv/{self.tenants[via].handle}/{host}/{challenge.token}"
+            serves = via == challenge.owner
+        response = self.get(path, None)
+        if serves:
+            assert response.status_code == 200 and response.text == challenge.key_authorization
+        else:
+            assert response.status_code == 404
+            assert challenge.key_authorization not in response.text
+
+    # --- the database ----------------------------------------------------------------------------
+    @invariant()
+    def no_acme_order_for_names_of_another_tenant(self) -> None:
+        assert self.unowned_acme_orders == []
+
+    # Runs share the database; each run's invariants look at its own tenants' rows only, so a
+    # failure in one run cannot make the next runs fail too (and confuse the shrinker).
+    def run_tenant_ids(self) -> list[int]:
+        return [tenant.id for tenant in self.tenants]
+
+    @invariant()
+    def txt_values_only_under_the_order_tenants_own_labels(self) -> None:
+        with self.world.store.sessions() as session:
+            rows = session.execute(
+                select(ChallengeRecord.name, Order.tenant_id, Order.domains)
+                .join(Order, Order.id == ChallengeRecord.order_id)
+                .where(ChallengeRecord.kind == "dns-01", Order.tenant_id.in_(self.run_tenant_ids()))
+            ).all()
+            for label, tenant_id, domains in rows:
+                delegation = session.scalar(select(Delegation).where(Delegation.label == label))
+                assert delegation is not None, f"TXT under {label}, which no delegation has"
+                assert delegation.tenant_id == tenant_id, "TXT under another tenant's label"
+                assert delegation.base_name in {base_name(d) for d in domains.split(",")}
+
+    @invariant()
+    def codes_and_orders_belong_to_one_tenant(self) -> None:
+        ids = self.run_tenant_ids()
+        with self.world.store.sessions() as session:
+            for code, order in session.execute(
+                select(VerificationCode, Order)
+                .join(Order, Order.id == VerificationCode.order_id)
+                .where(VerificationCode.tenant_id.in_(ids) | Order.tenant_id.in_(ids))
+            ).all():
+                assert code.tenant_id == order.tenant_id, "a code started another tenant's order"
+            orphans = session.scalars(
+                select(Order.id).where(
+                    Order.tenant_id.in_(ids),
+                    ~Order.id.in_(
+                        select(VerificationCode.order_id).where(
+                            VerificationCode.order_id.is_not(None)
+                        )
+                    ),
+                )
+            ).all()
+            assert orphans == [], "an order that no code of its tenant started"
+
+    def teardown(self) -> None:
+        # Names of finished runs answer NXDOMAIN again; their rows stay (invariants cover all).
+        for base in self.bases:
+            self.world.fake_dns.data.cnames.pop(f"_acme-challenge.{base}", None)
+
+
+def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(world: World) -> None:
+    IsolationMachine.world = world
+    IsolationMachine.reached = {}
+    run_state_machine_as_test(
+        IsolationMachine,
+        settings=settings(
+            max_examples=30,
+            stateful_step_count=25,
+            deadline=None,
+            database=None,
+            # No shrinking: each step talks to a real CA, so shrinking a failure takes minutes;
+            # the failing run's steps (at most 25) are printed as they are.
+            phases=[Phase.generate],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    # The exploration reached the interesting places, not only the refusals.
+    reached = IsolationMachine.reached
+    for what in ("code", "issued by the CA", "refused by the ownership check"):
+        assert reached.get(what, 0) > 0, f"never reached: {what} ({reached})"
+
+
+# --- at rest and in the log ------------------------------------------------------------------
+
+
+def issued_order(world: World, tenant: int = 0) -> tuple[IsolationMachine, CodeInfo, str]:
+    """A machine whose tenant ``tenant`` got a certificate from Pebble; its key PEM too."""
+    IsolationMachine.world = world
+    machine = IsolationMachine()
+    machine.delegate(0, tenant)
+    machine.order_own_names(tenant, "ECC")
+    info = machine.codes[-1]
+    with world.store.sessions() as session:
+        order = session.get(Order, info.order_id)
+        assert order is not None and order.state == "issued", order and order.reason
+        assert order.key_encrypted is not None
+        key = world.store.box.decrypt(order.key_encrypted, order_key_owner(order.id)).decode()
+    return machine, info, key
+
+
+def database_bytes(world: World) -> bytes:
+    # SQLite may hold recent pages in its write-ahead log: read both files.
+    files = [world.database, world.database.with_name(world.database.name + "-wal")]
+    return b"".join(path.read_bytes() for path in files if path.exists())
+
+
+def test_tokens_and_keys_are_stored_only_as_digests_and_ciphertext(world: World) -> None:
+    """Someone who copies the database gets no token, no private key and no KEK."""
+    machine, _, key = issued_order(world)
+    stored = database_bytes(world)
+    for tenant in machine.tenants:
+        assert tenant.token.encode() not in stored
+        # The scan does see the tokens table: the digest is there.
+        assert tenants.token_digest(tenant.token).encode() in stored
+    assert b"PRIVATE KEY" not in stored
+    assert pem_body(key).encode() not in stored
+    for encoded in (world.kek, base64.b64encode(world.kek), world.kek.hex().encode()):
+        assert encoded not in stored
+
+
+def test_a_key_moved_to_another_tenants_order_does_not_decrypt(world: World) -> None:
+    """The ciphertext is bound to its order (AES-GCM associated data): a row edited to carry
+    tenant 0's key under tenant 1's order yields nothing to tenant 1."""
+    machine, theirs, key = issued_order(world, tenant=0)
+    machine.delegate(1, 1)
+    machine.order_own_names(1, "ECC")
+    mine = machine.codes[-1]
+    assert mine.owner == 1 and mine.order_id is not None and theirs.order_id is not None
+    with transaction(world.store.sessions) as session:
+        victim = session.get(Order, theirs.order_id)
+        thief = session.get(Order, mine.order_id)
+        assert victim is not None and thief is not None and thief.state == "issued"
+        blob = victim.key_encrypted
+        assert blob is not None
+        with pytest.raises(InvalidTag):
+            world.store.box.decrypt(blob, order_key_owner(thief.id))
+        thief.key_encrypted = blob
+    response = world.client.get(
+        "/v1/cert/apply",
+        params={"code": mine.code},
+        headers={TOKEN_HEADER: machine.tenants[1].token},
+    )
+    # It fails closed: an internal error (logged with its traceId), no key.
+    assert response.status_code == 500
+    assert pem_body(key) not in response.text and "PRIVATE KEY" not in response.text
+
+
+def test_no_token_code_or_key_reaches_the_log(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    machine, info, key = issued_order(world)
+    machine.apply_own_code(0, "ECC")  # the owner reads the certificate and key
+    machine.apply_foreign_code(0, 1, "as-is")  # another tenant tries the code
+    machine.delegate(1, 2)
+    machine.order_then_lose_a_name(2, 1, 0)  # an order refused by the ownership check
+    for token in ("0" * 32, "not-a-token"):
+        world.client.get(
+            "/v1/cert/dv", params={"domains": info.domains[0]}, headers={TOKEN_HEADER: token}
+        )
+    # Everything logged on the server side: certok, the ACME library (at DEBUG it logs whole
+    # JWS payloads), SQLAlchemy, asyncio. Not httpx: here that is the test's own client
+    # logging the URLs it requests (certok serves with uvicorn's access log off).
+    logged = "\n".join(
+        record.getMessage() + (record.exc_text or "")
+        for record in caplog.records
+        if not record.name.startswith("httpx")
+    )
+    assert "issued" in logged and "failed" in logged  # the log was captured
+    secrets_ = [tenant.token for tenant in machine.tenants]
+    secrets_ += [code.code for code in machine.codes]
+    secrets_ += [pem_body(key), base64.b64encode(world.kek).decode(), world.kek.hex()]
+    for secret in secrets_:
+        assert secret not in logged
+    assert "PRIVATE KEY" not in logged
