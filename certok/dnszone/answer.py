@@ -1,13 +1,20 @@
 """Answers for certok's zone: one pure function from query bytes to reply bytes.
 
 Two paths give the same bytes. The general path parses with dnspython and applies every rule
-below. The fast path recognises the common query shape by hand (``wire.parse_common_query``)
-and serves a reply cached per (lowercased name, type, EDNS state, RD/CD) for the current
-records snapshot; a cache miss asks the general path once, with a canonical query (ID 0,
-lowercase name), and the hit puts the query's ID and question bytes back. Both steps are exact
-because the general path's compression points owner names into the question, whose length
-does not depend on case. NXDOMAIN and REFUSED replies are shared by every question of the same
-length (``_shape_key``), so floods of random names stay on the fast path too.
+below. The fast path recognises the common query shape by hand (``wire.common_query_key``)
+and serves a reply cached per (lowercased name, type, EDNS state, RD/CD); a cache miss asks
+the general path once, with a canonical query (ID 0, lowercase name), and the hit puts the
+query's ID and question bytes back. Both steps are exact because the general path's
+compression points owner names into the question, whose length does not depend on case.
+NXDOMAIN and REFUSED replies are shared by every question of the same length
+(``_shape_key``), so floods of random names stay on the fast path too.
+
+The cache outlives snapshots: an entry holds as long as its name's index node is the one it
+was built from, and a new serial is patched into cached negative replies (replycache.py), so
+a change in the zone costs new replies for the changed names only. The serial still moves on
+every change, as secondaries and monitoring tools expect of a zone that changed, though no
+secondary can transfer this zone (AXFR/IXFR are refused) and resolvers read only the SOA's
+TTL and MINIMUM for negative caching.
 
 Rules (RFC 8906 and the field notes in REFERENCE.md):
 - QR=1 or no readable header → no reply; opcode other than QUERY → NOTIMP; unparseable or
@@ -24,264 +31,69 @@ Rules (RFC 8906 and the field notes in REFERENCE.md):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 import struct
-from dataclasses import dataclass, field
 
-import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.opcode
 import dns.rcode
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.NS
-import dns.rdtypes.ANY.SOA
-import dns.rdtypes.ANY.TXT
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
-import dns.rrset
 
-from certok.dnszone import wire
+from certok.dnszone import wire, zoneindex
+from certok.dnszone.config import SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, ZoneConfig
 from certok.dnszone.records import ZoneRecords
-from certok.settings import Settings
+from certok.dnszone.replycache import (
+    FULL,
+    MAX_CACHED_REPLIES,
+    SERIAL,
+    SERIAL_AT,
+    STAMP,
+    TRUNCATED,
+    Entry,
+)
+from certok.dnszone.wire import ReplyKey
+from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex, wire_key
+
+__all__ = [
+    "ADVERTISED_UDP_PAYLOAD",
+    "MAX_CACHED_REPLIES",
+    "MAX_TCP_MESSAGE",
+    "SOA_EXPIRE",
+    "SOA_REFRESH",
+    "SOA_RETRY",
+    "TXT_STRING_MAX",
+    "ZoneConfig",
+    "answer",
+    "fast_answer",
+    "general_answer",
+]
 
 log = logging.getLogger(__name__)
 
 ADVERTISED_UDP_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 MAX_TCP_MESSAGE = 65535
-# SOA timers matter only to secondaries, which certok does not have; common values.
-SOA_REFRESH = 3600
-SOA_RETRY = 600
-SOA_EXPIRE = 1209600
-# Bound on cached fast-path replies per snapshot; random names must not grow memory forever.
-MAX_CACHED_REPLIES = 10_000
-TXT_STRING_MAX = 255
+# RFC 6891: no UDP limit is below 512, so a reply this small never needs its TC=1 form.
+MIN_UDP_LIMIT = 512
 
 IN = dns.rdataclass.IN
-# Names the database may hold: relative to the zone, hostname-ish labels.
-_RELATIVE_NAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
-_ANY_ORDER = (
-    dns.rdatatype.SOA,
-    dns.rdatatype.TXT,
-    dns.rdatatype.A,
-    dns.rdatatype.AAAA,
-    dns.rdatatype.NS,
-)
-
-
-@dataclass(frozen=True)
-class ZoneConfig:
-    """The static part of the zone: its name, nameservers and TTL."""
-
-    zone: str  # e.g. "acme.svc.test" (no trailing dot, lowercase)
-    nameservers: tuple[str, ...]  # NS names, e.g. ("ns1.acme.svc.test",)
-    nameserver_addresses: tuple[str, ...]  # glue A/AAAA for NS names inside the zone
-    ttl: int  # TTL for all answers; SOA MINIMUM = ttl too (negative caching stays short)
-    max_txt_values: int = 8
-    # Fixed A/AAAA records inside the zone, e.g. certok's own API host name:
-    # (("svc", ("127.0.0.1",)),) — relative names; a tuple of pairs keeps the config hashable.
-    host_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def __post_init__(self) -> None:
-        zone = self.zone.strip().rstrip(".").lower()
-        nameservers = tuple(n.strip().rstrip(".").lower() for n in self.nameservers)
-        if not zone:
-            raise ValueError("the DNS zone must be a name such as acme.example.com")
-        if not nameservers or not all(nameservers):
-            raise ValueError("the DNS zone needs at least one nameserver name")
-        for address in self.nameserver_addresses:
-            ipaddress.ip_address(address)  # raises ValueError with the bad address
-        if not 0 <= self.ttl <= 0x7FFFFFFF:
-            raise ValueError("the DNS TTL must be between 0 and 2147483647 seconds")
-        if self.max_txt_values < 1:
-            raise ValueError("max_txt_values must be at least 1")
-        object.__setattr__(self, "zone", zone)
-        object.__setattr__(self, "nameservers", nameservers)
-        object.__setattr__(self, "nameserver_addresses", tuple(self.nameserver_addresses))
-        hosts = []
-        for name, addresses in self.host_addresses:
-            relative = name.strip().rstrip(".").lower().removesuffix("." + zone)
-            if not _RELATIVE_NAME.fullmatch(relative):
-                raise ValueError(f"host name {name!r} must be a name inside the zone {zone}")
-            for address in addresses:
-                ipaddress.ip_address(address)
-            hosts.append((relative, tuple(addresses)))
-        object.__setattr__(self, "host_addresses", tuple(hosts))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ZoneConfig:
-        return cls(
-            zone=settings.dns_zone,
-            nameservers=tuple(settings.nameserver_names),
-            nameserver_addresses=tuple(settings.dns_nameserver_addresses),
-            ttl=settings.dns_ttl,
-            max_txt_values=settings.dns_max_txt_values,
-            host_addresses=tuple(
-                (name, tuple(addresses)) for name, addresses in settings.dns_hosts.items()
-            ),
-        )
-
-
-# --- the zone as lookup tables ----------------------------------------------------------------
-
-
-ReplyKey = tuple[bytes, int, int, int]
-# A reply that depends on the query only through the question's length (see _shape_key).
-ShapeKey = tuple[int, int, int, int]
-Replies = tuple[bytes, bytes]  # (full, truncated)
 
 _SHAPE_REFUSED = 0
 _SHAPE_NXDOMAIN = 1
 
-
-@dataclass
-class _ZoneIndex:
-    """Everything answers need, built once per (config, records) snapshot."""
-
-    zone: dns.name.Name
-    zone_wire: bytes
-    # lowercase wire-format owner name → {type: RRset owned by that name}, in ANY's order
-    nodes: dict[bytes, dict[int, dns.rrset.RRset]]
-    empty_non_terminals: set[bytes]
-    soa: dns.rrset.RRset  # owned by the apex, for AUTHORITY in negative answers
-    glue: list[dns.rrset.RRset]  # A/AAAA of NS names inside the zone
-    # Names in the SOA rdata below the apex: a question ending in one of them changes how the
-    # SOA compresses, so its NXDOMAIN reply is not the one shared by its length.
-    soa_name_suffixes: tuple[bytes, ...]
-    # fast path: canonical replies per exact key, and per shape for NXDOMAIN / REFUSED
-    replies: dict[ReplyKey, Replies] = field(default_factory=dict)
-    shapes: dict[ShapeKey, Replies] = field(default_factory=dict)
+# The index answered from last: one snapshot is live at a time, found by identity per query.
+_last_index: tuple[ZoneConfig, ZoneRecords, ZoneIndex] | None = None
 
 
-def _build_index(config: ZoneConfig, records: ZoneRecords) -> _ZoneIndex:
-    zone = dns.name.from_text(config.zone)
-    ttl = config.ttl
-    nameservers = [dns.name.from_text(ns) for ns in config.nameservers]
-    hostmaster = dns.name.Name((b"hostmaster", *zone.labels))
-    soa = dns.rdtypes.ANY.SOA.SOA(
-        IN,
-        dns.rdatatype.SOA,
-        nameservers[0],
-        hostmaster,
-        records.serial & 0xFFFFFFFF,
-        SOA_REFRESH,
-        SOA_RETRY,
-        SOA_EXPIRE,
-        ttl,
-    )
-    nodes: dict[bytes, dict[int, dns.rrset.RRset]] = {}
-    apex = nodes.setdefault(_key(zone), {})
-    apex[dns.rdatatype.SOA] = dns.rrset.from_rdata_list(zone, ttl, [soa])
-    apex[dns.rdatatype.NS] = dns.rrset.from_rdata_list(
-        zone, ttl, [dns.rdtypes.ANY.NS.NS(IN, dns.rdatatype.NS, name) for name in nameservers]
-    )
-
-    addresses = _address_rdatas(config.nameserver_addresses)
-    glue: list[dns.rrset.RRset] = []
-    for name in nameservers:
-        if not name.is_subdomain(zone):
-            continue  # no glue for nameservers in other zones
-        node = nodes.setdefault(_key(name), {})
-        for rdtype, rdatas in addresses.items():
-            node[rdtype] = dns.rrset.from_rdata_list(name, ttl, rdatas)
-            glue.append(node[rdtype])
-
-    empty_non_terminals: set[bytes] = set()
-    for relative, host_addresses in config.host_addresses:
-        owner = dns.name.from_text(relative, origin=zone)
-        node = nodes.setdefault(_key(owner), {})
-        for rdtype, rdatas in _address_rdatas(host_addresses).items():
-            node[rdtype] = dns.rrset.from_rdata_list(owner, ttl, rdatas)
-        empty_non_terminals.update(_key(parent) for parent in _ancestors_below(owner, zone))
-    for relative in sorted(records.labels | set(records.txt)):
-        if not _RELATIVE_NAME.fullmatch(relative):
-            log.warning("ignoring a zone name that is not a plain relative name: %r", relative)
-            continue
-        try:
-            owner = dns.name.from_text(relative, origin=zone)
-        except dns.exception.DNSException:
-            log.warning("ignoring a zone name that is too long: %r", relative)
-            continue
-        node = nodes.setdefault(_key(owner), {})
-        values = records.txt.get(relative, ())[: config.max_txt_values]
-        if values:
-            rdatas = [_txt_rdata(value) for value in values]
-            node[dns.rdatatype.TXT] = dns.rrset.from_rdata_list(owner, ttl, rdatas)
-        empty_non_terminals.update(_key(parent) for parent in _ancestors_below(owner, zone))
-    for node in nodes.values():
-        _reorder_for_any(node)
-    soa_name_suffixes = {
-        _key(name)
-        for soa_name in (nameservers[0], hostmaster)
-        if soa_name.is_subdomain(zone)
-        for name in (soa_name, *_ancestors_below(soa_name, zone))
-        if name != zone
-    }
-    return _ZoneIndex(
-        zone=zone,
-        zone_wire=_key(zone),
-        nodes=nodes,
-        empty_non_terminals=empty_non_terminals - nodes.keys(),
-        soa=apex[dns.rdatatype.SOA],
-        glue=glue,
-        soa_name_suffixes=tuple(sorted(soa_name_suffixes)),
-    )
-
-
-def _ancestors_below(name: dns.name.Name, zone: dns.name.Name) -> list[dns.name.Name]:
-    """The names strictly between ``name`` and ``zone``."""
-    result = []
-    parent = name.parent()
-    while parent != zone and len(parent) > len(zone):
-        result.append(parent)
-        parent = parent.parent()
-    return result
-
-
-def _key(name: dns.name.Name) -> bytes:
-    return name.canonicalize().to_wire()
-
-
-def _address_rdatas(addresses: tuple[str, ...]) -> dict[int, list[dns.rdata.Rdata]]:
-    result: dict[int, list[dns.rdata.Rdata]] = {}
-    for text in addresses:
-        address = ipaddress.ip_address(text)
-        if address.version == 4:
-            rdata: dns.rdata.Rdata = dns.rdtypes.IN.A.A(IN, dns.rdatatype.A, str(address))
-        else:
-            rdata = dns.rdtypes.IN.AAAA.AAAA(IN, dns.rdatatype.AAAA, str(address))
-        result.setdefault(rdata.rdtype, []).append(rdata)
-    return result
-
-
-def _txt_rdata(value: str) -> dns.rdata.Rdata:
-    # A TXT string holds at most 255 octets; longer values become several strings of one RR.
-    data = value.encode("utf-8")
-    chunks = [data[i : i + TXT_STRING_MAX] for i in range(0, len(data), TXT_STRING_MAX)] or [b""]
-    return dns.rdtypes.ANY.TXT.TXT(IN, dns.rdatatype.TXT, chunks)
-
-
-def _reorder_for_any(node: dict[int, dns.rrset.RRset]) -> None:
-    ordered = {t: node[t] for t in _ANY_ORDER if t in node}
-    node.clear()
-    node.update(ordered)
-
-
-# One snapshot is live at a time; rebuild only when the config or records object changes.
-_last_index: tuple[ZoneConfig, ZoneRecords, _ZoneIndex] | None = None
-
-
-def _index_for(config: ZoneConfig, records: ZoneRecords) -> _ZoneIndex:
+def _index_for(config: ZoneConfig, records: ZoneRecords) -> ZoneIndex:
     global _last_index
     last = _last_index
     if last is not None and last[0] is config and last[1] is records:
         return last[2]
-    index = _build_index(config, records)
+    # Ready when the snapshot came through a ZoneCache the server hooked (built in the
+    # refresher's thread); built here only for snapshots nobody prepared.
+    index = zoneindex.index_for(config, records)
     _last_index = (config, records, index)
     return index
 
@@ -312,56 +124,63 @@ def answer(
 def fast_answer(
     query_wire: bytes, config: ZoneConfig, records: ZoneRecords, *, max_udp: int | None
 ) -> bytes | None:
-    """The reply from the per-snapshot cache, or None when the query is not the common shape."""
-    query = wire.parse_common_query(query_wire)
-    if query is None:
+    """The reply from the reply cache, or None when the query is not the common shape."""
+    peeked = wire.common_query_key(query_wire)
+    if peeked is None:
         return None
+    key, question_end, payload = peeked
     index = _index_for(config, records)
-    cached = index.replies.get(query.cache_key)
-    if cached is None:
-        cached = _replies_on_miss(index, query)
-    full, truncated = cached
-    has_edns = query.edns != wire.EdnsState.NONE
-    if max_udp is not None and len(full) > _udp_limit(has_edns, query.payload, max_udp):
-        return wire.splice_reply(truncated, query)
-    return wire.splice_reply(full, query)
+    entry = index.replies.get(key)
+    if entry is None or entry[STAMP] is not index.nodes.get(key[0]):
+        # Not cached, or cached from a node this snapshot replaced (the name changed).
+        if not wire.is_plain_name(key[0]):
+            return None
+        entry = _entry_on_miss(index, key)
+    elif entry[SERIAL_AT] and entry[SERIAL] != index.serial:
+        entry = _with_serial(entry, index.serial)
+        index.replies.put(key, entry)
+    full = entry[FULL]
+    if (
+        max_udp is not None
+        and (len(full) > MIN_UDP_LIMIT or max_udp < MIN_UDP_LIMIT)
+        and len(full) > _udp_limit(key[2] != wire.EdnsState.NONE, payload, max_udp)
+    ):
+        full = entry[TRUNCATED] or wire.truncate_reply(full)
+    return wire.splice_reply(full, query_wire, question_end)
 
 
-def _replies_on_miss(index: _ZoneIndex, query: wire.CommonQuery) -> Replies:
-    shape = _shape_key(index, query)
+def _entry_on_miss(index: ZoneIndex, key: ReplyKey) -> Entry:
+    shape = _shape_key(index, key)
     if shape is not None:
         # Random names (a flood of NXDOMAIN or out-of-zone queries) share one cached reply per
         # question length, so they neither reach dnspython nor grow the cache.
-        cached = index.shapes.get(shape)
-        if cached is None:
-            cached = index.shapes[shape] = _canonical_replies(index, query.cache_key)
-        return cached
-    cached = _canonical_replies(index, query.cache_key)
-    if len(index.replies) >= MAX_CACHED_REPLIES:
-        index.replies.clear()
-    index.replies[query.cache_key] = cached
-    return cached
+        entry = index.shapes.get(shape)
+        if entry is None:
+            entry = index.shapes[shape] = _canonical_entry(index, key, None)
+        elif entry[SERIAL_AT] and entry[SERIAL] != index.serial:
+            entry = index.shapes[shape] = _with_serial(entry, index.serial)
+        return entry
+    entry = _canonical_entry(index, key, index.nodes.get(key[0]))
+    index.replies.put(key, entry)
+    return entry
 
 
-def _shape_key(index: _ZoneIndex, query: wire.CommonQuery) -> ShapeKey | None:
+def _shape_key(index: ZoneIndex, key: ReplyKey) -> ShapeKey | None:
     """A key shared by every query whose reply is the same bytes once the question is put back.
 
     A REFUSED reply carries nothing but the question. An NXDOMAIN reply adds the SOA, whose
     names compress into the question's zone suffix, at an offset set by the question's length,
-    unless the question ends in one of the SOA's own names below the apex.
+    unless the question ends in one of the SOA's own names below the apex. Neither depends on
+    the snapshot's names, so shape replies stay valid across snapshots (the serial aside).
     """
-    qname = query.qname_lower
-    if query.qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+    qname, qtype, edns, copied_flags = key
+    if qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
         return None
     if not _in_zone(qname, index.zone_wire):
-        return (_SHAPE_REFUSED, len(qname), query.edns, query.copied_flags)
-    if (
-        qname in index.nodes
-        or qname in index.empty_non_terminals
-        or qname.endswith(index.soa_name_suffixes)
-    ):
+        return (_SHAPE_REFUSED, len(qname), edns, copied_flags)
+    if qname in index.nodes or qname.endswith(index.soa_name_suffixes):
         return None
-    return (_SHAPE_NXDOMAIN, len(qname), query.edns, query.copied_flags)
+    return (_SHAPE_NXDOMAIN, len(qname), edns, copied_flags)
 
 
 def _in_zone(qname: bytes, zone_wire: bytes) -> bool:
@@ -375,10 +194,19 @@ def _in_zone(qname: bytes, zone_wire: bytes) -> bool:
     return position == suffix_start
 
 
-def _canonical_replies(index: _ZoneIndex, key: ReplyKey) -> Replies:
+def _canonical_entry(index: ZoneIndex, key: ReplyKey, stamp: object) -> Entry:
+    """The reply every query with this key gets (ID and question case aside), as an entry."""
     canonical = wire.canonical_query(key, ADVERTISED_UDP_PAYLOAD)
     full = _render(_respond(dns.message.from_wire(canonical), canonical, index))
-    return full, wire.truncate_reply(full)
+    truncated = wire.truncate_reply(full) if len(full) > MIN_UDP_LIMIT else None
+    return (full, truncated, stamp, wire.negative_serial_offset(full), index.serial)
+
+
+def _with_serial(entry: Entry, serial: int) -> Entry:
+    """A negative reply with the SOA serial of a newer snapshot: the only byte change a new
+    serial makes to it (the SOA's other fields come from the config)."""
+    full, truncated, stamp, serial_at, _ = entry
+    return (wire.with_serial(full, serial_at, serial), truncated, stamp, serial_at, serial)
 
 
 def general_answer(
@@ -420,7 +248,7 @@ def _render(response: dns.message.Message) -> bytes:
 
 
 def _respond(
-    query: dns.message.Message, query_wire: bytes, index: _ZoneIndex
+    query: dns.message.Message, query_wire: bytes, index: ZoneIndex
 ) -> dns.message.Message:
     response = dns.message.Message(id=query.id)
     response.flags = dns.flags.QR | (query.flags & (dns.flags.RD | dns.flags.CD))
@@ -448,12 +276,10 @@ def _respond(
         return response
 
     response.flags |= dns.flags.AA
-    key = _key(qname)
-    node = index.nodes.get(key)
+    node = index.nodes.get(wire_key(qname))
     if node is None:
-        if key not in index.empty_non_terminals:
-            # RFC 8020: nothing exists at or below this name.
-            response.set_rcode(dns.rcode.NXDOMAIN)
+        # RFC 8020: nothing exists at or below this name (empty non-terminals have a node).
+        response.set_rcode(dns.rcode.NXDOMAIN)
         _add_soa(response, index)
         return response
     rdtype = next(iter(node), None) if qtype == dns.rdatatype.ANY else qtype
@@ -471,6 +297,6 @@ def _respond(
     return response
 
 
-def _add_soa(response: dns.message.Message, index: _ZoneIndex) -> None:
+def _add_soa(response: dns.message.Message, index: ZoneIndex) -> None:
     # RFC 2308: the SOA in AUTHORITY makes the negative answer cacheable, for min(TTL, MINIMUM).
     response.authority.append(index.soa)

@@ -3,6 +3,11 @@
 The server answers from an immutable in-memory snapshot (``ZoneRecords``) held by a
 ``ZoneCache``; the cache reloads it from the database in the background, so no query ever
 waits on a database read (acme-dns reads its database on every query).
+
+A refresh is cheap when nothing changed: the TXT rows (pending dns-01 challenges only, a few
+rows) are always read, the labels (one per delegation, tens of thousands) only when the
+delegations table's fingerprint moved. Snapshot hooks let the server build its answer index
+for a new snapshot in the refresher's thread, before the snapshot is published.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.models import ChallengeRecord, Delegation
@@ -24,6 +30,11 @@ from certok.db.models import ChallengeRecord, Delegation
 log = logging.getLogger(__name__)
 
 DNS01_KIND = "dns-01"
+# Labels are reread in full at least this often even when the delegations table's fingerprint
+# did not move: the fingerprint cannot see a row edited in place (certok never edits one) or,
+# on SQLite, the highest row deleted and another inserted within one refresh with a clock that
+# did not advance. A full read costs ~10 ms at 10k labels.
+LABELS_FULL_RELOAD_SECONDS = 30.0
 
 
 def _time_serial() -> int:
@@ -42,6 +53,11 @@ class ZoneRecords:
     txt: Mapping[str, tuple[str, ...]]
     # SOA serial; not part of equality so a reload that changed nothing compares equal.
     serial: int = field(default_factory=_time_serial, compare=False)
+    # Lookup structures derived from this snapshot, memoised by whoever derives them (the
+    # answer index per ZoneConfig, see zoneindex.py). Not part of the data.
+    derived: dict[Any, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def empty(cls) -> ZoneRecords:
@@ -56,20 +72,31 @@ class ZoneRecords:
         serial: int | None = None,
     ) -> ZoneRecords:
         """Normalise names (lowercase, no trailing dot) and drop duplicate values."""
-        grouped: dict[str, list[str]] = {}
-        for name, value in txt_rows:
-            values = grouped.setdefault(normalise_name(name), [])
-            if value not in values:
-                values.append(value)
         return cls(
-            labels=frozenset(normalise_name(label) for label in labels),
-            txt=MappingProxyType({name: tuple(values) for name, values in grouped.items()}),
+            labels=normalise_labels(labels),
+            txt=group_txt(txt_rows),
             serial=_time_serial() if serial is None else serial & 0xFFFFFFFF,
         )
 
 
 def normalise_name(name: str) -> str:
     return name.strip().rstrip(".").lower()
+
+
+def normalise_labels(labels: Iterable[str]) -> frozenset[str]:
+    return frozenset(normalise_name(label) for label in labels)
+
+
+def group_txt(txt_rows: Iterable[tuple[str, str]]) -> Mapping[str, tuple[str, ...]]:
+    """Values per normalised name, in the order given, without duplicates."""
+    grouped: dict[str, dict[str, None]] = {}
+    for name, value in txt_rows:
+        grouped.setdefault(normalise_name(name), {})[value] = None
+    return MappingProxyType({name: tuple(values) for name, values in grouped.items()})
+
+
+# Called as hook(previous, fresh) by the thread that swaps a snapshot in, before it is published.
+SnapshotHook = Callable[[ZoneRecords, ZoneRecords], object]
 
 
 class ZoneCache:
@@ -79,10 +106,23 @@ class ZoneCache:
     rows); refreshes are serialised so an older read can never replace a newer one.
     """
 
-    def __init__(self, session_factory: sessionmaker[Session] | None) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session] | None,
+        *,
+        labels_full_reload_seconds: float = LABELS_FULL_RELOAD_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._session_factory = session_factory
         self._records = ZoneRecords.empty()
         self._refresh_lock = threading.Lock()
+        self._hooks: list[SnapshotHook] = []
+        # The labels last read in full, and what the delegations table looked like then.
+        self._labels: frozenset[str] = frozenset()
+        self._labels_fingerprint: tuple[object, ...] | None = None
+        self._labels_read_at = 0.0
+        self._labels_full_reload_seconds = labels_full_reload_seconds
+        self._monotonic = monotonic
         # Lets request_refresh() wake run_refresher() from any thread.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -95,8 +135,22 @@ class ZoneCache:
     def records(self) -> ZoneRecords:
         return self._records
 
+    def add_snapshot_hook(self, hook: SnapshotHook) -> None:
+        """Call ``hook(previous, fresh)`` for every new snapshot, before it is published.
+
+        It runs in the thread that swaps the snapshot in (the refresher's worker thread, or
+        whoever calls ``replace``), so work done there stays off the event loop. A hook that
+        raises is logged; the snapshot is published anyway.
+        """
+        self._hooks.append(hook)
+
+    def remove_snapshot_hook(self, hook: SnapshotHook) -> None:
+        with contextlib.suppress(ValueError):
+            self._hooks.remove(hook)
+
     def replace(self, records: ZoneRecords) -> None:
-        self._records = records
+        """Serve ``records`` from now on (snapshot hooks run first, in the caller's thread)."""
+        self._publish(records)
 
     def refresh(self) -> None:
         """Load labels and dns-01 TXT rows from the database and swap in a new snapshot."""
@@ -112,10 +166,12 @@ class ZoneCache:
                 self._completed = max(self._completed, number)
                 self._progress.notify_all()
 
-    def _load(self) -> tuple[list[str], list[tuple[str, str]]]:
+    def _load(self) -> tuple[frozenset[str], list[tuple[str, str]]]:
         assert self._session_factory is not None
         with self._session_factory() as session:
-            labels = list(session.scalars(select(Delegation.label)))
+            labels = self._load_labels(session)
+            # Always read: only pending dns-01 challenges have rows, so this is small, and it
+            # is the data that must be served within a refresh of being written.
             # Newest first: if more values exist than the server presents, the newest are
             # the ones a CA is validating right now.
             rows = session.execute(
@@ -125,14 +181,53 @@ class ZoneCache:
             ).all()
         return labels, [(name, value) for name, value in rows]
 
-    def _swap_in(self, labels: list[str], rows: list[tuple[str, str]]) -> None:
+    def _load_labels(self, session: Session) -> frozenset[str]:
+        """The labels, read in full only when the delegations table may have changed.
+
+        The fingerprint moves on every insert (a new highest id, or on SQLite a reused one with
+        a newer created_at) and every delete (the count), so deleting rows and adding others
+        between two refreshes is seen too. The fingerprint is read first, so a row added
+        between the two reads only makes the next refresh read the labels again.
+        """
+        fingerprint = tuple(
+            session.execute(
+                select(
+                    func.count(Delegation.id),
+                    func.max(Delegation.id),
+                    func.max(Delegation.created_at),
+                )
+            ).one()
+        )
+        now = self._monotonic()
+        if (
+            fingerprint == self._labels_fingerprint
+            and now - self._labels_read_at < self._labels_full_reload_seconds
+        ):
+            return self._labels
+        self._labels = normalise_labels(session.scalars(select(Delegation.label)))
+        self._labels_fingerprint = fingerprint
+        self._labels_read_at = now
+        return self._labels
+
+    def _swap_in(self, labels: frozenset[str], rows: list[tuple[str, str]]) -> None:
         current = self._records
-        fresh = ZoneRecords.build(labels, rows)
-        if fresh == current:
+        txt = group_txt(rows)
+        if (labels is current.labels or labels == current.labels) and txt == current.txt:
             # Keep the old object: answers cached for it stay valid and the serial stays put.
             return
-        serial = max(fresh.serial, (current.serial + 1) & 0xFFFFFFFF)
-        self._records = ZoneRecords(labels=fresh.labels, txt=fresh.txt, serial=serial)
+        if labels == current.labels:
+            labels = current.labels  # the same object lets the index skip comparing labels
+        serial = max(_time_serial(), (current.serial + 1) & 0xFFFFFFFF)
+        self._publish(ZoneRecords(labels=labels, txt=txt, serial=serial))
+
+    def _publish(self, fresh: ZoneRecords) -> None:
+        previous = self._records
+        for hook in list(self._hooks):
+            try:
+                hook(previous, fresh)
+            except Exception:
+                log.exception("a DNS snapshot hook failed; the snapshot is published anyway")
+        self._records = fresh
 
     def request_refresh(self) -> None:
         """Wake the refresher now; safe to call from any thread, never blocks."""

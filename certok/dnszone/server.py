@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import ipaddress
 import logging
 import socket
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from typing import cast
 
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer
-from certok.dnszone.records import ZoneCache
+from certok.dnszone.records import SnapshotHook, ZoneCache
 from certok.dnszone.wire import truncate_reply
+from certok.dnszone.zoneindex import prepare_index
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,16 @@ class DnsServer:
         udp: asyncio.DatagramTransport,
         tcp: asyncio.Server,
         connections: set[asyncio.Task[None]],
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.port = port
         self._udp = udp
         self._tcp = tcp
         self._connections = connections
+        self._on_close = on_close
 
     async def close(self) -> None:
+        self._on_close()
         self._udp.close()
         self._tcp.close()
         # Python 3.11's wait_closed does not wait for (or end) open connections.
@@ -204,6 +209,17 @@ async def start_dns_server(
     udp_sock, tcp_sock = _bind_udp_and_tcp(host, port)
     bound_port = int(udp_sock.getsockname()[1])
     loop = asyncio.get_running_loop()
+    # Every later snapshot gets its answer index built where it is swapped in (the refresher's
+    # thread), derived from the previous one; the current one is built here, off the loop.
+    prepare: SnapshotHook = functools.partial(prepare_index, config)
+    cache.add_snapshot_hook(prepare)
+    try:
+        await asyncio.to_thread(prepare_index, config, None, cache.records)
+    except BaseException:
+        cache.remove_snapshot_hook(prepare)
+        udp_sock.close()
+        tcp_sock.close()
+        raise
     limiter = (
         ResponseRateLimiter(rate_limit_per_second, rate_limit_slip)
         if rate_limit_per_second
@@ -214,6 +230,7 @@ async def start_dns_server(
             lambda: _UdpProtocol(config, cache, limiter), sock=udp_sock
         )
     except BaseException:
+        cache.remove_snapshot_hook(prepare)
         udp_sock.close()
         tcp_sock.close()
         raise
@@ -221,10 +238,17 @@ async def start_dns_server(
     try:
         tcp = await asyncio.start_server(handler, sock=tcp_sock)
     except BaseException:
+        cache.remove_snapshot_hook(prepare)
         udp.close()
         tcp_sock.close()
         raise
-    return DnsServer(bound_port, udp, tcp, handler.connections)
+    return DnsServer(
+        bound_port,
+        udp,
+        tcp,
+        handler.connections,
+        on_close=functools.partial(cache.remove_snapshot_hook, prepare),
+    )
 
 
 def _bind_udp_and_tcp(host: str, port: int) -> tuple[socket.socket, socket.socket]:

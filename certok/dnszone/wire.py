@@ -1,6 +1,6 @@
 """Byte-level DNS helpers for the hot path: no dnspython objects per query.
 
-``parse_common_query`` recognises the common query shape (one question, class IN, no
+``common_query_key`` recognises the common query shape (one question, class IN, no
 compression, at most one plain EDNS0 OPT) and returns None for anything else, which then takes
 the dnspython path. The other helpers build replies without parsing them into objects.
 """
@@ -8,10 +8,14 @@ the dnspython path. The other helpers build replies without parsing them into ob
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+# (lowercase wire qname, qtype, EdnsState, RD|CD as sent): what a reply depends on
+ReplyKey = tuple[bytes, int, int, int]
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_SIZE = 12
+# QDCOUNT 1, ANCOUNT 0, NSCOUNT 0: the counts every common query has.
+_COMMON_COUNTS = b"\x00\x01\x00\x00\x00\x00"
 
 FLAG_QR = 0x8000
 FLAG_AA = 0x0400
@@ -19,10 +23,9 @@ FLAG_TC = 0x0200
 FLAG_RD = 0x0100
 FLAG_CD = 0x0010
 OPCODE_MASK = 0x7800
-# The query flags a reply copies; every other query flag leaves the reply unchanged.
-COPIED_QUERY_FLAGS = FLAG_RD | FLAG_CD
 
 EDNS_DO = 0x8000
+TYPE_SOA = 6
 TYPE_OPT = 41
 CLASS_IN = 1
 
@@ -48,66 +51,66 @@ class EdnsState:
     DNSSEC_OK = 2
 
 
-@dataclass(frozen=True, slots=True)
-class CommonQuery:
-    query_id: int
-    copied_flags: int  # RD and CD as sent
-    question: bytes  # qname + qtype + qclass exactly as sent (0x20 case preserved)
-    qname_lower: bytes  # wire-format qname, ASCII-lowercased
-    qtype: int
-    edns: int  # an EdnsState value
-    payload: int  # requester's UDP payload size (512 without EDNS)
+def common_query_key(wire: bytes) -> tuple[ReplyKey, int, int] | None:
+    """(cache key, end of the question, requester's payload) of a common query, or None.
 
-    @property
-    def cache_key(self) -> tuple[bytes, int, int, int]:
-        return (self.qname_lower, self.qtype, self.edns, self.copied_flags)
-
-
-def parse_common_query(wire: bytes) -> CommonQuery | None:
-    """Parse the common query shape by hand; None means "use the general path"."""
+    The common shape: QR=0, opcode QUERY, one question of class IN and no other records but
+    at most one plain EDNS0 OPT (``_parse_plain_opt``). The name is taken to end at the first
+    zero octet after the header, without walking its labels: that makes the key a candidate,
+    good for a cache lookup. A key found in the cache is the true one, because keys enter the
+    cache only after ``is_plain_name`` accepted them, and lowercasing never changes a length
+    octet (all are below "A"). On a miss, check ``is_plain_name`` before using the key.
+    """
+    # Octet by octet rather than struct: this runs for every query, and allocates little.
     size = len(wire)
-    if size < HEADER_SIZE + 5:
-        return None
-    query_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
-    if flags & (FLAG_QR | OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
-        return None
-    # The question name: plain labels only (no compression, no extended label types).
-    position = HEADER_SIZE
-    while True:
-        if position >= size:
-            return None
-        length = wire[position]
-        if length == 0:
-            break
-        if length > 63:
-            return None
-        position += length + 1
-    name_end = position + 1
-    if name_end - HEADER_SIZE > 255 or name_end + 4 > size:
-        return None
-    qtype, qclass = struct.unpack_from("!HH", wire, name_end)
-    if qclass != CLASS_IN:
-        return None
+    if size < HEADER_SIZE + 5 or wire[2] & 0xF8 or not wire.startswith(_COMMON_COUNTS, 4):
+        return None  # QR=1 or another opcode (the flags' high bits), or other counts
+    name_end = wire.find(0, HEADER_SIZE) + 1
     question_end = name_end + 4
-    edns = EdnsState.NONE
-    payload = 512
-    if arcount:
+    # Class IN, and ARCOUNT 0 or 1.
+    if not name_end or question_end > size or wire[name_end + 2] or wire[name_end + 3] != 1:
+        return None
+    if wire[10] or wire[11] > 1:
+        return None
+    if wire[11]:
         opt = _parse_plain_opt(wire, question_end)
         if opt is None:
             return None
         edns, payload = opt
-    elif question_end != size:
+        if payload < 512:
+            payload = 512  # RFC 6891: values below 512 are treated as 512
+    elif question_end == size:
+        edns, payload = EdnsState.NONE, 512
+    else:
         return None
-    # Length octets are at most 63 (below "A"), so lowering the whole wire name is safe.
-    return CommonQuery(
-        query_id=query_id,
-        copied_flags=flags & COPIED_QUERY_FLAGS,
-        question=wire[HEADER_SIZE:question_end],
-        qname_lower=wire[HEADER_SIZE:name_end].lower(),
-        qtype=qtype,
-        edns=edns,
-        payload=max(payload, 512),
+    key = (
+        wire[HEADER_SIZE:name_end].lower(),
+        wire[name_end] << 8 | wire[name_end + 1],  # QTYPE
+        edns,
+        # RD (0x0100) and CD (0x0010), the query flags a reply copies; no other query flag
+        # changes the reply.
+        (wire[2] & 0x01) << 8 | wire[3] & 0x10,
     )
+    return key, question_end, payload
+
+
+def is_plain_name(name: bytes) -> bool:
+    """Whether a candidate name from ``common_query_key`` is one well-formed name.
+
+    Plain labels of 1..63 octets ending at its last octet (its first zero), 255 octets at most;
+    a compression pointer, an extended label type, or a zero octet inside a label (which cut
+    the candidate short) all fail.
+    """
+    end = len(name) - 1
+    if end > 254:
+        return False
+    position = 0
+    while position < end:
+        length = name[position]
+        if length > 63:
+            return False
+        position += length + 1
+    return position == end
 
 
 def _parse_plain_opt(wire: bytes, position: int) -> tuple[int, int] | None:
@@ -141,7 +144,7 @@ def _parse_plain_opt(wire: bytes, position: int) -> tuple[int, int] | None:
     return state, payload
 
 
-def canonical_query(key: tuple[bytes, int, int, int], payload: int) -> bytes:
+def canonical_query(key: ReplyKey, payload: int) -> bytes:
     """The query every query with this cache key is answered like (ID 0, lowercase name)."""
     qname_lower, qtype, edns, copied_flags = key
     arcount = 0 if edns == EdnsState.NONE else 1
@@ -153,13 +156,12 @@ def canonical_query(key: tuple[bytes, int, int, int], payload: int) -> bytes:
     return wire
 
 
-def splice_reply(cached: bytes, query: CommonQuery) -> bytes:
+def splice_reply(cached: bytes, query_wire: bytes, question_end: int) -> bytes:
     """A cached canonical reply with the query's ID and question bytes (case) put back."""
-    question_end = HEADER_SIZE + len(query.question)
     return (
-        query.query_id.to_bytes(2, "big")
+        query_wire[:2]
         + cached[2:HEADER_SIZE]
-        + query.question
+        + query_wire[HEADER_SIZE:question_end]
         + cached[question_end:]
     )
 
@@ -199,6 +201,28 @@ def truncate_reply(reply: bytes) -> bytes:
         int.from_bytes(reply[:2], "big"), flags | FLAG_TC, qdcount, 0, 0, 1 if opt else 0
     )
     return header + reply[HEADER_SIZE:question_end] + opt
+
+
+def negative_serial_offset(reply: bytes) -> int:
+    """Where the SOA serial sits in a negative reply (no answers, the SOA in AUTHORITY); 0 if
+    the reply is not one, or is truncated."""
+    _, flags, qdcount, ancount, nscount, _ = HEADER.unpack_from(reply)
+    if flags & FLAG_TC or ancount or nscount != 1:
+        return 0
+    position = HEADER_SIZE
+    for _ in range(qdcount):
+        position = _skip_name(reply, position) + 4
+    position = _skip_name(reply, position)
+    rtype = struct.unpack_from("!H", reply, position)[0]
+    if rtype != TYPE_SOA:
+        return 0
+    rdata = position + 10
+    return _skip_name(reply, _skip_name(reply, rdata))  # past MNAME and RNAME
+
+
+def with_serial(reply: bytes, serial_at: int, serial: int) -> bytes:
+    """The same reply with another SOA serial at ``serial_at``."""
+    return reply[:serial_at] + serial.to_bytes(4, "big") + reply[serial_at + 4 :]
 
 
 def _skip_name(wire: bytes, position: int) -> int:

@@ -29,11 +29,13 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 from sqlalchemy import delete
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.engine import make_engine, make_session_factory, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import ChallengeRecord, Delegation, Order, Tenant
+from certok.dnszone import zoneindex
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, ZoneRecords
 from certok.dnszone.server import DnsServer, start_dns_server
@@ -644,3 +646,128 @@ def test_unbound_resolves_txt_through_the_server(
     reply = dns.query.udp(txt_query(OTHER_LABEL), HOST, port=unbound, timeout=5)
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.answer == []
+
+
+# --- cheap refreshes and snapshot changes -------------------------------------------------------
+
+
+class StatementLog:
+    """The SQL statements an engine runs, to see what a refresh reads."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.statements: list[str] = []
+        engine = sessions.kw["bind"]
+        sqlalchemy_event.listen(engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        self.statements.append(" ".join(statement.split()).lower())
+
+    def label_reads(self) -> int:
+        return sum("select delegations.label" in s for s in self.statements)
+
+    def txt_reads(self) -> int:
+        return sum("from challenge_records" in s for s in self.statements)
+
+
+def delegation_ids(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as session:
+        return {row.label: row.id for row in session.query(Delegation)}
+
+
+def test_a_refresh_without_changes_reads_the_txt_rows_but_not_the_labels(
+    zone: Zone, cache: ZoneCache
+) -> None:
+    for i in range(50):
+        zone.delegate(f"{i:016x}", f"n{i}.customer.test")
+    cache.refresh()
+    log = StatementLog(zone.sessions)
+    for _ in range(3):
+        cache.refresh()
+    assert log.label_reads() == 0
+    assert log.txt_reads() == 3  # pending challenges are read every time: they are few
+    zone.delegate(LABEL, "customer.test")
+    cache.refresh()
+    assert log.label_reads() == 1
+    assert LABEL in cache.records.labels
+
+
+def test_deleting_the_newest_delegation_and_adding_another_is_seen(
+    zone: Zone, cache: ZoneCache
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.delegate(OTHER_LABEL, "other.customer.test")
+    cache.refresh()
+    newest = delegation_ids(zone.sessions)[OTHER_LABEL]
+    with transaction(zone.sessions) as session:
+        session.execute(delete(Delegation).where(Delegation.label == OTHER_LABEL))
+    zone.delegate("00000000000000aa", "third.customer.test")
+    # SQLite hands the freed highest id out again: same count, same highest id.
+    assert delegation_ids(zone.sessions)["00000000000000aa"] == newest
+    cache.refresh()
+    assert cache.records.labels == frozenset({LABEL, "00000000000000aa"})
+
+
+def test_labels_are_reread_in_full_after_the_safety_interval(zone: Zone) -> None:
+    """A change the fingerprint cannot see (same count, id and created_at) still gets in."""
+    clock = [1000.0]
+    cache = ZoneCache(zone.sessions, labels_full_reload_seconds=30, monotonic=lambda: clock[0])
+    created = now()
+    with transaction(zone.sessions) as session:
+        session.add(
+            Delegation(
+                tenant_id=zone.tenant_id, base_name="a.test", label=LABEL, created_at=created
+            )
+        )
+    cache.refresh()
+    with transaction(zone.sessions) as session:
+        session.execute(delete(Delegation))
+        session.add(
+            Delegation(
+                tenant_id=zone.tenant_id, base_name="b.test", label=OTHER_LABEL, created_at=created
+            )
+        )
+    clock[0] += 31
+    cache.refresh()
+    assert cache.records.labels == frozenset({OTHER_LABEL})
+
+
+def test_txt_rows_deleted_and_added_again_are_seen(zone: Zone, cache: ZoneCache) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "first")
+    cache.refresh()
+    zone.clean_up(LABEL)
+    zone.present(LABEL, "second")  # same count, and on SQLite the same id
+    cache.refresh()
+    assert dict(cache.records.txt) == {LABEL: ("second",)}
+
+
+def test_every_snapshot_is_indexed_before_the_server_sees_it(
+    zone: Zone, cache: ZoneCache, server: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After start, no snapshot is built in full: each is derived where it is swapped in."""
+
+    def no_full_builds(*args: object) -> None:
+        raise AssertionError("a snapshot was indexed from scratch")
+
+    monkeypatch.setattr(zoneindex, "build_index", no_full_builds)
+    zone.delegate(LABEL, "customer.test")
+    for round_ in range(20):
+        zone.clean_up(LABEL)
+        zone.present(LABEL, f"value-{round_}")
+        cache.refresh()
+        assert isinstance(cache.records.derived.get(CONFIG), zoneindex.ZoneIndex)
+        reply = dns.query.udp(txt_query(LABEL), HOST, port=server.port, timeout=TIMEOUT)
+        assert txt_values(reply) == [f"value-{round_}"]  # the new value at once
+        reply = dns.query.udp(txt_query(OTHER_LABEL), HOST, port=server.port, timeout=TIMEOUT)
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+        assert reply.authority[0][0].serial == cache.records.serial
+
+
+def test_closing_the_server_stops_indexing_new_snapshots(
+    loop_thread: LoopThread, zone: Zone, cache: ZoneCache
+) -> None:
+    server = loop_thread.run(start_dns_server(HOST, 0, CONFIG, cache))
+    loop_thread.run(server.close())
+    zone.delegate(LABEL, "customer.test")
+    cache.refresh()
+    assert CONFIG not in cache.records.derived

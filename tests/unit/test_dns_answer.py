@@ -695,3 +695,17 @@ def test_fixed_host_addresses_are_served() -> None:
     eu = ask("eu.acme.svc.test", "A")
     assert eu.rcode() == dns.rcode.NOERROR and not eu.answer
     assert ask("nothere.acme.svc.test", "A").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_zero_octet_inside_a_label_does_not_fool_the_fast_path() -> None:
+    """The fast path takes the first zero octet as the name's end only to look up its cache."""
+    zone_wire = dns.name.from_text(ZONE).to_wire()
+    for label in (b"\x01a\x00", b"A\x00", b"\x00", b"0123456789ABCDE\x00"):
+        answer(raw_query(), CONFIG, RECORDS, max_udp=512)  # something cached meanwhile
+        question = bytes([len(label)]) + label + zone_wire + struct.pack("!HH", 16, 1)
+        query = raw_query(question=question)
+        reply = answer(query, CONFIG, RECORDS, max_udp=512)
+        assert reply == general_answer(query, CONFIG, RECORDS, max_udp=512)
+        assert parse(reply).rcode() == dns.rcode.NXDOMAIN
+        fast = fast_answer(query, CONFIG, RECORDS, max_udp=512)
+        assert fast is None or fast == reply
