@@ -30,6 +30,7 @@ TCP_IDLE_TIMEOUT = 10.0
 MAX_TCP_CONNECTIONS = 256
 RATE_LIMIT_PER_SECOND = 200
 RATE_LIMIT_SLIP = 2
+MAX_AMPLIFICATION = 4
 _PORT_ATTEMPTS = 50
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
@@ -102,7 +103,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
                 decision = self._limiter.decide(str(addr[0]))
                 if decision is RateDecision.DROP:
                     return
-            reply = answer(data, self._config, self._cache.records, max_udp=ADVERTISED_UDP_PAYLOAD)
+            # A UDP answer is never more than MAX_AMPLIFICATION times its query: a bigger one
+            # goes out truncated and the resolver asks again over TCP, whose handshake proves
+            # the source address (REFERENCE.md: answer/query <= 4x).
+            limit = min(ADVERTISED_UDP_PAYLOAD, MAX_AMPLIFICATION * len(data))
+            reply = answer(data, self._config, self._cache.records, max_udp=limit)
             if reply is None or self._transport is None:
                 return
             if decision is RateDecision.TRUNCATE:
