@@ -1,18 +1,16 @@
 """Every benchmark in bench/, one after another, and one combined table at the end.
 
-    python bench/run_all.py [--quick] [--only dns_qps,api_rps,issuance_latency] [--markdown]
+    python bench/run_all.py [--quick] [--only dns_qps,api_rps,...] [--skip-peers] [--markdown]
 
 Each benchmark runs as its own process (so one's servers never outlive it or disturb the
-next) and prints its own progress and table as it goes; dns_qps.py and api_rps.py hand their
-numbers over as JSON, issuance_latency.py's summary lines are read from its output.
+next) and prints its own progress and table as it goes, then hands its numbers over as JSON
+(`--json FILE`, which every benchmark script takes).
 `--markdown` prints the combined table in the form bench/README.md keeps under "Latest results".
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Measurement, Report, Target, describe_machine, print_report
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("dns_qps", "api_rps", "issuance_latency")
+ORDER = ("dns_qps", "api_rps", "issuance_latency", "issuance_throughput", "growth")
 
 
 def _tee(argv: list[str]) -> tuple[int, str]:
@@ -59,45 +57,32 @@ def run_json_bench(name: str, extra: list[str], workdir: Path) -> Report:
     return Report.from_json(result.read_text())
 
 
-_ISSUANCE_LINE = re.compile(
-    r"^\s+(?P<who>floor[^:]*|certok serve):\s+median (?P<median>[\d.]+) s\s+"
-    r"p90 (?P<p90>[\d.]+) s\s+\(n=(?P<n>\d+)\)",
-    re.MULTILINE,
-)
-
-
-def parse_issuance(output: str, command: str) -> Report:
-    """The two summary lines of bench/issuance_latency.py as measurements."""
-    rows = {m["who"]: m for m in _ISSUANCE_LINE.finditer(output)}
-    floor = next((match for who, match in rows.items() if who.startswith("floor")), None)
-    certok = rows.get("certok serve")
-    if floor is None or certok is None:
-        return _failed("issuance_latency", 0, "could not read its summary lines")
-    report = Report(commands=[command])
-    floor_median = float(floor["median"])
-    for label, match, ratio in (
-        ("floor: acme library client, 0.1 s polls", floor, 1.0),
-        ("certok serve: apply -> issued", certok, float(certok["median"]) / floor_median),
-    ):
-        report.measurements.append(
-            Measurement(
-                bench="issuance_latency",
-                case=label,
-                ratio=ratio,
-                ratio_of="floor's latency",
-                latency={"median": float(match["median"]), "p90": float(match["p90"])},
-                note=f"dns-01, one name, Pebble; n={match['n']}",
-            )
-        )
-    return report
-
-
-def run_issuance(runs: int) -> Report:
-    argv = [sys.executable, str(BENCH_DIR / "issuance_latency.py"), "--runs", str(runs)]
-    code, output = _tee(argv)
-    if code != 0:
-        return _failed("issuance_latency", code, output)
-    return parse_issuance(output, shlex.join(argv))
+def bench_arguments(name: str, args: argparse.Namespace) -> list[str]:
+    """The command-line flags `name` gets from run_all's own flags."""
+    quick = args.quick
+    extra: list[str] = []
+    if name in ("dns_qps", "api_rps"):
+        duration = args.duration or (3.0 if quick else None)
+        repeat = args.repeat or (1 if quick else None)
+        if duration:
+            extra += ["--duration", f"{duration:g}"]
+        if repeat:
+            extra += ["--repeat", str(repeat)]
+    elif name == "issuance_latency":
+        extra += ["--runs", str(5 if quick else args.runs)]
+        extra += ["--peer-runs", str(2 if quick else args.peer_runs)]
+        if args.skip_peers:
+            extra.append("--skip-peers")
+    elif name == "issuance_throughput":
+        if quick:
+            extra += ["--orders", "100", "--in-flight", "50", "--names", "50"]
+    elif name == "growth":
+        if quick:
+            extra += ["--orders", "1000,10000", "--delegations", "1000,10000"]
+        duration = args.duration or (3.0 if quick else None)
+        if duration:
+            extra += ["--duration", f"{duration:g}"]
+    return extra
 
 
 def main() -> None:
@@ -106,13 +91,15 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short runs (3 s, one round, 5 issuances): a smoke test",
+        help="short runs (3 s, one round, 5 issuances, small sizes): a smoke test",
     )
     parser.add_argument(
         "--duration", type=float, help="seconds per load run (default: each bench's)"
     )
     parser.add_argument("--repeat", type=int, help="rounds per load run (default: each bench's)")
     parser.add_argument("--runs", type=int, default=20, help="issuances to time (20)")
+    parser.add_argument("--peer-runs", type=int, default=5, help="certbot/lego runs (5)")
+    parser.add_argument("--skip-peers", action="store_true", help="no certbot / lego")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args()
 
@@ -120,23 +107,13 @@ def main() -> None:
     unknown = set(chosen) - set(ORDER)
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}; know {ORDER}")
-    duration = args.duration or (3.0 if args.quick else None)
-    repeat = args.repeat or (1 if args.quick else None)
-    extra: list[str] = []
-    if duration:
-        extra += ["--duration", f"{duration:g}"]
-    if repeat:
-        extra += ["--repeat", str(repeat)]
 
     started = time.monotonic()
     combined = Report()
     with tempfile.TemporaryDirectory(prefix="certok-bench-all-") as tmp:
         for name in chosen:
             print(f"\n=== {name} ===", flush=True)
-            if name == "issuance_latency":
-                combined.extend(run_issuance(5 if args.quick else args.runs))
-            else:
-                combined.extend(run_json_bench(name, extra, Path(tmp)))
+            combined.extend(run_json_bench(name, bench_arguments(name, args), Path(tmp)))
 
     print(f"\n=== all benchmarks ({time.monotonic() - started:.0f} s) ===")
     print(f"machine: {describe_machine()}\n")

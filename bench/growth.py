@@ -1,0 +1,642 @@
+"""How `certok serve` behaves as its database grows: memory, DNS rate and API latency per size.
+
+    python bench/growth.py [--orders 1000,10000,100000] [--delegations 1000,10000,10000]
+                           [--duration 8] [--connections 16] [--json FILE]
+
+Needs `dnsperf` and `wrk` (`apt-get install dnsperf wrk`). One SQLite database grows stage by
+stage (`--orders` and `--delegations` give the totals per stage, same length): before each
+stage the missing rows are written straight into the database with certok's own models and
+keys: delegations `d<i>.growth.test` (labels as certok derives them), issued orders (small
+self-signed ECC certificates, keys encrypted with the data dir's secret.key) each behind a
+verification code, as `/v1/cert/apply` would have left them. Then, per stage, the real
+`certok serve` (pinned to one core, SQLite in a temp dir, issuers pointed at a closed port,
+per-tenant rate limits off) is started and measured, with the load generators on the other
+core:
+- start-up time (process start to `GET /healthz` = 200), RSS after start and idle CPU;
+- DNS: dnsperf at max rate over TXT at every delegated label in random case plus 10%
+  NXDOMAIN names (bench/dns_qps.py's query file and dnsperf runner), after two warm-up passes;
+- apply's database path (what `/v1/cert/apply` does when its cache of issued answers misses:
+  `redeem_code` + `view_order`), timed in this process for random stored codes before certok
+  starts: how the queries alone scale with the table sizes;
+- `GET /v1/cert/apply?code=<one code>`, polled over and over (the answer cached after the
+  first poll): what does not depend on the size, so it shows how much of a change between
+  stages is this shared machine's noise;
+- `GET /v1/cert/apply?code=<random stored code>`: wrk `--latency` with a Lua script picking a
+  code uniformly from all stored orders (p50, p99, req/s), after a warm-up run: once there
+  are more codes than certok's cache of issued answers holds, most polls take the database
+  path;
+- `GET /v1/cert/dv?domains=<random delegated name>`: the same with names; a stand-in resolver
+  (dnspython, on the load core) answers each `_acme-challenge` CNAME with the name's label, so
+  every dv runs its whole path and stores a new verification code, as in production;
+- RSS (and peak RSS) after the load, the database file's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import json
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    LOOPBACK,
+    Cores,
+    CpuMeter,
+    Measurement,
+    Report,
+    clean_environment,
+    describe_machine,
+    free_port,
+    percentile,
+    pinned,
+    print_report,
+    require_tools,
+    tool_path,
+)
+from api_rps import certok_env, self_signed
+from dns_qps import Load, ZoneData, run_dnsperf, warm_up, write_query_file
+
+from tests.rig.certok_server import CertokServer
+from tests.rig.process import ManagedProcess
+
+BENCH = "growth"
+ZONE = "acme.bench.test"  # api_rps.certok_env's zone
+NAME_SUFFIX = "growth.test"
+TOKEN_HEADER = "httpsok-token"
+TENANT = "growth"
+CERTIFICATE_POOL = 16  # distinct certificates and keys shared round-robin by the orders
+INSERT_CHUNK = 5_000
+STARTUP_TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
+WARMUP_SECONDS = 2.0
+DNSPERF_OUTSTANDING = 300
+
+
+# --- filling the database ---------------------------------------------------------------------
+
+
+def delegated_name(index: int) -> str:
+    return f"d{index}.{NAME_SUFFIX}"
+
+
+def stored_code(order_id: int) -> str:
+    """The verification code of the stored order `order_id`: 16 hex digits, like certok's."""
+    return f"{0xC0DE000000000000 + order_id:016x}"
+
+
+@dataclass
+class Filler:
+    """Adds delegations and issued orders to certok's database with certok's own modules."""
+
+    data_dir: Path
+    delegations: int = 0
+    orders: int = 0
+    labels: dict[str, str] = field(default_factory=dict)  # name → label
+    first_order_id: int | None = None
+
+    def grow(self, delegations: int, orders: int) -> float:
+        """Bring the database up to these totals; seconds taken."""
+        from sqlalchemy import func, insert, select
+
+        from certok.db.engine import transaction
+        from certok.db.models import Delegation, Order, VerificationCode
+        from certok.domains.delegations import compute_label
+        from certok.orders.service import ISSUED, order_key_owner
+        from certok.runtime import LABEL_KEY_PURPOSE
+        from certok.settings import Settings
+        from certok.store import open_store
+        from certok.tenants.service import find_tenant
+
+        started = time.monotonic()
+        store = open_store(Settings(data_dir=self.data_dir))
+        try:
+            label_key = store.box.derive(LABEL_KEY_PURPOSE)
+            now = dt.datetime.now(dt.UTC)
+            with transaction(store.sessions) as session:
+                tenant_id = find_tenant(session, TENANT).id
+                rows = []
+                for index in range(self.delegations, delegations):
+                    name = delegated_name(index)
+                    label = compute_label(label_key, tenant_id, name)
+                    self.labels[name] = label
+                    rows.append(
+                        {"tenant_id": tenant_id, "base_name": name, "label": label,
+                         "created_at": now}
+                    )  # fmt: skip
+                for chunk in _chunks(rows):
+                    session.execute(insert(Delegation), chunk)
+            self.delegations = max(self.delegations, delegations)
+
+            pool = [self_signed(f"pool{i}.{NAME_SUFFIX}") for i in range(CERTIFICATE_POOL)]
+            with transaction(store.sessions) as session:
+                next_id = (session.scalar(select(func.max(Order.id))) or 0) + 1
+            for first in range(self.orders, orders, INSERT_CHUNK):
+                count = min(INSERT_CHUNK, orders - first)
+                order_rows, code_rows = [], []
+                for offset in range(count):
+                    order_id = next_id + first - self.orders + offset
+                    certificate, key_pem, not_before, not_after = pool[order_id % CERTIFICATE_POOL]
+                    name = delegated_name(order_id % max(1, self.delegations))
+                    order_rows.append(
+                        {
+                            "id": order_id,
+                            "tenant_id": tenant_id,
+                            "issuer": "letsencrypt",
+                            "algorithm": "ECC",
+                            "challenge_type": "dns",
+                            "domains": name,
+                            "state": ISSUED,
+                            "attempts": 1,
+                            "acme_orders": 1,
+                            "certificate_pem": certificate,
+                            "key_encrypted": store.box.encrypt(
+                                key_pem.encode(), order_key_owner(order_id)
+                            ),
+                            "not_before": not_before,
+                            "not_after": not_after,
+                            "next_attempt_at": now,
+                            "deadline_at": now + dt.timedelta(days=1),
+                            "created_at": now,
+                            "finished_at": now,
+                        }
+                    )
+                    code_rows.append(
+                        {
+                            "code": stored_code(order_id),
+                            "tenant_id": tenant_id,
+                            "challenge_type": "dns",
+                            "domains": name,
+                            "created_at": now,
+                            "expires_at": now + dt.timedelta(minutes=1),
+                            "order_id": order_id,
+                        }
+                    )
+                with transaction(store.sessions) as session:
+                    session.execute(insert(Order), order_rows)
+                    session.execute(insert(VerificationCode), code_rows)
+            if self.first_order_id is None:
+                self.first_order_id = next_id
+            self.orders = max(self.orders, orders)
+        finally:
+            store.engine.dispose()
+        return time.monotonic() - started
+
+    def codes(self) -> list[str]:
+        first = self.first_order_id or 1
+        return [stored_code(first + i) for i in range(self.orders)]
+
+
+def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]:
+    """Seconds per lookup of what `/v1/cert/apply` does on a cache miss, in this process, for
+    random stored codes: `redeem_code` (the code's row) then `view_order` (the order, its key
+    decrypted). No HTTP, no thread hops: how the database path alone scales with its size."""
+    import random
+
+    from certok.db.engine import transaction
+    from certok.orders.service import redeem_code, view_order
+    from certok.settings import Settings
+    from certok.store import open_store
+    from certok.tenants.service import find_tenant
+
+    store = open_store(Settings(data_dir=data_dir), upgrade=False)
+    rng = random.Random(7)
+    times = []
+    try:
+        with store.sessions() as session:
+            tenant_id = find_tenant(session, TENANT).id
+        for code in (rng.choice(codes) for _ in range(samples)):
+            started = time.perf_counter()
+            with transaction(store.sessions) as session:
+                order_id, _ = redeem_code(
+                    session, tenant_id, code, algorithm="ECC", issuer="letsencrypt",
+                    deadline_seconds=86400,
+                )  # fmt: skip
+            with store.sessions() as session:
+                view_order(session, order_id, store.box)
+            times.append(time.perf_counter() - started)
+    finally:
+        store.engine.dispose()
+    return times
+
+
+def _chunks(rows: list[dict[str, object]]) -> list[list[dict[str, object]]]:
+    return [rows[i : i + INSERT_CHUNK] for i in range(0, len(rows), INSERT_CHUNK)]
+
+
+# --- a resolver that knows the delegations ------------------------------------------------------
+
+
+class _DelegationResolver(asyncio.DatagramProtocol):
+    """`_acme-challenge.<name>` CNAME `<label>.<zone>` for every delegated name; NXDOMAIN else."""
+
+    def __init__(self, targets: dict[str, str]) -> None:
+        self._targets = targets
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:
+            return  # not a DNS query: a real resolver would drop it too
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.RA
+        question = query.question[0]
+        target = self._targets.get(question.name.to_text().lower())
+        if target is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif question.rdtype == dns.rdatatype.CNAME:
+            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "CNAME", target))
+        self.transport.sendto(reply.to_wire(), addr)  # type: ignore[attr-defined]
+
+
+def serve_resolver(argv: list[str]) -> None:
+    """`growth.py serve-resolver --port P --map FILE` (run by the benchmark)."""
+    parser = argparse.ArgumentParser(prog="growth.py serve-resolver")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--map", type=Path, required=True)
+    args = parser.parse_args(argv)
+    labels: dict[str, str] = json.loads(args.map.read_text())
+    targets = {f"_acme-challenge.{name}.": f"{label}.{ZONE}." for name, label in labels.items()}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DelegationResolver(targets), local_addr=(LOOPBACK, args.port)
+        )
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"{len(targets)} delegations on {LOOPBACK}:{args.port}", flush=True)
+        await stop.wait()
+        transport.close()
+
+    asyncio.run(main())
+
+
+def resolver_answers(port: int, name: str) -> bool:
+    query = dns.message.make_query(f"_acme-challenge.{name}.", "CNAME")
+    try:
+        reply = dns.query.udp(query, LOOPBACK, port=port, timeout=0.3)
+    except Exception:
+        return False
+    return bool(reply.answer)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+_PERCENTILE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    non_2xx: int
+    cpu_percent: float | None
+    command: str
+
+
+def run_wrk(
+    url: str, token: str, script: Path | None, seconds: float, connections: int, core: int | None,
+    server_pid: int | None,
+) -> WrkResult:  # fmt: skip
+    argv = [tool_path("wrk"), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    argv += ["-H", f"{TOKEN_HEADER}: {token}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(url)
+    argv = pinned(argv, core)
+    with CpuMeter(server_pid) as cpu:
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    output = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    percentiles = {m[0]: float(m[1]) * _UNITS[m[2]] for m in _PERCENTILE.findall(output)}
+    if not (rps and total and "50" in percentiles and "99" in percentiles):
+        raise SystemExit(f"could not read wrk's output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50=percentiles["50"],
+        p99=percentiles["99"],
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        cpu_percent=cpu.percent,
+        command=shlex.join(argv).replace(token, "<token>"),
+    )
+
+
+def random_path_script(path: Path, values_file: Path, prefix: str) -> Path:
+    """A wrk script asking `prefix<value>` with a value drawn uniformly from `values_file`."""
+    path.write_text(
+        f"""\
+local values = {{}}
+for line in io.lines("{values_file}") do values[#values + 1] = line end
+math.randomseed(20261128)
+request = function()
+  return wrk.format("GET", "{prefix}" .. values[math.random(#values)])
+end
+"""
+    )
+    return path
+
+
+@dataclass
+class Stage:
+    orders: int
+    delegations: int
+    fill_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    rss_started_kib: int = 0
+    rss_after_kib: int = 0
+    peak_kib: int = 0
+    idle_cpu: float | None = None
+    database_mib: float = 0.0
+    dns_qps: float = 0.0
+    dns_p99: float = 0.0
+    dns_cpu: float | None = None
+    dns_lost: int = 0
+    db_path: list[float] = field(default_factory=list)  # apply_db_path's seconds per lookup
+    apply_one: WrkResult | None = None  # one code, polled over and over: the cached answer
+    apply: WrkResult | None = None
+    dv: WrkResult | None = None
+    commands: list[str] = field(default_factory=list)
+
+
+def check_answers(base_url: str, token: str, code: str, name: str) -> None:
+    """Fail before measuring if apply or dv do not answer what the load assumes."""
+    with httpx.Client(
+        base_url=base_url, headers={TOKEN_HEADER: token}, timeout=30, trust_env=False
+    ) as http:
+        applied = http.get("/v1/cert/apply", params={"code": code}).json()
+        if (applied.get("data") or {}).get("status") != "issued":
+            raise SystemExit(f"apply for a stored code did not answer issued: {applied}")
+        verified = http.get("/v1/cert/dv", params={"domains": name}).json()
+        if not (verified.get("data") or {}).get("valid"):
+            raise SystemExit(f"dv for a delegated name was not valid: {verified}")
+
+
+def measure_stage(
+    stage: Stage, filler: Filler, workdir: Path, token: str, args: argparse.Namespace,
+    cores: Cores,
+) -> None:  # fmt: skip
+    script = str(Path(__file__).resolve())
+    label_map = workdir / "labels.json"
+    label_map.write_text(json.dumps(filler.labels))
+    resolver_port = free_port("delegation resolver")
+    resolver = ManagedProcess(
+        "delegation-resolver",
+        pinned([sys.executable, script, "serve-resolver", "--port", str(resolver_port),
+                "--map", str(label_map)], cores.load),
+        log_path=workdir / "resolver.log",
+        cwd=workdir,
+    )  # fmt: skip
+    resolver.start()
+    certok: CertokServer | None = None
+    try:
+        first_name = delegated_name(0)
+        resolver.wait_until(lambda: resolver_answers(resolver_port, first_name), "answering", 30)
+        api_port, dns_port = free_port("certok api"), free_port("certok dns")
+        env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
+        certok = CertokServer(
+            env,
+            workdir=workdir / "certok",
+            command=pinned([sys.executable, "-m", "certok", "serve"], cores.server),
+            startup_timeout=STARTUP_TIMEOUT,
+        )
+        started = time.monotonic()
+        certok.start()
+        stage.startup_seconds = time.monotonic() - started
+        assert certok.pid is not None
+        codes = filler.codes()
+        check_answers(certok.base_url, token, codes[-1], first_name)
+        with CpuMeter(certok.pid) as idle:
+            time.sleep(IDLE_SECONDS)
+        stage.idle_cpu = idle.percent
+        stage.rss_started_kib = memory_kib(certok.pid)["VmRSS"]
+
+        # DNS
+        data = ZoneData(zone=ZONE, labels=list(filler.labels.values()), txt=[])
+        query_file = workdir / "queries.txt"
+        write_query_file(query_file, data)
+        warm_up(dns_port, query_file, cores.load)
+        load = Load(args.duration, None, DNSPERF_OUTSTANDING, cores.load)
+        perf, command = run_dnsperf(
+            dns_port, query_file, load, server_pgid=certok.pid, workdir=workdir
+        )
+        stage.commands.append(command)
+        stage.dns_qps, stage.dns_p99, stage.dns_cpu = perf.qps, perf.p99, perf.cpu_percent
+        stage.dns_lost = perf.lost
+
+        # API: apply on random stored codes, dv on random delegated names
+        codes_file = workdir / "codes.txt"
+        codes_file.write_text("\n".join(codes) + "\n")
+        names_file = workdir / "names.txt"
+        names_file.write_text("\n".join(filler.labels) + "\n")
+        apply_script = random_path_script(workdir / "apply.lua", codes_file, "/v1/cert/apply?code=")
+        dv_script = random_path_script(workdir / "dv.lua", names_file, "/v1/cert/dv?domains=")
+        one_code = f"{certok.base_url}/v1/cert/apply?code={codes[-1]}"
+        for attribute, url, lua in (
+            ("apply_one", one_code, None),
+            ("apply", certok.base_url + "/", apply_script),
+            ("dv", certok.base_url + "/", dv_script),
+        ):
+            run_wrk(url, token, lua, WARMUP_SECONDS, args.connections, cores.load, None)
+            result = run_wrk(url, token, lua, args.duration, args.connections, cores.load,
+                             certok.pid)  # fmt: skip
+            setattr(stage, attribute, result)
+            stage.commands.append(result.command)
+        memory = memory_kib(certok.pid)
+        stage.rss_after_kib, stage.peak_kib = memory["VmRSS"], memory["VmHWM"]
+    finally:
+        if certok is not None:
+            certok.stop()
+        resolver.stop()
+    database = workdir / "data" / "certok.db"
+    stage.database_mib = sum(
+        p.stat().st_size for p in database.parent.glob("certok.db*") if p.is_file()
+    ) / (1024 * 1024)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def build_report(stages: list[Stage]) -> Report:
+    report = Report()
+    base = stages[0]
+
+    def relative(value: float, reference: float) -> float | None:
+        return value / reference if reference else None
+
+    for stage in stages:
+        size = f"{stage.orders:,} orders, {stage.delegations:,} delegations"
+        report.measurements.append(
+            Measurement(
+                BENCH,
+                f"{size}: memory",
+                ratio=relative(stage.rss_after_kib, base.rss_after_kib),
+                ratio_of="first stage's RSS",
+                cpu_percent=stage.idle_cpu,
+                note=(
+                    f"RSS {stage.rss_started_kib / 1024:.0f} MiB after start, "
+                    f"{stage.rss_after_kib / 1024:.0f} MiB after the load "
+                    f"(peak {stage.peak_kib / 1024:.0f} MiB); CPU column: idle; start-up "
+                    f"{stage.startup_seconds:.1f} s; database {stage.database_mib:.0f} MiB "
+                    f"(filled in {stage.fill_seconds:.0f} s)"
+                ),
+            )
+        )
+        report.measurements.append(
+            Measurement(
+                BENCH,
+                f"{size}: DNS, max rate",
+                rate=stage.dns_qps,
+                rate_unit="qps",
+                ratio=relative(stage.dns_qps, base.dns_qps),
+                ratio_of="first stage's qps",
+                latency={"p99": stage.dns_p99},
+                cpu_percent=stage.dns_cpu,
+                note=f"TXT at {stage.delegations:,} labels + 10% NXDOMAIN; lost {stage.dns_lost}",
+            )
+        )
+        if stage.db_path and base.db_path:
+            ordered = sorted(stage.db_path)
+            p50 = statistics.median(ordered)
+            report.measurements.append(
+                Measurement(
+                    BENCH,
+                    f"{size}: apply's database path, in-process, random stored code",
+                    rate=len(ordered) / sum(ordered),
+                    rate_unit="lookups/s",
+                    ratio=p50 / statistics.median(base.db_path),
+                    ratio_of="first stage's p50",
+                    latency={"p50": p50, "p99": percentile(ordered, 0.99)},
+                    note="redeem_code + view_order, one thread, no HTTP (the cache-miss path)",
+                )
+            )
+        for what, result, reference in (
+            ("GET /v1/cert/apply, one code (cached answer)", stage.apply_one, base.apply_one),
+            ("GET /v1/cert/apply, random stored code", stage.apply, base.apply),
+            ("GET /v1/cert/dv, random delegated name", stage.dv, base.dv),
+        ):
+            if result is None or reference is None:
+                continue
+            invalid = f"INVALID: {result.non_2xx} non-2xx; " if result.non_2xx else ""
+            report.measurements.append(
+                Measurement(
+                    BENCH,
+                    f"{size}: {what}",
+                    rate=result.rps,
+                    rate_unit="req/s",
+                    ratio=relative(result.p50, reference.p50),
+                    ratio_of="first stage's p50",
+                    latency={"p50": result.p50, "p99": result.p99},
+                    cpu_percent=result.cpu_percent,
+                    note=f"{invalid}{result.requests:,} requests",
+                )
+            )
+        report.commands.extend(stage.commands)
+    return report
+
+
+def run(args: argparse.Namespace) -> Report:
+    require_tools("dnsperf", "wrk", "taskset")
+    clean_environment()
+    orders = [int(v) for v in args.orders.split(",")]
+    delegations = [int(v) for v in args.delegations.split(",")]
+    if len(orders) != len(delegations):
+        raise SystemExit("--orders and --delegations need the same number of stages")
+    if any(b < a for series in (orders, delegations) for a, b in itertools.pairwise(series)):
+        raise SystemExit("stages only grow: give --orders and --delegations in rising order")
+    cores = Cores.pick()
+    print(f"{BENCH}: {describe_machine()}", flush=True)
+    print(f"{BENCH}: {cores.describe()}", flush=True)
+    stages: list[Stage] = []
+    with tempfile.TemporaryDirectory(prefix="certok-bench-growth-") as tmp:
+        workdir = Path(tmp)
+        # The tenant comes from certok's own CLI, as an operator would make it.
+        setup = CertokServer(
+            certok_env(workdir / "data", 1, 1, 1), workdir=workdir / "certok"
+        )  # a handle for `certok tenant create` only: never started
+        setup.workdir.mkdir(parents=True)
+        token = setup.create_tenant(TENANT)
+        filler = Filler(workdir / "data")
+        for order_count, delegation_count in zip(orders, delegations, strict=True):
+            stage = Stage(order_count, delegation_count)
+            print(f"{BENCH}: filling to {order_count:,} orders, {delegation_count:,} delegations",
+                  flush=True)  # fmt: skip
+            stage.fill_seconds = filler.grow(delegation_count, order_count)
+            stage.db_path = apply_db_path(filler.data_dir, filler.codes(), args.db_samples)
+            print(f"{BENCH}: measuring ({stage.fill_seconds:.0f} s to fill)", flush=True)
+            measure_stage(stage, filler, workdir, token, args, cores)
+            stages.append(stage)
+    report = build_report(stages)
+    report.commands.insert(
+        0, shlex.join([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])
+    )
+    return report
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-resolver":
+        serve_resolver(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", default="1000,10000,100000", help="orders per stage")
+    parser.add_argument("--delegations", default="1000,10000,10000", help="delegations per stage")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run (8)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk -c (16)")
+    parser.add_argument(
+        "--db-samples", type=int, default=2000, help="in-process database lookups per stage (2000)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
+    args = parser.parse_args()
+    report = run(args)
+    print()
+    print_report(report)
+    if report.commands:
+        print("\ncommands measured:")
+        for command in dict.fromkeys(report.commands):
+            print(f"  {command}")
+    report.write(args.json)
+
+
+if __name__ == "__main__":
+    main()
