@@ -40,8 +40,9 @@ from certok.tenants.service import TenantRef, authenticate
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 CHALLENGE_TYPES = ("dns", "http")
-# While a fresh order is pending, re-read its state this often (other nodes may drive it).
-WAIT_POLL_SECONDS = 0.25
+# While an order is pending, re-read its state this often: this process's worker wakes the
+# request at once when it finishes the order; the re-read is for orders other nodes drive.
+WAIT_POLL_SECONDS = 1.0
 
 
 @dataclass

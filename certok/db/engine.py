@@ -18,8 +18,11 @@ def make_engine(url: str) -> Engine:
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # API threads, the worker pool and the DNS refresher share the file.
+        # API threads, the worker pool and the DNS refresher share the file; keep enough
+        # connections open that threads do not queue for one or reopen it (four PRAGMAs).
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["pool_size"] = 32
+        kwargs["max_overflow"] = 32
     else:
         kwargs["pool_pre_ping"] = True
         kwargs["pool_size"] = 10

@@ -492,6 +492,9 @@ class AcmeSession:
                 user_agent=self._user_agent,
                 timeout=self._timeout,
             )
+            # CA traffic follows certok's settings only: no proxy or .netrc from the
+            # environment (requests would also rescan the environment on every request).
+            network.session.trust_env = False
             if self._resolve is not None:
                 mount_resolver(network.session, self._resolve)
             self._local.network = network
