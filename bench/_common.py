@@ -1,4 +1,5 @@
-"""Helpers the benchmarks share: ports, core pinning, process CPU, results and their tables.
+"""Helpers the benchmarks share: ports, core pinning, helper processes, CPU meters, the event
+loop, results and their tables, and the command line every script has (`--json`, subcommands).
 
 The machine is small (2 cores) and shared, so every benchmark runs its reference in the same
 script, on the same core, with the load generator pinned to the other core, and reports ratios
@@ -8,24 +9,32 @@ not raised.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.rig.ports import PortAllocator  # noqa: E402 - needs the repo root on sys.path
+from tests.rig.certok_server import CertokServer  # noqa: E402 - needs the repo root on sys.path
+from tests.rig.ports import PortAllocator  # noqa: E402
+from tests.rig.process import ManagedProcess  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT = 30.0
+_T = TypeVar("_T")
 _ports = PortAllocator()
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -116,19 +125,33 @@ class CpuMeter:
         self._pgid = pgid
         self._cpu = 0.0
         self._wall = 0.0
+        self.percent: float | None = None
 
-    def __enter__(self) -> CpuMeter:
-        if self._pgid is not None:
-            self._cpu = group_cpu_seconds(self._pgid)
+    def _cpu_seconds(self) -> float | None:
+        return None if self._pgid is None else group_cpu_seconds(self._pgid)
+
+    def __enter__(self) -> Self:
+        self._cpu = self._cpu_seconds() or 0.0
         self._wall = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self._wall
-        if self._pgid is None or wall <= 0:
-            self.percent: float | None = None
+        now = self._cpu_seconds()
+        if now is None or wall <= 0:
             return
-        self.percent = 100.0 * (group_cpu_seconds(self._pgid) - self._cpu) / wall
+        self.percent = 100.0 * (now - self._cpu) / wall
+
+
+class SelfCpuMeter(CpuMeter):
+    """CPU use of this process (a load generator in the script itself), all its threads."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def _cpu_seconds(self) -> float | None:
+        times = os.times()
+        return times.user + times.system
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -137,6 +160,92 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
         return float("nan")
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+# --- helper processes and event loops -----------------------------------------------------------
+
+
+def script_command(script: str, subcommand: str, *args: str) -> list[str]:
+    """`python <script> <subcommand> <args>`: a benchmark running a helper of its own."""
+    return [sys.executable, str(Path(script).resolve()), subcommand, *args]
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    workdir: Path,
+    ready: Callable[[], bool],
+    what: str,
+    core: int | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+    cwd: Path | None = None,
+    extra_logs: Sequence[Path] = (),
+) -> ManagedProcess:
+    """Start `argv` (pinned to `core`) with its output in `workdir/<name>.log`, and return once
+    `ready()` holds. A process that never gets ready is stopped before the error is raised, so
+    nothing outlives a failed benchmark."""
+    process = ManagedProcess(
+        name,
+        pinned(argv, core),
+        log_path=workdir / f"{name}.log",
+        cwd=cwd or workdir,
+        extra_logs=extra_logs,
+    )
+    process.start()
+    try:
+        process.wait_until(ready, what, timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_Process = TypeVar("_Process", bound=Stoppable)
+
+
+class Processes:
+    """The servers a benchmark started, stopped newest first (a server may need an older one, as
+    certok needs its resolver, until it has stopped)."""
+
+    def __init__(self) -> None:
+        self._started: list[Stoppable] = []
+
+    def add(self, process: _Process) -> _Process:
+        self._started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        while self._started:
+            self._started.pop().stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def certok_serve(
+    env: Mapping[str, str], *, workdir: Path, core: int | None, timeout: float = STARTUP_TIMEOUT
+) -> CertokServer:
+    """A `certok serve` outside the rig (settings in `env`) pinned to `core`; not started yet."""
+    command = pinned([sys.executable, "-m", "certok", "serve"], core)
+    return CertokServer(env, workdir=workdir, command=command, startup_timeout=timeout)
+
+
+def run_on_uvloop(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run `coroutine` on uvloop when it is installed (certok's `fast` extra; the loop
+    `certok serve` runs on, certok.cli.main), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 # --- machine -----------------------------------------------------------------------------------
@@ -286,3 +395,44 @@ def clean_environment() -> None:
     """Drop inherited CERTOK_* variables: settings reach children only as the bench sets them."""
     for key in [k for k in os.environ if k.startswith("CERTOK_")]:
         del os.environ[key]
+
+
+# --- the command line every benchmark script has -----------------------------------------------
+
+
+def run_subcommand(subcommands: Mapping[str, Callable[[list[str]], None]]) -> bool:
+    """`script.py <subcommand> ...` runs a helper the benchmark starts as a process of its own
+    (a server, a resolver): True when one was asked for and has run."""
+    if len(sys.argv) > 1 and sys.argv[1] in subcommands:
+        subcommands[sys.argv[1]](sys.argv[2:])
+        return True
+    return False
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a benchmark script: its docstring's first paragraph, and `--json`."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
+    return parser
+
+
+def invocation(script: str) -> str:
+    """The command line this benchmark was started with, for the report."""
+    return shlex.join([sys.executable, str(Path(script).resolve()), *sys.argv[1:]])
+
+
+def print_commands(commands: Iterable[str]) -> None:
+    unique = list(dict.fromkeys(commands))
+    if unique:
+        print("\ncommands measured:")
+        for command in unique:
+            print(f"  {command}")
+
+
+def finish(report: Report, json_path: Path | None, *, show_commands: bool = False) -> None:
+    """Print the report's tables (and the commands it measured), and write its JSON."""
+    print()
+    print_report(report)
+    if show_commands:
+        print_commands(report.commands)
+    report.write(json_path)

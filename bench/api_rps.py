@@ -10,9 +10,10 @@ Needs `wrk` (`apt-get install wrk`). What it does:
   `GET /v1/cert/apply?code=<code>` answers `issued` straight away;
 - starts a hello-world Starlette app that answers a small JSON body, under the same uvicorn
   settings and event loop as `certok serve`, on the same core;
-- starts a stand-in resolver (dnspython over UDP) that answers NXDOMAIN to everything, on the
-  load generator's core, and points `CERTOK_RESOLVERS` at it, so `GET /v1/cert/dv` for a name
-  without a delegation runs its full path (database, CNAME lookup, answer);
+- starts a stand-in resolver (bench/_stub_resolver.py, dnspython over UDP) that answers
+  NXDOMAIN to everything, on the load generator's core, and points `CERTOK_RESOLVERS` at it,
+  so `GET /v1/cert/dv` for a name without a delegation runs its full path (database, CNAME
+  lookup, answer);
 - runs `wrk --latency` on the other core against the hello world, apply polling and dv,
   `--repeat` rounds taking turns, and reports each one's best round: requests/s, average and
   p99 latency, server CPU, and the ratio to the hello world.
@@ -21,65 +22,52 @@ Needs `wrk` (`apt-get install wrk`). What it does:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import importlib.util
 import json
-import re
-import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rcode
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _stub_resolver
 from _common import (
     LOOPBACK,
     Cores,
     CpuMeter,
     Measurement,
+    Processes,
     Report,
     Target,
+    bench_parser,
+    certok_serve,
     clean_environment,
     describe_machine,
+    finish,
     free_port,
-    pinned,
-    print_report,
     require_tools,
-    tool_path,
+    run_on_uvloop,
+    run_subcommand,
+    script_command,
+    start_process,
 )
+from _wrk import WrkResult, run_wrk
 
-from tests.rig.certok_server import CertokServer
-from tests.rig.process import ManagedProcess, tcp_is_listening
+from tests.rig.process import tcp_is_listening
 
 BENCH = "api_rps"
 ZONE = "acme.bench.test"
 ISSUED_NAME = "www.bench.test"
 UNDELEGATED_NAME = "nodeleg.bench.test"
 TOKEN_HEADER = "httpsok-token"
-STARTUP_TIMEOUT = 30.0
 IDLE_SECONDS = 3.0
 TARGET_RPS = 5_000
 TARGET_RATIO = 0.5
-
-
-def _run_on_uvloop(coroutine: object) -> None:
-    """The event loop `certok serve` runs on (certok.cli.main._run)."""
-    try:
-        import uvloop
-
-        uvloop.run(coroutine)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coroutine)  # type: ignore[arg-type]
 
 
 # --- the reference: hello world on the same stack -------------------------------------------------
@@ -104,53 +92,7 @@ def serve_hello(argv: list[str]) -> None:
     config = uvicorn.Config(
         app, host=LOOPBACK, port=port, log_level="info", access_log=False, lifespan="off"
     )
-    _run_on_uvloop(uvicorn.Server(config).serve())
-
-
-# --- a resolver that knows nothing ----------------------------------------------------------------
-
-
-class _NxdomainProtocol(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            query = dns.message.from_wire(data)
-        except Exception:
-            return  # not a DNS query: a real resolver would drop it too
-        reply = dns.message.make_response(query)
-        reply.set_rcode(dns.rcode.NXDOMAIN)
-        self.transport.sendto(reply.to_wire(), addr)  # type: ignore[attr-defined]
-
-
-def serve_nxdomain(argv: list[str]) -> None:
-    """`api_rps.py serve-nxdomain --port P`: NXDOMAIN for every UDP query (run by the bench)."""
-    parser = argparse.ArgumentParser(prog="api_rps.py serve-nxdomain")
-    parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args(argv).port
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            _NxdomainProtocol, local_addr=(LOOPBACK, port)
-        )
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        print(f"NXDOMAIN for everything on {LOOPBACK}:{port}", flush=True)
-        await stop.wait()
-        transport.close()
-
-    _run_on_uvloop(main())
-
-
-def resolver_answers(port: int) -> bool:
-    query = dns.message.make_query("probe.bench.test.", "CNAME")
-    try:
-        reply = dns.query.udp(query, LOOPBACK, port=port, timeout=0.3)
-    except Exception:
-        return False
-    return reply.rcode() == dns.rcode.NXDOMAIN
+    run_on_uvloop(uvicorn.Server(config).serve())
 
 
 # --- certok, with a tenant and an issued order ----------------------------------------------
@@ -259,55 +201,6 @@ def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
 # --- wrk ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WrkRun:
-    rps: float
-    avg: float
-    p99: float
-    requests: int
-    non_2xx: int
-    socket_errors: int
-    cpu_percent: float | None
-
-    @property
-    def per_cpu_second(self) -> float | None:
-        """Requests per CPU-second of the server: what one core does when other work on the
-        shared machine takes some of the server's core."""
-        if not self.cpu_percent:
-            return None
-        return self.rps / (self.cpu_percent / 100.0)
-
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-_DURATION = r"([\d.]+)(us|ms|s|m)"
-
-
-def _seconds(value: str, unit: str) -> float:
-    return float(value) * _UNITS[unit]
-
-
-def parse_wrk(output: str) -> tuple[float, float, float, int, int, int]:
-    """(requests/s, avg latency, p99 latency, requests, non-2xx/3xx, socket errors)."""
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    avg = re.search(r"^\s+Latency\s+" + _DURATION, output, re.MULTILINE)
-    p99 = re.search(r"^\s+99%\s+" + _DURATION, output, re.MULTILINE)
-    total = re.search(r"(\d+) requests in", output)
-    if not (rps and avg and p99 and total):
-        raise SystemExit(f"could not read wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    return (
-        float(rps.group(1)),
-        _seconds(*avg.groups()),
-        _seconds(*p99.groups()),
-        int(total.group(1)),
-        int(non_2xx.group(1)) if non_2xx else 0,
-        sum(int(n) for n in errors.groups()) if errors else 0,
-    )
-
-
 @dataclass(frozen=True)
 class Endpoint:
     name: str
@@ -316,16 +209,15 @@ class Endpoint:
     server_pid: int | None
 
 
-def run_wrk(endpoint: Endpoint, args: argparse.Namespace, core: int | None) -> tuple[WrkRun, str]:
-    argv = [tool_path("wrk"), "-t1", f"-c{args.connections}", f"-d{args.duration:g}s", "--latency"]
-    for header in endpoint.headers:
-        argv += ["-H", header]
-    argv = pinned([*argv, endpoint.url], core)
-    with CpuMeter(endpoint.server_pid) as cpu:
-        finished = subprocess.run(argv, capture_output=True, text=True, check=True)
-    rps, avg, p99, requests, non_2xx, errors = parse_wrk(finished.stdout)
-    run = WrkRun(rps, avg, p99, requests, non_2xx, errors, cpu.percent)
-    return run, shlex.join(argv)
+def measure(endpoint: Endpoint, seconds: float, connections: int, core: int | None) -> WrkResult:
+    return run_wrk(
+        endpoint.url,
+        seconds=seconds,
+        connections=connections,
+        core=core,
+        headers=endpoint.headers,
+        server_pgid=endpoint.server_pid,
+    )
 
 
 def http_implementation() -> str:
@@ -357,88 +249,73 @@ def run(args: argparse.Namespace) -> Report:
     cores = Cores.pick()
     print(f"api_rps: {describe_machine()}", flush=True)
     print(f"api_rps: {cores.describe()}", flush=True)
-    script = str(Path(__file__).resolve())
-    with tempfile.TemporaryDirectory(prefix="certok-bench-api-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="certok-bench-api-") as tmp,
+        Processes() as processes,
+    ):
         workdir = Path(tmp)
-        processes: list[ManagedProcess] = []
-        certok: CertokServer | None = None
-        try:
-            resolver_port = free_port("NXDOMAIN resolver")
-            resolver = ManagedProcess(
+        resolver_port = free_port("NXDOMAIN resolver")
+        processes.add(
+            start_process(
                 "nxdomain-resolver",
-                pinned([sys.executable, script, "serve-nxdomain", "--port", str(resolver_port)],
-                       cores.load),
-                log_path=workdir / "resolver.log",
-                cwd=workdir,
-            )  # fmt: skip
-            resolver.start()
-            processes.append(resolver)
-            resolver.wait_until(lambda: resolver_answers(resolver_port), "answering", 20)
-
-            api_port, dns_port = free_port("certok api"), free_port("certok dns")
-            env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
-            certok = CertokServer(
-                env,
-                workdir=workdir / "certok",
-                command=pinned([sys.executable, "-m", "certok", "serve"], cores.server),
-                startup_timeout=STARTUP_TIMEOUT,
+                _stub_resolver.command(resolver_port),
+                workdir=workdir,
+                core=cores.load,
+                ready=lambda: _stub_resolver.answers(resolver_port),
+                what="answering",
             )
-            certok.workdir.mkdir(parents=True)
-            token = certok.create_tenant("bench")
-            code = insert_issued_order(workdir / "data", "bench")
-            certok.start()
-            check_answers(certok.base_url, token, code)
-            # What the worker and the zone refresher cost while no request comes in.
-            with CpuMeter(certok.pid) as idle:
-                time.sleep(IDLE_SECONDS)
+        )
 
-            hello_port = free_port("hello world")
-            hello = ManagedProcess(
+        api_port, dns_port = free_port("certok api"), free_port("certok dns")
+        env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
+        certok = certok_serve(env, workdir=workdir / "certok", core=cores.server)
+        certok.workdir.mkdir(parents=True)
+        token = certok.create_tenant("bench")
+        code = insert_issued_order(workdir / "data", "bench")
+        processes.add(certok).start()
+        check_answers(certok.base_url, token, code)
+        # What the worker and the zone refresher cost while no request comes in.
+        with CpuMeter(certok.pid) as idle:
+            time.sleep(IDLE_SECONDS)
+
+        hello_port = free_port("hello world")
+        hello = processes.add(
+            start_process(
                 "hello-world",
-                pinned([sys.executable, script, "serve-hello", "--port", str(hello_port)],
-                       cores.server),
-                log_path=workdir / "hello.log",
-                cwd=workdir,
-            )  # fmt: skip
-            hello.start()
-            processes.append(hello)
-            hello.wait_until(lambda: tcp_is_listening(hello_port), "listening", STARTUP_TIMEOUT)
+                script_command(__file__, "serve-hello", "--port", str(hello_port)),
+                workdir=workdir,
+                core=cores.server,
+                ready=lambda: tcp_is_listening(hello_port),
+                what="listening",
+            )
+        )
 
-            auth = (f"{TOKEN_HEADER}: {token}",)
-            endpoints = [
-                Endpoint("hello world (Starlette + uvicorn)", f"http://{LOOPBACK}:{hello_port}/",
-                         (), hello.pid),
-                Endpoint("certok GET /v1/cert/apply (issued)",
-                         f"{certok.base_url}/v1/cert/apply?code={code}", auth, certok.pid),
-                Endpoint("certok GET /v1/cert/dv (no delegation)",
-                         f"{certok.base_url}/v1/cert/dv?domains={UNDELEGATED_NAME}", auth,
-                         certok.pid),
-            ]  # fmt: skip
-            commands: list[str] = []
-            runs: dict[str, list[WrkRun]] = {e.name: [] for e in endpoints}
-            # A short unmeasured round first: imports, caches, SQLite's page cache.
+        auth = (f"{TOKEN_HEADER}: {token}",)
+        endpoints = [
+            Endpoint("hello world (Starlette + uvicorn)", f"http://{LOOPBACK}:{hello_port}/",
+                     (), hello.pid),
+            Endpoint("certok GET /v1/cert/apply (issued)",
+                     f"{certok.base_url}/v1/cert/apply?code={code}", auth, certok.pid),
+            Endpoint("certok GET /v1/cert/dv (no delegation)",
+                     f"{certok.base_url}/v1/cert/dv?domains={UNDELEGATED_NAME}", auth,
+                     certok.pid),
+        ]  # fmt: skip
+        commands: list[str] = []
+        runs: dict[str, list[WrkResult]] = {e.name: [] for e in endpoints}
+        # A short unmeasured round first: imports, caches, SQLite's page cache.
+        for endpoint in endpoints:
+            measure(endpoint, args.warmup, args.connections, cores.load)
+        for _ in range(args.repeat):
             for endpoint in endpoints:
-                warm = argparse.Namespace(connections=args.connections, duration=args.warmup)
-                run_wrk(endpoint, warm, cores.load)
-            for _ in range(args.repeat):
-                for endpoint in endpoints:
-                    print(f"api_rps: {endpoint.name}, {args.duration:g} s", flush=True)
-                    result, command = run_wrk(endpoint, args, cores.load)
-                    runs[endpoint.name].append(result)
-                    commands.append(command)
-        finally:
-            if certok is not None:
-                certok.stop()
-            for process in reversed(processes):
-                process.stop()
+                print(f"api_rps: {endpoint.name}, {args.duration:g} s", flush=True)
+                result = measure(endpoint, args.duration, args.connections, cores.load)
+                runs[endpoint.name].append(result)
+                commands.append(result.command.replace(token, "<token>"))
 
     # The least disturbed round of each: the shared machine only ever slows a round down.
-    best = {
-        name: max(results, key=lambda r: (r.non_2xx == 0 and r.socket_errors == 0, r.rps))
-        for name, results in runs.items()
-    }
+    best = {name: max(results, key=lambda r: (r.clean, r.rps)) for name, results in runs.items()}
     hello_best = best[endpoints[0].name]
-    report = Report(commands=[c.replace(token, "<token>") for c in commands])
+    report = Report(commands=commands)
     for endpoint in endpoints:
         result = best[endpoint.name]
         notes = [f"best of {len(runs[endpoint.name])}"]
@@ -449,8 +326,7 @@ def run(args: argparse.Namespace) -> Report:
             notes.append(f"{per_core:,.0f} req per server CPU-second{relative}")
         if endpoint is endpoints[0]:
             notes.append(f"uvicorn's HTTP parser here: {http_implementation()}")
-        if result.non_2xx or result.socket_errors:
-            # Error answers are cheap: a rate that includes them is not the endpoint's.
+        if not result.clean:
             notes.insert(
                 0,
                 f"INVALID: {result.non_2xx} non-2xx answers, {result.socket_errors} socket errors",
@@ -496,25 +372,17 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-hello":
-        serve_hello(sys.argv[2:])
+    if run_subcommand({"serve-hello": serve_hello}):
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-nxdomain":
-        serve_nxdomain(sys.argv[2:])
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up (2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
     parser.add_argument(
         "--repeat", type=int, default=2, help="rounds; each endpoint's best is reported (2)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
     args = parser.parse_args()
-    report = run(args)
-    print()
-    print_report(report)
-    report.write(args.json)
+    finish(run(args), args.json)
 
 
 if __name__ == "__main__":

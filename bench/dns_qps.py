@@ -55,16 +55,22 @@ from _common import (
     Cores,
     CpuMeter,
     Measurement,
+    Processes,
     Report,
     Target,
+    bench_parser,
     clean_environment,
     describe_machine,
+    finish,
     format_duration,
     free_port,
     percentile,
     pinned,
-    print_report,
     require_tools,
+    run_on_uvloop,
+    run_subcommand,
+    script_command,
+    start_process,
     tool_path,
 )
 
@@ -78,7 +84,6 @@ ZONE = "acme.bench.test"
 TXT_EVERY = 4  # one label in four has a pending dns-01 value
 TWO_VALUES_EVERY = 20  # one in twenty has two (an apex and its wildcard in one order)
 NXDOMAIN_FRACTION = 0.10
-STARTUP_TIMEOUT = 30.0
 DNSPERF_TIMEOUT_SECONDS = 2
 SERIAL = 2026010101
 WARMUP_PASSES = 2
@@ -223,13 +228,7 @@ def serve_certok(argv: list[str]) -> None:
     parser.add_argument("--churn-every", type=float, default=0.0)
     args = parser.parse_args(argv)
     clean_environment()
-    coroutine = _serve_certok(args.port, ZoneData.generate(args.labels), args.churn_every)
-    try:
-        import uvloop  # what `certok serve` runs on when installed (certok.cli.main._run)
-
-        uvloop.run(coroutine)
-    except ImportError:
-        asyncio.run(coroutine)
+    run_on_uvloop(_serve_certok(args.port, ZoneData.generate(args.labels), args.churn_every))
 
 
 async def _serve_certok(port: int, data: ZoneData, churn_every: float) -> None:
@@ -280,15 +279,15 @@ def dns_answers(port: int) -> bool:
 def start_certok(
     workdir: Path, port: int, labels: int, core: int | None, churn: float = 0.0
 ) -> ManagedProcess:
-    argv = [sys.executable, str(Path(__file__).resolve()), "serve-certok"]
-    argv += ["--port", str(port), "--labels", str(labels), "--churn-every", str(churn)]
-    name = "certok-dns" + ("-churn" if churn else "")
-    process = ManagedProcess(
-        name, pinned(argv, core), log_path=workdir / f"{name}.log", cwd=workdir
-    )
-    process.start()
-    process.wait_until(lambda: dns_answers(port), "answering DNS", STARTUP_TIMEOUT)
-    return process
+    return start_process(
+        "certok-dns" + ("-churn" if churn else ""),
+        script_command(__file__, "serve-certok", "--port", str(port), "--labels", str(labels),
+                       "--churn-every", str(churn)),
+        workdir=workdir,
+        core=core,
+        ready=lambda: dns_answers(port),
+        what="answering DNS",
+    )  # fmt: skip
 
 
 def start_nsd(workdir: Path, port: int, data: ZoneData, core: int | None) -> ManagedProcess:
@@ -302,16 +301,16 @@ def start_nsd(workdir: Path, port: int, data: ZoneData, core: int | None) -> Man
     )
     if checked.returncode != 0:
         raise SystemExit(f"nsd-checkconf rejected {conf}: {checked.stderr.strip()}")
-    process = ManagedProcess(
+    return start_process(
         "nsd",
-        pinned([tool_path("nsd"), "-d", "-c", str(conf)], core),
-        log_path=workdir / "nsd.out",
+        [tool_path("nsd"), "-d", "-c", str(conf)],
+        workdir=workdir,
+        core=core,
+        ready=lambda: dns_answers(port),
+        what="answering DNS",
         cwd=nsd_dir,
         extra_logs=[nsd_dir / "nsd.log"],
     )
-    process.start()
-    process.wait_until(lambda: dns_answers(port), "answering DNS", STARTUP_TIMEOUT)
-    return process
 
 
 # --- dnsperf -------------------------------------------------------------------------------------
@@ -514,7 +513,7 @@ class DnsBench:
         self.workdir = workdir
         self.cores = cores
         self.commands: list[str] = []
-        self.processes: list[ManagedProcess] = []
+        self.processes = Processes()
 
     def measure(self, server: Server, query_file: Path, load: Load) -> PerfRun:
         rate = f"-Q {load.rate}" if load.rate else "max rate"
@@ -541,13 +540,10 @@ class DnsBench:
         return [max(r, key=lambda run: run.qps) for r in runs]
 
     def start(self, process: ManagedProcess) -> ManagedProcess:
-        self.processes.append(process)
-        return process
+        return self.processes.add(process)
 
     def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
+        self.processes.stop_all()
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -725,10 +721,9 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-certok":
-        serve_certok(sys.argv[2:])
+    if run_subcommand({"serve-certok": serve_certok}):
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--labels", type=int, default=10_000, help="delegated labels (10000)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
     parser.add_argument(
@@ -748,12 +743,8 @@ def main() -> None:
         "--big-labels", type=int, default=20_000,
         help="labels of the extra max-rate run on a bigger zone (20000; 0 skips it)",
     )  # fmt: skip
-    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
     args = parser.parse_args()
-    report = run(args)
-    print()
-    print_report(report)
-    report.write(args.json)
+    finish(run(args), args.json)
 
 
 if __name__ == "__main__":

@@ -26,60 +26,52 @@ core:
   are more codes than certok's cache of issued answers holds, most polls take the database
   path;
 - `GET /v1/cert/dv?domains=<random delegated name>`: the same with names; a stand-in resolver
-  (dnspython, on the load core) answers each `_acme-challenge` CNAME with the name's label, so
-  every dv runs its whole path and stores a new verification code, as in production;
+  (bench/_stub_resolver.py, on the load core) answers each `_acme-challenge` CNAME with the
+  name's label, so every dv runs its whole path and stores a new verification code, as in
+  production;
 - RSS (and peak RSS) after the load, the database file's size.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import itertools
 import json
-import re
-import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _stub_resolver
 from _common import (
-    LOOPBACK,
     Cores,
     CpuMeter,
     Measurement,
+    Processes,
     Report,
+    bench_parser,
+    certok_serve,
     clean_environment,
     describe_machine,
+    finish,
     free_port,
+    invocation,
     percentile,
-    pinned,
-    print_report,
     require_tools,
-    tool_path,
+    start_process,
 )
+from _wrk import WrkResult, run_wrk
 from api_rps import certok_env, self_signed
 from dns_qps import Load, ZoneData, run_dnsperf, warm_up, write_query_file
 
 from tests.rig.certok_server import CertokServer
-from tests.rig.process import ManagedProcess
 
 BENCH = "growth"
 ZONE = "acme.bench.test"  # api_rps.certok_env's zone
@@ -245,66 +237,6 @@ def _chunks(rows: list[dict[str, object]]) -> list[list[dict[str, object]]]:
     return [rows[i : i + INSERT_CHUNK] for i in range(0, len(rows), INSERT_CHUNK)]
 
 
-# --- a resolver that knows the delegations ------------------------------------------------------
-
-
-class _DelegationResolver(asyncio.DatagramProtocol):
-    """`_acme-challenge.<name>` CNAME `<label>.<zone>` for every delegated name; NXDOMAIN else."""
-
-    def __init__(self, targets: dict[str, str]) -> None:
-        self._targets = targets
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            query = dns.message.from_wire(data)
-        except Exception:
-            return  # not a DNS query: a real resolver would drop it too
-        reply = dns.message.make_response(query)
-        reply.flags |= dns.flags.RA
-        question = query.question[0]
-        target = self._targets.get(question.name.to_text().lower())
-        if target is None:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        elif question.rdtype == dns.rdatatype.CNAME:
-            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "CNAME", target))
-        self.transport.sendto(reply.to_wire(), addr)  # type: ignore[attr-defined]
-
-
-def serve_resolver(argv: list[str]) -> None:
-    """`growth.py serve-resolver --port P --map FILE` (run by the benchmark)."""
-    parser = argparse.ArgumentParser(prog="growth.py serve-resolver")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--map", type=Path, required=True)
-    args = parser.parse_args(argv)
-    labels: dict[str, str] = json.loads(args.map.read_text())
-    targets = {f"_acme-challenge.{name}.": f"{label}.{ZONE}." for name, label in labels.items()}
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DelegationResolver(targets), local_addr=(LOOPBACK, args.port)
-        )
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        print(f"{len(targets)} delegations on {LOOPBACK}:{args.port}", flush=True)
-        await stop.wait()
-        transport.close()
-
-    asyncio.run(main())
-
-
-def resolver_answers(port: int, name: str) -> bool:
-    query = dns.message.make_query(f"_acme-challenge.{name}.", "CNAME")
-    try:
-        reply = dns.query.udp(query, LOOPBACK, port=port, timeout=0.3)
-    except Exception:
-        return False
-    return bool(reply.answer)
-
-
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -316,51 +248,6 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0])
     return values
-
-
-_PERCENTILE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-@dataclass
-class WrkResult:
-    rps: float
-    p50: float
-    p99: float
-    requests: int
-    non_2xx: int
-    cpu_percent: float | None
-    command: str
-
-
-def run_wrk(
-    url: str, token: str, script: Path | None, seconds: float, connections: int, core: int | None,
-    server_pid: int | None,
-) -> WrkResult:  # fmt: skip
-    argv = [tool_path("wrk"), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    argv += ["-H", f"{TOKEN_HEADER}: {token}"]
-    if script is not None:
-        argv += ["-s", str(script)]
-    argv.append(url)
-    argv = pinned(argv, core)
-    with CpuMeter(server_pid) as cpu:
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
-    output = done.stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"(\d+) requests in", output)
-    percentiles = {m[0]: float(m[1]) * _UNITS[m[2]] for m in _PERCENTILE.findall(output)}
-    if not (rps and total and "50" in percentiles and "99" in percentiles):
-        raise SystemExit(f"could not read wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return WrkResult(
-        rps=float(rps.group(1)),
-        p50=percentiles["50"],
-        p99=percentiles["99"],
-        requests=int(total.group(1)),
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        cpu_percent=cpu.percent,
-        command=shlex.join(argv).replace(token, "<token>"),
-    )
 
 
 def random_path_script(path: Path, values_file: Path, prefix: str) -> Path:
@@ -417,29 +304,27 @@ def measure_stage(
     stage: Stage, filler: Filler, workdir: Path, token: str, args: argparse.Namespace,
     cores: Cores,
 ) -> None:  # fmt: skip
-    script = str(Path(__file__).resolve())
     label_map = workdir / "labels.json"
     label_map.write_text(json.dumps(filler.labels))
-    resolver_port = free_port("delegation resolver")
-    resolver = ManagedProcess(
-        "delegation-resolver",
-        pinned([sys.executable, script, "serve-resolver", "--port", str(resolver_port),
-                "--map", str(label_map)], cores.load),
-        log_path=workdir / "resolver.log",
-        cwd=workdir,
-    )  # fmt: skip
-    resolver.start()
-    certok: CertokServer | None = None
-    try:
+    with Processes() as processes:
+        resolver_port = free_port("delegation resolver")
+        processes.add(
+            start_process(
+                "delegation-resolver",
+                _stub_resolver.command(resolver_port, ZONE, label_map),
+                workdir=workdir,
+                core=cores.load,
+                ready=lambda: _stub_resolver.answers(resolver_port),
+                what="answering",
+            )
+        )
         first_name = delegated_name(0)
-        resolver.wait_until(lambda: resolver_answers(resolver_port, first_name), "answering", 30)
         api_port, dns_port = free_port("certok api"), free_port("certok dns")
         env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
-        certok = CertokServer(
-            env,
-            workdir=workdir / "certok",
-            command=pinned([sys.executable, "-m", "certok", "serve"], cores.server),
-            startup_timeout=STARTUP_TIMEOUT,
+        certok = processes.add(
+            certok_serve(
+                env, workdir=workdir / "certok", core=cores.server, timeout=STARTUP_TIMEOUT
+            )
         )
         started = time.monotonic()
         certok.start()
@@ -478,17 +363,17 @@ def measure_stage(
             ("apply", certok.base_url + "/", apply_script),
             ("dv", certok.base_url + "/", dv_script),
         ):
-            run_wrk(url, token, lua, WARMUP_SECONDS, args.connections, cores.load, None)
-            result = run_wrk(url, token, lua, args.duration, args.connections, cores.load,
-                             certok.pid)  # fmt: skip
+            headers = (f"{TOKEN_HEADER}: {token}",)
+            run_wrk(url, seconds=WARMUP_SECONDS, connections=args.connections, core=cores.load,
+                    headers=headers, script=lua)  # fmt: skip
+            result = run_wrk(url, seconds=args.duration, connections=args.connections,
+                             core=cores.load, headers=headers, script=lua,
+                             server_pgid=certok.pid)  # fmt: skip
+            result.command = result.command.replace(token, "<token>")
             setattr(stage, attribute, result)
             stage.commands.append(result.command)
         memory = memory_kib(certok.pid)
         stage.rss_after_kib, stage.peak_kib = memory["VmRSS"], memory["VmHWM"]
-    finally:
-        if certok is not None:
-            certok.stop()
-        resolver.stop()
     database = workdir / "data" / "certok.db"
     stage.database_mib = sum(
         p.stat().st_size for p in database.parent.glob("certok.db*") if p.is_file()
@@ -608,17 +493,12 @@ def run(args: argparse.Namespace) -> Report:
             measure_stage(stage, filler, workdir, token, args, cores)
             stages.append(stage)
     report = build_report(stages)
-    report.commands.insert(
-        0, shlex.join([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])
-    )
+    report.commands.insert(0, invocation(__file__))
     return report
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-resolver":
-        serve_resolver(sys.argv[2:])
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--orders", default="1000,10000,100000", help="orders per stage")
     parser.add_argument("--delegations", default="1000,10000,10000", help="delegations per stage")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run (8)")
@@ -626,16 +506,8 @@ def main() -> None:
     parser.add_argument(
         "--db-samples", type=int, default=2000, help="in-process database lookups per stage (2000)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
     args = parser.parse_args()
-    report = run(args)
-    print()
-    print_report(report)
-    if report.commands:
-        print("\ncommands measured:")
-        for command in dict.fromkeys(report.commands):
-            print(f"  {command}")
-    report.write(args.json)
+    finish(run(args), args.json, show_commands=True)
 
 
 if __name__ == "__main__":

@@ -66,11 +66,16 @@ from _common import (
     Measurement,
     Report,
     Target,
+    bench_parser,
     clean_environment,
     describe_machine,
+    finish,
     free_port,
+    invocation,
     percentile,
-    print_report,
+    run_subcommand,
+    script_command,
+    start_process,
 )
 
 from certok.crypto import generate_private_key, make_csr
@@ -214,14 +219,18 @@ class ChallengeDns:
         directory = Path(tempfile.mkdtemp(prefix="challenge-dns-", dir=self._rig.runtime_dir))
         labels = directory / "labels.json"
         labels.write_text(json.dumps(self._labels))
-        argv = [sys.executable, str(Path(__file__).resolve()), "serve-txt"]
-        argv += ["--port", str(self._rig.certok_dns_port), "--control", str(self._control_port)]
-        argv += ["--zone", self._rig.certok_zone, "--labels", str(labels)]
-        self._process = ManagedProcess(
-            "challenge-dns", argv, log_path=directory / "serve-txt.log", cwd=directory
+        argv = script_command(
+            __file__, "serve-txt", "--port", str(self._rig.certok_dns_port),
+            "--control", str(self._control_port), "--zone", self._rig.certok_zone,
+            "--labels", str(labels),
+        )  # fmt: skip
+        self._process = start_process(
+            "challenge-dns",
+            argv,
+            workdir=directory,
+            ready=self._answers_control,
+            what="answering its control port",
         )
-        self._process.start()
-        self._process.wait_until(self._answers_control, "answering its control port", 30)
         # unbound may have marked the port dead while nothing listened on it.
         self._rig.flush_resolver()
         return self
@@ -743,8 +752,7 @@ def run(args: argparse.Namespace) -> Report:
               flush=True)  # fmt: skip
         for case, times in certok_runs(rig, workdir / "certok", args.runs, cases).items():
             rows.append(Row("certok serve", case, times, "apply_wait_seconds=10"))
-    script = Path(__file__).resolve()
-    commands.insert(0, shlex.join([sys.executable, str(script), *sys.argv[1:]]))
+    commands.insert(0, invocation(__file__))
 
     print()
     for case in (c for c in CASES if c in {*cases, *peer_cases}):
@@ -765,10 +773,9 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-txt":
-        serve_txt(sys.argv[2:])
+    if run_subcommand({"serve-txt": serve_txt}):
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=20, help="timed issuances, floor/certok (20)")
     parser.add_argument("--peer-runs", type=int, default=5, help="timed certbot/lego runs (5)")
     parser.add_argument("--cases", default="one,wildcard", help="floor/certok cases (one,wildcard)")
@@ -776,16 +783,8 @@ def main() -> None:
         "--peer-cases", default="one", help="certbot/lego cases (one; add wildcard: ~2 min more)"
     )
     parser.add_argument("--skip-peers", action="store_true", help="no certbot / lego")
-    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
     args = parser.parse_args()
-    report = run(args)
-    print()
-    print_report(report)
-    if report.commands:
-        print("\ncommands measured:")
-        for command in report.commands:
-            print(f"  {command}")
-    report.write(args.json)
+    finish(run(args), args.json, show_commands=True)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,20 @@
 
     python bench/issuance_throughput.py [--orders 600] [--in-flight 200] [--names 200]
                                         [--worker-threads 32] [--worker-max-orders 400]
+                                        [--processes 3] [--postgres URL]
                                         [--rounds 1] [--json FILE]
 
 Starts the rig (Pebble with PEBBLE_VA_NOSLEEP=1, nonce reject 0, authz reuse 0), then:
-- certok: one `certok serve` (SQLite, `worker_threads` / `worker_max_orders` from the flags, the
+- certok: one `certok serve` (SQLite, `processes` / `worker_threads` / `worker_max_orders` from
+  the flags: by default a DNS process and two API + worker processes, the
   per-tenant rate limits off, `acme_poll_seconds` = the floor's poll); `--names` names
   n0..n<names-1>.customer.test, each with an A record and its `_acme-challenge` CNAME to the
   label certok's dv gave for it. `--in-flight` client slots (one asyncio task each, slot i
   always orders name i % names) each loop: `GET /v1/cert/dv` (a code per call), then
   `GET /v1/cert/apply` with it until the answer is not `pending` (the API holds each request
-  up to `apply_wait_seconds=10`), until `--orders` certificates are issued;
+  up to `apply_wait_seconds=10`), until `--orders` certificates are issued. The client is
+  aiohttp (the `bench` extra: `pip install -c constraints.txt -e '.[bench]'`): it shares the
+  two cores with certok and Pebble, so it has to be cheap;
 - floor: the minimal client on certbot's `acme` library (bench/issuance_latency.py's), one
   thread per slot, each with its own connections and nonces on one shared account, ordering
   the same names straight from Pebble with 0.1 s polls; its TXT values are served from memory
@@ -33,25 +37,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import shlex
-import sqlite3
+import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Self
 
 import dns.exception
 import dns.message
 import dns.query
-import httpx
+import sqlalchemy
+import sqlalchemy.engine
+
+try:
+    import aiohttp
+except ImportError:  # the `bench` extra
+    raise SystemExit(
+        "issuance_throughput.py needs aiohttp, its load generator: "
+        "pip install -c constraints.txt -e '.[bench]'"
+    ) from None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,11 +70,14 @@ from _common import (
     CpuMeter,
     Measurement,
     Report,
+    SelfCpuMeter,
     Target,
+    bench_parser,
     clean_environment,
     describe_machine,
+    finish,
+    invocation,
     percentile,
-    print_report,
 )
 from issuance_latency import ChallengeDns, FloorClient
 
@@ -77,6 +91,10 @@ APPLY_WAIT_SECONDS = 10
 FLOOR_TIMEOUT_SECONDS = 10.0
 PROBE_TIMEOUT_SECONDS = 5.0
 DNS_PROBE_TIMEOUT = 2.0
+# Below uvicorn's keep-alive (5 s, certok's default): the client drops an idle connection before
+# the server closes it under a new request.
+KEEPALIVE_SECONDS = 4.0
+LOAD_GENERATOR = "load generator"  # this process, in the certok run: its CPU meter's name
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -91,7 +109,7 @@ class Run:
     finished: list[float] = field(default_factory=list)  # monotonic completion times
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    retries: int = 0  # requests sent again on a fresh connection (see get_json)
+    retries: int = 0  # requests sent again on a fresh connection (see CertokApi.get_json)
     extra: str = ""
     cpu: dict[str, float | None] = field(default_factory=dict)
     wedged: bool = False  # Pebble stopped answering during this run (see PebbleWatch)
@@ -150,7 +168,33 @@ class Tickets:
             self._left = 0
 
 
-class PebbleWatch:
+class EveryWhileRunning:
+    """Calls `tick` every `interval` seconds on a daemon thread while the with-block runs, until
+    a tick returns True (done)."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self.tick():
+                return
+
+    def tick(self) -> bool:
+        raise NotImplementedError
+
+
+class PebbleWatch(EveryWhileRunning):
     """Notices when Pebble 2.4 wedges, and ends the run instead of waiting out every timeout.
 
     Pebble's in-memory store takes read locks recursively (letsencrypt/pebble#554): under a
@@ -166,33 +210,26 @@ class PebbleWatch:
     def __init__(
         self, run: Run, probe: FloorClient, on_wedged: Callable[[], None], quiet: float = 15.0
     ) -> None:
+        super().__init__(interval=1.0)
         self._run = run
         self._probe = probe
         self._on_wedged = on_wedged
         self._quiet = quiet
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> PebbleWatch:
         self._entered = time.monotonic()
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def __enter__(self) -> Self:
+        self._entered = time.monotonic()
+        return super().__enter__()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(1.0):
-            last = max(self._run.last_progress, self._entered)
-            if time.monotonic() - last < self._quiet:
-                continue
-            if not self._probe.account_answers():
-                self._run.wedged = True
-                print(f"{BENCH}: Pebble stopped answering (its store lock is wedged); "
-                      "this run will be repeated", flush=True)  # fmt: skip
-                self._on_wedged()
-                return
+    def tick(self) -> bool:
+        last = max(self._run.last_progress, self._entered)
+        if time.monotonic() - last < self._quiet or self._probe.account_answers():
+            return False
+        self._run.wedged = True
+        print(f"{BENCH}: Pebble stopped answering (its store lock is wedged); "
+              "this run will be repeated", flush=True)  # fmt: skip
+        self._on_wedged()
+        return True
 
 
 # --- certok --------------------------------------------------------------------------------------
@@ -202,16 +239,80 @@ def names_for(count: int) -> list[str]:
     return [f"n{i}.customer.test" for i in range(count)]
 
 
+def load_generator() -> str:
+    """The client the certok run's load comes from, for the report."""
+    return f"aiohttp {aiohttp.__version__}"
+
+
+async def _count_connection(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    context.trace_request_ctx.connections += 1
+
+
+def _connection_counter() -> aiohttp.TraceConfig:
+    """Counts the connections each request went out on (its `trace_request_ctx`)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_count_connection)
+    trace.on_connection_reuseconn.append(_count_connection)
+    return trace
+
+
+class CertokApi:
+    """certok's API as the load generator uses it: one aiohttp session, up to `connections`
+    kept-alive connections.
+
+    aiohttp, not httpx (certok's own client): with 200 connections httpx's pool cost this
+    process 17-30 ms of CPU per order (~5 ms per request), up to half of what certok itself
+    spent, on the same two cores as certok and Pebble; aiohttp costs ~2 ms per order.
+    """
+
+    def __init__(self, base_url: str, token: str, *, connections: int, timeout: float) -> None:
+        self._base_url = base_url
+        self._headers = {TOKEN_HEADER: token}
+        self._connections = connections
+        self._timeout = timeout
+        self.resent = 0
+
+    async def __aenter__(self) -> Self:
+        # aiohttp binds its session to the running loop: made here, not in __init__.
+        self._session = aiohttp.ClientSession(
+            self._base_url,
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(
+                limit=self._connections, keepalive_timeout=KEEPALIVE_SECONDS
+            ),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            trace_configs=[_connection_counter()],
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def get_json(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """GET and decode. When the server closes a kept-alive connection just as it is reused
+        (a race every HTTP client meets, not a failure of the request), aiohttp (>= 3.9) sends
+        an idempotent request once more on a fresh connection; `resent` counts those. Both
+        GETs here are safe to repeat: a second dv only makes another code."""
+        attempts = SimpleNamespace(connections=0)
+        try:
+            async with self._session.get(
+                path, params=params, trace_request_ctx=attempts
+            ) as response:
+                body = await response.read()
+        finally:
+            if attempts.connections > 1:
+                self.resent += 1
+        return dict(json.loads(body))
+
+
 async def dv_labels(base_url: str, token: str, names: Sequence[str]) -> dict[str, str]:
     """name → label certok allocated for it (its dv answer before the CNAME exists)."""
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={TOKEN_HEADER: token}, timeout=60, trust_env=False
-    ) as http:
-        gate = asyncio.Semaphore(32)
+    async with CertokApi(base_url, token, connections=32, timeout=60) as api:
 
         async def one(name: str) -> tuple[str, str]:
-            async with gate:
-                body = (await http.get("/v1/cert/dv", params={"domains": name})).json()
+            body = await api.get_json("/v1/cert/dv", {"domains": name})
             item = body["data"]["items"][0]
             return name, item["value"].split(".", 1)[0]
 
@@ -221,58 +322,41 @@ async def dv_labels(base_url: str, token: str, names: Sequence[str]) -> dict[str
 async def certok_orders(
     base_url: str, token: str, names: Sequence[str], tickets: Tickets, in_flight: int, run: Run
 ) -> None:
-    limits = httpx.Limits(max_connections=in_flight + 8, max_keepalive_connections=in_flight + 8)
-    timeout = httpx.Timeout(APPLY_WAIT_SECONDS * 6)
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={TOKEN_HEADER: token},
-        timeout=timeout,
-        limits=limits,
-        trust_env=False,
-    ) as http:
+    async with CertokApi(
+        base_url, token, connections=in_flight + 8, timeout=APPLY_WAIT_SECONDS * 6
+    ) as api:
 
         async def slot(index: int) -> None:
             name = names[index % len(names)]
             while tickets.take():
                 started = time.monotonic()
                 try:
-                    await certok_issue(http, name, run)
+                    await certok_issue(api, name)
                 except Exception as error:  # counted, and the slot goes on
                     run.done(started, f"{type(error).__name__}: {error}")
                 else:
                     run.done(started)
 
         run.started = time.monotonic()
-        await asyncio.gather(*(slot(i) for i in range(in_flight)))
+        try:
+            await asyncio.gather(*(slot(i) for i in range(in_flight)))
+        finally:
+            run.retries += api.resent
 
 
-async def certok_issue(http: httpx.AsyncClient, name: str, run: Run) -> None:
-    dv = await get_json(http, "/v1/cert/dv", {"domains": name}, run)
+async def certok_issue(api: CertokApi, name: str) -> None:
+    dv = await api.get_json("/v1/cert/dv", {"domains": name})
     code = (dv.get("data") or {}).get("code")
     if not code:
         raise RuntimeError(f"dv gave no code: {dv.get('msg')}")
     params = {"code": code, "issuer": "letsencrypt"}
     while True:
-        body = await get_json(http, "/v1/cert/apply", params, run)
+        body = await api.get_json("/v1/cert/apply", params)
         data = body.get("data") or {}
         if data.get("status") != "pending":
             break
     if data.get("status") != "issued":
         raise RuntimeError(f"apply: {body.get('msg')}")
-
-
-async def get_json(
-    http: httpx.AsyncClient, path: str, params: dict[str, str], run: Run
-) -> dict[str, Any]:
-    """GET and decode; once more when the server closed a kept-alive connection just as it was
-    reused (uvicorn closes idle ones after 5 s: a race every HTTP client meets, not a failure
-    of the request). Both GETs are safe to repeat: a second dv only makes another code."""
-    try:
-        response = await http.get(path, params=params)
-    except (httpx.RemoteProtocolError, httpx.ReadError):
-        run.retries += 1
-        response = await http.get(path, params=params)
-    return dict(response.json())
 
 
 def run_certok(
@@ -286,7 +370,11 @@ def run_certok(
         "rate_limit_apply_per_minute": 0,
         "apply_wait_seconds": APPLY_WAIT_SECONDS,
         "acme_poll_seconds": args.poll,
+        "processes": args.processes,
     }
+    database_url = fresh_postgres_database(args.postgres, workdir.name) if args.postgres else None
+    if database_url:
+        settings["database_url"] = database_url
     server = CertokServer.for_rig(rig, workdir, **settings)
     described = " ".join(
         f"{key}={value}" for key, value in server.env.items() if key.upper() in _SHOWN_SETTINGS
@@ -320,7 +408,7 @@ def run_certok(
         with (
             CpuMeter(server.pid) as certok_cpu,
             CpuMeter(rig.service_pids["pebble"]) as pebble_cpu,
-            _SelfCpu() as load_cpu,
+            SelfCpuMeter() as load_cpu,
             PebbleWatch(run, probe, end_run),
             DnsProbe(rig.certok_dns_port, f"{label}.{rig.certok_zone}.") as dns_probe,
         ):
@@ -330,10 +418,12 @@ def run_certok(
         run.cpu = {
             "certok": certok_cpu.percent,
             "pebble": pebble_cpu.percent,
-            "load generator": load_cpu.percent,
+            LOAD_GENERATOR: load_cpu.percent,
         }
         run.extra = (
-            acme_order_counts(workdir / "data" / "certok.db", server.log_text())
+            acme_order_counts(
+                database_url or f"sqlite:///{workdir / 'data' / 'certok.db'}", server.log_text()
+            )
             + "; "
             + dns_probe.describe()
         )
@@ -342,11 +432,17 @@ def run_certok(
         server.stop()
 
 
-def acme_order_counts(database: Path, log: str) -> str:
+def acme_order_counts(database_url: str, log: str) -> str:
     """How many ACME orders certok needed per order, and its retry warnings: more than one
     ACME order, or any retry, means time spent on failed validations, not on issuing."""
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        orders, acme_orders = db.execute("SELECT count(*), sum(acme_orders) FROM orders").fetchone()
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            orders, acme_orders = db.execute(
+                sqlalchemy.text("SELECT count(*), sum(acme_orders) FROM orders")
+            ).one()
+    finally:
+        engine.dispose()
     retries = log.count("retrying at")
     failed_validations = log.count("validation failed")
     summary = (
@@ -359,7 +455,23 @@ def acme_order_counts(database: Path, log: str) -> str:
     return summary
 
 
+def fresh_postgres_database(server_url: str, suffix: str) -> str:
+    """An empty database on the PostgreSQL at `server_url` for one run (dropped first if left
+    from an earlier run): its URL."""
+    url = sqlalchemy.engine.make_url(server_url)
+    name = f"certok_bench_{suffix.replace('-', '_')}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as db:
+            db.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            db.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 _SHOWN_SETTINGS = {
+    "CERTOK_PROCESSES",
     "CERTOK_WORKER_THREADS",
     "CERTOK_WORKER_MAX_ORDERS",
     "CERTOK_RATE_LIMIT_DV_PER_MINUTE",
@@ -369,37 +481,28 @@ _SHOWN_SETTINGS = {
 }
 
 
-class DnsProbe:
+class DnsProbe(EveryWhileRunning):
     """Asks certok's DNS server for TXT at one delegated label every 50 ms while the run lasts:
     how long its answers take while the same process serves the API and drives orders (Pebble's
     resolver gives up after a few seconds, and the validation fails)."""
 
     def __init__(self, port: int, qname: str) -> None:
+        super().__init__(interval=0.05)
         self._port = port
         self._qname = qname
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._probe, daemon=True)
         self.latencies: list[float] = []
         self.timeouts = 0
 
-    def __enter__(self) -> DnsProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _probe(self) -> None:
-        while not self._stop.wait(0.05):
-            query = dns.message.make_query(self._qname, "TXT")
-            started = time.perf_counter()
-            try:
-                dns.query.udp(query, "127.0.0.1", port=self._port, timeout=DNS_PROBE_TIMEOUT)
-            except dns.exception.Timeout:
-                self.timeouts += 1
-                continue
+    def tick(self) -> bool:
+        query = dns.message.make_query(self._qname, "TXT")
+        started = time.perf_counter()
+        try:
+            dns.query.udp(query, "127.0.0.1", port=self._port, timeout=DNS_PROBE_TIMEOUT)
+        except dns.exception.Timeout:
+            self.timeouts += 1
+        else:
             self.latencies.append(time.perf_counter() - started)
+        return False
 
     def describe(self) -> str:
         ordered = sorted(self.latencies)
@@ -411,21 +514,6 @@ class DnsProbe:
             f"{self.timeouts} of {len(ordered) + self.timeouts} probes unanswered in "
             f"{DNS_PROBE_TIMEOUT:g} s"
         )
-
-
-class _SelfCpu:
-    """CPU of this process (the load generator, or the floor itself) as % of one core."""
-
-    def __enter__(self) -> _SelfCpu:
-        times = os.times()
-        self._cpu = times.user + times.system
-        self._wall = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        times = os.times()
-        wall = time.monotonic() - self._wall
-        self.percent: float | None = 100.0 * (times.user + times.system - self._cpu) / wall
 
 
 # --- the floor -----------------------------------------------------------------------------------
@@ -459,7 +547,7 @@ def run_floor(
 
         with (
             CpuMeter(rig.service_pids["pebble"]) as pebble_cpu,
-            _SelfCpu() as self_cpu,
+            SelfCpuMeter() as self_cpu,
             PebbleWatch(run, probe, tickets.cancel),
         ):
             run.started = time.monotonic()
@@ -482,10 +570,10 @@ def _cpu_note(run: Run) -> str:
     return "CPU (100% = one core): " + ", ".join(parts) if parts else ""
 
 
-def cpu_ms_per_order(run: Run) -> float | None:
-    """CPU time the client under test (the first meter: certok serve, or the floor's process)
-    spent per issued order: the figure a noisy, shared machine disturbs least."""
-    percent = next(iter(run.cpu.values()), None)
+def cpu_ms_per_order(run: Run, who: str | None = None) -> float | None:
+    """CPU time `who` (by default the client under test, the first meter: certok serve, or the
+    floor's process) spent per issued order: the figure a noisy, shared machine disturbs least."""
+    percent = run.cpu.get(who) if who is not None else next(iter(run.cpu.values()), None)
     if percent is None or not run.finished:
         return None
     return 10.0 * percent * run.wall / len(run.finished)
@@ -526,6 +614,11 @@ def build_report(
             per_order = cpu_ms_per_order(run)
             if per_order is not None:
                 notes.append(f"{per_order:.0f} ms CPU per order ({next(iter(run.cpu))})")
+            load_per_order = cpu_ms_per_order(run, LOAD_GENERATOR)
+            if load_per_order is not None:
+                notes.append(
+                    f"{load_per_order:.1f} ms CPU per order (load generator: {load_generator()})"
+                )
             cpu = _cpu_note(run)
             if cpu:
                 notes.append(cpu)
@@ -615,29 +708,33 @@ def run(args: argparse.Namespace) -> Report:
             floor_runs.append(floor)
             print(f"{BENCH}: floor {floor.rate:.1f} orders/s", flush=True)
     report = build_report(certok_runs, floor_runs, args, settings)
-    report.commands.append(shlex.join([sys.executable, str(Path(__file__).resolve()),
-                                       *sys.argv[1:]]))  # fmt: skip
+    report.commands.append(invocation(__file__))
     return report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--orders", type=int, default=600, help="orders per client (600)")
     parser.add_argument("--in-flight", type=int, default=200, help="orders in flight (200)")
     parser.add_argument("--names", type=int, default=200, help="distinct names (200)")
     parser.add_argument("--worker-threads", type=int, default=32, help="certok (32)")
     parser.add_argument("--worker-max-orders", type=int, default=400, help="certok (400)")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="certok: 1 DNS + N-1 API/worker processes (3)"
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run certok on a fresh database on this PostgreSQL server instead of SQLite "
+        "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)",
+    )
     parser.add_argument("--poll", type=float, default=0.1, help="ACME poll interval, both (0.1)")
     parser.add_argument("--rounds", type=int, default=1, help="certok, floor, certok, ... (1)")
     parser.add_argument(
         "--tries", type=int, default=4, help="runs per client while Pebble wedges, at most (4)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here (run_all.py)")
     args = parser.parse_args()
-    report = run(args)
-    print()
-    print_report(report)
-    report.write(args.json)
+    finish(run(args), args.json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""The one place that wires settings → database → services → servers."""
+"""What `certok serve` runs: every part in one process, or the parts of one process each.
+
+`processes = 1` runs `serve`: the API, the authoritative DNS server and the issuance worker
+on one event loop. With more, `certok.supervisor` starts one `serve_dns` process and N - 1
+`serve_app` processes (API on ports the supervisor opened, plus a worker), so the DNS server
+answers on a core of its own and the API and workers use the others.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +12,40 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
 
-import dns.asyncresolver
 import uvicorn
 from starlette.applications import Starlette
 
-from certok.api.caches import TtlCache
-from certok.api.ratelimit import RateLimiter
-from certok.api.routes import ApiServices, create_app
+from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
+from certok.assembly import (
+    LABEL_KEY_PURPOSE,
+    Checks,
+    build_api_services,
+    build_checks,
+    build_worker,
+)
 from certok.dnszone.answer import ZoneConfig
-from certok.dnszone.records import ZoneCache
+from certok.dnszone.records import ZoneCache, wait_until_served
+from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.ownership import Ownership
-from certok.domains.verify import DnsVerifier
-from certok.orders.accounts import AccountRegistry
-from certok.orders.driver import OrderDriver
+from certok.orders.leases import release_node_leases
+from certok.orders.purge import run_purger
+from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
-from certok.prechecks.addresses import AddressPolicy
-from certok.prechecks.resolver import make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
-from certok.store import open_store
+from certok.store import Store, open_store
+
+__all__ = ["LABEL_KEY_PURPOSE", "configure_logging", "run_event_loop", "run_server", "serve"]
 
 log = logging.getLogger("certok")
 
-LABEL_KEY_PURPOSE = "delegation-label"
+# How long a worker waits for the DNS server to confirm it serves a new TXT value.
+ZONE_RELOAD_TIMEOUT_SECONDS = 10.0
 
 
 def configure_logging(level: str) -> None:
@@ -43,126 +55,184 @@ def configure_logging(level: str) -> None:
     )
 
 
+def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where installed (the `fast` extra), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
+def run_server(settings: Settings) -> int:
+    """`certok serve`: returns the process exit status."""
+    if settings.processes > 1:
+        from certok.supervisor import supervise  # multiprocessing only where it is used
+
+        return supervise(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_event_loop(serve(settings))
+    return 0
+
+
 async def serve(settings: Settings) -> None:
     """Run the API, the authoritative DNS server and the issuance worker in this process."""
     store = open_store(settings)
     zone_cache = ZoneCache(store.sessions)
     zone_cache.refresh()
+    checks = build_checks(settings, store)
     waiters = OrderWaiters()
     waiters.bind(asyncio.get_running_loop())
-    accounts = AccountRegistry(store.sessions, settings, store.box)
-    node = settings.effective_node_name
-    # A resolver holds configuration only: one serves every request and worker thread.
-    resolver = make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
-
-    def resolver_factory() -> dns.asyncresolver.Resolver:
-        return resolver
-
-    verifier = DnsVerifier(
-        store.sessions,
-        zone=settings.dns_zone,
-        label_key=store.box.derive(LABEL_KEY_PURPOSE),
-        resolver_factory=resolver_factory,
-        code_ttl_seconds=settings.code_ttl_seconds,
-    )
-    fetcher = SafeFetcher(
-        resolver_factory,
-        AddressPolicy(allow_loopback=settings.precheck_allow_loopback),
-        FetchLimits(
-            allowed_ports=frozenset(settings.precheck_allowed_ports),
-            connect_timeout=settings.precheck_timeout_seconds,
-            read_timeout=settings.precheck_timeout_seconds,
-        ),
-    )
-    http_verifier = HttpVerifier(
-        store.sessions,
-        public_url=settings.public_url,
-        fetcher_factory=lambda: fetcher,
-        http_port=settings.http01_port,
-        code_ttl_seconds=settings.code_ttl_seconds,
-    )
-    driver = OrderDriver(
-        store.sessions,
+    worker = build_worker(
         settings,
-        store.box,
-        accounts,
-        Ownership({"dns": verifier, "http": http_verifier}),
-        worker_id=node,
-        # Same process: make a freshly written TXT value visible before the CA asks.
-        on_challenge_records_changed=zone_cache.refresh,
-    )
-    worker = Worker(
-        store.sessions,
-        driver,
-        worker_id=node,
-        threads=settings.worker_threads,
-        max_in_flight=settings.worker_max_orders,
-        poll_seconds=settings.worker_poll_seconds,
+        store,
+        checks,
+        worker_id=settings.effective_node_name,
+        # Same process: wait for the refresher (requests from many threads share one reload)
+        # so a freshly written TXT value is served before the CA asks.
+        on_challenge_records_changed=lambda: wait_until_served(
+            zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS
+        ),
         on_order_finished=waiters.finished,
     )
-    released = worker.release_own_leases()
-    if released:
-        log.info("resuming %d order(s) left by a previous run of node %s", released, node)
-    app = create_app(
-        ApiServices(
-            settings=settings,
-            sessions=store.sessions,
-            box=store.box,
-            verifier=verifier,
-            http_verifier=http_verifier,
-            waiters=waiters,
-            wake_worker=worker.wake,
-            tokens=TtlCache(ttl=settings.token_cache_seconds, max_entries=100_000),
-            limiter=RateLimiter(
-                {
-                    "dv": settings.rate_limit_dv_per_minute,
-                    "apply": settings.rate_limit_apply_per_minute,
-                }
-            ),
-        )
-    )
-    dns_server = await start_dns_server(
-        settings.dns_host,
-        settings.dns_port,
-        ZoneConfig.from_settings(settings),
-        zone_cache,
-        rate_limit_per_second=settings.dns_rate_limit_per_second or None,
-    )
-    log.info("DNS for %s on %s:%d (udp+tcp)", settings.dns_zone, settings.dns_host, dns_server.port)
-    listeners = [
-        _HttpListener(_uvicorn_config(app, settings, settings.api_host, settings.api_port))
-    ]
-    if settings.https_enabled:
-        listeners.append(
-            _HttpListener(
-                _uvicorn_config(
-                    app,
-                    settings,
-                    settings.https_host,
-                    settings.https_port,
-                    ssl_certfile=str(settings.tls_cert_file),
-                    ssl_keyfile=str(settings.tls_key_file),
-                )
-            )
-        )
+    _resume_leases(store, settings.effective_node_name)
+    dns_server = await _start_dns(settings, zone_cache)
+    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(
             zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
         ),
+        _poll_waiters(waiters, store, settings),
+        _start_purger(store, settings),
     ]
     try:
         await asyncio.gather(*(listener.serve() for listener in listeners))
     finally:
         worker.stop()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel(tasks)
         await dns_server.close()
         store.engine.dispose()
+
+
+async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], None]) -> None:
+    """The DNS process: the zone from the database, answers, and reload requests at `control`."""
+    store = open_store(settings, upgrade=False)
+    zone_cache = ZoneCache(store.sessions)
+    zone_cache.refresh()
+    dns_server = await _start_dns(settings, zone_cache)
+    refresher = asyncio.create_task(
+        zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
+    )
+    # Once per node: the DNS process is the one there is exactly one of.
+    purger = _start_purger(store, settings)
+    control_server = await serve_refresh_requests(control, zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS)
+    stopped = asyncio.Event()
+    _on_stop_signals(stopped.set)
+    on_ready()
+    try:
+        await stopped.wait()
+    finally:
+        control_server.close()
+        await _cancel([refresher, purger])
+        await dns_server.close()
+        store.engine.dispose()
+
+
+async def serve_app(
+    settings: Settings, index: int, sockets: list[socket.socket], control: Path
+) -> None:
+    """An API + worker process: `sockets` are the API listeners the supervisor opened."""
+    store = open_store(settings, upgrade=False)
+    checks = build_checks(settings, store)
+    waiters = OrderWaiters()
+    waiters.bind(asyncio.get_running_loop())
+    worker_id = f"{settings.effective_node_name}/{index}"
+    worker = build_worker(
+        settings,
+        store,
+        checks,
+        worker_id=worker_id,
+        on_challenge_records_changed=RefreshClient(control, ZONE_RELOAD_TIMEOUT_SECONDS + 1),
+        on_order_finished=waiters.finished,
+    )
+    # A restarted process resumes what its predecessor held (the supervisor freed the whole
+    # node's leases once at start).
+    worker.release_own_leases()
+    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
+    _stop_on_signals(listeners)
+    tasks = [
+        asyncio.create_task(worker.run(), name="worker"),
+        _poll_waiters(waiters, store, settings),
+    ]
+    try:
+        await asyncio.gather(
+            *(
+                listener.serve(sockets=[sock])
+                for listener, sock in zip(listeners, sockets, strict=True)
+            )
+        )
+    finally:
+        worker.stop()
+        await _cancel(tasks)
+        store.engine.dispose()
+
+
+# --- parts -----------------------------------------------------------------------------------
+
+
+def _app(
+    settings: Settings, store: Store, checks: Checks, waiters: OrderWaiters, worker: Worker
+) -> Starlette:
+    return create_app(
+        build_api_services(settings, store, checks, waiters=waiters, wake_worker=worker.wake)
+    )
+
+
+def _resume_leases(store: Store, node: str) -> None:
+    released = release_node_leases(store.sessions, node)
+    if released:
+        log.info("resuming %d order(s) left by a previous run of node %s", released, node)
+
+
+async def _start_dns(settings: Settings, zone_cache: ZoneCache) -> Any:
+    server = await start_dns_server(
+        settings.dns_host,
+        settings.dns_port,
+        ZoneConfig.from_settings(settings),
+        zone_cache,
+        rate_limit_per_second=settings.dns_rate_limit_per_second or None,
+    )
+    log.info("DNS for %s on %s:%d (udp+tcp)", settings.dns_zone, settings.dns_host, server.port)
+    return server
+
+
+def _poll_waiters(waiters: OrderWaiters, store: Store, settings: Settings) -> asyncio.Task[None]:
+    """Held apply requests learn of orders other processes or nodes finished."""
+
+    def read_finished(order_ids: list[int]) -> list[int]:
+        with store.sessions() as session:
+            return finished_orders(session, order_ids)
+
+    return asyncio.create_task(
+        waiters.run_poller(read_finished, settings.worker_poll_seconds), name="waiters"
+    )
+
+
+def _start_purger(store: Store, settings: Settings) -> asyncio.Task[None]:
+    return asyncio.create_task(
+        run_purger(store.sessions, settings, settings.purge_interval_seconds), name="purge"
+    )
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class _HttpListener(uvicorn.Server):
@@ -171,6 +241,40 @@ class _HttpListener(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def listen_sockets(settings: Settings) -> list[socket.socket]:
+    """The API's listening sockets (HTTP, and HTTPS when configured), opened once so that
+    several processes share them (the supervisor's job)."""
+    addresses = [(settings.api_host, settings.api_port)]
+    if settings.https_enabled:
+        addresses.append((settings.https_host, settings.https_port))
+    sockets = []
+    for host, port in addresses:
+        config = uvicorn.Config(_no_app, host=host, port=port)
+        sockets.append(config.bind_socket())
+    return sockets
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
+    raise RuntimeError("bind-only config")
+
+
+def _listeners(app: Starlette, settings: Settings) -> list[_HttpListener]:
+    """HTTP, and HTTPS when configured: in `listen_sockets`' order."""
+    configs = [_uvicorn_config(app, settings, settings.api_host, settings.api_port)]
+    if settings.https_enabled:
+        configs.append(
+            _uvicorn_config(
+                app,
+                settings,
+                settings.https_host,
+                settings.https_port,
+                ssl_certfile=str(settings.tls_cert_file),
+                ssl_keyfile=str(settings.tls_key_file),
+            )
+        )
+    return [_HttpListener(config) for config in configs]
 
 
 def _uvicorn_config(
@@ -188,12 +292,15 @@ def _uvicorn_config(
 
 
 def _stop_on_signals(listeners: list[_HttpListener]) -> None:
-    loop = asyncio.get_running_loop()
-
     def stop() -> None:
         log.info("stopping")
         for listener in listeners:
             listener.should_exit = True
 
+    _on_stop_signals(stop)
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)

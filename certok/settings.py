@@ -93,8 +93,13 @@ class Settings(BaseSettings):
     code_ttl_seconds: int = Field(default=60, ge=1)
     apply_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     order_retention_hours: int = Field(default=72, ge=24)
+    # How often `certok serve` purges expired orders and codes; 0 turns the purge off.
+    purge_interval_seconds: float = Field(default=3600.0, ge=0)
     max_domains: int = Field(default=100, ge=1, le=100)
     token_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    # Issued answers kept encoded in memory, so polling an issued code reads no database.
+    issued_cache_entries: int = Field(default=10_000, ge=0)
+    issued_cache_seconds: float = Field(default=300.0, ge=0)
     rate_limit_dv_per_minute: int = Field(default=120, ge=0)
     rate_limit_apply_per_minute: int = Field(default=1200, ge=0)
 
@@ -111,6 +116,9 @@ class Settings(BaseSettings):
 
     # --- cluster ---------------------------------------------------------------------------
     node_name: str | None = None
+    # 1: API, DNS server and worker share one process. N >= 2: the DNS server runs in a
+    # process of its own and N - 1 processes each run the API (on shared ports) and a worker.
+    processes: int = Field(default=1, ge=1, le=64)
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"

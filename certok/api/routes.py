@@ -26,7 +26,7 @@ from certok.api.envelope import (
 )
 from certok.api.openapi import openapi_document
 from certok.api.ratelimit import RateLimiter
-from certok.api.waiters import OrderWaiters
+from certok.api.waiters import OrderWaiters, Watch
 from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.engine import transaction
 from certok.domains.http_verify import HttpVerifier
@@ -40,8 +40,8 @@ from certok.tenants.service import TenantRef, authenticate
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 CHALLENGE_TYPES = ("dns", "http")
-# While an order is pending, re-read its state this often: this process's worker wakes the
-# request at once when it finishes the order; the re-read is for orders other nodes drive.
+# Without a waiters poller (tests that build the app alone), a held request re-reads its
+# order's state this often; `certok serve` runs the poller (see waiters.py).
 WAIT_POLL_SECONDS = 1.0
 
 
@@ -90,6 +90,9 @@ def create_app(services: ApiServices) -> Starlette:
 class _Api:
     def __init__(self, services: ApiServices) -> None:
         self.s = services
+        # Token checks in flight, by token key: requests with the same token that arrive
+        # while its cache entry is being renewed share that one database read.
+        self._checking: dict[bytes, asyncio.Future[TenantRef]] = {}
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -178,14 +181,29 @@ class _Api:
         return envelope(request, data, msg=_order_message(view), headers=NO_STORE)
 
     async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
+        """The order's view once it is no longer pending, or after `seconds`."""
         deadline = time.monotonic() + seconds
-        while True:
-            state = await asyncio.to_thread(self._read_state, order_id)
-            remaining = deadline - time.monotonic()
-            if state != PENDING or remaining <= 0:
-                break
-            await self.s.waiters.wait(order_id, min(WAIT_POLL_SECONDS, remaining))
-        return await asyncio.to_thread(self._view, order_id)
+        with self.s.waiters.watch(order_id) as finished:
+            view = await asyncio.to_thread(self._view, order_id)
+            while view.status == PENDING:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if self.s.waiters.polling:
+                    # This process's worker or the shared poller wakes us; nothing to read.
+                    if not await finished.wait(remaining):
+                        break
+                elif not await self._woken_or_finished(finished, order_id, remaining):
+                    continue
+                view = await asyncio.to_thread(self._view, order_id)
+        return view
+
+    async def _woken_or_finished(self, finished: Watch, order_id: int, remaining: float) -> bool:
+        """Without a poller in this process (tests that build the app alone): wait a while,
+        then look at the order's state ourselves."""
+        if await finished.wait(min(WAIT_POLL_SECONDS, remaining)):
+            return True
+        return await asyncio.to_thread(self._read_state, order_id) != PENDING
 
     def _read_state(self, order_id: int) -> str:
         with self.s.sessions() as session:
@@ -207,10 +225,21 @@ class _Api:
             with self.s.sessions() as session:
                 return authenticate(session, token)
 
-        tenant = await asyncio.to_thread(check)
-        if key is not None:
-            self.s.tokens.put(key, tenant)
-        return tenant
+        if key is None:
+            return await asyncio.to_thread(check)  # raises: no token given
+        running = self._checking.get(key)
+        if running is None:
+            # A task of its own, not the request's: a client that hangs up does not cancel
+            # the check the other requests wait for.
+            running = asyncio.ensure_future(asyncio.to_thread(check))
+            self._checking[key] = running
+            running.add_done_callback(lambda done: self._token_checked(key, done))
+        return await asyncio.shield(running)
+
+    def _token_checked(self, key: bytes, done: asyncio.Future[TenantRef]) -> None:
+        self._checking.pop(key, None)
+        if not done.cancelled() and done.exception() is None:
+            self.s.tokens.put(key, done.result())
 
 
 # --- parameters ------------------------------------------------------------------------------

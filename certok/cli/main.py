@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +13,8 @@ from pydantic import ValidationError
 from certok.db.engine import transaction
 from certok.errors import CertokError
 from certok.http01 import store as http01_store
-from certok.runtime import configure_logging, serve
+from certok.orders import purge as purging
+from certok.runtime import configure_logging, run_server
 from certok.settings import Settings, load_settings
 from certok.store import Store, open_store
 from certok.tenants import service as tenants
@@ -55,25 +54,21 @@ def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
 @click.option("--api-port", type=int, help="HTTP API port (settings: api_port).")
 @click.option("--dns-host", help="DNS listen address (settings: dns_host).")
 @click.option("--dns-port", type=int, help="DNS port, UDP and TCP (settings: dns_port).")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="1: everything in one process; N: a DNS process and N-1 API + worker processes "
+    "(settings: processes).",
+)
 @click.pass_context
 def serve_command(ctx: click.Context, **listen: Any) -> None:
-    """Run the API, the DNS server and the issuance worker (one process)."""
+    """Run the API, the DNS server and the issuance worker."""
     settings: Settings = ctx.obj
     given = {key: value for key, value in listen.items() if value is not None}
     if given:
         settings = settings.model_copy(update=given)
     configure_logging(settings.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(serve(settings))
-
-
-def _run(coroutine: Any) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coroutine)
-    except ImportError:
-        asyncio.run(coroutine)
+    ctx.exit(run_server(settings))
 
 
 @cli.group("tenant")
@@ -191,6 +186,26 @@ def host_release(ctx: click.Context, host: str) -> None:
     if not _with_store(ctx, action):
         raise click.ClickException(f"{host} is not bound to any tenant")
     click.echo(f"{host} released")
+
+
+@cli.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def purge_command(ctx: click.Context, dry_run: bool) -> None:
+    """Delete finished orders past order_retention_hours and long-expired codes, once.
+
+    `certok serve` does the same every purge_interval_seconds.
+    """
+    settings: Settings = ctx.obj
+
+    def action(store: Store) -> purging.PurgeCounts:
+        return purging.purge(store.sessions, settings.order_retention_hours, dry_run=dry_run)
+
+    counts = _with_store(ctx, action)
+    if dry_run:
+        click.echo(f"would purge {counts.describe()} (dry run: nothing deleted)")
+    else:
+        click.echo(f"purged {counts.describe()}")
 
 
 @cli.group("db")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,59 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+        database = url.split("///", 1)[-1]
+        on_disk = bool(database) and database != ":memory:"
+        _SQLITE_WRITERS[engine] = SqliteWriterLock(Path(database) if on_disk else None)
     return engine
+
+
+class SqliteWriterLock:
+    """Queues the writers of one SQLite database, across threads and processes.
+
+    SQLite lets one transaction write at a time. Writers that collide wait in SQLite's busy
+    handler, which sleeps in steps of up to 100 ms: under dozens of writing threads (or the
+    worker processes of `processes` ≥ 2) those sleeps, not the writes, set the pace. This lock
+    (a thread lock, then `flock` on `<database>-writer.lock`) hands the database to the next
+    writer the moment the previous one commits. Processes that do not take it (an older
+    certok, the sqlite3 shell) still meet the busy timeout, so it is never needed for safety.
+    """
+
+    def __init__(self, database: Path | None) -> None:
+        self._threads = threading.RLock()
+        self._path = database.with_name(database.name + "-writer.lock") if database else None
+        self._fd: int | None = None
+        self._pid = 0
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            self._depth += 1
+            if self._depth == 1 and self._path is not None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._depth -= 1
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _file(self) -> int:
+        # A forked child must not share its parent's open file: flock locks are per open file.
+        if self._fd is None or self._pid != os.getpid():
+            assert self._path is not None
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -49,6 +105,14 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any exception."""
-    with factory() as session, session.begin():
+    """A session that commits on success and rolls back on any exception.
+
+    On SQLite the whole transaction holds the engine's writer lock (see `_SQLITE_WRITERS`):
+    keep network calls out of it.
+    """
+    bind = factory.kw.get("bind")
+    writer: AbstractContextManager[None] | None = (
+        _SQLITE_WRITERS.get(bind) if isinstance(bind, Engine) else None
+    )
+    with writer or nullcontext(), factory() as session, session.begin():
         yield session

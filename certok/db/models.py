@@ -112,7 +112,8 @@ class VerificationCode(Base):
     domains: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
+    # Indexed: deleting an order (the purge) looks up the codes still pointing at it.
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True, index=True)
 
 
 class AcmeAccount(Base):

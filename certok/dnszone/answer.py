@@ -2,10 +2,13 @@
 
 Two paths give the same bytes. The general path parses with dnspython and applies every rule
 below. The fast path recognises the common query shape by hand (``wire.common_query_key``)
-and serves a reply cached per (lowercased name, type, EDNS state, RD/CD); a cache miss asks
-the general path once, with a canonical query (ID 0, lowercase name), and the hit puts the
-query's ID and question bytes back. Both steps are exact because the general path's
-compression points owner names into the question, whose length does not depend on case.
+and serves a reply cached per (lowercased name, type, EDNS state, RD/CD); a cache miss builds
+the canonical reply (ID 0, lowercase name) once, and the hit puts the query's ID and question
+bytes back. Both steps are exact because compression points owner names into the question,
+whose length does not depend on case. The canonical reply is written straight into wire format
+by replybuild.py, to the byte what the general path renders for the canonical query (misses
+are frequent while the zone changes every few milliseconds under issuance load); what it does
+not cover goes through the general path.
 NXDOMAIN and REFUSED replies are shared by every question of the same length
 (``_shape_key``), so floods of random names stay on the fast path too.
 
@@ -41,7 +44,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from certok.dnszone import wire, zoneindex
+from certok.dnszone import replybuild, wire, zoneindex
 from certok.dnszone.config import SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, ZoneConfig
 from certok.dnszone.records import ZoneRecords
 from certok.dnszone.replycache import (
@@ -53,7 +56,7 @@ from certok.dnszone.replycache import (
     TRUNCATED,
     Entry,
 )
-from certok.dnszone.wire import ReplyKey
+from certok.dnszone.wire import ADVERTISED_UDP_PAYLOAD, MAX_TCP_MESSAGE, ReplyKey
 from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex, wire_key
 
 __all__ = [
@@ -72,8 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ADVERTISED_UDP_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
-MAX_TCP_MESSAGE = 65535
 # RFC 6891: no UDP limit is below 512, so a reply this small never needs its TC=1 form.
 MIN_UDP_LIMIT = 512
 
@@ -176,28 +177,22 @@ def _shape_key(index: ZoneIndex, key: ReplyKey) -> ShapeKey | None:
     qname, qtype, edns, copied_flags = key
     if qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
         return None
-    if not _in_zone(qname, index.zone_wire):
+    if not wire.in_zone(qname, index.zone_wire):
         return (_SHAPE_REFUSED, len(qname), edns, copied_flags)
     if qname in index.nodes or qname.endswith(index.soa_name_suffixes):
         return None
     return (_SHAPE_NXDOMAIN, len(qname), edns, copied_flags)
 
 
-def _in_zone(qname: bytes, zone_wire: bytes) -> bool:
-    if not qname.endswith(zone_wire):
-        return False
-    # The suffix must start at a label boundary ("xacme.svc.test" is not in "acme.svc.test").
-    suffix_start = len(qname) - len(zone_wire)
-    position = 0
-    while position < suffix_start:
-        position += qname[position] + 1
-    return position == suffix_start
-
-
 def _canonical_entry(index: ZoneIndex, key: ReplyKey, stamp: object) -> Entry:
     """The reply every query with this key gets (ID and question case aside), as an entry."""
-    canonical = wire.canonical_query(key, ADVERTISED_UDP_PAYLOAD)
-    full = _render(_respond(dns.message.from_wire(canonical), canonical, index))
+    full = replybuild.build_reply(index, key)
+    if full is None:
+        # What the builder does not cover (an RRset type the zone does not hold today, or a
+        # reply too big for a TCP frame, which dnspython refuses): dnspython's reply to the
+        # canonical query.
+        canonical = wire.canonical_query(key, ADVERTISED_UDP_PAYLOAD)
+        full = _render(_respond(dns.message.from_wire(canonical), canonical, index))
     truncated = wire.truncate_reply(full) if len(full) > MIN_UDP_LIMIT else None
     return (full, truncated, stamp, wire.negative_serial_offset(full), index.serial)
 

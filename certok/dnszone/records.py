@@ -130,6 +130,8 @@ class ZoneCache:
         self._progress = threading.Condition()
         self._started = 0
         self._completed = 0
+        # Event-loop waiters (`refreshed`): (refresh number awaited, future), under _progress.
+        self._loop_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def records(self) -> ZoneRecords:
@@ -165,6 +167,13 @@ class ZoneCache:
             with self._progress:
                 self._completed = max(self._completed, number)
                 self._progress.notify_all()
+                done = [f for target, f in self._loop_waiters if target <= self._completed]
+                self._loop_waiters = [
+                    (target, f) for target, f in self._loop_waiters if target > self._completed
+                ]
+            for future in done:
+                with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
+                    future.get_loop().call_soon_threadsafe(_resolve, future)
 
     def _load(self) -> tuple[frozenset[str], list[tuple[str, str]]]:
         assert self._session_factory is not None
@@ -250,6 +259,23 @@ class ZoneCache:
         with self._progress:
             return self._progress.wait_for(lambda: self._completed >= target, timeout)
 
+    async def refreshed(self, timeout: float) -> bool:
+        """`wait_for_refresh` for the event loop: ask for a refresh, wait for one that started
+        after this call to finish. False on timeout (or when no refresher is running)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._progress:
+            entry = (self._started + 1, future)
+            self._loop_waiters.append(entry)
+        self.request_refresh()
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._progress, contextlib.suppress(ValueError):
+                self._loop_waiters.remove(entry)
+
     async def run_refresher(self, interval: float) -> None:
         """Refresh every ``interval`` seconds or at once when requested, until cancelled."""
         self._loop = asyncio.get_running_loop()
@@ -268,3 +294,18 @@ class ZoneCache:
         finally:
             self._loop = None
             self._wakeup = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ZoneNotRefreshed(RuntimeError):
+    """The DNS server did not confirm that it serves the latest challenge records in time."""
+
+
+def wait_until_served(cache: ZoneCache, timeout: float) -> None:
+    """For worker threads in the DNS server's process: return once the zone was reloaded."""
+    if not cache.wait_for_refresh(timeout):
+        raise ZoneNotRefreshed(f"the DNS zone was not reloaded within {timeout:g} s")

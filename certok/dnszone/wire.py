@@ -12,6 +12,9 @@ import struct
 # (lowercase wire qname, qtype, EdnsState, RD|CD as sent): what a reply depends on
 ReplyKey = tuple[bytes, int, int, int]
 
+ADVERTISED_UDP_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
+MAX_TCP_MESSAGE = 65535
+
 HEADER = struct.Struct("!HHHHHH")
 HEADER_SIZE = 12
 # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0: the counts every common query has.
@@ -25,13 +28,25 @@ FLAG_CD = 0x0010
 OPCODE_MASK = 0x7800
 
 EDNS_DO = 0x8000
+TYPE_A = 1
+TYPE_NS = 2
 TYPE_SOA = 6
+TYPE_TXT = 16
+TYPE_AAAA = 28
 TYPE_OPT = 41
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+TYPE_ANY = 255
 CLASS_IN = 1
 
 RCODE_FORMERR = 1
 RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+
+# Compression pointers reach offsets up to here (14 bits).
+MAX_POINTER_OFFSET = 0x3FFF
 
 OPTION_NSID = 3
 OPTION_COOKIE = 10
@@ -111,6 +126,18 @@ def is_plain_name(name: bytes) -> bool:
             return False
         position += length + 1
     return position == end
+
+
+def in_zone(qname: bytes, zone_wire: bytes) -> bool:
+    """Whether a lowercase wire name is ``zone_wire`` or below it."""
+    if not qname.endswith(zone_wire):
+        return False
+    # The suffix must start at a label boundary ("xacme.svc.test" is not in "acme.svc.test").
+    suffix_start = len(qname) - len(zone_wire)
+    position = 0
+    while position < suffix_start:
+        position += qname[position] + 1
+    return position == suffix_start
 
 
 def _parse_plain_opt(wire: bytes, position: int) -> tuple[int, int] | None:

@@ -81,7 +81,8 @@ class StaticZone:
     soa_names: tuple[dns.name.Name, dns.name.Name]  # MNAME (first nameserver), RNAME
     apex_without_soa: Node
     nodes: dict[bytes, Node]  # config-owned names below the apex, empty non-terminals too
-    ent_counts: dict[bytes, int]  # how many host names lie below each empty non-terminal
+    # How many in-zone host names (nameservers and dns_hosts) lie below each empty non-terminal.
+    ent_counts: dict[bytes, int]
     glue: tuple[dns.rrset.RRset, ...]  # A/AAAA of NS names inside the zone
     # Names in the SOA rdata below the apex: a question ending in one of them changes how the
     # SOA compresses, so its NXDOMAIN reply is not the one shared by its length.
@@ -101,19 +102,26 @@ def static_zone(config: ZoneConfig) -> StaticZone:
     )
     addresses = _address_rdatas(config.nameserver_addresses)
     glue: list[dns.rrset.RRset] = []
+    host_names: set[dns.name.Name] = set()  # in-zone names the config gives addresses
     for name in nameservers:
         if not name.is_subdomain(zone):
             continue  # no glue for nameservers in other zones
+        host_names.add(name)
         node = nodes.setdefault(wire_key(name), {})
         for rdtype, rdatas in addresses.items():
             node[rdtype] = dns.rrset.from_rdata_list(name, ttl, rdatas)
             glue.append(node[rdtype])
-    ent_counts: dict[bytes, int] = {}
     for relative, host_addresses in config.host_addresses:
         owner = dns.name.from_text(relative, origin=zone)
+        host_names.add(owner)
         node = nodes.setdefault(wire_key(owner), {})
         for rdtype, rdatas in _address_rdatas(host_addresses).items():
             node[rdtype] = dns.rrset.from_rdata_list(owner, ttl, rdatas)
+    # RFC 8020: the names between the apex and a host name exist (NODATA, not NXDOMAIN), for a
+    # nameserver such as a.b.<zone> as much as for a dns_hosts name. A name that is both counts
+    # once.
+    ent_counts: dict[bytes, int] = {}
+    for owner in host_names:
         for parent in ancestors_below(owner, zone):
             parent_key = wire_key(parent)
             ent_counts[parent_key] = ent_counts.get(parent_key, 0) + 1

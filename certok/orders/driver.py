@@ -7,17 +7,28 @@ order from its saved URL instead of starting over.
 
 Every save is fenced by the lease: a worker that lost its lease (it stalled past the lease
 time and another worker took over) cannot overwrite the newer state.
+
+The database sees few, small statements per step: the load reads only the columns a step
+uses (never the certificate or the encrypted key) plus whether the order has challenge
+material; saves are Core statements on the transaction's connection (no ORM unit of work);
+what one step writes after its last exchange with the CA goes in one transaction (the state
+or the next attempt time, the last answer's mark, the lease handed back). Writes that must
+precede an exchange stay in transactions of their own, committed before it: the key and CSR
+before the CA sees the CSR, the ACME order URL before its authorizations are read, the
+challenge material before a challenge is answered, an answer's mark before the next answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -70,12 +81,21 @@ MAX_ACME_ORDERS = 3
 OwnershipCheck = Callable[[int, str, list[str]], str | None]
 
 
+# Core tables: the driver's statements skip the ORM (identity map, unit of work, and the
+# synchronize_session evaluation of ORM-enabled UPDATEs), which cost more than the SQL.
+ORDERS = Order.__table__
+CHALLENGE_RECORDS = ChallengeRecord.__table__
+DELEGATIONS = Delegation.__table__
+
+
 class LeaseLost(Exception):
     """Another worker owns this order now; stop touching it."""
 
 
 @dataclass(frozen=True)
 class OrderSnapshot:
+    """What one step knows about its order, read once when the step begins."""
+
     id: int
     tenant_id: int
     issuer: str
@@ -84,12 +104,47 @@ class OrderSnapshot:
     domains: list[str]
     acme_order_url: str | None
     acme_orders: int
-    key_encrypted: bytes | None
+    # Whether the encrypted key is saved; the blob itself stays in the database.
+    has_key: bool
     csr_pem: str | None
     attempts: int
     reason: str | None
     deadline_at: dt.datetime
     created_at: dt.datetime
+    # Whether challenge material existed when the step began. Only the lease holder writes
+    # it, so without any there is nothing to read or remove until this step presents some.
+    has_records: bool
+    # The caller keeps driving the order itself while the next step is at most this many
+    # seconds away; a later next attempt hands the lease back in the same save (None: never).
+    hold_lease_for: float | None = None
+
+
+@dataclass(frozen=True)
+class PresentedRecord:
+    """Challenge material already stored for one authorization."""
+
+    value: str
+    created_at: dt.datetime
+    answered_at: dt.datetime | None
+
+
+_SNAPSHOT_COLUMNS = (
+    ORDERS.c.id,
+    ORDERS.c.tenant_id,
+    ORDERS.c.issuer,
+    ORDERS.c.algorithm,
+    ORDERS.c.challenge_type,
+    ORDERS.c.domains,
+    ORDERS.c.acme_order_url,
+    ORDERS.c.acme_orders,
+    ORDERS.c.key_encrypted.is_not(None).label("has_key"),
+    ORDERS.c.csr_pem,
+    ORDERS.c.attempts,
+    ORDERS.c.reason,
+    ORDERS.c.deadline_at,
+    ORDERS.c.created_at,
+    exists().where(CHALLENGE_RECORDS.c.order_id == ORDERS.c.id).label("has_records"),
+)
 
 
 class OrderDriver:
@@ -116,9 +171,13 @@ class OrderDriver:
         self._propagation_seconds = settings.effective_challenge_propagation_seconds
 
     # --- entry point ---------------------------------------------------------------------
-    def step(self, order_id: int) -> float | None:
-        """Advance the order by one step. Returns seconds until the next step, None when done."""
-        order = self._load(order_id)
+    def step(self, order_id: int, *, hold_lease_for: float | None = None) -> float | None:
+        """Advance the order by one step. Returns seconds until the next step, None when done.
+
+        With `hold_lease_for`, a next step further away than that releases the lease in the
+        step's own save (the caller will not keep the order); without it the lease is kept.
+        """
+        order = self._load(order_id, hold_lease_for)
         if order is None:
             return None
         if self._clock() > order.deadline_at:
@@ -151,7 +210,7 @@ class OrderDriver:
             self._fail(order, problem)
             return None
         csr_pem = order.csr_pem
-        if csr_pem is None or order.key_encrypted is None:
+        if csr_pem is None or not order.has_key:
             # Key and CSR are saved before the CA sees them, so a restart reuses them.
             key = generate_private_key(order.algorithm)
             csr_pem = make_csr(key, order.domains)
@@ -165,9 +224,17 @@ class OrderDriver:
         # The URL is saved the moment the CA has made the order, before its authorizations
         # are read: a crash in between must resume this ACME order, not create another.
         created = account.session.new_order(csr_pem.encode("ascii"), include_authorizations=False)
-        self._save(order.id, acme_order_url=created.url, acme_orders=order.acme_orders + 1)
+        acme_orders = order.acme_orders + 1
+        self._save(order.id, acme_order_url=created.url, acme_orders=acme_orders)
         log.info("order %s: ACME order %s created at %s", order.id, created.url, order.issuer)
-        order = self._load_required(order.id)
+        # The save succeeded under our lease: the snapshot plus what it wrote is the row now.
+        order = dataclasses.replace(
+            order,
+            acme_order_url=created.url,
+            acme_orders=acme_orders,
+            csr_pem=csr_pem,
+            has_key=True,
+        )
         info = account.session.fetch_order(created.url)
         return self._advance(order, account, info)
 
@@ -181,7 +248,8 @@ class OrderDriver:
             return self._start_over_or_fail(order, reason, dead)
         if info.status == STATUS_PENDING:
             return self._work_on_authorizations(order, account, info)
-        self._remove_challenge_records(order.id)
+        if order.has_records:
+            self._remove_challenge_records(order.id)
         if info.status == STATUS_READY:
             # "ready": The server agrees that the requirements have been fulfilled, and is
             # awaiting finalization. Submit a finalization request.
@@ -225,20 +293,31 @@ class OrderDriver:
                 return None
             if challenge.status == STATUS_PENDING:
                 to_answer.append((authz, challenge))
-        if finished_authz:
-            self._remove_challenge_records(order.id, finished_authz)
-        if to_answer:
-            ready = self._present(order, account, to_answer)
-            for authz_url, challenge in ready:
-                try:
-                    account.session.answer_challenge(challenge.url)
-                except AcmeProblem as problem:
-                    if not self._answered_before(account, authz_url, challenge.url, problem):
-                        raise
-                self._mark_answered(order.id, authz_url)
-            if len(ready) < len(to_answer) and self._propagation_seconds > 0:
-                return self._poll_later(order, None, at_least=self._propagation_seconds)
-        return self._poll_later(order, info.retry_after)
+        presented = self._presented(order) if to_answer or finished_authz else {}
+        finished_with_records = [url for url in finished_authz if url in presented]
+        if finished_with_records:
+            self._remove_challenge_records(order.id, finished_with_records)
+        if not to_answer:
+            return self._poll_later(order, info.retry_after)
+        ready = self._present(order, account, to_answer, presented)
+        # Each answer is saved before the next exchange; the last one goes with the step's
+        # closing save, which follows it at once.
+        answered: list[str] = []
+        for index, (authz_url, challenge) in enumerate(ready):
+            try:
+                account.session.answer_challenge(challenge.url)
+            except AcmeProblem as problem:
+                if not self._answered_before(account, authz_url, challenge.url, problem):
+                    raise
+            if index < len(ready) - 1:
+                self._mark_answered(order.id, [authz_url])
+            else:
+                answered.append(authz_url)
+        if len(ready) < len(to_answer) and self._propagation_seconds > 0:
+            return self._poll_later(
+                order, None, at_least=self._propagation_seconds, answered=answered
+            )
+        return self._poll_later(order, info.retry_after, answered=answered)
 
     @staticmethod
     def _answered_before(
@@ -257,42 +336,81 @@ class OrderDriver:
         return current is not None and current.status != STATUS_PENDING
 
     # --- challenge material -----------------------------------------------------------------
+    def _presented(self, order: OrderSnapshot) -> dict[str, PresentedRecord]:
+        """The order's stored challenge material by authorization URL."""
+        if not order.has_records:
+            return {}
+        records = CHALLENGE_RECORDS.c
+        with self._reading() as connection:
+            rows = connection.execute(
+                select(records.authz_url, records.value, records.created_at, records.answered_at)
+                .where(records.order_id == order.id)
+                .order_by(records.id)
+            )
+            return {
+                row.authz_url: PresentedRecord(row.value, row.created_at, row.answered_at)
+                for row in rows
+            }
+
     def _present(
         self,
         order: OrderSnapshot,
         account: IssuerAccount,
         items: list[tuple[AuthzInfo, ChallengeInfo]],
+        presented: dict[str, PresentedRecord],
     ) -> list[tuple[str, ChallengeInfo]]:
         """Store the challenge material; return the challenges every DNS node serves by now.
 
         Material goes to the database, where every node's DNS server finds it within its
         refresh interval; a challenge is answered only after that (at once in one process,
-        where the refresh is synchronous).
+        where the refresh is synchronous). `presented` is what the order had stored when
+        the step began; material already there with the same value is not written again.
         """
         now = self._clock()
         is_dns = order.challenge_type == "dns"
         # HTTP-01 material is read from the database per request: every node has it at once.
         propagation = self._propagation_seconds if is_dns else 0.0
         settled_before = now - dt.timedelta(seconds=propagation)
-        ready: list[tuple[str, ChallengeInfo]] = []
-        added = False
+        ready_urls: set[str] = set()
+        fresh: list[tuple[AuthzInfo, ChallengeInfo, str]] = []
+        for authz, challenge in items:
+            if is_dns:
+                value = dns01_txt_value(account.key, challenge.token)
+            else:
+                value = http01_key_authorization(account.key, challenge.token)
+            existing = presented.get(authz.url)
+            if existing is not None and existing.value == value:
+                if existing.answered_at is None and existing.created_at <= settled_before:
+                    ready_urls.add(authz.url)
+                continue
+            fresh.append((authz, challenge, value))
+            if propagation <= 0:
+                ready_urls.add(authz.url)
+        if fresh:
+            replaced = [authz.url for authz, _, _ in fresh if authz.url in presented]
+            self._store_material(order, fresh, replaced, now)
+            self._notify_records_changed()
+        return [(authz.url, challenge) for authz, challenge in items if authz.url in ready_urls]
+
+    def _store_material(
+        self,
+        order: OrderSnapshot,
+        fresh: list[tuple[AuthzInfo, ChallengeInfo, str]],
+        replaced_authz: list[str],
+        now: dt.datetime,
+    ) -> None:
+        """Write new challenge material (replacing older values) if we still hold the lease."""
+        is_dns = order.challenge_type == "dns"
         with transaction(self._sessions) as session:
-            self._check_lease(session, order.id)
-            labels = (
-                self._labels(session, order.tenant_id, [a.identifier for a, _ in items])
-                if is_dns
-                else {}
-            )
-            presented = {
-                row.authz_url: row
-                for row in session.scalars(
-                    select(ChallengeRecord).where(
-                        ChallengeRecord.order_id == order.id,
-                        ChallengeRecord.authz_url.in_([a.url for a, _ in items]),
-                    )
-                )
-            }
-            for authz, challenge in items:
+            connection = session.connection()
+            labels: dict[str, str] = {}
+            if is_dns:
+                identifiers = [authz.identifier for authz, _, _ in fresh]
+                labels = self._lease_and_labels(connection, order, identifiers)
+            else:
+                self._check_lease(connection, order.id)
+            rows: list[dict[str, Any]] = []
+            for authz, challenge, value in fresh:
                 if is_dns:
                     label = labels.get(authz.identifier)
                     if label is None:
@@ -301,63 +419,77 @@ class OrderDriver:
                             "call /v1/cert/dv first"
                         )
                     kind, name = "dns-01", label
-                    value = dns01_txt_value(account.key, challenge.token)
                 else:
                     kind, name = HTTP01_KIND, record_name(authz.identifier, challenge.token)
-                    value = http01_key_authorization(account.key, challenge.token)
-                existing = presented.get(authz.url)
-                if existing is not None and existing.value == value:
-                    if existing.answered_at is None and existing.created_at <= settled_before:
-                        ready.append((authz.url, challenge))
-                    continue
-                if existing is not None:
-                    session.delete(existing)
-                session.add(
-                    ChallengeRecord(
-                        order_id=order.id,
-                        kind=kind,
-                        name=name,
-                        value=value,
-                        authz_url=authz.url,
-                        created_at=now,
+                rows.append(
+                    {
+                        "order_id": order.id,
+                        "kind": kind,
+                        "name": name,
+                        "value": value,
+                        "authz_url": authz.url,
+                        "created_at": now,
+                        "answered_at": None,
+                    }
+                )
+            if replaced_authz:
+                connection.execute(
+                    delete(CHALLENGE_RECORDS).where(
+                        CHALLENGE_RECORDS.c.order_id == order.id,
+                        CHALLENGE_RECORDS.c.authz_url.in_(replaced_authz),
                     )
                 )
-                added = True
-                if propagation <= 0:
-                    ready.append((authz.url, challenge))
-        if added:
-            self._notify_records_changed()
-        return ready
+            connection.execute(insert(CHALLENGE_RECORDS), rows)
 
-    def _mark_answered(self, order_id: int, authz_url: str) -> None:
+    def _lease_and_labels(
+        self, connection: Connection, order: OrderSnapshot, identifiers: list[str]
+    ) -> dict[str, str]:
+        """Raise LeaseLost unless we hold the lease; the tenant's labels for `identifiers`.
+
+        One read does both: the order's row, joined with whichever of the tenant's
+        delegations match (none, when a name lost its delegation).
+        """
+        joined = ORDERS.outerjoin(
+            DELEGATIONS,
+            (DELEGATIONS.c.tenant_id == order.tenant_id) & DELEGATIONS.c.base_name.in_(identifiers),
+        )
+        rows = connection.execute(
+            select(ORDERS.c.lease_owner, DELEGATIONS.c.base_name, DELEGATIONS.c.label)
+            .select_from(joined)
+            .where(ORDERS.c.id == order.id)
+        ).all()
+        if not rows or rows[0].lease_owner != self._worker_id:
+            raise LeaseLost(order.id)
+        return {row.base_name: row.label for row in rows if row.base_name is not None}
+
+    def _mark_answered(self, order_id: int, authz_urls: Sequence[str]) -> None:
         with transaction(self._sessions) as session:
-            session.execute(
-                update(ChallengeRecord)
-                .where(ChallengeRecord.order_id == order_id, ChallengeRecord.authz_url == authz_url)
-                .values(answered_at=self._clock())
+            self._write_answered(session.connection(), order_id, authz_urls)
+
+    def _write_answered(
+        self, connection: Connection, order_id: int, authz_urls: Sequence[str]
+    ) -> None:
+        connection.execute(
+            update(CHALLENGE_RECORDS)
+            .where(
+                CHALLENGE_RECORDS.c.order_id == order_id,
+                CHALLENGE_RECORDS.c.authz_url.in_(authz_urls),
             )
+            .values(answered_at=self._clock())
+        )
 
     def _remove_challenge_records(self, order_id: int, authz_urls: list[str] | None = None) -> None:
         with transaction(self._sessions) as session:
-            statement = delete(ChallengeRecord).where(ChallengeRecord.order_id == order_id)
+            statement = delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
             if authz_urls is not None:
-                statement = statement.where(ChallengeRecord.authz_url.in_(authz_urls))
-            removed = session.execute(statement).rowcount
+                statement = statement.where(CHALLENGE_RECORDS.c.authz_url.in_(authz_urls))
+            removed = session.connection().execute(statement).rowcount
         if removed:
             self._notify_records_changed()
 
     def _notify_records_changed(self) -> None:
         if self._records_changed is not None:
             self._records_changed()
-
-    @staticmethod
-    def _labels(session: Session, tenant_id: int, identifiers: list[str]) -> dict[str, str]:
-        rows = session.execute(
-            select(Delegation.base_name, Delegation.label).where(
-                Delegation.tenant_id == tenant_id, Delegation.base_name.in_(identifiers)
-            )
-        )
-        return {row.base_name: row.label for row in rows}
 
     # --- ownership ---------------------------------------------------------------------------
     def _ownership_problem(self, order: OrderSnapshot) -> str | None:
@@ -369,86 +501,131 @@ class OrderDriver:
         return self._ownership(order.tenant_id, order.challenge_type, order.domains)
 
     # --- saving state ------------------------------------------------------------------------
-    def _load(self, order_id: int) -> OrderSnapshot | None:
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
         with self._sessions() as session:
-            row = session.get(Order, order_id)
-            if row is None or row.state != PENDING or row.lease_owner != self._worker_id:
-                return None
-            return OrderSnapshot(
-                id=row.id,
-                tenant_id=row.tenant_id,
-                issuer=row.issuer,
-                algorithm=row.algorithm,
-                challenge_type=row.challenge_type,
-                domains=row.domains.split(","),
-                acme_order_url=row.acme_order_url,
-                acme_orders=row.acme_orders,
-                key_encrypted=row.key_encrypted,
-                csr_pem=row.csr_pem,
-                attempts=row.attempts,
-                reason=row.reason,
-                deadline_at=row.deadline_at,
-                created_at=row.created_at,
-            )
+            yield session.connection()
 
-    def _load_required(self, order_id: int) -> OrderSnapshot:
-        order = self._load(order_id)
-        if order is None:
-            raise LeaseLost(order_id)
-        return order
+    def _load(self, order_id: int, hold_lease_for: float | None) -> OrderSnapshot | None:
+        with self._reading() as connection:
+            row = connection.execute(
+                select(*_SNAPSHOT_COLUMNS).where(
+                    ORDERS.c.id == order_id,
+                    ORDERS.c.state == PENDING,
+                    ORDERS.c.lease_owner == self._worker_id,
+                )
+            ).first()
+        if row is None:
+            return None
+        return OrderSnapshot(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            issuer=row.issuer,
+            algorithm=row.algorithm,
+            challenge_type=row.challenge_type,
+            domains=row.domains.split(","),
+            acme_order_url=row.acme_order_url,
+            acme_orders=row.acme_orders,
+            has_key=bool(row.has_key),
+            csr_pem=row.csr_pem,
+            attempts=row.attempts,
+            reason=row.reason,
+            deadline_at=row.deadline_at,
+            created_at=row.created_at,
+            has_records=bool(row.has_records),
+            hold_lease_for=hold_lease_for,
+        )
 
-    def _check_lease(self, session: Session, order_id: int) -> None:
-        owner = session.scalar(select(Order.lease_owner).where(Order.id == order_id))
+    def _check_lease(self, connection: Connection, order_id: int) -> None:
+        owner = connection.scalar(select(ORDERS.c.lease_owner).where(ORDERS.c.id == order_id))
         if owner != self._worker_id:
             raise LeaseLost(order_id)
 
-    def _save(self, order_id: int, *, finished: bool = False, **values: Any) -> None:
-        """Save `values` if we still hold the lease; `finished` also drops the order's
-        challenge material in the same transaction, so a crash cannot leave it served."""
+    def _save(
+        self,
+        order_id: int,
+        *,
+        drop_records: bool = False,
+        answered: Sequence[str] = (),
+        **values: Any,
+    ) -> None:
+        """Save `values` if we still hold the lease. In the same transaction, `answered` marks
+        those authorizations' challenges as answered, and `drop_records` removes all of the
+        order's challenge material (a finished order, a new ACME order), so a crash can
+        leave neither a finished order's material served nor a new order's half-saved.
+        That DELETE runs even when the snapshot saw no material: it is the last guard
+        against rows a worker that lost its lease wrote after this step's load."""
         with transaction(self._sessions) as session:
-            result = session.execute(
-                update(Order)
-                .where(Order.id == order_id, Order.lease_owner == self._worker_id)
+            connection = session.connection()
+            result = connection.execute(
+                update(ORDERS)
+                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
                 .values(**values)
             )
             if result.rowcount != 1:
                 raise LeaseLost(order_id)
+            if answered:
+                self._write_answered(connection, order_id, answered)
             removed = 0
-            if finished:
-                removed = session.execute(
-                    delete(ChallengeRecord).where(ChallengeRecord.order_id == order_id)
+            if drop_records:
+                removed = connection.execute(
+                    delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
                 ).rowcount
         if removed:
             self._notify_records_changed()
 
+    def _save_next_attempt(
+        self, order: OrderSnapshot, delay: float, answered: Sequence[str] = (), **values: Any
+    ) -> None:
+        """Save when to come back; hand the lease back too when the caller will not hold it."""
+        if order.hold_lease_for is not None and delay > order.hold_lease_for:
+            values.update(lease_owner=None, lease_until=None)
+        self._save(order.id, answered=answered, **values)
+
     def _poll_later(
-        self, order: OrderSnapshot, retry_after: dt.datetime | None, at_least: float = 0
+        self,
+        order: OrderSnapshot,
+        retry_after: dt.datetime | None,
+        at_least: float = 0,
+        answered: Sequence[str] = (),
     ) -> float:
         now = self._clock()
         delay = max(_poll_delay(now - order.created_at, self._settings.acme_poll_seconds), at_least)
         if retry_after is not None:
             delay = max(delay, (retry_after - now).total_seconds())
-        self._save(
-            order.id,
+        # Saved even while the worker keeps the order: after a crash, claims take orders by
+        # `next_attempt_at`, and orders still waiting for their ACME order must come before
+        # those a worker was polling.
+        self._save_next_attempt(
+            order,
+            delay,
+            answered,
             attempts=0,
             next_attempt_at=now + dt.timedelta(seconds=delay),
         )
         return delay
 
     def _retry_later(
-        self, order: OrderSnapshot, reason: str, retry_after: dt.datetime | None
+        self,
+        order: OrderSnapshot,
+        reason: str,
+        retry_after: dt.datetime | None,
+        **values: Any,
     ) -> float:
         now = self._clock()
         failures = order.attempts + 1
         when = next_attempt(now, failures, retry_after)
-        self._save(
-            order.id,
+        delay = (when - now).total_seconds()
+        self._save_next_attempt(
+            order,
+            delay,
             attempts=failures,
             reason=f"{reason} (retry {failures} at {when:%Y-%m-%d %H:%M:%S} UTC)",
             next_attempt_at=when,
+            **values,
         )
         log.warning("order %s: retrying at %s: %s", order.id, when.isoformat(), reason)
-        return (when - now).total_seconds()
+        return delay
 
     def _on_problem(self, order: OrderSnapshot, problem: AcmeProblem) -> float | None:
         if problem.kind in (ProblemKind.RETRYABLE, ProblemKind.RATE_LIMITED):
@@ -459,21 +636,27 @@ class OrderDriver:
         return None
 
     def _start_over_or_fail(self, order: OrderSnapshot, reason: str, dead: bool) -> float | None:
-        """A dead authorization: a new ACME order (ownership re-checked first), within limits."""
-        self._remove_challenge_records(order.id)
+        """A dead authorization: a new ACME order (ownership re-checked first), within limits.
+
+        Either way the dead order's challenge material goes, in the same transaction as the
+        failure or the forgotten ACME order URL.
+        """
         if not dead or order.acme_orders >= MAX_ACME_ORDERS:
             self._fail(order, reason)
             return None
-        self._save(order.id, acme_order_url=None)
         return self._retry_later(
-            order, f"validation failed; trying a new ACME order: {reason}", None
+            order,
+            f"validation failed; trying a new ACME order: {reason}",
+            None,
+            drop_records=True,
+            acme_order_url=None,
         )
 
     def _fail(self, order: OrderSnapshot, reason: str) -> None:
         now = self._clock()
         self._save(
             order.id,
-            finished=True,
+            drop_records=True,
             state=FAILURE,
             reason=reason,
             finished_at=now,
@@ -486,7 +669,7 @@ class OrderDriver:
         facts = certificate_facts(fullchain)
         self._save(
             order.id,
-            finished=True,
+            drop_records=True,
             state=ISSUED,
             reason=None,
             certificate_pem=fullchain,

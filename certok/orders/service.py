@@ -8,14 +8,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox
 from certok.db.models import Order, VerificationCode
 from certok.errors import CodeExpired, NotFound
-from certok.orders.codes import find_code
+from certok.orders.codes import code_not_found
 
 PENDING = "pending"
 ISSUED = "issued"
@@ -43,10 +43,6 @@ class OrderView:
     private_key: str | None = None
 
 
-class _AlreadyRedeemed(Exception):
-    pass
-
-
 def redeem_code(
     session: Session,
     tenant_id: int,
@@ -60,9 +56,21 @@ def redeem_code(
     """The order for `code`, creating it on first use. Returns (order id, created now).
 
     A code starts an order only within its validity and only once; later calls with the same
-    code read that order (whatever algorithm/issuer they pass).
+    code read that order (whatever algorithm/issuer they pass). Plain SQL statements, not ORM
+    units of work: this runs once per apply call, on the API's hot path.
     """
-    row = find_code(session, tenant_id, code)
+    row = session.execute(
+        select(
+            VerificationCode.id,
+            VerificationCode.tenant_id,
+            VerificationCode.order_id,
+            VerificationCode.expires_at,
+            VerificationCode.challenge_type,
+            VerificationCode.domains,
+        ).where(VerificationCode.code == code)
+    ).first()
+    if row is None or row.tenant_id != tenant_id:
+        raise code_not_found(code)
     if row.order_id is not None:
         return row.order_id, False
     now = clock()
@@ -71,49 +79,68 @@ def redeem_code(
             f"verification code {code!r} expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC "
             "(codes are valid for one minute): call /v1/cert/dv again for a new code"
         )
-    order = Order(
-        tenant_id=tenant_id,
-        issuer=issuer,
-        algorithm=algorithm,
-        challenge_type=row.challenge_type,
-        domains=row.domains,
-        state=PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        deadline_at=now + dt.timedelta(seconds=deadline_seconds),
-        created_at=now,
-    )
-    try:
-        with session.begin_nested():
-            session.add(order)
-            session.flush()
-            # Compare-and-set: only one request may bind an order to the code.
-            claimed = session.execute(
-                update(VerificationCode)
-                .where(VerificationCode.id == row.id, VerificationCode.order_id.is_(None))
-                .values(order_id=order.id)
-            )
-            if claimed.rowcount != 1:
-                raise _AlreadyRedeemed
-    except _AlreadyRedeemed:
-        session.expire(row)
-        winner = session.scalar(
-            select(VerificationCode.order_id).where(VerificationCode.id == row.id)
+    order_id = session.execute(
+        insert(Order)
+        .values(
+            tenant_id=tenant_id,
+            issuer=issuer,
+            algorithm=algorithm,
+            challenge_type=row.challenge_type,
+            domains=row.domains,
+            state=PENDING,
+            attempts=0,
+            acme_orders=0,
+            next_attempt_at=now,
+            deadline_at=now + dt.timedelta(seconds=deadline_seconds),
+            created_at=now,
         )
-        if winner is None:  # pragma: no cover - the CAS failed, so someone set it
-            raise NotFound("verification code vanished: call /v1/cert/dv again") from None
-        return winner, False
-    return order.id, True
+        .returning(Order.id)
+    ).scalar_one()
+    # Compare-and-set: only one request may bind an order to the code.
+    claimed = session.execute(
+        update(VerificationCode)
+        .where(VerificationCode.id == row.id, VerificationCode.order_id.is_(None))
+        .values(order_id=order_id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount == 1:
+        return order_id, True
+    # Another request (another node) bound the code first: drop ours, answer with theirs.
+    session.execute(delete(Order).where(Order.id == order_id))
+    winner = session.scalar(select(VerificationCode.order_id).where(VerificationCode.id == row.id))
+    if winner is None:  # pragma: no cover - the CAS failed, so someone set it
+        raise NotFound("verification code vanished: call /v1/cert/dv again")
+    return winner, False
 
 
 def order_state(session: Session, order_id: int) -> str:
     return session.scalar(select(Order.state).where(Order.id == order_id)) or PENDING
 
 
+def finished_orders(session: Session, order_ids: list[int]) -> list[int]:
+    """The orders among `order_ids` that are no longer pending (or no longer exist)."""
+    pending = set(
+        session.scalars(select(Order.id).where(Order.id.in_(order_ids), Order.state == PENDING))
+    )
+    return [order_id for order_id in order_ids if order_id not in pending]
+
+
 def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
     from certok.crypto import certificate_facts  # local: only issued orders need it
 
-    order = session.get(Order, order_id)
+    order = session.execute(
+        select(
+            Order.id,
+            Order.state,
+            Order.issuer,
+            Order.domains,
+            Order.reason,
+            Order.not_before,
+            Order.not_after,
+            Order.certificate_pem,
+            Order.key_encrypted,
+        ).where(Order.id == order_id)
+    ).first()
     if order is None:
         raise NotFound("order not found")
     view = OrderView(

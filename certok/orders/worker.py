@@ -6,6 +6,11 @@ blocking steps (database, CA) in the thread pool and waits between them on the e
 so a few threads drive hundreds of orders in flight. While a step says the next one is due
 soon, the task keeps the order (and its lease) instead of handing it back: that keeps an
 issuance on a fast CA well under a second.
+
+Statements are Core on the transaction's connection (no ORM unit of work). Due orders are
+claimed in one `UPDATE ... WHERE id IN (...) AND lease free RETURNING id` where the database
+can return the rows it changed (PostgreSQL; SQLite from 3.35), one UPDATE per order elsewhere;
+a lease is handed back by the driver's last save of a step when the task lets the order go.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -20,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LEASE_SECONDS = 60
+ORDERS = Order.__table__
 # Keep driving an order in the same thread while its next step is at most this far away.
 INLINE_WAIT_SECONDS = 2.0
 
@@ -52,6 +59,8 @@ class Worker:
     ) -> None:
         self._sessions = session_factory
         self._driver = driver
+        # The driver's save hands the lease back when the next step is beyond the inline wait.
+        self._step = functools.partial(driver.step, hold_lease_for=INLINE_WAIT_SECONDS)
         self._worker_id = worker_id
         self._threads = threads
         self._max_in_flight = max_in_flight
@@ -69,9 +78,9 @@ class Worker:
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
         with transaction(self._sessions) as session:
-            result = session.execute(
-                update(Order)
-                .where(Order.lease_owner == self._worker_id, Order.state == PENDING)
+            result = session.connection().execute(
+                update(ORDERS)
+                .where(ORDERS.c.lease_owner == self._worker_id, ORDERS.c.state == PENDING)
                 .values(lease_owner=None, lease_until=None)
             )
             return result.rowcount
@@ -118,55 +127,69 @@ class Worker:
         with self._busy_lock:
             busy = set(self._busy)
         with self._sessions() as session:
-            candidates = session.scalars(
-                select(Order.id)
-                .where(
-                    Order.state == PENDING,
-                    Order.next_attempt_at <= now,
-                    or_(Order.lease_until.is_(None), Order.lease_until < now),
+            candidates = (
+                session.connection()
+                .execute(
+                    select(ORDERS.c.id)
+                    .where(
+                        ORDERS.c.state == PENDING,
+                        ORDERS.c.next_attempt_at <= now,
+                        _lease_free(now),
+                    )
+                    .order_by(ORDERS.c.next_attempt_at)
+                    .limit(limit + len(busy))
                 )
-                .order_by(Order.next_attempt_at)
-                .limit(limit + len(busy))
-            ).all()
-        claimed: list[int] = []
-        for order_id in candidates:
-            if order_id in busy or len(claimed) >= limit:
-                continue
-            if self._take_lease(order_id, now):
-                claimed.append(order_id)
-        return claimed
-
-    def _take_lease(self, order_id: int, now: dt.datetime) -> bool:
-        with transaction(self._sessions) as session:
-            result = session.execute(
-                update(Order)
-                .where(
-                    Order.id == order_id,
-                    Order.state == PENDING,
-                    or_(Order.lease_until.is_(None), Order.lease_until < now),
-                )
-                .values(
-                    lease_owner=self._worker_id,
-                    lease_until=now + dt.timedelta(seconds=LEASE_SECONDS),
-                )
+                .scalars()
+                .all()
             )
-            return result.rowcount == 1
+        wanted = [order_id for order_id in candidates if order_id not in busy][:limit]
+        if not wanted:
+            return []
+        with transaction(self._sessions) as session:
+            connection = session.connection()
+            if not connection.dialect.update_returning:
+                return [order_id for order_id in wanted if self._take_lease(session, order_id, now)]
+            # Compare-and-set for the whole batch: rows another node leased meanwhile (or that
+            # finished) fail the WHERE and are simply not returned.
+            taken = set(
+                connection.execute(
+                    update(ORDERS)
+                    .where(ORDERS.c.id.in_(wanted), ORDERS.c.state == PENDING, _lease_free(now))
+                    .values(self._lease_values(now))
+                    .returning(ORDERS.c.id)
+                ).scalars()
+            )
+        return [order_id for order_id in wanted if order_id in taken]
+
+    def _take_lease(self, session: Session, order_id: int, now: dt.datetime) -> bool:
+        result = session.connection().execute(
+            update(ORDERS)
+            .where(ORDERS.c.id == order_id, ORDERS.c.state == PENDING, _lease_free(now))
+            .values(self._lease_values(now))
+        )
+        return result.rowcount == 1
+
+    def _lease_values(self, now: dt.datetime) -> dict[str, object]:
+        return {
+            "lease_owner": self._worker_id,
+            "lease_until": now + dt.timedelta(seconds=LEASE_SECONDS),
+        }
 
     def _extend_lease(self, order_id: int) -> bool:
         until = self._clock() + dt.timedelta(seconds=LEASE_SECONDS)
         with transaction(self._sessions) as session:
-            result = session.execute(
-                update(Order)
-                .where(Order.id == order_id, Order.lease_owner == self._worker_id)
+            result = session.connection().execute(
+                update(ORDERS)
+                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
                 .values(lease_until=until)
             )
             return result.rowcount == 1
 
     def _release_lease(self, order_id: int) -> None:
         with transaction(self._sessions) as session:
-            session.execute(
-                update(Order)
-                .where(Order.id == order_id, Order.lease_owner == self._worker_id)
+            session.connection().execute(
+                update(ORDERS)
+                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
                 .values(lease_owner=None, lease_until=None)
             )
 
@@ -175,14 +198,13 @@ class Worker:
         lease_checked = time.monotonic()
         try:
             while not self._stopping.is_set():
-                delay = await self._in_pool(self._driver.step, order_id)
+                delay = await self._in_pool(self._step, order_id)
                 if delay is None:
                     if self._on_finished is not None:
                         self._on_finished(order_id)
                     return
                 if delay > INLINE_WAIT_SECONDS:
-                    await self._in_pool(self._release_lease, order_id)
-                    return
+                    return  # the step's save handed the lease back
                 # Renew the lease well before it runs out, not on every step.
                 if time.monotonic() - lease_checked > LEASE_SECONDS / 3:
                     if not await self._in_pool(self._extend_lease, order_id):
@@ -201,3 +223,7 @@ class Worker:
             with self._busy_lock:
                 self._busy.discard(order_id)
             self.wake()
+
+
+def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
+    return or_(ORDERS.c.lease_until.is_(None), ORDERS.c.lease_until < now)

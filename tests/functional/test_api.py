@@ -13,18 +13,14 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from certok.api.caches import TtlCache
-from certok.api.routes import ApiServices, create_app
+from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
+from certok.assembly import build_api_services, build_checks
 from certok.crypto import generate_private_key, private_key_from_pem, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
-from certok.prechecks.addresses import AddressPolicy
-from certok.prechecks.resolver import make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -64,34 +60,15 @@ def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-unty
             ids[name] = tenants.create_tenant(session, name).id
             tokens[name] = tenants.issue_token(session, name)
     wakes: list[int] = []
-    verifier = DnsVerifier(
-        store.sessions,
-        zone=settings.dns_zone,
-        label_key=b"k" * 32,
-        resolver_factory=lambda: make_resolver(settings.resolvers, 0.5),
-        code_ttl_seconds=60,
-    )
-    fetcher = SafeFetcher(
-        lambda: make_resolver(settings.resolvers, 0.5), AddressPolicy(), FetchLimits()
-    )
-    http_verifier = HttpVerifier(
-        store.sessions,
-        public_url=settings.public_url,
-        fetcher_factory=lambda: fetcher,
-        http_port=80,
-        code_ttl_seconds=60,
-    )
     app = create_app(
-        ApiServices(
-            settings=settings,
-            sessions=store.sessions,
-            box=store.box,
-            verifier=verifier,
-            http_verifier=http_verifier,
-            # every request checks its token (revocation tests); caching is tested on its own
-            tokens=TtlCache(ttl=0, max_entries=10),
+        build_api_services(
+            settings,
+            store,
+            build_checks(settings, store, label_key=b"k" * 32),
             waiters=OrderWaiters(),
             wake_worker=lambda: wakes.append(1),
+            # every request checks its token (revocation tests); caching is tested on its own
+            tokens=TtlCache(ttl=0, max_entries=10),
         )
     )
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -363,3 +340,40 @@ def test_per_tenant_rate_limit_answers_429_with_retry_after(api: ApiHarness) -> 
     assert int(limited.headers["retry-after"]) >= 1
     # another tenant is not affected
     assert api.get("/v1/cert/dv", "beta", domains="exa mple.com").status_code == 400
+
+
+def test_concurrent_requests_with_one_token_share_one_token_check(api: ApiHarness) -> None:
+    import asyncio
+
+    import httpx
+    from sqlalchemy import event
+
+    token_reads: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "api_tokens" in statement:
+            token_reads.append(statement)
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://certok") as client:
+            return await asyncio.gather(
+                *(
+                    client.get(
+                        "/v1/cert/apply",
+                        params={"code": f"{i:016x}"},
+                        headers={"httpsok-token": api.tokens["alpha"]},
+                    )
+                    for i in range(20)
+                )
+            )
+
+    event.listen(api.store.engine, "before_cursor_execute", count)
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        event.remove(api.store.engine, "before_cursor_execute", count)
+    # every request was authenticated (unknown code → 404, not 401) ...
+    assert [r.status_code for r in responses] == [404] * 20
+    # ... by one or two token reads (the cache here keeps nothing), not one per request
+    assert 1 <= len(token_reads) <= 2, len(token_reads)

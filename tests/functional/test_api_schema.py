@@ -46,20 +46,16 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 
 from certok.api.ratelimit import RateLimiter
-from certok.api.routes import ApiServices, create_app
+from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
+from certok.assembly import build_api_services, build_checks
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import make_engine, make_session_factory, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Order
 from certok.domains.delegations import compute_label
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner, redeem_code
-from certok.prechecks.addresses import AddressPolicy
-from certok.prechecks.resolver import make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -161,31 +157,15 @@ def build_app(store: Store, resolver_port: int, tmp_path: Path, **services: Any)
         resolvers=[f"127.0.0.1:{resolver_port}"],
         resolver_timeout_seconds=1.0,
         apply_wait_seconds=0,
+        # the generated requests are the load: limits are tested on their own below
+        rate_limit_dv_per_minute=0,
+        rate_limit_apply_per_minute=0,
     )
-
-    def resolver() -> Any:
-        return make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
-
-    fetcher = SafeFetcher(resolver, AddressPolicy(), FetchLimits())
     return create_app(
-        ApiServices(
-            settings=settings,
-            sessions=store.sessions,
-            box=store.box,
-            verifier=DnsVerifier(
-                store.sessions,
-                zone=ZONE,
-                label_key=LABEL_KEY,
-                resolver_factory=resolver,
-                code_ttl_seconds=60,
-            ),
-            http_verifier=HttpVerifier(
-                store.sessions,
-                public_url=settings.public_url,
-                fetcher_factory=lambda: fetcher,
-                http_port=80,
-                code_ttl_seconds=60,
-            ),
+        build_api_services(
+            settings,
+            store,
+            build_checks(settings, store, label_key=LABEL_KEY),
             waiters=OrderWaiters(),
             wake_worker=lambda: None,  # no worker: orders stay pending unless a test says
             **services,

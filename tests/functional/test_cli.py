@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 
-def run(data_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    data_dir: Path, *args: str, ok: bool = True, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m certok ARGS` with only CERTOK_DATA_DIR and `settings` (CERTOK_ names) set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTOK_")}
     env["CERTOK_DATA_DIR"] = str(data_dir)
+    env.update(settings)
     result = subprocess.run(
         [sys.executable, "-m", "certok", *args],
         env=env,

@@ -104,17 +104,22 @@ class LoopThread:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DnsServer]:
+def serve(config: ZoneConfig) -> Iterator[DnsServer]:
+    """The real server for ``config`` and RECORDS on a loopback port, for a fixture's life."""
     loop = LoopThread()
     cache = ZoneCache(None)
     cache.replace(RECORDS)
     # Response rate limiting is off: these tests send bursts from one address on purpose,
     # and RRL has its own test in test_dns_server.py.
-    dns_server = loop.run(start_dns_server(HOST, 0, CONFIG, cache, rate_limit_per_second=None))
+    dns_server = loop.run(start_dns_server(HOST, 0, config, cache, rate_limit_per_second=None))
     yield dns_server
     loop.run(dns_server.close())
     loop.stop()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[DnsServer]:
+    yield from serve(CONFIG)
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -426,6 +431,55 @@ def test_negative_answers_carry_the_soa_in_authority_with_aa(
     reply = transport.ask(query_wire(qname, qtype, use_edns=use_edns))
     assert reply.rcode() == rcode
     assert_soa_in_authority(reply)
+
+
+# Nameservers inside the zone two and three labels below the apex (dns_nameservers with glue
+# from dns_nameserver_addresses): the names between them and the apex exist without data.
+NESTED_NS_CONFIG = ZoneConfig(
+    zone=ZONE,
+    nameservers=(f"ns1.{ZONE}", f"a.b.{ZONE}", f"ns.x.y.{ZONE}"),
+    nameserver_addresses=("127.0.0.1",),
+    ttl=TTL,
+    max_txt_values=MAX_TXT_VALUES,
+)
+NAMES_AROUND_NESTED_NAMESERVERS = [
+    ("b", dns.rcode.NOERROR),  # empty non-terminal above a.b (RFC 8020: NODATA)
+    ("y", dns.rcode.NOERROR),  # above ns.x.y, two levels up
+    ("x.y", dns.rcode.NOERROR),
+    ("c.b", dns.rcode.NXDOMAIN),  # beside a nameserver: nothing there
+    ("sub.a.b", dns.rcode.NXDOMAIN),  # below one
+]
+
+
+@pytest.fixture(scope="module")
+def nested_ns_server() -> Iterator[DnsServer]:
+    yield from serve(NESTED_NS_CONFIG)
+
+
+@pytest.mark.parametrize(("relative", "rcode"), NAMES_AROUND_NESTED_NAMESERVERS)
+@pytest.mark.parametrize("qtype", ["A", "TXT"])
+@pytest.mark.parametrize("transport_name", ["udp", "tcp"])
+def test_names_above_an_in_zone_nameserver_are_empty_non_terminals(
+    nested_ns_server: DnsServer,
+    transport_name: str,
+    relative: str,
+    rcode: dns.rcode.Rcode,
+    qtype: str,
+) -> None:
+    transport = Transport(transport_name, nested_ns_server.port)
+    reply = transport.ask(query_wire(name(relative), qtype))
+    assert reply.rcode() == rcode
+    assert_soa_in_authority(reply)
+
+
+def test_names_around_nested_nameservers_get_the_same_bytes_over_udp_and_tcp(
+    nested_ns_server: DnsServer,
+) -> None:
+    for relative, _ in [*NAMES_AROUND_NESTED_NAMESERVERS, ("a.b", None), ("ns.x.y", None)]:
+        query = query_wire(name(relative).upper(), "A")
+        over_udp = udp_exchange(nested_ns_server.port, query, REPLY_TIMEOUT)
+        over_tcp = tcp_exchange(nested_ns_server.port, query, REPLY_TIMEOUT)
+        assert over_udp is not None and over_udp == over_tcp, relative
 
 
 # --- amplification -------------------------------------------------------------------------------

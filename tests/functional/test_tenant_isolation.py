@@ -57,24 +57,18 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from certok.api.routes import ApiServices, create_app
+from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
+from certok.assembly import build_api_services, build_checks, build_driver
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import make_engine, make_session_factory, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import ChallengeRecord, Delegation, Order, VerificationCode
 from certok.domains.delegations import compute_label
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.ownership import Ownership
-from certok.domains.verify import DnsVerifier
 from certok.http01 import store as http01_store
 from certok.names import base_name
-from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.service import order_key_owner
-from certok.prechecks.addresses import AddressPolicy
-from certok.prechecks.resolver import make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -122,6 +116,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> I
             resolver_timeout_seconds=1.0,
             apply_wait_seconds=0,
             challenge_propagation_seconds=0,
+            code_ttl_seconds=600,
+            rate_limit_dv_per_minute=0,
+            rate_limit_apply_per_minute=0,
             issuers={
                 "pebble": IssuerSettings(
                     directory=pebble.directory_url, ca_bundle=Path(pebble.ca_bundle)
@@ -130,43 +127,17 @@ def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> I
             default_issuer="pebble",
         )
 
-        def resolver() -> Any:
-            return make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
-
-        verifier = DnsVerifier(
-            store.sessions,
-            zone=ZONE,
-            label_key=LABEL_KEY,
-            resolver_factory=resolver,
-            code_ttl_seconds=600,
-        )
-        fetcher = SafeFetcher(resolver, AddressPolicy(), FetchLimits())
-        http_verifier = HttpVerifier(
-            store.sessions,
-            public_url=settings.public_url,
-            fetcher_factory=lambda: fetcher,
-            http_port=80,
-            code_ttl_seconds=600,
-        )
+        checks = build_checks(settings, store, label_key=LABEL_KEY)
         app = create_app(
-            ApiServices(
-                settings=settings,
-                sessions=store.sessions,
-                box=store.box,
-                verifier=verifier,
-                http_verifier=http_verifier,
+            build_api_services(
+                settings,
+                store,
+                checks,
                 waiters=OrderWaiters(),
                 wake_worker=lambda: None,  # the machine's `work` rule is the worker
             )
         )
-        driver = OrderDriver(
-            store.sessions,
-            settings,
-            store.box,
-            AccountRegistry(store.sessions, settings, store.box),
-            Ownership({"dns": verifier, "http": http_verifier}),
-            worker_id=WORKER,
-        )
+        driver = build_driver(settings, store, checks, worker_id=WORKER)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield World(client, store, fake_dns, driver, kek, database)
     engine.dispose()

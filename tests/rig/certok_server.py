@@ -99,6 +99,10 @@ class CertokServer:
             "CERTOK_RESOLVERS": json.dumps([rig.resolver_address]),
             "CERTOK_ACME_POLL_SECONDS": "0.05",
         }
+        # CERTOK_TEST_PROCESSES=N runs every rig server as `processes = N` (scripts/test runs
+        # the end-to-end tests once more that way); a test's own `processes=` still wins.
+        if os.environ.get("CERTOK_TEST_PROCESSES"):
+            env["CERTOK_PROCESSES"] = os.environ["CERTOK_TEST_PROCESSES"]
         for issuer, directory in (
             ("LETSENCRYPT", rig.directory_url),
             ("ZEROSSL", rig.directory_url),
@@ -164,6 +168,12 @@ class CertokServer:
         """SIGTERM, wait up to `timeout` for a clean exit, then SIGKILL."""
         if self._process is not None:
             self._process.stop(grace=timeout)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for certok to exit after a signal the test sent it: its exit status."""
+        if self._process is None:
+            raise RigError("certok was not started")
+        return self._process.wait_exit(timeout)
 
     def kill(self) -> None:
         """SIGKILL at once: a crash, with no chance to clean up."""

@@ -86,6 +86,12 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to exit on its own (after a signal a test sent): its status."""
+        if self._process is None:
+            raise RigError(f"{self.name} was not started")
+        return self._process.wait(timeout=timeout)
+
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         """Poll `ready` until it is true; raise with the log tails if the process dies or stalls."""
         deadline = time.monotonic() + timeout

@@ -411,7 +411,9 @@ def test_an_unexpected_error_becomes_servfail(monkeypatch: pytest.MonkeyPatch) -
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
+    # Both ways a reply is made: dnspython's, and the wire builder's on a cache miss.
     monkeypatch.setattr(answer_module, "_respond", explode)
+    monkeypatch.setattr(answer_module.replybuild, "build_reply", explode)
     records = ZoneRecords.build([LABEL], [])  # a fresh snapshot: nothing cached yet
     reply = parse(answer(raw_query(), CONFIG, records, max_udp=512))
     assert reply.rcode() == dns.rcode.SERVFAIL
@@ -695,6 +697,42 @@ def test_fixed_host_addresses_are_served() -> None:
     eu = ask("eu.acme.svc.test", "A")
     assert eu.rcode() == dns.rcode.NOERROR and not eu.answer
     assert ask("nothere.acme.svc.test", "A").rcode() == dns.rcode.NXDOMAIN
+
+
+# Nameservers inside the zone two and three labels below the apex, with glue: the names
+# between them and the apex exist without data, like those above dns_hosts names.
+NESTED_NS_CONFIG = ZoneConfig(
+    zone=ZONE,
+    nameservers=(f"a.b.{ZONE}", f"ns.x.y.{ZONE}", "ns.elsewhere.test"),
+    nameserver_addresses=("127.0.0.53", "fd00::53"),
+    ttl=TTL,
+)
+
+
+@pytest.mark.parametrize(
+    ("relative", "rcode"),
+    [
+        ("b", dns.rcode.NOERROR),  # empty non-terminal above a.b (RFC 8020: NODATA)
+        ("y", dns.rcode.NOERROR),  # above ns.x.y, two levels up
+        ("x.y", dns.rcode.NOERROR),
+        ("c.b", dns.rcode.NXDOMAIN),  # beside the nameserver: nothing there
+        ("sub.a.b", dns.rcode.NXDOMAIN),  # below it
+        ("z.x.y", dns.rcode.NXDOMAIN),
+    ],
+)
+@pytest.mark.parametrize("qtype", ["A", "TXT", "NS"])
+@pytest.mark.parametrize("max_udp", [512, None])
+def test_names_above_an_in_zone_nameserver_are_empty_non_terminals_on_both_paths(
+    relative: str, rcode: dns.rcode.Rcode, qtype: str, max_udp: int | None
+) -> None:
+    query_wire = dns.message.make_query(name(relative).upper(), qtype).to_wire()
+    records = ZoneRecords.build([LABEL], [])  # a fresh snapshot: the fast path misses first
+    general = general_answer(query_wire, NESTED_NS_CONFIG, records, max_udp=max_udp)
+    assert general is not None
+    assert_negative(dns.message.from_wire(general), rcode)
+    for _ in ("miss", "hit"):
+        fast = fast_answer(query_wire, NESTED_NS_CONFIG, records, max_udp=max_udp)
+        assert fast == general
 
 
 def test_a_zero_octet_inside_a_label_does_not_fool_the_fast_path() -> None:

@@ -2,8 +2,8 @@
 
 A new snapshot's index is derived from the previous one (zoneindex.derive_index) and shares
 the reply cache, whose entries are checked against the index's nodes by identity. These tests
-hold that to a full rebuild byte for byte, count the dnspython renders a change costs, and
-check the reply cache's bound.
+hold that to a full rebuild byte for byte, count the replies a change makes the answer path
+build again, and check the reply cache's bound.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from certok.dnszone import answer as answer_module
 from certok.dnszone import wire, zoneindex
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer, general_answer
 from certok.dnszone.records import ZoneCache, ZoneRecords
-from certok.dnszone.replycache import ReplyCache
+from certok.dnszone.replycache import Entry, ReplyCache
+from certok.dnszone.wire import ReplyKey
 from certok.dnszone.zoneindex import ZoneIndex, prepare_index
 
 ZONE = "acme.svc.test"
 CONFIG = ZoneConfig(
     zone=ZONE,
-    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test"),
+    # a.b: an in-zone nameserver whose parent is an empty non-terminal the config owns
+    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test", f"a.b.{ZONE}"),
     nameserver_addresses=("127.0.0.53", "fd00::53"),
     ttl=30,
     max_txt_values=3,
@@ -54,6 +56,9 @@ NAMES = [
     "hostmaster",
     "Bad Label",
     "a" * 64,
+    "b",
+    "c.b",
+    "a.b",
 ]
 VALUES = ["v1", "v2", "v3", "v4", "w" * 300]
 # Owners queried: every name above, their ancestors, missing names and outsiders.
@@ -66,6 +71,10 @@ OWNERS = [
     "x.ns1",
     "nothere",
     "deep.nothere",
+    "b",
+    "c.b",
+    "a.b",
+    "x.a.b",
 ]
 QTYPES = ["TXT", "A", "AAAA", "NS", "SOA", "ANY", "MX", 65280]
 
@@ -163,15 +172,15 @@ def test_a_derived_index_answers_exactly_like_a_full_build(
 
 @pytest.fixture
 def renders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """The lowercase names dnspython renders a reply for (the cache misses), in order."""
+    """The lowercase names a reply is built for (the cache misses), in order."""
     seen: list[bytes] = []
-    respond = answer_module._respond
+    canonical_entry = answer_module._canonical_entry
 
-    def counting(query: dns.message.Message, query_wire: bytes, index: ZoneIndex):  # type: ignore[no-untyped-def]
-        seen.append(query.question[0].name.canonicalize().to_wire())
-        return respond(query, query_wire, index)
+    def counting(index: ZoneIndex, key: ReplyKey, stamp: object) -> Entry:
+        seen.append(key[0])
+        return canonical_entry(index, key, stamp)
 
-    monkeypatch.setattr(answer_module, "_respond", counting)
+    monkeypatch.setattr(answer_module, "_canonical_entry", counting)
     yield seen
 
 
@@ -216,7 +225,7 @@ def test_cached_replies_of_unchanged_names_survive_a_change(renders: list[bytes]
         reply = ask(qname, cache.records)
         if reply.answer == []:
             assert soa_serial(reply) == 11  # NODATA / NXDOMAIN carry the new serial
-    # Only the changed name went back to dnspython; the others, negative ones included
+    # Only the changed name got a new reply built; the others, negative ones included
     # (their serial is patched in), came from the cache.
     assert renders == [wire_name(changed)]
 
@@ -242,6 +251,18 @@ def test_an_empty_non_terminal_appears_and_goes_with_the_names_below_it() -> Non
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer == []
     cache.replace(ZoneRecords.build([], [], serial=3))
     assert ask(f"branch.{ZONE}", cache.records, "A").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_an_empty_non_terminal_above_a_nameserver_outlives_snapshot_names() -> None:
+    cache = hooked_cache(ZoneRecords.build([], [], serial=1))
+    for labels, txt in [([], []), (["c.b"], []), ([], []), (["b"], [("b", "v")]), ([], [])]:
+        cache.replace(ZoneRecords.build(labels, txt, serial=cache.records.serial + 1))
+        reply = ask(f"b.{ZONE}", cache.records)
+        assert reply.rcode() == dns.rcode.NOERROR, (labels, txt)
+        assert txt_of(reply) == [value for _, value in txt]
+        assert ask(f"c.b.{ZONE}", cache.records, "A").rcode() == (
+            dns.rcode.NOERROR if labels == ["c.b"] else dns.rcode.NXDOMAIN
+        )
 
 
 def test_the_apex_soa_follows_the_serial() -> None:

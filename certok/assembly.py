@@ -1,0 +1,155 @@
+"""Builds certok's services from settings and a store: one recipe for `certok serve`, its worker
+processes and the tests that run the API in process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dns.asyncresolver
+
+from certok.api.caches import TtlCache
+from certok.api.ratelimit import RateLimiter
+from certok.api.routes import ApiServices
+from certok.api.waiters import OrderWaiters
+from certok.domains.http_verify import HttpVerifier
+from certok.domains.ownership import Ownership
+from certok.domains.verify import DnsVerifier
+from certok.orders.accounts import AccountRegistry
+from certok.orders.driver import OrderDriver
+from certok.orders.worker import Worker
+from certok.prechecks.addresses import AddressPolicy
+from certok.prechecks.resolver import make_resolver
+from certok.prechecks.safe_http import FetchLimits, SafeFetcher
+from certok.settings import Settings
+from certok.store import Store
+
+LABEL_KEY_PURPOSE = "delegation-label"
+TOKEN_CACHE_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The delegation checks behind `/v1/cert/dv` and the worker's order-time ownership gate."""
+
+    dns: DnsVerifier
+    http: HttpVerifier
+
+    def ownership(self) -> Ownership:
+        return Ownership({"dns": self.dns, "http": self.http})
+
+
+def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = None) -> Checks:
+    # A resolver holds configuration only: one serves every request and worker thread.
+    resolver = make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
+
+    def resolver_factory() -> dns.asyncresolver.Resolver:
+        return resolver
+
+    fetcher = SafeFetcher(
+        resolver_factory,
+        AddressPolicy(allow_loopback=settings.precheck_allow_loopback),
+        FetchLimits(
+            allowed_ports=frozenset(settings.precheck_allowed_ports),
+            connect_timeout=settings.precheck_timeout_seconds,
+            read_timeout=settings.precheck_timeout_seconds,
+        ),
+    )
+    return Checks(
+        dns=DnsVerifier(
+            store.sessions,
+            zone=settings.dns_zone,
+            label_key=label_key or store.box.derive(LABEL_KEY_PURPOSE),
+            resolver_factory=resolver_factory,
+            code_ttl_seconds=settings.code_ttl_seconds,
+        ),
+        http=HttpVerifier(
+            store.sessions,
+            public_url=settings.public_url,
+            fetcher_factory=lambda: fetcher,
+            http_port=settings.http01_port,
+            code_ttl_seconds=settings.code_ttl_seconds,
+        ),
+    )
+
+
+def build_api_services(
+    settings: Settings,
+    store: Store,
+    checks: Checks,
+    *,
+    waiters: OrderWaiters,
+    wake_worker: Callable[[], None],
+    **overrides: Any,
+) -> ApiServices:
+    """The API's services; `overrides` replace fields (tests: caches, limits)."""
+    fields: dict[str, Any] = {
+        "tokens": TtlCache(ttl=settings.token_cache_seconds, max_entries=TOKEN_CACHE_ENTRIES),
+        "issued": TtlCache(
+            ttl=settings.issued_cache_seconds, max_entries=settings.issued_cache_entries
+        ),
+        "limiter": RateLimiter(
+            {
+                "dv": settings.rate_limit_dv_per_minute,
+                "apply": settings.rate_limit_apply_per_minute,
+            }
+        ),
+    }
+    fields.update(overrides)
+    return ApiServices(
+        settings=settings,
+        sessions=store.sessions,
+        box=store.box,
+        verifier=checks.dns,
+        http_verifier=checks.http,
+        waiters=waiters,
+        wake_worker=wake_worker,
+        **fields,
+    )
+
+
+def build_driver(
+    settings: Settings,
+    store: Store,
+    checks: Checks,
+    *,
+    worker_id: str,
+    on_challenge_records_changed: Callable[[], None] | None = None,
+) -> OrderDriver:
+    return OrderDriver(
+        store.sessions,
+        settings,
+        store.box,
+        AccountRegistry(store.sessions, settings, store.box),
+        checks.ownership(),
+        worker_id=worker_id,
+        on_challenge_records_changed=on_challenge_records_changed,
+    )
+
+
+def build_worker(
+    settings: Settings,
+    store: Store,
+    checks: Checks,
+    *,
+    worker_id: str,
+    on_challenge_records_changed: Callable[[], None] | None,
+    on_order_finished: Callable[[int], None] | None,
+) -> Worker:
+    driver = build_driver(
+        settings,
+        store,
+        checks,
+        worker_id=worker_id,
+        on_challenge_records_changed=on_challenge_records_changed,
+    )
+    return Worker(
+        store.sessions,
+        driver,
+        worker_id=worker_id,
+        threads=settings.worker_threads,
+        max_in_flight=settings.worker_max_orders,
+        poll_seconds=settings.worker_poll_seconds,
+        on_order_finished=on_order_finished,
+    )
