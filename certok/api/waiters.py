@@ -97,7 +97,8 @@ class Watch:
     async def wait(self, timeout: float) -> bool:
         """Wait until the order is reported finished or `timeout` passes; True when woken."""
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can swallow cancellation
+                await self._event.wait()
         except TimeoutError:
             return False
         self._event.clear()

@@ -268,7 +268,10 @@ class ZoneCache:
             self._loop_waiters.append(entry)
         self.request_refresh()
         try:
-            await asyncio.wait_for(future, timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the awaited future completes, and a stopping server must stop.
+            async with asyncio.timeout(timeout):
+                await future
             return True
         except TimeoutError:
             return False
@@ -290,7 +293,8 @@ class ZoneCache:
                 except Exception:
                     log.exception("DNS zone refresh failed; serving the previous snapshot")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), interval)
+                    async with asyncio.timeout(interval):  # see `refreshed`: not wait_for
+                        await self._wakeup.wait()
         finally:
             self._loop = None
             self._wakeup = None

@@ -331,8 +331,16 @@ class Rig:
         pid = self._services["nginx"].pid
         if pid is None:
             raise RigError("nginx is not running")
+        old_workers = _children(pid)
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + CHANGE_TIMEOUT_SECONDS
+        # A reload starts new workers and lets the old ones finish gracefully; until they have
+        # exited, a new connection may still meet the old configuration (a pre-check saw "no
+        # redirect" right after the probe below had seen the new one).
+        while old_workers & _children(pid):
+            if time.monotonic() > deadline:
+                raise RigError("nginx's old workers did not exit after a reload")
+            time.sleep(0.02)
         for server_name, target in sites.items():
             while True:
                 location = self._nginx_location(server_name)
@@ -568,3 +576,18 @@ class Rig:
         )
         owner = dns.name.from_text(f"www.{CUSTOMER_ZONE}")
         return any(rrset.name == owner for rrset in response.answer)
+
+
+def _children(parent: int) -> set[int]:
+    """Live (non-zombie) child processes of `parent`."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            children.add(int(entry.name))
+    return children
