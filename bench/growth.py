@@ -112,11 +112,11 @@ class Filler:
         """Bring the database up to these totals; seconds taken."""
         from sqlalchemy import func, insert, select
 
+        from certok.assembly import LABEL_KEY_PURPOSE
         from certok.db.engine import transaction
         from certok.db.models import Delegation, Order, VerificationCode
         from certok.domains.delegations import compute_label
         from certok.orders.service import ISSUED, order_key_owner
-        from certok.runtime import LABEL_KEY_PURPOSE
         from certok.settings import Settings
         from certok.store import open_store
         from certok.tenants.service import find_tenant

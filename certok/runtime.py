@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import (
-    LABEL_KEY_PURPOSE,
     Checks,
     build_api_services,
     build_checks,
@@ -40,7 +39,7 @@ from certok.orders.worker import Worker
 from certok.settings import Settings
 from certok.store import Store, open_store
 
-__all__ = ["LABEL_KEY_PURPOSE", "configure_logging", "run_event_loop", "run_server", "serve"]
+__all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
 
 log = logging.getLogger("certok")
 

@@ -24,7 +24,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -61,7 +61,6 @@ class _Child:
     started_at: float = 0.0
     quick_exits: int = 0
     restart_at: float | None = None
-    history: list[int] = field(default_factory=list)
 
 
 def supervise(settings: Settings) -> int:
