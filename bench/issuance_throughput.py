@@ -375,6 +375,9 @@ def run_certok(
     database_url = fresh_postgres_database(args.postgres, workdir.name) if args.postgres else None
     if database_url:
         settings["database_url"] = database_url
+        # One node: its DNS process confirms each reload, as on SQLite (certok's default for
+        # PostgreSQL assumes several nodes and waits two refresh intervals before answering).
+        settings["challenge_propagation_seconds"] = 0
     server = CertokServer.for_rig(rig, workdir, **settings)
     described = " ".join(
         f"{key}={value}" for key, value in server.env.items() if key.upper() in _SHOWN_SETTINGS
@@ -478,6 +481,7 @@ _SHOWN_SETTINGS = {
     "CERTOK_RATE_LIMIT_APPLY_PER_MINUTE",
     "CERTOK_APPLY_WAIT_SECONDS",
     "CERTOK_ACME_POLL_SECONDS",
+    "CERTOK_CHALLENGE_PROPAGATION_SECONDS",
 }
 
 

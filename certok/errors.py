@@ -81,6 +81,13 @@ class RateLimited(CertokError):
         self.retry_after = retry_after
 
 
+class Unavailable(CertokError):
+    """certok is restarting one of its processes: try again in a moment."""
+
+    http_status = 503
+    code = 1503
+
+
 class ConfigurationError(CertokError):
     """certok is misconfigured: see docs/settings.md."""
 

@@ -28,6 +28,7 @@ from certok.assembly import (
     build_checks,
     build_worker,
 )
+from certok.db.write_channel import use_writer_process
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
@@ -141,10 +142,17 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
 
 
 async def serve_app(
-    settings: Settings, index: int, sockets: list[socket.socket], control: Path
+    settings: Settings,
+    index: int,
+    sockets: list[socket.socket],
+    control: Path,
+    writes: Path | None = None,
 ) -> None:
-    """An API + worker process: `sockets` are the API listeners the supervisor opened."""
+    """An API + worker process: `sockets` are the API listeners the supervisor opened;
+    `writes` is the writer process's socket (SQLite), which runs the worker's writes."""
     store = open_store(settings, upgrade=False)
+    if writes is not None:
+        use_writer_process(store.engine, writes)
     checks = build_checks(settings, store)
     waiters = OrderWaiters()
     waiters.bind(asyncio.get_running_loop())

@@ -1,4 +1,6 @@
-"""`certok serve` with `processes` ≥ 2: one DNS process and N - 1 API + worker processes.
+"""`certok serve` with `processes` ≥ 2: one DNS process and N - 1 API + worker processes
+(and on SQLite one writer process, which runs their write transactions: see
+`certok.db.write_channel`).
 
 The supervisor migrates the database and opens the API's listening sockets once, then starts
 the DNS process, waits until it answers, and starts the API + worker processes on those
@@ -30,6 +32,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from certok.db.engine import sqlite_writer_lock
+from certok.db.write_channel import serve_writes
 from certok.orders.leases import release_node_leases
 from certok.runtime import (
     configure_logging,
@@ -72,26 +76,36 @@ def supervise(settings: Settings) -> int:
     sockets = listen_sockets(settings)
     rundir = Path(tempfile.mkdtemp(prefix="certok-"))  # 0700: only we reach the socket
     control = rundir / "dns.sock"
+    # SQLite: one writer process runs every write transaction (certok.db.write_channel).
+    writes = rundir / "writer.sock" if sqlite_writer_lock(store.engine) is not None else None
     context = multiprocessing.get_context("fork")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     dns_ready = context.Event()
     dns = _Child("dns", _dns_main, (settings, control, dns_ready))
+    writers = [_Child("writer", _writer_main, (settings, writes))] if writes else []
     apps = [
-        _Child(f"api+worker {index}", _app_main, (settings, index, sockets, control))
+        _Child(f"api+worker {index}", _app_main, (settings, index, sockets, control, writes))
         for index in range(1, settings.processes)
     ]
+    children = [dns, *writers, *apps]
     try:
+        for writer in writers:
+            _start(context, writer)  # until it listens, writes run in their own process
         _start(context, dns)
         if not _wait_for_dns(dns, dns_ready, stop):
             return 1
         for child in apps:
             _start(context, child)
-        log.info("serving: 1 DNS process and %d API + worker processes", len(apps))
-        return _watch(context, [dns, *apps], stop)
+        log.info(
+            "serving: 1 DNS process, %d API + worker processes%s",
+            len(apps),
+            ", 1 writer process" if writers else "",
+        )
+        return _watch(context, children, stop)
     finally:
-        _stop_all([dns, *apps])
+        _stop_all(children)
         for sock in sockets:
             sock.close()
         shutil.rmtree(rundir, ignore_errors=True)
@@ -202,7 +216,25 @@ def _dns_main(settings: Settings, control: Path, ready: Event) -> None:
         run_event_loop(serve_dns(settings, control, ready.set))
 
 
-def _app_main(settings: Settings, index: int, sockets: list[socket.socket], control: Path) -> None:
+def _app_main(
+    settings: Settings,
+    index: int,
+    sockets: list[socket.socket],
+    control: Path,
+    writes: Path | None,
+) -> None:
     _child_setup(settings)
     with contextlib.suppress(KeyboardInterrupt):
-        run_event_loop(serve_app(settings, index, sockets, control))
+        run_event_loop(serve_app(settings, index, sockets, control, writes))
+
+
+def _writer_main(settings: Settings, writes: Path) -> None:
+    _child_setup(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = open_store(settings, upgrade=False)
+    try:
+        serve_writes(writes, store.engine, stop)
+    finally:
+        store.engine.dispose()

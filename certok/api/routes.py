@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +29,20 @@ from certok.api.openapi import openapi_document
 from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
 from certok.crypto import ALGORITHMS, SecretBox
-from certok.db.engine import transaction
+from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest
 from certok.http01 import store as http01_store
 from certok.names import parse_domains
-from certok.orders.service import PENDING, OrderView, order_state, redeem_code, view_order
+from certok.orders.service import (
+    PENDING,
+    OrderView,
+    code_order,
+    order_state,
+    redeem_code,
+    view_order,
+)
 from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
 
@@ -159,15 +167,23 @@ class _Api:
             return envelope_with_encoded_data(request, cached, headers=NO_STORE)
 
         def redeem() -> tuple[int, bool]:
-            with transaction(self.s.sessions) as session:
-                return redeem_code(
-                    session,
-                    tenant.id,
-                    code,
+            # Most calls poll a code that already has its order: a read. Only a first
+            # redemption writes (in the writer's queue, `certok.db.writes`).
+            with self.s.sessions() as session:
+                existing = code_order(session, tenant.id, code)
+            if existing is not None:
+                return existing, False
+            return write(
+                self.s.sessions,
+                functools.partial(
+                    redeem_code,
+                    tenant_id=tenant.id,
+                    code=code,
                     algorithm=algorithm,
                     issuer=issuer,
                     deadline_seconds=settings.order_deadline_seconds,
-                )
+                ),
+            )
 
         order_id, created = await asyncio.to_thread(redeem)
         if created:

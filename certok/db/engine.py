@@ -89,6 +89,11 @@ class SqliteWriterLock:
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
 
 
+def sqlite_writer_lock(engine: Engine) -> SqliteWriterLock | None:
+    """The writer lock of a SQLite engine (None for other databases)."""
+    return _SQLITE_WRITERS.get(engine)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the DNS refresher and API read while the worker writes.

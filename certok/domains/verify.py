@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Delegation
+from certok.db.writes import write
 from certok.domains.delegations import ensure_delegations
 from certok.names import base_name, challenge_name, relative_challenge_name
 from certok.orders.codes import issue_code
@@ -80,10 +82,17 @@ class CodeIssuer:
         )
 
     def _issue(self, tenant_id: int, challenge_type: str, domains: list[str]) -> str:
-        with transaction(self._sessions) as session:
-            return issue_code(
-                session, tenant_id, challenge_type, domains, self._code_ttl, self._clock
-            )
+        return write(
+            self._sessions,
+            functools.partial(
+                issue_code,
+                tenant_id=tenant_id,
+                challenge_type=challenge_type,
+                domains=domains,
+                ttl_seconds=self._code_ttl,
+                clock=self._clock,
+            ),
+        )
 
 
 class DnsVerifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
@@ -15,17 +16,19 @@ CODE_HEX_CHARS = 16
 
 
 def issue_code(
-    session: Session,
+    session: Session | Connection,
     tenant_id: int,
     challenge_type: str,
     domains: list[str],
     ttl_seconds: int,
     clock: Clock = utcnow,
 ) -> str:
+    """Store a new code for these names; return it. `session` may be a Session or a Connection
+    (a plain INSERT: the API's dv runs it as a write job, `certok.db.writes`)."""
     now = clock()
     code = secrets.token_hex(CODE_HEX_CHARS // 2)
-    session.add(
-        VerificationCode(
+    session.execute(
+        insert(VerificationCode).values(
             code=code,
             tenant_id=tenant_id,
             challenge_type=challenge_type,

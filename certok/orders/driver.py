@@ -10,18 +10,21 @@ time and another worker took over) cannot overwrite the newer state.
 
 The database sees few, small statements per step: the load reads only the columns a step
 uses (never the certificate or the encrypted key) plus whether the order has challenge
-material; saves are Core statements on the transaction's connection (no ORM unit of work);
-what one step writes after its last exchange with the CA goes in one transaction (the state
-or the next attempt time, the last answer's mark, the lease handed back). Writes that must
-precede an exchange stay in transactions of their own, committed before it: the key and CSR
-before the CA sees the CSR, the ACME order URL before its authorizations are read, the
-challenge material before a challenge is answered, an answer's mark before the next answer.
+material; saves are Core statements (`certok.db.writes.write`: on SQLite, the process's writes
+share transactions) with no ORM unit of work; what one step writes after its last exchange
+with the CA goes in one transaction (the state or the next attempt time, the last answer's
+mark, the lease handed back, challenge material no longer needed). Writes that must precede
+an exchange stay in transactions of their own, committed before it: the ACME order URL (with
+the new key and CSR) before its authorizations are read, the challenge material before a
+challenge is answered, an answer's mark before the next answer. A poll the worker holds on to
+saves nothing: the next one follows in the same task.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,9 +42,9 @@ from certok.crypto import (
     make_csr,
     private_key_to_pem,
 )
-from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Delegation, Order
-from certok.errors import CertokError
+from certok.db.writes import write
+from certok.errors import CertokError, Unavailable
 from certok.http01.store import HTTP01_KIND, record_name
 from certok.issuance import (
     AcmeProblem,
@@ -193,6 +196,9 @@ class OrderDriver:
             return self._on_problem(order, problem)
         except LeaseLost:
             raise
+        except Unavailable as error:
+            # A part of certok is restarting (the writer process): not the order's fault.
+            return self._retry_later(order, error.message, None)
         except CertokError as error:
             self._fail(order, error.message)
             return None
@@ -210,22 +216,23 @@ class OrderDriver:
             self._fail(order, problem)
             return None
         csr_pem = order.csr_pem
+        key_values: dict[str, Any] = {}
         if csr_pem is None or not order.has_key:
-            # Key and CSR are saved before the CA sees them, so a restart reuses them.
+            # The CA sees the CSR only at finalization: key and CSR are saved with the ACME
+            # order's URL below, and a crash before that save makes both afresh.
             key = generate_private_key(order.algorithm)
             csr_pem = make_csr(key, order.domains)
-            self._save(
-                order.id,
-                key_encrypted=self._box.encrypt(
+            key_values = {
+                "key_encrypted": self._box.encrypt(
                     private_key_to_pem(key).encode("ascii"), order_key_owner(order.id)
                 ),
-                csr_pem=csr_pem,
-            )
+                "csr_pem": csr_pem,
+            }
         # The URL is saved the moment the CA has made the order, before its authorizations
         # are read: a crash in between must resume this ACME order, not create another.
         created = account.session.new_order(csr_pem.encode("ascii"), include_authorizations=False)
         acme_orders = order.acme_orders + 1
-        self._save(order.id, acme_order_url=created.url, acme_orders=acme_orders)
+        self._save(order.id, acme_order_url=created.url, acme_orders=acme_orders, **key_values)
         log.info("order %s: ACME order %s created at %s", order.id, created.url, order.issuer)
         # The save succeeded under our lease: the snapshot plus what it wrote is the row now.
         order = dataclasses.replace(
@@ -248,22 +255,23 @@ class OrderDriver:
             return self._start_over_or_fail(order, reason, dead)
         if info.status == STATUS_PENDING:
             return self._work_on_authorizations(order, account, info)
-        if order.has_records:
-            self._remove_challenge_records(order.id)
+        # Every authorization is valid: the challenge material has done its work and goes
+        # with this step's closing save (the CA does not look at it again).
+        drop_records = order.has_records
         if info.status == STATUS_READY:
             # "ready": The server agrees that the requirements have been fulfilled, and is
             # awaiting finalization. Submit a finalization request.
             assert order.csr_pem is not None
             info = account.session.finalize(info, order.csr_pem.encode("ascii"))
             if info.status != STATUS_VALID:
-                return self._poll_later(order, info.retry_after)
+                return self._poll_later(order, info.retry_after, drop_records=drop_records)
         if info.status == STATUS_PROCESSING:
-            return self._poll_later(order, info.retry_after)
+            return self._poll_later(order, info.retry_after, drop_records=drop_records)
         if info.status == STATUS_VALID and info.certificate_url:
             fullchain = account.session.download_certificate(info.certificate_url)
             self._issue(order, fullchain)
             return None
-        return self._poll_later(order, info.retry_after)
+        return self._poll_later(order, info.retry_after, drop_records=drop_records)
 
     def _work_on_authorizations(
         self, order: OrderSnapshot, account: IssuerAccount, info: OrderInfo
@@ -400,92 +408,40 @@ class OrderDriver:
         now: dt.datetime,
     ) -> None:
         """Write new challenge material (replacing older values) if we still hold the lease."""
-        is_dns = order.challenge_type == "dns"
-        with transaction(self._sessions) as session:
-            connection = session.connection()
-            labels: dict[str, str] = {}
-            if is_dns:
-                identifiers = [authz.identifier for authz, _, _ in fresh]
-                labels = self._lease_and_labels(connection, order, identifiers)
-            else:
-                self._check_lease(connection, order.id)
-            rows: list[dict[str, Any]] = []
-            for authz, challenge, value in fresh:
-                if is_dns:
-                    label = labels.get(authz.identifier)
-                    if label is None:
-                        raise CertokError(
-                            f"{authz.identifier} has no delegation for this tenant: "
-                            "call /v1/cert/dv first"
-                        )
-                    kind, name = "dns-01", label
-                else:
-                    kind, name = HTTP01_KIND, record_name(authz.identifier, challenge.token)
-                rows.append(
-                    {
-                        "order_id": order.id,
-                        "kind": kind,
-                        "name": name,
-                        "value": value,
-                        "authz_url": authz.url,
-                        "created_at": now,
-                        "answered_at": None,
-                    }
-                )
-            if replaced_authz:
-                connection.execute(
-                    delete(CHALLENGE_RECORDS).where(
-                        CHALLENGE_RECORDS.c.order_id == order.id,
-                        CHALLENGE_RECORDS.c.authz_url.in_(replaced_authz),
-                    )
-                )
-            connection.execute(insert(CHALLENGE_RECORDS), rows)
-
-    def _lease_and_labels(
-        self, connection: Connection, order: OrderSnapshot, identifiers: list[str]
-    ) -> dict[str, str]:
-        """Raise LeaseLost unless we hold the lease; the tenant's labels for `identifiers`.
-
-        One read does both: the order's row, joined with whichever of the tenant's
-        delegations match (none, when a name lost its delegation).
-        """
-        joined = ORDERS.outerjoin(
-            DELEGATIONS,
-            (DELEGATIONS.c.tenant_id == order.tenant_id) & DELEGATIONS.c.base_name.in_(identifiers),
+        material = [
+            Material(authz.identifier, authz.url, challenge.token, value)
+            for authz, challenge, value in fresh
+        ]
+        write(
+            self._sessions,
+            functools.partial(
+                _store_material_job,
+                order_id=order.id,
+                tenant_id=order.tenant_id,
+                worker_id=self._worker_id,
+                is_dns=order.challenge_type == "dns",
+                material=material,
+                replaced_authz=replaced_authz,
+                now=now,
+            ),
         )
-        rows = connection.execute(
-            select(ORDERS.c.lease_owner, DELEGATIONS.c.base_name, DELEGATIONS.c.label)
-            .select_from(joined)
-            .where(ORDERS.c.id == order.id)
-        ).all()
-        if not rows or rows[0].lease_owner != self._worker_id:
-            raise LeaseLost(order.id)
-        return {row.base_name: row.label for row in rows if row.base_name is not None}
 
     def _mark_answered(self, order_id: int, authz_urls: Sequence[str]) -> None:
-        with transaction(self._sessions) as session:
-            self._write_answered(session.connection(), order_id, authz_urls)
-
-    def _write_answered(
-        self, connection: Connection, order_id: int, authz_urls: Sequence[str]
-    ) -> None:
-        connection.execute(
-            update(CHALLENGE_RECORDS)
-            .where(
-                CHALLENGE_RECORDS.c.order_id == order_id,
-                CHALLENGE_RECORDS.c.authz_url.in_(authz_urls),
-            )
-            .values(answered_at=self._clock())
+        write(
+            self._sessions,
+            functools.partial(
+                _write_answered, order_id=order_id, authz_urls=list(authz_urls), at=self._clock()
+            ),
         )
 
     def _remove_challenge_records(self, order_id: int, authz_urls: list[str] | None = None) -> None:
-        with transaction(self._sessions) as session:
-            statement = delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
-            if authz_urls is not None:
-                statement = statement.where(CHALLENGE_RECORDS.c.authz_url.in_(authz_urls))
-            removed = session.connection().execute(statement).rowcount
-        if removed:
-            self._notify_records_changed()
+        # Removals are not announced: nobody waits for them, and the DNS server's periodic
+        # refresh (`dns_refresh_seconds`) stops serving the values soon enough. Waiting for a
+        # reload here would hold the worker thread for nothing.
+        write(
+            self._sessions,
+            functools.partial(_remove_records_job, order_id=order_id, authz_urls=authz_urls),
+        )
 
     def _notify_records_changed(self) -> None:
         if self._records_changed is not None:
@@ -536,11 +492,6 @@ class OrderDriver:
             hold_lease_for=hold_lease_for,
         )
 
-    def _check_lease(self, connection: Connection, order_id: int) -> None:
-        owner = connection.scalar(select(ORDERS.c.lease_owner).where(ORDERS.c.id == order_id))
-        if owner != self._worker_id:
-            raise LeaseLost(order_id)
-
     def _save(
         self,
         order_id: int,
@@ -555,32 +506,31 @@ class OrderDriver:
         leave neither a finished order's material served nor a new order's half-saved.
         That DELETE runs even when the snapshot saw no material: it is the last guard
         against rows a worker that lost its lease wrote after this step's load."""
-        with transaction(self._sessions) as session:
-            connection = session.connection()
-            result = connection.execute(
-                update(ORDERS)
-                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                raise LeaseLost(order_id)
-            if answered:
-                self._write_answered(connection, order_id, answered)
-            removed = 0
-            if drop_records:
-                removed = connection.execute(
-                    delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
-                ).rowcount
-        if removed:
-            self._notify_records_changed()
+        write(
+            self._sessions,
+            functools.partial(
+                _save_job,
+                order_id=order_id,
+                worker_id=self._worker_id,
+                values=values,
+                answered=list(answered),
+                answered_at=self._clock(),
+                drop_records=drop_records,
+            ),
+        )
 
     def _save_next_attempt(
-        self, order: OrderSnapshot, delay: float, answered: Sequence[str] = (), **values: Any
+        self,
+        order: OrderSnapshot,
+        delay: float,
+        answered: Sequence[str] = (),
+        drop_records: bool = False,
+        **values: Any,
     ) -> None:
         """Save when to come back; hand the lease back too when the caller will not hold it."""
         if order.hold_lease_for is not None and delay > order.hold_lease_for:
             values.update(lease_owner=None, lease_until=None)
-        self._save(order.id, answered=answered, **values)
+        self._save(order.id, answered=answered, drop_records=drop_records, **values)
 
     def _poll_later(
         self,
@@ -588,18 +538,29 @@ class OrderDriver:
         retry_after: dt.datetime | None,
         at_least: float = 0,
         answered: Sequence[str] = (),
+        drop_records: bool = False,
     ) -> float:
         now = self._clock()
         delay = max(_poll_delay(now - order.created_at, self._settings.acme_poll_seconds), at_least)
         if retry_after is not None:
             delay = max(delay, (retry_after - now).total_seconds())
-        # Saved even while the worker keeps the order: after a crash, claims take orders by
-        # `next_attempt_at`, and orders still waiting for their ACME order must come before
-        # those a worker was polling.
+        if (
+            order.hold_lease_for is not None
+            and delay <= order.hold_lease_for
+            and order.attempts == 0
+            and not answered
+            and not drop_records
+        ):
+            # The caller keeps the order and polls again in a moment: nothing to save. The row
+            # still says when this ACME order was last changed (its creation, an answer), so
+            # after a crash orders still waiting for their ACME order come first, and a worker
+            # taking this one over simply polls it at once.
+            return delay
         self._save_next_attempt(
             order,
             delay,
             answered,
+            drop_records=drop_records,
             attempts=0,
             next_attempt_at=now + dt.timedelta(seconds=delay),
         )
@@ -680,6 +641,146 @@ class OrderDriver:
             lease_until=None,
         )
         log.info("order %s issued for %s", order.id, ",".join(order.domains))
+
+
+# --- write jobs ------------------------------------------------------------------------------
+# Module-level functions of plain arguments: a multi-process node runs them in its writer
+# process (certok.db.write_channel), which receives them pickled.
+
+
+@dataclass(frozen=True)
+class Material:
+    """One authorization's challenge material, as stored."""
+
+    identifier: str
+    authz_url: str
+    token: str
+    value: str
+
+
+def _save_job(
+    connection: Connection,
+    *,
+    order_id: int,
+    worker_id: str,
+    values: dict[str, Any],
+    answered: list[str],
+    answered_at: dt.datetime,
+    drop_records: bool,
+) -> None:
+    result = connection.execute(
+        update(ORDERS)
+        .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == worker_id)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(order_id)
+    if answered:
+        _write_answered(connection, order_id=order_id, authz_urls=answered, at=answered_at)
+    if drop_records:
+        # Not announced to the DNS server (see OrderDriver._remove_challenge_records).
+        connection.execute(
+            delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
+        )
+
+
+def _write_answered(
+    connection: Connection, *, order_id: int, authz_urls: list[str], at: dt.datetime
+) -> None:
+    connection.execute(
+        update(CHALLENGE_RECORDS)
+        .where(
+            CHALLENGE_RECORDS.c.order_id == order_id,
+            CHALLENGE_RECORDS.c.authz_url.in_(authz_urls),
+        )
+        .values(answered_at=at)
+    )
+
+
+def _remove_records_job(
+    connection: Connection, *, order_id: int, authz_urls: list[str] | None
+) -> None:
+    statement = delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
+    if authz_urls is not None:
+        statement = statement.where(CHALLENGE_RECORDS.c.authz_url.in_(authz_urls))
+    connection.execute(statement)
+
+
+def _store_material_job(
+    connection: Connection,
+    *,
+    order_id: int,
+    tenant_id: int,
+    worker_id: str,
+    is_dns: bool,
+    material: list[Material],
+    replaced_authz: list[str],
+    now: dt.datetime,
+) -> None:
+    labels: dict[str, str] = {}
+    if is_dns:
+        identifiers = [item.identifier for item in material]
+        labels = _lease_and_labels(connection, order_id, tenant_id, worker_id, identifiers)
+    else:
+        _check_lease(connection, order_id, worker_id)
+    rows: list[dict[str, Any]] = []
+    for item in material:
+        if is_dns:
+            label = labels.get(item.identifier)
+            if label is None:
+                raise CertokError(
+                    f"{item.identifier} has no delegation for this tenant: call /v1/cert/dv first"
+                )
+            kind, name = "dns-01", label
+        else:
+            kind, name = HTTP01_KIND, record_name(item.identifier, item.token)
+        rows.append(
+            {
+                "order_id": order_id,
+                "kind": kind,
+                "name": name,
+                "value": item.value,
+                "authz_url": item.authz_url,
+                "created_at": now,
+                "answered_at": None,
+            }
+        )
+    if replaced_authz:
+        connection.execute(
+            delete(CHALLENGE_RECORDS).where(
+                CHALLENGE_RECORDS.c.order_id == order_id,
+                CHALLENGE_RECORDS.c.authz_url.in_(replaced_authz),
+            )
+        )
+    connection.execute(insert(CHALLENGE_RECORDS), rows)
+
+
+def _lease_and_labels(
+    connection: Connection, order_id: int, tenant_id: int, worker_id: str, identifiers: list[str]
+) -> dict[str, str]:
+    """Raise LeaseLost unless `worker_id` holds the lease; the tenant's labels for `identifiers`.
+
+    One read does both: the order's row, joined with whichever of the tenant's delegations
+    match (none, when a name lost its delegation).
+    """
+    joined = ORDERS.outerjoin(
+        DELEGATIONS,
+        (DELEGATIONS.c.tenant_id == tenant_id) & DELEGATIONS.c.base_name.in_(identifiers),
+    )
+    rows = connection.execute(
+        select(ORDERS.c.lease_owner, DELEGATIONS.c.base_name, DELEGATIONS.c.label)
+        .select_from(joined)
+        .where(ORDERS.c.id == order_id)
+    ).all()
+    if not rows or rows[0].lease_owner != worker_id:
+        raise LeaseLost(order_id)
+    return {row.base_name: row.label for row in rows if row.base_name is not None}
+
+
+def _check_lease(connection: Connection, order_id: int, worker_id: str) -> None:
+    owner = connection.scalar(select(ORDERS.c.lease_owner).where(ORDERS.c.id == order_id))
+    if owner != worker_id:
+        raise LeaseLost(order_id)
 
 
 def _poll_delay(age: dt.timedelta, base_seconds: float) -> float:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
@@ -44,7 +45,7 @@ class OrderView:
 
 
 def redeem_code(
-    session: Session,
+    session: Session | Connection,
     tenant_id: int,
     code: str,
     *,
@@ -59,26 +60,10 @@ def redeem_code(
     code read that order (whatever algorithm/issuer they pass). Plain SQL statements, not ORM
     units of work: this runs once per apply call, on the API's hot path.
     """
-    row = session.execute(
-        select(
-            VerificationCode.id,
-            VerificationCode.tenant_id,
-            VerificationCode.order_id,
-            VerificationCode.expires_at,
-            VerificationCode.challenge_type,
-            VerificationCode.domains,
-        ).where(VerificationCode.code == code)
-    ).first()
-    if row is None or row.tenant_id != tenant_id:
-        raise code_not_found(code)
+    row = _redeemable_code(session, tenant_id, code, clock)
     if row.order_id is not None:
         return row.order_id, False
     now = clock()
-    if now > row.expires_at:
-        raise CodeExpired(
-            f"verification code {code!r} expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC "
-            "(codes are valid for one minute): call /v1/cert/dv again for a new code"
-        )
     order_id = session.execute(
         insert(Order)
         .values(
@@ -111,6 +96,38 @@ def redeem_code(
     if winner is None:  # pragma: no cover - the CAS failed, so someone set it
         raise NotFound("verification code vanished: call /v1/cert/dv again")
     return winner, False
+
+
+def code_order(
+    session: Session | Connection, tenant_id: int, code: str, clock: Clock = utcnow
+) -> int | None:
+    """The order `code` started, or None if it has started none yet (redeem_code would make
+    one). Raises as redeem_code does for an unknown, foreign or expired code. A read only:
+    the API asks this first and sends only first redemptions to the writer."""
+    return _redeemable_code(session, tenant_id, code, clock).order_id
+
+
+def _redeemable_code(
+    session: Session | Connection, tenant_id: int, code: str, clock: Clock
+) -> Row[Any]:
+    row = session.execute(
+        select(
+            VerificationCode.id,
+            VerificationCode.tenant_id,
+            VerificationCode.order_id,
+            VerificationCode.expires_at,
+            VerificationCode.challenge_type,
+            VerificationCode.domains,
+        ).where(VerificationCode.code == code)
+    ).first()
+    if row is None or row.tenant_id != tenant_id:
+        raise code_not_found(code)
+    if row.order_id is None and clock() > row.expires_at:
+        raise CodeExpired(
+            f"verification code {code!r} expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC "
+            "(codes are valid for one minute): call /v1/cert/dv again for a new code"
+        )
+    return row
 
 
 def order_state(session: Session, order_id: int) -> str:

@@ -24,14 +24,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, Connection, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
-from certok.db.engine import transaction
 from certok.db.models import Order
+from certok.db.writes import write
 from certok.orders.driver import LeaseLost, OrderDriver
 from certok.orders.service import PENDING
 
@@ -77,13 +77,7 @@ class Worker:
 
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
-        with transaction(self._sessions) as session:
-            result = session.connection().execute(
-                update(ORDERS)
-                .where(ORDERS.c.lease_owner == self._worker_id, ORDERS.c.state == PENDING)
-                .values(lease_owner=None, lease_until=None)
-            )
-            return result.rowcount
+        return write(self._sessions, functools.partial(_release_all_job, worker_id=self._worker_id))
 
     def wake(self) -> None:
         """Look for due orders now (thread-safe; the API calls it after recording an order)."""
@@ -147,53 +141,23 @@ class Worker:
         wanted = [order_id for order_id in candidates if order_id not in busy][:limit]
         if not wanted:
             return []
-        with transaction(self._sessions) as session:
-            connection = session.connection()
-            if not connection.dialect.update_returning:
-                return [order_id for order_id in wanted if self._take_lease(session, order_id, now)]
-            # Compare-and-set for the whole batch: rows another node leased meanwhile (or that
-            # finished) fail the WHERE and are simply not returned.
-            taken = set(
-                connection.execute(
-                    update(ORDERS)
-                    .where(ORDERS.c.id.in_(wanted), ORDERS.c.state == PENDING, _lease_free(now))
-                    .values(self._lease_values(now))
-                    .returning(ORDERS.c.id)
-                ).scalars()
-            )
-        return [order_id for order_id in wanted if order_id in taken]
-
-    def _take_lease(self, session: Session, order_id: int, now: dt.datetime) -> bool:
-        result = session.connection().execute(
-            update(ORDERS)
-            .where(ORDERS.c.id == order_id, ORDERS.c.state == PENDING, _lease_free(now))
-            .values(self._lease_values(now))
+        return write(
+            self._sessions,
+            functools.partial(_claim_job, wanted=wanted, worker_id=self._worker_id, now=now),
         )
-        return result.rowcount == 1
-
-    def _lease_values(self, now: dt.datetime) -> dict[str, object]:
-        return {
-            "lease_owner": self._worker_id,
-            "lease_until": now + dt.timedelta(seconds=LEASE_SECONDS),
-        }
 
     def _extend_lease(self, order_id: int) -> bool:
         until = self._clock() + dt.timedelta(seconds=LEASE_SECONDS)
-        with transaction(self._sessions) as session:
-            result = session.connection().execute(
-                update(ORDERS)
-                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
-                .values(lease_until=until)
-            )
-            return result.rowcount == 1
+        job = functools.partial(
+            _update_own_lease, order_id=order_id, worker_id=self._worker_id, until=until
+        )
+        return write(self._sessions, job) == 1
 
     def _release_lease(self, order_id: int) -> None:
-        with transaction(self._sessions) as session:
-            session.connection().execute(
-                update(ORDERS)
-                .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == self._worker_id)
-                .values(lease_owner=None, lease_until=None)
-            )
+        job = functools.partial(
+            _update_own_lease, order_id=order_id, worker_id=self._worker_id, until=None
+        )
+        write(self._sessions, job)
 
     # --- driving -------------------------------------------------------------------------------
     async def _drive(self, order_id: int) -> None:
@@ -229,3 +193,56 @@ class Worker:
 
 def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
     return or_(ORDERS.c.lease_until.is_(None), ORDERS.c.lease_until < now)
+
+
+# --- write jobs (module-level with plain arguments: they may run in the writer process) -------
+
+
+def _release_all_job(connection: Connection, *, worker_id: str) -> int:
+    return connection.execute(
+        update(ORDERS)
+        .where(ORDERS.c.lease_owner == worker_id, ORDERS.c.state == PENDING)
+        .values(lease_owner=None, lease_until=None)
+    ).rowcount
+
+
+def _claim_job(
+    connection: Connection, *, wanted: list[int], worker_id: str, now: dt.datetime
+) -> list[int]:
+    lease = {"lease_owner": worker_id, "lease_until": now + dt.timedelta(seconds=LEASE_SECONDS)}
+    if not connection.dialect.update_returning:
+        return [
+            order_id
+            for order_id in wanted
+            if connection.execute(
+                update(ORDERS)
+                .where(ORDERS.c.id == order_id, ORDERS.c.state == PENDING, _lease_free(now))
+                .values(lease)
+            ).rowcount
+            == 1
+        ]
+    # Compare-and-set for the whole batch: rows another node leased meanwhile (or that
+    # finished) fail the WHERE and are simply not returned.
+    taken = set(
+        connection.execute(
+            update(ORDERS)
+            .where(ORDERS.c.id.in_(wanted), ORDERS.c.state == PENDING, _lease_free(now))
+            .values(lease)
+            .returning(ORDERS.c.id)
+        ).scalars()
+    )
+    return [order_id for order_id in wanted if order_id in taken]
+
+
+def _update_own_lease(
+    connection: Connection, *, order_id: int, worker_id: str, until: dt.datetime | None
+) -> int:
+    """Extend the lease to `until`, or hand it back (None), if `worker_id` holds it."""
+    values: dict[str, Any] = {"lease_until": until}
+    if until is None:
+        values["lease_owner"] = None
+    return connection.execute(
+        update(ORDERS)
+        .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == worker_id)
+        .values(values)
+    ).rowcount

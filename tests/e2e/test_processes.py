@@ -50,12 +50,16 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
         time.sleep(0.1)
 
 
-def dns_child(server: CertokServer) -> int:
-    """The DNS process's pid, from the supervisor's last "started the dns process" line."""
-    marker = "started the dns process (pid "
+def named_child(server: CertokServer, name: str) -> int:
+    """The pid of the supervisor's last "started the <name> process" (dns, writer)."""
+    marker = f"started the {name} process (pid "
     log = server.log_text()
     assert marker in log, log[-2000:]
     return int(log.rsplit(marker, 1)[1].split(")", 1)[0])
+
+
+def dns_child(server: CertokServer) -> int:
+    return named_child(server, "dns")
 
 
 def issue_one(rig: Rig, user: User, customer_records, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -74,7 +78,8 @@ def test_issues_and_restarts_dead_processes(  # type: ignore[no-untyped-def]
     server: CertokServer = certok_server(processes=3)
     assert server.pid is not None
     children = spawned_children(server.pid)
-    assert len(children) == 3, children
+    # DNS, the writer (SQLite) and two API + worker processes.
+    assert len(children) == 4, children
     user = User(server, server.create_tenant("acme-corp"))
     issue_one(rig, user, customer_records, "www.customer.test", tmp_path)
 
@@ -83,17 +88,26 @@ def test_issues_and_restarts_dead_processes(  # type: ignore[no-untyped-def]
     assert dns in children
     os.kill(dns, signal.SIGKILL)
     wait_for(lambda: dns_child(server) != dns, "a new DNS process started")
-    wait_for(lambda: len(spawned_children(server.pid)) == 3, "three children again")
+    wait_for(lambda: len(spawned_children(server.pid)) == 4, "four children again")
     assert dns not in spawned_children(server.pid)
     issue_one(rig, user, customer_records, "a.customer.test", tmp_path)
 
+    # The writer process dies: a new one takes the API's and the worker's writes.
+    writer = named_child(server, "writer")
+    assert writer in spawned_children(server.pid)
+    os.kill(writer, signal.SIGKILL)
+    wait_for(lambda: named_child(server, "writer") != writer, "a new writer process started")
+    wait_for(lambda: len(spawned_children(server.pid)) == 4, "four children again")
+    issue_one(rig, user, customer_records, "c.customer.test", tmp_path)
+
     # Both API + worker processes die: new ones answer on the same port and issue.
-    apps = [pid for pid in spawned_children(server.pid) if pid != dns_child(server)]
+    singles = {dns_child(server), named_child(server, "writer")}
+    apps = [pid for pid in spawned_children(server.pid) if pid not in singles]
     assert len(apps) == 2
     for pid in apps:
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not set(apps) & set(spawned_children(server.pid)), "old ones gone")
-    wait_for(lambda: len(spawned_children(server.pid)) == 3, "three children again")
+    wait_for(lambda: len(spawned_children(server.pid)) == 4, "four children again")
     wait_for(lambda: _healthy(server), "answering /healthz")
     issue_one(rig, user, customer_records, "b.customer.test", tmp_path)
 
@@ -102,7 +116,7 @@ def test_sigterm_stops_every_process(certok_server) -> None:  # type: ignore[no-
     server: CertokServer = certok_server(processes=3)
     assert server.pid is not None
     children = spawned_children(server.pid)
-    assert len(children) == 3
+    assert len(children) == 4
     os.kill(server.pid, signal.SIGTERM)
     assert server.wait_exit(30) == 0
     assert not [pid for pid in children if alive(pid)]
@@ -113,7 +127,7 @@ def test_children_die_with_a_killed_supervisor(certok_server) -> None:  # type: 
     server: CertokServer = certok_server(processes=3)
     assert server.pid is not None
     children = spawned_children(server.pid)
-    assert len(children) == 3
+    assert len(children) == 4
     os.kill(server.pid, signal.SIGKILL)  # only the supervisor, not its process group
     server.wait_exit(10)
     wait_for(lambda: not [pid for pid in children if alive(pid)], "children gone", timeout=10)

@@ -60,16 +60,17 @@ PROPAGATION_SECONDS = [0.0, 0.3]
 PROPAGATION_IDS = ["answer-at-once", "answer-after-propagation"]
 # Statements per issued order, averaged over ORDERS: the worker's claims, every step of the
 # driver, and the ownership check's delegation lookup. Measured on SQLite and PostgreSQL
-# (2026-11-28, six runs each): 14.8-15.2 answering at once and 18.1-18.4 answering after
-# propagation; before the driver and worker moved to Core statements and combined saves they
-# took 19.8-20.4 and 25.2-25.7. The margin is about two extra `processing` polls per order
-# (a slow Pebble on a busy machine), each a load and a save.
-STATEMENTS_PER_ORDER_BUDGET = {0.0: 17.0, 0.3: 20.5}
-# Committed (write) transactions per issued order: key + CSR, ACME order URL, TXT values,
-# the first answer's mark (wildcard + apex orders answer two), each poll's next attempt time
-# (with the last answer's mark), TXT values removed, issued; plus the shared claim. Measured
-# 7.4 and 8.4; before: 10.3 and 12.3.
-COMMITS_PER_ORDER_BUDGET = {0.0: 9.0, 0.3: 10.0}
+# (2026-11-28, four runs each): 13.8-14.1 answering at once and 16.2-16.4 answering after
+# propagation (before the driver and worker moved to Core statements and combined saves:
+# 19.8-20.4 and 25.2-25.7). The margin is about two extra polls per order (a slow Pebble on a
+# busy machine): a poll the worker holds on to is a load and no save.
+STATEMENTS_PER_ORDER_BUDGET = {0.0: 16.0, 0.3: 18.5}
+# Committed (write) transactions per issued order: key + CSR with the ACME order URL, TXT
+# values, the first answer's mark (wildcard + apex orders answer two), the last answer's mark
+# with the next attempt time, TXT values removed with the finalization's next attempt,
+# issued; plus the shared claim. Polls the worker holds on to save nothing. Measured 5.4 both
+# ways (before: 7.4 and 8.4 with a save per poll; 10.3 and 12.3 before that).
+COMMITS_PER_ORDER_BUDGET = {0.0: 6.0, 0.3: 6.0}
 BLOB_COLUMN = re.compile(r"orders\.certificate_pem|orders\.key_encrypted(?! IS NOT NULL)")
 
 
@@ -188,8 +189,9 @@ def test_an_issued_order_costs_a_bounded_number_of_statements(
         states = session.execute(select(Order.id, Order.state, Order.reason)).all()
         assert all(state == ISSUED for _, state, _ in states), states
         assert session.scalar(select(func.count()).select_from(ChallengeRecord)) == 0
-    # Every order put TXT values up and took them down again, and the DNS server was told.
-    assert len(records_changed) >= 2 * len(order_ids)
+    # Every order put TXT values up, and the DNS server was told before the CA was (their
+    # removal is left to the server's periodic refresh: nobody waits for it).
+    assert len(records_changed) >= len(order_ids)
 
     per_order = len(log.statements) / len(order_ids)
     print(

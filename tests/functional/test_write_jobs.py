@@ -1,0 +1,162 @@
+"""Write jobs (`certok.db.writes`): batched on a SQLite file, one failing job fails alone, and
+the writer process's channel runs them for other processes (or lets them run locally when it
+is not there)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, delete, func, insert, select
+
+from certok.db.engine import make_engine, make_session_factory
+from certok.db.migrate import upgrade
+from certok.db.models import Base, Tenant
+from certok.db.write_channel import WriterUnavailable, serve_writes, use_writer_process
+from certok.db.writes import batcher_for, write
+
+TENANTS = Tenant.__table__
+
+
+class NameTaken(Exception):
+    """Raised by a job, to be seen by its caller alone."""
+
+
+def add_tenant(connection: Connection, *, name: str) -> str:
+    taken = connection.scalar(select(func.count()).where(TENANTS.c.name == name))
+    # A taken name still writes a row first: the rollback must undo it.
+    written = f"{name}-half-done-{secrets.token_hex(4)}" if taken else name
+    connection.execute(
+        insert(TENANTS).values(name=written, disabled=False, created_at=dt.datetime.now(dt.UTC))
+    )
+    if taken:
+        raise NameTaken(name)
+    return threading.current_thread().name
+
+
+def tenant_names(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return sorted(connection.scalars(select(TENANTS.c.name)))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_jobs_run_in_the_writer_thread_and_a_failing_one_fails_alone(engine: Engine) -> None:
+    sessions = make_session_factory(engine)
+    write(sessions, functools.partial(add_tenant, name="taken"))
+    names = [f"t{i}" for i in range(30)] + ["taken"] * 3
+    results: dict[int, object] = {}
+    start = threading.Barrier(len(names))
+
+    def call(index: int, name: str) -> None:
+        start.wait()
+        try:
+            results[index] = write(sessions, functools.partial(add_tenant, name=name))
+        except NameTaken as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=call, args=item) for item in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [type(results[i]) for i in range(30)] == [str] * 30
+    assert {results[i] for i in range(30)} == {"certok-db-writer"}
+    assert all(isinstance(results[i], NameTaken) for i in range(30, 33))
+    # The failed jobs' inserts were rolled back; every other job's committed.
+    assert tenant_names(engine) == sorted([f"t{i}" for i in range(30)] + ["taken"])
+
+
+@pytest.mark.parametrize("kind", ["sqlite-in-memory", "postgresql"])
+def test_databases_without_a_single_writer_write_in_the_callers_thread(
+    kind: str, postgres_database: str | None
+) -> None:
+    # PostgreSQL locks rows, not the database; an in-memory SQLite has no other process.
+    if kind == "postgresql":
+        if postgres_database is None:
+            pytest.skip("PostgreSQL not configured (set CERTOK_TEST_POSTGRES_URL)")
+        engine = make_engine(postgres_database)
+    else:
+        engine = create_engine("sqlite://")
+        Base.metadata.create_all(engine)
+    try:
+        assert batcher_for(engine) is None
+        name = f"caller-{secrets.token_hex(4)}"
+        sessions = make_session_factory(engine)
+        assert write(sessions, functools.partial(add_tenant, name=name)) == "MainThread"
+        assert name in tenant_names(engine)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(delete(TENANTS).where(TENANTS.c.name.like("caller-%")))
+        engine.dispose()
+
+
+def test_the_writer_channel_runs_jobs_and_returns_results_and_errors(
+    engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "writer.sock"
+    stop = threading.Event()
+    server = threading.Thread(target=serve_writes, args=(path, engine, stop), daemon=True)
+    server.start()
+    # Another engine on the same file stands for an API + worker process.
+    client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
+    client = make_session_factory(client_engine)
+    try:
+        # Before the writer listens, a job runs in the caller's process (nothing was sent).
+        use_writer_process(client_engine, tmp_path / "not-there.sock")
+        assert write(client, functools.partial(add_tenant, name="local")) == "certok-db-writer"
+        assert path.stat().st_mode & 0o777 == 0o600
+
+        use_writer_process(client_engine, path)
+        assert write(client, functools.partial(add_tenant, name="remote")) == "certok-db-writer"
+        with pytest.raises(NameTaken):
+            write(client, functools.partial(add_tenant, name="remote"))
+        # A job that does not pickle is refused before anything is sent.
+        with pytest.raises(Exception, match="pickle"):
+            write(client, lambda connection: None)
+        assert tenant_names(engine) == ["local", "remote"]
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        client_engine.dispose()
+    assert not server.is_alive()
+
+
+def test_a_writer_that_goes_away_mid_job_is_reported(engine: Engine, tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "writer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def accept_then_hang_up() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.close()
+
+    peer = threading.Thread(target=accept_then_hang_up, daemon=True)
+    peer.start()
+    client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
+    use_writer_process(client_engine, path)
+    try:
+        # The job may or may not have committed: the caller hears so, nothing runs again.
+        with pytest.raises(WriterUnavailable):
+            write(make_session_factory(client_engine), functools.partial(add_tenant, name="x"))
+        assert tenant_names(engine) == []
+    finally:
+        peer.join(timeout=5)
+        listener.close()
+        client_engine.dispose()
