@@ -79,6 +79,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "unknown code",
         410: "code expired",
         429: "too many requests",
+        503: "a part of certok is restarting: try again in a moment",
     }
     return {
         str(status): {
@@ -139,7 +140,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "description": "verification result",
                             "content": {"application/json": {"schema": _envelope(_DV_DATA)}},
                         },
-                        **_error_responses(400, 401, 429),
+                        **_error_responses(400, 401, 429, 503),
                     },
                 }
             },
@@ -167,7 +168,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "description": "order state",
                             "content": {"application/json": {"schema": _envelope(_APPLY_DATA)}},
                         },
-                        **_error_responses(400, 401, 404, 410, 429),
+                        **_error_responses(400, 401, 404, 410, 429, 503),
                     },
                 }
             },
