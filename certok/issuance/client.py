@@ -132,7 +132,7 @@ class _NonceRetryingNetwork(acme_client.ClientNetwork):
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         self.last_response = None
-        response = super()._send_request(method, url, *args, **kwargs)
+        response = self._send(method, url, *args, **kwargs)
         self.last_response = response
         if not response.ok:
             # RFC 8555 §6.5: the server "SHOULD provide [a Replay-Nonce] in error responses
@@ -140,6 +140,31 @@ class _NonceRetryingNetwork(acme_client.ClientNetwork):
             # None or unreadable: then the next POST asks newNonce for one.
             with contextlib.suppress(acme_errors.NonceError):
                 self._add_nonce(response)
+        return response
+
+    def _send(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        """What the library's `_send_request` does, with 10-20% less CPU per request
+        (`python bench/acme_request.py`).
+
+        `Session.request` merges the session's cookies, headers, hooks and settings into every
+        request (slow `isinstance` checks against typing protocols on Python 3.11), and the
+        library formats its debug log lines, response body included, whether or not anyone
+        logs at DEBUG. ACME needs none of that: no cookies, no session headers, no proxies
+        (`trust_env` is off). The request is prepared on its own and sent through the session,
+        so its adapters (certok's resolver, the connection pool) and its exceptions are the
+        same.
+        """
+        headers = {"User-Agent": self.user_agent, **kwargs.pop("headers", {})}
+        timeout = kwargs.pop("timeout", self._default_timeout)
+        prepared = requests.Request(method, url, *args, headers=headers, **kwargs).prepare()
+        response = self.session.send(
+            prepared, timeout=timeout, verify=self.verify_ssl, proxies={}, allow_redirects=True
+        )
+        if "Accept" not in headers:
+            # As the library does: ACME's JSON is UTF-8 (a PEM chain asked for with Accept
+            # is left to requests' detection).
+            response.encoding = "utf-8"
+        log.debug("%s %s: HTTP %d", method, url, response.status_code)
         return response
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
