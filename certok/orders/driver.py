@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -148,6 +148,51 @@ _SNAPSHOT_COLUMNS = (
     ORDERS.c.created_at,
     exists().where(CHALLENGE_RECORDS.c.order_id == ORDERS.c.id).label("has_records"),
 )
+
+
+# Hot statements, built once: building a statement and its cache key costs several times
+# what executing it does (a snapshot load: 276 µs built per call, 42 µs prebuilt). Values
+# come as bound parameters named b_* (an UPDATE's other parameters are its SET columns).
+_LOAD = select(*_SNAPSHOT_COLUMNS).where(
+    ORDERS.c.id == bindparam("b_order_id"),
+    ORDERS.c.state == PENDING,
+    ORDERS.c.lease_owner == bindparam("b_worker_id"),
+)
+_SAVE = update(ORDERS).where(
+    ORDERS.c.id == bindparam("b_order_id"), ORDERS.c.lease_owner == bindparam("b_worker_id")
+)
+_LEASE_OWNER = select(ORDERS.c.lease_owner).where(ORDERS.c.id == bindparam("b_order_id"))
+_LEASE_AND_LABELS = (
+    select(ORDERS.c.lease_owner, DELEGATIONS.c.base_name, DELEGATIONS.c.label)
+    .select_from(
+        ORDERS.outerjoin(
+            DELEGATIONS,
+            (DELEGATIONS.c.tenant_id == bindparam("b_tenant_id"))
+            & DELEGATIONS.c.base_name.in_(bindparam("b_identifiers", expanding=True)),
+        )
+    )
+    .where(ORDERS.c.id == bindparam("b_order_id"))
+)
+_PRESENTED = (
+    select(
+        CHALLENGE_RECORDS.c.authz_url,
+        CHALLENGE_RECORDS.c.value,
+        CHALLENGE_RECORDS.c.created_at,
+        CHALLENGE_RECORDS.c.answered_at,
+    )
+    .where(CHALLENGE_RECORDS.c.order_id == bindparam("b_order_id"))
+    .order_by(CHALLENGE_RECORDS.c.id)
+)
+_OF_AUTHORIZATIONS = (
+    CHALLENGE_RECORDS.c.order_id == bindparam("b_order_id"),
+    CHALLENGE_RECORDS.c.authz_url.in_(bindparam("b_authz_urls", expanding=True)),
+)
+_MARK_ANSWERED = update(CHALLENGE_RECORDS).where(*_OF_AUTHORIZATIONS)
+_DROP_RECORDS = delete(CHALLENGE_RECORDS).where(
+    CHALLENGE_RECORDS.c.order_id == bindparam("b_order_id")
+)
+_DROP_SOME_RECORDS = delete(CHALLENGE_RECORDS).where(*_OF_AUTHORIZATIONS)
+_INSERT_RECORDS = insert(CHALLENGE_RECORDS)
 
 
 class OrderDriver:
@@ -348,13 +393,8 @@ class OrderDriver:
         """The order's stored challenge material by authorization URL."""
         if not order.has_records:
             return {}
-        records = CHALLENGE_RECORDS.c
         with self._reading() as connection:
-            rows = connection.execute(
-                select(records.authz_url, records.value, records.created_at, records.answered_at)
-                .where(records.order_id == order.id)
-                .order_by(records.id)
-            )
+            rows = connection.execute(_PRESENTED, {"b_order_id": order.id})
             return {
                 row.authz_url: PresentedRecord(row.value, row.created_at, row.answered_at)
                 for row in rows
@@ -465,11 +505,7 @@ class OrderDriver:
     def _load(self, order_id: int, hold_lease_for: float | None) -> OrderSnapshot | None:
         with self._reading() as connection:
             row = connection.execute(
-                select(*_SNAPSHOT_COLUMNS).where(
-                    ORDERS.c.id == order_id,
-                    ORDERS.c.state == PENDING,
-                    ORDERS.c.lease_owner == self._worker_id,
-                )
+                _LOAD, {"b_order_id": order_id, "b_worker_id": self._worker_id}
             ).first()
         if row is None:
             return None
@@ -668,42 +704,31 @@ def _save_job(
     answered_at: dt.datetime,
     drop_records: bool,
 ) -> None:
-    result = connection.execute(
-        update(ORDERS)
-        .where(ORDERS.c.id == order_id, ORDERS.c.lease_owner == worker_id)
-        .values(**values)
-    )
+    result = connection.execute(_SAVE, {**values, "b_order_id": order_id, "b_worker_id": worker_id})
     if result.rowcount != 1:
         raise LeaseLost(order_id)
     if answered:
         _write_answered(connection, order_id=order_id, authz_urls=answered, at=answered_at)
     if drop_records:
         # Not announced to the DNS server (see OrderDriver._remove_challenge_records).
-        connection.execute(
-            delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
-        )
+        connection.execute(_DROP_RECORDS, {"b_order_id": order_id})
 
 
 def _write_answered(
     connection: Connection, *, order_id: int, authz_urls: list[str], at: dt.datetime
 ) -> None:
     connection.execute(
-        update(CHALLENGE_RECORDS)
-        .where(
-            CHALLENGE_RECORDS.c.order_id == order_id,
-            CHALLENGE_RECORDS.c.authz_url.in_(authz_urls),
-        )
-        .values(answered_at=at)
+        _MARK_ANSWERED, {"answered_at": at, "b_order_id": order_id, "b_authz_urls": authz_urls}
     )
 
 
 def _remove_records_job(
     connection: Connection, *, order_id: int, authz_urls: list[str] | None
 ) -> None:
-    statement = delete(CHALLENGE_RECORDS).where(CHALLENGE_RECORDS.c.order_id == order_id)
-    if authz_urls is not None:
-        statement = statement.where(CHALLENGE_RECORDS.c.authz_url.in_(authz_urls))
-    connection.execute(statement)
+    if authz_urls is None:
+        connection.execute(_DROP_RECORDS, {"b_order_id": order_id})
+    else:
+        connection.execute(_DROP_SOME_RECORDS, {"b_order_id": order_id, "b_authz_urls": authz_urls})
 
 
 def _store_material_job(
@@ -747,12 +772,9 @@ def _store_material_job(
         )
     if replaced_authz:
         connection.execute(
-            delete(CHALLENGE_RECORDS).where(
-                CHALLENGE_RECORDS.c.order_id == order_id,
-                CHALLENGE_RECORDS.c.authz_url.in_(replaced_authz),
-            )
+            _DROP_SOME_RECORDS, {"b_order_id": order_id, "b_authz_urls": replaced_authz}
         )
-    connection.execute(insert(CHALLENGE_RECORDS), rows)
+    connection.execute(_INSERT_RECORDS, rows)
 
 
 def _lease_and_labels(
@@ -763,14 +785,9 @@ def _lease_and_labels(
     One read does both: the order's row, joined with whichever of the tenant's delegations
     match (none, when a name lost its delegation).
     """
-    joined = ORDERS.outerjoin(
-        DELEGATIONS,
-        (DELEGATIONS.c.tenant_id == tenant_id) & DELEGATIONS.c.base_name.in_(identifiers),
-    )
     rows = connection.execute(
-        select(ORDERS.c.lease_owner, DELEGATIONS.c.base_name, DELEGATIONS.c.label)
-        .select_from(joined)
-        .where(ORDERS.c.id == order_id)
+        _LEASE_AND_LABELS,
+        {"b_order_id": order_id, "b_tenant_id": tenant_id, "b_identifiers": identifiers},
     ).all()
     if not rows or rows[0].lease_owner != worker_id:
         raise LeaseLost(order_id)
@@ -778,7 +795,7 @@ def _lease_and_labels(
 
 
 def _check_lease(connection: Connection, order_id: int, worker_id: str) -> None:
-    owner = connection.scalar(select(ORDERS.c.lease_owner).where(ORDERS.c.id == order_id))
+    owner = connection.scalar(_LEASE_OWNER, {"b_order_id": order_id})
     if owner != worker_id:
         raise LeaseLost(order_id)
 

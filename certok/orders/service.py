@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
@@ -44,6 +44,38 @@ class OrderView:
     private_key: str | None = None
 
 
+# The API's hot statements, built once on the tables (building a statement and its cache key
+# costs several times what executing it does; see certok/orders/driver.py).
+_ORDERS = Order.__table__
+_CODES = VerificationCode.__table__
+_CODE = select(
+    _CODES.c.id,
+    _CODES.c.tenant_id,
+    _CODES.c.order_id,
+    _CODES.c.expires_at,
+    _CODES.c.challenge_type,
+    _CODES.c.domains,
+).where(_CODES.c.code == bindparam("b_code"))
+_NEW_ORDER = insert(_ORDERS).returning(_ORDERS.c.id)
+_BIND_CODE = update(_CODES).where(
+    _CODES.c.id == bindparam("b_code_id"), _CODES.c.order_id.is_(None)
+)
+_PENDING_AMONG = select(_ORDERS.c.id).where(
+    _ORDERS.c.id.in_(bindparam("b_order_ids", expanding=True)), _ORDERS.c.state == PENDING
+)
+_VIEW = select(
+    _ORDERS.c.id,
+    _ORDERS.c.state,
+    _ORDERS.c.issuer,
+    _ORDERS.c.domains,
+    _ORDERS.c.reason,
+    _ORDERS.c.not_before,
+    _ORDERS.c.not_after,
+    _ORDERS.c.certificate_pem,
+    _ORDERS.c.key_encrypted,
+).where(_ORDERS.c.id == bindparam("b_order_id"))
+
+
 def redeem_code(
     session: Session | Connection,
     tenant_id: int,
@@ -65,29 +97,23 @@ def redeem_code(
         return row.order_id, False
     now = clock()
     order_id = session.execute(
-        insert(Order)
-        .values(
-            tenant_id=tenant_id,
-            issuer=issuer,
-            algorithm=algorithm,
-            challenge_type=row.challenge_type,
-            domains=row.domains,
-            state=PENDING,
-            attempts=0,
-            acme_orders=0,
-            next_attempt_at=now,
-            deadline_at=now + dt.timedelta(seconds=deadline_seconds),
-            created_at=now,
-        )
-        .returning(Order.id)
+        _NEW_ORDER,
+        {
+            "tenant_id": tenant_id,
+            "issuer": issuer,
+            "algorithm": algorithm,
+            "challenge_type": row.challenge_type,
+            "domains": row.domains,
+            "state": PENDING,
+            "attempts": 0,
+            "acme_orders": 0,
+            "next_attempt_at": now,
+            "deadline_at": now + dt.timedelta(seconds=deadline_seconds),
+            "created_at": now,
+        },
     ).scalar_one()
     # Compare-and-set: only one request may bind an order to the code.
-    claimed = session.execute(
-        update(VerificationCode)
-        .where(VerificationCode.id == row.id, VerificationCode.order_id.is_(None))
-        .values(order_id=order_id)
-        .execution_options(synchronize_session=False)
-    )
+    claimed = session.execute(_BIND_CODE, {"order_id": order_id, "b_code_id": row.id})
     if claimed.rowcount == 1:
         return order_id, True
     # Another request (another node) bound the code first: drop ours, answer with theirs.
@@ -110,16 +136,7 @@ def code_order(
 def _redeemable_code(
     session: Session | Connection, tenant_id: int, code: str, clock: Clock
 ) -> Row[Any]:
-    row = session.execute(
-        select(
-            VerificationCode.id,
-            VerificationCode.tenant_id,
-            VerificationCode.order_id,
-            VerificationCode.expires_at,
-            VerificationCode.challenge_type,
-            VerificationCode.domains,
-        ).where(VerificationCode.code == code)
-    ).first()
+    row = session.execute(_CODE, {"b_code": code}).first()
     if row is None or row.tenant_id != tenant_id:
         raise code_not_found(code)
     if row.order_id is None and clock() > row.expires_at:
@@ -136,28 +153,14 @@ def order_state(session: Session, order_id: int) -> str:
 
 def finished_orders(session: Session, order_ids: list[int]) -> list[int]:
     """The orders among `order_ids` that are no longer pending (or no longer exist)."""
-    pending = set(
-        session.scalars(select(Order.id).where(Order.id.in_(order_ids), Order.state == PENDING))
-    )
+    pending = set(session.scalars(_PENDING_AMONG, {"b_order_ids": order_ids}))
     return [order_id for order_id in order_ids if order_id not in pending]
 
 
 def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
     from certok.crypto import certificate_facts  # local: only issued orders need it
 
-    order = session.execute(
-        select(
-            Order.id,
-            Order.state,
-            Order.issuer,
-            Order.domains,
-            Order.reason,
-            Order.not_before,
-            Order.not_after,
-            Order.certificate_pem,
-            Order.key_encrypted,
-        ).where(Order.id == order_id)
-    ).first()
+    order = session.execute(_VIEW, {"b_order_id": order_id}).first()
     if order is None:
         raise NotFound("order not found")
     view = OrderView(

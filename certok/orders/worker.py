@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -125,16 +125,7 @@ class Worker:
         with self._sessions() as session:
             candidates = (
                 session.connection()
-                .execute(
-                    select(ORDERS.c.id)
-                    .where(
-                        ORDERS.c.state == PENDING,
-                        ORDERS.c.next_attempt_at <= now,
-                        _lease_free(now),
-                    )
-                    .order_by(ORDERS.c.next_attempt_at)
-                    .limit(limit + len(busy))
-                )
+                .execute(_DUE, {"b_now": now, "b_limit": limit + len(busy)})
                 .scalars()
                 .all()
             )
@@ -191,8 +182,30 @@ class Worker:
             self.wake()
 
 
-def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
+def _lease_free(now: dt.datetime | BindParameter[dt.datetime]) -> ColumnElement[bool]:
     return or_(ORDERS.c.lease_until.is_(None), ORDERS.c.lease_until < now)
+
+
+# The claim loop's statements, built once (see the hot statements in certok/orders/driver.py).
+_DUE = (
+    select(ORDERS.c.id)
+    .where(
+        ORDERS.c.state == PENDING,
+        ORDERS.c.next_attempt_at <= bindparam("b_now"),
+        _lease_free(bindparam("b_now")),
+    )
+    .order_by(ORDERS.c.next_attempt_at)
+    .limit(bindparam("b_limit"))
+)
+_TAKE = (
+    update(ORDERS)
+    .where(
+        ORDERS.c.id.in_(bindparam("b_ids", expanding=True)),
+        ORDERS.c.state == PENDING,
+        _lease_free(bindparam("b_now")),
+    )
+    .returning(ORDERS.c.id)
+)
 
 
 # --- write jobs (module-level with plain arguments: they may run in the writer process) -------
@@ -223,14 +236,7 @@ def _claim_job(
         ]
     # Compare-and-set for the whole batch: rows another node leased meanwhile (or that
     # finished) fail the WHERE and are simply not returned.
-    taken = set(
-        connection.execute(
-            update(ORDERS)
-            .where(ORDERS.c.id.in_(wanted), ORDERS.c.state == PENDING, _lease_free(now))
-            .values(lease)
-            .returning(ORDERS.c.id)
-        ).scalars()
-    )
+    taken = set(connection.execute(_TAKE, {**lease, "b_ids": wanted, "b_now": now}).scalars())
     return [order_id for order_id in wanted if order_id in taken]
 
 
