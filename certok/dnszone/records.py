@@ -37,6 +37,20 @@ DNS01_KIND = "dns-01"
 LABELS_FULL_RELOAD_SECONDS = 30.0
 
 
+# Read on every refresh (after every TXT change under load): built once, on the tables.
+_RECORDS = ChallengeRecord.__table__
+_DELEGATIONS = Delegation.__table__
+_TXT_ROWS = (
+    select(_RECORDS.c.name, _RECORDS.c.value)
+    .where(_RECORDS.c.kind == DNS01_KIND)
+    .order_by(_RECORDS.c.id.desc())
+)
+_LABELS_FINGERPRINT = select(
+    func.count(_DELEGATIONS.c.id), func.max(_DELEGATIONS.c.id), func.max(_DELEGATIONS.c.created_at)
+)
+_ALL_LABELS = select(_DELEGATIONS.c.label)
+
+
 def _time_serial() -> int:
     return int(time.time()) & 0xFFFFFFFF
 
@@ -183,11 +197,7 @@ class ZoneCache:
             # is the data that must be served within a refresh of being written.
             # Newest first: if more values exist than the server presents, the newest are
             # the ones a CA is validating right now.
-            rows = session.execute(
-                select(ChallengeRecord.name, ChallengeRecord.value)
-                .where(ChallengeRecord.kind == DNS01_KIND)
-                .order_by(ChallengeRecord.id.desc())
-            ).all()
+            rows = session.execute(_TXT_ROWS).all()
         return labels, [(name, value) for name, value in rows]
 
     def _load_labels(self, session: Session) -> frozenset[str]:
@@ -198,22 +208,14 @@ class ZoneCache:
         between two refreshes is seen too. The fingerprint is read first, so a row added
         between the two reads only makes the next refresh read the labels again.
         """
-        fingerprint = tuple(
-            session.execute(
-                select(
-                    func.count(Delegation.id),
-                    func.max(Delegation.id),
-                    func.max(Delegation.created_at),
-                )
-            ).one()
-        )
+        fingerprint = tuple(session.execute(_LABELS_FINGERPRINT).one())
         now = self._monotonic()
         if (
             fingerprint == self._labels_fingerprint
             and now - self._labels_read_at < self._labels_full_reload_seconds
         ):
             return self._labels
-        self._labels = normalise_labels(session.scalars(select(Delegation.label)))
+        self._labels = normalise_labels(session.scalars(_ALL_LABELS))
         self._labels_fingerprint = fingerprint
         self._labels_read_at = now
         return self._labels

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -95,6 +95,14 @@ class CodeIssuer:
         )
 
 
+_DELEGATIONS = Delegation.__table__
+# Read on every dv and every order: built once (see the hot statements in orders/driver.py).
+_LABELS = select(_DELEGATIONS.c.base_name, _DELEGATIONS.c.label).where(
+    _DELEGATIONS.c.tenant_id == bindparam("b_tenant_id"),
+    _DELEGATIONS.c.base_name.in_(bindparam("b_bases", expanding=True)),
+)
+
+
 class DnsVerifier:
     """Checks the `_acme-challenge` CNAMEs of a tenant's names through the configured resolver."""
 
@@ -153,11 +161,7 @@ class DnsVerifier:
 
     def _existing_labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
         with self._sessions() as session:
-            rows = session.execute(
-                select(Delegation.base_name, Delegation.label).where(
-                    Delegation.tenant_id == tenant_id, Delegation.base_name.in_(bases)
-                )
-            )
+            rows = session.execute(_LABELS, {"b_tenant_id": tenant_id, "b_bases": bases})
             return {row.base_name: row.label for row in rows}
 
     def _labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
