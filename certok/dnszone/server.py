@@ -1,124 +1,37 @@
-"""The asyncio DNS server: UDP and TCP on one port, answers from the zone cache's snapshot.
+"""The DNS server: UDP and TCP on one port, answers from the zone cache's snapshot.
 
-All protocol decisions live in ``answer.answer``; this module only moves bytes, frames TCP
-(RFC 7766: two-byte length, several queries per connection, idle timeout, connection cap) and
-limits UDP response rates per client network (like NSD's RRL) so the server is a poor
-amplifier.
+All protocol decisions live in ``answer.answer``; this module binds the sockets and frames TCP
+on the event loop (RFC 7766: two-byte length, several queries per connection, idle timeout,
+connection cap). UDP is answered by a thread of its own, with response rate limits per client
+network so the server is a poor amplifier (udp.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Callable
-from typing import cast
 
-from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer
+from certok.dnszone.answer import ZoneConfig, answer
 from certok.dnszone.records import SnapshotHook, ZoneCache
-from certok.dnszone.wire import truncate_reply
+from certok.dnszone.udp import (
+    RATE_LIMIT_PER_SECOND,
+    RATE_LIMIT_SLIP,
+    ResponseRateLimiter,
+    UdpResponder,
+)
 from certok.dnszone.zoneindex import prepare_index
 
 log = logging.getLogger(__name__)
 
 TCP_IDLE_TIMEOUT = 10.0
 MAX_TCP_CONNECTIONS = 256
-RATE_LIMIT_PER_SECOND = 200
-RATE_LIMIT_SLIP = 2
-MAX_AMPLIFICATION = 4
 _PORT_ATTEMPTS = 50
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-
-
-class RateDecision(enum.Enum):
-    SEND = "send"
-    TRUNCATE = "truncate"  # TC=1 tells a real resolver to come back over TCP
-    DROP = "drop"
-
-
-class ResponseRateLimiter:
-    """UDP responses per second per client /24 (IPv4) or /64 (IPv6), like NSD's RRL.
-
-    Over the limit, every ``slip``-th response still goes out truncated so a legitimate
-    resolver behind a spoofed flood can retry over TCP; the others are dropped.
-    """
-
-    # Forget every network when the table gets this big (a spoofed-source flood).
-    MAX_TRACKED_NETWORKS = 100_000
-
-    def __init__(
-        self, per_second: int, slip: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._per_second = per_second
-        self._slip = slip
-        self._clock = clock
-        # network → [second, responses in that second, responses limited so far]
-        self._windows: dict[bytes, list[int]] = {}
-
-    def decide(self, address: str) -> RateDecision:
-        network = _client_network(address)
-        second = int(self._clock())
-        window = self._windows.get(network)
-        if window is None or window[0] != second:
-            if len(self._windows) >= self.MAX_TRACKED_NETWORKS:
-                self._windows.clear()
-            self._windows[network] = [second, 1, 0]
-            return RateDecision.SEND
-        window[1] += 1
-        if window[1] <= self._per_second:
-            return RateDecision.SEND
-        window[2] += 1
-        if self._slip and window[2] % self._slip == 0:
-            return RateDecision.TRUNCATE
-        return RateDecision.DROP
-
-
-def _client_network(address: str) -> bytes:
-    packed = ipaddress.ip_address(address.split("%", 1)[0]).packed
-    return packed[:3] if len(packed) == 4 else packed[:8]
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(
-        self, config: ZoneConfig, cache: ZoneCache, limiter: ResponseRateLimiter | None
-    ) -> None:
-        self._config = config
-        self._cache = cache
-        self._limiter = limiter
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's UDP transport does not subclass DatagramTransport; uvloop's does.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        try:
-            decision = RateDecision.SEND
-            if self._limiter is not None:
-                decision = self._limiter.decide(str(addr[0]))
-                if decision is RateDecision.DROP:
-                    return
-            # A UDP answer is never more than MAX_AMPLIFICATION times its query: a bigger one
-            # goes out truncated and the resolver asks again over TCP, whose handshake proves
-            # the source address (REFERENCE.md: answer/query <= 4x).
-            limit = min(ADVERTISED_UDP_PAYLOAD, MAX_AMPLIFICATION * len(data))
-            reply = answer(data, self._config, self._cache.records, max_udp=limit)
-            if reply is None or self._transport is None:
-                return
-            if decision is RateDecision.TRUNCATE:
-                reply = truncate_reply(reply)
-            self._transport.sendto(reply, addr)
-        except Exception:
-            log.exception("dropping a UDP query from %s after an unexpected error", addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier replies (a client that went away): nothing to do.
-        log.debug("UDP socket error: %s", exc)
 
 
 class DnsServer:
@@ -127,7 +40,7 @@ class DnsServer:
     def __init__(
         self,
         port: int,
-        udp: asyncio.DatagramTransport,
+        udp: UdpResponder,
         tcp: asyncio.Server,
         connections: set[asyncio.Task[None]],
         on_close: Callable[[], None] = lambda: None,
@@ -140,8 +53,9 @@ class DnsServer:
 
     async def close(self) -> None:
         self._on_close()
-        self._udp.close()
         self._tcp.close()
+        # Joins the UDP thread: off the loop, which keeps serving TCP meanwhile.
+        await asyncio.to_thread(self._udp.close)
         # Python 3.11's wait_closed does not wait for (or end) open connections.
         for task in list(self._connections):
             task.cancel()
@@ -213,7 +127,6 @@ async def start_dns_server(
     """
     udp_sock, tcp_sock = _bind_udp_and_tcp(host, port)
     bound_port = int(udp_sock.getsockname()[1])
-    loop = asyncio.get_running_loop()
     # Every later snapshot gets its answer index built where it is swapped in (the refresher's
     # thread), derived from the previous one; the current one is built here, off the loop.
     prepare: SnapshotHook = functools.partial(prepare_index, config)
@@ -230,23 +143,16 @@ async def start_dns_server(
         if rate_limit_per_second
         else None
     )
-    try:
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(config, cache, limiter), sock=udp_sock
-        )
-    except BaseException:
-        cache.remove_snapshot_hook(prepare)
-        udp_sock.close()
-        tcp_sock.close()
-        raise
+    udp = UdpResponder(udp_sock, config, cache, limiter)
     handler = _TcpHandler(config, cache, tcp_idle_timeout, max_tcp_connections)
     try:
         tcp = await asyncio.start_server(handler, sock=tcp_sock)
     except BaseException:
         cache.remove_snapshot_hook(prepare)
-        udp.close()
+        udp_sock.close()
         tcp_sock.close()
         raise
+    udp.start()
     return DnsServer(
         bound_port,
         udp,
@@ -282,7 +188,6 @@ def _bind_udp_and_tcp(host: str, port: int) -> tuple[socket.socket, socket.socke
             if port != 0:
                 raise
             continue
-        udp.setblocking(False)
-        tcp.setblocking(False)
+        tcp.setblocking(False)  # the UDP socket is UdpResponder's, blocking in its thread
         return udp, tcp
     raise OSError(f"no port on {host} was free for both UDP and TCP")

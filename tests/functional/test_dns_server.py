@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -392,6 +393,46 @@ def test_close_ends_open_tcp_connections(loop_thread: LoopThread, cache: ZoneCac
         assert sock.recv(1) == b""
     with pytest.raises(OSError):
         tcp_connect(server.port).close()
+
+
+def test_close_stops_the_udp_thread_and_frees_its_port(
+    loop_thread: LoopThread, cache: ZoneCache
+) -> None:
+    server = loop_thread.run(start_dns_server(HOST, 0, CONFIG, cache))
+    query = dns.message.make_query(ZONE, "SOA")
+    assert dns.query.udp(query, HOST, port=server.port, timeout=TIMEOUT).answer
+    started = time.monotonic()
+    loop_thread.run(server.close())
+    assert time.monotonic() - started < 2, "close waits for a recvfrom that nothing wakes"
+    assert not [t for t in threading.enumerate() if t.name == f"dns-udp-{server.port}"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, server.port))  # raises if the server still held it
+
+
+def test_the_udp_thread_survives_an_unexpected_error(
+    start_server: ServerFactory,
+    cache: ZoneCache,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from certok.dnszone import udp
+
+    server = start_server(cache)
+    real_answer = udp.answer
+    failures = iter([RuntimeError("injected")])
+
+    def fail_once(*args: Any, **kwargs: Any) -> bytes | None:
+        for failure in failures:
+            raise failure
+        return real_answer(*args, **kwargs)
+
+    monkeypatch.setattr(udp, "answer", fail_once)
+    query = dns.message.make_query(ZONE, "SOA")
+    with caplog.at_level(logging.ERROR, logger="certok.dnszone.udp"):
+        with pytest.raises(dns.exception.Timeout):
+            dns.query.udp(query, HOST, port=server.port, timeout=0.5)
+        assert dns.query.udp(query, HOST, port=server.port, timeout=TIMEOUT).answer
+    assert "dropping a UDP query" in caplog.text
 
 
 def test_a_fixed_port_is_bound_for_udp_and_tcp(loop_thread: LoopThread, cache: ZoneCache) -> None:

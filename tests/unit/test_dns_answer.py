@@ -28,7 +28,7 @@ from certok.dnszone.answer import (
     general_answer,
 )
 from certok.dnszone.records import ZoneRecords
-from certok.dnszone.server import RateDecision, ResponseRateLimiter
+from certok.dnszone.udp import RateDecision, ResponseRateLimiter
 from certok.settings import Settings
 
 ZONE = "acme.svc.test"
