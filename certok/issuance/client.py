@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -94,6 +95,8 @@ class OrderInfo:
     status: str
     finalize_url: str
     certificate_url: str | None
+    # What the CA listed, whether or not they were fetched; `authorizations` holds the fetched.
+    authorization_urls: tuple[str, ...]
     authorizations: tuple[AuthzInfo, ...]
     error: str | None
     # When the CA asked to be polled again (Retry-After on the order), if it did.
@@ -389,6 +392,16 @@ class AcmeSession:
 
         return self._exchange(run)
 
+    def fetch_authorizations(self, order: OrderInfo) -> OrderInfo:
+        """The same order with each of its authorizations POSTed-as-GET (for an order
+        fetched with ``include_authorizations=False``)."""
+
+        return self._exchange(
+            lambda client: dataclasses.replace(
+                order, authorizations=_fetch_authorizations(client, order.authorization_urls)
+            )
+        )
+
     def fetch_authorization(self, authorization_url: str) -> AuthzInfo:
         """POST-as-GET one authorization."""
         return self._exchange(
@@ -559,15 +572,18 @@ class AcmeSession:
         response: requests.Response,
         include_authorizations: bool,
     ) -> OrderInfo:
-        body = _json_object(response)
-        retry_after = self._retry_after(response)
-        authorizations: tuple[AuthzInfo, ...] = ()
-        if include_authorizations:
-            authorizations = tuple(
-                _authz_info(url, _json_object(client._post_as_get(url)))
-                for url in _string_list(body, "authorizations")
-            )
-        return _order_info(order_url, body, authorizations, retry_after)
+        order = _order_info(order_url, _json_object(response), (), self._retry_after(response))
+        if not include_authorizations:
+            return order
+        return dataclasses.replace(
+            order, authorizations=_fetch_authorizations(client, order.authorization_urls)
+        )
+
+
+def _fetch_authorizations(
+    client: acme_client.ClientV2, urls: tuple[str, ...]
+) -> tuple[AuthzInfo, ...]:
+    return tuple(_authz_info(url, _json_object(client._post_as_get(url))) for url in urls)
 
 
 # --- parsing the CA's answers ----------------------------------------------------------------
@@ -622,6 +638,7 @@ def _order_info(
         status=_required_string(body, "status", "order"),
         finalize_url=_required_string(body, "finalize", "order"),
         certificate_url=_optional_string(body, "certificate"),
+        authorization_urls=tuple(_string_list(body, "authorizations")),
         authorizations=authorizations,
         error=_problem_text(body),
         retry_after=retry_after,

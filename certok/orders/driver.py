@@ -5,6 +5,10 @@ order and its authorizations counts as one), saves what it learned with the next
 and says how long to wait before the next step. A restart therefore resumes the same ACME
 order from its saved URL instead of starting over.
 
+Requests to the CA are the costliest part of a step, so none is sent twice: the answer to
+newOrder is used as the order (only its authorizations are read after it), and a poll of an
+order whose challenges are all answered reads the order alone (`authorizations_needed`).
+
 Every save is fenced by the lease: a worker that lost its lease (it stalled past the lease
 time and another worker took over) cannot overwrite the newer state.
 
@@ -26,7 +30,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +82,9 @@ OWNERSHIP_RETRIES = 2
 # A failed validation (dns, connection, unauthorized, …) kills that authorization; certok then
 # tries a new ACME order (after the ownership pre-check passes again) up to this many in all.
 MAX_ACME_ORDERS = 3
+# While every challenge of a pending order was answered less than this long ago, a poll reads
+# the order alone (see authorizations_needed).
+AUTHZ_RECHECK_SECONDS = 10.0
 
 
 # (tenant id, challenge type, names) → why the tenant may not order them now, or None.
@@ -235,8 +242,12 @@ class OrderDriver:
             account = self._accounts.account(order.issuer)
             if order.acme_order_url is None:
                 return self._begin(order, account)
-            info = account.session.fetch_order(order.acme_order_url)
-            return self._advance(order, account, info)
+            info = account.session.fetch_order(order.acme_order_url, include_authorizations=False)
+            # Stored answers matter only while the order is pending: no read otherwise.
+            presented = self._presented(order) if info.status == STATUS_PENDING else {}
+            if authorizations_needed(info, presented, self._clock()):
+                info = account.session.fetch_authorizations(info)
+            return self._advance(order, account, info, presented)
         except AcmeProblem as problem:
             return self._on_problem(order, problem)
         except LeaseLost:
@@ -287,19 +298,27 @@ class OrderDriver:
             csr_pem=csr_pem,
             has_key=True,
         )
-        info = account.session.fetch_order(created.url)
+        # The CA's answer to newOrder is the order itself: only its authorizations are read.
+        info = created
+        if authorizations_needed(created, {}, self._clock()):
+            info = account.session.fetch_authorizations(created)
         return self._advance(order, account, info)
 
     def _advance(
-        self, order: OrderSnapshot, account: IssuerAccount, info: OrderInfo
+        self,
+        order: OrderSnapshot,
+        account: IssuerAccount,
+        info: OrderInfo,
+        presented: dict[str, PresentedRecord] | None = None,
     ) -> float | None:
+        """`presented`: the stored challenge material, when the step has read it already."""
         if info.status == STATUS_INVALID:
             # "invalid": The certificate will not be issued. Consider this order process abandoned.
             reason = info.error or _first_authz_error(info) or "the CA marked the order invalid"
             dead = any(a.error_kind == ProblemKind.AUTHORIZATION_DEAD for a in info.authorizations)
             return self._start_over_or_fail(order, reason, dead)
         if info.status == STATUS_PENDING:
-            return self._work_on_authorizations(order, account, info)
+            return self._work_on_authorizations(order, account, info, presented)
         # Every authorization is valid: the challenge material has done its work and goes
         # with this step's closing save (the CA does not look at it again).
         drop_records = order.has_records
@@ -319,7 +338,11 @@ class OrderDriver:
         return self._poll_later(order, info.retry_after, drop_records=drop_records)
 
     def _work_on_authorizations(
-        self, order: OrderSnapshot, account: IssuerAccount, info: OrderInfo
+        self,
+        order: OrderSnapshot,
+        account: IssuerAccount,
+        info: OrderInfo,
+        presented: dict[str, PresentedRecord] | None,
     ) -> float | None:
         wanted = CHALLENGE_FOR_TYPE[order.challenge_type]
         to_answer: list[tuple[AuthzInfo, ChallengeInfo]] = []
@@ -346,7 +369,8 @@ class OrderDriver:
                 return None
             if challenge.status == STATUS_PENDING:
                 to_answer.append((authz, challenge))
-        presented = self._presented(order) if to_answer or finished_authz else {}
+        if presented is None:
+            presented = self._presented(order) if to_answer or finished_authz else {}
         finished_with_records = [url for url in finished_authz if url in presented]
         if finished_with_records:
             self._remove_challenge_records(order.id, finished_with_records)
@@ -803,6 +827,31 @@ def _check_lease(connection: Connection, order_id: int, worker_id: str) -> None:
 def _poll_delay(age: dt.timedelta, base_seconds: float) -> float:
     """Poll fast while an order is young, then slower (a tenth of its age, at most 10 s)."""
     return min(max(base_seconds, age.total_seconds() / 10), MAX_POLL_SECONDS)
+
+
+def authorizations_needed(
+    info: OrderInfo, presented: Mapping[str, PresentedRecord], now: dt.datetime
+) -> bool:
+    """Whether a poll that read ``info`` (the order alone) must read its authorizations too.
+
+    An invalid order needs them for the reason. A pending one does, unless every challenge
+    is answered and the answers are recent: then the order's own status says all there is to
+    know (RFC 8555 §7.1.6: ready once every authorization is valid, invalid as soon as one
+    fails), and each poll costs one request instead of one per name. Past
+    AUTHZ_RECHECK_SECONDS the authorizations are read again all the same, for a CA that is
+    slow to move its order along.
+    """
+    if info.status == STATUS_INVALID:
+        return True
+    if info.status != STATUS_PENDING:
+        return False
+    recent = now - dt.timedelta(seconds=AUTHZ_RECHECK_SECONDS)
+    return not info.authorization_urls or not all(
+        (record := presented.get(url)) is not None
+        and record.answered_at is not None
+        and record.answered_at >= recent
+        for url in info.authorization_urls
+    )
 
 
 def _first_authz_error(info: OrderInfo) -> str | None:

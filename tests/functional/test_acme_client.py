@@ -229,6 +229,23 @@ def test_fetch_order_without_authorizations(pebble: PebbleInstance) -> None:
     assert set(authz.challenges) == set(first.challenges)
 
 
+def test_an_order_read_alone_lists_its_authorizations_to_fetch_later(
+    pebble: PebbleInstance,
+) -> None:
+    session = registered_session(pebble)
+    csr = make_csr(generate_private_key("ECC"), ["*.later.test", "later.test"]).encode("ascii")
+    created = session.new_order(csr)
+    light = session.fetch_order(created.url, include_authorizations=False)
+    # Pebble lists them in another order on every fetch.
+    assert sorted(light.authorization_urls) == sorted(a.url for a in created.authorizations)
+    assert len(light.authorization_urls) == 2
+    full = session.fetch_authorizations(light)
+    assert [a.url for a in full.authorizations] == list(light.authorization_urls)
+    assert sorted((a.url, a.identifier, a.wildcard, a.status) for a in full.authorizations) == (
+        sorted((a.url, a.identifier, a.wildcard, "pending") for a in created.authorizations)
+    )
+
+
 @pytest.mark.parametrize("pebble", [{"nonce_reject": 90}], indirect=True)
 def test_ten_orders_succeed_when_most_nonces_are_rejected(pebble: PebbleInstance) -> None:
     session = registered_session(pebble)
