@@ -6,8 +6,8 @@ Under issuance load about a fifth of certok's CPU goes to HTTP requests to the C
 library's `ClientNetwork._send_request` goes through `requests.Session.request`, which merges
 the session's cookies, headers, hooks and settings into every request, and formats its debug
 log lines (response body included) whether or not anyone logs at DEBUG. certok's
-`_NonceRetryingNetwork._send` prepares the request on its own and sends it through the same
-session (same adapters, pool and resolver). This script starts the rig's Pebble and, in one
+`_NonceRetryingNetwork._send` sends it straight through the session's urllib3 connection pool
+(`certok/issuance/direct_http.py`: same adapter, pool, TLS settings and resolver). This script starts the rig's Pebble and, in one
 process and in alternating rounds, sends `--requests` GETs of the directory each way on one
 kept-alive connection, measuring the process's CPU time (not wall time: Pebble's share is not
 ours). Reported: the median round per way in µs of CPU per request, and lean / library.
