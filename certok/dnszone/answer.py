@@ -125,12 +125,21 @@ def answer(
 def fast_answer(
     query_wire: bytes, config: ZoneConfig, records: ZoneRecords, *, max_udp: int | None
 ) -> bytes | None:
-    """The reply from the reply cache, or None when the query is not the common shape."""
+    """The reply from the reply cache, or None when the query is not the common shape.
+
+    Every UDP query comes through here, so the usual case (a cached reply that fits) is
+    written out inline: the index check of ``_index_for``, the limit of ``_udp_limit`` and
+    ``wire.splice_reply`` each cost a call per query otherwise.
+    """
     peeked = wire.common_query_key(query_wire)
     if peeked is None:
         return None
     key, question_end, payload = peeked
-    index = _index_for(config, records)
+    last = _last_index
+    if last is not None and last[0] is config and last[1] is records:
+        index = last[2]
+    else:
+        index = _index_for(config, records)
     entry = index.replies.get(key)
     if entry is None or entry[STAMP] is not index.nodes.get(key[0]):
         # Not cached, or cached from a node this snapshot replaced (the name changed).
@@ -141,13 +150,16 @@ def fast_answer(
         entry = _with_serial(entry, index.serial)
         index.replies.put(key, entry)
     full = entry[FULL]
-    if (
-        max_udp is not None
-        and (len(full) > MIN_UDP_LIMIT or max_udp < MIN_UDP_LIMIT)
-        and len(full) > _udp_limit(key[2] != wire.EdnsState.NONE, payload, max_udp)
-    ):
+    # common_query_key's payload is already _udp_limit's requested size (512 without EDNS,
+    # never below 512 with it), so the UDP limit is the smaller of it and max_udp.
+    if max_udp is not None and len(full) > (payload if payload < max_udp else max_udp):
         full = entry[TRUNCATED] or wire.truncate_reply(full)
-    return wire.splice_reply(full, query_wire, question_end)
+    return (
+        query_wire[:2]
+        + full[2 : wire.HEADER_SIZE]
+        + query_wire[wire.HEADER_SIZE : question_end]
+        + full[question_end:]
+    )
 
 
 def _entry_on_miss(index: ZoneIndex, key: ReplyKey) -> Entry:

@@ -124,6 +124,7 @@ class UdpResponder:
     def _serve(self) -> None:
         receive = self._sock.recvfrom
         send = self._sock.sendto
+        config, cache, limiter = self._config, self._cache, self._limiter
         while True:
             try:
                 query, address = receive(_RECEIVE_SIZE)
@@ -136,7 +137,15 @@ class UdpResponder:
             if address is None or self._closing:
                 return
             try:
-                reply = self._reply(query, address)
+                if limiter is None:
+                    # Rate limits off (the default), written out: no call more than needed. The
+                    # amplification cap is _limited_reply's.
+                    limit = MAX_AMPLIFICATION * len(query)
+                    if limit > ADVERTISED_UDP_PAYLOAD:
+                        limit = ADVERTISED_UDP_PAYLOAD
+                    reply = answer(query, config, cache.records, max_udp=limit)
+                else:
+                    reply = self._limited_reply(query, address, limiter)
                 if reply is not None:
                     send(reply, address)
             except OSError as error:
@@ -144,12 +153,12 @@ class UdpResponder:
             except Exception:
                 log.exception("dropping a UDP query from %s after an unexpected error", address)
 
-    def _reply(self, query: bytes, address: tuple[str, int]) -> bytes | None:
-        decision = RateDecision.SEND
-        if self._limiter is not None:
-            decision = self._limiter.decide(address[0])
-            if decision is RateDecision.DROP:
-                return None
+    def _limited_reply(
+        self, query: bytes, address: tuple[str, int], limiter: ResponseRateLimiter
+    ) -> bytes | None:
+        decision = limiter.decide(address[0])
+        if decision is RateDecision.DROP:
+            return None
         # A UDP answer is never more than MAX_AMPLIFICATION times its query: a bigger one goes
         # out truncated and the resolver asks again over TCP, whose handshake proves the source
         # address (REFERENCE.md: answer/query <= 4x).
