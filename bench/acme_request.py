@@ -7,10 +7,11 @@ library's `ClientNetwork._send_request` goes through `requests.Session.request`,
 the session's cookies, headers, hooks and settings into every request, and formats its debug
 log lines (response body included) whether or not anyone logs at DEBUG. certok's
 `_NonceRetryingNetwork._send` sends it straight through the session's urllib3 connection pool
-(`certok/issuance/direct_http.py`: same adapter, pool, TLS settings and resolver). This script starts the rig's Pebble and, in one
-process and in alternating rounds, sends `--requests` GETs of the directory each way on one
-kept-alive connection, measuring the process's CPU time (not wall time: Pebble's share is not
-ours). Reported: the median round per way in µs of CPU per request, and lean / library.
+(`certok/issuance/direct_http.py`: same adapter, pool, TLS settings and resolver). This script
+starts the rig's Pebble and, in one process and in alternating rounds, sends `--requests` GETs
+of the directory each way on one kept-alive connection, measuring the process's CPU time (not
+wall time: Pebble's share is not ours). Reported: the median round per way in µs of CPU per
+request, and lean / library.
 """
 
 from __future__ import annotations
