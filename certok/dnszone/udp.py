@@ -7,8 +7,18 @@ fixed 30k qps that took the server's CPU per query from 19-20 µs to 16 µs, and
 CPU-second at max rate (bench/dns_qps.py), on the same answer code. The GIL is released while
 the thread waits in ``recvfrom``, so the event loop (TCP, snapshot swaps) runs as before.
 
+The thread keeps a packet cache (as PowerDNS's authoritative server does): whole replies keyed
+by the query's bytes after its ID. A reply is a function of those bytes, the zone config and the
+records snapshot alone, so a query seen before under the same snapshot gets the stored reply
+with its own ID put in front: one dict lookup instead of parsing the question, finding the
+index and splicing the question into a cached reply (about 2.5 µs of Python per query). The
+cache is emptied whenever a new snapshot is published and when it reaches
+``MAX_CACHED_PACKETS``. Resolvers that randomise the query name's case (0x20) get a new key per
+query and simply miss it.
+
 Thread safety: answers read ``ZoneCache.records``, one attribute swapped whole by the refresher,
-and the reply cache, whose writes take its lock (replycache.py).
+and the reply cache, whose writes take its lock (replycache.py). The packet cache belongs to
+the UDP thread alone.
 """
 
 from __future__ import annotations
@@ -34,6 +44,12 @@ MAX_AMPLIFICATION = 4
 # read costs nothing extra: the bytes object shrinks to the datagram in place).
 _RECEIVE_SIZE = 65535
 _STOP_JOIN_SECONDS = 5.0
+# Replies kept in the packet cache before it starts over (a few hundred bytes each: about
+# 20 MB when full). 50k covers a zone of tens of thousands of labels asked in one case.
+MAX_CACHED_PACKETS = 50_000
+_ID_SIZE = 2
+_HEADER_SIZE = 12
+_RCODE_SERVFAIL = 2
 
 
 class RateDecision(enum.Enum):
@@ -125,6 +141,8 @@ class UdpResponder:
         receive = self._sock.recvfrom
         send = self._sock.sendto
         config, cache, limiter = self._config, self._cache, self._limiter
+        packets: dict[bytes, bytes] = {}  # query after its ID -> reply after its ID
+        packets_of = cache.records  # the snapshot the packet cache holds replies of
         while True:
             try:
                 query, address = receive(_RECEIVE_SIZE)
@@ -137,31 +155,51 @@ class UdpResponder:
             if address is None or self._closing:
                 return
             try:
-                # A UDP answer is never more than MAX_AMPLIFICATION times its query: a bigger
-                # one goes out truncated and the resolver asks again over TCP, whose handshake
-                # proves the source address (REFERENCE.md: answer/query <= 4x). Written out
-                # rather than min(): this runs once per query.
-                limit = MAX_AMPLIFICATION * len(query)
-                if limit > ADVERTISED_UDP_PAYLOAD:
-                    limit = ADVERTISED_UDP_PAYLOAD
-                if limiter is None:  # rate limits off, the default
-                    reply = answer(query, config, cache.records, max_udp=limit)
+                truncate = False
+                if limiter is not None:  # off by default; see ResponseRateLimiter
+                    decision = limiter.decide(address[0])
+                    if decision is RateDecision.DROP:
+                        continue
+                    truncate = decision is RateDecision.TRUNCATE
+                records = cache.records
+                if records is not packets_of:
+                    packets = {}
+                    packets_of = records
+                key = query[_ID_SIZE:]
+                tail = packets.get(key)
+                if tail is not None:
+                    reply = query[:_ID_SIZE] + tail
                 else:
-                    reply = self._limited_reply(query, address[0], limit, limiter)
-                if reply is not None:
-                    send(reply, address)
+                    reply = answer(query, config, records, max_udp=_udp_limit(query))
+                    if reply is None:
+                        continue
+                    if _cacheable(query, reply):
+                        if len(packets) >= MAX_CACHED_PACKETS:
+                            packets = {}
+                        packets[key] = reply[_ID_SIZE:]
+                send(truncate_reply(reply) if truncate else reply, address)
             except OSError as error:
                 log.debug("UDP reply to %s not sent: %s", address, error)
             except Exception:
                 log.exception("dropping a UDP query from %s after an unexpected error", address)
 
-    def _limited_reply(
-        self, query: bytes, client: str, limit: int, limiter: ResponseRateLimiter
-    ) -> bytes | None:
-        decision = limiter.decide(client)
-        if decision is RateDecision.DROP:
-            return None
-        reply = answer(query, self._config, self._cache.records, max_udp=limit)
-        if reply is not None and decision is RateDecision.TRUNCATE:
-            reply = truncate_reply(reply)
-        return reply
+
+def _udp_limit(query: bytes) -> int:
+    """A UDP answer is never more than MAX_AMPLIFICATION times its query.
+
+    A bigger one goes out truncated and the resolver asks again over TCP, whose handshake
+    proves the source address (REFERENCE.md: answer/query <= 4x).
+    """
+    limit = MAX_AMPLIFICATION * len(query)
+    return limit if limit < ADVERTISED_UDP_PAYLOAD else ADVERTISED_UDP_PAYLOAD
+
+
+def _cacheable(query: bytes, reply: bytes) -> bool:
+    """Whether the packet cache may keep ``reply``: a whole header that echoes the query's ID,
+    and not SERVFAIL (a failure of this moment, not an answer of the snapshot)."""
+    return (
+        len(query) >= _HEADER_SIZE
+        and len(reply) >= _HEADER_SIZE
+        and reply[:_ID_SIZE] == query[:_ID_SIZE]
+        and reply[3] & 0x0F != _RCODE_SERVFAIL
+    )

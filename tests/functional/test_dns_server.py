@@ -435,6 +435,117 @@ def test_the_udp_thread_survives_an_unexpected_error(
     assert "dropping a UDP query" in caplog.text
 
 
+# --- the UDP packet cache (udp.py) ---------------------------------------------------------------
+
+
+def with_id(query: bytes, query_id: int) -> bytes:
+    return struct.pack("!H", query_id) + query[2:]
+
+
+def count_answers(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The queries the UDP thread answers from here on without its packet cache."""
+    from certok.dnszone import udp
+
+    calls: list[bytes] = []
+    real_answer = udp.answer
+
+    def counted(query: bytes, *args: Any, **kwargs: Any) -> bytes | None:
+        calls.append(query)
+        return real_answer(query, *args, **kwargs)
+
+    monkeypatch.setattr(udp, "answer", counted)
+    return calls
+
+
+def test_a_repeated_query_gets_the_same_reply_with_its_own_id(
+    zone: Zone, cache: ZoneCache, server: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    calls = count_answers(monkeypatch)
+    query = txt_query(LABEL).to_wire()
+    first = udp_bytes(server.port, with_id(query, 0x1111))
+    second = udp_bytes(server.port, with_id(query, 0x2222))
+    assert first[:2] == b"\x11\x11"
+    assert second[:2] == b"\x22\x22"
+    assert first[2:] == second[2:]
+    assert txt_values(dns.message.from_wire(second)) == ["digest"]
+    assert len(calls) == 1, "the repeated query was answered from the packet cache"
+    # Another case of the same name is other bytes: answered afresh, with its own case.
+    mixed = udp_bytes(server.port, with_id(query.replace(LABEL.encode(), b"0123456789ABCDEF"), 3))
+    assert len(calls) == 2
+    assert dns.message.from_wire(mixed).question[0].name.labels[0] == b"0123456789ABCDEF"
+
+
+def test_the_packet_cache_never_outlives_a_snapshot(
+    zone: Zone, cache: ZoneCache, server: DnsServer
+) -> None:
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "old-digest")
+    cache.refresh()
+    query = txt_query(LABEL).to_wire()
+    nxdomain_query = txt_query(OTHER_LABEL).to_wire()
+    assert txt_values(dns.message.from_wire(udp_bytes(server.port, query))) == ["old-digest"]
+    assert dns.message.from_wire(udp_bytes(server.port, nxdomain_query)).rcode() == (
+        dns.rcode.NXDOMAIN
+    )
+
+    zone.clean_up(LABEL)
+    zone.present(LABEL, "new-digest")
+    zone.delegate(OTHER_LABEL, "other.test")
+    cache.refresh()
+    assert txt_values(dns.message.from_wire(udp_bytes(server.port, query))) == ["new-digest"]
+    assert dns.message.from_wire(udp_bytes(server.port, nxdomain_query)).rcode() == (
+        dns.rcode.NOERROR
+    )
+
+
+def test_a_servfail_is_not_kept_in_the_packet_cache(
+    zone: Zone, cache: ZoneCache, server: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certok.dnszone import udp, wire
+
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    real_answer = udp.answer
+    failures = iter([True])
+
+    def servfail_once(query: bytes, *args: Any, **kwargs: Any) -> bytes | None:
+        for _ in failures:
+            return wire.header_only_reply(query, wire.RCODE_SERVFAIL)
+        return real_answer(query, *args, **kwargs)
+
+    monkeypatch.setattr(udp, "answer", servfail_once)
+    query = txt_query(LABEL).to_wire()
+    assert dns.message.from_wire(udp_bytes(server.port, query)).rcode() == dns.rcode.SERVFAIL
+    assert txt_values(dns.message.from_wire(udp_bytes(server.port, query))) == ["digest"]
+
+
+def test_a_full_packet_cache_starts_over_and_keeps_answering(
+    zone: Zone, cache: ZoneCache, server: DnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certok.dnszone import udp
+
+    monkeypatch.setattr(udp, "MAX_CACHED_PACKETS", 2)
+    zone.delegate(LABEL, "customer.test")
+    zone.present(LABEL, "digest")
+    cache.refresh()
+    calls = count_answers(monkeypatch)
+    first, second, third = (
+        with_id(txt_query(name).to_wire(), 7) for name in (LABEL, OTHER_LABEL, "x1")
+    )
+    for query in (first, second, first):
+        assert udp_bytes(server.port, query)[:2] == b"\x00\x07"
+    assert len(calls) == 2, "the first query, asked again, came from the packet cache"
+    udp_bytes(server.port, third)  # the cache is full: it starts over with this one
+    assert len(calls) == 3
+    reply = udp_bytes(server.port, first)
+    assert len(calls) == 4, "the first query's reply went with the cache it was in"
+    assert txt_values(dns.message.from_wire(reply)) == ["digest"]
+
+
 def test_a_fixed_port_is_bound_for_udp_and_tcp(loop_thread: LoopThread, cache: ZoneCache) -> None:
     port = free_port()
     server = loop_thread.run(start_dns_server(HOST, port, CONFIG, cache))
