@@ -4,6 +4,7 @@ processes and the tests that run the API in process."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,16 @@ from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
-from certok.prechecks.resolver import make_resolver
+from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
 from certok.store import Store
 
 LABEL_KEY_PURPOSE = "delegation-label"
 TOKEN_CACHE_ENTRIES = 100_000
+# CNAME lookups of dv requests running at once in one process (each waits on the resolver,
+# without the GIL; a dv of many names spreads over them).
+LOOKUP_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -35,14 +39,23 @@ class Checks:
 
     dns: DnsVerifier
     http: HttpVerifier
+    lookups: ThreadPoolExecutor  # the API's CNAME lookups (blocking; see prechecks/delegation.py)
 
     def ownership(self) -> Ownership:
         return Ownership({"dns": self.dns, "http": self.http})
 
+    def close(self) -> None:
+        """Stop the lookup threads; a lookup under way ends within the resolver's lifetime."""
+        self.lookups.shutdown(wait=False, cancel_futures=True)
+
 
 def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = None) -> Checks:
-    # A resolver holds configuration only: one serves every request and worker thread.
+    # A resolver holds configuration only: one of each serves every request and worker thread.
     resolver = make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
+    blocking_resolver = make_blocking_resolver(
+        settings.resolvers, settings.resolver_timeout_seconds
+    )
+    lookups = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="certok-dns-lookup")
 
     def resolver_factory() -> dns.asyncresolver.Resolver:
         return resolver
@@ -61,7 +74,8 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             store.sessions,
             zone=settings.dns_zone,
             label_key=label_key or store.box.derive(LABEL_KEY_PURPOSE),
-            resolver_factory=resolver_factory,
+            resolver=blocking_resolver,
+            lookups=lookups,
             code_ttl_seconds=settings.code_ttl_seconds,
         ),
         http=HttpVerifier(
@@ -71,6 +85,7 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             http_port=settings.http01_port,
             code_ttl_seconds=settings.code_ttl_seconds,
         ),
+        lookups=lookups,
     )
 
 

@@ -114,6 +114,7 @@ async def serve(settings: Settings) -> None:
         worker.stop()
         await _cancel(tasks)
         await dns_server.close()
+        checks.close()
         store.engine.dispose()
 
 
@@ -184,6 +185,7 @@ async def serve_app(
     finally:
         worker.stop()
         await _cancel(tasks)
+        checks.close()
         store.engine.dispose()
 
 

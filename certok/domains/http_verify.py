@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Tenant
+from certok.domains.ownership import run_in_thread_loop
 from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
@@ -94,7 +95,11 @@ class HttpVerifier:
             tenant.id, "http", domains, items, started, nginx_block(self.bound_target(tenant))
         )
 
-    async def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
+    def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
+        """Blocking, for worker threads (see ownership.py)."""
+        return run_in_thread_loop(self._ownership_problem(tenant_id, domains))
+
+    async def _ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
         tenant = await asyncio.to_thread(self._tenant, tenant_id)
         checks = await self._check(tenant, domains)
         bad = [f"{c.domain}: {c.detail}" for c in checks if not c.valid]

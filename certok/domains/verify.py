@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
-import dns.asyncresolver
+import dns.resolver
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,7 +19,7 @@ from certok.db.writes import write
 from certok.domains.delegations import ensure_delegations
 from certok.names import base_name, challenge_name, relative_challenge_name
 from certok.orders.codes import issue_code
-from certok.prechecks.delegation import check_delegations
+from certok.prechecks.delegation import check_delegations, check_delegations_on
 from certok.tenants.service import TenantRef
 
 
@@ -112,14 +112,17 @@ class DnsVerifier:
         *,
         zone: str,
         label_key: bytes,
-        resolver_factory: Callable[[], dns.asyncresolver.Resolver],
+        resolver: dns.resolver.Resolver,
+        lookups: Executor,
         code_ttl_seconds: int,
         clock: Clock = utcnow,
     ) -> None:
+        """``lookups`` runs the API's CNAME lookups (blocking, see prechecks/delegation.py)."""
         self._sessions = session_factory
         self._zone = zone
         self._label_key = label_key
-        self._resolver_factory = resolver_factory
+        self._resolver = resolver
+        self._lookups = lookups
         self._codes = CodeIssuer(session_factory, code_ttl_seconds, clock)
         self._clock = clock
 
@@ -129,8 +132,8 @@ class DnsVerifier:
         labels = await asyncio.to_thread(self._labels, tenant.id, bases)
         unique_bases = sorted(set(bases))
         targets = {b: f"{labels[b]}.{self._zone}" for b in unique_bases}
-        results = await check_delegations(
-            [(challenge_name(b), targets[b]) for b in unique_bases], self._resolver_factory()
+        results = await check_delegations_on(
+            self._lookups, [(challenge_name(b), targets[b]) for b in unique_bases], self._resolver
         )
         by_base = dict(zip(unique_bases, results, strict=True))
         items = [
@@ -147,15 +150,18 @@ class DnsVerifier:
         ]
         return await self._codes.result(tenant.id, "dns", domains, items, started)
 
-    async def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
-        """Why the names are not (or no longer) delegated to this tenant, or None."""
+    def ownership_problem(self, tenant_id: int, domains: list[str]) -> str | None:
+        """Why the names are not (or no longer) delegated to this tenant, or None.
+
+        Blocking, for worker threads: the lookups run in the calling thread.
+        """
         bases = sorted({base_name(d) for d in domains})
-        labels = await asyncio.to_thread(self._existing_labels, tenant_id, bases)
+        labels = self._existing_labels(tenant_id, bases)
         missing = [b for b in bases if b not in labels]
         if missing:
             return f"{', '.join(missing)} not delegated to this tenant: call /v1/cert/dv"
         items = [(challenge_name(b), f"{labels[b]}.{self._zone}") for b in bases]
-        results = await check_delegations(items, self._resolver_factory())
+        results = check_delegations(items, self._resolver)
         bad = [r.detail for r in results if not r.valid]
         return "; ".join(bad) if bad else None
 

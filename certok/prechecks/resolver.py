@@ -11,6 +11,7 @@ import ipaddress
 import dns.asyncresolver
 import dns.name
 import dns.nameserver
+import dns.resolver
 
 from certok.errors import ConfigurationError
 
@@ -55,7 +56,21 @@ def parse_resolver_address(text: str) -> tuple[str, int]:
 
 
 def make_resolver(addresses: list[str], timeout: float) -> dns.asyncresolver.Resolver:
-    """A stub resolver asking exactly these servers, giving up after ``timeout`` seconds."""
+    """A stub resolver for the event loop, asking exactly these servers, giving up after
+    ``timeout`` seconds (the web server pre-check's address lookups)."""
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    _configure(resolver, addresses, timeout)
+    return resolver
+
+
+def make_blocking_resolver(addresses: list[str], timeout: float) -> dns.resolver.Resolver:
+    """The same resolver for threads (the CNAME checks, see delegation.py)."""
+    resolver = dns.resolver.Resolver(configure=False)
+    _configure(resolver, addresses, timeout)
+    return resolver
+
+
+def _configure(resolver: dns.resolver.BaseResolver, addresses: list[str], timeout: float) -> None:
     if not addresses:
         raise ConfigurationError(
             'no DNS resolvers configured: set resolvers (CERTOK_RESOLVERS), e.g. ["127.0.0.1:5353"]'
@@ -64,7 +79,6 @@ def make_resolver(addresses: list[str], timeout: float) -> dns.asyncresolver.Res
         raise ConfigurationError(
             f"resolver timeout must be positive, got {timeout}: set resolver_timeout_seconds"
         )
-    resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [
         dns.nameserver.Do53Nameserver(address, port)
         for address, port in map(parse_resolver_address, addresses)
@@ -77,7 +91,6 @@ def make_resolver(addresses: list[str], timeout: float) -> dns.asyncresolver.Res
     resolver.domain = dns.name.root
     resolver.use_search_by_default = False
     resolver.use_edns(0, 0, EDNS_PAYLOAD)
-    return resolver
 
 
 def _bad_address(text: str) -> ConfigurationError:

@@ -11,16 +11,23 @@ import asyncio
 import socket
 import time
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.nameserver
+import dns.resolver
 import pytest
 
 from certok.errors import ConfigurationError
-from certok.prechecks.delegation import DelegationResult, check_delegation, check_delegations
-from certok.prechecks.resolver import make_resolver, parse_resolver_address
+from certok.prechecks.delegation import (
+    DelegationResult,
+    check_delegation,
+    check_delegations,
+    check_delegations_on,
+)
+from certok.prechecks.resolver import make_blocking_resolver, make_resolver, parse_resolver_address
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.dnsfake_unbound import running_unbound, unbound_binary
 
@@ -66,6 +73,14 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+def on_threads(
+    items: list[tuple[str, str]], resolver: dns.resolver.Resolver
+) -> list[DelegationResult]:
+    """check_delegations_on, as the API runs it (on its lookup threads)."""
+    with ThreadPoolExecutor(4) as executor:
+        return run(check_delegations_on(executor, items, resolver))
+
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeNameserver]:
     with FakeNameserver(
@@ -78,12 +93,12 @@ def fake() -> Iterator[FakeNameserver]:
 
 
 @pytest.fixture(scope="module")
-def direct(fake: FakeNameserver) -> dns.asyncresolver.Resolver:
-    return make_resolver([f"127.0.0.1:{fake.port}"], timeout=2.0)
+def direct(fake: FakeNameserver) -> dns.resolver.Resolver:
+    return make_blocking_resolver([f"127.0.0.1:{fake.port}"], timeout=2.0)
 
 
-def check(resolver: dns.asyncresolver.Resolver, prefix: str, **kwargs: int) -> DelegationResult:
-    return run(check_delegation(challenge(prefix), label(prefix), resolver, **kwargs))
+def check(resolver: dns.resolver.Resolver, prefix: str, **kwargs: int) -> DelegationResult:
+    return check_delegation(challenge(prefix), label(prefix), resolver, **kwargs)
 
 
 # --- resolver configuration ------------------------------------------------------------------
@@ -130,8 +145,14 @@ def test_parse_resolver_address_refuses(text: str) -> None:
     assert "like 127.0.0.1" in caught.value.message
 
 
-def test_make_resolver_uses_only_the_given_servers() -> None:
-    resolver = make_resolver(["127.0.0.1:5353", "[::1]"], timeout=1.5)
+FACTORIES = pytest.mark.parametrize(
+    "factory", [make_resolver, make_blocking_resolver], ids=["asyncio", "blocking"]
+)
+
+
+@FACTORIES
+def test_make_resolver_uses_only_the_given_servers(factory: Any) -> None:
+    resolver = factory(["127.0.0.1:5353", "[::1]"], timeout=1.5)
     servers = resolver.nameservers
     assert all(isinstance(s, dns.nameserver.Do53Nameserver) for s in servers)
     assert [(s.address, s.port) for s in servers] == [("127.0.0.1", 5353), ("::1", 53)]  # type: ignore[union-attr]
@@ -143,16 +164,17 @@ def test_make_resolver_uses_only_the_given_servers() -> None:
     assert resolver.payload == 1232
 
 
-def test_make_resolver_refuses_an_empty_list() -> None:
+@FACTORIES
+def test_make_resolver_refuses_an_empty_list(factory: Any) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        make_resolver([], timeout=1.0)
+        factory([], timeout=1.0)
     assert "CERTOK_RESOLVERS" in caught.value.message
 
 
 # --- against the authoritative test server ---------------------------------------------------
 
 
-def test_correct_cname_is_valid(direct: dns.asyncresolver.Resolver) -> None:
+def test_correct_cname_is_valid(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "good")
     assert result.valid
     assert result.name == challenge("good")
@@ -163,17 +185,15 @@ def test_correct_cname_is_valid(direct: dns.asyncresolver.Resolver) -> None:
 
 
 def test_names_compare_case_and_trailing_dot_insensitively(
-    direct: dns.asyncresolver.Resolver,
+    direct: dns.resolver.Resolver,
 ) -> None:
-    result = run(
-        check_delegation(challenge("good").upper() + ".", label("good").upper() + ".", direct)
-    )
+    result = check_delegation(challenge("good").upper() + ".", label("good").upper() + ".", direct)
     assert result.valid
     assert result.name == challenge("good")
     assert result.found == label("good")
 
 
-def test_no_record_says_add_it(direct: dns.asyncresolver.Resolver) -> None:
+def test_no_record_says_add_it(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "missing")
     assert not result.valid
     assert result.found is None
@@ -182,7 +202,7 @@ def test_no_record_says_add_it(direct: dns.asyncresolver.Resolver) -> None:
 
 
 def test_name_without_cname_says_add_it(
-    fake: FakeNameserver, direct: dns.asyncresolver.Resolver
+    fake: FakeNameserver, direct: dns.resolver.Resolver
 ) -> None:
     result = check(direct, "txtonly")  # the name exists (NODATA for CNAME)
     assert not result.valid
@@ -191,7 +211,7 @@ def test_name_without_cname_says_add_it(
     assert fake.queries_for(challenge("txtonly")) == ["CNAME"]
 
 
-def test_cname_to_another_label_names_what_it_found(direct: dns.asyncresolver.Resolver) -> None:
+def test_cname_to_another_label_names_what_it_found(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "wrong")
     assert not result.valid
     assert result.found == label("someone-else")
@@ -202,7 +222,7 @@ def test_cname_to_another_label_names_what_it_found(direct: dns.asyncresolver.Re
 
 
 def test_two_hop_chain_to_the_target_is_valid(
-    fake: FakeNameserver, direct: dns.asyncresolver.Resolver
+    fake: FakeNameserver, direct: dns.resolver.Resolver
 ) -> None:
     result = check(direct, "two")
     assert result.valid
@@ -215,7 +235,7 @@ def test_two_hop_chain_to_the_target_is_valid(
 
 
 def test_two_hop_chain_elsewhere_names_the_end_and_the_way(
-    direct: dns.asyncresolver.Resolver,
+    direct: dns.resolver.Resolver,
 ) -> None:
     result = check(direct, "twowrong")
     assert not result.valid
@@ -223,14 +243,14 @@ def test_two_hop_chain_elsewhere_names_the_end_and_the_way(
     assert f"points to dangling.{CUSTOMER}. via hop2.{CUSTOMER}." in result.detail
 
 
-def test_loop_is_invalid(direct: dns.asyncresolver.Resolver) -> None:
+def test_loop_is_invalid(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "loop")
     assert not result.valid
     assert "loops" in result.detail
     assert f"loop-a.{CUSTOMER}. -> loop-b.{CUSTOMER}. -> loop-a.{CUSTOMER}." in result.detail
 
 
-def test_chain_longer_than_the_limit_is_invalid(direct: dns.asyncresolver.Resolver) -> None:
+def test_chain_longer_than_the_limit_is_invalid(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "long")  # 10 CNAMEs, default limit 8
     assert not result.valid
     assert "longer than 8" in result.detail
@@ -238,7 +258,7 @@ def test_chain_longer_than_the_limit_is_invalid(direct: dns.asyncresolver.Resolv
     assert not check(direct, "long", max_chain=9).valid
 
 
-def test_servfail_says_lookup_failed_and_retry(direct: dns.asyncresolver.Resolver) -> None:
+def test_servfail_says_lookup_failed_and_retry(direct: dns.resolver.Resolver) -> None:
     result = check(direct, "broken")
     assert not result.valid
     assert result.found is None
@@ -248,7 +268,7 @@ def test_servfail_says_lookup_failed_and_retry(direct: dns.asyncresolver.Resolve
 
 
 def test_failure_midway_names_the_target_found_so_far(
-    direct: dns.asyncresolver.Resolver,
+    direct: dns.resolver.Resolver,
 ) -> None:
     result = check(direct, "midfail")  # the first hop resolves, the second SERVFAILs
     assert not result.valid
@@ -261,7 +281,7 @@ def test_failure_midway_names_the_target_found_so_far(
 def test_chain_already_in_the_answer_is_used() -> None:
     chain = {challenge("chased"): f"hop.{CUSTOMER}", f"hop.{CUSTOMER}": label("chased")}
     with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE], cnames=chain, chase=True) as server:
-        resolver = make_resolver([f"127.0.0.1:{server.port}"], timeout=2.0)
+        resolver = make_blocking_resolver([f"127.0.0.1:{server.port}"], timeout=2.0)
         result = check(resolver, "chased")
         assert result.valid
         assert result.found == label("chased")
@@ -273,7 +293,7 @@ def test_resolver_down_is_invalid_in_bounded_time() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    resolver = make_resolver([f"127.0.0.1:{closed_port}"], timeout=0.5)
+    resolver = make_blocking_resolver([f"127.0.0.1:{closed_port}"], timeout=0.5)
     started = time.monotonic()
     result = check(resolver, "good")
     elapsed = time.monotonic() - started
@@ -288,7 +308,7 @@ def test_resolver_down_is_invalid_in_bounded_time() -> None:
 def test_silent_resolver_times_out_in_bounded_time() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # bound, never answers
-        resolver = make_resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5)
+        resolver = make_blocking_resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5)
         started = time.monotonic()
         result = check(resolver, "good")
         elapsed = time.monotonic() - started
@@ -299,14 +319,14 @@ def test_silent_resolver_times_out_in_bounded_time() -> None:
     assert result.cost_ms >= 400
 
 
-def test_a_bad_name_is_a_result_not_an_exception(direct: dns.asyncresolver.Resolver) -> None:
-    result = run(check_delegation("_acme-challenge." + "x" * 64 + ".customer.test", "a.b", direct))
+def test_a_bad_name_is_a_result_not_an_exception(direct: dns.resolver.Resolver) -> None:
+    result = check_delegation("_acme-challenge." + "x" * 64 + ".customer.test", "a.b", direct)
     assert not result.valid
     assert "failed" in result.detail
 
 
 def test_check_delegations_keeps_order_and_looks_up_duplicates_once(
-    fake: FakeNameserver, direct: dns.asyncresolver.Resolver
+    fake: FakeNameserver, direct: dns.resolver.Resolver
 ) -> None:
     items = [
         (challenge("dup"), label("dup")),
@@ -315,7 +335,7 @@ def test_check_delegations_keeps_order_and_looks_up_duplicates_once(
         (challenge("missing"), label("missing")),
     ]
     before = len(fake.queries_for(challenge("dup")))
-    results = run(check_delegations(items, direct, concurrency=2))
+    results = check_delegations(items, direct)
     assert [r.name for r in results] == [
         challenge("dup"),
         challenge("wrong"),
@@ -330,17 +350,19 @@ def test_check_delegations_runs_concurrently() -> None:
     # Four lookups at a silent server with a 0.5 s timeout: sequential would take 2 s.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        resolver = make_resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5)
+        resolver = make_blocking_resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5)
         items = [(challenge(f"c{i}"), label(f"c{i}")) for i in range(4)]
         started = time.monotonic()
-        results = run(check_delegations(items, resolver))
+        results = on_threads(items, resolver)
         elapsed = time.monotonic() - started
     assert [r.valid for r in results] == [False] * 4
     assert elapsed < 1.0
 
 
 def test_check_delegations_of_nothing() -> None:
-    assert run(check_delegations([], make_resolver(["127.0.0.1"], timeout=0.1))) == []
+    resolver = make_blocking_resolver(["127.0.0.1"], timeout=0.1)
+    assert check_delegations([], resolver) == []
+    assert on_threads([], resolver) == []
 
 
 # --- through a real unbound --------------------------------------------------------------------
@@ -349,48 +371,48 @@ def test_check_delegations_of_nothing() -> None:
 @pytest.fixture(scope="module")
 def via_unbound(
     fake: FakeNameserver, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dns.asyncresolver.Resolver]:
+) -> Iterator[dns.resolver.Resolver]:
     if unbound_binary() is None:
         pytest.skip("unbound is not installed (apt-get install unbound)")
     workdir: Path = tmp_path_factory.mktemp("unbound")
     with running_unbound(workdir, {CUSTOMER: fake.port, CERTOK_ZONE: fake.port}) as port:
-        yield make_resolver([f"127.0.0.1:{port}"], timeout=3.0)
+        yield make_blocking_resolver([f"127.0.0.1:{port}"], timeout=3.0)
 
 
-def test_unbound_correct_cname_is_valid(via_unbound: dns.asyncresolver.Resolver) -> None:
+def test_unbound_correct_cname_is_valid(via_unbound: dns.resolver.Resolver) -> None:
     result = check(via_unbound, "good")
     assert result.valid, result.detail
     assert result.found == label("good")
 
 
-def test_unbound_two_hop_chain_is_valid(via_unbound: dns.asyncresolver.Resolver) -> None:
+def test_unbound_two_hop_chain_is_valid(via_unbound: dns.resolver.Resolver) -> None:
     result = check(via_unbound, "two")
     assert result.valid, result.detail
     assert result.found == label("two")
 
 
-def test_unbound_no_record_says_add_it(via_unbound: dns.asyncresolver.Resolver) -> None:
+def test_unbound_no_record_says_add_it(via_unbound: dns.resolver.Resolver) -> None:
     result = check(via_unbound, "nothing-here")
     assert not result.valid
     assert result.found is None
     assert result.detail.startswith("add _acme-challenge.nothing-here CNAME ")
 
 
-def test_unbound_wrong_target_names_it(via_unbound: dns.asyncresolver.Resolver) -> None:
+def test_unbound_wrong_target_names_it(via_unbound: dns.resolver.Resolver) -> None:
     result = check(via_unbound, "wrong")
     assert not result.valid
     assert result.found == label("someone-else")
     assert f"points to {label('someone-else')}." in result.detail
 
 
-def test_unbound_loop_is_invalid(via_unbound: dns.asyncresolver.Resolver) -> None:
+def test_unbound_loop_is_invalid(via_unbound: dns.resolver.Resolver) -> None:
     result = check(via_unbound, "loop")
     assert not result.valid
     assert "loops" in result.detail
 
 
 def test_unbound_target_it_cannot_resolve_still_names_it(
-    via_unbound: dns.asyncresolver.Resolver,
+    via_unbound: dns.resolver.Resolver,
 ) -> None:
     # unbound refuses elsewhere.test (local-zone "." refuse): the first hop is still reported.
     result = check(via_unbound, "outside")

@@ -18,6 +18,7 @@ import collections
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from certok.orders.codes import issue_code
 from certok.orders.driver import OrderDriver
 from certok.orders.service import ISSUED, redeem_code
 from certok.orders.worker import Worker
-from certok.prechecks.resolver import make_resolver
+from certok.prechecks.resolver import make_blocking_resolver
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -169,9 +170,8 @@ def test_an_issued_order_costs_a_bounded_number_of_statements(
         store.sessions,
         zone=ZONE,
         label_key=LABEL_KEY,
-        resolver_factory=lambda: make_resolver(
-            settings.resolvers, settings.resolver_timeout_seconds
-        ),
+        resolver=make_blocking_resolver(settings.resolvers, settings.resolver_timeout_seconds),
+        lookups=ThreadPoolExecutor(1),  # the API's; the driver's ownership check runs in place
         code_ttl_seconds=600,
     )
     records_changed = []
