@@ -11,7 +11,7 @@ from typing import Any
 import dns.asyncresolver
 
 from certok.api.caches import TtlCache
-from certok.api.ratelimit import RateLimiter
+from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 from certok.api.routes import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.domains.http_verify import HttpVerifier
@@ -108,6 +108,7 @@ def build_api_services(
             {
                 "dv": settings.rate_limit_dv_per_minute,
                 "apply": settings.rate_limit_apply_per_minute,
+                UNVERIFIED_TOKENS: settings.rate_limit_unverified_tokens_per_minute,
             }
         ),
     }

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     issued_cache_seconds: float = Field(default=300.0, ge=0)
     rate_limit_dv_per_minute: int = Field(default=120, ge=0)
     rate_limit_apply_per_minute: int = Field(default=1200, ge=0)
+    # Requests per client address whose token was not recently accepted (each costs a database
+    # read to refuse): bounds a flood of guessed or stale tokens.
+    rate_limit_unverified_tokens_per_minute: int = Field(default=120, ge=0)
 
     # --- issuance --------------------------------------------------------------------------
     issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)

@@ -47,6 +47,8 @@ from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
+# How long a token, once accepted, is exempt from the per-client limit on token lookups.
+ACCEPTED_TOKEN_SECONDS = 3600.0
 CHALLENGE_TYPES = ("dns", "http")
 # Without a waiters poller (tests that build the app alone), a held request re-reads its
 # order's state this often; `certok serve` runs the poller (see waiters.py).
@@ -65,6 +67,10 @@ class ApiServices:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter({}))
     tokens: TtlCache[bytes, TenantRef] = field(
         default_factory=lambda: TtlCache(ttl=2.0, max_entries=100_000)
+    )
+    # Keys of tokens accepted in the last hour: their lookups skip the per-client limit.
+    accepted_tokens: TtlCache[bytes, bool] = field(
+        default_factory=lambda: TtlCache(ttl=ACCEPTED_TOKEN_SECONDS, max_entries=100_000)
     )
     issued: TtlCache[tuple[int, str], bytes] = field(
         default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
@@ -237,6 +243,11 @@ class _Api:
             if known is not None:
                 return known
 
+        if key is None or self.s.accepted_tokens.get(key) is None:
+            # A lookup that may well fail (no token, a wrong or an unknown one): bounded per
+            # client address, so a flood of guesses cannot buy unlimited database reads.
+            self.s.limiter.check_unverified_token(_client_address(request), TOKEN_HEADER)
+
         def check() -> TenantRef:
             with self.s.sessions() as session:
                 return authenticate(session, token)
@@ -256,6 +267,13 @@ class _Api:
         self._checking.pop(key, None)
         if not done.cancelled() and done.exception() is None:
             self.s.tokens.put(key, done.result())
+            self.s.accepted_tokens.put(key, True)
+
+
+def _client_address(request: Request) -> str:
+    """The peer's address: behind a reverse proxy, the proxy's. The limit on token lookups
+    still holds nobody with a working token back (docs/settings.md says why)."""
+    return request.client.host if request.client is not None else "unknown"
 
 
 # --- parameters ------------------------------------------------------------------------------

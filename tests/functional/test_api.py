@@ -342,6 +342,33 @@ def test_per_tenant_rate_limit_answers_429_with_retry_after(api: ApiHarness) -> 
     assert api.get("/v1/cert/dv", "beta", domains="exa mple.com").status_code == 400
 
 
+def test_token_lookups_are_limited_per_client_but_accepted_tokens_pass(api: ApiHarness) -> None:
+    from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
+
+    services = api.client.app.state.services  # type: ignore[attr-defined]
+    services.limiter = RateLimiter({UNVERIFIED_TOKENS: 3})
+    # alpha's token is accepted once: from then on its lookups are never held back.
+    assert api.get("/v1/cert/dv", domains="exa mple.com").status_code == 400
+    for guess in ("1" * 32, "2" * 32):
+        bad = api.client.get("/v1/cert/dv", headers={"httpsok-token": guess})
+        assert_error(bad, 401, "invalid or revoked")
+    limited = api.client.get("/v1/cert/dv", headers={"httpsok-token": "3" * 32})
+    assert_error(limited, 429, "httpsok-token", "at most 3 a minute", "retry in", "testclient")
+    assert int(limited.headers["retry-after"]) >= 1
+    assert_error(api.client.get("/v1/cert/dv"), 429, "httpsok-token")  # no token: the same
+    for _ in range(5):
+        assert api.get("/v1/cert/dv", domains="exa mple.com").status_code == 400
+    # A token this node has not accepted yet waits like the guesses from the same address...
+    assert_error(api.get("/v1/cert/dv", "beta", domains="exa mple.com"), 429, "retry in")
+    # ...while another address has a bucket of its own.
+    with TestClient(api.client.app, client=("192.0.2.7", 50000)) as elsewhere:
+        beta = {"httpsok-token": api.tokens["beta"]}
+        answer = elsewhere.get("/v1/cert/dv", params={"domains": "exa mple.com"}, headers=beta)
+        assert answer.status_code == 400, answer.text
+        bad = elsewhere.get("/v1/cert/dv", headers={"httpsok-token": "4" * 32})
+        assert_error(bad, 401, "invalid or revoked")
+
+
 def test_concurrent_requests_with_one_token_share_one_token_check(api: ApiHarness) -> None:
     import asyncio
 

@@ -160,6 +160,7 @@ def build_app(store: Store, resolver_port: int, tmp_path: Path, **services: Any)
         # the generated requests are the load: limits are tested on their own below
         rate_limit_dv_per_minute=0,
         rate_limit_apply_per_minute=0,
+        rate_limit_unverified_tokens_per_minute=0,
     )
     return create_app(
         build_api_services(
