@@ -13,6 +13,7 @@ import datetime as dt
 import hmac
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class SecretBox:
         if secret_key:
             return cls(_decode_key(secret_key))
         if key_file.exists():
+            _refuse_loose_permissions(key_file)
             return cls(_decode_key(key_file.read_text().strip()))
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(32)
@@ -138,6 +140,16 @@ class SecretBox:
     @staticmethod
     def _aad(owner: str) -> bytes:
         return b"certok\x00" + _KEY_VERSION + b"\x00" + owner.encode("utf-8")
+
+
+def _refuse_loose_permissions(key_file: Path) -> None:
+    # As PostgreSQL does with its TLS key: a key others can read is a key others may have.
+    mode = stat.S_IMODE(key_file.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"the secret key file {key_file} can be read by other users (mode {mode:04o}): "
+            f"run chmod 600 {key_file}, and make sure no one else has copied it"
+        )
 
 
 def _decode_key(text: str) -> bytes:
