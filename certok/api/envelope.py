@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from certok.errors import CertokError
+from certok.errors import CertokError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,30 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
         code=_HTTP_CODES.get(exc.status_code, 1000 + exc.status_code),
         msg=msg,
         status=exc.status_code,
+    )
+
+
+# How long a client is asked to wait when the database could not be reached.
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
+async def database_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The database could not be reached or dropped the connection (a restart, a failover):
+    the same request works once it is back (apply is idempotent; dv issues a new code)."""
+    trace = trace_id(request)
+    # The driver's own message: SQLAlchemy's would add the statement's parameters.
+    cause = getattr(exc, "orig", None) or exc
+    log.warning("database unavailable (traceId %s): %s: %s", trace, type(cause).__name__, cause)
+    unavailable = Unavailable(
+        "certok's database is unreachable or restarting: "
+        f"retry the same request in {DATABASE_RETRY_AFTER_SECONDS} s"
+    )
+    return envelope(
+        request,
+        code=unavailable.code,
+        msg=unavailable.message,
+        status=unavailable.http_status,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from certok.api.caches import TtlCache, token_key
 from certok.api.envelope import (
     NO_STORE,
     certok_error_handler,
+    database_unavailable_handler,
     encode_data,
     envelope,
     envelope_with_encoded_data,
@@ -94,6 +96,7 @@ def create_app(services: ApiServices) -> Starlette:
         exception_handlers={
             CertokError: certok_error_handler,
             HTTPException: http_error_handler,
+            OperationalError: database_unavailable_handler,
             Exception: unexpected_error_handler,
         },
     )

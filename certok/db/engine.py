@@ -5,18 +5,36 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
+# Threads of a process that may hold a database connection at once besides the worker's: the
+# event loop's default executor (asyncio.to_thread: min(32, CPUs + 4)) and a few loops of
+# their own (the claim loop, the order poller, the purger, the zone refresher).
+_OTHER_DATABASE_THREADS = min(32, (os.cpu_count() or 1) + 4) + 4
+# PostgreSQL connections opened past the pool's size for a burst, closed again when returned.
+_POSTGRES_OVERFLOW = 10
 
-def make_engine(url: str) -> Engine:
-    """Create an engine tuned for certok's short transactions."""
+
+def database_threads(worker_threads: int) -> int:
+    """How many threads of one certok process may use the database at the same time."""
+    return worker_threads + _OTHER_DATABASE_THREADS
+
+
+def make_engine(url: str, *, threads: int | None = None) -> Engine:
+    """Create an engine tuned for certok's short transactions.
+
+    ``threads`` (``database_threads``) sizes PostgreSQL's pool: a thread that finds the pool
+    empty opens a new connection and closes it after its transaction, which under load cost
+    a connection (a backend process on the server) plus a ping per transaction.
+    """
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
@@ -28,10 +46,12 @@ def make_engine(url: str) -> Engine:
         kwargs["pool_size"] = 32
         kwargs["max_overflow"] = 32
     else:
-        kwargs["pool_pre_ping"] = True
-        kwargs["pool_size"] = 10
-        kwargs["max_overflow"] = 20
+        kwargs["pool_size"] = threads or database_threads(8)
+        kwargs["max_overflow"] = _POSTGRES_OVERFLOW
     engine = create_engine(url, **kwargs)
+    if not url.startswith("sqlite"):
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", _ping_if_idle)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
         database = url.split("///", 1)[-1]
@@ -92,6 +112,36 @@ _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.W
 def sqlite_writer_lock(engine: Engine) -> SqliteWriterLock | None:
     """The writer lock of a SQLite engine (None for other databases)."""
     return _SQLITE_WRITERS.get(engine)
+
+
+# A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 10.0
+_RETURNED_AT = "certok_returned_at"
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that sat in the pool a while (SQLAlchemy's custom pessimistic check).
+
+    Not ``pool_pre_ping``: a ping on every checkout was a round trip per transaction and 5% of
+    certok's CPU under load. Connections in steady use are not pinged; one that idled may have
+    been cut by the server's restart, a failover or a firewall's idle timeout, and is replaced
+    (DisconnectionError makes the pool connect afresh). A restart that hits connections in use
+    fails only their transactions: SQLAlchemy then invalidates every older pooled connection.
+    """
+    returned = record.info.get(_RETURNED_AT)
+    if returned is None or time.monotonic() - returned < IDLE_PING_SECONDS:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        dbapi_connection.rollback()  # end the transaction the ping began
+    except Exception as error:
+        raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

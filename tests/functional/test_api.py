@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from certok.api.caches import TtlCache
@@ -43,6 +45,18 @@ class ApiHarness:
             return issue_code(session, self.tenant_ids[tenant], "dns", domains, ttl)
 
 
+def make_app(settings: Settings, store: Store, **overrides: Any) -> Starlette:
+    return create_app(
+        build_api_services(
+            settings,
+            store,
+            build_checks(settings, store, label_key=b"k" * 32),
+            waiters=OrderWaiters(),
+            **overrides,
+        )
+    )
+
+
 @pytest.fixture
 def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
     # Nothing listens on this port: dv checks fail fast without touching any real resolver.
@@ -60,16 +74,12 @@ def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-unty
             ids[name] = tenants.create_tenant(session, name).id
             tokens[name] = tenants.issue_token(session, name)
     wakes: list[int] = []
-    app = create_app(
-        build_api_services(
-            settings,
-            store,
-            build_checks(settings, store, label_key=b"k" * 32),
-            waiters=OrderWaiters(),
-            wake_worker=lambda: wakes.append(1),
-            # every request checks its token (revocation tests); caching is tested on its own
-            tokens=TtlCache(ttl=0, max_entries=10),
-        )
+    app = make_app(
+        settings,
+        store,
+        wake_worker=lambda: wakes.append(1),
+        # every request checks its token (revocation tests); caching is tested on its own
+        tokens=TtlCache(ttl=0, max_entries=10),
     )
     with TestClient(app, raise_server_exceptions=False) as client:
         yield ApiHarness(client, store, tokens, ids, wakes)
@@ -404,3 +414,35 @@ def test_concurrent_requests_with_one_token_share_one_token_check(api: ApiHarnes
     assert [r.status_code for r in responses] == [404] * 20
     # ... by one or two token reads (the cache here keeps nothing), not one per request
     assert 1 <= len(token_reads) <= 2, len(token_reads)
+
+
+def test_an_unreachable_database_is_503_with_retry_after(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import secrets
+
+    from certok.crypto import SecretBox
+    from certok.db.engine import make_engine, make_session_factory
+
+    # Nothing listens on port 9: every connection attempt is refused, as while PostgreSQL
+    # restarts.
+    engine = make_engine("postgresql+psycopg://certok@127.0.0.1:9/certok", threads=1)
+    store = Store(engine, make_session_factory(engine), SecretBox(secrets.token_bytes(32)))
+    settings = Settings(data_dir=tmp_path, dns_zone="acme.svc.test", resolvers=["127.0.0.1:9"])
+    app = make_app(settings, store, wake_worker=lambda: None)
+    token = {"httpsok-token": "0123456789abcdef" * 2}
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        caplog.at_level(logging.WARNING, logger="certok.api.envelope"),
+    ):
+        for path, params in (
+            ("/v1/cert/dv", {"domains": "a.example.com"}),
+            ("/v1/cert/apply", {"code": "abc"}),
+        ):
+            response = client.get(path, params=params, headers=token)
+            assert_error(response, 503, "database", "retry the same request in 2 s")
+            assert response.headers["retry-after"] == "2"
+    engine.dispose()
+    assert "database unavailable" in caplog.text
+    assert "[parameters" not in caplog.text  # the driver's message, not the statement's
