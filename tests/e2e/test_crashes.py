@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from certok.orders.driver import MAX_ACME_ORDERS
 from tests.e2e.flow import (
     OrderCountingProxy,
     User,
@@ -204,9 +205,12 @@ def test_sigkill_rounds_with_50_orders_in_flight(  # type: ignore[no-untyped-def
     assert set(states) <= {"issued", "failure"}, f"seed {seed}: {dict(states)}"
     assert all(failures.values()), f"seed {seed}: a failure without a reason: {failures}"
     assert set(created) == {(name,) for name in names}, f"seed {seed}: {created}"
-    assert max(distribution) <= 3, f"seed {seed}: {dict(distribution)}"
+    # certok makes at most MAX_ACME_ORDERS per order; the CA may hold one more that certok
+    # never saved (see below).
+    assert max(distribution) <= MAX_ACME_ORDERS + 1, f"seed {seed}: {dict(distribution)}"
     for name in names:
         order_id, known = recorded[name]
+        assert known <= MAX_ACME_ORDERS, (seed, name, known)
         # certok never made an ACME order it cannot account for: each one beyond the first
         # follows a dead authorization. (The CA may count one more than certok when certok
         # died between the CA's answer and saving it: that window is one HTTP answer long.)
