@@ -296,6 +296,12 @@ def _uvicorn_config(
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",
+        # uvicorn's defaults trust X-Forwarded-For from 127.0.0.1, i.e. from an nginx on the
+        # same host that passes on whatever the client sent: any client could then pick its
+        # own address (and its own bucket of the per-address limits). Only listed proxies'
+        # headers count; given explicitly, uvicorn also ignores $FORWARDED_ALLOW_IPS.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         **tls,  # type: ignore[arg-type]
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     https_port: int = 8443
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed. Empty: the client is the TCP peer, since anyone can send those headers.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # --- authoritative DNS -----------------------------------------------------------------
     dns_zone: str = "acme.certok.localhost"
@@ -133,6 +137,30 @@ class Settings(BaseSettings):
         if not zone or " " in zone:
             raise ValueError("dns_zone must be a DNS name such as acme.example.com")
         return zone
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses_or_networks(cls, value: list[str]) -> list[str]:
+        # uvicorn silently keeps an entry it cannot parse as a literal that never matches a
+        # TCP peer (e.g. "10.0.0.1/8", host bits set), so a typo would quietly turn the
+        # proxy's clients into one address: refuse it here instead.
+        proxies = []
+        for entry in value:
+            text = entry.strip()
+            if text == "*":
+                raise ValueError(
+                    "trusted_proxies must not contain '*': trusting every peer lets any client "
+                    "choose its own address with X-Forwarded-For; list your proxies' addresses"
+                )
+            try:
+                parsed = ip_network(text) if "/" in text else ip_address(text)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies entry {entry!r} is not an IP address or network "
+                    "(e.g. 127.0.0.1, ::1 or 10.0.0.0/8, with no host bits set)"
+                ) from None
+            proxies.append(str(parsed))
+        return proxies
 
     @field_validator("issuers", mode="before")
     @classmethod

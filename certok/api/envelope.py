@@ -25,7 +25,7 @@ _HTTP_CODES = {404: 1404, 405: 1405}
 def trace_id(request: Request) -> str:
     existing = getattr(request.state, "trace_id", None)
     if existing is None:
-        existing = secrets.token_hex(8)
+        existing = new_trace_id()
         request.state.trace_id = existing
     return existing
 
@@ -46,17 +46,20 @@ def envelope(
 def envelope_with_encoded_data(
     request: Request, data_json: bytes, *, headers: dict[str, str] | None = None
 ) -> Response:
-    """A success envelope around data already encoded as JSON (the issued-order fast path)."""
-    body = b"".join(
-        (
-            b'{"code":0,"msg":"success","data":',
-            data_json,
-            b',"traceId":"',
-            trace_id(request).encode("ascii"),
-            b'"}',
-        )
-    )
+    """A success envelope around data already encoded as JSON (an issued order's answer)."""
+    body = encoded_success(data_json, trace_id(request))
     return Response(body, media_type="application/json", headers=headers)
+
+
+def encoded_success(data_json: bytes, trace: str) -> bytes:
+    """The success envelope's bytes around data already encoded as JSON."""
+    return b"".join(
+        (b'{"code":0,"msg":"success","data":', data_json, b',"traceId":"', trace.encode(), b'"}')
+    )
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(8)
 
 
 def encode_data(data: Any) -> bytes:

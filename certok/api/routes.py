@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from certok.api.caches import TtlCache, token_key
 from certok.api.envelope import (
@@ -22,11 +23,13 @@ from certok.api.envelope import (
     certok_error_handler,
     database_unavailable_handler,
     encode_data,
+    encoded_success,
     envelope,
     envelope_with_encoded_data,
     http_error_handler,
     unexpected_error_handler,
 )
+from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
 from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
@@ -34,7 +37,7 @@ from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier, DvResult
-from certok.errors import CertokError, InvalidRequest
+from certok.errors import CertokError, InvalidRequest, RateLimited, Unauthenticated
 from certok.http01 import store as http01_store
 from certok.names import parse_domains
 from certok.orders.service import (
@@ -49,6 +52,7 @@ from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
+_TOKEN_HEADER_RAW = TOKEN_HEADER.encode("latin-1")
 # How long a token, once accepted, is exempt from the per-client limit on token lookups.
 ACCEPTED_TOKEN_SECONDS = 3600.0
 CHALLENGE_TYPES = ("dns", "http")
@@ -79,11 +83,11 @@ class ApiServices:
     )
 
 
-def create_app(services: ApiServices) -> Starlette:
+def create_app(services: ApiServices) -> CertokApp:
     api = _Api(services)
     routes = [
         Route("/v1/cert/dv", api.dv, methods=["GET"]),
-        Route("/v1/cert/apply", api.apply, methods=["GET"]),
+        Route(APPLY_PATH, api.apply, methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.health, methods=["GET"]),
@@ -91,7 +95,8 @@ def create_app(services: ApiServices) -> Starlette:
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
     ]
-    app = Starlette(
+    app = CertokApp(
+        api.cached_issued_answer,
         routes=routes,
         exception_handlers={
             CertokError: certok_error_handler,
@@ -140,8 +145,9 @@ class _Api:
     async def dv(self, request: Request) -> Response:
         tenant = await self._tenant(request)
         self.s.limiter.check(tenant.id, "dv")
-        challenge_type = _choice(request, "type", "dns", CHALLENGE_TYPES)
-        raw = _single(request, "domains")
+        params = request.query_params
+        challenge_type = _choice(params, "type", "dns", CHALLENGE_TYPES)
+        raw = _single(params, "domains")
         if not raw:
             raise InvalidRequest(
                 "missing parameter domains: pass domains=example.com,*.example.com"
@@ -163,13 +169,7 @@ class _Api:
     async def apply(self, request: Request) -> Response:
         tenant = await self._tenant(request)
         self.s.limiter.check(tenant.id, "apply")
-        code = _single(request, "code")
-        if not code:
-            raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")
-        code = code.strip().lower()
-        algorithm = _choice(request, "algorithm", "ECC", ALGORITHMS)
-        issuers = tuple(sorted(self.s.settings.issuers))
-        issuer = _choice(request, "issuer", self.s.settings.default_issuer, issuers)
+        code, algorithm, issuer = _apply_params(request.query_params, self.s.settings)
         settings = self.s.settings
         cached = self.s.issued.get((tenant.id, code))
         if cached is not None:
@@ -204,6 +204,31 @@ class _Api:
             self.s.issued.put((tenant.id, code), encoded)
             return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
         return envelope(request, data, msg=_order_message(view), headers=NO_STORE)
+
+    def cached_issued_answer(self, scope: Scope, trace: str) -> bytes | None:
+        """apply's whole answer body when this process's caches hold everything it needs (an
+        accepted token's tenant, the order's issued answer): the same checks as `apply`, with
+        no side effect unless it answers. None sends the request down the full route."""
+        token = header_value(scope, _TOKEN_HEADER_RAW)
+        if token is None:
+            return None
+        tenant = self.s.tokens.get(token_key(token))
+        if tenant is None:
+            return None
+        try:
+            code, _, _ = _apply_params(QueryParams(scope["query_string"]), self.s.settings)
+        except InvalidRequest:
+            return None
+        cached = self.s.issued.get((tenant.id, code))
+        if cached is None:
+            return None
+        try:
+            # Last: the one check that takes something. A refusal takes nothing, so the full
+            # route refuses the same way.
+            self.s.limiter.check(tenant.id, "apply")
+        except RateLimited:
+            return None
+        return encoded_success(cached, trace)
 
     async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
         """The order's view once it is no longer pending, or after `seconds`."""
@@ -268,27 +293,34 @@ class _Api:
 
     def _token_checked(self, key: bytes, done: asyncio.Future[TenantRef]) -> None:
         self._checking.pop(key, None)
-        if not done.cancelled() and done.exception() is None:
+        if done.cancelled():
+            return
+        failure = done.exception()
+        if failure is None:
             self.s.tokens.put(key, done.result())
             self.s.accepted_tokens.put(key, True)
+        elif isinstance(failure, Unauthenticated):
+            # Revoked, or its tenant disabled: its lookups count against the client's limit
+            # again, or a revoked token would buy unlimited database reads for an hour.
+            self.s.accepted_tokens.discard(key)
 
 
 def _client_address(request: Request) -> str:
-    """The peer's address: behind a reverse proxy, the proxy's. The limit on token lookups
-    still holds nobody with a working token back (docs/settings.md says why)."""
+    """The peer's address; behind a proxy listed in `trusted_proxies`, the client address it
+    appended to X-Forwarded-For (uvicorn's ProxyHeadersMiddleware puts it in the scope)."""
     return request.client.host if request.client is not None else "unknown"
 
 
 # --- parameters ------------------------------------------------------------------------------
-def _single(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
+def _single(params: QueryParams, name: str) -> str | None:
+    values = params.getlist(name)
     if len(values) > 1:
         raise InvalidRequest(f"parameter {name} given {len(values)} times: give it once")
     return values[0] if values else None
 
 
-def _choice(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _single(request, name)
+def _choice(params: QueryParams, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _single(params, name)
     if value is None:
         return default
     for choice in choices:
@@ -298,6 +330,16 @@ def _choice(request: Request, name: str, default: str, choices: tuple[str, ...])
         f"{name}={value!r} is not supported: use one of {', '.join(choices)} "
         f"(any case), or leave {name} out for {default}"
     )
+
+
+def _apply_params(params: QueryParams, settings: Settings) -> tuple[str, str, str]:
+    """apply's code (normalised), algorithm and issuer, or InvalidRequest saying what to fix."""
+    code = _single(params, "code")
+    if not code:
+        raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")
+    algorithm = _choice(params, "algorithm", "ECC", ALGORITHMS)
+    issuer = _choice(params, "issuer", settings.default_issuer, tuple(sorted(settings.issuers)))
+    return code.strip().lower(), algorithm, issuer
 
 
 # --- rendering ----------------------------------------------------------------------------------

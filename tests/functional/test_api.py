@@ -57,16 +57,20 @@ def make_app(settings: Settings, store: Store, **overrides: Any) -> Starlette:
     )
 
 
-@pytest.fixture
-def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
+def api_settings(tmp_path, **overrides: Any) -> Settings:  # type: ignore[no-untyped-def]
     # Nothing listens on this port: dv checks fail fast without touching any real resolver.
-    settings = Settings(
+    return Settings(
         data_dir=tmp_path,
         dns_zone="acme.svc.test",
         resolvers=["127.0.0.1:9"],
         resolver_timeout_seconds=0.5,
-        apply_wait_seconds=0.3,
+        **overrides,
     )
+
+
+@pytest.fixture
+def api(store: Store, tmp_path) -> Iterator[ApiHarness]:  # type: ignore[no-untyped-def]
+    settings = api_settings(tmp_path, apply_wait_seconds=0.3)
     tokens: dict[str, str] = {}
     ids: dict[str, int] = {}
     with transaction(store.sessions) as session:
@@ -377,6 +381,21 @@ def test_token_lookups_are_limited_per_client_but_accepted_tokens_pass(api: ApiH
         assert answer.status_code == 400, answer.text
         bad = elsewhere.get("/v1/cert/dv", headers={"httpsok-token": "4" * 32})
         assert_error(bad, 401, "invalid or revoked")
+
+
+def test_a_revoked_token_counts_against_the_client_limit_again(api: ApiHarness) -> None:
+    from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
+
+    services = api.client.app.state.services  # type: ignore[attr-defined]
+    services.limiter = RateLimiter({UNVERIFIED_TOKENS: 3})
+    assert api.get("/v1/cert/dv", domains="exa mple.com").status_code == 400  # accepted: 1 taken
+    with transaction(api.store.sessions) as session:
+        tenants.revoke_token(session, api.tokens["alpha"])
+    # The first failure is looked up as an accepted token (not counted); from then on the
+    # revoked token waits like any guess from this address.
+    for _ in range(3):
+        assert_error(api.get("/v1/cert/dv", domains="a.example.com"), 401, "revoked")
+    assert_error(api.get("/v1/cert/dv", domains="a.example.com"), 429, "retry in")
 
 
 def test_concurrent_requests_with_one_token_share_one_token_check(api: ApiHarness) -> None:

@@ -64,3 +64,23 @@ def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
 def test_default_issuer_must_exist() -> None:
     with pytest.raises(ValidationError, match="default_issuer"):
         Settings(default_issuer="nobody")
+
+
+def test_trusted_proxies_read_from_env_as_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().trusted_proxies == []  # default: X-Forwarded-For is never believed
+    monkeypatch.setenv("CERTOK_TRUSTED_PROXIES", '[" 127.0.0.1", "::1", "10.0.0.0/8"]')
+    assert load_settings().trusted_proxies == ["127.0.0.1", "::1", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["nginx.internal", "10.0.0.1/8", "300.1.1.1", ""],  # a name, host bits set, no address
+)
+def test_a_trusted_proxy_that_is_no_address_or_network_is_named(entry: str) -> None:
+    with pytest.raises(ValidationError, match=f"trusted_proxies entry '{re.escape(entry)}' is not"):
+        Settings(trusted_proxies=["127.0.0.1", entry])
+
+
+def test_trusting_every_peer_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"must not contain '\*'.*list your proxies"):
+        Settings(trusted_proxies=["*"])
