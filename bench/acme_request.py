@@ -1,4 +1,5 @@
-"""CPU per ACME HTTP request: certok's lean send against the `acme` library's own.
+"""CPU per ACME HTTP request and per JWS: certok's lean send and signing against the `acme`
+library's own.
 
     python bench/acme_request.py [--requests 300] [--rounds 5]
 
@@ -12,6 +13,11 @@ starts the rig's Pebble and, in one process and in alternating rounds, sends `--
 of the directory each way on one kept-alive connection, measuring the process's CPU time (not
 wall time: Pebble's share is not ours). Reported: the median round per way in µs of CPU per
 request, and lean / library.
+
+The same rounds time the JWS around a POST (a newOrder payload, signed with the account's
+ES256 key): the library's `ClientNetwork._wrap_in_jws` (josepy's Header, Signature and JWS
+objects) against certok's `_wrap_in_jws` (`certok/issuance/jws.py`, dicts and josepy's
+signature). No request is sent for those.
 """
 
 from __future__ import annotations
@@ -25,12 +31,19 @@ from pathlib import Path
 
 import josepy
 from acme import client as acme_client
+from acme import messages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from certok.issuance.accounts import new_account_key
 from certok.issuance.client import _NonceRetryingNetwork
 from tests.rig import Rig
+
+ACCOUNT = messages.Registration()
+NEW_ORDER = messages.NewOrder(
+    identifiers=(messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="www.customer.test"),)
+)
+NONCE = b"bench-nonce-0123456789"
 
 
 def cpu_per_call(call: Callable[[], object], count: int) -> float:
@@ -56,9 +69,14 @@ def main() -> None:
         )
         network.session.trust_env = False  # as certok's AcmeSession sets it
         url = rig.directory_url
+        network.account = messages.RegistrationResource(uri=f"{url}/acct/1", body=ACCOUNT)
         ways: dict[str, Callable[[], object]] = {
             "library": lambda: acme_client.ClientNetwork._send_request(network, "GET", url),
             "lean": lambda: network._send("GET", url),
+            "library JWS": lambda: acme_client.ClientNetwork._wrap_in_jws(
+                network, NEW_ORDER, NONCE, url
+            ),
+            "lean JWS": lambda: network._wrap_in_jws(NEW_ORDER, NONCE, url),  # type: ignore[arg-type]
         }
         for call in ways.values():
             call()  # the connection, once
@@ -68,9 +86,11 @@ def main() -> None:
                 rounds[name].append(cpu_per_call(call, args.requests))
     medians = {name: statistics.median(values) for name, values in rounds.items()}
     for name, value in medians.items():
-        print(f"acme_request: {name:8} {value * 1e6:7.0f} µs CPU per request "
+        what = "JWS" if name.endswith("JWS") else "request"
+        print(f"acme_request: {name:11} {value * 1e6:7.0f} µs CPU per {what} "
               f"(median of {args.rounds} rounds of {args.requests})")  # fmt: skip
-    print(f"acme_request: lean / library = {medians['lean'] / medians['library']:.2f}")
+    print(f"acme_request: lean / library = {medians['lean'] / medians['library']:.2f} per request, "
+          f"{medians['lean JWS'] / medians['library JWS']:.2f} per JWS")  # fmt: skip
 
 
 if __name__ == "__main__":

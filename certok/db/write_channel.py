@@ -4,9 +4,9 @@ With `processes` ≥ 2 on SQLite, the API + worker processes do not run their ow
 transactions: the thread holding SQLite's one writer would compete for its process's GIL with
 dozens of busy threads between SQLite calls, and every writer of every process would queue
 behind that (0.25 ms of SQL became 3-5 ms per transaction under load). Instead they send each
-write job to the writer process over a Unix socket; its one batching thread
-(`certok.db.writes.WriteBatcher`) runs the jobs of all processes in shared transactions, in
-a process that does nothing else.
+write job to the writer process over a Unix socket; its one thread runs the jobs of all
+processes in shared transactions (`certok.db.writes.run_jobs`), in a process that does
+nothing else.
 
 A job is `functools.partial` of a module-level function taking the connection first, with
 plain arguments: it is pickled, sent, run, and its result or exception is pickled back. Pickle
@@ -25,15 +25,17 @@ import contextlib
 import logging
 import os
 import pickle
+import selectors
 import socket
 import struct
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 
+from certok.db.engine import sqlite_writer_lock
 from certok.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,11 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 CONNECT_TIMEOUT_SECONDS = 1.0
+# How often the writer process looks at its stop event while idle.
+STOP_CHECK_SECONDS = 0.2
+# An answer not taken by its peer within this long drops that connection.
+SEND_TIMEOUT_SECONDS = 10.0
+READ_CHUNK = 1 << 16
 
 
 class WriterUnavailable(Unavailable):
@@ -51,11 +58,17 @@ class WriterUnavailable(Unavailable):
 
 
 def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
-    """Accept connections on `path` until `stop` is set; each gets a thread of its own."""
-    from certok.db.writes import batcher_for  # the batcher imports this module's client
+    """Serve the API + worker processes' write jobs on `path` until `stop` is set.
 
-    batcher = batcher_for(engine)
-    if batcher is None:
+    One thread does everything: it waits for connections with something to read, takes every
+    job that has arrived, runs them in one transaction (`certok.db.writes.run_jobs`) and
+    answers each. While a batch runs, the next one gathers in the sockets. (A thread per
+    connection handing jobs to a batching thread cost more than the SQL: a GIL hand-off per
+    wake-up, two per job.)
+    """
+    from certok.db.writes import MAX_BATCH  # writes imports this module's client
+
+    if sqlite_writer_lock(engine) is None or engine.url.database in (None, "", ":memory:"):
         raise ValueError("the writer process serves a SQLite file database only")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -63,22 +76,115 @@ def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
     listener.bind(str(path))
     os.chmod(path, 0o600)
     listener.listen(128)
-    listener.settimeout(0.2)
+    listener.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    received: dict[socket.socket, bytearray] = {}
     try:
         while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            if not _same_user(connection):
-                connection.close()
-                continue
-            connection.settimeout(None)
-            threading.Thread(
-                target=_serve_connection, args=(connection, batcher), daemon=True
-            ).start()
+            jobs: list[tuple[socket.socket, Any]] = []
+            for key, _ in selector.select(timeout=STOP_CHECK_SECONDS):
+                if key.fileobj is listener:
+                    _accept(listener, selector, received)
+                else:
+                    connection = cast(socket.socket, key.fileobj)
+                    frames = _read_frames(connection, received[connection])
+                    if frames is None:
+                        _close(connection, selector, received)
+                    else:
+                        jobs.extend((connection, frame) for frame in frames)
+            for start in range(0, len(jobs), MAX_BATCH):
+                batch = jobs[start : start + MAX_BATCH]
+                outcomes = _run_frames(engine, [frame for _, frame in batch])
+                for (connection, _), outcome in zip(batch, outcomes, strict=True):
+                    try:
+                        _send(connection, _pickled(outcome))
+                    except (ConnectionError, OSError):
+                        _close(connection, selector, received)
     finally:
+        for connection in list(received):
+            _close(connection, selector, received)
+        selector.close()
         listener.close()
+
+
+def _accept(
+    listener: socket.socket,
+    selector: selectors.BaseSelector,
+    received: dict[socket.socket, bytearray],
+) -> None:
+    try:
+        connection, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    if not _same_user(connection):
+        connection.close()
+        return
+    # Reads happen only once select says there is data; the timeout bounds an answer's send
+    # to a peer that stopped reading.
+    connection.settimeout(SEND_TIMEOUT_SECONDS)
+    received[connection] = bytearray()
+    selector.register(connection, selectors.EVENT_READ)
+
+
+def _read_frames(connection: socket.socket, buffer: bytearray) -> list[bytes] | None:
+    """The whole frames that arrived on `connection`; None once it is closed or broken."""
+    try:
+        chunk = connection.recv(READ_CHUNK)
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return []
+    except OSError:
+        return None
+    if not chunk:
+        return None
+    buffer += chunk
+    frames = []
+    while len(buffer) >= _LENGTH.size:
+        (length,) = _LENGTH.unpack_from(buffer)
+        end = _LENGTH.size + length
+        if len(buffer) < end:
+            break
+        frames.append(bytes(buffer[_LENGTH.size : end]))
+        del buffer[:end]
+    return frames
+
+
+def _run_frames(engine: Engine, frames: list[bytes]) -> list[tuple[bool, Any]]:
+    """Each frame's outcome: its job's, or the reason it could not be read."""
+    from certok.db.writes import run_jobs
+
+    outcomes: list[tuple[bool, Any] | None] = []
+    jobs = []
+    for frame in frames:
+        try:
+            jobs.append(pickle.loads(frame))  # noqa: S301 - see the module docstring
+            outcomes.append(None)
+        except Exception as error:
+            outcomes.append((False, RuntimeError(f"unreadable write job: {error}")))
+    try:
+        ran = iter(run_jobs(engine, jobs) if jobs else [])
+    except Exception as error:  # no connection, no lock: each caller hears it; serving goes on
+        log.warning("a batch of %d write jobs could not run: %s", len(jobs), error)
+        ran = iter([(False, error)] * len(jobs))
+    return [outcome if outcome is not None else next(ran) for outcome in outcomes]
+
+
+def _pickled(outcome: tuple[bool, Any]) -> bytes:
+    try:
+        return pickle.dumps(outcome)
+    except Exception as error:  # an exception that does not pickle
+        return pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {outcome[1]}")))
+
+
+def _close(
+    connection: socket.socket,
+    selector: selectors.BaseSelector,
+    received: dict[socket.socket, bytearray],
+) -> None:
+    received.pop(connection, None)
+    with contextlib.suppress(KeyError, ValueError):
+        selector.unregister(connection)
+    connection.close()
 
 
 def _same_user(connection: socket.socket) -> bool:
@@ -87,27 +193,6 @@ def _same_user(connection: socket.socket) -> bool:
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     _pid, uid, _gid = _PEERCRED.unpack(credentials)
     return uid == os.getuid()
-
-
-def _serve_connection(connection: socket.socket, batcher: Any) -> None:
-    with connection:
-        while True:
-            try:
-                job = pickle.loads(_receive(connection))  # noqa: S301 - see the module docstring
-            except (ConnectionError, OSError):
-                return
-            try:
-                answer: tuple[bool, Any] = (True, batcher.run(job))
-            except Exception as error:
-                answer = (False, error)
-            try:
-                payload = pickle.dumps(answer)
-            except Exception as error:  # an exception that does not pickle
-                payload = pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
-            try:
-                _send(connection, payload)
-            except (ConnectionError, OSError):
-                return
 
 
 # --- the other processes -----------------------------------------------------------------------

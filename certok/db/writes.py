@@ -21,6 +21,7 @@ multi-process node therefore runs it in a writer process of its own (`write_chan
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -71,7 +72,6 @@ class WriteBatcher:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._lock = sqlite_writer_lock(engine)
         self._pending: list[tuple[Job[Any], Future[Any]]] = []
         self._wakeup = threading.Condition()
         self._pid = os.getpid()
@@ -104,28 +104,40 @@ class WriteBatcher:
                         future.set_exception(error)
 
     def _run_batch(self, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
-        with self._lock, self._engine.connect() as connection:
-            try:
-                with connection.begin():
-                    results = [job(connection) for job, _ in batch]
-            except Exception as error:
-                if len(batch) == 1:
-                    batch[0][1].set_exception(error)
-                    return
-                # Which job failed, and whether the others would have: each on its own.
-                log.debug("write batch of %d rolled back; running its jobs one by one", len(batch))
-                for job, future in batch:
-                    try:
-                        with connection.begin():
-                            result = job(connection)
-                    except Exception as single_error:
-                        future.set_exception(single_error)
-                    else:
-                        future.set_result(result)
-                return
-        # Results reach the callers only once the batch is committed.
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+        outcomes = run_jobs(self._engine, [job for job, _ in batch])
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+# (True, result) or (False, the exception it raised), once its transaction committed.
+Outcome = tuple[bool, Any]
+
+
+def run_jobs(engine: Engine, jobs: list[Job[Any]]) -> list[Outcome]:
+    """Run `jobs` in one write transaction under the SQLite writer lock; if one raises, the
+    batch rolls back and each job runs again alone, so only the failing one fails."""
+    with sqlite_writer_lock(engine) or contextlib.nullcontext(), engine.connect() as connection:
+        try:
+            with connection.begin():
+                results = [job(connection) for job in jobs]
+        except Exception as error:
+            if len(jobs) == 1:
+                return [(False, error)]
+            # Which job failed, and whether the others would have: each on its own.
+            log.debug("write batch of %d rolled back; running its jobs one by one", len(jobs))
+            outcomes: list[Outcome] = []
+            for job in jobs:
+                try:
+                    with connection.begin():
+                        outcomes.append((True, job(connection)))
+                except Exception as single_error:
+                    outcomes.append((False, single_error))
+            return outcomes
+    # Results reach the callers only once the batch is committed.
+    return [(True, result) for result in results]
 
 
 _BATCHERS: weakref.WeakKeyDictionary[Engine, WriteBatcher] = weakref.WeakKeyDictionary()

@@ -22,7 +22,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import josepy
 import requests
@@ -34,6 +34,7 @@ from cryptography import x509
 from certok.clock import Clock, utcnow
 from certok.issuance.accounts import signature_algorithm
 from certok.issuance.direct_http import DirectSender
+from certok.issuance.jws import flattened_jws
 from certok.issuance.problems import (
     BAD_CONFIGURATION,
     GARBLED_RESPONSE,
@@ -176,6 +177,16 @@ class _NonceRetryingNetwork(acme_client.ClientNetwork):
             response.encoding = "utf-8"
         log.debug("%s %s: HTTP %d", method, url, response.status_code)
         return response
+
+    def _wrap_in_jws(self, obj: josepy.JSONDeSerializable, nonce: str, url: str) -> str:
+        # The library's signature types the nonce as str; _get_nonce hands over the decoded
+        # bytes that _add_nonce stored.
+        payload = obj.json_dumps().encode() if obj else b""
+        assert self.key is not None
+        kid = self.account["uri"] if self.account is not None else None
+        return flattened_jws(
+            payload, key=self.key, alg=self.alg, nonce=cast(bytes, nonce), url=url, kid=kid
+        )
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         retries = 0

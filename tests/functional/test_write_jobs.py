@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import pickle
 import secrets
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, delete, func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.engine import make_engine, make_session_factory
 from certok.db.migrate import upgrade
@@ -52,8 +57,8 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_jobs_run_in_the_writer_thread_and_a_failing_one_fails_alone(engine: Engine) -> None:
-    sessions = make_session_factory(engine)
+def _thirty_jobs_and_three_failing(sessions: sessionmaker[Session]) -> list[object]:
+    """Each job's result (the name of the thread it ran in) or exception, all sent at once."""
     write(sessions, functools.partial(add_tenant, name="taken"))
     names = [f"t{i}" for i in range(30)] + ["taken"] * 3
     results: dict[int, object] = {}
@@ -71,11 +76,58 @@ def test_jobs_run_in_the_writer_thread_and_a_failing_one_fails_alone(engine: Eng
         thread.start()
     for thread in threads:
         thread.join()
+    return [results[i] for i in range(len(names))]
 
-    assert [type(results[i]) for i in range(30)] == [str] * 30
-    assert {results[i] for i in range(30)} == {"certok-db-writer"}
-    assert all(isinstance(results[i], NameTaken) for i in range(30, 33))
+
+def test_jobs_run_in_the_writer_thread_and_a_failing_one_fails_alone(engine: Engine) -> None:
+    results = _thirty_jobs_and_three_failing(make_session_factory(engine))
+    assert set(results[:30]) == {"certok-db-writer"}
+    assert all(isinstance(result, NameTaken) for result in results[30:])
     # The failed jobs' inserts were rolled back; every other job's committed.
+    assert tenant_names(engine) == sorted([f"t{i}" for i in range(30)] + ["taken"])
+
+
+def _wait_until_listening(path: Path) -> None:
+    # Until it listens, a job would run in the caller's process instead.
+    deadline = time.monotonic() + 5
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the writer did not start listening"
+        time.sleep(0.01)
+
+
+@contextmanager
+def writer_process(engine: Engine, tmp_path: Path) -> Iterator[tuple[Path, str, Engine]]:
+    """A writer serving `engine` on a socket in a thread: its socket path, its thread's name,
+    and another engine on the same file standing for an API + worker process."""
+    path = tmp_path / "writer.sock"
+    stop = threading.Event()
+    server = threading.Thread(target=serve_writes, args=(path, engine, stop), daemon=True)
+    server.start()
+    client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
+    try:
+        yield path, server.name, client_engine
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        client_engine.dispose()
+    assert not server.is_alive()
+
+
+def test_the_writer_process_runs_every_connections_jobs_in_its_one_thread(
+    engine: Engine, tmp_path: Path
+) -> None:
+    with writer_process(engine, tmp_path) as (path, writer_thread, client_engine):
+        use_writer_process(client_engine, path)
+        _wait_until_listening(path)
+        # 33 calling threads: 33 connections, jobs arriving together and batched.
+        results = _thirty_jobs_and_three_failing(make_session_factory(client_engine))
+    assert set(results[:30]) == {writer_thread}
+    assert all(isinstance(result, NameTaken) for result in results[30:])
     assert tenant_names(engine) == sorted([f"t{i}" for i in range(30)] + ["taken"])
 
 
@@ -106,36 +158,25 @@ def test_databases_without_a_single_writer_write_in_the_callers_thread(
 def test_the_writer_channel_runs_jobs_and_returns_results_and_errors(
     engine: Engine, tmp_path: Path
 ) -> None:
-    path = tmp_path / "writer.sock"
-    stop = threading.Event()
-    server = threading.Thread(target=serve_writes, args=(path, engine, stop), daemon=True)
-    server.start()
-    # Another engine on the same file stands for an API + worker process.
-    client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
-    client = make_session_factory(client_engine)
-    try:
+    with writer_process(engine, tmp_path) as (path, writer_thread, client_engine):
+        client = make_session_factory(client_engine)
         # Before the writer listens, a job runs in the caller's process (nothing was sent).
         use_writer_process(client_engine, tmp_path / "not-there.sock")
         assert write(client, functools.partial(add_tenant, name="local")) == "certok-db-writer"
+        _wait_until_listening(path)
         assert path.stat().st_mode & 0o777 == 0o600
 
         use_writer_process(client_engine, path)
-        assert write(client, functools.partial(add_tenant, name="remote")) == "certok-db-writer"
+        assert write(client, functools.partial(add_tenant, name="remote")) == writer_thread
         with pytest.raises(NameTaken):
             write(client, functools.partial(add_tenant, name="remote"))
         # A job that does not pickle is refused before anything is sent.
         with pytest.raises(Exception, match="pickle"):
             write(client, lambda connection: None)
         assert tenant_names(engine) == ["local", "remote"]
-    finally:
-        stop.set()
-        server.join(timeout=5)
-        client_engine.dispose()
-    assert not server.is_alive()
 
 
 def test_a_writer_that_goes_away_mid_job_is_reported(engine: Engine, tmp_path: Path) -> None:
-    import socket
 
     path = tmp_path / "writer.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -160,3 +201,23 @@ def test_a_writer_that_goes_away_mid_job_is_reported(engine: Engine, tmp_path: P
         peer.join(timeout=5)
         listener.close()
         client_engine.dispose()
+
+
+def test_the_writer_answers_unreadable_jobs_and_failed_batches_and_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certok.db import write_channel, writes
+
+    job = pickle.dumps(functools.partial(add_tenant, name="a"))
+    unreadable, ran = write_channel._run_frames(engine, [b"not a pickle", job])
+    assert unreadable[0] is False and "unreadable write job" in str(unreadable[1])
+    assert ran == (True, threading.current_thread().name)
+
+    locked = OSError("database is locked")
+
+    def cannot_run(engine: Engine, jobs: list[object]) -> None:
+        raise locked
+
+    monkeypatch.setattr(writes, "run_jobs", cannot_run)
+    assert write_channel._run_frames(engine, [job, job]) == [(False, locked), (False, locked)]
+    assert tenant_names(engine) == ["a"]
