@@ -1,7 +1,8 @@
 """How `certok serve` behaves as its database grows: memory, DNS rate and API latency per size.
 
     python bench/growth.py [--orders 1000,10000,100000] [--delegations 1000,10000,10000]
-                           [--duration 8] [--connections 16] [--json FILE]
+                           [--duration 8] [--connections 16] [--refresh-samples 300]
+                           [--json FILE]
 
 Needs `dnsperf` and `wrk` (`apt-get install dnsperf wrk`). One SQLite database grows stage by
 stage (`--orders` and `--delegations` give the totals per stage, same length): before each
@@ -18,6 +19,9 @@ core:
 - apply's database path (what `/v1/cert/apply` does when its cache of issued answers misses:
   `redeem_code` + `view_order`), timed in this process for random stored codes before certok
   starts: how the queries alone scale with the table sizes;
+- the DNS zone refresh (what the DNS process runs about once per order under load: the
+  delegations' fingerprint, the pending TXT rows, the answer index), timed in this process in
+  CPU time with 100 pending dns-01 rows, one value changed before each refresh;
 - `GET /v1/cert/apply?code=<one code>`, polled over and over (the answer cached after the
   first poll): what does not depend on the size, so it shows how much of a change between
   stages is this shared machine's noise;
@@ -84,6 +88,7 @@ STARTUP_TIMEOUT = 120.0
 IDLE_SECONDS = 3.0
 WARMUP_SECONDS = 2.0
 DNSPERF_OUTSTANDING = 300
+PENDING_CHALLENGES = 100  # dns-01 rows present while zone_refresh measures
 
 
 # --- filling the database ---------------------------------------------------------------------
@@ -233,6 +238,54 @@ def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]
     return times
 
 
+def zone_refresh(data_dir: Path, first_order_id: int, samples: int) -> list[float]:
+    """CPU seconds per DNS zone refresh after one TXT value changed, in this process, with
+    PENDING_CHALLENGES dns-01 rows: what the DNS process does about once per order under load
+    (read the delegations' fingerprint and the TXT rows, derive the answer index). The rows
+    are removed again before certok starts."""
+    import functools
+
+    from sqlalchemy import delete, func, insert, select, update
+
+    from certok.db.models import ChallengeRecord
+    from certok.dnszone.answer import ZoneConfig
+    from certok.dnszone.records import DNS01_KIND, ZoneCache
+    from certok.dnszone.zoneindex import prepare_index
+    from certok.settings import Settings
+    from certok.store import open_store
+
+    settings = Settings(data_dir=data_dir, dns_zone=ZONE)
+    store = open_store(settings, upgrade=False)
+    records = ChallengeRecord.__table__
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with store.engine.begin() as connection:
+            connection.execute(insert(records), [
+                {"order_id": first_order_id, "kind": DNS01_KIND, "name": f"{i:016x}",
+                 "value": f"bench-value-{i:040d}", "authz_url": "bench", "created_at": now}
+                for i in range(PENDING_CHALLENGES)
+            ])  # fmt: skip
+            first_id = connection.scalar(select(func.min(records.c.id)))
+        config = ZoneConfig.from_settings(settings)
+        cache = ZoneCache(store.sessions)
+        cache.add_snapshot_hook(functools.partial(prepare_index, config))
+        prepare_index(config, None, cache.records)
+        cache.refresh()
+        times = []
+        for sample in range(samples):
+            with store.engine.begin() as connection:
+                changed = records.c.id == first_id + sample % PENDING_CHALLENGES
+                connection.execute(update(records).where(changed).values(value=f"v{sample}"))
+            started = time.process_time()
+            cache.refresh()
+            times.append(time.process_time() - started)
+        with store.engine.begin() as connection:
+            connection.execute(delete(records).where(records.c.authz_url == "bench"))
+    finally:
+        store.engine.dispose()
+    return times
+
+
 def _chunks(rows: list[dict[str, object]]) -> list[list[dict[str, object]]]:
     return [rows[i : i + INSERT_CHUNK] for i in range(0, len(rows), INSERT_CHUNK)]
 
@@ -281,6 +334,7 @@ class Stage:
     dns_cpu: float | None = None
     dns_lost: int = 0
     db_path: list[float] = field(default_factory=list)  # apply_db_path's seconds per lookup
+    refresh: list[float] = field(default_factory=list)  # zone_refresh's CPU seconds per refresh
     apply_one: WrkResult | None = None  # one code, polled over and over: the cached answer
     apply: WrkResult | None = None
     dv: WrkResult | None = None
@@ -421,19 +475,30 @@ def build_report(stages: list[Stage]) -> Report:
                 note=f"TXT at {stage.delegations:,} labels + 10% NXDOMAIN; lost {stage.dns_lost}",
             )
         )
-        if stage.db_path and base.db_path:
-            ordered = sorted(stage.db_path)
+        in_process = (
+            ("apply's database path, in-process, random stored code", stage.db_path,
+             base.db_path, "lookups/s",
+             "redeem_code + view_order, one thread, no HTTP (the cache-miss path)"),
+            ("DNS zone refresh after one TXT change, in-process", stage.refresh, base.refresh,
+             "refreshes per CPU-s",
+             f"CPU time; {PENDING_CHALLENGES} pending dns-01 rows, {stage.delegations:,} labels "
+             "(about one refresh per order under load)"),
+        )  # fmt: skip
+        for what, samples, reference_samples, unit, note in in_process:
+            if not samples or not reference_samples:
+                continue
+            ordered = sorted(samples)
             p50 = statistics.median(ordered)
             report.measurements.append(
                 Measurement(
                     BENCH,
-                    f"{size}: apply's database path, in-process, random stored code",
+                    f"{size}: {what}",
                     rate=len(ordered) / sum(ordered),
-                    rate_unit="lookups/s",
-                    ratio=p50 / statistics.median(base.db_path),
+                    rate_unit=unit,
+                    ratio=p50 / statistics.median(reference_samples),
                     ratio_of="first stage's p50",
                     latency={"p50": p50, "p99": percentile(ordered, 0.99)},
-                    note="redeem_code + view_order, one thread, no HTTP (the cache-miss path)",
+                    note=note,
                 )
             )
         for what, result, reference in (
@@ -489,6 +554,9 @@ def run(args: argparse.Namespace) -> Report:
                   flush=True)  # fmt: skip
             stage.fill_seconds = filler.grow(delegation_count, order_count)
             stage.db_path = apply_db_path(filler.data_dir, filler.codes(), args.db_samples)
+            stage.refresh = zone_refresh(
+                filler.data_dir, filler.first_order_id or 1, args.refresh_samples
+            )
             print(f"{BENCH}: measuring ({stage.fill_seconds:.0f} s to fill)", flush=True)
             measure_stage(stage, filler, workdir, token, args, cores)
             stages.append(stage)
@@ -505,6 +573,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (16)")
     parser.add_argument(
         "--db-samples", type=int, default=2000, help="in-process database lookups per stage (2000)"
+    )
+    parser.add_argument(
+        "--refresh-samples", type=int, default=300, help="in-process zone refreshes per stage (300)"
     )
     args = parser.parse_args()
     finish(run(args), args.json, show_commands=True)
