@@ -16,7 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from certok.api.envelope import new_trace_id
+from certok.api.envelope import encoded_success, new_trace_id
 
 APPLY_PATH = "/v1/cert/apply"
 
@@ -24,8 +24,8 @@ APPLY_PATH = "/v1/cert/apply"
 _CACHE_CONTROL = (b"cache-control", b"no-store")
 _CONTENT_TYPE = (b"content-type", b"application/json")
 
-# (scope, traceId) -> the answer's body, or None to take the full route.
-CachedAnswer = Callable[[Scope, str], bytes | None]
+# scope -> the issued answer's data, encoded as JSON, or None to take the full route.
+CachedAnswer = Callable[[Scope], bytes | None]
 
 
 class CertokApp(Starlette):
@@ -38,10 +38,11 @@ class CertokApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == APPLY_PATH:
             try:
-                body = self._cached_apply_answer(scope, new_trace_id())
+                data = self._cached_apply_answer(scope)
             except Exception:  # the full route meets it again, and reports it
-                body = None
-            if body is not None:
+                data = None
+            if data is not None:
+                body = encoded_success(data, new_trace_id())
                 headers = [_CACHE_CONTROL, (b"content-length", b"%d" % len(body)), _CONTENT_TYPE]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})

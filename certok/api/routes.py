@@ -23,7 +23,6 @@ from certok.api.envelope import (
     certok_error_handler,
     database_unavailable_handler,
     encode_data,
-    encoded_success,
     envelope,
     envelope_with_encoded_data,
     http_error_handler,
@@ -205,10 +204,11 @@ class _Api:
             return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
         return envelope(request, data, msg=_order_message(view), headers=NO_STORE)
 
-    def cached_issued_answer(self, scope: Scope, trace: str) -> bytes | None:
-        """apply's whole answer body when this process's caches hold everything it needs (an
-        accepted token's tenant, the order's issued answer): the same checks as `apply`, with
-        no side effect unless it answers. None sends the request down the full route."""
+    def cached_issued_answer(self, scope: Scope) -> bytes | None:
+        """apply's issued answer (its data, encoded) when this process's caches hold everything
+        it needs (an accepted token's tenant, the order's issued answer): the same checks as
+        `apply`, with no side effect unless it answers. None sends the request down the full
+        route."""
         token = header_value(scope, _TOKEN_HEADER_RAW)
         if token is None:
             return None
@@ -228,7 +228,7 @@ class _Api:
             self.s.limiter.check(tenant.id, "apply")
         except RateLimited:
             return None
-        return encoded_success(cached, trace)
+        return cached
 
     async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
         """The order's view once it is no longer pending, or after `seconds`."""

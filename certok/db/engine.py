@@ -114,6 +114,13 @@ def sqlite_writer_lock(engine: Engine) -> SqliteWriterLock | None:
     return _SQLITE_WRITERS.get(engine)
 
 
+def is_sqlite_file(engine: Engine) -> bool:
+    """Whether `engine` is a SQLite database in a file: one writer at a time across processes,
+    so its writes are batched (`certok.db.writes`) and may go to a writer process."""
+    in_file = engine.url.database not in (None, "", ":memory:")
+    return in_file and sqlite_writer_lock(engine) is not None
+
+
 # A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out.
 IDLE_PING_SECONDS = 10.0
 _RETURNED_AT = "certok_returned_at"

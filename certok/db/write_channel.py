@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from sqlalchemy import Engine
 
-from certok.db.engine import sqlite_writer_lock
+from certok.db.engine import is_sqlite_file
 from certok.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
     """
     from certok.db.writes import MAX_BATCH  # writes imports this module's client
 
-    if sqlite_writer_lock(engine) is None or engine.url.database in (None, "", ":memory:"):
+    if not is_sqlite_file(engine):
         raise ValueError("the writer process serves a SQLite file database only")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

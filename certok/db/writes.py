@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import sqlite_writer_lock, transaction
+from certok.db.engine import is_sqlite_file, sqlite_writer_lock, transaction
 from certok.db.write_channel import remote_writer
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ _BATCHERS_LOCK = threading.Lock()
 
 def batcher_for(engine: Engine) -> WriteBatcher | None:
     """The engine's batcher in this process, started on first use; None where not wanted."""
-    if sqlite_writer_lock(engine) is None or engine.url.database in (None, "", ":memory:"):
+    if not is_sqlite_file(engine):
         return None
     with _BATCHERS_LOCK:
         batcher = _BATCHERS.get(engine)
