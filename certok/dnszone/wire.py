@@ -213,7 +213,7 @@ def truncate_reply(reply: bytes) -> bytes:
     _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(reply)
     position = HEADER_SIZE
     for _ in range(qdcount):
-        position = _skip_name(reply, position) + 4
+        position = skip_name(reply, position) + 4
     question_end = position
     for _ in range(ancount + nscount):
         position = _skip_record(reply, position)
@@ -221,7 +221,7 @@ def truncate_reply(reply: bytes) -> bytes:
     for _ in range(arcount):
         start = position
         position = _skip_record(reply, position)
-        rtype = struct.unpack_from("!H", reply, _skip_name(reply, start))[0]
+        rtype = struct.unpack_from("!H", reply, skip_name(reply, start))[0]
         if rtype == TYPE_OPT:
             opt = reply[start:position]
     header = HEADER.pack(
@@ -238,13 +238,13 @@ def negative_serial_offset(reply: bytes) -> int:
         return 0
     position = HEADER_SIZE
     for _ in range(qdcount):
-        position = _skip_name(reply, position) + 4
-    position = _skip_name(reply, position)
+        position = skip_name(reply, position) + 4
+    position = skip_name(reply, position)
     rtype = struct.unpack_from("!H", reply, position)[0]
     if rtype != TYPE_SOA:
         return 0
     rdata = position + 10
-    return _skip_name(reply, _skip_name(reply, rdata))  # past MNAME and RNAME
+    return skip_name(reply, skip_name(reply, rdata))  # past MNAME and RNAME
 
 
 def with_serial(reply: bytes, serial_at: int, serial: int) -> bytes:
@@ -252,7 +252,10 @@ def with_serial(reply: bytes, serial_at: int, serial: int) -> bytes:
     return reply[:serial_at] + serial.to_bytes(4, "big") + reply[serial_at + 4 :]
 
 
-def _skip_name(wire: bytes, position: int) -> int:
+def skip_name(wire: bytes, position: int) -> int:
+    """The position after the name at ``position`` (a compression pointer ends it).
+
+    IndexError when the name runs past the end of ``wire``."""
     while True:
         length = wire[position]
         if length == 0:
@@ -263,6 +266,6 @@ def _skip_name(wire: bytes, position: int) -> int:
 
 
 def _skip_record(wire: bytes, position: int) -> int:
-    position = _skip_name(wire, position)
+    position = skip_name(wire, position)
     rdlength = struct.unpack_from("!H", wire, position + 8)[0]
     return position + 10 + rdlength

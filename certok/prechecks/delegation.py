@@ -8,10 +8,12 @@ which is exactly what the user needs to see when it is wrong.
 The walk stops as soon as it reaches the expected target: what lies beyond is certok's own
 zone, and whether certok's DNS server answers is not the customer's problem to fix.
 
-Lookups are blocking (dnspython's ``dns.resolver``): a worker thread calls them directly, and
-the API's event loop runs them on a thread pool of their own. dnspython's asyncio resolver
-costs about twice the CPU per lookup (a new datagram endpoint, futures and loop turns per
-query), and a dv plus the order's ownership re-check were 15% of certok's CPU under load.
+Lookups are blocking: a worker thread calls them directly, and the API's event loop runs them
+on a thread pool of their own. dnspython's asyncio resolver costs about twice the CPU per
+lookup (a new datagram endpoint, futures and loop turns per query), and a dv plus the order's
+ownership re-check were 15% of certok's CPU under load. The common answer is read without
+dnspython at all (cname_wire.py, ~0.15x the CPU of ``dns.resolver``); every other one goes
+through dnspython's blocking ``dns.resolver``.
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ from typing import Any
 import dns.exception
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
 from certok.errors import InvalidDomain
 from certok.names import registrable_domain, relative_name
+from certok.prechecks.cname_wire import lookup_aliases
 
 # REFERENCE.md: "CNAME chains ≤ 8" (Boulder's limit for following aliases).
 MAX_CHAIN = 8
+# What dnspython's resolver gets at least after the lean attempt timed out: one more try.
+_LEAST_LIFETIME = 0.1
 
 
 @dataclass(frozen=True)
@@ -158,12 +164,21 @@ def _cname_hops(resolver: dns.resolver.Resolver, owner: str) -> list[str]:
     """The CNAME targets starting at owner that one CNAME query reveals, in chain order.
 
     Usually one hop (or none); more when the resolver put the rest of the chain in its answer.
-    dnspython gives up once the resolver's lifetime has passed (LifetimeTimeout); a retry
-    backoff it sleeps can only start before that.
+    The common answer is read without dnspython (cname_wire.py): one exchange with the first
+    resolver, at most one attempt's timeout. Anything else goes to dnspython's resolver, with
+    what is left of the lifetime; it gives up once that has passed (LifetimeTimeout), and a
+    retry backoff it sleeps can only start before that.
     """
+    started = time.monotonic()
+    first = resolver.nameservers[0]
+    if isinstance(first, dns.nameserver.Do53Nameserver):
+        aliases = lookup_aliases(owner, (first.address, first.port), resolver.timeout)
+        if aliases is not None:
+            return _chain_from(owner, aliases)
+    lifetime = max(resolver.lifetime - (time.monotonic() - started), _LEAST_LIFETIME)
     try:
         answer = resolver.resolve(
-            owner, dns.rdatatype.CNAME, raise_on_no_answer=False, search=False
+            owner, dns.rdatatype.CNAME, raise_on_no_answer=False, search=False, lifetime=lifetime
         )
     except dns.resolver.NXDOMAIN as nxdomain:
         response = _nxdomain_response(nxdomain)
@@ -182,6 +197,11 @@ def _follow(owner: str, response: dns.message.Message) -> list[str]:
     for rrset in response.answer:
         if rrset.rdtype == dns.rdatatype.CNAME and len(rrset) > 0:
             aliases[_canonical(rrset.name.to_text())] = _canonical(rrset[0].target.to_text())
+    return _chain_from(owner, aliases)
+
+
+def _chain_from(owner: str, aliases: dict[str, str]) -> list[str]:
+    """The targets reached from ``owner`` through ``aliases`` (owner → target), in order."""
     hops: list[str] = []
     current = owner
     # Bounded by the answer's own size; a loop inside one answer stops at its first repeat.

@@ -8,6 +8,7 @@ way the CA's resolver will see the customer's zone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Coroutine, Iterator
@@ -287,6 +288,38 @@ def test_chain_already_in_the_answer_is_used() -> None:
         assert result.found == label("chased")
         # one query: the second hop came with the first answer
         assert server.queries == [(challenge("chased"), "CNAME")]
+
+
+PREFIXES = ["good", "wrong", "two", "twowrong", "loop", "outside", "midfail", "long", "txtonly",
+            "nothing", "broken"]  # fmt: skip
+
+
+class _NoDnspython(dns.resolver.Resolver):
+    def resolve(self, *args: Any, **kwargs: Any) -> dns.resolver.Answer:
+        raise AssertionError(f"dnspython's resolver was asked: {args}")
+
+
+def test_common_answers_are_read_without_dnspythons_resolver(fake: FakeNameserver) -> None:
+    resolver = _NoDnspython(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", fake.port)]
+    resolver.lifetime = resolver.timeout = 2.0
+    assert check(resolver, "good").valid
+    assert check(resolver, "two").found == label("two")
+    assert check(resolver, "wrong").found == label("someone-else")
+    assert check(resolver, "txtonly").found is None  # NODATA
+    assert check(resolver, "nothing").found is None  # NXDOMAIN
+    with pytest.raises(AssertionError, match="dnspython's resolver was asked"):
+        check(resolver, "broken")  # SERVFAIL: dnspython's resolver says what failed
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_results_are_the_same_as_through_dnspython_alone(
+    prefix: str, direct: dns.resolver.Resolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lean = check(direct, prefix)
+    monkeypatch.setattr("certok.prechecks.delegation.lookup_aliases", lambda *args: None)
+    through_dnspython = check(direct, prefix)
+    assert dataclasses.replace(lean, cost_ms=0) == dataclasses.replace(through_dnspython, cost_ms=0)
 
 
 def test_resolver_down_is_invalid_in_bounded_time() -> None:
