@@ -94,6 +94,11 @@ def now() -> dt.datetime:
 
 @pytest.fixture
 def zone(sessions: sessionmaker[Session]) -> Zone:
+    return make_zone(sessions)
+
+
+def make_zone(sessions: sessionmaker[Session]) -> Zone:
+    """A tenant and a pending dns-01 order to hang delegations and TXT values on."""
     with transaction(sessions) as session:
         tenant = Tenant(name="tenant-a", disabled=False, created_at=now())
         session.add(tenant)
