@@ -6,9 +6,9 @@ CNAME (delegation.py). Through ``dns.resolver`` that cost ~600 µs of CPU per qu
 itself ~20 µs (``python bench/cname_check.py``). This module covers the common answer only:
 one UDP exchange with the first configured resolver, an answer with rcode NOERROR or
 NXDOMAIN, not truncated, whose owner and target names are plain host names. For anything
-else, whether a timeout, a refused port, TC, SERVFAIL, an odd name or a malformed packet, it
-returns None, and the caller asks dnspython's resolver, which retries every server,
-falls back to TCP and reports errors in its own words.
+else, whether a refused port, TC, SERVFAIL, an odd name or a malformed packet, it returns
+None (silence until the timeout: ResolverSilent), and the caller asks dnspython's resolver,
+which retries every server, falls back to TCP and reports errors in its own words.
 
 An answer is taken only from the resolver's address and port (a connected socket), with the
 query's random ID and the question echoed back (as dnspython checks), from a fresh random
@@ -70,8 +70,15 @@ def read_aliases(reply: bytes, query: bytes) -> Aliases | None:
         return None
 
 
+class ResolverSilent(TimeoutError):
+    """No answer to the query came back within the timeout."""
+
+
 def lookup_aliases(owner: str, server: tuple[str, int], timeout: float) -> Aliases | None:
-    """Ask ``server`` for ``owner`` CNAME once; its aliases, or None (see the module's doc)."""
+    """Ask ``server`` for ``owner`` CNAME once; its aliases, or None (see the module's doc).
+
+    Raises ResolverSilent when nothing answered in time: the caller asks the next server first.
+    """
     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     deadline = time.monotonic() + timeout
     try:
@@ -82,13 +89,17 @@ def lookup_aliases(owner: str, server: tuple[str, int], timeout: float) -> Alias
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    raise ResolverSilent(f"no answer from {server[0]} port {server[1]}")
                 sock.settimeout(remaining)
                 reply = sock.recv(65535)
                 # A late answer to an earlier query that used the same port is skipped.
                 if reply[:2] == query[:2]:
                     return read_aliases(reply, query)
-    except (OSError, ValueError):  # timeout, refused, unreachable, a bad address
+    except ResolverSilent:
+        raise
+    except TimeoutError as error:
+        raise ResolverSilent(f"no answer from {server[0]} port {server[1]}") from error
+    except (OSError, ValueError):  # refused, unreachable, a bad address or name
         return None
 
 

@@ -19,6 +19,7 @@ through dnspython's blocking ``dns.resolver``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import time
 from collections.abc import Iterable
@@ -35,7 +36,7 @@ import dns.resolver
 
 from certok.errors import InvalidDomain
 from certok.names import registrable_domain, relative_name
-from certok.prechecks.cname_wire import lookup_aliases
+from certok.prechecks.cname_wire import ResolverSilent, lookup_aliases
 
 # REFERENCE.md: "CNAME chains ≤ 8" (Boulder's limit for following aliases).
 MAX_CHAIN = 8
@@ -172,9 +173,14 @@ def _cname_hops(resolver: dns.resolver.Resolver, owner: str) -> list[str]:
     started = time.monotonic()
     first = resolver.nameservers[0]
     if isinstance(first, dns.nameserver.Do53Nameserver):
-        aliases = lookup_aliases(owner, (first.address, first.port), resolver.timeout)
-        if aliases is not None:
-            return _chain_from(owner, aliases)
+        try:
+            aliases = lookup_aliases(owner, (first.address, first.port), resolver.timeout)
+        except ResolverSilent:
+            # The first server had its try: dnspython starts with the next one, as it would.
+            resolver = _first_server_last(resolver)
+        else:
+            if aliases is not None:
+                return _chain_from(owner, aliases)
     lifetime = max(resolver.lifetime - (time.monotonic() - started), _LEAST_LIFETIME)
     try:
         answer = resolver.resolve(
@@ -190,6 +196,16 @@ def _cname_hops(resolver: dns.resolver.Resolver, owner: str) -> list[str]:
     except (dns.exception.DNSException, OSError) as exc:
         raise _LookupFailed(f"the lookup failed ({type(exc).__name__}: {exc})") from None
     return _follow(owner, answer.response)
+
+
+def _first_server_last(resolver: dns.resolver.Resolver) -> dns.resolver.Resolver:
+    """A copy of ``resolver`` that asks its first server last (one server: itself)."""
+    servers = list(resolver.nameservers)
+    if len(servers) < 2:
+        return resolver
+    rotated = copy.copy(resolver)
+    rotated.nameservers = [*servers[1:], servers[0]]
+    return rotated
 
 
 def _follow(owner: str, response: dns.message.Message) -> list[str]:

@@ -352,6 +352,28 @@ def test_silent_resolver_times_out_in_bounded_time() -> None:
     assert result.cost_ms >= 400
 
 
+def test_a_silent_first_resolver_costs_one_try_then_the_next_answers(
+    fake: FakeNameserver,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never answers
+        silent_port = silent.getsockname()[1]
+        resolver = make_blocking_resolver(
+            [f"127.0.0.1:{silent_port}", f"127.0.0.1:{fake.port}"], timeout=2.0
+        )
+        one_try = resolver.timeout  # 0.5 s: two tries per server within the lifetime
+        started = time.monotonic()
+        result = check(resolver, "good")
+        elapsed = time.monotonic() - started
+    assert result.valid
+    # The lean try at the silent server, then dnspython starting with the other one (not a
+    # second wait at the silent server first).
+    assert one_try * 0.9 < elapsed < one_try * 1.8
+    first = resolver.nameservers[0]
+    assert isinstance(first, dns.nameserver.Do53Nameserver)
+    assert first.port == silent_port  # the caller's resolver keeps its order
+
+
 def test_a_bad_name_is_a_result_not_an_exception(direct: dns.resolver.Resolver) -> None:
     result = check_delegation("_acme-challenge." + "x" * 64 + ".customer.test", "a.b", direct)
     assert not result.valid

@@ -26,7 +26,12 @@ import dns.rdtypes.ANY.CNAME
 import dns.rrset
 import pytest
 
-from certok.prechecks.cname_wire import cname_query, lookup_aliases, read_aliases
+from certok.prechecks.cname_wire import (
+    ResolverSilent,
+    cname_query,
+    lookup_aliases,
+    read_aliases,
+)
 
 OWNER = "_acme-challenge.www.customer.test"
 QUERY_ID = 0x4A7B
@@ -277,8 +282,18 @@ def test_lookup_over_ipv6() -> None:
 def test_lookup_gives_up_on_a_silent_server_within_its_timeout() -> None:
     with udp_server(lambda wire: []) as server:
         started = time.monotonic()
-        assert lookup_aliases(OWNER, server, timeout=0.3) is None
+        with pytest.raises(ResolverSilent):
+            lookup_aliases(OWNER, server, timeout=0.3)
         assert 0.25 <= time.monotonic() - started < 1.5
+
+
+def test_stray_datagrams_alone_count_as_silence() -> None:
+    def strays(wire: bytes) -> list[bytes]:
+        real = reply_to(wire, ANSWERED)
+        return [_with_header(real, query_id=(real[0] << 8 | real[1]) ^ 0xFFFF)] * 3
+
+    with udp_server(strays) as server, pytest.raises(ResolverSilent):
+        lookup_aliases(OWNER, server, timeout=0.3)
 
 
 def test_lookup_of_a_closed_port_is_none() -> None:
