@@ -35,10 +35,9 @@ from certok.dnszone.wire import (
     TYPE_OPT,
     skip_name,
 )
+from certok.prechecks.resolver import EDNS_PAYLOAD  # what dnspython's resolver advertises too
 
 TYPE_CNAME = 5
-# The UDP payload size the query advertises (as make_blocking_resolver's use_edns does).
-EDNS_PAYLOAD = 1232
 _MAX_NAME_OCTETS = 255
 _POINTER = 0xC0
 # What a label of a name certok compares or shows may hold; anything else (escapes, spaces,
@@ -88,15 +87,13 @@ def lookup_aliases(owner: str, server: tuple[str, int], timeout: float) -> Alias
             sock.send(query)
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ResolverSilent(f"no answer from {server[0]} port {server[1]}")
+                if remaining <= 0:  # stray datagrams only, until the deadline
+                    raise TimeoutError
                 sock.settimeout(remaining)
                 reply = sock.recv(65535)
                 # A late answer to an earlier query that used the same port is skipped.
                 if reply[:2] == query[:2]:
                     return read_aliases(reply, query)
-    except ResolverSilent:
-        raise
     except TimeoutError as error:
         raise ResolverSilent(f"no answer from {server[0]} port {server[1]}") from error
     except (OSError, ValueError):  # refused, unreachable, a bad address or name
@@ -160,7 +157,8 @@ def _read_name(wire: bytes, position: int) -> tuple[str, int]:
             target = ((length & 0x3F) << 8) | wire[position + 1]
             if after is None:
                 after = position + 2
-            if target >= position:  # only backwards: no loops
+            # Only backwards; a cycle through labels ends at the 255-octet limit below.
+            if target >= position:
                 raise _Unusable("a forward compression pointer")
             position = target
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dns.message
 import dns.query
@@ -38,7 +39,9 @@ FRESH_WITHIN_SECONDS = 1.0
 CHANGES = 5
 
 
+@contextmanager
 def node_sessions(url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an engine of its own, as a separate certok node would have."""
     engine = make_engine(url)
     try:
         yield make_session_factory(engine)
@@ -48,13 +51,14 @@ def node_sessions(url: str) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture
 def node_a(database_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from node_sessions(database_url)
+    with node_sessions(database_url) as sessions:
+        yield sessions
 
 
 @pytest.fixture
 def node_b_port(database_url: str, loop_thread: LoopThread) -> Iterator[int]:
     """Node B's DNS server (UDP port), refreshing on the default interval."""
-    for sessions in node_sessions(database_url):
+    with node_sessions(database_url) as sessions:
         cache = ZoneCache(sessions)
         cache.refresh()
         server = loop_thread.run(start_dns_server(HOST, 0, CONFIG, cache))

@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import dns.edns
@@ -44,7 +44,7 @@ def query() -> bytes:
 
 def reply_to(
     wire: bytes,
-    cnames: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    cnames: Sequence[tuple[str, str]] = (),
     *,
     rcode: int = dns.rcode.NOERROR,
     edit: Callable[[dns.message.Message], None] | None = None,
