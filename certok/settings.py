@@ -130,6 +130,23 @@ class Settings(BaseSettings):
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- certificates (records, renewal timing, revocation) ----------------------------------
+    # Certificate records outlive their orders: kept until this long after they expire.
+    certificate_retention_days: int = Field(default=30, ge=0)
+    # How often the worker looks for certificates due an ARI check or a revocation.
+    certificate_scan_seconds: float = Field(default=60.0, gt=0)
+    # Most certificates one scan handles (the rest wait for the next tick).
+    certificate_scan_batch: int = Field(default=200, ge=1)
+
+    # --- agents (httpsok.sh's /v1/nginx protocol) ------------------------------------------
+    agent_preparse_max_bytes: int = Field(default=1_048_576, ge=1024)
+    agent_max_hosts_per_tenant: int = Field(default=100, ge=1)
+    agent_max_certificates_per_host: int = Field(default=50, ge=1)
+    # How long `check` holds the agent while a new certificate is being issued.
+    agent_check_wait_seconds: float = Field(default=25.0, ge=0, le=120)
+    # Testing only: shifts the time renewal decisions are made at (e.g. past a renewal time).
+    clock_offset_seconds: float = 0.0
+
     @field_validator("dns_zone")
     @classmethod
     def _zone_is_absolute_lowercase(cls, value: str) -> str:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
+from certok.api.agents import agent_api_routes
 from certok.api.caches import TtlCache, token_key
 from certok.api.envelope import (
     NO_STORE,
@@ -93,6 +94,8 @@ def create_app(services: ApiServices) -> CertokApp:
         # HTTP-01 responder: public, no token (the CA follows the customer's redirect here).
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
+        # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
+        *agent_api_routes(services, api._tenant),
     ]
     app = CertokApp(
         api.cached_issued_answer,
