@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- certificates (records, renewal timing, revocation) ----------------------------------
+    # Certificate records outlive their orders: kept until this long after they expire.
+    certificate_retention_days: int = Field(default=30, ge=0)
+    # How often the worker looks for certificates due an ARI check or a revocation.
+    certificate_scan_seconds: float = Field(default=60.0, gt=0)
+    # Most certificates one scan handles (the rest wait for the next tick).
+    certificate_scan_batch: int = Field(default=200, ge=1)
+
     # --- events and webhooks (docs/webhooks.md) -----------------------------------------------
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=30)

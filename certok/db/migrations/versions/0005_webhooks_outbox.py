@@ -1,7 +1,7 @@
 """events and webhooks: endpoints, the delivery outbox, notifyUrls, once-only event marks
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import certok.db.models
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
