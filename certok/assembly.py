@@ -21,6 +21,7 @@ from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.events.delivery import DeliveryWorker
 from certok.events.outbox import order_finished
+from certok.events.scans import EventScanner
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
@@ -209,4 +210,19 @@ def build_delivery_worker(settings: Settings, store: Store, *, worker_id: str) -
         worker_id=worker_id,
         poll_seconds=settings.webhook_poll_seconds,
         retention_days=settings.webhook_log_retention_days,
+    )
+
+
+def build_event_scanner(
+    settings: Settings, store: Store, *, on_queued: Callable[[], None] = lambda: None
+) -> EventScanner:
+    """renewal_due / expiring / revoked and delegation.broken: once per node (the process
+    that runs the purge)."""
+    return EventScanner(
+        store.sessions,
+        zone=settings.dns_zone,
+        resolver=make_blocking_resolver(settings.resolvers, settings.resolver_timeout_seconds),
+        certificate_seconds=settings.event_scan_seconds,
+        delegation_seconds=settings.delegation_recheck_seconds,
+        on_queued=on_queued,
     )

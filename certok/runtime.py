@@ -27,6 +27,7 @@ from certok.assembly import (
     build_api_services,
     build_checks,
     build_delivery_worker,
+    build_event_scanner,
     build_worker,
 )
 from certok.db.write_channel import use_writer_process
@@ -112,6 +113,10 @@ async def serve(settings: Settings) -> None:
         _poll_waiters(waiters, store, settings),
         _start_purger(store, settings),
         asyncio.create_task(deliveries.run(), name="webhooks"),
+        asyncio.create_task(
+            build_event_scanner(settings, store, on_queued=deliveries.wake).run(),
+            name="event-scans",
+        ),
     ]
     try:
         await asyncio.gather(*(listener.serve() for listener in listeners))
@@ -134,6 +139,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     )
     # Once per node: the DNS process is the one there is exactly one of.
     purger = _start_purger(store, settings)
+    scans = asyncio.create_task(build_event_scanner(settings, store).run(), name="event-scans")
     control_server = await serve_refresh_requests(control, zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS)
     stopped = asyncio.Event()
     _on_stop_signals(stopped.set)
@@ -142,7 +148,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
         await stopped.wait()
     finally:
         control_server.close()
-        await _cancel([refresher, purger])
+        await _cancel([refresher, purger, scans])
         await dns_server.close()
         store.engine.dispose()
 

@@ -339,3 +339,10 @@ class EventMark(Base):
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# Indexes the event scans (certok/events/scans.py) read certificates through: only rows near
+# their renewal, expiry or revocation moment, never the whole table.
+Index("ix_certificates_renew_at", Certificate.renew_at)
+Index("ix_certificates_not_after", Certificate.not_after)
+Index("ix_certificates_revoked_at", Certificate.revoked_at)

@@ -18,7 +18,13 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
-from certok.db.models import EventMark, OrderNotifyUrl, VerificationCode, WebhookEndpoint
+from certok.db.models import (
+    Certificate,
+    EventMark,
+    OrderNotifyUrl,
+    VerificationCode,
+    WebhookEndpoint,
+)
 from certok.db.models import Order as OrderModel
 from certok.db.models import WebhookDelivery as DeliveryModel
 from certok.events.types import CERTIFICATE_FAILED, CERTIFICATE_ISSUED, payload, rfc3339
@@ -34,6 +40,7 @@ _NOTIFY = OrderNotifyUrl.__table__
 _MARKS = EventMark.__table__
 _ORDERS = OrderModel.__table__
 _CODES = VerificationCode.__table__
+_CERTIFICATES = Certificate.__table__
 
 
 def new_message_id() -> str:
@@ -135,6 +142,10 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
     if order.state == "issued":
         event_type = CERTIFICATE_ISSUED
         data["status"] = "issued"
+        # The certificate record (certok/certificates) is written earlier in this transaction.
+        data["certificateId"] = connection.execute(
+            select(_CERTIFICATES.c.id).where(_CERTIFICATES.c.order_id == order_id)
+        ).scalar()
         data["notBefore"] = rfc3339(order.not_before) if order.not_before else None
         data["notAfter"] = rfc3339(order.not_after) if order.not_after else None
     else:
