@@ -142,7 +142,7 @@ def test_secrets_are_stored_encrypted(hooks: Harness) -> None:
 )
 def test_bad_webhooks_get_the_envelope(hooks: Harness, body: dict[str, Any], words: list) -> None:
     if body.get("url") == "RECEIVER":
-        body["url"] = hooks.receiver.url()
+        body = {**body, "url": hooks.receiver.url()}  # a copy: parameters are shared
     assert_error(hooks.call("POST", "/v1/webhooks", json=body), 400, *words)
 
 
