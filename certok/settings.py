@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     agent_check_wait_seconds: float = Field(default=25.0, ge=0, le=120)
     # Testing only: shifts the time renewal decisions are made at (e.g. past a renewal time).
     clock_offset_seconds: float = 0.0
+    # --- events and webhooks (docs/webhooks.md) -----------------------------------------------
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=30)
+    webhook_log_retention_days: int = Field(default=30, ge=1)
+    webhook_secret_overlap_hours: float = Field(default=24.0, ge=0)
+    post_api_poll_seconds: float = Field(default=10.0, ge=0)
+    # How often certificates are scanned for renewal_due/expiring, and delegations of names
+    # with live certificates re-checked for delegation.broken; 0 turns the scan off.
+    event_scan_seconds: float = Field(default=3600.0, ge=0)
+    delegation_recheck_seconds: float = Field(default=6 * 3600.0, ge=0)
 
     @field_validator("dns_zone")
     @classmethod

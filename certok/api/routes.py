@@ -31,8 +31,10 @@ from certok.api.envelope import (
 )
 from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
+from certok.api.post_api import DEFAULT_POLL_SECONDS, PollGate, post_api_routes
 from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
+from certok.api.webhooks import EventApi, webhook_routes
 from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
@@ -81,6 +83,9 @@ class ApiServices:
     issued: TtlCache[tuple[int, str], bytes] = field(
         default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
     )
+    # Webhooks and the POST API (certok/api/webhooks.py, certok/api/post_api.py).
+    events: EventApi = field(default_factory=EventApi)
+    post_api_polls: PollGate = field(default_factory=lambda: PollGate(DEFAULT_POLL_SECONDS))
 
 
 def create_app(services: ApiServices) -> CertokApp:
@@ -96,6 +101,8 @@ def create_app(services: ApiServices) -> CertokApp:
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
         # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
         *agent_api_routes(services, api._tenant),
+        *webhook_routes(services, api._tenant),
+        *post_api_routes(services, api._tenant, _order_data, _order_message),
     ]
     app = CertokApp(
         api.cached_issued_answer,
@@ -266,8 +273,8 @@ class _Api:
         with self.s.sessions() as session:
             return view_order(session, order_id, self.s.box)
 
-    async def _tenant(self, request: Request) -> TenantRef:
-        token = request.headers.get(TOKEN_HEADER)
+    async def _tenant(self, request: Request, header: str = TOKEN_HEADER) -> TenantRef:
+        token = request.headers.get(header)
         key = token_key(token) if token else None
         if key is not None:
             known = self.s.tokens.get(key)
@@ -277,7 +284,7 @@ class _Api:
         if key is None or self.s.accepted_tokens.get(key) is None:
             # A lookup that may well fail (no token, a wrong or an unknown one): bounded per
             # client address, so a flood of guesses cannot buy unlimited database reads.
-            self.s.limiter.check_unverified_token(_client_address(request), TOKEN_HEADER)
+            self.s.limiter.check_unverified_token(_client_address(request), header)
 
         def check() -> TenantRef:
             with self.s.sessions() as session:

@@ -1,7 +1,7 @@
 """agents: hosts running httpsok.sh, their managed certificates, their log
 
 Revision ID: 0008
-Revises: 0004 (0002 before the certificates branch was merged in)
+Revises: 0005 (0002 before the certificates branch was merged in)
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from certok.db.models import UTCDateTime
 
 revision = "0008"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
