@@ -202,6 +202,8 @@ class Certificate(Base):
         # The renewal-due scan reads only rows past renew_at that nobody noticed yet.
         Index("ix_certificates_renewal_due", "renewal_noticed_at", "renew_at"),
         Index("ix_certificates_purge_after", "purge_after"),
+        # Revocations waiting for the worker.
+        Index("ix_certificates_revoke_requested_at", "revoke_requested_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -64,6 +64,9 @@ def upgrade() -> None:
         )
         batch_op.create_index("ix_certificates_purge_after", ["purge_after"], unique=False)
         batch_op.create_index(
+            "ix_certificates_revoke_requested_at", ["revoke_requested_at"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_certificates_ari_cert_id"), ["ari_cert_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_certificates_order_id"), ["order_id"], unique=False)
