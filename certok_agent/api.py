@@ -10,7 +10,7 @@ import http.client
 import json
 import ssl
 import urllib.parse
-from typing import Any, Dict, Optional
+from typing import Any
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name
 TIMEOUT_SECONDS = 60.0
@@ -27,7 +27,7 @@ class ApiError(Exception):
 
 class CertokApi:
     def __init__(
-        self, server: str, token: str, user_agent: str, ca_file: Optional[str] = None
+        self, server: str, token: str, user_agent: str, ca_file: str | None = None
     ) -> None:
         parsed = urllib.parse.urlsplit(server)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -39,7 +39,7 @@ class CertokApi:
         self._token = token
         self._user_agent = user_agent
         self._ca_file = ca_file
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._connection: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
         if self._connection is not None:
@@ -50,7 +50,7 @@ class CertokApi:
         query = urllib.parse.urlencode(params)
         return self._call("GET", path + ("?" + query if query else ""), None)
 
-    def post(self, path: str, body: Dict[str, Any]) -> Any:
+    def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._call("POST", path, json.dumps(body).encode())
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -66,7 +66,7 @@ class CertokApi:
                 )
         return self._connection
 
-    def _call(self, method: str, path: str, body: Optional[bytes]) -> Any:
+    def _call(self, method: str, path: str, body: bytes | None) -> Any:
         headers = {TOKEN_HEADER: self._token, "User-Agent": self._user_agent}
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -14,7 +14,6 @@ import random
 import secrets
 import sys
 import time
-from typing import List, Optional
 
 from certok_agent import __version__, install, targets
 from certok_agent.api import ApiError, CertokApi
@@ -52,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
         if arguments.command == "install":
             paths = install.Paths.under(arguments.root)
-            for line in install.install(paths, arguments.server, arguments.token, random.SystemRandom()):
+            for line in install.install(
+                paths, arguments.server, arguments.token, random.SystemRandom()
+            ):
                 print(line)
             print("next: `certok-agent run --dry-run` shows what the first run will do")
             return 0
@@ -93,10 +94,12 @@ def _api(config: AgentConfig) -> CertokApi:
 def _run(config: AgentConfig, dry_run: bool, force: bool) -> int:
     api = _api(config)
     state = State(config.state_dir)
-    found, problems = targets.discover(config)
+    found, problems = targets.discover(config, state)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    runner = Runner(config, api, state, Deployer(config, state), _utcnow, dry_run=dry_run, force=force)
+    runner = Runner(
+        config, api, state, Deployer(config, state), _utcnow, dry_run=dry_run, force=force
+    )
     results = runner.run(found)
     for result in results:
         print(result.line())
@@ -112,7 +115,7 @@ def _run(config: AgentConfig, dry_run: bool, force: bool) -> int:
     return 0
 
 
-def _report(api: CertokApi, state: State, results: List[Result], problems: List[str]) -> None:
+def _report(api: CertokApi, state: State, results: list[Result], problems: list[str]) -> None:
     body = {
         "uuid": _host_uuid(state),
         "hostname": platform.node()[:253],

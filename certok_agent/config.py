@@ -25,7 +25,7 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 DEFAULT_CONFIG = "/etc/certok-agent/agent.ini"
 DEFAULT_STATE_DIR = "/var/lib/certok-agent"
@@ -42,13 +42,13 @@ class Entry(NamedTuple):
     """One certificate the agent keeps current."""
 
     label: str
-    names: Tuple[str, ...]
+    names: tuple[str, ...]
     cert_path: str
     key_path: str
     # None: the nginx command's `-s reload`.
-    reload: Optional[Tuple[str, ...]]
+    reload: tuple[str, ...] | None
     # host:port to handshake with after the reload; None skips the served-serial check.
-    check: Optional[str]
+    check: str | None
 
 
 class AgentConfig(NamedTuple):
@@ -56,13 +56,13 @@ class AgentConfig(NamedTuple):
     server: str
     token_file: str
     mode: str
-    nginx: Tuple[str, ...]
+    nginx: tuple[str, ...]
     algorithm: str
     issuer: str
     state_dir: str
-    ca_file: Optional[str]
+    ca_file: str | None
     verify_seconds: float
-    entries: Tuple[Entry, ...]
+    entries: tuple[Entry, ...]
 
     def token(self) -> str:
         try:
@@ -105,7 +105,9 @@ def load(path: str) -> AgentConfig:
         verify_seconds = float(agent.get("verify_seconds", "15"))
     except ValueError as error:
         raise ConfigError(f"config {path}: [agent] verify_seconds must be a number") from error
-    entries = tuple(_entry(path, name, parser[name]) for name in parser.sections() if name != "agent")
+    entries = tuple(
+        _entry(path, name, parser[name]) for name in parser.sections() if name != "agent"
+    )
     if mode == "entries" and not entries:
         raise ConfigError(f"config {path}: mode = entries but no [certificate NAME] section")
     return AgentConfig(
@@ -166,5 +168,5 @@ def render(server: str, token_file: str, state_dir: str) -> str:
     )
 
 
-def entry_names(entries: Tuple[Entry, ...]) -> List[str]:
+def entry_names(entries: tuple[Entry, ...]) -> list[str]:
     return [entry.label for entry in entries]

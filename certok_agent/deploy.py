@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 from certok_agent import files, tls_probe
 from certok_agent.config import AgentConfig
@@ -61,7 +61,7 @@ class Deployer:
         self.state.end_deploy(target.cert_path)
         return Deployed(False, failure + "; the previous files were restored")
 
-    def _activate(self, target: Target, leaf: bytes) -> Optional[str]:
+    def _activate(self, target: Target, leaf: bytes) -> str | None:
         if target.uses_nginx:
             tested = self.command([*self.config.nginx, "-t"])
             if not tested.ok:
@@ -75,8 +75,7 @@ class Deployer:
         if tls_probe.wait_for_leaf(target.check, name, leaf, self.config.verify_seconds):
             return None
         return (
-            f"after the reload {target.check} still does not serve the new certificate "
-            f"for {name}"
+            f"after the reload {target.check} still does not serve the new certificate for {name}"
         )
 
     def _reload(self, target: Target) -> Outcome:

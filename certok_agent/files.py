@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import time
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple
 
 NEW_KEY_MODE = 0o600
 NEW_CERT_MODE = 0o644
@@ -24,7 +24,7 @@ class Pair(NamedTuple):
     key_pem: bytes
 
 
-def read(path: str) -> Optional[bytes]:
+def read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -32,7 +32,7 @@ def read(path: str) -> Optional[bytes]:
         return None
 
 
-def leaf_der(chain_pem: bytes) -> Optional[bytes]:
+def leaf_der(chain_pem: bytes) -> bytes | None:
     """The first certificate of a PEM chain, as DER (the bytes a TLS server sends)."""
     import ssl
 
@@ -47,7 +47,7 @@ def leaf_der(chain_pem: bytes) -> Optional[bytes]:
         return None
 
 
-def fingerprint(chain_pem: Optional[bytes]) -> Optional[str]:
+def fingerprint(chain_pem: bytes | None) -> str | None:
     """SHA-256 of the leaf certificate, or None when there is none."""
     der = leaf_der(chain_pem) if chain_pem else None
     return hashlib.sha256(der).hexdigest() if der else None
@@ -86,7 +86,7 @@ def write_pair(cert_path: str, key_path: str, pair: Pair) -> None:
     write_atomically(cert_path, pair.cert_pem, NEW_CERT_MODE)
 
 
-def back_up(backup_dir: str, cert_path: str, key_path: str) -> Optional[str]:
+def back_up(backup_dir: str, cert_path: str, key_path: str) -> str | None:
     """Copy the pair on disk into `backup_dir/<stamp>/`; its path, or None if there is none."""
     cert, key = read(cert_path), read(key_path)
     if cert is None and key is None:
@@ -102,9 +102,12 @@ def back_up(backup_dir: str, cert_path: str, key_path: str) -> Optional[str]:
     return target
 
 
-def restore(backup: Optional[str], cert_path: str, key_path: str) -> None:
+def restore(backup: str | None, cert_path: str, key_path: str) -> None:
     """Put a backed-up pair back (a pair that did not exist before is removed again)."""
-    for path, name, mode in ((key_path, "key.pem", NEW_KEY_MODE), (cert_path, "cert.pem", NEW_CERT_MODE)):
+    for path, name, mode in (
+        (key_path, "key.pem", NEW_KEY_MODE),
+        (cert_path, "cert.pem", NEW_CERT_MODE),
+    ):
         saved = read(os.path.join(backup, name)) if backup else None
         if saved is None:
             if os.path.exists(path):
@@ -114,7 +117,7 @@ def restore(backup: Optional[str], cert_path: str, key_path: str) -> None:
 
 
 def _prune(backup_dir: str) -> None:
-    stamps: List[str] = sorted(os.listdir(backup_dir))
+    stamps: list[str] = sorted(os.listdir(backup_dir))
     for old in stamps[:-BACKUPS_KEPT]:
         shutil.rmtree(os.path.join(backup_dir, old), ignore_errors=True)
 

@@ -12,7 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from certok_agent import config as agent_config
 from certok_agent import files
@@ -52,7 +52,7 @@ class Paths(NamedTuple):
         )
 
 
-def install(paths: Paths, server: str, token: str, rng: random.Random) -> List[str]:
+def install(paths: Paths, server: str, token: str, rng: random.Random) -> list[str]:
     """Install; the lines to print."""
     done = []
     files.write_atomically(paths.token, (token.strip() + "\n").encode(), 0o600)
@@ -61,10 +61,14 @@ def install(paths: Paths, server: str, token: str, rng: random.Random) -> List[s
     if not os.path.exists(paths.config):
         # The paths inside the file are the host's, not the test root's.
         text = agent_config.render(
-            server, agent_config.DEFAULT_CONFIG.rsplit("/", 1)[0] + "/token", agent_config.DEFAULT_STATE_DIR
+            server,
+            agent_config.DEFAULT_CONFIG.rsplit("/", 1)[0] + "/token",
+            agent_config.DEFAULT_STATE_DIR,
         )
         files.write_atomically(paths.config, text.encode(), 0o600)
-        done.append(f"configuration written to {paths.config} (mode nginx; edit it for other services)")
+        done.append(
+            f"configuration written to {paths.config} (mode nginx; edit it for other services)"
+        )
     else:
         done.append(f"configuration kept: {paths.config}")
     command = _program(paths)
@@ -73,8 +77,11 @@ def install(paths: Paths, server: str, token: str, rng: random.Random) -> List[s
         files.write_atomically(paths.service, _service(command).encode(), 0o644)
         files.write_atomically(paths.timer, _timer(hour, minute).encode(), 0o644)
         if paths.root == "/":
-            subprocess.run(["systemctl", "daemon-reload"], check=False)  # noqa: S607
-            subprocess.run(["systemctl", "enable", "--now", f"{UNIT}.timer"], check=False)  # noqa: S607
+            subprocess.run(["systemctl", "daemon-reload"], check=False)  # noqa: S607 - fixed argv
+            subprocess.run(  # noqa: S603 - fixed argv
+                ["systemctl", "enable", "--now", f"{UNIT}.timer"],  # noqa: S607
+                check=False,
+            )
         done.append(f"systemd timer {UNIT}.timer: daily at {hour:02d}:{minute:02d} + up to 1 h")
     else:
         line = f"{minute} {hour} * * * root {command} run --jitter {JITTER_SECONDS} --cron\n"
@@ -83,10 +90,13 @@ def install(paths: Paths, server: str, token: str, rng: random.Random) -> List[s
     return done
 
 
-def uninstall(paths: Paths, purge: bool) -> List[str]:
+def uninstall(paths: Paths, purge: bool) -> list[str]:
     done = []
     if os.path.exists(paths.timer) and paths.root == "/":
-        subprocess.run(["systemctl", "disable", "--now", f"{UNIT}.timer"], check=False)  # noqa: S607
+        subprocess.run(  # noqa: S603 - fixed argv
+            ["systemctl", "disable", "--now", f"{UNIT}.timer"],  # noqa: S607
+            check=False,
+        )
     for path in (paths.timer, paths.service, paths.cron, paths.wrapper):
         if os.path.exists(path):
             os.unlink(path)
@@ -103,7 +113,9 @@ def uninstall(paths: Paths, purge: bool) -> List[str]:
             shutil.rmtree(paths.state_dir)
             done.append(f"removed {paths.state_dir} (state and backups)")
     else:
-        done.append(f"kept {paths.config}, {paths.token} and {paths.state_dir} (--purge removes them)")
+        done.append(
+            f"kept {paths.config}, {paths.token} and {paths.state_dir} (--purge removes them)"
+        )
     return done
 
 

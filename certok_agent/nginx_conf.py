@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple
 
 _PAIR_DIRECTIVES = ("ssl_certificate", "ssl_certificate_key")
 _FILE_HEADER = re.compile(r"^# configuration file (.+):$")
@@ -30,8 +30,8 @@ _SKIP_REASONS = (
 
 class Directive(NamedTuple):
     name: str
-    args: Tuple[str, ...]
-    block: Optional[List["Directive"]]
+    args: tuple[str, ...]
+    block: list[Directive] | None
 
 
 class CertificatePair(NamedTuple):
@@ -39,10 +39,10 @@ class CertificatePair(NamedTuple):
 
     cert_path: str
     key_path: str
-    names: Tuple[str, ...]
+    names: tuple[str, ...]
     # host:port of the first TLS listener of a block using it, for the served-serial check.
-    address: Optional[str]
-    skipped: Tuple[Tuple[str, str], ...]
+    address: str | None
+    skipped: tuple[tuple[str, str], ...]
 
 
 class ConfigError(ValueError):
@@ -84,36 +84,36 @@ def tokenize(text: str) -> Iterator[str]:
             yield text[start:i]
 
 
-def parse(text: str) -> List[Directive]:
+def parse(text: str) -> list[Directive]:
     """The directive tree of one file."""
-    stack: List[List[Directive]] = [[]]
-    words: List[str] = []
-    for token in tokenize(text):
-        if token == ";":
+    stack: list[list[Directive]] = [[]]
+    words: list[str] = []
+    for piece in tokenize(text):
+        if piece == ";":
             if words:
                 stack[-1].append(Directive(words[0], tuple(words[1:]), None))
             words = []
-        elif token == "{":
+        elif piece == "{":
             if not words:
                 raise ConfigError("a `{` with no directive before it")
-            block: List[Directive] = []
+            block: list[Directive] = []
             stack[-1].append(Directive(words[0], tuple(words[1:]), block))
             stack.append(block)
             words = []
-        elif token == "}":
+        elif piece == "}":
             if len(stack) == 1:
                 raise ConfigError("a `}` closes no block")
             stack.pop()
         else:
-            words.append(token)
+            words.append(piece)
     if len(stack) != 1:
         raise ConfigError("a block is never closed")
     return stack[0]
 
 
-def split_files(dump: str) -> List[Tuple[str, str]]:
+def split_files(dump: str) -> list[tuple[str, str]]:
     """(path, text) for each file in `nginx -T` output; the whole text as one file otherwise."""
-    files: List[Tuple[str, List[str]]] = []
+    files: list[tuple[str, list[str]]] = []
     for line in dump.splitlines():
         header = _FILE_HEADER.match(line)
         if header:
@@ -125,7 +125,7 @@ def split_files(dump: str) -> List[Tuple[str, str]]:
     return [(path, "\n".join(lines)) for path, lines in files]
 
 
-def skip_reason(name: str) -> Optional[str]:
+def skip_reason(name: str) -> str | None:
     """Why `name` cannot be put on a certificate by this agent, or None."""
     if name.startswith("*."):
         return None
@@ -136,8 +136,8 @@ def skip_reason(name: str) -> Optional[str]:
 
 
 def _servers(
-    directives: List[Directive], inherited: Dict[str, Tuple[str, ...]]
-) -> Iterator[Tuple[List[Directive], Dict[str, Tuple[str, ...]]]]:
+    directives: list[Directive], inherited: dict[str, tuple[str, ...]]
+) -> Iterator[tuple[list[Directive], dict[str, tuple[str, ...]]]]:
     own = dict(inherited)
     for directive in directives:
         if directive.block is None and directive.name in _PAIR_DIRECTIVES:
@@ -151,7 +151,7 @@ def _servers(
             yield from _servers(directive.block, own)
 
 
-def _tls_address(block: List[Directive]) -> Optional[str]:
+def _tls_address(block: list[Directive]) -> str | None:
     ssl_on = any(d.name == "ssl" and d.args[:1] == ("on",) for d in block)
     for directive in block:
         if directive.name != "listen" or not directive.args:
@@ -179,9 +179,9 @@ class _Uses:
     """What the server blocks using one pair have said so far."""
 
     def __init__(self) -> None:
-        self.names: List[str] = []
-        self.skipped: List[Tuple[str, str]] = []
-        self.address: Optional[str] = None
+        self.names: list[str] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.address: str | None = None
 
     def add_name(self, name: str) -> None:
         reason = skip_reason(name)
@@ -192,14 +192,14 @@ class _Uses:
             self.skipped.append((name, reason))
 
 
-def certificate_pairs(dump: str) -> List[CertificatePair]:
+def certificate_pairs(dump: str) -> list[CertificatePair]:
     """Every distinct certificate pair in `nginx -T` output, with the names that use it.
 
     A pair whose path holds a variable (`$ssl_server_name`) is left out: it is not one file.
     """
     files = split_files(dump)
     base_dir = os.path.dirname(files[0][0])
-    found: Dict[Tuple[str, str], _Uses] = {}
+    found: dict[tuple[str, str], _Uses] = {}
     for _path, text in files:
         for block, inherited in _servers(parse(text), {}):
             values = dict(inherited)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple
 
 from certok_agent import files
 from certok_agent.api import ApiError, CertokApi
@@ -37,7 +37,7 @@ class Result(NamedTuple):
     def line(self) -> str:
         return f"{', '.join(self.target.names)} ({self.target.cert_path}): {self.message}"
 
-    def report(self) -> Dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         return {
             "certPath": self.target.cert_path,
             "names": list(self.target.names),
@@ -47,7 +47,7 @@ class Result(NamedTuple):
         }
 
 
-def parse_time(value: Any) -> Optional[dt.datetime]:
+def parse_time(value: Any) -> dt.datetime | None:
     """certok's times ("2026-11-28 10:00:00", UTC) as aware datetimes."""
     if not isinstance(value, str) or not value:
         return None
@@ -60,12 +60,12 @@ def parse_time(value: Any) -> Optional[dt.datetime]:
 
 def why_due(
     target: Target,
-    remembered: Dict[str, Any],
-    on_disk: Optional[str],
-    remote: Optional[Dict[str, Any]],
+    remembered: dict[str, Any],
+    on_disk: str | None,
+    remote: dict[str, Any] | None,
     now: dt.datetime,
     force: bool,
-) -> Optional[str]:
+) -> str | None:
     """Why `target` needs a new certificate now, or None when it does not."""
     if force:
         return "renewal forced"
@@ -104,7 +104,7 @@ class Runner:
         self.dry_run = dry_run
         self.force = force
 
-    def run(self, targets: List[Target]) -> List[Result]:
+    def run(self, targets: list[Target]) -> list[Result]:
         remote = self._statuses(targets)
         results = []
         for target in targets:
@@ -116,7 +116,7 @@ class Runner:
             self.state.save()
         return results
 
-    def _statuses(self, targets: List[Target]) -> Dict[str, Dict[str, Any]]:
+    def _statuses(self, targets: list[Target]) -> dict[str, dict[str, Any]]:
         ids = set()
         for target in targets:
             remembered = self.state.certificate(target.cert_path)
@@ -130,12 +130,12 @@ class Runner:
         answer = self.api.post("/v1/agent/check", {"ids": sorted(ids, key=str)})
         return {str(item["id"]): item for item in answer or []}
 
-    def _one(self, target: Target, remote: Dict[str, Dict[str, Any]]) -> Result:
+    def _one(self, target: Target, remote: dict[str, dict[str, Any]]) -> Result:
         remembered = self.state.certificate(target.cert_path)
         journal = self.state.deploying(target.cert_path)
         on_disk = files.fingerprint(files.read(target.cert_path))
         if journal is not None:
-            reason: Optional[str] = "the last run stopped before it proved the deployment"
+            reason: str | None = "the last run stopped before it proved the deployment"
             candidate = journal.get("id")
         else:
             reason = why_due(
@@ -149,7 +149,9 @@ class Runner:
             candidate = remembered.get("candidate_id")
         if reason is None:
             info = remote[str(remembered["id"])]
-            message = f"up to date: valid until {info.get('notAfter')}, renews at {info.get('renewAt')}"
+            message = (
+                f"up to date: valid until {info.get('notAfter')}, renews at {info.get('renewAt')}"
+            )
             return self._remember(target, Result(target, UNCHANGED, message, remembered["id"]))
         if self.dry_run:
             return Result(target, WOULD_DEPLOY, f"would get a new certificate: {reason}")
@@ -180,8 +182,8 @@ class Runner:
         return self._remember(target, Result(target, DEPLOYED, message, certificate_id))
 
     def _fetch_candidate(
-        self, candidate: Any, remote: Dict[str, Dict[str, Any]], repairing: bool
-    ) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        self, candidate: Any, remote: dict[str, dict[str, Any]], repairing: bool
+    ) -> tuple[Any, dict[str, Any]] | None:
         """A certificate issued earlier and not yet deployed, when it is still worth deploying."""
         if not candidate or str(candidate) not in remote:
             return None

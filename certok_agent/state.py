@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 from certok_agent import files
 
@@ -21,7 +21,7 @@ class State:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, STATE_FILE)
-        self.data: Dict[str, Any] = {"certificates": {}, "deploying": {}}
+        self.data: dict[str, Any] = {"certificates": {}, "deploying": {}}
         raw = files.read(self.path)
         if raw:
             try:
@@ -35,15 +35,15 @@ class State:
     def backup_dir(self) -> str:
         return os.path.join(self.state_dir, "backups")
 
-    def certificate(self, cert_path: str) -> Dict[str, Any]:
-        entry: Dict[str, Any] = self.data["certificates"].setdefault(cert_path, {})
+    def certificate(self, cert_path: str) -> dict[str, Any]:
+        entry: dict[str, Any] = self.data["certificates"].setdefault(cert_path, {})
         return entry
 
-    def deploying(self, cert_path: str) -> Optional[Dict[str, Any]]:
-        journal: Optional[Dict[str, Any]] = self.data["deploying"].get(cert_path)
+    def deploying(self, cert_path: str) -> dict[str, Any] | None:
+        journal: dict[str, Any] | None = self.data["deploying"].get(cert_path)
         return journal
 
-    def begin_deploy(self, cert_path: str, certificate_id: Any, backup: Optional[str]) -> None:
+    def begin_deploy(self, cert_path: str, certificate_id: Any, backup: str | None) -> None:
         self.data["deploying"][cert_path] = {"id": certificate_id, "backup": backup}
         self.save()
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from typing import Optional, Tuple
 
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 # After a reload nginx's old workers keep serving until their connections end.
 RETRY_SECONDS = 0.2
 
 
-def split_address(address: str) -> Tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
     if address.startswith("["):
         host, _, port = address[1:].partition("]:")
     else:
@@ -28,7 +27,7 @@ def split_address(address: str) -> Tuple[str, int]:
     return host, int(port)
 
 
-def served_leaf(address: str, server_name: str) -> Optional[bytes]:
+def served_leaf(address: str, server_name: str) -> bytes | None:
     """The DER leaf certificate served at `address` for SNI `server_name`, or None."""
     host, port = split_address(address)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

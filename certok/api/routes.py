@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
+from certok.api.agent_api import certok_agent_routes
 from certok.api.agents import agent_api_routes
 from certok.api.caches import TtlCache, token_key
 from certok.api.cert_routes import apply_extras, certificate_routes, check_apply_extras
@@ -106,6 +107,7 @@ def create_app(services: ApiServices) -> CertokApp:
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
         # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
         *agent_api_routes(services, api._tenant),
+        *certok_agent_routes(services, api._tenant),  # certok-agent (agent_api.py)
         *webhook_routes(services, api._tenant),
         *post_api_routes(services, api._tenant, _order_data, _order_message),
     ]

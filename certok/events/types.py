@@ -17,6 +17,9 @@ CERTIFICATE_RENEWAL_DUE = "certificate.renewal_due"
 CERTIFICATE_EXPIRING = "certificate.expiring"
 CERTIFICATE_REVOKED = "certificate.revoked"
 DELEGATION_BROKEN = "delegation.broken"
+# certok-agent's reports of a deployment on a host (certok/agents/agent_reports.py).
+DEPLOY_SUCCEEDED = "deploy.succeeded"
+DEPLOY_FAILED = "deploy.failed"
 # Sent only by POST /v1/webhooks/{id}/test.
 WEBHOOK_TEST = "webhook.test"
 
@@ -27,6 +30,8 @@ EVENT_TYPES: tuple[str, ...] = (
     CERTIFICATE_EXPIRING,
     CERTIFICATE_REVOKED,
     DELEGATION_BROKEN,
+    DEPLOY_SUCCEEDED,
+    DEPLOY_FAILED,
     WEBHOOK_TEST,
 )
 
