@@ -78,7 +78,8 @@ def why_due(
     if remote.get("status") not in LIVE_STATUSES:
         return f"certok calls certificate {remembered['id']} {remote.get('status')}"
     renew_at = parse_time(remote.get("renewAt"))
-    if renew_at is None or now >= renew_at:
+    # `expiring`: certok's own clock says the renewal time has passed; this host's may lag.
+    if remote.get("status") == "expiring" or renew_at is None or now >= renew_at:
         return f"its renewal time ({remote.get('renewAt')} UTC) has passed"
     return None
 

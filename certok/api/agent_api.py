@@ -11,6 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from certok.agents import agent_archive, agent_reports
+from certok.agents.renewal import renewal_clock
 from certok.agents.routes import TenantOf
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.webhooks import read_json_object
@@ -45,9 +46,12 @@ class _AgentApi:
         tenant = await self.tenant_of(request)
         ids = agent_reports.certificate_ids(await read_json_object(request))
 
+        # The renewal clock (shifted only in tests), as httpsok.sh's `check` uses it.
+        now = renewal_clock(self.s.settings)()
+
         def read() -> list[dict[str, Any]]:
             with self.s.sessions() as session:
-                return agent_reports.statuses(session, tenant.id, ids, utcnow())
+                return agent_reports.statuses(session, tenant.id, ids, now)
 
         return envelope(request, await asyncio.to_thread(read), headers=NO_STORE)
 
