@@ -22,7 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Measurement, Report, Target, describe_machine, print_report
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("dns_qps", "api_rps", "issuance_latency", "issuance_throughput", "growth")
+ORDER = (
+    "dns_qps",
+    "api_rps",
+    "issuance_latency",
+    "issuance_throughput",
+    "growth",
+    "agent_noop",
+)
 
 
 def _tee(argv: list[str]) -> tuple[int, str]:
@@ -76,6 +83,9 @@ def bench_arguments(name: str, args: argparse.Namespace) -> list[str]:
     elif name == "issuance_throughput":
         if quick:
             extra += ["--orders", "100", "--in-flight", "50", "--names", "50"]
+    elif name == "agent_noop":
+        if quick:
+            extra += ["--runs", "3"]
     elif name == "growth":
         if quick:
             extra += ["--orders", "1000,10000", "--delegations", "1000,10000"]
