@@ -87,6 +87,8 @@ def check_answer(query: bytes, max_udp: int | None) -> None:
     if opcode:
         assert parsed.rcode() == dns.rcode.NOTIMP
         assert parsed.opcode() == opcode
+        # No QUERY-only flag (RD, AA, RA, AD, CD) and nothing else but QR in a NOTIMP reply.
+        assert struct.unpack_from("!H", reply, 2)[0] == 0x8000 | opcode << 11 | 4
     fast = fast_answer(query, CONFIG, RECORDS, max_udp=max_udp)
     if fast is not None:
         assert fast == general_answer(query, CONFIG, RECORDS, max_udp=max_udp)
