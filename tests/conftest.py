@@ -44,8 +44,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not DEEP:
         return
     for item in items:
-        if item.get_closest_marker("deep") is not None:
+        deep = item.get_closest_marker("deep")
+        if deep is not None and not deep.kwargs.get("rounds"):
             # A deep run takes as long as its depth needs: this timeout overrides the test's.
+            # (A test run in more rounds keeps its timeout: each round is one CI run.)
             item.add_marker(pytest.mark.timeout(0), append=False)
 
 

@@ -7,7 +7,7 @@
   state machine at 10,000 sequences, the DNS fuzzers at 10^6 examples, Schemathesis, the
   nonce-rejection and crash rounds), for hours; tests/conftest.py also loads the ``deep``
   Hypothesis profile (100x Hypothesis' default examples for tests that set none) and lifts
-  the per-test timeout of the deep tests.
+  the per-test timeout of the deep tests that do more work in one test (not of ``rounds``).
 
 A test reads its depth with ``at_depth(ci, deep)``, so both numbers sit in the test.
 """
@@ -15,6 +15,8 @@ A test reads its depth with ``at_depth(ci, deep)``, so both numbers sit in the t
 from __future__ import annotations
 
 import os
+
+import pytest
 
 DEPTHS = ("ci", "deep")
 DEPTH = os.environ.get("CERTOK_TEST_DEPTH", "").strip().lower() or "ci"
@@ -33,3 +35,16 @@ DEEP_HYPOTHESIS_EXAMPLES = 10_000
 def at_depth(ci: int, deep: int) -> int:
     """``ci`` at CI's depth, ``deep`` at the deep one."""
     return deep if DEEP else ci
+
+
+def rounds(ci: int, deep: int) -> pytest.MarkDecorator:
+    """Run a test ``ci`` times at CI's depth and ``deep`` times at the deep one, each round
+    with fresh fixtures (a new certok, a new seed): ``@rounds(1, 10)`` on a test that takes
+    a ``round_`` argument. Marks the test ``deep`` too; each round keeps the test's timeout,
+    since it does what one CI round does."""
+    count = at_depth(ci, deep)
+    return pytest.mark.parametrize(
+        "round_",
+        [pytest.param(n, marks=pytest.mark.deep(rounds=True)) for n in range(1, count + 1)],
+        ids=[f"round{n}" for n in range(1, count + 1)],
+    )

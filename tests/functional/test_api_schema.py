@@ -59,6 +59,7 @@ from certok.orders.service import order_key_owner, redeem_code
 from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
+from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
 
 pytestmark = pytest.mark.timeout(120)
@@ -315,13 +316,14 @@ def test_the_document_is_served_and_names_both_operations(api: Api) -> None:
     assert operations == {"GET /v1/cert/dv", "GET /v1/cert/apply"}
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("path", ["/v1/cert/dv", "/v1/cert/apply"])
 def test_generated_requests_get_documented_answers(api: Api, path: str) -> None:
     operation = api.schema[path]["GET"]
     statuses: list[int] = []
 
     @settings(
-        max_examples=150,
+        max_examples=at_depth(ci=150, deep=15_000),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -331,12 +333,14 @@ def test_generated_requests_get_documented_answers(api: Api, path: str) -> None:
         statuses.append(send(api, case, token).status_code)
 
     run()
+    print(f"schemathesis: {path}: {len(statuses)} requests, statuses {sorted(set(statuses))}")
     # The run reached past authentication into the parameters, not only the 401 branch.
     assert 401 in statuses and 400 in statuses, sorted(set(statuses))
     if path == "/v1/cert/apply":
         assert 404 in statuses  # random codes are unknown codes
 
 
+@pytest.mark.deep
 def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api) -> None:
     operation = api.schema["/v1/cert/dv"]["GET"]
     seen: dict[str, set[bool]] = {"dns": set(), "http": set()}
@@ -349,7 +353,7 @@ def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api
         ]
     )
 
-    @settings(max_examples=60, deadline=None, database=None)
+    @settings(max_examples=at_depth(ci=60, deep=3_000), deadline=None, database=None)
     @given(
         domains=names,
         kind=st.sampled_from(["dns", "http", "DNS", "Http"]),
@@ -372,6 +376,7 @@ def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api
     assert seen["dns"] == {True, False} and seen["http"] == {False}
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize(
     ("state", "status"),
     [
@@ -403,7 +408,7 @@ def test_apply_with_codes_in_every_state_gets_documented_answers(
             assert data["certificate"].startswith("-----BEGIN CERTIFICATE-----")
             assert data["privateKey"].startswith("-----BEGIN EC PRIVATE KEY-----")
 
-    fuzz(both_modes(operation, query={"code": code}), 40, check)
+    fuzz(both_modes(operation, query={"code": code}), at_depth(ci=40, deep=2_000), check)
 
 
 @pytest.mark.parametrize(
