@@ -2,6 +2,9 @@
 
 PostgreSQL runs when CERTOK_TEST_POSTGRES_URL is set (scripts/test sets it when a server
 answers on 127.0.0.1:5432); in CI (CI=true) a missing PostgreSQL is an error, not a skip.
+
+The test depth (tests/depth.py: CERTOK_TEST_DEPTH, ``ci`` or ``deep``) picks the Hypothesis
+profile loaded here; at the deep one the tests marked ``deep`` run without a per-test timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -20,9 +24,31 @@ from certok.db import migrate
 from certok.db.engine import make_engine, make_session_factory
 from certok.db.models import Base
 from certok.store import Store
+from tests.depth import CI_HYPOTHESIS_EXAMPLES, DEEP, DEEP_HYPOTHESIS_EXAMPLES, DEPTH
 
 POSTGRES_URL = os.environ.get("CERTOK_TEST_POSTGRES_URL")
 IN_CI = os.environ.get("CI") == "true"
+
+# Tests that set no max_examples get these; a busy machine must not turn a deep run's slow
+# example into a failure, so the deep profile has no deadline.
+hypothesis_settings.register_profile("ci", max_examples=CI_HYPOTHESIS_EXAMPLES)
+hypothesis_settings.register_profile("deep", max_examples=DEEP_HYPOTHESIS_EXAMPLES, deadline=None)
+hypothesis_settings.load_profile(DEPTH)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"certok test depth: {DEPTH} (CERTOK_TEST_DEPTH; see tests/depth.py)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not DEEP:
+        return
+    for item in items:
+        deep = item.get_closest_marker("deep")
+        if deep is not None and not deep.kwargs.get("rounds"):
+            # A deep run takes as long as its depth needs: this timeout overrides the test's.
+            # (A test run in more rounds keeps its timeout: each round is one CI run.)
+            item.add_marker(pytest.mark.timeout(0), append=False)
 
 
 @pytest.fixture(scope="session")

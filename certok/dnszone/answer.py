@@ -20,8 +20,9 @@ secondary can transfer this zone (AXFR/IXFR are refused) and resolvers read only
 TTL and MINIMUM for negative caching.
 
 Rules (RFC 8906 and the field notes in REFERENCE.md):
-- QR=1 or no readable header → no reply; opcode other than QUERY → NOTIMP; unparseable or
-  QDCOUNT ≠ 1 → FORMERR; EDNS version > 0 → BADVERS with an OPT of version 0.
+- QR=1 or no readable header → no reply; opcode other than QUERY → NOTIMP with the opcode
+  and no flag but QR (RD, AA, RA, AD and CD belong to QUERY); unparseable or QDCOUNT ≠ 1 →
+  FORMERR; EDNS version > 0 → BADVERS with an OPT of version 0.
 - Class other than IN, names outside the zone, AXFR/IXFR → REFUSED (RA is never set).
 - In the zone, AA=1: the data when it exists; NODATA (SOA in AUTHORITY) for a known name
   without that type, for empty non-terminals and for unknown types; NXDOMAIN with SOA for

@@ -204,7 +204,12 @@ def header_only_reply(query: bytes, rcode: int) -> bytes | None:
     query_id, flags = struct.unpack_from("!HH", query)
     if flags & FLAG_QR:
         return None
-    reply_flags = FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD)) | (rcode & 0xF)
+    opcode = flags & OPCODE_MASK
+    reply_flags = FLAG_QR | opcode | (rcode & 0xF)
+    if not opcode:
+        # RD (like AA, RA, AD and CD) is defined for QUERY only: a reply to another opcode
+        # (NOTIMP) carries no flag but QR (RFC 8906 on unknown opcodes; genreport's opcodeflg).
+        reply_flags |= flags & FLAG_RD
     return HEADER.pack(query_id, reply_flags, 0, 0, 0, 0)
 
 

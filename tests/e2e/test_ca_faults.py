@@ -26,6 +26,7 @@ import pytest
 
 from certok.issuance.problems import KIND_BY_TYPE
 from certok.orders.schedule import RETRY_DELAYS_SECONDS
+from tests.depth import rounds
 from tests.e2e.flow import (
     OrderCountingProxy,
     User,
@@ -535,9 +536,16 @@ def test_ca_down_retries_on_schedule_then_issues_when_it_is_back(  # type: ignor
 
 
 @pytest.mark.slow
+@rounds(ci=1, deep=4)
 @pytest.mark.parametrize(("nonce_reject", "at_least"), [(50, 50), (90, 49)])
 def test_nonce_chaos_50_concurrent_orders(  # type: ignore[no-untyped-def]
-    rig: Rig, certok_server, customer_records, tmp_path, nonce_reject: int, at_least: int
+    rig: Rig,
+    certok_server,
+    customer_records,
+    tmp_path,
+    nonce_reject: int,
+    at_least: int,
+    round_: int,
 ) -> None:
     names, hosts = extra_hosts(50)
     with rig.pebble_settings(nonce_reject=nonce_reject, which="plain"):

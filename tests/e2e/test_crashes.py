@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from certok.orders.driver import MAX_ACME_ORDERS
+from tests.depth import rounds
 from tests.e2e.flow import (
     OrderCountingProxy,
     User,
@@ -140,8 +141,14 @@ def _wait_for_pebble_validation(rig: Rig, challenge_id: str, timeout: float) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@rounds(ci=1, deep=10)
 def test_sigkill_rounds_with_50_orders_in_flight(  # type: ignore[no-untyped-def]
-    rig: Rig, certok_server, customer_records, counting_proxy: OrderCountingProxy, tmp_path
+    rig: Rig,
+    certok_server,
+    customer_records,
+    counting_proxy: OrderCountingProxy,
+    tmp_path,
+    round_: int,
 ) -> None:
     seed = int(os.environ.get("CERTOK_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     print(f"crash rounds: seed {seed} (CERTOK_CRASH_SEED={seed} repeats these kill times)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.depth import rounds
 from tests.e2e.flow import User, check_issued, delegate
 from tests.e2e.flow import order_row as _order_row
 from tests.rig import Rig
@@ -113,8 +114,9 @@ def test_expired_code_is_refused(  # type: ignore[no-untyped-def]
     assert body["code"] != 0 and "/v1/cert/dv" in body["msg"]
 
 
+@rounds(ci=1, deep=10)
 def test_nonce_rejection_30_percent_still_issues_every_order(  # type: ignore[no-untyped-def]
-    rig: Rig, certok_server, customer_records, tmp_path
+    rig: Rig, certok_server, customer_records, tmp_path, round_: int
 ) -> None:
     with rig.pebble_settings(nonce_reject=30):
         server = certok_server()

@@ -61,6 +61,7 @@ from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
+from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
 
 pytestmark = pytest.mark.timeout(120)
@@ -178,16 +179,22 @@ def build_app(store: Store, resolver_port: int, tmp_path: Path, **services: Any)
     )
 
 
+# The seeded codes outlive the module's run: at the deep depth the tests before the one that
+# redeems the fresh code take longer than an hour on a busy machine.
+SEEDED_CODE_TTL_SECONDS = 7 * 24 * 3600
+
+
 def seed_codes(store: Store, ids: dict[str, int]) -> dict[str, str]:
     """Alpha's codes in every state an order can be in, and one of beta's."""
     alpha = ids["alpha"]
+    ttl = SEEDED_CODE_TTL_SECONDS
     with transaction(store.sessions) as session:
         codes = {
-            state: issue_code(session, alpha, "dns", [f"{state}.{CUSTOMER}"], 3600)
+            state: issue_code(session, alpha, "dns", [f"{state}.{CUSTOMER}"], ttl)
             for state in ("fresh", "pending", "issued", "failure")
         }
         codes["expired"] = issue_code(session, alpha, "dns", [f"old.{CUSTOMER}"], -1)
-        codes["other-tenant"] = issue_code(session, ids["beta"], "dns", [f"b.{CUSTOMER}"], 3600)
+        codes["other-tenant"] = issue_code(session, ids["beta"], "dns", [f"b.{CUSTOMER}"], ttl)
         orders = {}
         for state in ("pending", "issued", "failure"):
             orders[state], _ = redeem_code(
@@ -371,13 +378,14 @@ def test_certificate_routes_get_documented_answers(api: Api, path: str, method: 
     assert 401 in statuses and any(status < 500 for status in statuses), statuses
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize("path", ["/v1/cert/dv", "/v1/cert/apply"])
 def test_generated_requests_get_documented_answers(api: Api, path: str) -> None:
     operation = api.schema[path]["GET"]
     statuses: list[int] = []
 
     @settings(
-        max_examples=150,
+        max_examples=at_depth(ci=150, deep=15_000),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -387,12 +395,14 @@ def test_generated_requests_get_documented_answers(api: Api, path: str) -> None:
         statuses.append(send(api, case, token).status_code)
 
     run()
+    print(f"schemathesis: {path}: {len(statuses)} requests, statuses {sorted(set(statuses))}")
     # The run reached past authentication into the parameters, not only the 401 branch.
     assert 401 in statuses and 400 in statuses, sorted(set(statuses))
     if path == "/v1/cert/apply":
         assert 404 in statuses  # random codes are unknown codes
 
 
+@pytest.mark.deep
 def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api) -> None:
     operation = api.schema["/v1/cert/dv"]["GET"]
     seen: dict[str, set[bool]] = {"dns": set(), "http": set()}
@@ -405,7 +415,7 @@ def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api
         ]
     )
 
-    @settings(max_examples=60, deadline=None, database=None)
+    @settings(max_examples=at_depth(ci=60, deep=3_000), deadline=None, database=None)
     @given(
         domains=names,
         kind=st.sampled_from(["dns", "http", "DNS", "Http"]),
@@ -428,6 +438,7 @@ def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api
     assert seen["dns"] == {True, False} and seen["http"] == {False}
 
 
+@pytest.mark.deep
 @pytest.mark.parametrize(
     ("state", "status"),
     [
@@ -459,7 +470,7 @@ def test_apply_with_codes_in_every_state_gets_documented_answers(
             assert data["certificate"].startswith("-----BEGIN CERTIFICATE-----")
             assert data["privateKey"].startswith("-----BEGIN EC PRIVATE KEY-----")
 
-    fuzz(both_modes(operation, query={"code": code}), 40, check)
+    fuzz(both_modes(operation, query={"code": code}), at_depth(ci=40, deep=2_000), check)
 
 
 @pytest.mark.parametrize(

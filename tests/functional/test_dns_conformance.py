@@ -303,6 +303,35 @@ def test_opcode_other_than_query_is_notimp(transport: Transport, opcode: int) ->
     assert reply.answer == reply.authority == []
 
 
+# Every header flag a query can carry: AA, TC, RD, RA, Z, AD, CD.
+EVERY_QUERY_FLAG = 0x0400 | 0x0200 | 0x0100 | 0x0080 | 0x0040 | 0x0020 | 0x0010
+
+
+@pytest.mark.parametrize("opcode", [15, 3, dns.opcode.NOTIFY, dns.opcode.UPDATE, 6])
+def test_unknown_opcode_with_every_flag_set_gets_notimp_and_no_query_flags(
+    transport: Transport, opcode: int
+) -> None:
+    """ISC's genreport `opcodeflg`: opcode 15 with every flag set. RD, AA, RA, AD and CD are
+    defined for QUERY only, so the NOTIMP reply copies none of them: QR, the opcode and the
+    rcode are its whole flags word."""
+    reply_wire = transport.exchange(raw_query(flags=opcode << 11 | EVERY_QUERY_FLAG))
+    assert reply_wire is not None, f"no reply over {transport.name}"
+    query_id, flags = struct.unpack_from("!HH", reply_wire)
+    assert query_id == 0xBEEF
+    assert flags == 0x8000 | opcode << 11 | dns.rcode.NOTIMP, f"{flags:#06x}"
+    reply = dns.message.from_wire(reply_wire)
+    assert reply.opcode() == opcode and reply.rcode() == dns.rcode.NOTIMP
+    assert reply.answer == reply.authority == reply.additional == []
+
+
+def test_a_query_with_every_flag_set_still_gets_rd_back(transport: Transport) -> None:
+    """Only other opcodes lose RD: a QUERY refused as malformed (FORMERR) keeps it."""
+    for qdcount in (0, 2):
+        reply = transport.ask(raw_query(flags=EVERY_QUERY_FLAG, qdcount=qdcount))
+        assert reply.opcode() == dns.opcode.QUERY and reply.rcode() == dns.rcode.FORMERR
+        assert reply.flags & dns.flags.RD
+
+
 @pytest.mark.parametrize("qdcount", [0, 2])
 def test_qdcount_other_than_one_is_formerr(transport: Transport, qdcount: int) -> None:
     reply = transport.ask(raw_query(qdcount=qdcount))

@@ -13,13 +13,15 @@ For every input:
   transport (the UDP size, or a TCP frame), and answers other opcodes with NOTIMP;
 - when the hand-written fast path takes a query, its bytes equal the dnspython path's.
 
-The full run (``-m slow``) tries over 100,000 inputs; the default run a few thousand.
+The full run (``-m slow``) tries over 100,000 inputs; the default run a few thousand; the
+deep run (``CERTOK_TEST_DEPTH=deep``, tests/depth.py) 1,000,000.
 """
 
 from __future__ import annotations
 
 import random
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,7 @@ from certok.dnszone.answer import (
     general_answer,
 )
 from certok.dnszone.records import ZoneRecords
+from tests.depth import DEEP
 
 ZONE = "acme.svc.test"
 LABEL = "0123456789abcdef"
@@ -62,9 +65,15 @@ RECORDS = ZoneRecords.build(
 MAX_UDP_CHOICES = [512, ADVERTISED_UDP_PAYLOAD, None]  # None: the query came over TCP
 HEADER_SIZE = 12
 
-# Examples per property: the slow run adds up to 100,000 and more, the default run to 4,000.
+# Examples per property: the slow run adds up to 100,000 and more, the default run to 4,000,
+# the deep run to 1,000,000.
 SLOW_EXAMPLES = {"random_bytes": 35_000, "queries": 20_000, "mutated": 45_000}
 QUICK_EXAMPLES = {"random_bytes": 1_000, "queries": 1_000, "mutated": 2_000}
+DEEP_EXAMPLES = {kind: 10 * examples for kind, examples in SLOW_EXAMPLES.items()}
+LENGTH_EXAMPLES = DEEP_EXAMPLES if DEEP else SLOW_EXAMPLES
+# One Hypothesis run keeps a record of every example it tried: longer runs go in chunks of
+# this many examples, each a fresh run with its own random seed, so memory stays flat.
+CHUNK_EXAMPLES = 50_000
 
 
 # --- the properties ------------------------------------------------------------------------------
@@ -87,6 +96,8 @@ def check_answer(query: bytes, max_udp: int | None) -> None:
     if opcode:
         assert parsed.rcode() == dns.rcode.NOTIMP
         assert parsed.opcode() == opcode
+        # No QUERY-only flag (RD, AA, RA, AD, CD) and nothing else but QR in a NOTIMP reply.
+        assert struct.unpack_from("!H", reply, 2)[0] == 0x8000 | opcode << 11 | 4
     fast = fast_answer(query, CONFIG, RECORDS, max_udp=max_udp)
     if fast is not None:
         assert fast == general_answer(query, CONFIG, RECORDS, max_udp=max_udp)
@@ -94,6 +105,15 @@ def check_answer(query: bytes, max_udp: int | None) -> None:
 
 def run_property(kind: str, examples: int) -> int:
     """Check one property on ``examples`` Hypothesis examples; returns how many ran."""
+    ran = 0
+    while ran < examples:
+        ran += run_chunk(kind, min(CHUNK_EXAMPLES, examples - ran))
+        if examples > CHUNK_EXAMPLES:  # a long run says how far it got
+            print(f"DNS fuzz: {kind}: {ran} of {examples} examples, no failure", flush=True)
+    return ran
+
+
+def run_chunk(kind: str, examples: int) -> int:
     strategy, check = PROPERTIES[kind]
     ran = 0
 
@@ -278,15 +298,19 @@ def test_answer_survives_hostile_input(kind: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", list(SLOW_EXAMPLES))
+@pytest.mark.parametrize("kind", list(LENGTH_EXAMPLES))
 def test_answer_survives_hostile_input_at_length(kind: str) -> None:
-    examples = SLOW_EXAMPLES[kind]
-    assert run_property(kind, examples) >= examples
+    examples = LENGTH_EXAMPLES[kind]
+    ran = run_property(kind, examples)
+    print(f"DNS fuzz: {kind}: {ran} examples")
+    assert ran >= examples
 
 
-def test_the_full_run_tries_over_100k_inputs() -> None:
+def test_the_full_run_tries_over_100k_inputs_and_the_deep_run_a_million() -> None:
     assert sum(SLOW_EXAMPLES.values()) >= 100_000
+    assert sum(DEEP_EXAMPLES.values()) >= 1_000_000
 
 
 def test_the_checks_catch_a_wrong_reply(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,3 +336,8 @@ def test_the_checks_catch_a_wrong_reply(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(answer_module, "fast_answer", explode)
     with pytest.raises(AssertionError, match="SERVFAIL"):
         check_answer(query, 512)
+
+
+def test_long_runs_go_in_chunks_and_run_every_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHUNK_EXAMPLES", 150)
+    assert run_property("queries", 400) == 400

@@ -28,13 +28,14 @@ After every step the database is inspected. The properties:
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import itertools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ from certok.orders.service import order_key_owner
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
 from certok.tenants import service as tenants
+from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
 
@@ -102,7 +104,13 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> Iterator[World]:
-    tmp_path: Path = tmp_path_factory.mktemp("isolation")
+    with open_world(tmp_path_factory.mktemp("isolation"), pebble) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def open_world(tmp_path: Path, pebble: PebbleInstance) -> Iterator[World]:
+    """certok's API and worker on a new SQLite database, with a fake DNS server of their own."""
     database = tmp_path / "certok.db"
     engine = make_engine(f"sqlite:///{database}")
     upgrade(engine)
@@ -119,6 +127,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> I
             code_ttl_seconds=600,
             rate_limit_dv_per_minute=0,
             rate_limit_apply_per_minute=0,
+            # Every run of the machine brings three new tenants whose first requests are token
+            # lookups from the test client's one address: the per-address limit on those
+            # (120 a minute by default) would answer 429 after a few dozen runs.
+            rate_limit_unverified_tokens_per_minute=0,
             issuers={
                 "pebble": IssuerSettings(
                     directory=pebble.directory_url, ca_bundle=Path(pebble.ca_bundle)
@@ -596,13 +608,55 @@ class IsolationMachine(RuleBasedStateMachine):
             self.world.fake_dns.data.cnames.pop(f"_acme-challenge.{base}", None)
 
 
-def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(world: World) -> None:
+# Sequences run on one database: the invariants' queries read more of it the more runs it
+# holds, so the deep run (10,000 sequences) would slow down quadratically on a single one.
+SEQUENCES_PER_WORLD = 500
+# A long run says how far it got: a failing sequence ends the run at once (no shrinking), so
+# each line vouches for every sequence before it.
+PROGRESS_EVERY = 100
+
+
+@pytest.fixture
+def machines(
+    world: World, tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance
+) -> Iterator[Callable[[], IsolationMachine]]:
+    """The machine factory: machines run in ``world``, then every SEQUENCES_PER_WORLD
+    sequences in a fresh one (a new database, fake DNS server and app; the same Pebble)."""
+    made = 0
+    opened = contextlib.ExitStack()
+    started = time.monotonic()
+
+    def machine() -> IsolationMachine:
+        nonlocal made
+        if made and made % PROGRESS_EVERY == 0:
+            print(
+                f"tenant isolation: {made} sequences run in {time.monotonic() - started:.0f} s,"
+                f" no violation; reached {IsolationMachine.reached}",
+                flush=True,
+            )
+        if made and made % SEQUENCES_PER_WORLD == 0:
+            opened.close()
+            fresh = open_world(tmp_path_factory.mktemp("isolation"), pebble)
+            IsolationMachine.world = opened.enter_context(fresh)
+        made += 1
+        return IsolationMachine()
+
     IsolationMachine.world = world
+    with opened:
+        yield machine
+    IsolationMachine.world = world
+
+
+@pytest.mark.deep
+def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(
+    machines: Callable[[], IsolationMachine],
+) -> None:
     IsolationMachine.reached = {}
+    first_run = next(RUNS)
     run_state_machine_as_test(
-        IsolationMachine,
+        machines,
         settings=settings(
-            max_examples=30,
+            max_examples=at_depth(ci=30, deep=10_000),
             stateful_step_count=25,
             deadline=None,
             database=None,
@@ -614,6 +668,7 @@ def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(world
     )
     # The exploration reached the interesting places, not only the refusals.
     reached = IsolationMachine.reached
+    print(f"tenant isolation: {next(RUNS) - first_run - 1} machines started, reached {reached}")
     for what in ("code", "issued by the CA", "refused by the ownership check"):
         assert reached.get(what, 0) > 0, f"never reached: {what} ({reached})"
 
