@@ -21,8 +21,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from ipaddress import IPv6Address, ip_address, ip_network
 
+from certok.clients import client_key
 from certok.errors import RateLimited
 
 # Buckets kept at most; past this the least recently used is forgotten.
@@ -31,21 +31,6 @@ MAX_BUCKETS = 100_000
 UNVERIFIED_TOKENS = "unverified_tokens"
 # The bucket kind for the public HTTP-01 responder (per client address).
 HTTP01_RESPONDER = "http01_responder"
-IPV6_CLIENT_PREFIX = 64
-
-
-def client_key(address: str) -> str:
-    """Whose bucket an address counts against: IPv4 addresses one by one, IPv6 by /64
-    (an IPv4-mapped IPv6 address as its IPv4 address); anything else as given."""
-    try:
-        parsed = ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(parsed, IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ip_network(f"{parsed}/{IPV6_CLIENT_PREFIX}", strict=False))
-    return str(parsed)
 
 
 class RateLimiter:
