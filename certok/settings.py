@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     precheck_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
     precheck_allow_loopback: bool = False
     precheck_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Requests dv?type=http may send to customers' web servers a minute: per tenant, and per
+    # target site (registrable domain) for all tenants together.
+    precheck_http_per_tenant_per_minute: int = Field(default=600, ge=0)
+    precheck_http_per_target_per_minute: int = Field(default=200, ge=0)
 
     # --- verification codes and orders -----------------------------------------------------
     code_ttl_seconds: int = Field(default=60, ge=1)
@@ -121,6 +125,9 @@ class Settings(BaseSettings):
     # Requests per client address whose token was not recently accepted (each costs a database
     # read to refuse): bounds a flood of guessed or stale tokens.
     rate_limit_unverified_tokens_per_minute: int = Field(default=120, ge=0)
+    # Requests per client address to the public HTTP-01 responder (/v1/dv/...): generous, a
+    # CA validates many orders' names from few addresses.
+    rate_limit_http01_responder_per_minute: int = Field(default=1200, ge=0)
 
     # --- issuance --------------------------------------------------------------------------
     issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)
