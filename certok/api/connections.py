@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -129,8 +130,10 @@ class ConnectionGuard:
         transport = protocol.transport
         if transport is not None:
             transport.close()
-        # Else it is still being handed over (accepted in the same loop iteration, or in its
-        # TLS handshake): it closes itself once connected, or at the handshake timeout.
+        elif protocol.handover is not None:
+            # Still being handed over (accepted in this loop iteration, or in its TLS
+            # handshake): cancelling the hand-over closes its socket now.
+            protocol.handover.cancel()
 
 
 def refusal(status: int, msg: str) -> bytes:
@@ -158,6 +161,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._refused = False
         self.evicted = False
+        self.handover: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -323,27 +327,33 @@ class GuardedServer(uvicorn.Server):
         )
         self.guard.opened(protocol)
         task = asyncio.get_running_loop().create_task(self._hand_over(sock, protocol))
+        protocol.handover = task
         self._handovers.add(task)
-        task.add_done_callback(self._handovers.discard)
+        task.add_done_callback(functools.partial(self._handed_over, sock, protocol))
 
     async def _hand_over(self, sock: socket.socket, protocol: GuardedProtocol) -> None:
-        loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if self.config.ssl is not None:
             tls = {
                 "ssl": self.config.ssl,
                 "ssl_handshake_timeout": self.guard.limits.header_timeout,
             }
-        try:
-            await loop.connect_accepted_socket(lambda: protocol, sock, **tls)
-        except (OSError, TimeoutError, asyncio.CancelledError):
-            # A failed or slow TLS handshake, or a client gone already.
-            self.guard.closed(protocol)
-            sock.close()
-        except Exception:
-            self.guard.closed(protocol)
-            sock.close()
-            log.exception("closing an API connection after an unexpected error")
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock, **tls)
+
+    def _handed_over(
+        self, sock: socket.socket, protocol: GuardedProtocol, task: asyncio.Task[None]
+    ) -> None:
+        # Here, not in `_hand_over`: a task cancelled before it ran never enters its body.
+        self._handovers.discard(task)
+        protocol.handover = None
+        if not task.cancelled() and task.exception() is None:
+            return
+        # A failed or slow TLS handshake, a client gone already, or closed for room.
+        self.guard.closed(protocol)
+        sock.close()
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, OSError | TimeoutError):
+            log.error("closing an API connection after an unexpected error", exc_info=error)
 
     async def on_tick(self, counter: int) -> bool:
         self.guard.sweep()

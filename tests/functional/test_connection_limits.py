@@ -207,6 +207,28 @@ def test_at_the_cap_the_longest_idle_connection_makes_room(
             sock.close()
 
 
+@pytest.mark.parametrize("new_loop", _loops())
+def test_at_the_cap_a_tls_handshake_never_finished_makes_room(
+    tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    with serving(
+        tmp_path, new_loop, api_max_connections=10, api_header_timeout_seconds=60
+    ) as served:
+        # TCP connections to the HTTPS port that never start their handshake.
+        held = [
+            socket.create_connection(("127.0.0.1", served.https_port), timeout=WAIT)
+            for _ in range(40)
+        ]
+        for _ in range(5):
+            assert healthy(served, "https")
+        for sock in held:
+            sock.settimeout(0.2)
+        open_ones = [sock for sock in held if not closed_by_server(sock)]
+        assert len(open_ones) < 10
+        for sock in held:
+            sock.close()
+
+
 # --- running out of file descriptors -------------------------------------------------------------
 
 
