@@ -196,7 +196,8 @@ class GuardedProtocol(HttpToolsProtocol):
         elif b"\n" in data and self.parser.get_http_version() == "0.0":
             self._refuse(
                 400,
-                "HTTP/0.9 request lines are not supported: send HTTP/1.1, such as "
+                "a request line without an HTTP version (HTTP/0.9) is not supported: send "
+                "HTTP/1.1, such as "
                 "`GET /v1/cert/dv?domains=example.com HTTP/1.1` and a Host header",
             )
 
@@ -231,6 +232,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._guard.busy(self)
         transport = self.transport
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app runs a request whose body turned out malformed: it may not answer now.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                transport.close()  # half an answer is out: nothing else can follow it
+                return
         transport.write(refusal(status, msg))
         # Half-close and drop what the client still sends: closing a socket with unread data
         # would reset it, and the client could lose the answer. The header timeout or the

@@ -289,7 +289,10 @@ def test_out_of_file_descriptors_is_logged_once_and_recovered_from(
 @pytest.mark.parametrize("new_loop", _loops())
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_requests_that_cannot_be_served_get_the_envelope_and_are_closed(
-    tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop], scheme: str
+    tmp_path: Path,
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    scheme: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A long header timeout: none of these may wait for it.
     with serving(tmp_path, new_loop, api_header_timeout_seconds=60) as served:
@@ -310,6 +313,14 @@ def test_requests_that_cannot_be_served_get_the_envelope_and_are_closed(
             (b"get / HTTP/1.1\r\n\r\n", 400, "not an HTTP request"),
             (b"GET /\n", 400, "HTTP/0.9"),
             (b"GET /v1/cert/dv\r\n", 400, "HTTP/0.9"),
+            (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400, "not an HTTP request"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", 400, "header value"),
+            # A malformed body after a complete head: the app's answer (405) must not follow.
+            (
+                b"POST /v1/cert/dv HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                400,
+                "chunk size",
+            ),
         ]
         for request, status, words in cases:
             with served.connect(scheme) as sock:
@@ -318,6 +329,7 @@ def test_requests_that_cannot_be_served_get_the_envelope_and_are_closed(
                 assert_envelope(sock, status, words)
                 assert closed_by_server(sock)
         assert healthy(served, scheme)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("new_loop", _loops())
