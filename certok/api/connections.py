@@ -129,7 +129,7 @@ class ConnectionGuard:
         protocol.evicted = True
         transport = protocol.transport
         if transport is not None:
-            transport.close()
+            protocol.drop()
         elif protocol.handover is not None:
             # Still being handed over (accepted in this loop iteration, or in its TLS
             # handshake): cancelling the hand-over closes its socket now.
@@ -246,9 +246,10 @@ class GuardedProtocol(HttpToolsProtocol):
         # client's own close ends the connection.
         if transport.can_write_eof():
             transport.write_eof()
-            self._guard.waiting(self)
         else:
-            transport.close()
+            transport.close()  # TLS: a polite close, which waits for the client
+        # Until then it may be closed for room, and it is at the header timeout.
+        self._guard.waiting(self)
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -272,6 +273,20 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if not self._refused:
             super().on_message_complete()
+
+    def shutdown(self) -> None:
+        if self._refused:
+            self.transport.abort()  # its answer is out; only the client's close was awaited
+        else:
+            super().shutdown()
+
+    def drop(self) -> None:
+        """Close an idle connection: plain TCP with a FIN; TLS at once, since a polite TLS
+        close waits up to 30 s for the client's close_notify, descriptor held."""
+        if self.scheme == "https":
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)

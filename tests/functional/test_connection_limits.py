@@ -98,6 +98,7 @@ def serving(tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop], *
         for listener in listeners:
             listener.should_exit = True
         thread.join(STARTUP_SECONDS)
+        assert not thread.is_alive(), "the listeners did not stop"
         loop.close()
         checks.close()
         store.engine.dispose()
@@ -329,6 +330,11 @@ def test_requests_that_cannot_be_served_get_the_envelope_and_are_closed(
                 assert_envelope(sock, status, words)
                 assert closed_by_server(sock)
         assert healthy(served, scheme)
+        # Answered, but its client never closes: stopping the server does not wait for it.
+        lingering = served.connect(scheme)
+        lingering.sendall(cases[-1][0])
+        assert_envelope(lingering, 400, "chunk size")
+    lingering.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
