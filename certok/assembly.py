@@ -12,7 +12,7 @@ import dns.asyncresolver
 
 from certok.api.caches import TtlCache
 from certok.api.post_api import PollGate
-from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
+from certok.api.ratelimit import HTTP01_RESPONDER, UNVERIFIED_TOKENS, RateLimiter
 from certok.api.routes import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
@@ -28,6 +28,7 @@ from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
+from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
@@ -91,6 +92,10 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             fetcher_factory=lambda: fetcher,
             http_port=settings.http01_port,
             code_ttl_seconds=settings.code_ttl_seconds,
+            budget=PrecheckBudget(
+                settings.precheck_http_per_tenant_per_minute,
+                settings.precheck_http_per_target_per_minute,
+            ),
         ),
         lookups=lookups,
     )
@@ -117,6 +122,7 @@ def build_api_services(
                 "dv": settings.rate_limit_dv_per_minute,
                 "apply": settings.rate_limit_apply_per_minute,
                 UNVERIFIED_TOKENS: settings.rate_limit_unverified_tokens_per_minute,
+                HTTP01_RESPONDER: settings.rate_limit_http01_responder_per_minute,
             }
         ),
         "events": EventApi(

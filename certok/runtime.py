@@ -20,6 +20,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from certok.acceptor import api_connection_budget, raise_open_files_limit
+from certok.api.connections import ConnectionGuard, ConnectionLimits, GuardedServer
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import (
@@ -49,6 +51,8 @@ __all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
 
 log = logging.getLogger("certok")
 
+# Connections the kernel queues for the API's accept loop.
+BACKLOG = 2048
 # How long a worker waits for the DNS server to confirm it serves a new TXT value.
 ZONE_RELOAD_TIMEOUT_SECONDS = 10.0
 
@@ -83,6 +87,7 @@ def run_server(settings: Settings) -> int:
 
 async def serve(settings: Settings) -> None:
     """Run the API, the authoritative DNS server and the issuance worker in this process."""
+    open_files = raise_open_files_limit()
     store = open_store(settings)
     zone_cache = ZoneCache(store.sessions)
     zone_cache.refresh()
@@ -106,8 +111,12 @@ async def serve(settings: Settings) -> None:
     _resume_leases(store, settings.effective_node_name)
     dns_server = await _start_dns(settings, zone_cache)
     certificates = build_certificate_tasks(settings, store)
+    # The DNS server's TCP connections share this process's descriptors with the API's.
     listeners = _listeners(
-        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+        _app(settings, store, checks, waiters, worker, deliveries, certificates),
+        settings,
+        open_files=open_files,
+        dns_connections=settings.dns_tcp_max_connections,
     )
     _stop_on_signals(listeners)
     tasks = [
@@ -136,6 +145,7 @@ async def serve(settings: Settings) -> None:
 
 async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], None]) -> None:
     """The DNS process: the zone from the database, answers, and reload requests at `control`."""
+    raise_open_files_limit()
     store = open_store(settings, upgrade=False)
     zone_cache = ZoneCache(store.sessions)
     zone_cache.refresh()
@@ -168,6 +178,7 @@ async def serve_app(
 ) -> None:
     """An API + worker process: `sockets` are the API listeners the supervisor opened;
     `writes` is the writer process's socket (SQLite), which runs the worker's writes."""
+    open_files = raise_open_files_limit()
     store = open_store(settings, upgrade=False)
     if writes is not None:
         use_writer_process(store.engine, writes)
@@ -190,7 +201,9 @@ async def serve_app(
     worker.release_own_leases()
     certificates = build_certificate_tasks(settings, store)
     listeners = _listeners(
-        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+        _app(settings, store, checks, waiters, worker, deliveries, certificates),
+        settings,
+        open_files=open_files,
     )
     _stop_on_signals(listeners)
     tasks = [
@@ -262,6 +275,9 @@ async def _start_dns(settings: Settings, zone_cache: ZoneCache) -> Any:
         ZoneConfig.from_settings(settings),
         zone_cache,
         rate_limit_per_second=settings.dns_rate_limit_per_second or None,
+        tcp_idle_timeout=settings.dns_tcp_idle_timeout_seconds,
+        max_tcp_connections=settings.dns_tcp_max_connections,
+        max_tcp_connections_per_client=settings.dns_tcp_max_connections_per_client,
     )
     log.info("DNS for %s on %s:%d (udp+tcp)", settings.dns_zone, settings.dns_host, server.port)
     return server
@@ -293,8 +309,9 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
-class _HttpListener(uvicorn.Server):
-    """A uvicorn server whose signals are handled by `serve` for all listeners at once."""
+class _HttpListener(GuardedServer):
+    """A uvicorn server whose signals are handled by `serve` for all listeners at once, and
+    whose connections are limited (`certok.api.connections`)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -318,8 +335,16 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no co
     raise RuntimeError("bind-only config")
 
 
-def _listeners(app: Starlette, settings: Settings) -> list[_HttpListener]:
-    """HTTP, and HTTPS when configured: in `listen_sockets`' order."""
+def _listeners(
+    app: Starlette,
+    settings: Settings,
+    *,
+    open_files: int | None = None,
+    dns_connections: int = 0,
+) -> list[_HttpListener]:
+    """HTTP, and HTTPS when configured: in `listen_sockets`' order, sharing one connection
+    cap, which leaves `dns_connections` and a reserve of the `open_files` limit free."""
+    guard = ConnectionGuard(_connection_limits(settings, open_files, dns_connections))
     configs = [_uvicorn_config(app, settings, settings.api_host, settings.api_port)]
     if settings.https_enabled:
         configs.append(
@@ -332,7 +357,28 @@ def _listeners(app: Starlette, settings: Settings) -> list[_HttpListener]:
                 ssl_keyfile=str(settings.tls_key_file),
             )
         )
-    return [_HttpListener(config) for config in configs]
+    return [_HttpListener(config, guard) for config in configs]
+
+
+def _connection_limits(
+    settings: Settings, open_files: int | None, dns_connections: int
+) -> ConnectionLimits:
+    cap = settings.api_max_connections
+    if open_files is not None:
+        cap = api_connection_budget(cap, open_files, dns_connections)
+        if cap < settings.api_max_connections:
+            log.warning(
+                "the open-files limit (%d) leaves room for %d API connections, fewer than "
+                "api_max_connections (%d): raise LimitNOFILE (systemd) or ulimit -n",
+                open_files,
+                cap,
+                settings.api_max_connections,
+            )
+    return ConnectionLimits(
+        max_connections=cap,
+        header_timeout=settings.api_header_timeout_seconds,
+        max_head_bytes=settings.api_max_request_head_bytes,
+    )
 
 
 def _uvicorn_config(
@@ -345,6 +391,10 @@ def _uvicorn_config(
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",
+        http="httptools",  # certok.api.connections hardens uvicorn's httptools protocol
+        ws="none",
+        timeout_keep_alive=settings.api_keepalive_timeout_seconds,
+        backlog=BACKLOG,
         # uvicorn's defaults trust X-Forwarded-For from 127.0.0.1, i.e. from an nginx on the
         # same host that passes on whatever the client sent: any client could then pick its
         # own address (and its own bucket of the per-address limits). Only listed proxies'

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     # Reverse proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are
     # believed. Empty: the client is the TCP peer, since anyone can send those headers.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Hostile load (docs/security.md): connections one process holds (HTTP and HTTPS together;
+    # the longest idle is closed for a new one), how long a request head may take, how long an
+    # idle keep-alive connection stays, and how large a request head may be.
+    api_max_connections: int = Field(default=4096, ge=1)
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_keepalive_timeout_seconds: float = Field(default=5.0, gt=0)
+    api_max_request_head_bytes: int = Field(default=32768, ge=4096, le=65535)
 
     # --- authoritative DNS -----------------------------------------------------------------
     dns_zone: str = "acme.certok.localhost"
@@ -82,6 +89,11 @@ class Settings(BaseSettings):
     dns_max_txt_values: int = Field(default=8, ge=1, le=32)
     dns_rate_limit_per_second: int = Field(default=0, ge=0)
     dns_hosts: dict[str, list[str]] = Field(default_factory=dict)
+    # DNS over TCP: connections in all, per client (an IPv4 address or an IPv6 /64; the
+    # client's oldest idle one is closed for a new one), and how long an idle one stays.
+    dns_tcp_max_connections: int = Field(default=256, ge=1)
+    dns_tcp_max_connections_per_client: int = Field(default=16, ge=1)
+    dns_tcp_idle_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # --- outbound lookups ------------------------------------------------------------------
     resolvers: list[str] = Field(default_factory=lambda: ["1.1.1.1", "8.8.8.8"])
@@ -92,6 +104,10 @@ class Settings(BaseSettings):
     precheck_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
     precheck_allow_loopback: bool = False
     precheck_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Requests dv?type=http may send to customers' web servers a minute: per tenant, and per
+    # target site (registrable domain) for all tenants together.
+    precheck_http_per_tenant_per_minute: int = Field(default=600, ge=0)
+    precheck_http_per_target_per_minute: int = Field(default=200, ge=0)
 
     # --- verification codes and orders -----------------------------------------------------
     code_ttl_seconds: int = Field(default=60, ge=1)
@@ -109,6 +125,9 @@ class Settings(BaseSettings):
     # Requests per client address whose token was not recently accepted (each costs a database
     # read to refuse): bounds a flood of guessed or stale tokens.
     rate_limit_unverified_tokens_per_minute: int = Field(default=120, ge=0)
+    # Requests per client address to the public HTTP-01 responder (/v1/dv/...): generous, a
+    # CA validates many orders' names from few addresses.
+    rate_limit_http01_responder_per_minute: int = Field(default=1200, ge=0)
 
     # --- issuance --------------------------------------------------------------------------
     issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)

@@ -34,7 +34,7 @@ from certok.api.envelope import (
 from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
 from certok.api.post_api import DEFAULT_POLL_SECONDS, PollGate, post_api_routes
-from certok.api.ratelimit import RateLimiter
+from certok.api.ratelimit import HTTP01_RESPONDER, RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
 from certok.api.webhooks import EventApi, webhook_routes
 from certok.crypto import ALGORITHMS, SecretBox
@@ -143,6 +143,10 @@ class _Api:
         return await self._http01(request, request.path_params["handle"])
 
     async def _http01(self, request: Request, handle: str | None) -> Response:
+        # Public and unauthenticated: each request is a database read, bounded per client.
+        self.s.limiter.check_client(
+            _client_address(request), HTTP01_RESPONDER, "HTTP-01 challenge requests"
+        )
         host = str(request.path_params["host"]).rstrip(".").lower()
         token = str(request.path_params["token"])
 

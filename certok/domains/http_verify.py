@@ -27,6 +27,7 @@ from certok.db.models import Tenant
 from certok.domains.ownership import run_in_thread_loop
 from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
+from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
 from certok.prechecks.safe_http import SafeFetcher
 from certok.tenants.service import TenantRef
@@ -61,8 +62,12 @@ class HttpVerifier:
         http_port: int,
         code_ttl_seconds: int,
         clock: Clock = utcnow,
+        budget: PrecheckBudget | None = None,
     ) -> None:
         self._sessions = session_factory
+        # Bounds the requests dv sends to customers' servers (the worker's ownership check
+        # at order time is bounded by the orders themselves).
+        self._budget = budget
         self._prefix = public_url.rstrip("/") + RESPONDER_PATH
         self._fetcher_factory = fetcher_factory
         self._http_port = http_port
@@ -78,6 +83,8 @@ class HttpVerifier:
 
     async def verify(self, tenant: TenantRef, domains: list[str]) -> DvResult:
         started = time.perf_counter()
+        if self._budget is not None:
+            self._budget.take(tenant.id, domains)
         checks = await self._check(tenant, domains)
         items = [
             DvItem(

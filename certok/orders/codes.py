@@ -42,7 +42,13 @@ def issue_code(
     return code
 
 
+# How much of an unknown code the 404 repeats: enough to recognise a typo, never a megabyte
+# of whatever a client sent back at it.
+ECHOED_CODE_CHARS = 64
+
+
 def code_not_found(code: str) -> NotFound:
+    shown = code if len(code) <= ECHOED_CODE_CHARS else code[:ECHOED_CODE_CHARS] + "…"
     return NotFound(
-        f"verification code {code!r} not found: call /v1/cert/dv with your token to get one"
+        f"verification code {shown!r} not found: call /v1/cert/dv with your token to get one"
     )

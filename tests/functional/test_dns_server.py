@@ -363,12 +363,16 @@ def test_tcp_connections_are_capped(start_server: ServerFactory, cache: ZoneCach
         for sock in (first, second):  # both are being served
             sock.sendall(frame(query))
             tcp_frames(sock, 1)
+        second.sendall(frame(query))  # second is now the more recently active
+        tcp_frames(second, 1)
         with tcp_connect(server.port) as third:
             third.settimeout(3)
             third.sendall(frame(query))
-            assert closed_by_server(third)  # turned away
-        second.close()
-        assert wait_until(lambda: _served_over_tcp(server.port, query), 3)
+            assert len(tcp_frames(third, 1)) == 1  # served: the oldest idle one made room
+            first.settimeout(3)
+            assert closed_by_server(first)
+            second.sendall(frame(query))
+            assert len(tcp_frames(second, 1)) == 1
     finally:
         first.close()
         second.close()

@@ -55,3 +55,49 @@ def test_token_lookups_unlimited_when_set_to_zero() -> None:
     limiter = RateLimiter({UNVERIFIED_TOKENS: 0}, clock=FakeClock())
     for _ in range(1000):
         limiter.check_unverified_token("192.0.2.1", "httpsok-token")
+
+
+def test_a_full_table_forgets_the_least_recently_used_never_everyone() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"dv": 1, UNVERIFIED_TOKENS: 1}, clock=clock, max_buckets=8)
+    limiter.check(1, "dv")  # tenant 1 has used its one request
+    for n in range(1000):  # a flood of distinct addresses, each a new bucket
+        limiter.check_unverified_token(f"10.0.{n // 256}.{n % 256}", "h")
+        # tenant 1 keeps asking: its bucket stays recently used and stays empty
+        with pytest.raises(RateLimited):
+            limiter.check(1, "dv")
+        assert len(limiter) <= 8
+    clock.now += 60
+    limiter.check(1, "dv")
+
+
+def test_an_idle_bucket_is_the_one_forgotten() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"dv": 1}, clock=clock, max_buckets=2)
+    limiter.check(1, "dv")
+    limiter.check(2, "dv")
+    with pytest.raises(RateLimited):
+        limiter.check(1, "dv")  # 1 is now the most recently used
+    limiter.check(3, "dv")  # the table is full: 2, the least recently used, goes
+    with pytest.raises(RateLimited):
+        limiter.check(1, "dv")
+    limiter.check(2, "dv")  # forgotten, so a fresh bucket
+
+
+def test_ipv6_clients_are_counted_per_64() -> None:
+    limiter = RateLimiter({UNVERIFIED_TOKENS: 2}, clock=FakeClock())
+    limiter.check_unverified_token("2001:db8:1:2::1", "h")
+    limiter.check_unverified_token("2001:db8:1:2:ffff:ffff:ffff:ffff", "h")
+    with pytest.raises(RateLimited) as refused:
+        limiter.check_unverified_token("2001:db8:1:2:abcd::9", "h")
+    assert "2001:db8:1:2::/64" in refused.value.message
+    limiter.check_unverified_token("2001:db8:1:3::1", "h")  # the next /64 is someone else
+    assert len(limiter) == 2
+
+
+def test_ipv4_mapped_ipv6_counts_as_the_ipv4_address() -> None:
+    limiter = RateLimiter({UNVERIFIED_TOKENS: 1}, clock=FakeClock())
+    limiter.check_unverified_token("192.0.2.7", "h")
+    with pytest.raises(RateLimited):
+        limiter.check_unverified_token("::ffff:192.0.2.7", "h")
+    limiter.check_unverified_token("192.0.2.8", "h")
