@@ -19,6 +19,7 @@ from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
+from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
@@ -141,6 +142,7 @@ def build_driver(
         checks.ownership(),
         worker_id=worker_id,
         on_challenge_records_changed=on_challenge_records_changed,
+        budget=AcmeOrderBudget(store.sessions, settings),
     )
 
 
