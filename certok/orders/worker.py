@@ -178,7 +178,10 @@ class Worker:
                     lease_checked = time.monotonic()
                 await asyncio.sleep(max(delay, 0))
         except LeaseLost:
-            log.warning("order %s: lease lost to another worker; leaving it", order_id)
+            log.warning(
+                "order %s: lease lost (another worker took it over, or it was stopped); leaving it",
+                order_id,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
