@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,16 +37,15 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
     # Read before anything creates the key file: an existing one means this installation
     # has started before, so it had a database.
     had_key = not settings.secret_key and key_file.exists()
-    empty_file = database is not None and (not database.exists() or database.stat().st_size == 0)
+    refuse_empty = had_key and not settings.allow_empty_database
+    if refuse_empty and database is not None and _empty_file(database):
+        # Refused before anything creates the file: a second start must refuse as well.
+        raise ConfigurationError(empty_database_message(str(database), key_file))
     if database is not None:
         prepare_sqlite_file(database)
     engine = make_engine(url, threads=database_threads(settings.worker_threads))
     if upgrade:
-        if (
-            had_key
-            and not settings.allow_empty_database
-            and (empty_file or database_is_empty(engine, database))
-        ):
+        if refuse_empty and database_is_empty(engine, database):
             engine.dispose()
             raise ConfigurationError(
                 empty_database_message(str(database or engine.url.render_as_string()), key_file)
@@ -53,3 +53,10 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
         migrate.upgrade(engine)
     box = SecretBox.from_settings(settings.secret_key, key_file)
     return Store(engine=engine, sessions=make_session_factory(engine), box=box)
+
+
+def _empty_file(database: Path) -> bool:
+    try:
+        return database.stat().st_size == 0
+    except FileNotFoundError:
+        return True
