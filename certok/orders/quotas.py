@@ -20,8 +20,8 @@ for hours. certok therefore keeps:
   round-robin across tenants (certok/orders/worker.py), so when a slot frees, tenants take
   turns.
 
-The budget costs one small write transaction per new ACME order (not per step): the ledger
-check is an index walk of at most `budget` rows.
+The budget costs one small write job per new ACME order (not per step): one SELECT (the
+tenant's state and both windows, each an index walk of at most `budget` rows) and one INSERT.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import datetime as dt
 import functools
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -145,7 +146,8 @@ def _redeem_job(
     join_seconds: float,
     now: dt.datetime,
 ) -> Redemption:
-    if connection.scalar(_TENANT_DISABLED, {"b_tenant_id": tenant_id}) is not False:
+    disabled = connection.scalar(_TENANT_DISABLED, {"b_tenant_id": tenant_id})
+    if disabled is None or disabled:  # None: no such tenant
         return Redemption(None, False, disabled=True)
     row = connection.execute(_CODE_ROW, {"b_code": code}).first()
     fresh = (
@@ -310,17 +312,33 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _nth_newest(
-    connection: Connection, column: object, value: object, nth: int
-) -> dt.datetime | None:
-    """created_at of the `nth` newest ledger row where `column == value` (1-based)."""
-    return connection.scalar(
+def _nth_newest(column: Any, value: str) -> Any:
+    """created_at of the ledger row at offset `b_<value>_offset` (newest first) where `column`
+    matches: the budget-th newest reservation when the offset is the budget less one."""
+    return (
         select(_LEDGER.c.created_at)
-        .where(column == value)  # type: ignore[operator]
+        .where(column == bindparam(f"b_{value}"))
         .order_by(_LEDGER.c.created_at.desc())
         .limit(1)
-        .offset(nth - 1)
+        .offset(bindparam(f"b_{value}_offset"))
+        .scalar_subquery()
     )
+
+
+# One statement for the whole check: whether the tenant is disabled, and the budget-th newest
+# reservation of the account and of the tenant (a window is full while that one is inside it).
+_RESERVE_CHECK = select(
+    _TENANT_DISABLED.scalar_subquery(),
+    _nth_newest(_LEDGER.c.issuer, "issuer"),
+    _nth_newest(_LEDGER.c.tenant_id, "tenant_id"),
+)
+_LOCK_ACCOUNT = (
+    select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.issuer == bindparam("b_issuer")).with_for_update()
+)
+_RESERVE = insert(_LEDGER)
+_FORGET = delete(_LEDGER).where(
+    _LEDGER.c.issuer == bindparam("b_issuer"), _LEDGER.c.created_at < bindparam("b_before")
+)
 
 
 def _reserve_job(
@@ -337,27 +355,36 @@ def _reserve_job(
     horizon: dt.timedelta,
 ) -> tuple[str, dt.datetime] | None:
     """None and a ledger row when both windows have room; else (which limit, when it frees)."""
-    if connection.scalar(_TENANT_DISABLED, {"b_tenant_id": tenant_id}) is not False:
+    if connection.dialect.name != "sqlite":
+        # Reservations for one account queue on its row, so nodes reserving at the same moment
+        # cannot both take the last place (SQLite has one writer at a time anyway).
+        connection.execute(_LOCK_ACCOUNT, {"b_issuer": issuer})
+    disabled, issuer_nth, tenant_nth = connection.execute(
+        _RESERVE_CHECK,
+        {
+            "b_tenant_id": tenant_id,
+            "b_issuer": issuer,
+            "b_issuer_offset": max(issuer_budget - 1, 0),
+            "b_tenant_id_offset": max(tenant_budget - 1, 0),
+        },
+    ).one()
+    if disabled is None or disabled:  # None: no such tenant
         return ("disabled", now)
-    # PostgreSQL: reservations for one account queue on its row, so nodes reserving at the
-    # same moment cannot both take the last place (SQLite has one writer anyway).
-    connection.execute(select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.issuer == issuer).with_for_update())
-    if issuer_budget > 0:
-        # The window is full when the budget-th newest reservation is still inside it; a
-        # place frees when that one leaves the window.
-        nth = _nth_newest(connection, _LEDGER.c.issuer, issuer, issuer_budget)
-        if nth is not None and nth > now - dt.timedelta(seconds=issuer_window):
-            return ("issuer", nth + dt.timedelta(seconds=issuer_window))
-    if tenant_budget > 0:
-        nth = _nth_newest(connection, _LEDGER.c.tenant_id, tenant_id, tenant_budget)
-        if nth is not None and nth > now - dt.timedelta(seconds=tenant_window):
-            return ("tenant", nth + dt.timedelta(seconds=tenant_window))
+    stale = False
+    for budget, window, nth, kind in (
+        (issuer_budget, issuer_window, issuer_nth, "issuer"),
+        (tenant_budget, tenant_window, tenant_nth, "tenant"),
+    ):
+        if budget <= 0 or nth is None:
+            continue
+        frees = nth + dt.timedelta(seconds=window)
+        if frees > now:
+            return (kind, frees)
+        stale = True  # a full window's worth of rows, and older ones: time to forget some
+    if stale:
+        connection.execute(_FORGET, {"b_issuer": issuer, "b_before": now - horizon})
     connection.execute(
-        delete(_LEDGER).where(_LEDGER.c.issuer == issuer, _LEDGER.c.created_at < now - horizon)
-    )
-    connection.execute(
-        insert(_LEDGER).values(
-            issuer=issuer, tenant_id=tenant_id, order_id=order_id, created_at=now
-        )
+        _RESERVE,
+        {"issuer": issuer, "tenant_id": tenant_id, "order_id": order_id, "created_at": now},
     )
     return None
