@@ -570,7 +570,14 @@ def peers_available() -> dict[str, bool]:
 
 def certok_runs(rig: Rig, workdir: Path, runs: int, cases: Sequence[str]) -> dict[str, list[float]]:
     """apply → issued with `certok serve`, per case; each case's delegation set up first."""
-    server = CertokServer.for_rig(rig, workdir, apply_wait_seconds=10)
+    # Runs of one tenant, one after another: kept clear of the sharing limits (docs/quotas.md).
+    server = CertokServer.for_rig(
+        rig,
+        workdir,
+        apply_wait_seconds=10,
+        tenant_acme_orders_per_window=0,
+        issuers__letsencrypt__new_orders_per_window=0,
+    )
     server.start()
     try:
         token = server.create_tenant("bench")

@@ -26,6 +26,7 @@ from certok.events.outbox import order_finished
 from certok.events.scans import EventScanner
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
+from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.budget import PrecheckBudget
@@ -165,6 +166,7 @@ def build_driver(
         worker_id=worker_id,
         on_challenge_records_changed=on_challenge_records_changed,
         on_finished_in_transaction=order_finished,
+        budget=AcmeOrderBudget(store.sessions, settings),
     )
 
 

@@ -34,6 +34,7 @@ from certok.assembly import (
     build_worker,
 )
 from certok.certificates.tasks import CertificateTasks
+from certok.db.files import DatabaseFileWatch, run_file_watch, sqlite_file
 from certok.db.write_channel import use_writer_process
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
@@ -45,6 +46,7 @@ from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
 from certok.settings import Settings
+from certok.stopping import exit_abandoning_stuck_threads
 from certok.store import Store, open_store
 
 __all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
@@ -82,6 +84,7 @@ def run_server(settings: Settings) -> int:
         return supervise(settings)
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve(settings))
+    exit_abandoning_stuck_threads(0)
     return 0
 
 
@@ -132,6 +135,7 @@ async def serve(settings: Settings) -> None:
             build_event_scanner(settings, store, on_queued=deliveries.wake).run(),
             name="event-scans",
         ),
+        *_watch_database_file(settings),
     ]
     try:
         await asyncio.gather(*(listener.serve() for listener in listeners))
@@ -211,6 +215,7 @@ async def serve_app(
         asyncio.create_task(certificates.run(), name="certificates"),
         _poll_waiters(waiters, store, settings),
         asyncio.create_task(deliveries.run(), name="webhooks"),
+        *_watch_database_file(settings),
     ]
     try:
         await asyncio.gather(
@@ -299,6 +304,14 @@ def _start_purger(store: Store, settings: Settings) -> asyncio.Task[None]:
     return asyncio.create_task(
         run_purger(store.sessions, settings, settings.purge_interval_seconds), name="purge"
     )
+
+
+def _watch_database_file(settings: Settings) -> list[asyncio.Task[None]]:
+    """A SQLite file deleted or replaced under this process: log it, go not ready."""
+    database = sqlite_file(settings.effective_database_url)
+    if database is None:
+        return []
+    return [asyncio.create_task(run_file_watch(DatabaseFileWatch(database)), name="db-file")]
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -36,6 +36,10 @@ class IssuerSettings(BaseModel):
     zerossl_email: str | None = None
     # Contact address registered with the ACME account (optional).
     contact_email: str | None = None
+    # The ACME account's budget of new orders in a sliding window, mirroring the CA's own
+    # limit (Let's Encrypt: 300 per account per 3 hours); orders beyond it wait. 0: no budget.
+    new_orders_per_window: int = Field(default=300, ge=0)
+    new_order_window_seconds: float = Field(default=10800.0, gt=0)
 
 
 def _default_issuers() -> dict[str, IssuerSettings]:
@@ -175,6 +179,17 @@ class Settings(BaseSettings):
     # with live certificates re-checked for delegation.broken; 0 turns the scan off.
     event_scan_seconds: float = Field(default=3600.0, ge=0)
     delegation_recheck_seconds: float = Field(default=6 * 3600.0, ge=0)
+    # --- tenants sharing the ACME accounts; storage safety --------------------------------
+    # Orders one tenant may have pending at once (apply answers 429 beyond it); 0: no cap.
+    tenant_max_pending_orders: int = Field(default=100, ge=0)
+    # New ACME orders one tenant's orders may make in a sliding window (beyond: they wait).
+    tenant_acme_orders_per_window: int = Field(default=100, ge=0)
+    tenant_acme_order_window_seconds: float = Field(default=10800.0, gt=0)
+    # A code for the same names (tenant, algorithm, issuer, challenge type) as an order still
+    # pending and younger than this joins that order instead of starting another; 0: never.
+    order_join_seconds: float = Field(default=600.0, ge=0)
+    # Start on an empty database although the key file shows this installation had data.
+    allow_empty_database: bool = False
 
     @field_validator("dns_zone")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -10,6 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.crypto import SecretBox
 from certok.db import migrate
 from certok.db.engine import database_threads, make_engine, make_session_factory
+from certok.db.files import (
+    database_is_empty,
+    empty_database_message,
+    prepare_data_dir,
+    prepare_sqlite_file,
+    sqlite_file,
+)
+from certok.errors import ConfigurationError
 from certok.settings import Settings
 
 
@@ -21,11 +30,33 @@ class Store:
 
 
 def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(
-        settings.effective_database_url, threads=database_threads(settings.worker_threads)
-    )
+    prepare_data_dir(settings.data_dir)
+    url = settings.effective_database_url
+    database = sqlite_file(url)
+    key_file = settings.effective_secret_key_file
+    # Read before anything creates the key file: an existing one means this installation
+    # has started before, so it had a database.
+    had_key = not settings.secret_key and key_file.exists()
+    refuse_empty = had_key and not settings.allow_empty_database
+    if refuse_empty and database is not None and _empty_file(database):
+        # Refused before anything creates the file: a second start must refuse as well.
+        raise ConfigurationError(empty_database_message(str(database), key_file))
+    if database is not None:
+        prepare_sqlite_file(database)
+    engine = make_engine(url, threads=database_threads(settings.worker_threads))
     if upgrade:
+        if refuse_empty and database_is_empty(engine, database):
+            engine.dispose()
+            raise ConfigurationError(
+                empty_database_message(str(database or engine.url.render_as_string()), key_file)
+            )
         migrate.upgrade(engine)
-    box = SecretBox.from_settings(settings.secret_key, settings.effective_secret_key_file)
+    box = SecretBox.from_settings(settings.secret_key, key_file)
     return Store(engine=engine, sessions=make_session_factory(engine), box=box)
+
+
+def _empty_file(database: Path) -> bool:
+    try:
+        return database.stat().st_size == 0
+    except FileNotFoundError:
+        return True

@@ -43,6 +43,7 @@ from certok.runtime import (
     serve_dns,
 )
 from certok.settings import Settings
+from certok.stopping import exit_abandoning_stuck_threads
 from certok.store import open_store
 
 log = logging.getLogger("certok")
@@ -226,6 +227,7 @@ def _app_main(
     _child_setup(settings)
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve_app(settings, index, sockets, control, writes))
+    exit_abandoning_stuck_threads(0)
 
 
 def _writer_main(settings: Settings, writes: Path) -> None:

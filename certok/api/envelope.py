@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from certok.db.files import sqlite_file
+from certok.db.storage_errors import client_message, operator_message, storage_failure
 from certok.errors import CertokError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -96,9 +99,55 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 DATABASE_RETRY_AFTER_SECONDS = 2
 
 
+# How long a client is asked to wait when certok's storage is full or read-only.
+STORAGE_RETRY_AFTER_SECONDS = 60
+
+
+def _storage_failure_answer(request: Request, exc: Exception) -> JSONResponse | None:
+    """503 naming a full disk or read-only storage (not "unreachable"), or None if not that."""
+    settings = getattr(getattr(request.app.state, "services", None), "settings", None)
+    directory: Path | None = None
+    if settings is not None:
+        database = sqlite_file(settings.effective_database_url)
+        directory = database.parent if database is not None else settings.data_dir
+    failure = storage_failure(exc, directory)
+    if failure is None:
+        return None
+    trace = trace_id(request)
+    cause = getattr(exc, "orig", None) or exc
+    log.error(
+        "cannot write the database (traceId %s): %s (%s: %s)",
+        trace,
+        operator_message(failure, directory or Path(".")),
+        type(cause).__name__,
+        cause,
+    )
+    unavailable = Unavailable(client_message(failure))
+    return envelope(
+        request,
+        code=unavailable.code,
+        msg=unavailable.message,
+        status=unavailable.http_status,
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Database errors that are not OperationalErrors: storage problems PostgreSQL reports
+    otherwise (a read-only transaction on a standby), else an unexpected error."""
+    answer = _storage_failure_answer(request, exc)
+    if answer is not None:
+        return answer
+    return await unexpected_error_handler(request, exc)
+
+
 async def database_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
     """The database could not be reached or dropped the connection (a restart, a failover):
-    the same request works once it is back (apply is idempotent; dv issues a new code)."""
+    the same request works once it is back (apply is idempotent; dv issues a new code).
+    A full disk or read-only storage is said as such."""
+    answer = _storage_failure_answer(request, exc)
+    if answer is not None:
+        return answer
     trace = trace_id(request)
     # The driver's own message: SQLAlchemy's would add the statement's parameters.
     cause = getattr(exc, "orig", None) or exc

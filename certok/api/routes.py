@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
@@ -24,6 +23,7 @@ from certok.api.cert_routes import apply_extras, certificate_routes, check_apply
 from certok.api.envelope import (
     NO_STORE,
     certok_error_handler,
+    database_error_handler,
     database_unavailable_handler,
     encode_data,
     envelope,
@@ -38,18 +38,17 @@ from certok.api.ratelimit import HTTP01_RESPONDER, RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
 from certok.api.webhooks import EventApi, webhook_routes
 from certok.crypto import ALGORITHMS, SecretBox
-from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest, RateLimited, Unauthenticated
 from certok.http01 import store as http01_store
 from certok.names import parse_domains
+from certok.orders.quotas import QUEUED, redeem_with_quotas
 from certok.orders.service import (
     PENDING,
     OrderView,
     code_order,
     order_state,
-    redeem_code,
     view_order,
 )
 from certok.settings import Settings
@@ -119,6 +118,7 @@ def create_app(services: ApiServices) -> CertokApp:
             CertokError: certok_error_handler,
             HTTPException: http_error_handler,
             OperationalError: database_unavailable_handler,
+            DBAPIError: database_error_handler,
             Exception: unexpected_error_handler,
         },
     )
@@ -204,16 +204,16 @@ class _Api:
             if existing is not None:
                 return existing, False
             extras = apply_extras(self.s, tenant.id, code, issuer, request.query_params)
-            return write(
+            # Joined to a running order for the same names, or new within the tenant's
+            # pending cap (certok/orders/quotas.py).
+            return redeem_with_quotas(
                 self.s.sessions,
-                functools.partial(
-                    redeem_code,
-                    tenant_id=tenant.id,
-                    code=code,
-                    algorithm=algorithm,
-                    issuer=issuer,
-                    **{"deadline_seconds": settings.order_deadline_seconds, **extras},
-                ),
+                settings,
+                tenant_id=tenant.id,
+                code=code,
+                algorithm=algorithm,
+                issuer=issuer,
+                extras=extras,
             )
 
         order_id, created = await asyncio.to_thread(redeem)
@@ -424,5 +424,7 @@ def _order_message(view: OrderView) -> str:
     if view.status == "failure":
         return f"certificate order failed: {view.reason}"
     if view.status == "pending":
+        if view.reason and view.reason.startswith(QUEUED):
+            return f"pending, {view.reason}"
         return "pending: ask again in about 10 seconds"
     return "success"

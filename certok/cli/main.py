@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from certok.db.engine import transaction
+from certok.db.files import sqlite_file
+from certok.db.storage_errors import operator_message, storage_failure
 from certok.errors import CertokError
 from certok.http01 import store as http01_store
 from certok.orders import purge as purging
@@ -40,13 +44,28 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
     settings: Settings = ctx.obj
-    store = open_store(settings)
+    with _storage_errors_in_one_line(settings):
+        store = open_store(settings)
+        try:
+            return action(store)
+        finally:
+            store.engine.dispose()
+
+
+@contextlib.contextmanager
+def _storage_errors_in_one_line(settings: Settings) -> Iterator[None]:
+    """certok's own errors, a full disk and read-only storage: one line, no traceback."""
     try:
-        return action(store)
+        yield
     except CertokError as exc:
         raise click.ClickException(exc.message) from exc
-    finally:
-        store.engine.dispose()
+    except (DBAPIError, OSError) as exc:
+        database = sqlite_file(settings.effective_database_url)
+        directory = database.parent if database is not None else settings.data_dir
+        failure = storage_failure(exc, directory)
+        if failure is None:
+            raise
+        raise click.ClickException(operator_message(failure, directory)) from exc
 
 
 @cli.command("serve")
@@ -68,7 +87,9 @@ def serve_command(ctx: click.Context, **listen: Any) -> None:
     if given:
         settings = settings.model_copy(update=given)
     configure_logging(settings.log_level)
-    ctx.exit(run_server(settings))
+    with _storage_errors_in_one_line(settings):
+        status = run_server(settings)
+    ctx.exit(status)
 
 
 @cli.group("tenant")
@@ -112,19 +133,21 @@ def tenant_list(ctx: click.Context) -> None:
 
 
 def _set_disabled(ctx: click.Context, name: str, disabled: bool) -> None:
-    def action(store: Store) -> None:
+    def action(store: Store) -> int:
         with transaction(store.sessions) as session:
-            tenants.set_disabled(session, name, disabled)
+            return tenants.set_disabled(session, name, disabled)
 
-    _with_store(ctx, action)
+    stopped = _with_store(ctx, action)
     click.echo(f"tenant {name} {'disabled' if disabled else 'enabled'}")
+    if stopped:
+        click.echo(f"{stopped} running order(s) stopped")
 
 
 @tenant_group.command("disable")
 @click.argument("name")
 @click.pass_context
 def tenant_disable(ctx: click.Context, name: str) -> None:
-    """Disable a tenant: its tokens stop working at once."""
+    """Disable a tenant: its tokens stop working, its running orders stop."""
     _set_disabled(ctx, name, True)
 
 

@@ -421,3 +421,30 @@ class EventMark(Base):
 Index("ix_certificates_renew_at", Certificate.renew_at)
 Index("ix_certificates_not_after", Certificate.not_after)
 Index("ix_certificates_revoked_at", Certificate.revoked_at)
+# --- quotas: per-tenant and per-ACME-account order budgets (issue 14) ------------------------
+
+# A tenant's pending orders are counted at each first redemption of a code (the pending cap)
+# and its running orders for the same names looked up (joining): by tenant, then state.
+Index("ix_orders_tenant_state", Order.tenant_id, Order.state)
+
+
+class AcmeNewOrder(Base):
+    """One newOrder certok sent (or was about to send) to a CA: the ledger behind the per-ACME-
+    account budget and the per-tenant cap on new ACME orders in a sliding window.
+
+    A row is written before the request goes out, so a budget can never be overrun by requests
+    in flight; rows older than the longest window are deleted as new ones come. No foreign
+    keys: orders are purged on their own schedule, and the ledger must outlive none of them.
+    """
+
+    __tablename__ = "acme_new_orders"
+    __table_args__ = (
+        Index("ix_acme_new_orders_issuer_created", "issuer", "created_at"),
+        Index("ix_acme_new_orders_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    order_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.models import ChallengeRecord, Delegation
+from certok.db.models import ChallengeRecord, Delegation, Order
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,13 @@ LABELS_FULL_RELOAD_SECONDS = 30.0
 # Read on every refresh (after every TXT change under load): built once, on the tables.
 _RECORDS = ChallengeRecord.__table__
 _DELEGATIONS = Delegation.__table__
+_ORDERS = Order.__table__
+# Only running orders' values: a stopped order's (its tenant disabled) is not served even if
+# a worker that lost its lease wrote it after the stop.
 _TXT_ROWS = (
     select(_RECORDS.c.name, _RECORDS.c.value)
-    .where(_RECORDS.c.kind == DNS01_KIND)
+    .join(_ORDERS, _ORDERS.c.id == _RECORDS.c.order_id)
+    .where(_RECORDS.c.kind == DNS01_KIND, _ORDERS.c.state == "pending")
     .order_by(_RECORDS.c.id.desc())
 )
 # count, highest id, and the highest id's created_at: each its own scalar subquery, so SQLite

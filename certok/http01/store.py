@@ -37,7 +37,11 @@ def key_authorization(
         select(ChallengeRecord.value)
         .join(Order, Order.id == ChallengeRecord.order_id)
         .where(
-            ChallengeRecord.kind == HTTP01_KIND, ChallengeRecord.name == record_name(host, token)
+            ChallengeRecord.kind == HTTP01_KIND,
+            ChallengeRecord.name == record_name(host, token),
+            # Only running orders' material: a stopped order's (its tenant disabled) is not
+            # served even if a worker that lost its lease wrote it after the stop.
+            Order.state == "pending",
         )
     )
     if handle is not None:

@@ -63,6 +63,7 @@ from certok.issuance import (
     valid_token,
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
+from certok.orders.quotas import AcmeOrderBudget, BudgetWait
 from certok.orders.schedule import next_attempt
 from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
 from certok.settings import Settings
@@ -226,11 +227,13 @@ class OrderDriver:
         on_challenge_records_changed: Callable[[], None] | None = None,
         clock: Clock = utcnow,
         on_finished_in_transaction: FinishHook | None = None,
+        budget: AcmeOrderBudget | None = None,
     ) -> None:
         self._sessions = session_factory
         # Runs in the transaction that ends an order (issued or failed): the events outbox
         # (certok.events.outbox.order_finished). A module-level function: it may be pickled.
         self._on_finished_tx = on_finished_in_transaction
+        self._budget = budget
         self._settings = settings
         self._box = box
         self._accounts = accounts
@@ -280,12 +283,24 @@ class OrderDriver:
 
     # --- steps -----------------------------------------------------------------------------
     def _begin(self, order: OrderSnapshot, account: IssuerAccount) -> float | None:
+        # The shared account's budget and the tenant's cap (certok/orders/quotas.py): a known
+        # wait costs nothing; a place is taken only after the ownership check has passed.
+        if self._budget is not None and (
+            wait := self._budget.waiting(order.issuer, order.tenant_id)
+        ):
+            return self._queue(order, wait)
         problem = self._ownership_problem(order)
         if problem is not None:
             if order.attempts < OWNERSHIP_RETRIES:
                 return self._retry_later(order, problem, None)
             self._fail(order, problem)
             return None
+        if self._budget is not None and (
+            wait := self._budget.reserve(
+                order_id=order.id, tenant_id=order.tenant_id, issuer=order.issuer
+            )
+        ):
+            return self._queue(order, wait)
         csr_pem = order.csr_pem
         key_values: dict[str, Any] = {}
         if csr_pem is None or not order.has_key:
@@ -667,6 +682,12 @@ class OrderDriver:
             **values,
         )
         log.warning("order %s: retrying at %s: %s", order.id, when.isoformat(), reason)
+        return delay
+
+    def _queue(self, order: OrderSnapshot, wait: BudgetWait) -> float:
+        """Wait for a budget: not a failure (attempts stay), the reason says until when."""
+        delay = max((wait.until - self._clock()).total_seconds(), 0.0)
+        self._save_next_attempt(order, delay, reason=wait.reason, next_attempt_at=wait.until)
         return delay
 
     def _on_problem(self, order: OrderSnapshot, problem: AcmeProblem) -> float | None:

@@ -26,7 +26,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, ColumnElement, Connection, bindparam, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -169,7 +178,10 @@ class Worker:
                     lease_checked = time.monotonic()
                 await asyncio.sleep(max(delay, 0))
         except LeaseLost:
-            log.warning("order %s: lease lost to another worker; leaving it", order_id)
+            log.warning(
+                "order %s: lease lost (another worker took it over, or it was stopped); leaving it",
+                order_id,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -187,14 +199,28 @@ def _lease_free(now: dt.datetime | BindParameter[dt.datetime]) -> ColumnElement[
 
 
 # The claim loop's statements, built once (see the hot statements in certok/orders/driver.py).
-_DUE = (
-    select(ORDERS.c.id)
+# Due orders are taken round-robin across tenants, each tenant's most overdue first: every
+# tenant's first due order, then every tenant's second, ... So a tenant with a thousand due
+# orders does not push another tenant's one order behind them all (when a budget of new ACME
+# orders frees a place, say; certok/orders/quotas.py).
+_DUE_RANKED = (
+    select(
+        ORDERS.c.id,
+        ORDERS.c.next_attempt_at,
+        func.row_number()
+        .over(partition_by=ORDERS.c.tenant_id, order_by=(ORDERS.c.next_attempt_at, ORDERS.c.id))
+        .label("turn"),
+    )
     .where(
         ORDERS.c.state == PENDING,
         ORDERS.c.next_attempt_at <= bindparam("b_now"),
         _lease_free(bindparam("b_now")),
     )
-    .order_by(ORDERS.c.next_attempt_at)
+    .subquery("due")
+)
+_DUE = (
+    select(_DUE_RANKED.c.id)
+    .order_by(_DUE_RANKED.c.turn, _DUE_RANKED.c.next_attempt_at, _DUE_RANKED.c.id)
     .limit(bindparam("b_limit"))
 )
 _TAKE = (

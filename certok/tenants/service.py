@@ -13,11 +13,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
-from certok.db.models import ApiToken, Tenant
+from certok.db.models import ApiToken, ChallengeRecord, Order, Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 
 TOKEN_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -80,8 +80,34 @@ def list_tenants(session: Session) -> list[TenantInfo]:
     return result
 
 
-def set_disabled(session: Session, name: str, disabled: bool) -> None:
-    find_tenant(session, name).disabled = disabled
+def set_disabled(session: Session, name: str, disabled: bool, clock: Clock = utcnow) -> int:
+    """Disable or enable a tenant. Disabling also stops its running orders, in the same
+    transaction: each fails with the reason, its challenge material goes (the DNS server and
+    the HTTP-01 responder stop serving it), and a worker driving one loses its lease, so its
+    next save is refused. Returns how many orders were stopped."""
+    tenant = find_tenant(session, name)
+    tenant.disabled = disabled
+    if not disabled:
+        return 0
+    # The order states are orders.service's words (tenants sit below orders: no import).
+    running = select(Order.id).where(Order.tenant_id == tenant.id, Order.state == "pending")
+    session.execute(
+        delete(ChallengeRecord).where(ChallengeRecord.order_id.in_(running)),
+        execution_options={"synchronize_session": False},
+    )
+    stopped = session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant.id, Order.state == "pending")
+        .values(
+            state="failure",
+            reason="stopped: the tenant was disabled by the operator; enable it and apply again",
+            finished_at=clock(),
+            lease_owner=None,
+            lease_until=None,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return stopped.rowcount
 
 
 def issue_token(session: Session, tenant_name: str, clock: Clock = utcnow) -> str:

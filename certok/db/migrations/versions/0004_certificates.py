@@ -1,7 +1,7 @@
 """certificate records, order profile and replaces, tenant default profile
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import certok.db.models
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
