@@ -81,7 +81,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         404: "unknown code (or certificate)",
         410: "code expired",
         429: "too many requests",
-        503: "a part of certok is restarting: try again in a moment",
+        503: "a part of certok is restarting, or its storage is full or read-only: try again later",
     }
     return {
         str(status): {

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 # How often a running process checks that its database file is still the one it opened.
 FILE_CHECK_SECONDS = 2.0
 HEALTH_KEY = "database-file"
+# While the problem lasts, it is logged again this often.
+REMIND_SECONDS = 60.0
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -136,6 +139,7 @@ class DatabaseFileWatch:
         self.database = database
         self._opened = _identity(database)
         self._reported: str | None = None
+        self._logged_at = 0.0
 
     def check(self) -> str | None:
         """The problem with the database file now (None: it is the one opened). Logs a new
@@ -166,7 +170,11 @@ class DatabaseFileWatch:
             else:
                 log.critical("%s", problem)
                 health.report(HEALTH_KEY, problem)
+                self._logged_at = time.monotonic()
             self._reported = problem
+        elif problem is not None and time.monotonic() - self._logged_at >= REMIND_SECONDS:
+            log.critical("still: %s", problem)  # a log read later must not miss it
+            self._logged_at = time.monotonic()
         return problem
 
 

@@ -51,6 +51,8 @@ LEASE_SECONDS = 60
 ORDERS = Order.__table__
 # Keep driving an order in the same thread while its next step is at most this far away.
 INLINE_WAIT_SECONDS = 2.0
+# Under a backlog, tenants take turns for batches of at least this fraction of the places.
+FAIR_BATCH_FRACTION = 8
 
 
 class Worker:
@@ -83,6 +85,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fair_at = -float("inf")  # monotonic time of the last round-robin claim
 
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
@@ -132,13 +135,21 @@ class Worker:
         with self._busy_lock:
             busy = set(self._busy)
         with self._sessions() as session:
-            candidates = (
-                session.connection()
-                .execute(_DUE, {"b_now": now, "b_limit": limit + len(busy)})
-                .scalars()
-                .all()
-            )
-        wanted = [order_id for order_id in candidates if order_id not in busy][:limit]
+            connection = session.connection()
+            # The most overdue first, one more than we can take: an index walk.
+            oldest = {"b_now": now, "b_limit": limit + len(busy) + 1}
+            due = [i for i in connection.execute(_DUE, oldest).scalars() if i not in busy]
+            if len(due) > limit:
+                # More are due than we take: tenants take turns. That query reads every due
+                # order, so under a lasting backlog it runs for a batch of free places, or
+                # once per poll interval, not for each order that finishes.
+                fair_batch = max(1, self._max_in_flight // FAIR_BATCH_FRACTION)
+                if limit < fair_batch and time.monotonic() - self._fair_at < self._poll_seconds:
+                    return []
+                self._fair_at = time.monotonic()
+                fair = {"b_now": now, "b_limit": limit + len(busy)}
+                due = [i for i in connection.execute(_DUE_FAIR, fair).scalars() if i not in busy]
+        wanted = due[:limit]
         if not wanted:
             return []
         return write(
@@ -199,10 +210,20 @@ def _lease_free(now: dt.datetime | BindParameter[dt.datetime]) -> ColumnElement[
 
 
 # The claim loop's statements, built once (see the hot statements in certok/orders/driver.py).
-# Due orders are taken round-robin across tenants, each tenant's most overdue first: every
-# tenant's first due order, then every tenant's second, ... So a tenant with a thousand due
-# orders does not push another tenant's one order behind them all (when a budget of new ACME
-# orders frees a place, say; certok/orders/quotas.py).
+_DUE = (
+    select(ORDERS.c.id)
+    .where(
+        ORDERS.c.state == PENDING,
+        ORDERS.c.next_attempt_at <= bindparam("b_now"),
+        _lease_free(bindparam("b_now")),
+    )
+    .order_by(ORDERS.c.next_attempt_at)
+    .limit(bindparam("b_limit"))
+)
+# When more orders are due than the worker takes, they are taken round-robin across tenants,
+# each tenant's most overdue first: every tenant's first due order, then every tenant's
+# second, ... So a tenant with a thousand due orders does not push another tenant's one order
+# behind them all (certok/orders/quotas.py).
 _DUE_RANKED = (
     select(
         ORDERS.c.id,
@@ -218,7 +239,7 @@ _DUE_RANKED = (
     )
     .subquery("due")
 )
-_DUE = (
+_DUE_FAIR = (
     select(_DUE_RANKED.c.id)
     .order_by(_DUE_RANKED.c.turn, _DUE_RANKED.c.next_attempt_at, _DUE_RANKED.c.id)
     .limit(bindparam("b_limit"))

@@ -356,7 +356,40 @@ def test_due_orders_are_claimed_round_robin_across_tenants(store: Store, tmp_pat
                 session.flush()
                 due[tenant].append(order.id)
     worker = _worker(store, tmp_path)
+    worker._max_in_flight = 3  # each claim below is a batch worth taking turns for
     # Each tenant's most overdue order first, then each tenant's second, ...
     assert worker._claim(3) == [due["flood"][0], due["quiet"][0], due["third"][0]]
     assert worker._claim(3) == [due["flood"][1], due["third"][1], due["flood"][2]]
+    # No backlog left (all the rest fit): the most overdue first.
     assert worker._claim(10) == due["flood"][3:]
+
+
+def test_under_a_backlog_turns_are_taken_for_batches_not_for_each_free_place(
+    store: Store, tmp_path: Path
+) -> None:
+    ids = _tenants(store, "flood", "quiet")
+    with transaction(store.sessions) as session:
+        for tenant, count, first_due in (("flood", 20, 60), ("quiet", 1, 5)):
+            for i in range(count):
+                session.add(
+                    Order(
+                        tenant_id=ids[tenant],
+                        issuer="letsencrypt",
+                        algorithm="ECC",
+                        challenge_type="dns",
+                        domains=f"n{i}.{tenant}.test",
+                        state=PENDING,
+                        attempts=0,
+                        acme_orders=0,
+                        next_attempt_at=WORKER_NOW - dt.timedelta(seconds=first_due - i),
+                        deadline_at=NOW + dt.timedelta(days=1),
+                        created_at=NOW - dt.timedelta(minutes=5),
+                    )
+                )
+    worker = _worker(store, tmp_path)
+    worker._max_in_flight = 16  # batches of 2 places
+    first = worker._claim(2)
+    assert len(first) == 2
+    # One free place right after: waits for a batch (or the poll interval), claims nothing.
+    assert worker._claim(1) == []
+    assert len(worker._claim(2)) == 2

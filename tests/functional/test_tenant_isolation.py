@@ -180,6 +180,7 @@ class HttpChallenge:
     token: str
     key_authorization: str
     owner: int
+    order_id: int | None = None
 
 
 @dataclass
@@ -522,7 +523,7 @@ class IsolationMachine(RuleBasedStateMachine):
                     created_at=dt.datetime.now(dt.UTC),
                 )
             )
-        self.challenges.append(HttpChallenge(host, token, value, info.owner))
+        self.challenges.append(HttpChallenge(host, token, value, info.owner, info.order_id))
 
     @rule(base=INDEX, owner=st.one_of(st.none(), TENANT))
     def bind_host(self, base: int, owner: int | None) -> None:
@@ -549,6 +550,10 @@ class IsolationMachine(RuleBasedStateMachine):
         else:
             path = f"/v1/dv/{self.tenants[via].handle}/{host}/{challenge.token}"
             serves = via == challenge.owner
+        # Only running orders' material is served (a finished or stopped order's never is).
+        with self.world.store.sessions() as session:
+            state = session.scalar(select(Order.state).where(Order.id == challenge.order_id))
+        serves = serves and state == "pending"
         response = self.get(path, None)
         if serves:
             assert response.status_code == 200 and response.text == challenge.key_authorization
