@@ -51,8 +51,11 @@ def _fill_the_disk(harness: ApiHarness) -> None:
 
     event.listen(engine, "connect", limit)
     engine.dispose()  # pooled connections were opened without the limit
+    # The apply's own tenant, names and a state sorting just before `pending`: the new order's
+    # row and index entries all go to the rightmost pages these fill, whatever other columns
+    # and indexes the orders table has.
     row = {
-        "tenant_id": harness.tenant_ids["beta"],
+        "tenant_id": harness.tenant_ids["alpha"],
         "issuer": "google",
         "algorithm": "ECC",
         "challenge_type": "dns",
