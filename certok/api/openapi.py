@@ -104,7 +104,7 @@ def _query(
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     issuers = sorted(settings.issuers)
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "certok (httpsok OpenAPI)",
@@ -174,3 +174,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    from certok.api.openapi_events import add_event_operations  # it imports this module
+
+    add_event_operations(document, settings)
+    return document
