@@ -16,6 +16,8 @@ from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 from certok.api.routes import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
+from certok.certificates.profiles import ProfileCatalog, directory_profiles
+from certok.certificates.tasks import CertificateTasks
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
@@ -124,6 +126,9 @@ def build_api_services(
         ),
         "post_api_polls": PollGate(settings.post_api_poll_seconds),
     }
+    fields["profiles"] = ProfileCatalog(
+        directory_profiles(settings.issuers, settings.acme_timeout_seconds)
+    )
     fields.update(overrides)
     return ApiServices(
         settings=settings,
@@ -225,4 +230,14 @@ def build_event_scanner(
         certificate_seconds=settings.event_scan_seconds,
         delegation_seconds=settings.delegation_recheck_seconds,
         on_queued=on_queued,
+    )
+
+
+def build_certificate_tasks(settings: Settings, store: Store) -> CertificateTasks:
+    """The worker's certificate tasks (revocations, ARI checks, renewals due)."""
+    return CertificateTasks(
+        store.sessions,
+        AccountRegistry(store.sessions, settings, store.box),
+        batch=settings.certificate_scan_batch,
+        interval_seconds=settings.certificate_scan_seconds,
     )
