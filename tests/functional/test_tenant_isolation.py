@@ -483,7 +483,15 @@ class IsolationMachine(RuleBasedStateMachine):
     )
     def post_api_dv_and_apply(self, tenant: int, picks: list[tuple[int, bool]]) -> None:
         """The POST API: dv, then apply; an order only for names delegated to the caller."""
-        domains = self.domains(picks)
+        self.post_api_order(tenant, self.domains(picks))
+
+    @rule(tenant=TENANT)
+    def post_api_for_own_names(self, tenant: int) -> None:
+        own = [base for base, owner in self.delegated.items() if owner == tenant]
+        if own:
+            self.post_api_order(tenant, own)
+
+    def post_api_order(self, tenant: int, domains: list[str]) -> None:
         response = self.call(
             "POST", "/v1/cert/dv", tenant, "OpenApiKey", json={"domainList": domains}
         )
