@@ -79,9 +79,12 @@ def test_post_api_with_a_notify_url(  # type: ignore[no-untyped-def]
     receiver = Receiver()
     try:
         server: CertokServer = certok_server(
-            precheck_allow_loopback=True, precheck_allowed_ports=[receiver.port]
+            precheck_allow_loopback=True,
+            precheck_allowed_ports=[receiver.port],
+            event_scan_seconds=0.5,  # the revoked event below, without waiting minutes
         )
         token = server.create_tenant("alpha")
+        hook = call(server, "POST", "/v1/webhooks", token, json={"url": receiver.url("/hook")})
         names = ["www.customer.test", "customer.test"]
         dv = call(server, "POST", "/v1/cert/dv", token, "OpenApiKey", json={"domainList": names})
         assert dv["valid"] is False
@@ -102,13 +105,20 @@ def test_post_api_with_a_notify_url(  # type: ignore[no-untyped-def]
             json={"domainList": names, "ca": "letsencrypt", "notifyUrl": receiver.url("/notify")},
         )
         assert isinstance(apply_id, str) and apply_id
-        [told] = receiver.wait_for(1, timeout=90)
-        assert told.path == "/notify"
+        receiver.wait_for(2, timeout=90)
+        by_path = {r.path: r for r in receiver.requests}
+        told = by_path["/notify"]
         secret = call(server, "GET", "/v1/webhooks", token)["notifySecret"]
         event = Webhook(secret).verify(told.body, told.headers)
         assert event["type"] == "certificate.issued", event
         assert event["data"]["id"] == apply_id
         assert event["data"]["domains"] == names
+        # The tenant's endpoint heard of it too: another message, signed with its own secret.
+        hooked = Webhook(hook["secret"]).verify(by_path["/hook"].body, by_path["/hook"].headers)
+        assert hooked["data"] == event["data"]
+        assert by_path["/hook"].headers["webhook-id"] != told.headers["webhook-id"]
+        certificate_id = event["data"]["certificateId"]
+        assert isinstance(certificate_id, int)
         answer = call(server, "GET", f"/v1/cert/apply/{apply_id}", token, "OpenApiKey")
         check_issued(rig, answer, names, "ECC", tmp_path)
         # Polling again at once: 429 with Retry-After, in the envelope.
@@ -120,5 +130,22 @@ def test_post_api_with_a_notify_url(  # type: ignore[no-untyped-def]
         )
         assert again.status_code == 429 and int(again.headers["Retry-After"]) <= 10
         assert json.loads(again.text)["code"] != 0
+        # Revoked at the CA (Pebble): certificate.revoked follows, once.
+        call(
+            server,
+            "POST",
+            f"/v1/cert/{certificate_id}/revoke",
+            token,
+            json={"reason": "superseded"},
+        )
+        receiver.wait_for(3, timeout=60)
+        revoked = Webhook(hook["secret"]).verify(
+            receiver.requests[2].body, receiver.requests[2].headers
+        )
+        assert revoked["type"] == "certificate.revoked", revoked
+        assert revoked["data"]["certificateId"] == certificate_id
+        assert revoked["data"]["reason"] == 4  # superseded (RFC 5280)
+        time.sleep(1.5)  # three more scans: nothing more is sent
+        assert len(receiver.requests) == 3
     finally:
         receiver.close()
