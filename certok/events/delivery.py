@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox
-from certok.db.models import WebhookDelivery, WebhookEndpoint
+from certok.db.models import EventMark, WebhookDelivery, WebhookEndpoint
 from certok.db.writes import write
 from certok.events.outbox import CANCELLED, DELIVERED, FAILED, PENDING
 from certok.events.schedule import next_attempt_at, parse_retry_after
@@ -51,6 +51,9 @@ GONE = 410
 # What a delivery log keeps of a receiver's answer or of a failure.
 _MAX_ERROR_CHARS = 300
 PURGE_EVERY_SECONDS = 3600.0
+# Once-only marks (certok/events/scans.py) outlive any certificate they could concern (the
+# longest lifetime CAs issue, 398 days, plus the scans' look-back).
+MARK_RETENTION = dt.timedelta(days=400)
 
 
 def endpoint_secret_owner(public_id: str, which: str = "current") -> str:
@@ -280,8 +283,11 @@ class DeliveryWorker:
             )
 
     def purge(self) -> int:
-        cutoff = self._clock() - self._retention
-        return write(self._sessions, functools.partial(_purge_job, cutoff=cutoff))
+        now = self._clock()
+        job = functools.partial(
+            _purge_job, cutoff=now - self._retention, marks_cutoff=now - MARK_RETENTION
+        )
+        return write(self._sessions, job)
 
 
 # --- write jobs (module-level, plain arguments: they may run in the writer process) ------------
@@ -409,7 +415,12 @@ def _release_job(connection: Connection, *, worker_id: str) -> int:
     ).rowcount
 
 
-def _purge_job(connection: Connection, *, cutoff: dt.datetime) -> int:
-    return connection.execute(
+def _purge_job(connection: Connection, *, cutoff: dt.datetime, marks_cutoff: dt.datetime) -> int:
+    deleted = connection.execute(
         delete(D).where(D.c.state != PENDING, D.c.finished_at < cutoff)
     ).rowcount
+    marks = EventMark.__table__
+    return (
+        deleted
+        + connection.execute(delete(marks).where(marks.c.created_at < marks_cutoff)).rowcount
+    )
