@@ -277,7 +277,8 @@ class DeliveryWorker:
             log.info(
                 "webhook delivery %s to %s: %s (%s)",
                 claimed.message_id,
-                claimed.url,
+                # Without the query: receivers put their own secrets there.
+                claimed.url.split("?", 1)[0],
                 outcome.state,
                 outcome.error,
             )
