@@ -26,7 +26,7 @@ from certok.certificates.ari import AriError, parse_renewal_info
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Certificate
-from certok.issuance import AcmeProblem, AcmeSession, ProblemKind
+from certok.issuance import AcmeProblem, AcmeSession, ProblemKind, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class CertificateTasks:
             try:
                 session_: AcmeSession = self._accounts.account(row.issuer).session
                 body, retry_after = session_.renewal_info(row.ari_cert_id)
-                info = parse_renewal_info(body, retry_after)
+                info = parse_renewal_info(body, parse_retry_after(retry_after, now))
                 clock = timing.after_ari(
                     row.not_before, row.not_after, previous, info, now, self._rng
                 )
