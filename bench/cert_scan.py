@@ -43,7 +43,7 @@ from certok.certificates.tasks import CertificateTasks  # noqa: E402
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem  # noqa: E402
 from certok.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
 from certok.db.migrate import upgrade  # noqa: E402
-from certok.db.models import Certificate  # noqa: E402
+from certok.db.models import Certificate, CertificateName  # noqa: E402
 from certok.orders.service import order_key_owner  # noqa: E402
 from certok.store import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
@@ -125,8 +125,13 @@ def populate(store: Store, tenant_id: int, rows: int) -> None:
                     "created_at": not_before,
                 }
             )
+        names = [
+            {"certificate_id": row["id"], "tenant_id": tenant_id, "name": row["domains"]}
+            for row in batch
+        ]
         with transaction(store.sessions) as session:
             session.execute(insert(_C), batch)
+            session.execute(insert(CertificateName.__table__), names)
 
 
 def make_due(store: Store, rows: int, rng: random.Random) -> None:
