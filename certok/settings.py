@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     post_api_poll_seconds: float = Field(default=10.0, ge=0)
     # How often certificates are scanned for renewal_due/expiring, and delegations of names
     # with live certificates re-checked for delegation.broken; 0 turns the scan off.
-    event_scan_seconds: float = Field(default=3600.0, ge=0)
+    event_scan_seconds: float = Field(default=300.0, ge=0)
     delegation_recheck_seconds: float = Field(default=6 * 3600.0, ge=0)
     # --- tenants sharing the ACME accounts; storage safety --------------------------------
     # Orders one tenant may have pending at once (apply answers 429 beyond it); 0: no cap.

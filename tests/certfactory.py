@@ -111,5 +111,5 @@ def add_certificate(
             .where(Order.id == order_id)
             .values(key_encrypted=box.encrypt(key, order_key_owner(order_id)))
         )
-        record = issued_certificate(chain, when, ari=ari, retention=dt.timedelta(days=30))
+        record = issued_certificate(chain, when, ari=ari)
         return record_issued(session.connection(), order_id, record)

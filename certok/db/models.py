@@ -186,8 +186,8 @@ class ChallengeRecord(Base):
 
 # === certificates (issue 16: certificate records, renewal timing with ARI, profiles) ===
 class Certificate(Base):
-    """An issued certificate, kept until `purge_after` (expiry plus the retention setting),
-    whatever becomes of the order it came from.
+    """An issued certificate, kept until `certificate_retention_days` after it expires,
+    whatever becomes of the order it came from (certok/orders/purge.py).
 
     The private key is the order's ciphertext, copied as is: it stays bound (SecretBox
     associated data) to `order_id`, which never changes on this row.
@@ -201,9 +201,13 @@ class Certificate(Base):
         Index("ix_certificates_next_check_at", "next_check_at"),
         # The renewal-due scan reads only rows past renew_at that nobody noticed yet.
         Index("ix_certificates_renewal_due", "renewal_noticed_at", "renew_at"),
-        Index("ix_certificates_purge_after", "purge_after"),
+        # The purge reads only the rows past expiry plus the retention.
+        Index("ix_certificates_not_after", "not_after"),
         # Revocations waiting for the worker.
         Index("ix_certificates_revoke_requested_at", "revoke_requested_at"),
+        # The list's status filters: expiring (past renew_at), expired (past not_after).
+        Index("ix_certificates_tenant_id_renew_at", "tenant_id", "renew_at"),
+        Index("ix_certificates_tenant_id_not_after", "tenant_id", "not_after"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -242,7 +246,18 @@ class Certificate(Base):
     revoke_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    purge_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CertificateName(Base):
+    """One name of a certificate, so `/v1/cert/list?domain=` is an index lookup."""
+
+    __tablename__ = "certificate_names"
+    __table_args__ = (Index("ix_certificate_names_tenant_id_name", "tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(253))
 
 
 # Orders: the ACME profile asked for, and the certificate an order renews.
@@ -417,9 +432,8 @@ class EventMark(Base):
 
 
 # Indexes the event scans (certok/events/scans.py) read certificates through: only rows near
-# their renewal, expiry or revocation moment, never the whole table.
+# their renewal or revocation moment, never the whole table (expiry: ix_certificates_not_after).
 Index("ix_certificates_renew_at", Certificate.renew_at)
-Index("ix_certificates_not_after", Certificate.not_after)
 Index("ix_certificates_revoked_at", Certificate.revoked_at)
 # --- quotas: per-tenant and per-ACME-account order budgets (issue 14) ------------------------
 

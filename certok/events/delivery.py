@@ -1,13 +1,12 @@
 """The delivery worker: sends the outbox's due rows, signed, and records what happened.
 
 It runs in every `certok serve` process that runs an order worker. A row is claimed with a
-lease (`lease_owner`, `lease_until`) in a write transaction: on PostgreSQL the due rows are
-selected `FOR UPDATE SKIP LOCKED`, so nodes claiming at once take different rows without
-waiting on each other; on SQLite the claim is a compare-and-set UPDATE in the process's write
-channel (`certok.db.writes`), as the order worker's. Only the lease holder records the
-outcome, so no two processes send one row at once; a process killed mid-delivery leaves its
-lease to expire (or a restart of its node frees it) and the row is sent again with the same
-`webhook-id` and body: receivers de-duplicate on the id, as the Standard Webhooks spec asks.
+lease (`lease_owner`, `lease_until`) in a write transaction (`certok.events.claims`: SKIP
+LOCKED on PostgreSQL, a compare-and-set in the write channel on SQLite, as the order worker
+claims orders). Only the lease holder records the outcome, so no two processes send one row
+at once; a process killed mid-delivery leaves its lease to expire (or a restart of its node
+frees it) and the row is sent again with the same `webhook-id` and body: receivers
+de-duplicate on the id, as the Standard Webhooks spec asks.
 
 Outcomes: 2xx delivered; 410 Gone disables the endpoint (its other pending rows are
 cancelled); anything else (3xx never followed, 4xx, 5xx, resets, timeouts, refused
@@ -27,22 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox
-from certok.db.models import WebhookDelivery, WebhookEndpoint
 from certok.db.writes import write
-from certok.events.outbox import CANCELLED, DELIVERED, FAILED, PENDING
+from certok.events import claims
+from certok.events.outbox import DELIVERED, FAILED, PENDING
 from certok.events.schedule import next_attempt_at, parse_retry_after
 from certok.events.signing import derived_secret, signature_headers
 from certok.prechecks.safe_http import FetchFailed, FetchRefused, SafeFetcher
 
 log = logging.getLogger(__name__)
 
-D = WebhookDelivery.__table__
-E = WebhookEndpoint.__table__
 # Longer than a delivery can take (the 15 s timeout plus the writes around it).
 LEASE_SECONDS = 60
 USER_AGENT = "certok-webhooks/1"
@@ -51,6 +47,9 @@ GONE = 410
 # What a delivery log keeps of a receiver's answer or of a failure.
 _MAX_ERROR_CHARS = 300
 PURGE_EVERY_SECONDS = 3600.0
+# Once-only marks (certok/events/scans.py) outlive any certificate they could concern (the
+# longest lifetime CAs issue, 398 days, plus the scans' look-back).
+MARK_RETENTION = dt.timedelta(days=400)
 
 
 def endpoint_secret_owner(public_id: str, which: str = "current") -> str:
@@ -123,7 +122,9 @@ class DeliveryWorker:
 
     def release_own_leases(self) -> int:
         """At start: our id's leases belong to a previous run that died mid-delivery."""
-        return write(self._sessions, functools.partial(_release_job, worker_id=self._worker_id))
+        return write(
+            self._sessions, functools.partial(claims.release_job, worker_id=self._worker_id)
+        )
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -157,7 +158,7 @@ class DeliveryWorker:
     # --- claiming ------------------------------------------------------------------------------
     def claim(self, limit: int) -> list[Claimed]:
         job = functools.partial(
-            _claim_job,
+            claims.claim_job,
             worker_id=self._worker_id,
             now=self._clock(),
             limit=limit,
@@ -259,7 +260,7 @@ class DeliveryWorker:
         recorded = write(
             self._sessions,
             functools.partial(
-                _record_job,
+                claims.record_job,
                 delivery_id=claimed.id,
                 worker_id=self._worker_id,
                 values=values,
@@ -274,142 +275,15 @@ class DeliveryWorker:
             log.info(
                 "webhook delivery %s to %s: %s (%s)",
                 claimed.message_id,
-                claimed.url,
+                # Without the query: receivers put their own secrets there.
+                claimed.url.split("?", 1)[0],
                 outcome.state,
                 outcome.error,
             )
 
     def purge(self) -> int:
-        cutoff = self._clock() - self._retention
-        return write(self._sessions, functools.partial(_purge_job, cutoff=cutoff))
-
-
-# --- write jobs (module-level, plain arguments: they may run in the writer process) ------------
-
-
-def _lease_free(now: dt.datetime) -> Any:
-    return or_(D.c.lease_until.is_(None), D.c.lease_until < now)
-
-
-def _claim_job(
-    connection: Connection, *, worker_id: str, now: dt.datetime, limit: int, lease_seconds: int
-) -> list[dict[str, Any]]:
-    due = (
-        select(D.c.id)
-        .where(D.c.state == PENDING, D.c.next_attempt_at <= now, _lease_free(now))
-        .order_by(D.c.next_attempt_at)
-        .limit(limit)
-    )
-    if connection.dialect.name == "postgresql":
-        # Rows another node is claiming right now are skipped, not waited for.
-        due = due.with_for_update(skip_locked=True)
-    ids = list(connection.execute(due).scalars())
-    if not ids:
-        return []
-    lease = {"lease_owner": worker_id, "lease_until": now + dt.timedelta(seconds=lease_seconds)}
-    # Compare-and-set: a row leased by someone else meanwhile fails the WHERE.
-    taken = [
-        delivery_id
-        for delivery_id in ids
-        if connection.execute(
-            update(D)
-            .where(D.c.id == delivery_id, D.c.state == PENDING, _lease_free(now))
-            .values(lease)
-        ).rowcount
-        == 1
-    ]
-    if not taken:
-        return []
-    rows = connection.execute(
-        select(
-            D.c.id,
-            D.c.message_id,
-            D.c.tenant_id,
-            D.c.payload,
-            D.c.attempts,
-            D.c.url.label("notify_url"),
-            D.c.endpoint_id,
-            E.c.url.label("endpoint_url"),
-            E.c.public_id,
-            E.c.secret_encrypted,
-            E.c.previous_secret_encrypted,
-            E.c.previous_secret_until,
-            E.c.disabled_at,
+        now = self._clock()
+        job = functools.partial(
+            claims.purge_job, cutoff=now - self._retention, marks_cutoff=now - MARK_RETENTION
         )
-        .select_from(D.outerjoin(E, E.c.id == D.c.endpoint_id))
-        .where(D.c.id.in_(taken))
-    ).all()
-    claimed = []
-    for row in rows:
-        if row.endpoint_id is not None and row.disabled_at is not None:
-            connection.execute(
-                update(D)
-                .where(D.c.id == row.id)
-                .values(
-                    state=CANCELLED,
-                    lease_owner=None,
-                    lease_until=None,
-                    finished_at=now,
-                    last_error="the endpoint is disabled",
-                )
-            )
-            continue
-        claimed.append(
-            {
-                "id": row.id,
-                "message_id": row.message_id,
-                "tenant_id": row.tenant_id,
-                "payload": row.payload,
-                "attempts": row.attempts,
-                "url": row.endpoint_url if row.endpoint_id is not None else row.notify_url,
-                "endpoint_id": row.endpoint_id,
-                "public_id": row.public_id,
-                "secret_encrypted": row.secret_encrypted,
-                "previous_secret_encrypted": row.previous_secret_encrypted,
-                "previous_secret_until": row.previous_secret_until,
-            }
-        )
-    return claimed
-
-
-def _record_job(
-    connection: Connection,
-    *,
-    delivery_id: int,
-    worker_id: str,
-    values: dict[str, Any],
-    disable_endpoint: int | None,
-    reason: str | None,
-    now: dt.datetime,
-) -> bool:
-    changed = connection.execute(
-        update(D).where(D.c.id == delivery_id, D.c.lease_owner == worker_id).values(values)
-    ).rowcount
-    if changed != 1:
-        return False
-    if disable_endpoint is not None:
-        connection.execute(
-            update(E)
-            .where(E.c.id == disable_endpoint, E.c.disabled_at.is_(None))
-            .values(disabled_at=now, disabled_reason=reason)
-        )
-        connection.execute(
-            update(D)
-            .where(D.c.endpoint_id == disable_endpoint, D.c.state == PENDING)
-            .values(state=CANCELLED, finished_at=now, last_error="the endpoint was disabled")
-        )
-    return True
-
-
-def _release_job(connection: Connection, *, worker_id: str) -> int:
-    return connection.execute(
-        update(D)
-        .where(D.c.lease_owner == worker_id, D.c.state == PENDING)
-        .values(lease_owner=None, lease_until=None)
-    ).rowcount
-
-
-def _purge_job(connection: Connection, *, cutoff: dt.datetime) -> int:
-    return connection.execute(
-        delete(D).where(D.c.state != PENDING, D.c.finished_at < cutoff)
-    ).rowcount
+        return write(self._sessions, job)

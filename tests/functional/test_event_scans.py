@@ -76,7 +76,6 @@ class World:
                     renew_at=T0 + (not_after - T0) * renew_fraction,
                     ari=False,
                     created_at=T0,
-                    purge_after=not_after + 30 * DAY,
                     **values,
                 )
                 .returning(Certificate.__table__.c.id)
@@ -168,7 +167,6 @@ def test_the_scan_reads_only_rows_near_their_moment(world: World) -> None:
                     "renew_at": T0 + 60 * DAY,
                     "ari": False,
                     "created_at": T0,
-                    "purge_after": T0 + 120 * DAY,
                 }
                 for i in range(10_000)
             ],

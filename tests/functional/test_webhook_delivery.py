@@ -374,3 +374,23 @@ def test_a_lease_left_by_a_dead_worker_is_taken_over_with_the_same_message(
     [request] = setup.receiver.wait_for(1)
     assert request.headers["webhook-id"] == claimed.message_id
     assert json.loads(request.body) == json.loads(claimed.payload)
+
+
+def test_the_log_and_old_marks_are_purged(setup: Setup) -> None:
+    from certok.db.models import EventMark
+    from certok.events.outbox import mark_once
+
+    setup.endpoint()
+    setup.emit()
+    worker = setup.worker(retention_days=30)
+    run(worker)
+    write(setup.store.sessions, lambda c: mark_once(c, "k", "1", setup.clock.now))
+    setup.clock.advance(29 * 86400)
+    assert worker.purge() == 0
+    setup.clock.advance(2 * 86400)
+    assert worker.purge() == 1  # the delivered message
+    assert setup.deliveries() == []
+    setup.clock.advance(400 * 86400)
+    assert worker.purge() == 1  # the mark
+    with setup.store.sessions() as session:
+        assert session.query(EventMark).count() == 0

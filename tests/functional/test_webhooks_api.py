@@ -301,3 +301,17 @@ def test_notify_url_gets_the_orders_outcome(hooks: Harness) -> None:
     assert body["type"] == "certificate.failed"
     assert body["data"]["id"] == code
     assert "rejectedIdentifier" in body["data"]["reason"]
+
+
+def test_test_brings_a_disabled_endpoint_back(hooks: Harness) -> None:
+    created = hooks.create()
+    hooks.receiver.behave("410")
+    hooks.ok("POST", f"/v1/webhooks/{created['id']}/test")
+    asyncio.run(hooks.deliveries.run_once())
+    [item] = hooks.ok("GET", "/v1/webhooks")["list"]
+    assert item["enabled"] is False and "410" in item["disabledReason"]
+    hooks.ok("POST", f"/v1/webhooks/{created['id']}/test")
+    assert hooks.ok("GET", "/v1/webhooks")["list"][0]["enabled"] is True
+    asyncio.run(hooks.deliveries.run_once())
+    log = hooks.ok("GET", f"/v1/webhooks/{created['id']}/deliveries")
+    assert [d["status"] for d in log["list"]] == ["delivered", "failed"]
