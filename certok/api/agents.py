@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer
+from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
@@ -46,6 +46,27 @@ def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
     ]
 
 
+def _deployed(session: Any, mc: Any) -> dict[str, Any]:
+    """The certificate record a managed certificate deploys, and whether the host has it."""
+    record = current_record(session, mc)
+    if record is None:
+        return {
+            "certificateId": None,
+            "certificateNames": [],
+            "notAfter": None,
+            "renewAt": None,
+            "deployed": False,
+        }
+    fingerprint = leaf_sha256(record.certificate_pem.encode("ascii"))
+    return {
+        "certificateId": record.id,
+        "certificateNames": record.domains.split(","),
+        "notAfter": _time(record.not_after),
+        "renewAt": _time(record.renew_at),
+        "deployed": mc.disk_sha256 is not None and mc.disk_sha256 == fingerprint,
+    }
+
+
 def _time(value: Any) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -77,13 +98,7 @@ class _HostListing:
                                 "skipped": [
                                     {"name": n, "reason": r} for n, r in hosts.skipped_names(mc)
                                 ],
-                                "certificateNames": (mc.cert_names or "").split(",")
-                                if mc.cert_names
-                                else [],
-                                "notAfter": _time(mc.not_after),
-                                "renewAt": _time(mc.renew_at),
-                                "deployed": mc.cert_sha256 is not None
-                                and mc.disk_sha256 == mc.cert_sha256,
+                                **_deployed(session, mc),
                             }
                             for mc in hosts.active_certificates(session, host)
                         ],

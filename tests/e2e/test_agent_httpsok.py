@@ -142,7 +142,13 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
     assert len(customer.backups()) == 4
     with sqlite3.connect(database_path(server)) as db:
         orders = db.execute("SELECT state, domains FROM orders ORDER BY id").fetchall()
+        records = db.execute(
+            "SELECT id, replaces_id, replaced_by_id FROM certificates ORDER BY id"
+        ).fetchall()
     assert orders == [("issued", ",".join(NAMES))] * 2
+    # a renewal replaces the previous certificate record
+    (first_id, _, first_replaced_by), (second_id, second_replaces, _) = records
+    assert (first_replaced_by, second_replaces) == (second_id, first_id)
 
     # --- 4: a CNAME removed: 12, and nginx keeps the certificate it has -------------------------
     shop_lines = [line for line in delegation_lines(dv) if line.startswith("_acme-challenge.shop")]

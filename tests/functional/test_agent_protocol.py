@@ -24,9 +24,10 @@ from starlette.testclient import TestClient
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
-from certok.db.models import AgentLogEntry, ManagedCertificate, Order
+from certok.db.models import AgentLogEntry, Certificate, ManagedCertificate, Order
 from certok.domains.delegations import compute_label, ensure_delegations
 from certok.orders.service import order_key_owner
 from certok.settings import Settings
@@ -162,6 +163,12 @@ class Harness:
                 order.not_before = dt.datetime.now(dt.UTC)
                 order.not_after = order.not_before + dt.timedelta(days=days)
                 order.finished_at = order.not_before
+                session.flush()
+                # ... and its certificate record, in the same transaction as the driver does.
+                record = issued_certificate(
+                    chain, order.not_before, ari=False, retention=dt.timedelta(days=30)
+                )
+                record_issued(session.connection(), order.id, record)
                 issued.append((chain, key))
         return issued
 
@@ -352,6 +359,12 @@ def test_renewal_time_reached_starts_the_next_order(store: Store, tmp_path: Path
         ((second_chain, _),) = harness.issue_pending_orders()
         assert agent.check(code)[0] == "1"
         assert agent.get(f"/cert/{code}.cer").content == second_chain.encode()
+        # the renewal replaced the previous record (and its order named it for `replaces`)
+        with harness.store.sessions() as session:
+            first, second = session.scalars(select(Certificate).order_by(Certificate.id)).all()
+            renewal = session.get(Order, second.order_id)
+        assert renewal is not None and renewal.replaces_certificate_id == first.id
+        assert (first.replaced_by_id, second.replaces_id) == (second.id, first.id)
 
 
 def test_missing_cname_is_12_and_nothing_is_ordered(harness: Harness) -> None:
