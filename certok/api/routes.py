@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from certok.api.agents import agent_api_routes
 from certok.api.caches import TtlCache, token_key
+from certok.api.cert_routes import apply_extras, certificate_routes, check_apply_extras
 from certok.api.envelope import (
     NO_STORE,
     certok_error_handler,
@@ -81,6 +82,10 @@ class ApiServices:
     issued: TtlCache[tuple[int, str], bytes] = field(
         default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
     )
+    # Certificates (cert_routes.py): the issuers' meta.profiles, and a wake-up for the worker's
+    # certificate tasks (revocations).
+    profiles: Any = None  # certok.certificates.profiles.ProfileCatalog | None
+    wake_certificates: Any = None  # Callable[[], None] | None
 
 
 def create_app(services: ApiServices) -> CertokApp:
@@ -97,6 +102,7 @@ def create_app(services: ApiServices) -> CertokApp:
         # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
         *agent_api_routes(services, api._tenant),
     ]
+    routes += certificate_routes(api)  # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     app = CertokApp(
         api.cached_issued_answer,
         routes=routes,
@@ -184,6 +190,7 @@ class _Api:
                 existing = code_order(session, tenant.id, code)
             if existing is not None:
                 return existing, False
+            extras = apply_extras(self.s, tenant.id, code, issuer, request.query_params)
             return write(
                 self.s.sessions,
                 functools.partial(
@@ -192,7 +199,7 @@ class _Api:
                     code=code,
                     algorithm=algorithm,
                     issuer=issuer,
-                    deadline_seconds=settings.order_deadline_seconds,
+                    **{"deadline_seconds": settings.order_deadline_seconds, **extras},
                 ),
             )
 
@@ -342,6 +349,7 @@ def _apply_params(params: QueryParams, settings: Settings) -> tuple[str, str, st
         raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")
     algorithm = _choice(params, "algorithm", "ECC", ALGORITHMS)
     issuer = _choice(params, "issuer", settings.default_issuer, tuple(sorted(settings.issuers)))
+    check_apply_extras(params)  # profile, replaces (cert_routes.py)
     return code.strip().lower(), algorithm, issuer
 
 
@@ -389,6 +397,9 @@ def _order_data(view: OrderView) -> dict[str, Any]:
             "domains": view.domains,
             "certificate": view.certificate,
             "privateKey": view.private_key,
+            # Beyond the seed: the certificate record (GET /v1/cert/{id}) and when to renew.
+            "id": view.certificate_id,
+            "renewAt": _time(view.renew_at),
         }
     data: dict[str, Any] = {"status": view.status}
     if view.reason:

@@ -46,7 +46,6 @@ _FROM_ORDER = (
         bindparam("b_ari", type_=CERTIFICATES.c.ari.type),
         bindparam("b_next_check_at", type_=CERTIFICATES.c.next_check_at.type),
         bindparam("b_created_at", type_=CERTIFICATES.c.created_at.type),
-        bindparam("b_purge_after", type_=CERTIFICATES.c.purge_after.type),
     )
     .select_from(_ORDERS.outerjoin(_ACCOUNTS, _ACCOUNTS.c.issuer == _ORDERS.c.issuer))
     .where(_ORDERS.c.id == bindparam("b_order_id"))
@@ -74,7 +73,6 @@ _INSERT = (
             "ari",
             "next_check_at",
             "created_at",
-            "purge_after",
         ],
         _FROM_ORDER,
     )
@@ -102,12 +100,9 @@ class IssuedCertificate:
     renew_at: dt.datetime
     next_check_at: dt.datetime | None
     created_at: dt.datetime
-    purge_after: dt.datetime
 
 
-def issued_certificate(
-    fullchain: str, now: dt.datetime, *, ari: bool, retention: dt.timedelta
-) -> IssuedCertificate:
+def issued_certificate(fullchain: str, now: dt.datetime, *, ari: bool) -> IssuedCertificate:
     """The facts of a full chain (leaf first) and its first renewal clock."""
     leaf = x509.load_pem_x509_certificates(fullchain.encode("ascii"))[0]
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
@@ -123,7 +118,6 @@ def issued_certificate(
         renew_at=clock.renew_at,
         next_check_at=clock.next_check_at,
         created_at=now,
-        purge_after=not_after + retention,
     )
 
 
@@ -143,7 +137,6 @@ def record_issued(connection: Connection, order_id: int, issued: IssuedCertifica
             "b_ari": issued.ari,
             "b_next_check_at": issued.next_check_at,
             "b_created_at": issued.created_at,
-            "b_purge_after": issued.purge_after,
         },
     ).one()
     if row.replaces_id is not None:

@@ -186,8 +186,8 @@ class ChallengeRecord(Base):
 
 # === certificates (issue 16: certificate records, renewal timing with ARI, profiles) ===
 class Certificate(Base):
-    """An issued certificate, kept until `purge_after` (expiry plus the retention setting),
-    whatever becomes of the order it came from.
+    """An issued certificate, kept until `certificate_retention_days` after it expires,
+    whatever becomes of the order it came from (certok/orders/purge.py).
 
     The private key is the order's ciphertext, copied as is: it stays bound (SecretBox
     associated data) to `order_id`, which never changes on this row.
@@ -201,7 +201,10 @@ class Certificate(Base):
         Index("ix_certificates_next_check_at", "next_check_at"),
         # The renewal-due scan reads only rows past renew_at that nobody noticed yet.
         Index("ix_certificates_renewal_due", "renewal_noticed_at", "renew_at"),
-        Index("ix_certificates_purge_after", "purge_after"),
+        # The purge reads only the rows past expiry plus the retention.
+        Index("ix_certificates_not_after", "not_after"),
+        # Revocations waiting for the worker.
+        Index("ix_certificates_revoke_requested_at", "revoke_requested_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -240,7 +243,6 @@ class Certificate(Base):
     revoke_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    purge_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 # Orders: the ACME profile asked for, and the certificate an order renews.

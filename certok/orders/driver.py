@@ -705,7 +705,6 @@ class OrderDriver:
             fullchain,
             now,
             ari=account.session.renewal_info_url() is not None,
-            retention=dt.timedelta(days=self._settings.certificate_retention_days),
         )
         self._save(
             order.id,

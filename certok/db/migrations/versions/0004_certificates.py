@@ -52,7 +52,6 @@ def upgrade() -> None:
         sa.Column("revoke_error", sa.Text(), nullable=True),
         sa.Column("revoked_at", utc(), nullable=True),
         sa.Column("created_at", utc(), nullable=False),
-        sa.Column("purge_after", utc(), nullable=False),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -62,7 +61,10 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_certificates_renewal_due", ["renewal_noticed_at", "renew_at"], unique=False
         )
-        batch_op.create_index("ix_certificates_purge_after", ["purge_after"], unique=False)
+        batch_op.create_index("ix_certificates_not_after", ["not_after"], unique=False)
+        batch_op.create_index(
+            "ix_certificates_revoke_requested_at", ["revoke_requested_at"], unique=False
+        )
         batch_op.create_index(
             batch_op.f("ix_certificates_ari_cert_id"), ["ari_cert_id"], unique=False
         )
