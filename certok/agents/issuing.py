@@ -262,15 +262,10 @@ class AgentIssuer:
                 algorithm=ALGORITHM,
                 issuer=self._settings.default_issuer,
                 deadline_seconds=self._settings.order_deadline_seconds,
-            )
-            if replaces is not None:
                 # The record it renews: the driver sends `replaces` for it where the CA offers
                 # ARI, and the new record marks it replaced.
-                session.execute(
-                    update(Order)
-                    .where(Order.id == order_id)
-                    .values(replaces_certificate_id=replaces)
-                )
+                replaces_certificate_id=replaces,
+            )
             current = ManagedCertificate.order_id
             claimed = session.execute(
                 update(ManagedCertificate)

@@ -165,9 +165,7 @@ class Harness:
                 order.finished_at = order.not_before
                 session.flush()
                 # ... and its certificate record, in the same transaction as the driver does.
-                record = issued_certificate(
-                    chain, order.not_before, ari=False, retention=dt.timedelta(days=30)
-                )
+                record = issued_certificate(chain, order.not_before, ari=False)
                 record_issued(session.connection(), order.id, record)
                 issued.append((chain, key))
         return issued
