@@ -41,6 +41,8 @@ DNS_CHECKED = "3"
 # The certificate and key files an agent uploads, together (both are a few KiB).
 UPLOAD_MAX_BYTES = 256 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
+# CNAME lookups of one /checkDns in flight at once (one per delegated base name).
+DNS_LOOKUPS_AT_ONCE = 8
 
 TenantOf = Callable[[Request], Awaitable[TenantRef]]
 
@@ -171,11 +173,15 @@ class _AgentApi:
         if found is None:
             return _text(UNKNOWN)
         names, skipped = found
-        problems: list[str] = []
-        for base in sorted({base_name(n) for n in names}):
-            problem = await asyncio.to_thread(self.s.verifier.ownership_problem, tenant.id, [base])
-            if problem:
-                problems.append(problem)
+        lookups = asyncio.Semaphore(DNS_LOOKUPS_AT_ONCE)
+
+        async def problem_of(base: str) -> str | None:
+            async with lookups:
+                return await asyncio.to_thread(self.s.verifier.ownership_problem, tenant.id, [base])
+
+        bases = sorted({base_name(n) for n in names})
+        found_problems = await asyncio.gather(*(problem_of(base) for base in bases))
+        problems = [problem for problem in found_problems if problem]
         not_delegated = [(n, r) for n, r in skipped if r.startswith("not delegated")]
         others = [(n, r) for n, r in skipped if not r.startswith("not delegated")]
         lines = [f"CNAME: {p}" for p in problems]

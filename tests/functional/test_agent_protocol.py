@@ -470,3 +470,71 @@ def test_uninstall_forgets_the_hosts_codes(harness: Harness) -> None:
     with harness.store.sessions() as session:
         kinds = session.scalars(select(AgentLogEntry.kind)).all()
     assert "uninstalled" in kinds
+
+
+def test_a_name_added_to_the_configuration_gets_a_new_certificate(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test", "new.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    agent.check(code)
+    ((chain, key),) = harness.issue_pending_orders()
+    assert agent.check(code)[0] == "1"
+    agent.lines()
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["3"]
+    # the same file now also serves new.customer.test: the next run orders a certificate
+    # for the three names (and the code stays the same)
+    more = CONFIG.replace("shop.customer.test _", "shop.customer.test new.customer.test _")
+    assert agent.lines(more)["/etc/nginx/ssl/site.pem"][0] == code
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["2"]
+    with harness.store.sessions() as session:
+        newest = session.scalars(select(Order).order_by(Order.id.desc())).first()
+    assert newest is not None
+    assert newest.domains == "www.customer.test,shop.customer.test,new.customer.test"
+
+
+def test_a_failed_order_is_reported_and_not_retried_at_once(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    assert agent.check(code) == ["2"]
+    with transaction(harness.store.sessions) as session:
+        order = session.scalars(select(Order)).one()
+        order.state = "failure"
+        order.reason = "caa: CAA record forbids issuance"
+        order.finished_at = dt.datetime.now(dt.UTC)
+    for _ in range(2):
+        (message,) = agent.check(code)
+        assert message == "certificate order failed: caa: CAA record forbids issuance"
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_concurrent_first_runs_of_one_host_share_its_rows(harness: Harness) -> None:
+    agent = harness.agent()
+    answers: list[dict[str, tuple[str, str]]] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        answers.append(agent.lines())
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all(answer == answers[0] for answer in answers)
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ManagedCertificate)) == 2
+
+
+def test_an_uninstalled_host_frees_its_place(store: Store, tmp_path: Path) -> None:
+    for harness in make_harness(store, tmp_path, agent_max_hosts_per_tenant=1):
+        first = harness.agent()
+        first.lines()
+        second = harness.agent(uuid="0123456789abcdef0123456789abcdef")
+        assert second.preparse(CONFIG).status_code == 409
+        assert first.get("/uninstall?t=1").text == "ok"
+        assert second.preparse(CONFIG).status_code == 200
