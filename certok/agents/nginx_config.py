@@ -26,8 +26,8 @@ from certok.errors import InvalidRequest
 
 # `# configuration file /etc/nginx/nginx.conf:` (nginx -T, before each file's text)
 _DUMP_HEADER = " configuration file "
-# Deeper than any real configuration (http > server > location > if ...): refuse before parsing
-# so a pathological body cannot exhaust the parser's recursion.
+# Deeper than any real configuration (http > server > location > if ...). Deeper still, the
+# parser's own recursion gives up (RecursionError), which is refused like any parse failure.
 MAX_BLOCK_DEPTH = 32
 # httpsok.sh stops expanding includes after 20 rounds; nginx -T output is resolved as deep.
 MAX_INCLUDE_DEPTH = 20
@@ -71,12 +71,11 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
     `config_home` (the agent's `nginx-config-home` header) anchors relative paths.
     """
     home = config_home if config_home.startswith("/") else "/etc/nginx"
-    _check_depth(text)
     try:
         payload = crossplane.parse_string(
             text, single=True, comments=True, check_ctx=False, check_args=False
         )
-    except Exception:  # the library's own failures: never echo what it saw
+    except Exception:  # the library's own failures (RecursionError too): never echo what it saw
         raise ConfigSyntaxError(
             "the nginx configuration could not be parsed: run `nginx -t` on the host"
         ) from None
@@ -87,6 +86,7 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
             "braces or a directive without ';'): run `nginx -t` on the host and fix it"
         )
     top: list[Directive] = payload["config"][0]["parsed"] if payload["config"] else []
+    _check_depth(top)
     tree = _resolve_dump(top, home)
     result = ParsedConfig()
     found: dict[str, tuple[str, list[str]]] = {}
@@ -115,26 +115,18 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
     return result
 
 
-def _check_depth(text: str) -> None:
-    depth = 0
-    try:
-        for word, line, quoted in crossplane.lex_string(text):
-            if quoted:
-                continue
-            if word == "{":
-                depth += 1
-                if depth > MAX_BLOCK_DEPTH:
-                    raise ConfigSyntaxError(
-                        f"the nginx configuration nests blocks deeper than {MAX_BLOCK_DEPTH} "
-                        f"(line {line}): that is not a configuration nginx would load"
-                    )
-            elif word == "}":
-                depth -= 1
-    except ConfigSyntaxError:
-        raise
-    except Exception:
-        # The parser reports these with a line number below.
-        return
+def _check_depth(top: list[Directive]) -> None:
+    """Refuse nesting no real configuration has, before walking the tree recursively."""
+    level: list[list[Directive]] = [top]
+    for depth in range(MAX_BLOCK_DEPTH + 1):
+        level = [d["block"] for block in level for d in block if "block" in d]
+        if not level:
+            return
+        if depth == MAX_BLOCK_DEPTH:
+            raise ConfigSyntaxError(
+                f"the nginx configuration nests blocks deeper than {MAX_BLOCK_DEPTH}: "
+                "that is not a configuration nginx would load; run `nginx -t` on the host"
+            )
 
 
 # --- nginx -T: split into files, resolve includes within the upload ----------------------------

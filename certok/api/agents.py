@@ -4,6 +4,7 @@ and, for the tenant, its hosts with their managed certificates and log (JSON env
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -15,9 +16,11 @@ from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
-from certok.errors import InvalidRequest, NotFound
+from certok.api.ratelimit import RateLimiter
+from certok.errors import InvalidRequest, NotFound, RateLimited
 
 MAX_LOG_LIMIT = 500
+PREPARSE = "preparse"
 
 
 def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
@@ -37,6 +40,7 @@ def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
         verifier=services.verifier,
         issuer=issuer,
         tenant_of=tenant_of,
+        take_preparse=_preparse_limit(services.settings.agent_preparse_per_minute),
     )
     listing = _HostListing(agent)
     return [
@@ -44,6 +48,23 @@ def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
         Route("/v1/agents/hosts", listing.hosts, methods=["GET"]),
         Route("/v1/agents/hosts/{uuid}/log", listing.log, methods=["GET"]),
     ]
+
+
+def _preparse_limit(per_minute: int) -> Callable[[int], None]:
+    """One of the tenant's nginx configurations for this minute, or RateLimited saying so."""
+    limiter = RateLimiter({PREPARSE: per_minute})
+
+    def take(tenant_id: int) -> None:
+        try:
+            limiter.check(tenant_id, PREPARSE)
+        except RateLimited as limited:
+            raise RateLimited(
+                f"too many nginx configurations from this tenant (at most {per_minute} a "
+                f"minute, agent_preparse_per_minute): retry in {limited.retry_after} s",
+                retry_after=limited.retry_after,
+            ) from None
+
+    return take
 
 
 def _deployed(session: Any, mc: Any) -> dict[str, Any]:

@@ -538,3 +538,14 @@ def test_an_uninstalled_host_frees_its_place(store: Store, tmp_path: Path) -> No
         assert second.preparse(CONFIG).status_code == 409
         assert first.get("/uninstall?t=1").text == "ok"
         assert second.preparse(CONFIG).status_code == 200
+
+
+def test_configurations_per_tenant_and_minute_are_limited(store: Store, tmp_path: Path) -> None:
+    for harness in make_harness(store, tmp_path, agent_preparse_per_minute=2):
+        agent = harness.agent()
+        assert [agent.preparse(CONFIG).status_code for _ in range(2)] == [200, 200]
+        limited = agent.preparse(CONFIG)
+        assert limited.status_code == 429 and "agent_preparse_per_minute" in limited.text
+        assert limited.text.count("\n") == 1 and "," not in limited.text
+        # another tenant has its own allowance
+        assert harness.agent("beta").preparse(CONFIG).status_code == 200

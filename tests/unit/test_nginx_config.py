@@ -170,7 +170,8 @@ def test_same_path_with_two_keys_keeps_the_first_and_says_so() -> None:
     [
         "http { server { listen 443 ssl; ",
         "http { } }",
-        "{" * (MAX_BLOCK_DEPTH + 1) + "}" * (MAX_BLOCK_DEPTH + 1),
+        "a {" * (MAX_BLOCK_DEPTH + 1) + "}" * (MAX_BLOCK_DEPTH + 1),
+        "a {" * 5000 + "}" * 5000,
         "server { server_name 'unterminated; }",
     ],
 )
@@ -180,6 +181,18 @@ def test_broken_configurations_are_refused_without_quoting_them(text: str) -> No
         certificate_pairs(f"# {marker}\n{marker} on;\n" + text, "/etc/nginx")
     assert marker not in refusal.value.message
     assert "nginx" in refusal.value.message
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    text = (
+        "a {" * (MAX_BLOCK_DEPTH - 1)
+        + (
+            "server { listen 443 ssl; server_name a.customer.test; "
+            "ssl_certificate /c/a.pem; ssl_certificate_key /c/a.key; }"
+        )
+        + "}" * (MAX_BLOCK_DEPTH - 1)
+    )
+    assert [p.cert_path for p in certificate_pairs(text, "/etc/nginx").pairs] == ["/c/a.pem"]
 
 
 def test_includes_never_read_certoks_own_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
