@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certok.agents.nginx_config import (
     MAX_BLOCK_DEPTH,
@@ -249,3 +251,28 @@ def test_names_over_the_limit_and_not_delegated() -> None:
     kept, skipped = split_delegated(["a.test", "*.a.test", "b.test"], {"a.test"})
     assert kept == ["a.test", "*.a.test"]
     assert skipped[0][0] == "b.test" and "/v1/cert/dv?domains=b.test" in skipped[0][1]
+
+
+_PIECES = st.sampled_from(
+    [
+        "server", "http", "stream", "listen", "443", "ssl", "on", "ssl_certificate",
+        "ssl_certificate_key", "server_name", "include", "/c/a.pem", "c/b.key", "www.x.test",
+        "_", "~^a$", "$host", "{", "}", ";", " ", "\t", "\n", "#", "'", '"', "\\", "*.x.test",
+        "# configuration file /e/nginx.conf:\n", "#included-begin /e/a.conf;\n", "MARKER-9f3e",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=60).map(" ".join))
+def test_any_text_parses_or_is_refused_without_being_quoted(text: str) -> None:
+    # A refusal names a line, never the text; what parses yields absolute, comma-free paths.
+    try:
+        parsed = certificate_pairs(text, "/etc/nginx")
+    except ConfigSyntaxError as refusal:
+        assert "MARKER-9f3e" not in refusal.message
+        return
+    for pair in parsed.pairs:
+        assert pair.cert_path.startswith("/") and pair.key_path.startswith("/")
+        assert "," not in pair.cert_path + pair.key_path
+    classify([name for pair in parsed.pairs for name in pair.names], max_names=100)
