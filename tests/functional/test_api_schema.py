@@ -333,6 +333,8 @@ def test_the_document_is_served_and_names_both_operations(api: Api) -> None:
         "GET /v1/cert/{id}/fullchain.pem",
         "GET /v1/cert/{id}/privkey.pem",
         "POST /v1/cert/{id}/revoke",
+        "GET /v1/agents/hosts",
+        "GET /v1/agents/hosts/{uuid}/log",
     }
 
 
@@ -531,3 +533,22 @@ def test_the_contract_checks_can_fail(api: Api) -> None:
     response.content = b'{"code": "1404", "msg": "x", "data": null, "traceId": null}'
     with pytest.raises(FailureGroup, match="Response violates schema"):
         case.validate_response(response, checks=CONTRACT_CHECKS)
+
+
+@pytest.mark.parametrize("path", ["/v1/agents/hosts", "/v1/agents/hosts/{uuid}/log"])
+def test_agent_host_routes_get_documented_answers(api: Api, path: str) -> None:
+    operation = api.schema[path]["GET"]
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(case=both_modes(operation), token=TOKEN_CHOICES)
+    def run(case: Case, token: TokenChoice) -> None:
+        statuses.append(send(api, case, token).status_code)
+
+    run()
+    assert 401 in statuses and any(status < 500 for status in statuses), statuses
