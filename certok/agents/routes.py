@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from certok.agents import hosts
 from certok.agents.issuing import AgentIssuer, leaf_sha256
-from certok.agents.nginx_config import ConfigSyntaxError, certificate_pairs
+from certok.agents.nginx_config import ConfigSyntaxError, ParsedConfig, certificate_pairs
 from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
 from certok.db.models import Delegation
@@ -45,6 +45,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 DNS_LOOKUPS_AT_ONCE = 8
 
 TenantOf = Callable[[Request], Awaitable[TenantRef]]
+T = TypeVar("T")
 
 
 class TooLarge(CertokError):
@@ -120,7 +121,7 @@ class _AgentApi:
         return _text("".join(line.render() + "\n" for line in lines))
 
     def _record_preparse(
-        self, tenant: TenantRef, uuid: str, facts: hosts.HostFacts, parsed: Any
+        self, tenant: TenantRef, uuid: str, facts: hosts.HostFacts, parsed: ParsedConfig
     ) -> list[hosts.ManagedLine]:
         settings = self.s.settings
 
@@ -340,7 +341,7 @@ def _one_line(message: str) -> str:
     return "certok: " + " ".join(message.split()).replace(",", ";") + "\n"
 
 
-def _retry_once_on_conflict(run: Callable[[], Any]) -> Any:
+def _retry_once_on_conflict(run: Callable[[], T]) -> T:
     """Two runs of the agent on one host may insert the same host or path at once: the loser
     retries once and then finds the winner's rows."""
     try:

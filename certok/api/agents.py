@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,14 +18,18 @@ from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.ratelimit import RateLimiter
+from certok.db.models import ManagedCertificate
 from certok.errors import InvalidRequest, NotFound, RateLimited
+
+if TYPE_CHECKING:  # routes.py imports this module to build its routes
+    from certok.api.routes import ApiServices
 
 MAX_LOG_LIMIT = 500
 PREPARSE = "preparse"
 
 
-def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
-    """Routes for `services` (certok.api.routes.ApiServices) with its token check."""
+def agent_api_routes(services: ApiServices, tenant_of: TenantOf) -> list[Route]:
+    """Routes for the API's services, with its token check."""
     issuer = AgentIssuer(
         services.sessions,
         services.box,
@@ -67,7 +72,7 @@ def _preparse_limit(per_minute: int) -> Callable[[int], None]:
     return take
 
 
-def _deployed(session: Any, mc: Any) -> dict[str, Any]:
+def _deployed(session: Session, mc: ManagedCertificate) -> dict[str, Any]:
     """The certificate record a managed certificate deploys, and whether the host has it."""
     record = current_record(session, mc)
     if record is None:
