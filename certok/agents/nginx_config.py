@@ -87,7 +87,7 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
         )
     top: list[Directive] = payload["config"][0]["parsed"] if payload["config"] else []
     _check_depth(top)
-    tree = _resolve_dump(top, home)
+    tree, home = _resolve_dump(top, home)
     result = ParsedConfig()
     found: dict[str, tuple[str, list[str]]] = {}
     for pair_names, cert, key in _servers(tree, _Inherited(), result.notes):
@@ -132,8 +132,9 @@ def _check_depth(top: list[Directive]) -> None:
 # --- nginx -T: split into files, resolve includes within the upload ----------------------------
 
 
-def _resolve_dump(top: list[Directive], home: str) -> list[Directive]:
-    """`nginx -T` output → the main file with its includes inlined; anything else unchanged."""
+def _resolve_dump(top: list[Directive], home: str) -> tuple[list[Directive], str]:
+    """`nginx -T` output → the main file with its includes inlined, and the main file's
+    directory (nginx's base for relative paths); anything else unchanged, with `home`."""
     files: dict[str, list[Directive]] = {}
     current: list[Directive] | None = None
     preamble: list[Directive] = []
@@ -145,10 +146,10 @@ def _resolve_dump(top: list[Directive], home: str) -> list[Directive]:
             continue
         (preamble if current is None else current).append(directive)
     if not files:
-        return top
+        return top, home
     main_path = next(iter(files))
     main_dir = posixpath.dirname(main_path) if main_path.startswith("/") else home
-    return preamble + _inline(files[main_path], files, main_dir, (main_path,))
+    return preamble + _inline(files[main_path], files, main_dir, (main_path,)), main_dir
 
 
 def _inline(

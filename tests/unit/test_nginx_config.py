@@ -206,6 +206,19 @@ def test_includes_never_read_certoks_own_disk(tmp_path) -> None:  # type: ignore
     assert certificate_pairs(f"http {{ include {secret}; }}", "/etc/nginx").pairs == []
 
 
+def test_relative_paths_of_a_dump_follow_its_main_file() -> None:
+    text = (
+        "# configuration file /opt/nginx/conf/nginx.conf:\n"
+        "http { server { listen 443 ssl; server_name a.customer.test; "
+        "ssl_certificate cert/a.pem; ssl_certificate_key cert/a.key; } }\n"
+    )
+    (pair,) = certificate_pairs(text, "/etc/nginx").pairs
+    assert (pair.cert_path, pair.key_path) == (
+        "/opt/nginx/conf/cert/a.pem",
+        "/opt/nginx/conf/cert/a.key",
+    )
+
+
 def test_include_cycles_end() -> None:
     text = (
         "# configuration file /e/nginx.conf:\nhttp { include a.conf; }\n"
