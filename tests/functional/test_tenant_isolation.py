@@ -513,6 +513,21 @@ class IsolationMachine(RuleBasedStateMachine):
             assert session.scalars(select(Order.id).order_by(Order.id)).all() == orders_before
         self.count("agent foreign code")
 
+    @rule(tenant=TENANT, host=st.integers(0, 1))
+    def agent_host_views(self, tenant: int, host: int) -> None:
+        """The tenant's view of its hosts and a host's log: its own only (the uuids are
+        shared with other tenants' hosts), and an unknown host's log like any unknown one."""
+        uuid = self.agent_hosts[host]
+        listing = self.get("/v1/agents/hosts", tenant)
+        assert listing.status_code == 200, listing.text
+        own = {code for code, owner, _ in self.agent_codes if owner == tenant}
+        for listed in listing.json()["data"]["hosts"]:
+            for certificate in listed["certificates"]:
+                assert certificate["code"] in own
+        log = self.get(f"/v1/agents/hosts/{uuid}/log", tenant)
+        has_host = any(owner == tenant and at == uuid for _, owner, at in self.agent_codes)
+        assert log.status_code == (200 if has_host else 404), log.text
+
     # --- the worker ------------------------------------------------------------------------------
     def orders(self) -> list[CodeInfo]:
         return [info for info in self.codes if info.order_id is not None]
