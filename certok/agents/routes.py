@@ -102,7 +102,12 @@ class _AgentApi:
         try:
             uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
             cap = self.s.settings.agent_preparse_max_bytes
-            body = await _read_capped(request, cap, "nginx configuration")
+            body = await _read_capped(
+                request,
+                cap,
+                "nginx configuration",
+                "ask the operator to raise agent_preparse_max_bytes",
+            )
             text = body.decode("utf-8", errors="replace")
             del body
             home = request.headers.get("nginx-config-home") or "/etc/nginx"
@@ -145,7 +150,9 @@ class _AgentApi:
         tenant = await self.s.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         code = _code(request)
-        body = await _read_capped(request, UPLOAD_MAX_BYTES, "certificate upload")
+        body = await _read_capped(
+            request, UPLOAD_MAX_BYTES, "certificate upload", "upload a certificate file, not more"
+        )
         request._body = body  # the form parser reads the body already taken in
         try:
             form = await request.form(max_files=2, max_fields=2, max_part_size=UPLOAD_MAX_BYTES)
@@ -268,7 +275,9 @@ class _AgentApi:
                 + ", ".join(sorted(hosts.AGENT_LOG_TYPES))
             )
         code = _code(request)
-        body = await _read_capped(request, hosts.MAX_LOG_MESSAGE_CHARS * 4, "log message")
+        body = await _read_capped(
+            request, hosts.MAX_LOG_MESSAGE_CHARS * 4, "log message", "send a shorter message"
+        )
         message = body.decode("utf-8", errors="replace")
 
         def store() -> bool:
@@ -314,25 +323,25 @@ def _code(request: Request) -> str:
     return (request.query_params.get("code") or "").strip().lower()[:64]
 
 
-async def _read_capped(request: Request, cap: int, what: str) -> bytes:
+async def _read_capped(request: Request, cap: int, what: str, remedy: str) -> bytes:
     """The request body, refused (TooLarge) as soon as it is known to exceed `cap` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise TooLarge(_too_large(what, int(declared), cap))
+        raise TooLarge(_too_large(what, int(declared), cap, remedy))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
-            raise TooLarge(_too_large(what, size, cap))
+            raise TooLarge(_too_large(what, size, cap, remedy))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(what: str, size: int, cap: int) -> str:
+def _too_large(what: str, size: int, cap: int, remedy: str) -> str:
     return (
-        f"certok refuses this {what}: {size} bytes (or more) is over its limit of {cap} bytes "
-        "(agent_preparse_max_bytes for configurations); ask the operator to raise it"
+        f"certok refuses this {what}: {size} bytes (or more) is over its limit of {cap} "
+        f"bytes ({remedy})"
     )
 
 
