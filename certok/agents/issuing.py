@@ -161,8 +161,8 @@ class AgentIssuer:
                 return await self._wait_and_answer(snap.id, order.id)
             if order.state == ISSUED:
                 return await self._adopt_and_answer(snap.id, order.id)
-            quiet_until = (order.finished_at or utcnow()) + FAILED_ORDER_QUIET
-            if order.state == FAILURE and utcnow() < quiet_until:
+            failed_at = order.finished_at
+            if order.state == FAILURE and failed_at and utcnow() < failed_at + FAILED_ORDER_QUIET:
                 return f"certificate order failed: {order.reason or 'no reason given'}"
         problem = await asyncio.to_thread(self._verifier.ownership_problem, tenant_id, names)
         if problem:
