@@ -112,7 +112,7 @@ class _AgentApi:
             del body
             home = request.headers.get("nginx-config-home") or "/etc/nginx"
             self.s.take_preparse(tenant.id)
-            # Parsing is CPU work (about 1 s for a 1 MiB configuration): off the event loop.
+            # Parsing costs CPU in proportion to the size: off the event loop.
             parsed = await asyncio.to_thread(certificate_pairs, text, home)
             del text  # parsed and dropped: only paths and names go on
             facts = hosts.HostFacts(
