@@ -96,9 +96,9 @@ class _AgentApi:
     async def preparse(self, request: Request) -> Response:
         try:
             tenant = await self.s.tenant_of(request)
-        except (Unauthenticated, RateLimited):
+        except (Unauthenticated, RateLimited) as refusal:
             # Anything non-empty would be read as `code,cert,key` lines.
-            return Response(b"", status_code=401, headers=NO_STORE)
+            return Response(b"", status_code=refusal.http_status, headers=NO_STORE)
         try:
             uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
             cap = self.s.settings.agent_preparse_max_bytes
