@@ -8,10 +8,11 @@ writes the certificate's record (certok/certificates) as it marks the order issu
 managed certificate points at that record, deploys it until the record's `renew_at`, and
 names it as the one the next order replaces (`replaces`, where the CA offers ARI).
 
-`check`'s answers (httpsok.sh's first line): `1` + `certmd5,keymd5` a new certificate is ready
-to download; `2` still issuing; `3` the file on disk is certok's own for exactly these names
-and not yet due; `12` a name's CNAME is missing or wrong (the second line says which and what
-to add); `13` unknown code; anything else is a message the agent prints as it is.
+`check`'s answers (httpsok.sh's first line): `12` a name's CNAME is missing or wrong (checked
+first, on every call; the second line says which and what to add); `1` + `certmd5,keymd5` a
+new certificate is ready to download; `2` still issuing; `3` the file on disk is certok's own
+for exactly these names and not yet due; `13` unknown code; anything else is a message the
+agent prints as it is.
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ class AgentIssuer:
         if not names:
             why = "; ".join(f"{n}: {r}" for n, r in not_delegated) or "it has no server_name"
             return f"no name of {snap.cert_path} can be issued by certok ({why})"
+        # Every call, even with a valid certificate in place: a CNAME removed today would fail
+        # the renewal months from now, and the agent prints `12` on every run until it is back.
+        problem = await asyncio.to_thread(self._verifier.ownership_problem, tenant_id, names)
+        if problem:
+            return f"{CNAME_INVALID}\n{problem}"
         wanted = frozenset(names)
         current = snap.certificate
         if current is not None and current.usable and current.names == wanted:
@@ -164,9 +170,6 @@ class AgentIssuer:
             failed_at = order.finished_at
             if order.state == FAILURE and failed_at and utcnow() < failed_at + FAILED_ORDER_QUIET:
                 return f"certificate order failed: {order.reason or 'no reason given'}"
-        problem = await asyncio.to_thread(self._verifier.ownership_problem, tenant_id, names)
-        if problem:
-            return f"{CNAME_INVALID}\n{problem}"
         order_id = await asyncio.to_thread(
             self._start_order,
             snap.id,

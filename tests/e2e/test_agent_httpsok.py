@@ -150,10 +150,10 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
     (first_id, _, first_replaced_by), (second_id, second_replaces, _) = records
     assert (first_replaced_by, second_replaces) == (second_id, first_id)
 
-    # --- 4: a CNAME removed: 12, and nginx keeps the certificate it has -------------------------
+    # --- 4: a CNAME removed: 12 (long before the renewal), nginx keeps its certificate --------
+    restart_with_offset(server, 0)
     shop_lines = [line for line in delegation_lines(dv) if line.startswith("_acme-challenge.shop")]
     customer_records([line for line in delegation_lines(dv) if line not in shop_lines])
-    restart_with_offset(server, offset + renewal_offset(renewed))
     fourth = customer.run_agent()
     assert "DNS CNAME invalid" in fourth.output, fourth.output
     assert "_acme-challenge.shop" in fourth.output  # /checkDns names the CNAME to add
@@ -163,6 +163,7 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
 
     # --- 5: a broken nginx configuration: reported through /log, visible to the tenant ---------
     customer_records(delegation_lines(dv))
+    restart_with_offset(server, renewal_offset(renewed))
     (customer.site / "conf.d" / "zz-broken.conf").write_text("this_is_no_directive on;\n")
     fifth = customer.run_agent()
     assert "New cert updated" in fifth.output and "Nginx test failed" in fifth.output, fifth.output

@@ -549,3 +549,24 @@ def test_configurations_per_tenant_and_minute_are_limited(store: Store, tmp_path
         assert limited.text.count("\n") == 1 and "," not in limited.text
         # another tenant has its own allowance
         assert harness.agent("beta").preparse(CONFIG).status_code == 200
+
+
+def test_a_removed_cname_is_12_even_while_the_certificate_is_valid(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    agent.check(code)
+    ((chain, key),) = harness.issue_pending_orders()
+    agent.check(code)
+    agent.lines()
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["3"]
+    harness.delegate("alpha", "shop.customer.test", cname=False)
+    answer = agent.check(code)
+    assert answer[0] == "12" and "_acme-challenge.shop" in answer[1]
+    # nothing new is ordered; what the host has stays downloadable
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+    assert agent.get(f"/cert/{code}.cer").content == chain.encode()
+    harness.delegate("alpha", "shop.customer.test")
+    assert agent.check(code) == ["3"]
