@@ -205,6 +205,9 @@ class Certificate(Base):
         Index("ix_certificates_not_after", "not_after"),
         # Revocations waiting for the worker.
         Index("ix_certificates_revoke_requested_at", "revoke_requested_at"),
+        # The list's status filters: expiring (past renew_at), expired (past not_after).
+        Index("ix_certificates_tenant_id_renew_at", "tenant_id", "renew_at"),
+        Index("ix_certificates_tenant_id_not_after", "tenant_id", "not_after"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -243,6 +246,18 @@ class Certificate(Base):
     revoke_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CertificateName(Base):
+    """One name of a certificate, so `/v1/cert/list?domain=` is an index lookup."""
+
+    __tablename__ = "certificate_names"
+    __table_args__ = (Index("ix_certificate_names_tenant_id_name", "tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(253))
 
 
 # Orders: the ACME profile asked for, and the certificate an order renews.
