@@ -95,6 +95,7 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
 
     customer = host(f"{server.base_url}/v1/nginx", token)
     self_signed = customer.served()
+    self_signed_pem = customer.cert.read_text()
     assert sans(self_signed) == sorted(NAMES) and PEBBLE_ISSUER not in issuer_cn(self_signed)
 
     # --- 1: the self-signed certificate is replaced by a Pebble one ------------------------
@@ -113,6 +114,8 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
         assert customer.served(name).serial_number == leaf.serial_number
     backups = customer.backups()
     assert [b.split(".")[0:2] for b in backups] == [["site", "key"], ["site", "pem"]], backups
+    backup_dir = customer.home / ".httpsok" / "backups"
+    assert (backup_dir / backups[1]).read_text() == self_signed_pem  # what was there before
     log = host_log(server, token, uuid)
     assert {"preparse", "certificate-issued", "cert-updated-success"} <= set(kinds(log))
     assert kinds(log).count("nginx-reload-success") == 1
