@@ -163,6 +163,8 @@ class Settings(BaseSettings):
 
     # --- agents (httpsok.sh's /v1/nginx protocol) ------------------------------------------
     agent_preparse_max_bytes: int = Field(default=1_048_576, ge=1024)
+    # Configurations one tenant may upload a minute (parsing costs CPU); 0 turns it off.
+    agent_preparse_per_minute: int = Field(default=10, ge=0)
     agent_max_hosts_per_tenant: int = Field(default=100, ge=1)
     agent_max_certificates_per_host: int = Field(default=50, ge=1)
     # How long `check` holds the agent while a new certificate is being issued.

@@ -92,7 +92,10 @@ def ensure_host(
     now = clock()
     if host is None:
         count = session.scalar(
-            select(func.count()).select_from(AgentHost).where(AgentHost.tenant_id == tenant_id)
+            select(func.count())
+            .select_from(AgentHost)
+            # An uninstalled host (httpsok.sh -u) no longer takes a place.
+            .where(AgentHost.tenant_id == tenant_id, AgentHost.uninstalled_at.is_(None))
         )
         if (count or 0) >= max_hosts:
             raise Conflict(

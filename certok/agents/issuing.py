@@ -3,14 +3,16 @@
 No second order path: a new certificate is a verification code and an order made by the same
 functions `/v1/cert/dv` and `/v1/cert/apply` use (`issue_code`, `redeem_code`), for names
 whose dns-01 delegation to this tenant is in place, driven by the worker like any order (its
-retries, nonce handling, crash safety and order-time ownership check all hold). When the
-order is issued its certificate and key (re-encrypted) are kept on the managed certificate,
-since finished orders are purged after `order_retention_hours`.
+retries, nonce handling, crash safety and order-time ownership check all hold). The worker
+writes the certificate's record (certok/certificates) as it marks the order issued; the
+managed certificate points at that record, deploys it until the record's `renew_at`, and
+names it as the one the next order replaces (`replaces`, where the CA offers ARI).
 
-`check`'s answers (httpsok.sh's first line): `1` + `certmd5,keymd5` a new certificate is ready
-to download; `2` still issuing; `3` the file on disk is certok's own for exactly these names
-and not yet due; `12` a name's CNAME is missing or wrong (the second line says which and what
-to add); `13` unknown code; anything else is a message the agent prints as it is.
+`check`'s answers (httpsok.sh's first line): `12` a name's CNAME is missing or wrong (checked
+first, on every call; the second line says which and what to add); `1` + `certmd5,keymd5` a
+new certificate is ready to download; `2` still issuing; `3` the file on disk is certok's own
+for exactly these names and not yet due; `13` unknown code; anything else is a message the
+agent prints as it is.
 """
 
 from __future__ import annotations
@@ -30,12 +32,18 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.agents import hosts
-from certok.agents.renewal import renew_at
 from certok.agents.server_names import split_delegated
 from certok.clock import Clock, utcnow
-from certok.crypto import SecretBox, certificate_facts
+from certok.crypto import SecretBox
 from certok.db.engine import transaction
-from certok.db.models import AgentHost, Delegation, ManagedCertificate, Order, VerificationCode
+from certok.db.models import (
+    AgentHost,
+    Certificate,
+    Delegation,
+    ManagedCertificate,
+    Order,
+    VerificationCode,
+)
 from certok.domains.verify import DnsVerifier
 from certok.names import base_name
 from certok.orders.codes import issue_code
@@ -53,6 +61,8 @@ FAILED_ORDER_QUIET = dt.timedelta(hours=1)
 # Without a waiters poller in this process (tests that build the app alone).
 WAIT_POLL_SECONDS = 1.0
 ALGORITHM = "ECC"
+# Successors followed from a deployed record to the newest one.
+MAX_SUCCESSORS = 10
 
 
 class _Watch(Protocol):
@@ -66,11 +76,6 @@ class OrderWatching(Protocol):
     def polling(self) -> bool: ...
 
     def watch(self, order_id: int) -> AbstractContextManager[_Watch]: ...
-
-
-def managed_key_owner(managed_id: int) -> str:
-    """Associated data for a managed certificate's encrypted key (binds it to the row)."""
-    return f"managed-certificate:{managed_id}:key"
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,21 @@ class _Snapshot:
     candidates: list[str]
     delegated: set[str]
     order: _OrderFacts | None
-    issued_order_id: int | None
-    cert_sha256: str | None
-    cert_names: frozenset[str]
-    renew_at: dt.datetime | None
+    certificate: _RecordFacts | None
     disk_sha256: str | None
+
+
+@dataclass(frozen=True)
+class _RecordFacts:
+    """The certificate record a managed certificate deploys now."""
+
+    id: int
+    order_id: int
+    names: frozenset[str]
+    renew_at: dt.datetime
+    not_after: dt.datetime
+    leaf_sha256: str | None
+    usable: bool  # neither revoked nor asked to be
 
 
 @dataclass(frozen=True)
@@ -130,30 +145,38 @@ class AgentIssuer:
         if not names:
             why = "; ".join(f"{n}: {r}" for n, r in not_delegated) or "it has no server_name"
             return f"no name of {snap.cert_path} can be issued by certok ({why})"
+        # Every call, even with a valid certificate in place: a CNAME removed today would fail
+        # the renewal months from now, and the agent prints `12` on every run until it is back.
+        problem = await asyncio.to_thread(self._verifier.ownership_problem, tenant_id, names)
+        if problem:
+            return f"{CNAME_INVALID}\n{problem}"
         wanted = frozenset(names)
-        if (
-            snap.cert_sha256 is not None
-            and snap.cert_names == wanted
-            and snap.renew_at is not None
-            and self._now() < snap.renew_at
-        ):
-            if snap.disk_sha256 == snap.cert_sha256:
+        current = snap.certificate
+        if current is not None and current.usable and current.names == wanted:
+            on_disk = snap.disk_sha256 is not None and snap.disk_sha256 == current.leaf_sha256
+            if not on_disk and utcnow() < current.not_after:
+                # Newer than what the host has: deploy it, due or not (a renewal just issued
+                # under a shifted clock is due at once, and must still be deployed).
+                return await self._ready(snap.id)
+            if on_disk and self._now() < current.renew_at:
                 return VALID
-            return await self._ready(snap.id)
         order = snap.order
-        if order is not None and order.names == wanted and order.id != snap.issued_order_id:
+        adopted = current.order_id if current is not None else None
+        if order is not None and order.names == wanted and order.id != adopted:
             if order.state == PENDING:
                 return await self._wait_and_answer(snap.id, order.id)
             if order.state == ISSUED:
                 return await self._adopt_and_answer(snap.id, order.id)
-            quiet_until = (order.finished_at or utcnow()) + FAILED_ORDER_QUIET
-            if order.state == FAILURE and utcnow() < quiet_until:
+            failed_at = order.finished_at
+            if order.state == FAILURE and failed_at and utcnow() < failed_at + FAILED_ORDER_QUIET:
                 return f"certificate order failed: {order.reason or 'no reason given'}"
-        problem = await asyncio.to_thread(self._verifier.ownership_problem, tenant_id, names)
-        if problem:
-            return f"{CNAME_INVALID}\n{problem}"
         order_id = await asyncio.to_thread(
-            self._start_order, snap.id, tenant_id, names, order.id if order else None
+            self._start_order,
+            snap.id,
+            tenant_id,
+            names,
+            order.id if order else None,
+            current.id if current is not None else None,
         )
         self._wake_worker()
         return await self._wait_and_answer(snap.id, order_id)
@@ -162,10 +185,15 @@ class AgentIssuer:
         """The certificate certok deploys for this code now (full chain, key), or None."""
         with self._sessions() as session:
             mc = hosts.managed_by_code(session, tenant_id, uuid, code)
-            if mc is None or mc.certificate_pem is None or mc.key_encrypted is None:
-                return None
-            key = self._box.decrypt(mc.key_encrypted, managed_key_owner(mc.id))
-            return CertificateFiles(mc.certificate_pem.encode("ascii"), key)
+            return None if mc is None else self._record_files(session, mc)
+
+    def _record_files(self, session: Session, mc: ManagedCertificate) -> CertificateFiles | None:
+        record = current_record(session, mc)
+        if record is None:
+            return None
+        # The record keeps the order's key ciphertext as it was, bound to the order's id.
+        key = self._box.decrypt(record.key_encrypted, order_key_owner(record.order_id))
+        return CertificateFiles(record.certificate_pem.encode("ascii"), key)
 
     # --- steps -----------------------------------------------------------------------------
     def _snapshot(self, tenant_id: int, uuid: str, code: str) -> _Snapshot | None:
@@ -193,24 +221,39 @@ class AgentIssuer:
                         row.reason,
                         row.finished_at,
                     )
+            record = current_record(session, mc)
+            certificate = None
+            if record is not None:
+                certificate = _RecordFacts(
+                    id=record.id,
+                    order_id=record.order_id,
+                    names=frozenset(record.domains.split(",")),
+                    renew_at=record.renew_at,
+                    not_after=record.not_after,
+                    leaf_sha256=leaf_sha256(record.certificate_pem.encode("ascii")),
+                    usable=record.revoked_at is None and record.revoke_requested_at is None,
+                )
             return _Snapshot(
                 id=mc.id,
                 cert_path=mc.cert_path,
                 candidates=candidates,
                 delegated=delegated,
                 order=order,
-                issued_order_id=mc.issued_order_id,
-                cert_sha256=mc.cert_sha256,
-                cert_names=frozenset((mc.cert_names or "").split(",")) - {""},
-                renew_at=mc.renew_at,
+                certificate=certificate,
                 disk_sha256=mc.disk_sha256,
             )
 
     def _start_order(
-        self, managed_id: int, tenant_id: int, names: list[str], previous: int | None
+        self,
+        managed_id: int,
+        tenant_id: int,
+        names: list[str],
+        previous: int | None,
+        replaces: int | None,
     ) -> int:
-        """A new order for `names` (a code redeemed at once), bound to the managed certificate
-        unless a concurrent check bound one first: then theirs."""
+        """A new order for `names` (a code redeemed at once) that renews the certificate
+        deployed now, if any; bound to the managed certificate unless a concurrent check bound
+        one first: then theirs."""
         with transaction(self._sessions) as session:
             code = issue_code(
                 session, tenant_id, "dns", names, self._settings.code_ttl_seconds, utcnow
@@ -222,6 +265,9 @@ class AgentIssuer:
                 algorithm=ALGORITHM,
                 issuer=self._settings.default_issuer,
                 deadline_seconds=self._settings.order_deadline_seconds,
+                # The record it renews: the driver sends `replaces` for it where the CA offers
+                # ARI, and the new record marks it replaced.
+                replaces_certificate_id=replaces,
             )
             current = ManagedCertificate.order_id
             claimed = session.execute(
@@ -266,31 +312,22 @@ class AgentIssuer:
     def _files_by_id(self, managed_id: int) -> CertificateFiles | None:
         with self._sessions() as session:
             mc = session.get(ManagedCertificate, managed_id)
-            if mc is None or mc.certificate_pem is None or mc.key_encrypted is None:
-                return None
-            key = self._box.decrypt(mc.key_encrypted, managed_key_owner(mc.id))
-            return CertificateFiles(mc.certificate_pem.encode("ascii"), key)
+            return None if mc is None else self._record_files(session, mc)
 
     def _adopt(self, managed_id: int, order_id: int) -> None:
-        """Keep the issued order's certificate and key on the managed certificate (once)."""
+        """Deploy the record the issued order made from now on (once; never an older one)."""
         with transaction(self._sessions) as session:
             mc = session.get(ManagedCertificate, managed_id)
-            order = session.get(Order, order_id)
-            if mc is None or order is None or order.state != ISSUED:
+            if mc is None:
                 return
-            if mc.issued_order_id is not None and mc.issued_order_id >= order_id:
-                return  # this one (or a newer one) is kept already
-            if not order.certificate_pem or not order.key_encrypted:
+            record = session.scalar(
+                select(Certificate).where(
+                    Certificate.order_id == order_id, Certificate.tenant_id == mc.tenant_id
+                )
+            )
+            if record is None or (mc.certificate_id is not None and mc.certificate_id >= record.id):
                 return
-            key = self._box.decrypt(order.key_encrypted, order_key_owner(order.id))
-            facts = certificate_facts(order.certificate_pem)
-            mc.issued_order_id = order.id
-            mc.certificate_pem = order.certificate_pem
-            mc.key_encrypted = self._box.encrypt(key, managed_key_owner(mc.id))
-            mc.cert_sha256 = leaf_sha256(order.certificate_pem.encode("ascii"))
-            mc.cert_names = order.domains
-            mc.not_after = facts.not_after
-            mc.renew_at = renew_at(facts.not_before, facts.not_after)
+            mc.certificate_id = record.id
             mc.updated_at = utcnow()
             host = session.get(AgentHost, mc.host_id)
             if host is not None:
@@ -298,9 +335,9 @@ class AgentIssuer:
                     session,
                     host,
                     hosts.ISSUED,
-                    f"{mc.cert_path}: issued for {order.domains}, valid until "
-                    f"{facts.not_after:%Y-%m-%d %H:%M:%S} UTC, renewed from "
-                    f"{mc.renew_at:%Y-%m-%d %H:%M:%S} UTC",
+                    f"{mc.cert_path}: certificate {record.id} issued for {record.domains}, "
+                    f"valid until {record.not_after:%Y-%m-%d %H:%M:%S} UTC, renewed from "
+                    f"{record.renew_at:%Y-%m-%d %H:%M:%S} UTC",
                     managed_certificate_id=mc.id,
                 )
 
@@ -329,6 +366,21 @@ class AgentIssuer:
                     await finished.wait(min(WAIT_POLL_SECONDS, remaining))
                 state = await asyncio.to_thread(self._state, order_id)
         return state
+
+
+def current_record(session: Session, mc: ManagedCertificate) -> Certificate | None:
+    """The record `mc` deploys: the newest of its successors when another order (an `apply`
+    for the same names, say) renewed it meanwhile; never another tenant's."""
+    record = None
+    next_id = mc.certificate_id
+    for _ in range(MAX_SUCCESSORS):
+        if next_id is None:
+            break
+        found = session.get(Certificate, next_id)
+        if found is None or found.tenant_id != mc.tenant_id:
+            break
+        record, next_id = found, found.replaced_by_id
+    return record
 
 
 def leaf_sha256(pem: bytes) -> str | None:

@@ -26,8 +26,8 @@ from certok.errors import InvalidRequest
 
 # `# configuration file /etc/nginx/nginx.conf:` (nginx -T, before each file's text)
 _DUMP_HEADER = " configuration file "
-# Deeper than any real configuration (http > server > location > if ...): refuse before parsing
-# so a pathological body cannot exhaust the parser's recursion.
+# Deeper than any real configuration (http > server > location > if ...). Deeper still, the
+# parser's own recursion gives up (RecursionError), which is refused like any parse failure.
 MAX_BLOCK_DEPTH = 32
 # httpsok.sh stops expanding includes after 20 rounds; nginx -T output is resolved as deep.
 MAX_INCLUDE_DEPTH = 20
@@ -71,12 +71,11 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
     `config_home` (the agent's `nginx-config-home` header) anchors relative paths.
     """
     home = config_home if config_home.startswith("/") else "/etc/nginx"
-    _check_depth(text)
     try:
         payload = crossplane.parse_string(
             text, single=True, comments=True, check_ctx=False, check_args=False
         )
-    except Exception:  # the library's own failures: never echo what it saw
+    except Exception:  # the library's own failures (RecursionError too): never echo what it saw
         raise ConfigSyntaxError(
             "the nginx configuration could not be parsed: run `nginx -t` on the host"
         ) from None
@@ -87,7 +86,8 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
             "braces or a directive without ';'): run `nginx -t` on the host and fix it"
         )
     top: list[Directive] = payload["config"][0]["parsed"] if payload["config"] else []
-    tree = _resolve_dump(top, home)
+    _check_depth(top)
+    tree, home = _resolve_dump(top, home)
     result = ParsedConfig()
     found: dict[str, tuple[str, list[str]]] = {}
     for pair_names, cert, key in _servers(tree, _Inherited(), result.notes):
@@ -115,33 +115,26 @@ def certificate_pairs(text: str, config_home: str) -> ParsedConfig:
     return result
 
 
-def _check_depth(text: str) -> None:
-    depth = 0
-    try:
-        for word, line, quoted in crossplane.lex_string(text):
-            if quoted:
-                continue
-            if word == "{":
-                depth += 1
-                if depth > MAX_BLOCK_DEPTH:
-                    raise ConfigSyntaxError(
-                        f"the nginx configuration nests blocks deeper than {MAX_BLOCK_DEPTH} "
-                        f"(line {line}): that is not a configuration nginx would load"
-                    )
-            elif word == "}":
-                depth -= 1
-    except ConfigSyntaxError:
-        raise
-    except Exception:
-        # The parser reports these with a line number below.
-        return
+def _check_depth(top: list[Directive]) -> None:
+    """Refuse nesting no real configuration has, before walking the tree recursively."""
+    level: list[list[Directive]] = [top]
+    for depth in range(MAX_BLOCK_DEPTH + 1):
+        level = [d["block"] for block in level for d in block if "block" in d]
+        if not level:
+            return
+        if depth == MAX_BLOCK_DEPTH:
+            raise ConfigSyntaxError(
+                f"the nginx configuration nests blocks deeper than {MAX_BLOCK_DEPTH}: "
+                "that is not a configuration nginx would load; run `nginx -t` on the host"
+            )
 
 
 # --- nginx -T: split into files, resolve includes within the upload ----------------------------
 
 
-def _resolve_dump(top: list[Directive], home: str) -> list[Directive]:
-    """`nginx -T` output → the main file with its includes inlined; anything else unchanged."""
+def _resolve_dump(top: list[Directive], home: str) -> tuple[list[Directive], str]:
+    """`nginx -T` output → the main file with its includes inlined, and the main file's
+    directory (nginx's base for relative paths); anything else unchanged, with `home`."""
     files: dict[str, list[Directive]] = {}
     current: list[Directive] | None = None
     preamble: list[Directive] = []
@@ -153,10 +146,10 @@ def _resolve_dump(top: list[Directive], home: str) -> list[Directive]:
             continue
         (preamble if current is None else current).append(directive)
     if not files:
-        return top
+        return top, home
     main_path = next(iter(files))
     main_dir = posixpath.dirname(main_path) if main_path.startswith("/") else home
-    return preamble + _inline(files[main_path], files, main_dir, (main_path,))
+    return preamble + _inline(files[main_path], files, main_dir, (main_path,)), main_dir
 
 
 def _inline(

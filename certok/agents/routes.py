@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from certok.agents import hosts
 from certok.agents.issuing import AgentIssuer, leaf_sha256
-from certok.agents.nginx_config import ConfigSyntaxError, certificate_pairs
+from certok.agents.nginx_config import ConfigSyntaxError, ParsedConfig, certificate_pairs
 from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
 from certok.db.models import Delegation
@@ -41,8 +41,11 @@ DNS_CHECKED = "3"
 # The certificate and key files an agent uploads, together (both are a few KiB).
 UPLOAD_MAX_BYTES = 256 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
+# CNAME lookups of one /checkDns in flight at once (one per delegated base name).
+DNS_LOOKUPS_AT_ONCE = 8
 
 TenantOf = Callable[[Request], Awaitable[TenantRef]]
+T = TypeVar("T")
 
 
 class TooLarge(CertokError):
@@ -57,6 +60,9 @@ class AgentServices:
     verifier: DnsVerifier
     issuer: AgentIssuer
     tenant_of: TenantOf
+    # Parsing a configuration costs CPU: takes one of the tenant's uploads for this minute,
+    # or raises RateLimited (the API's per-tenant limiter; none in tests that leave it out).
+    take_preparse: Callable[[int], None] = field(default=lambda tenant_id: None)
 
 
 def agent_routes(services: AgentServices) -> list[Route]:
@@ -90,17 +96,24 @@ class _AgentApi:
     async def preparse(self, request: Request) -> Response:
         try:
             tenant = await self.s.tenant_of(request)
-        except (Unauthenticated, RateLimited):
+        except (Unauthenticated, RateLimited) as refusal:
             # Anything non-empty would be read as `code,cert,key` lines.
-            return Response(b"", status_code=401, headers=NO_STORE)
+            return Response(b"", status_code=refusal.http_status, headers=NO_STORE)
         try:
             uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
             cap = self.s.settings.agent_preparse_max_bytes
-            body = await _read_capped(request, cap, "nginx configuration")
+            body = await _read_capped(
+                request,
+                cap,
+                "nginx configuration",
+                "ask the operator to raise agent_preparse_max_bytes",
+            )
             text = body.decode("utf-8", errors="replace")
             del body
             home = request.headers.get("nginx-config-home") or "/etc/nginx"
-            parsed = certificate_pairs(text, home)
+            self.s.take_preparse(tenant.id)
+            # Parsing costs CPU in proportion to the size: off the event loop.
+            parsed = await asyncio.to_thread(certificate_pairs, text, home)
             del text  # parsed and dropped: only paths and names go on
             facts = hosts.HostFacts(
                 agent_version=request.headers.get("httpsok-version"),
@@ -113,7 +126,7 @@ class _AgentApi:
         return _text("".join(line.render() + "\n" for line in lines))
 
     def _record_preparse(
-        self, tenant: TenantRef, uuid: str, facts: hosts.HostFacts, parsed: Any
+        self, tenant: TenantRef, uuid: str, facts: hosts.HostFacts, parsed: ParsedConfig
     ) -> list[hosts.ManagedLine]:
         settings = self.s.settings
 
@@ -137,7 +150,9 @@ class _AgentApi:
         tenant = await self.s.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         code = _code(request)
-        body = await _read_capped(request, UPLOAD_MAX_BYTES, "certificate upload")
+        body = await _read_capped(
+            request, UPLOAD_MAX_BYTES, "certificate upload", "upload a certificate file, not more"
+        )
         request._body = body  # the form parser reads the body already taken in
         try:
             form = await request.form(max_files=2, max_fields=2, max_part_size=UPLOAD_MAX_BYTES)
@@ -171,11 +186,15 @@ class _AgentApi:
         if found is None:
             return _text(UNKNOWN)
         names, skipped = found
-        problems: list[str] = []
-        for base in sorted({base_name(n) for n in names}):
-            problem = await asyncio.to_thread(self.s.verifier.ownership_problem, tenant.id, [base])
-            if problem:
-                problems.append(problem)
+        lookups = asyncio.Semaphore(DNS_LOOKUPS_AT_ONCE)
+
+        async def problem_of(base: str) -> str | None:
+            async with lookups:
+                return await asyncio.to_thread(self.s.verifier.ownership_problem, tenant.id, [base])
+
+        bases = sorted({base_name(n) for n in names})
+        found_problems = await asyncio.gather(*(problem_of(base) for base in bases))
+        problems = [problem for problem in found_problems if problem]
         not_delegated = [(n, r) for n, r in skipped if r.startswith("not delegated")]
         others = [(n, r) for n, r in skipped if not r.startswith("not delegated")]
         lines = [f"CNAME: {p}" for p in problems]
@@ -256,7 +275,9 @@ class _AgentApi:
                 + ", ".join(sorted(hosts.AGENT_LOG_TYPES))
             )
         code = _code(request)
-        body = await _read_capped(request, hosts.MAX_LOG_MESSAGE_CHARS * 4, "log message")
+        body = await _read_capped(
+            request, hosts.MAX_LOG_MESSAGE_CHARS * 4, "log message", "send a shorter message"
+        )
         message = body.decode("utf-8", errors="replace")
 
         def store() -> bool:
@@ -302,25 +323,25 @@ def _code(request: Request) -> str:
     return (request.query_params.get("code") or "").strip().lower()[:64]
 
 
-async def _read_capped(request: Request, cap: int, what: str) -> bytes:
+async def _read_capped(request: Request, cap: int, what: str, remedy: str) -> bytes:
     """The request body, refused (TooLarge) as soon as it is known to exceed `cap` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise TooLarge(_too_large(what, int(declared), cap))
+        raise TooLarge(_too_large(what, int(declared), cap, remedy))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > cap:
-            raise TooLarge(_too_large(what, size, cap))
+            raise TooLarge(_too_large(what, size, cap, remedy))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(what: str, size: int, cap: int) -> str:
+def _too_large(what: str, size: int, cap: int, remedy: str) -> str:
     return (
-        f"certok refuses this {what}: {size} bytes (or more) is over its limit of {cap} bytes "
-        "(agent_preparse_max_bytes for configurations); ask the operator to raise it"
+        f"certok refuses this {what}: {size} bytes (or more) is over its limit of {cap} "
+        f"bytes ({remedy})"
     )
 
 
@@ -329,7 +350,7 @@ def _one_line(message: str) -> str:
     return "certok: " + " ".join(message.split()).replace(",", ";") + "\n"
 
 
-def _retry_once_on_conflict(run: Callable[[], Any]) -> Any:
+def _retry_once_on_conflict(run: Callable[[], T]) -> T:
     """Two runs of the agent on one host may insert the same host or path at once: the loser
     retries once and then finds the winner's rows."""
     try:

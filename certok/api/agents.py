@@ -4,24 +4,32 @@ and, for the tenant, its hosts with their managed certificates and log (JSON env
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer
+from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
-from certok.errors import InvalidRequest, NotFound
+from certok.api.ratelimit import RateLimiter
+from certok.db.models import ManagedCertificate
+from certok.errors import InvalidRequest, NotFound, RateLimited
+
+if TYPE_CHECKING:  # routes.py imports this module to build its routes
+    from certok.api.routes import ApiServices
 
 MAX_LOG_LIMIT = 500
+PREPARSE = "preparse"
 
 
-def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
-    """Routes for `services` (certok.api.routes.ApiServices) with its token check."""
+def agent_api_routes(services: ApiServices, tenant_of: TenantOf) -> list[Route]:
+    """Routes for the API's services, with its token check."""
     issuer = AgentIssuer(
         services.sessions,
         services.box,
@@ -37,6 +45,7 @@ def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
         verifier=services.verifier,
         issuer=issuer,
         tenant_of=tenant_of,
+        take_preparse=_preparse_limit(services.settings.agent_preparse_per_minute),
     )
     listing = _HostListing(agent)
     return [
@@ -44,6 +53,44 @@ def agent_api_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
         Route("/v1/agents/hosts", listing.hosts, methods=["GET"]),
         Route("/v1/agents/hosts/{uuid}/log", listing.log, methods=["GET"]),
     ]
+
+
+def _preparse_limit(per_minute: int) -> Callable[[int], None]:
+    """One of the tenant's nginx configurations for this minute, or RateLimited saying so."""
+    limiter = RateLimiter({PREPARSE: per_minute})
+
+    def take(tenant_id: int) -> None:
+        try:
+            limiter.check(tenant_id, PREPARSE)
+        except RateLimited as limited:
+            raise RateLimited(
+                f"too many nginx configurations from this tenant (at most {per_minute} a "
+                f"minute, agent_preparse_per_minute): retry in {limited.retry_after} s",
+                retry_after=limited.retry_after,
+            ) from None
+
+    return take
+
+
+def _deployed(session: Session, mc: ManagedCertificate) -> dict[str, Any]:
+    """The certificate record a managed certificate deploys, and whether the host has it."""
+    record = current_record(session, mc)
+    if record is None:
+        return {
+            "certificateId": None,
+            "certificateNames": [],
+            "notAfter": None,
+            "renewAt": None,
+            "deployed": False,
+        }
+    fingerprint = leaf_sha256(record.certificate_pem.encode("ascii"))
+    return {
+        "certificateId": record.id,
+        "certificateNames": record.domains.split(","),
+        "notAfter": _time(record.not_after),
+        "renewAt": _time(record.renew_at),
+        "deployed": mc.disk_sha256 is not None and mc.disk_sha256 == fingerprint,
+    }
 
 
 def _time(value: Any) -> str | None:
@@ -77,13 +124,7 @@ class _HostListing:
                                 "skipped": [
                                     {"name": n, "reason": r} for n, r in hosts.skipped_names(mc)
                                 ],
-                                "certificateNames": (mc.cert_names or "").split(",")
-                                if mc.cert_names
-                                else [],
-                                "notAfter": _time(mc.not_after),
-                                "renewAt": _time(mc.renew_at),
-                                "deployed": mc.cert_sha256 is not None
-                                and mc.disk_sha256 == mc.cert_sha256,
+                                **_deployed(session, mc),
                             }
                             for mc in hosts.active_certificates(session, host)
                         ],

@@ -307,16 +307,10 @@ class ManagedCertificate(Base):
     skipped: Mapped[str] = mapped_column(Text)
     # Still in the host's configuration at its last upload.
     active: Mapped[bool] = mapped_column(Boolean)
-    # The order last started for it (no foreign key: the purge deletes finished orders).
+    # The order last started for it, and the certificate record it deploys now (no foreign
+    # keys: the purge deletes finished orders, and certificate records after they expire).
     order_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # The certificate certok deploys now, its key encrypted, and when it is due for renewal.
-    issued_order_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
-    key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    cert_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    cert_names: Mapped[str | None] = mapped_column(Text, nullable=True)
-    not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    renew_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    certificate_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The leaf certificate the agent last uploaded from disk (its fingerprint only).
     disk_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

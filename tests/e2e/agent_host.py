@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,11 +29,14 @@ def compat_script() -> Path:
     """`../shared/compat/httpsok-1.18.2.sh` beside the repository (CI lays shared/ there; a git
     worktree one level further down finds it one level up). Missing: a skip, or under CI=true a
     failure, since a green CI must mean the real script ran."""
+    missing_tools = [tool for tool in ("bash", "curl", "openssl") if shutil.which(tool) is None]
     for root in (REPO_ROOT.parent, REPO_ROOT.parent.parent):
         candidate = root / "shared" / "compat" / SCRIPT_NAME
-        if candidate.is_file():
+        if candidate.is_file() and not missing_tools:
             return candidate
     message = f"httpsok.sh not found at {REPO_ROOT.parent / 'shared' / 'compat' / SCRIPT_NAME}"
+    if missing_tools:
+        message = f"httpsok.sh needs {', '.join(missing_tools)}: apt-get install -y curl openssl"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {message}", pytrace=False)
     pytest.skip(message)

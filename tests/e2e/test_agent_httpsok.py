@@ -95,6 +95,7 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
 
     customer = host(f"{server.base_url}/v1/nginx", token)
     self_signed = customer.served()
+    self_signed_pem = customer.cert.read_text()
     assert sans(self_signed) == sorted(NAMES) and PEBBLE_ISSUER not in issuer_cn(self_signed)
 
     # --- 1: the self-signed certificate is replaced by a Pebble one ------------------------
@@ -113,6 +114,8 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
         assert customer.served(name).serial_number == leaf.serial_number
     backups = customer.backups()
     assert [b.split(".")[0:2] for b in backups] == [["site", "key"], ["site", "pem"]], backups
+    backup_dir = customer.home / ".httpsok" / "backups"
+    assert (backup_dir / backups[1]).read_text() == self_signed_pem  # what was there before
     log = host_log(server, token, uuid)
     assert {"preparse", "certificate-issued", "cert-updated-success"} <= set(kinds(log))
     assert kinds(log).count("nginx-reload-success") == 1
@@ -142,12 +145,18 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
     assert len(customer.backups()) == 4
     with sqlite3.connect(database_path(server)) as db:
         orders = db.execute("SELECT state, domains FROM orders ORDER BY id").fetchall()
+        records = db.execute(
+            "SELECT id, replaces_id, replaced_by_id FROM certificates ORDER BY id"
+        ).fetchall()
     assert orders == [("issued", ",".join(NAMES))] * 2
+    # a renewal replaces the previous certificate record
+    (first_id, _, first_replaced_by), (second_id, second_replaces, _) = records
+    assert (first_replaced_by, second_replaces) == (second_id, first_id)
 
-    # --- 4: a CNAME removed: 12, and nginx keeps the certificate it has -------------------------
+    # --- 4: a CNAME removed: 12 (long before the renewal), nginx keeps its certificate --------
+    restart_with_offset(server, 0)
     shop_lines = [line for line in delegation_lines(dv) if line.startswith("_acme-challenge.shop")]
     customer_records([line for line in delegation_lines(dv) if line not in shop_lines])
-    restart_with_offset(server, offset + renewal_offset(renewed))
     fourth = customer.run_agent()
     assert "DNS CNAME invalid" in fourth.output, fourth.output
     assert "_acme-challenge.shop" in fourth.output  # /checkDns names the CNAME to add
@@ -157,6 +166,7 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
 
     # --- 5: a broken nginx configuration: reported through /log, visible to the tenant ---------
     customer_records(delegation_lines(dv))
+    restart_with_offset(server, renewal_offset(renewed))
     (customer.site / "conf.d" / "zz-broken.conf").write_text("this_is_no_directive on;\n")
     fifth = customer.run_agent()
     assert "New cert updated" in fifth.output and "Nginx test failed" in fifth.output, fifth.output

@@ -24,9 +24,10 @@ from starlette.testclient import TestClient
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
-from certok.db.models import AgentLogEntry, ManagedCertificate, Order
+from certok.db.models import AgentLogEntry, Certificate, ManagedCertificate, Order
 from certok.domains.delegations import compute_label, ensure_delegations
 from certok.orders.service import order_key_owner
 from certok.settings import Settings
@@ -162,6 +163,10 @@ class Harness:
                 order.not_before = dt.datetime.now(dt.UTC)
                 order.not_after = order.not_before + dt.timedelta(days=days)
                 order.finished_at = order.not_before
+                session.flush()
+                # ... and its certificate record, in the same transaction as the driver does.
+                record = issued_certificate(chain, order.not_before, ari=False)
+                record_issued(session.connection(), order.id, record)
                 issued.append((chain, key))
         return issued
 
@@ -352,6 +357,12 @@ def test_renewal_time_reached_starts_the_next_order(store: Store, tmp_path: Path
         ((second_chain, _),) = harness.issue_pending_orders()
         assert agent.check(code)[0] == "1"
         assert agent.get(f"/cert/{code}.cer").content == second_chain.encode()
+        # the renewal replaced the previous record (and its order named it for `replaces`)
+        with harness.store.sessions() as session:
+            first, second = session.scalars(select(Certificate).order_by(Certificate.id)).all()
+            renewal = session.get(Order, second.order_id)
+        assert renewal is not None and renewal.replaces_certificate_id == first.id
+        assert (first.replaced_by_id, second.replaces_id) == (second.id, first.id)
 
 
 def test_missing_cname_is_12_and_nothing_is_ordered(harness: Harness) -> None:
@@ -459,3 +470,103 @@ def test_uninstall_forgets_the_hosts_codes(harness: Harness) -> None:
     with harness.store.sessions() as session:
         kinds = session.scalars(select(AgentLogEntry.kind)).all()
     assert "uninstalled" in kinds
+
+
+def test_a_name_added_to_the_configuration_gets_a_new_certificate(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test", "new.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    agent.check(code)
+    ((chain, key),) = harness.issue_pending_orders()
+    assert agent.check(code)[0] == "1"
+    agent.lines()
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["3"]
+    # the same file now also serves new.customer.test: the next run orders a certificate
+    # for the three names (and the code stays the same)
+    more = CONFIG.replace("shop.customer.test _", "shop.customer.test new.customer.test _")
+    assert agent.lines(more)["/etc/nginx/ssl/site.pem"][0] == code
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["2"]
+    with harness.store.sessions() as session:
+        newest = session.scalars(select(Order).order_by(Order.id.desc())).first()
+    assert newest is not None
+    assert newest.domains == "www.customer.test,shop.customer.test,new.customer.test"
+
+
+def test_a_failed_order_is_reported_and_not_retried_at_once(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    assert agent.check(code) == ["2"]
+    with transaction(harness.store.sessions) as session:
+        order = session.scalars(select(Order)).one()
+        order.state = "failure"
+        order.reason = "caa: CAA record forbids issuance"
+        order.finished_at = dt.datetime.now(dt.UTC)
+    for _ in range(2):
+        (message,) = agent.check(code)
+        assert message == "certificate order failed: caa: CAA record forbids issuance"
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def test_concurrent_first_runs_of_one_host_share_its_rows(harness: Harness) -> None:
+    agent = harness.agent()
+    answers: list[dict[str, tuple[str, str]]] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        answers.append(agent.lines())
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all(answer == answers[0] for answer in answers)
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ManagedCertificate)) == 2
+
+
+def test_an_uninstalled_host_frees_its_place(store: Store, tmp_path: Path) -> None:
+    for harness in make_harness(store, tmp_path, agent_max_hosts_per_tenant=1):
+        first = harness.agent()
+        first.lines()
+        second = harness.agent(uuid="0123456789abcdef0123456789abcdef")
+        assert second.preparse(CONFIG).status_code == 409
+        assert first.get("/uninstall?t=1").text == "ok"
+        assert second.preparse(CONFIG).status_code == 200
+
+
+def test_configurations_per_tenant_and_minute_are_limited(store: Store, tmp_path: Path) -> None:
+    for harness in make_harness(store, tmp_path, agent_preparse_per_minute=2):
+        agent = harness.agent()
+        assert [agent.preparse(CONFIG).status_code for _ in range(2)] == [200, 200]
+        limited = agent.preparse(CONFIG)
+        assert limited.status_code == 429 and "agent_preparse_per_minute" in limited.text
+        assert limited.text.count("\n") == 1 and "," not in limited.text
+        # another tenant has its own allowance
+        assert harness.agent("beta").preparse(CONFIG).status_code == 200
+
+
+def test_a_removed_cname_is_12_even_while_the_certificate_is_valid(harness: Harness) -> None:
+    harness.delegate("alpha", "www.customer.test", "shop.customer.test")
+    agent = harness.agent()
+    code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+    agent.check(code)
+    ((chain, key),) = harness.issue_pending_orders()
+    agent.check(code)
+    agent.lines()
+    agent.upload(code, chain.encode(), key.encode())
+    assert agent.check(code) == ["3"]
+    harness.delegate("alpha", "shop.customer.test", cname=False)
+    answer = agent.check(code)
+    assert answer[0] == "12" and "_acme-challenge.shop" in answer[1]
+    # nothing new is ordered; what the host has stays downloadable
+    with harness.store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 1
+    assert agent.get(f"/cert/{code}.cer").content == chain.encode()
+    harness.delegate("alpha", "shop.customer.test")
+    assert agent.check(code) == ["3"]

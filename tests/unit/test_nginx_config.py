@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certok.agents.nginx_config import (
     MAX_BLOCK_DEPTH,
@@ -170,7 +172,8 @@ def test_same_path_with_two_keys_keeps_the_first_and_says_so() -> None:
     [
         "http { server { listen 443 ssl; ",
         "http { } }",
-        "{" * (MAX_BLOCK_DEPTH + 1) + "}" * (MAX_BLOCK_DEPTH + 1),
+        "a {" * (MAX_BLOCK_DEPTH + 1) + "}" * (MAX_BLOCK_DEPTH + 1),
+        "a {" * 5000 + "}" * 5000,
         "server { server_name 'unterminated; }",
     ],
 )
@@ -182,6 +185,18 @@ def test_broken_configurations_are_refused_without_quoting_them(text: str) -> No
     assert "nginx" in refusal.value.message
 
 
+def test_nesting_up_to_the_limit_is_read() -> None:
+    text = (
+        "a {" * (MAX_BLOCK_DEPTH - 1)
+        + (
+            "server { listen 443 ssl; server_name a.customer.test; "
+            "ssl_certificate /c/a.pem; ssl_certificate_key /c/a.key; }"
+        )
+        + "}" * (MAX_BLOCK_DEPTH - 1)
+    )
+    assert [p.cert_path for p in certificate_pairs(text, "/etc/nginx").pairs] == ["/c/a.pem"]
+
+
 def test_includes_never_read_certoks_own_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
     secret = tmp_path / "secret.conf"
     secret.write_text("server { listen 443 ssl; server_name leak.test; "
@@ -189,6 +204,19 @@ def test_includes_never_read_certoks_own_disk(tmp_path) -> None:  # type: ignore
     text = f"# configuration file /etc/nginx/nginx.conf:\nhttp {{ include {secret}; }}\n"
     assert certificate_pairs(text, "/etc/nginx").pairs == []
     assert certificate_pairs(f"http {{ include {secret}; }}", "/etc/nginx").pairs == []
+
+
+def test_relative_paths_of_a_dump_follow_its_main_file() -> None:
+    text = (
+        "# configuration file /opt/nginx/conf/nginx.conf:\n"
+        "http { server { listen 443 ssl; server_name a.customer.test; "
+        "ssl_certificate cert/a.pem; ssl_certificate_key cert/a.key; } }\n"
+    )
+    (pair,) = certificate_pairs(text, "/etc/nginx").pairs
+    assert (pair.cert_path, pair.key_path) == (
+        "/opt/nginx/conf/cert/a.pem",
+        "/opt/nginx/conf/cert/a.key",
+    )
 
 
 def test_include_cycles_end() -> None:
@@ -236,3 +264,28 @@ def test_names_over_the_limit_and_not_delegated() -> None:
     kept, skipped = split_delegated(["a.test", "*.a.test", "b.test"], {"a.test"})
     assert kept == ["a.test", "*.a.test"]
     assert skipped[0][0] == "b.test" and "/v1/cert/dv?domains=b.test" in skipped[0][1]
+
+
+_PIECES = st.sampled_from(
+    [
+        "server", "http", "stream", "listen", "443", "ssl", "on", "ssl_certificate",
+        "ssl_certificate_key", "server_name", "include", "/c/a.pem", "c/b.key", "www.x.test",
+        "_", "~^a$", "$host", "{", "}", ";", " ", "\t", "\n", "#", "'", '"', "\\", "*.x.test",
+        "# configuration file /e/nginx.conf:\n", "#included-begin /e/a.conf;\n", "MARKER-9f3e",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=60).map(" ".join))
+def test_any_text_parses_or_is_refused_without_being_quoted(text: str) -> None:
+    # A refusal names a line, never the text; what parses yields absolute, comma-free paths.
+    try:
+        parsed = certificate_pairs(text, "/etc/nginx")
+    except ConfigSyntaxError as refusal:
+        assert "MARKER-9f3e" not in refusal.message
+        return
+    for pair in parsed.pairs:
+        assert pair.cert_path.startswith("/") and pair.key_path.startswith("/")
+        assert "," not in pair.cert_path + pair.key_path
+    classify([name for pair in parsed.pairs for name in pair.names], max_names=100)
