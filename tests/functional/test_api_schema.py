@@ -574,13 +574,6 @@ def test_event_operations_get_documented_answers(api: Api, label: str) -> None:
 
     @settings(
         max_examples=25,
-@pytest.mark.parametrize("path", ["/v1/agents/hosts", "/v1/agents/hosts/{uuid}/log"])
-def test_agent_host_routes_get_documented_answers(api: Api, path: str) -> None:
-    operation = api.schema[path]["GET"]
-    statuses: list[int] = []
-
-    @settings(
-        max_examples=60,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -601,6 +594,19 @@ def test_agent_host_routes_get_documented_answers(api: Api, path: str) -> None:
 
     run()
     assert 401 in statuses and any(status != 401 for status in statuses), statuses
+
+
+@pytest.mark.parametrize("path", ["/v1/agents/hosts", "/v1/agents/hosts/{uuid}/log"])
+def test_agent_host_routes_get_documented_answers(api: Api, path: str) -> None:
+    operation = api.schema[path]["GET"]
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(case=both_modes(operation), token=TOKEN_CHOICES)
     def run(case: Case, token: TokenChoice) -> None:
         statuses.append(send(api, case, token).status_code)

@@ -61,10 +61,11 @@ from starlette.testclient import TestClient
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks, build_driver
+from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import make_engine, make_session_factory, transaction
 from certok.db.migrate import upgrade
-from certok.db.models import ChallengeRecord, Delegation, Order, VerificationCode
+from certok.db.models import Certificate, ChallengeRecord, Delegation, Order, VerificationCode
 from certok.domains.delegations import compute_label
 from certok.http01 import store as http01_store
 from certok.names import base_name
@@ -772,8 +773,115 @@ class IsolationMachine(RuleBasedStateMachine):
             )
             order.not_before = dt.datetime.now(dt.UTC)
             order.not_after = order.not_before + dt.timedelta(days=90)
+            session.flush()
+            # The record the issuing save writes with it (certok/certificates/records.py).
+            record_issued(
+                session.connection(),
+                order.id,
+                issued_certificate(certificate, order.not_before, ari=False),
+            )
         self.secrets[info.owner].certificates.add(certificate)
         self.secrets[info.owner].keys.add(key)
+
+    # --- certificate records ---------------------------------------------------------------------
+    def certificate_rows(self) -> list[tuple[int, int]]:
+        """(certificate id, owner index) of this run's certificate records."""
+        by_id = {tenant.id: index for index, tenant in enumerate(self.tenants)}
+        with self.world.store.sessions() as session:
+            rows = session.execute(
+                select(Certificate.id, Certificate.tenant_id).where(
+                    Certificate.tenant_id.in_(self.run_tenant_ids())
+                )
+            ).all()
+        return [(row.id, by_id[row.tenant_id]) for row in rows]
+
+    def post(self, path: str, tenant: int, body: dict[str, Any]) -> Any:
+        response = self.world.client.post(
+            path, json=body, headers={TOKEN_HEADER: self.tenants[tenant].token}
+        )
+        assert response.status_code < 500, response.text
+        self.assert_no_foreign_secrets(tenant, response.text, set())
+        return response
+
+    @rule(tenant=TENANT, status=st.sampled_from([None, "valid", "revoked"]))
+    def list_certificates(self, tenant: int, status: str | None) -> None:
+        params = {"size": "100", **({"status": status} if status else {})}
+        response = self.get("/v1/cert/list", tenant, **params)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        own = {cid for cid, owner in self.certificate_rows() if owner == tenant}
+        listed = {item["id"] for item in data["items"]}
+        assert listed <= own, "a tenant's list showed another tenant's certificate"
+        if status is None:
+            assert listed == own and data["total"] == len(own)
+        if listed:
+            self.count("certificates listed")
+        for certificate_id in sorted(listed)[:3]:
+            self.read_certificate(certificate_id, tenant, tenant, "")
+        # And one of another tenant's, asked for as if it were the caller's.
+        foreign = [cid for cid, owner in self.certificate_rows() if owner != tenant]
+        if foreign:
+            owner = next(o for cid, o in self.certificate_rows() if cid == foreign[-1])
+            self.read_certificate(foreign[-1], owner, tenant, "/privkey.pem")
+
+    @precondition(lambda self: self.certificate_rows())
+    @rule(
+        pick=INDEX,
+        shift=st.one_of(st.none(), st.integers(1, TENANTS - 1)),
+        what=st.sampled_from(["", "/fullchain.pem", "/privkey.pem"]),
+    )
+    def get_certificate(self, pick: int, shift: int | None, what: str) -> None:
+        """Its owner reads it (shift None); anyone else is answered exactly as for an unknown
+        id."""
+        rows = self.certificate_rows()
+        certificate_id, owner = rows[pick % len(rows)]
+        as_tenant = owner if shift is None else (owner + shift) % TENANTS
+        self.read_certificate(certificate_id, owner, as_tenant, what)
+
+    def read_certificate(self, certificate_id: int, owner: int, as_tenant: int, what: str) -> None:
+        response = self.get(f"/v1/cert/{certificate_id}{what}", as_tenant)
+        if as_tenant == owner:
+            assert response.status_code == 200, response.text
+            self.count("own certificate read")
+            return
+        # An unknown id of as many digits, so even the answers' lengths must agree.
+        with self.world.store.sessions() as session:
+            taken = set(session.scalars(select(Certificate.id)))
+        digits = len(str(certificate_id))
+        unknown_id = next(
+            i for i in range(10**digits - 1, 10 ** (digits - 1) - 1, -1) if i not in taken
+        )
+        unknown = self.get(f"/v1/cert/{unknown_id}{what}", as_tenant)
+        assert response.status_code == unknown.status_code == 404
+        assert dict(response.headers) == dict(unknown.headers)
+        mine, theirs = response.json(), unknown.json()
+        mine.pop("traceId")
+        theirs.pop("traceId")
+        mine_text = json.dumps(mine).replace(f"certificate {certificate_id} ", "<id>")
+        assert mine_text == json.dumps(theirs).replace(f"certificate {unknown_id} ", "<id>")
+        self.count("foreign certificate refused")
+
+    @precondition(lambda self: self.certificate_rows())
+    @rule(pick=INDEX, as_tenant=TENANT, reason=st.sampled_from([0, 1, "superseded"]))
+    def revoke_certificate(self, pick: int, as_tenant: int, reason: Any) -> None:
+        """Only the owner's request is recorded (no worker here: it stays requested)."""
+        rows = self.certificate_rows()
+        certificate_id, owner = rows[pick % len(rows)]
+        with self.world.store.sessions() as session:
+            before = session.scalar(
+                select(Certificate.revoke_requested_at).where(Certificate.id == certificate_id)
+            )
+        response = self.post(f"/v1/cert/{certificate_id}/revoke", as_tenant, {"reason": reason})
+        with self.world.store.sessions() as session:
+            after = session.scalar(
+                select(Certificate.revoke_requested_at).where(Certificate.id == certificate_id)
+            )
+        if as_tenant == owner:
+            assert response.status_code == 200, response.text
+            assert after is not None
+        else:
+            assert response.status_code == 404, response.text
+            assert after == before, "another tenant's revoke request was recorded"
 
     # --- HTTP-01 ---------------------------------------------------------------------------------
     @precondition(lambda self: any(info.order_id is not None for info in self.codes))
@@ -947,7 +1055,6 @@ def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(
     # The exploration reached the interesting places, not only the refusals.
     reached = IsolationMachine.reached
     print(f"tenant isolation: {next(RUNS) - first_run - 1} machines started, reached {reached}")
-    print(f"reached: {reached}")
     for what in (
         "code",
         "issued by the CA",
@@ -956,6 +1063,8 @@ def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(
         "post api order",
         "agent preparse",
         "agent foreign code",
+        "own certificate read",
+        "foreign certificate refused",
     ):
         assert reached.get(what, 0) > 0, f"never reached: {what} ({reached})"
 
