@@ -47,7 +47,8 @@ from certok.db.models import (
 from certok.domains.verify import DnsVerifier
 from certok.names import base_name
 from certok.orders.codes import issue_code
-from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner, redeem_code
+from certok.orders.quotas import redeem_job
+from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
 from certok.settings import Settings
 
 READY = "1"
@@ -178,6 +179,8 @@ class AgentIssuer:
             order.id if order else None,
             current.id if current is not None else None,
         )
+        if isinstance(order_id, str):  # refused: the tenant's pending cap, or disabled
+            return f"certok: {order_id}"
         self._wake_worker()
         return await self._wait_and_answer(snap.id, order_id)
 
@@ -250,25 +253,34 @@ class AgentIssuer:
         names: list[str],
         previous: int | None,
         replaces: int | None,
-    ) -> int:
+    ) -> int | str:
         """A new order for `names` (a code redeemed at once) that renews the certificate
         deployed now, if any; bound to the managed certificate unless a concurrent check bound
-        one first: then theirs."""
+        one first: then theirs. Within the tenant's caps, as apply (certok/orders/quotas.py):
+        joined to a running order for the same names, or refused at the pending cap (the
+        refusal's message is returned)."""
         with transaction(self._sessions) as session:
             code = issue_code(
                 session, tenant_id, "dns", names, self._settings.code_ttl_seconds, utcnow
             )
-            order_id, _ = redeem_code(
-                session,
-                tenant_id,
-                code,
+            outcome = redeem_job(
+                session.connection(),
+                tenant_id=tenant_id,
+                code=code,
                 algorithm=ALGORITHM,
                 issuer=self._settings.default_issuer,
                 deadline_seconds=self._settings.order_deadline_seconds,
                 # The record it renews: the driver sends `replaces` for it where the CA offers
                 # ARI, and the new record marks it replaced.
-                replaces_certificate_id=replaces,
+                order_extras={"replaces_certificate_id": replaces},
+                max_pending=self._settings.tenant_max_pending_orders,
+                join_seconds=self._settings.order_join_seconds,
+                now=utcnow(),
             )
+            if outcome.order_id is None:
+                session.execute(delete(VerificationCode).where(VerificationCode.code == code))
+                return outcome.refused or "this tenant is disabled: contact the operator"
+            order_id = outcome.order_id
             current = ManagedCertificate.order_id
             claimed = session.execute(
                 update(ManagedCertificate)
@@ -282,7 +294,8 @@ class AgentIssuer:
                 return order_id
             # Another run of the agent on this host started one first: use theirs.
             session.execute(delete(VerificationCode).where(VerificationCode.code == code))
-            session.execute(delete(Order).where(Order.id == order_id))
+            if outcome.created:  # a joined order is another code's as well: never deleted
+                session.execute(delete(Order).where(Order.id == order_id))
             winner = session.scalar(
                 select(ManagedCertificate.order_id).where(ManagedCertificate.id == managed_id)
             )

@@ -35,7 +35,8 @@ from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
 from certok.errors import InvalidRequest, RateLimited, Unauthenticated
 from certok.names import parse_domains
-from certok.orders.service import OrderView, code_order, redeem_code, view_order
+from certok.orders.quotas import Redemption, redeem_job, redeemed
+from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
 
 if TYPE_CHECKING:
@@ -104,24 +105,32 @@ def _apply_job(
     issuer: str,
     deadline_seconds: int,
     notify_url: str | None,
+    max_pending: int,
+    join_seconds: float,
     now: dt.datetime,
-) -> int:
-    """Redeem the fresh code and remember the notifyUrl, in one transaction."""
-    order_id, created = redeem_code(
+) -> Redemption:
+    """Redeem the fresh code within the tenant's caps (certok/orders/quotas.py, as the GET
+    apply does) and remember the notifyUrl, in one transaction."""
+    outcome = redeem_job(
         connection,
-        tenant_id,
-        code,
+        tenant_id=tenant_id,
+        code=code,
         algorithm=algorithm,
         issuer=issuer,
         deadline_seconds=deadline_seconds,
+        order_extras={},
+        max_pending=max_pending,
+        join_seconds=join_seconds,
+        now=now,
     )
-    if created and notify_url:
+    order_id, created = outcome.order_id, outcome.created
+    if order_id is not None and created and notify_url:
         connection.execute(
             insert(OrderNotifyUrl.__table__).values(
                 order_id=order_id, tenant_id=tenant_id, url=notify_url, created_at=now
             )
         )
-    return order_id
+    return outcome
 
 
 def post_api_routes(
@@ -178,7 +187,7 @@ def post_api_routes(
                 + "; ".join(dict.fromkeys(result.problems))
                 + " (POST /v1/cert/dv shows each name's CNAME)"
             )
-        await asyncio.to_thread(
+        outcome = await asyncio.to_thread(
             write,
             services.sessions,
             functools.partial(
@@ -189,9 +198,12 @@ def post_api_routes(
                 issuer=issuer,
                 deadline_seconds=settings.order_deadline_seconds,
                 notify_url=notify_url,
+                max_pending=settings.tenant_max_pending_orders,
+                join_seconds=settings.order_join_seconds,
                 now=events.clock(),
             ),
         )
+        redeemed(outcome)  # the pending cap's 429, or a tenant disabled meanwhile
         services.wake_worker()
         return envelope(request, result.code, headers=NO_STORE)
 

@@ -122,7 +122,7 @@ def redeem_with_quotas(
     outcome = write(
         sessions,
         functools.partial(
-            _redeem_job,
+            redeem_job,
             tenant_id=tenant_id,
             code=code,
             algorithm=algorithm,
@@ -134,6 +134,11 @@ def redeem_with_quotas(
             now=clock(),
         ),
     )
+    return redeemed(outcome)
+
+
+def redeemed(outcome: Redemption) -> tuple[int, bool]:
+    """(order id, created now), or the error a refused redemption answers with."""
     if outcome.disabled:
         raise Unauthenticated("this tenant is disabled: contact the operator")
     if outcome.refused is not None:
@@ -142,7 +147,7 @@ def redeem_with_quotas(
     return outcome.order_id, outcome.created
 
 
-def _redeem_job(
+def redeem_job(
     connection: Connection,
     *,
     tenant_id: int,

@@ -27,7 +27,13 @@ from certok.assembly import build_api_services, build_checks
 from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
-from certok.db.models import AgentLogEntry, Certificate, ManagedCertificate, Order
+from certok.db.models import (
+    AgentLogEntry,
+    Certificate,
+    ManagedCertificate,
+    Order,
+    VerificationCode,
+)
 from certok.domains.delegations import compute_label, ensure_delegations
 from certok.orders.service import order_key_owner
 from certok.settings import Settings
@@ -570,3 +576,29 @@ def test_a_removed_cname_is_12_even_while_the_certificate_is_valid(harness: Harn
     assert agent.get(f"/cert/{code}.cer").content == chain.encode()
     harness.delegate("alpha", "shop.customer.test")
     assert agent.check(code) == ["3"]
+
+
+def test_the_post_api_and_the_agent_keep_to_the_tenants_pending_cap(
+    store: Store, tmp_path: Path
+) -> None:
+    """The POST API's apply and the agent's check start orders through the same caps as the
+    GET apply (certok/orders/quotas.py): at tenant_max_pending_orders they start none."""
+    for harness in make_harness(store, tmp_path, tenant_max_pending_orders=1):
+        harness.delegate("alpha", "www.customer.test", "shop.customer.test", "a.customer.test")
+        open_api = {"OpenApiKey": harness.tokens["alpha"]}
+        first = harness.client.post(
+            "/v1/cert/apply", json={"domainList": ["a.customer.test"]}, headers=open_api
+        )
+        assert first.status_code == 200 and first.json()["code"] == 0, first.text
+        second = harness.client.post(
+            "/v1/cert/apply", json={"domainList": ["shop.customer.test"]}, headers=open_api
+        )
+        assert second.status_code == 429, second.text
+        assert "tenant_max_pending_orders = 1" in second.json()["msg"]
+        agent = harness.agent()
+        code = agent.lines()["/etc/nginx/ssl/site.pem"][0]
+        (line, *_) = agent.check(code)
+        assert line.startswith("certok: ") and "tenant_max_pending_orders = 1" in line, line
+        with harness.store.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Order)) == 1
+            assert session.scalar(select(func.count()).select_from(VerificationCode)) == 2

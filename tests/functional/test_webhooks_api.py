@@ -277,9 +277,11 @@ def test_notify_url_gets_the_orders_outcome(hooks: Harness) -> None:
             issuer="google",
             deadline_seconds=60,
             notify_url=hooks.receiver.url("/notify"),
+            max_pending=0,
+            join_seconds=0,
             now=now,
         ),
-    )
+    ).order_id
     from sqlalchemy import update
 
     from certok.db.models import Order
