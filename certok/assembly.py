@@ -31,7 +31,7 @@ from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
+from certok.prechecks.safe_http import FetchLimits, SafeFetcher, verified_tls_context
 from certok.settings import Settings
 from certok.store import Store
 
@@ -211,6 +211,9 @@ def build_webhook_fetcher(settings: Settings) -> SafeFetcher:
             connect_timeout=timeout,
             read_timeout=timeout,
             total_timeout=timeout,
+        ),
+        post_tls=verified_tls_context(
+            None if settings.webhook_ca_file is None else str(settings.webhook_ca_file)
         ),
     )
 

@@ -88,6 +88,16 @@ class Unavailable(CertokError):
     code = 1503
 
 
+# How much of a client's unknown identifier an error message repeats: enough to recognise a
+# typo, never a megabyte of whatever a client sent back at it.
+ECHOED_CHARS = 64
+
+
+def echoed(value: str) -> str:
+    """`value` as an error message may repeat it: at most ECHOED_CHARS, then an ellipsis."""
+    return value if len(value) <= ECHOED_CHARS else value[:ECHOED_CHARS] + "…"
+
+
 class ConfigurationError(CertokError):
     """certok is misconfigured: see docs/settings.md."""
 

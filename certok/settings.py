@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     # --- events and webhooks (docs/webhooks.md) -----------------------------------------------
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=30)
+    # Extra CAs (PEM) trusted for https webhook and notifyUrl receivers, besides the system's.
+    webhook_ca_file: Path | None = None
     webhook_log_retention_days: int = Field(default=30, ge=1)
     webhook_secret_overlap_hours: float = Field(default=24.0, ge=0)
     post_api_poll_seconds: float = Field(default=10.0, ge=0)

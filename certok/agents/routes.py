@@ -29,7 +29,14 @@ from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
 from certok.db.models import Delegation
 from certok.domains.verify import DnsVerifier
-from certok.errors import CertokError, InvalidRequest, NotFound, RateLimited, Unauthenticated
+from certok.errors import (
+    CertokError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    echoed,
+)
 from certok.names import base_name
 from certok.settings import Settings
 from certok.tenants.service import TenantRef
@@ -258,7 +265,7 @@ class _AgentApi:
             files = await asyncio.to_thread(self.s.issuer.files, tenant.id, uuid, code)
         if files is None:
             raise NotFound(
-                f"no certificate file {name}: ask /v1/nginx/check?code=<code> first; "
+                f"no certificate file {echoed(name)}: ask /v1/nginx/check?code=<code> first; "
                 "codes come from /v1/nginx/preparse"
             )
         content = files.fullchain if kind == "cer" else files.key

@@ -20,6 +20,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
+from string import hexdigits
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert
@@ -35,6 +36,7 @@ from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
 from certok.errors import InvalidRequest, RateLimited, Unauthenticated
 from certok.names import parse_domains
+from certok.orders.codes import CODE_HEX_CHARS, code_not_found
 from certok.orders.quotas import Redemption, redeem_job, redeemed
 from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
@@ -133,6 +135,9 @@ def _apply_job(
     return outcome
 
 
+HEX_DIGITS = frozenset(hexdigits.lower())
+
+
 def post_api_routes(
     services: ApiServices,
     tenant_of: TenantOf,
@@ -153,7 +158,7 @@ def post_api_routes(
     async def dv(request: Request) -> Response:
         ref = await tenant(request)
         services.limiter.check(ref.id, "dv")
-        body = await read_json_object(request)
+        body = await read_json_object(request, ("domainList",), strict=False)
         domains = _domain_list(body, settings.max_domains)
         result = await services.verifier.verify(ref, domains)
         configs = [
@@ -172,7 +177,9 @@ def post_api_routes(
     async def apply(request: Request) -> Response:
         ref = await tenant(request)
         services.limiter.check(ref.id, "apply")
-        body = await read_json_object(request)
+        body = await read_json_object(
+            request, ("domainList", "algorithm", "ca", "notifyUrl"), strict=False
+        )
         domains = _domain_list(body, settings.max_domains)
         algorithm = _choice(body, "algorithm", "ECC", ALGORITHMS)
         issuer = _choice(body, "ca", settings.default_issuer, tuple(sorted(settings.issuers)))
@@ -210,6 +217,11 @@ def post_api_routes(
     async def status(request: Request) -> Response:
         ref = await tenant(request)
         apply_id = str(request.path_params["id"]).strip().lower()
+        # Ids are codes (16 hex): anything else is unknown before it takes a place in the
+        # gate's memory, which a client could otherwise fill with made-up ids.
+        if len(apply_id) != CODE_HEX_CHARS or not all(c in HEX_DIGITS for c in apply_id):
+            raise code_not_found(apply_id)
+        services.limiter.check(ref.id, "apply")
         gate.check(ref.id, apply_id)
 
         def read() -> OrderView:

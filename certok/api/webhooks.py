@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +51,15 @@ class EventApi:
     clock: Clock = field(default=utcnow)
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body, or InvalidRequest saying what is wrong with it."""
+async def read_json_object(
+    request: Request, fields: Collection[str] | None = None, *, strict: bool = True
+) -> dict[str, Any]:
+    """The request's JSON object body, or InvalidRequest saying what is wrong with it.
+
+    With `fields`, a key that is not one of them is refused by name (a misspelt field would
+    otherwise be dropped silently: `"event"` for `"events"` subscribes to everything). Not
+    `strict` (httpsok's POST API, whose clients may send fields of their own), only a key
+    that is one of `fields` in other letter case is refused."""
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequest(f"request body too large: at most {MAX_BODY_BYTES} bytes")
@@ -64,6 +71,17 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise InvalidRequest(f"the body is not valid JSON ({error}): send a JSON object") from None
     if not isinstance(value, dict):
         raise InvalidRequest('the body must be a JSON object, e.g. {"url": "https://..."}')
+    if fields is not None:
+        by_case = {field.lower(): field for field in fields}
+        for key in value:
+            if key in fields:
+                continue
+            if strict or key.lower() in by_case:
+                meant = by_case.get(key.lower())
+                hint = f"did you mean {meant!r}? " if meant else ""
+                raise InvalidRequest(
+                    f"unknown field {key[:40]!r}: {hint}the fields are {', '.join(fields)}"
+                )
     return value
 
 
@@ -116,7 +134,7 @@ def webhook_routes(services: ApiServices, tenant_of: TenantOf) -> list[Route]:
 
     async def create_webhook(request: Request) -> Response:
         tenant = await tenant_of(request)
-        body = await read_json_object(request)
+        body = await read_json_object(request, ("url", "description", "events"))
         url = checked_url(events, body.get("url"), "url")
         description = body.get("description", "")
         if not isinstance(description, str) or len(description) > 200:

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from certok.crypto import SecretBox
 from certok.db.models import WebhookDelivery, WebhookEndpoint
-from certok.errors import Conflict, NotFound
+from certok.errors import Conflict, NotFound, echoed
 from certok.events.delivery import endpoint_secret_owner
 from certok.events.outbox import PENDING, new_message_id
 from certok.events.signing import new_secret
@@ -32,7 +32,7 @@ class Created:
 
 def not_found(public_id: str) -> NotFound:
     return NotFound(
-        f"webhook {public_id!r} not found: GET /v1/webhooks lists this token's endpoints"
+        f"webhook {echoed(public_id)!r} not found: GET /v1/webhooks lists this token's endpoints"
     )
 
 

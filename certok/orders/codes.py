@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
 from certok.db.models import VerificationCode
-from certok.errors import NotFound
+from certok.errors import NotFound, echoed
 
 CODE_HEX_CHARS = 16
 _INSERT_CODE = insert(VerificationCode.__table__)  # built once: dv's hot path
@@ -42,13 +42,7 @@ def issue_code(
     return code
 
 
-# How much of an unknown code the 404 repeats: enough to recognise a typo, never a megabyte
-# of whatever a client sent back at it.
-ECHOED_CODE_CHARS = 64
-
-
 def code_not_found(code: str) -> NotFound:
-    shown = code if len(code) <= ECHOED_CODE_CHARS else code[:ECHOED_CODE_CHARS] + "…"
     return NotFound(
-        f"verification code {shown!r} not found: call /v1/cert/dv with your token to get one"
+        f"verification code {echoed(code)!r} not found: call /v1/cert/dv with your token to get one"
     )

@@ -190,6 +190,7 @@ class SafeFetcher:
         limits: FetchLimits = FetchLimits(),  # frozen, so one shared default is safe
         *,
         max_concurrent: int = 32,
+        post_tls: ssl.SSLContext | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -203,6 +204,10 @@ class SafeFetcher:
             weakref.WeakKeyDictionary()
         )
         self._tls = _unverified_tls_context()
+        # What post() (webhooks, notifyUrls) trusts over https. Unlike a CA's redirect, a
+        # delivery carries the tenant's events and its answer (2xx, 410) changes state:
+        # the receiver must prove who it is (verified_tls_context()).
+        self._post_tls = post_tls or verified_tls_context()
 
     @property
     def policy(self) -> AddressPolicy:
@@ -292,7 +297,7 @@ class SafeFetcher:
         failures: list[_Failed] = []
         for address in candidates:
             try:
-                reader, writer = await self._dial(address, target)
+                reader, writer = await self._dial(address, target, self._post_tls)
             except _Failed as failure:
                 failures.append(failure)
                 continue
@@ -514,7 +519,7 @@ class SafeFetcher:
         raise _Failed(failures[-1].stage, "; ".join(f.reason for f in failures))
 
     async def _dial(
-        self, address: IPAddress, target: _Target
+        self, address: IPAddress, target: _Target, tls: ssl.SSLContext | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to exactly this address: a socket of our own, no name resolution anywhere."""
         try:
@@ -543,9 +548,13 @@ class SafeFetcher:
             return reader, writer
         try:
             async with asyncio.timeout(limits.connect_timeout):
-                # SNI carries the hostname; an IP literal (tests only) sends none.
+                # SNI carries the hostname; an IP literal (tests only) sends none, and a
+                # verifying context then checks the certificate's IP address instead.
+                context = tls or self._tls
                 server_hostname = target.host if target.literal is None else None
-                await writer.start_tls(self._tls, server_hostname=server_hostname)
+                if server_hostname is None and context.check_hostname:
+                    server_hostname = str(target.literal)
+                await writer.start_tls(context, server_hostname=server_hostname)
         except TimeoutError:
             writer.transport.abort()
             raise _Failed(
@@ -753,6 +762,16 @@ async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> tuple[by
 
 
 # --- small helpers ---------------------------------------------------------------------------
+
+
+def verified_tls_context(extra_ca_file: str | None = None) -> ssl.SSLContext:
+    """The system's trusted CAs (and `extra_ca_file`'s), hostname checked, TLS 1.2 or later."""
+    context = ssl.create_default_context(cafile=extra_ca_file)
+    if extra_ca_file is not None:
+        context.load_default_certs()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _unverified_tls_context() -> ssl.SSLContext:

@@ -27,6 +27,19 @@ def test_an_unknown_code_is_echoed_at_most_64_characters(api: ApiHarness) -> Non
     assert "'0123456789abcdef'" in api.get("/v1/cert/apply", code="0123456789abcdef").json()["msg"]
 
 
+def test_unknown_webhook_ids_and_agent_files_are_echoed_bounded_too(api: ApiHarness) -> None:
+    sent = "w" * 20_000
+    token = {"httpsok-token": api.tokens["alpha"]}
+    answers = [
+        api.client.delete(f"/v1/webhooks/{sent}", headers=token),
+        api.client.get(f"/v1/nginx/cert/{sent}.cer", headers={**token, "httpsok-uuid": "0" * 32}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404, answer.text
+        assert sent[:64] + "…" in answer.text and sent[:65] not in answer.text
+        assert len(answer.content) < 500
+
+
 def test_the_http01_responder_is_limited_per_client_address(api: ApiHarness) -> None:
     from certok.api.ratelimit import HTTP01_RESPONDER, RateLimiter
 

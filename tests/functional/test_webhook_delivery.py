@@ -9,9 +9,11 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -26,10 +28,11 @@ from certok.events.outbox import emit
 from certok.events.schedule import MAX_ATTEMPTS, RETRY_DELAYS_SECONDS
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.resolver import make_resolver
-from certok.prechecks.safe_http import FetchLimits, SafeFetcher
+from certok.prechecks.safe_http import FetchFailed, FetchLimits, SafeFetcher, verified_tls_context
 from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.webhook_receiver import Receiver
+from tests.rig.tls import write_server_tls
 
 START = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -394,3 +397,42 @@ def test_the_log_and_old_marks_are_purged(setup: Setup) -> None:
     assert worker.purge() == 1  # the mark
     with setup.store.sessions() as session:
         assert session.query(EventMark).count() == 0
+
+
+def test_https_receivers_must_prove_who_they_are(tmp_path: Path) -> None:
+    """A delivery carries the tenant's events and its answer changes state (410 disables the
+    endpoint): over https the receiver's certificate is verified, unlike a CA's redirect in the
+    HTTP-01 pre-check. Trusted through `webhook_ca_file` (verified_tls_context), it delivers."""
+    files = write_server_tls(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(files.certificate, files.private_key)
+    receiver = Receiver(default="204", tls=server_tls)
+    try:
+        url = receiver.url("/hook")
+        assert url.startswith("https://")
+
+        def post(fetcher: SafeFetcher) -> int:
+            result = asyncio.run(fetcher.post(url, b"{}", {}, user_agent="certok-test"))
+            return result.status
+
+        policy = AddressPolicy(allow_loopback=True)
+        limits = FetchLimits(
+            max_redirects=0,
+            allowed_ports=frozenset({receiver.port}),
+            connect_timeout=5,
+            read_timeout=5,
+            total_timeout=5,
+        )
+        resolver = make_resolver(["127.0.0.1:9"], 0.5)
+        untrusted = SafeFetcher(lambda: resolver, policy, limits)
+        with pytest.raises(FetchFailed) as refused:
+            post(untrusted)
+        assert refused.value.stage == "tls" and "certificate verify failed" in refused.value.reason
+        assert receiver.requests == []
+        trusted = SafeFetcher(
+            lambda: resolver, policy, limits, post_tls=verified_tls_context(str(files.ca_bundle))
+        )
+        assert post(trusted) == 204
+        assert len(receiver.requests) == 1
+    finally:
+        receiver.close()

@@ -138,6 +138,9 @@ def test_secrets_are_stored_encrypted(hooks: Harness) -> None:
         ({}, ["url must be"]),
         ({"url": "RECEIVER", "events": ["certificate.exploded"]}, ["unknown event type"]),
         ({"url": "RECEIVER", "events": "certificate.issued"}, ["events must be a list"]),
+        # A misspelt field would otherwise be dropped, and no events mean all of them.
+        ({"url": "RECEIVER", "event": ["webhook.test"]}, ["unknown field 'event'", "events"]),
+        ({"url": "RECEIVER", "URL": "x"}, ["unknown field 'URL'", "did you mean 'url'"]),
     ],
 )
 def test_bad_webhooks_get_the_envelope(hooks: Harness, body: dict[str, Any], words: list) -> None:
@@ -215,6 +218,14 @@ def test_post_dv_answers_httpsoks_shape(hooks: Harness) -> None:
             ["notifyUrl"],
         ),
         ("/v1/cert/apply", {"domainList": ["a.test"]}, 400, ["not verified yet", "CNAME"]),
+        # httpsok's own fields in another letter case: refused, never dropped in silence.
+        (
+            "/v1/cert/apply",
+            {"domainList": ["a.test"], "notifyURL": "https://x.test/"},
+            400,
+            ["unknown field 'notifyURL'", "did you mean 'notifyUrl'"],
+        ),
+        ("/v1/cert/dv", {"domainlist": ["a.test"]}, 400, ["did you mean 'domainList'"]),
     ],
 )
 def test_post_api_bad_requests_get_the_envelope(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,7 +29,7 @@ class Receiver:
     "302" (to /elsewhere on this receiver), "reset" (TCP RST, no answer) or "stall" (holds the
     request, unanswered, until `release()`)."""
 
-    def __init__(self, default: str = "204") -> None:
+    def __init__(self, default: str = "204", tls: ssl.SSLContext | None = None) -> None:
         self.default = default
         self.requests: list[Received] = []
         self._answers: deque[str] = deque()
@@ -58,6 +59,12 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # https: the handshake happens in each request's thread
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -66,7 +73,7 @@ class Receiver:
         return self._server.server_address[1]
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def behave(self, *answers: str) -> None:
         with self._lock:
