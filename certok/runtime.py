@@ -33,11 +33,13 @@ from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
+from certok.logs import configure_logging
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
 from certok.settings import Settings
+from certok.startup import log_start
 from certok.store import Store, open_store
 
 __all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
@@ -46,13 +48,6 @@ log = logging.getLogger("certok")
 
 # How long a worker waits for the DNS server to confirm it serves a new TXT value.
 ZONE_RELOAD_TIMEOUT_SECONDS = 10.0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -67,6 +62,7 @@ def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def run_server(settings: Settings) -> int:
     """`certok serve`: returns the process exit status."""
+    log_start(settings)
     if settings.processes > 1:
         from certok.supervisor import supervise  # multiprocessing only where it is used
 
@@ -294,6 +290,7 @@ def _uvicorn_config(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # certok.logs formats uvicorn's lines like certok's own
         access_log=False,
         lifespan="off",
         # uvicorn's defaults trust X-Forwarded-For from 127.0.0.1, i.e. from an nginx on the

@@ -34,9 +34,9 @@ from typing import Any
 
 from certok.db.engine import sqlite_writer_lock
 from certok.db.write_channel import serve_writes
+from certok.logs import configure_logging, set_role
 from certok.orders.leases import release_node_leases
 from certok.runtime import (
-    configure_logging,
     listen_sockets,
     run_event_loop,
     serve_app,
@@ -68,6 +68,7 @@ class _Child:
 
 
 def supervise(settings: Settings) -> int:
+    set_role("supervisor")
     store = open_store(settings)  # migrations and the key file, once, before any child
     released = release_node_leases(store.sessions, settings.effective_node_name)
     store.engine.dispose()
@@ -196,9 +197,9 @@ def _stop_all(children: list[_Child]) -> None:
 # --- in the children ---------------------------------------------------------------------------
 
 
-def _child_setup(settings: Settings) -> None:
+def _child_setup(settings: Settings, role: str) -> None:
     _die_with_parent()
-    configure_logging(settings.log_level)
+    configure_logging(settings, role)
 
 
 def _die_with_parent() -> None:
@@ -211,7 +212,7 @@ def _die_with_parent() -> None:
 
 
 def _dns_main(settings: Settings, control: Path, ready: Event) -> None:
-    _child_setup(settings)
+    _child_setup(settings, "dns")
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve_dns(settings, control, ready.set))
 
@@ -223,13 +224,13 @@ def _app_main(
     control: Path,
     writes: Path | None,
 ) -> None:
-    _child_setup(settings)
+    _child_setup(settings, f"api+worker {index}")
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve_app(settings, index, sockets, control, writes))
 
 
 def _writer_main(settings: Settings, writes: Path) -> None:
-    _child_setup(settings)
+    _child_setup(settings, "writer")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -8,14 +8,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
 
+from certok.cli import preflight
+from certok.cli.problems import (
+    ConfigProblem,
+    check_environment,
+    database_problem,
+    is_database_error,
+    load_problem,
+)
 from certok.db.engine import transaction
-from certok.errors import CertokError
+from certok.errors import CertokError, ConfigurationError
 from certok.http01 import store as http01_store
 from certok.orders import purge as purging
 from certok.runtime import configure_logging, run_server
 from certok.settings import Settings, load_settings
+from certok.startup import describe_database, version
 from certok.store import Store, open_store
 from certok.tenants import service as tenants
 
@@ -23,6 +31,7 @@ T = TypeVar("T")
 
 
 @click.group()
+@click.version_option(version(), prog_name="certok", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -32,15 +41,41 @@ T = TypeVar("T")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """certok: a self-hosted certificate service speaking the httpsok OpenAPI."""
+    check_environment()
     try:
         ctx.obj = load_settings(config)
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid settings (see docs/settings.md):\n{exc}") from exc
+    except Exception as exc:
+        raise load_problem(exc, config) from None
+
+
+def open_admin_store(settings: Settings) -> Store:
+    """The server's store for an admin command, saying on stderr which database it is (a
+    command run from another directory would otherwise quietly make a new one)."""
+    url = settings.effective_database_url
+    database = describe_database(settings)
+    new = url.startswith("sqlite") and not (settings.data_dir / "certok.db").exists()
+    try:
+        store = open_store(settings)
+    except ConfigurationError as exc:
+        raise ConfigProblem(exc.message) from None
+    except Exception as exc:
+        if is_database_error(exc):
+            raise database_problem(exc, settings) from None
+        raise
+    if new:
+        click.echo(
+            f"certok: created a new database {database}: if `certok serve` keeps its data "
+            "elsewhere, run this where it runs or set data_dir (CERTOK_DATA_DIR, --config)",
+            err=True,
+        )
+    else:
+        click.echo(f"certok: database {database}", err=True)
+    return store
 
 
 def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
     settings: Settings = ctx.obj
-    store = open_store(settings)
+    store = open_admin_store(settings)
     try:
         return action(store)
     except CertokError as exc:
@@ -51,9 +86,15 @@ def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
 
 @cli.command("serve")
 @click.option("--api-host", help="HTTP API listen address (settings: api_host).")
-@click.option("--api-port", type=int, help="HTTP API port (settings: api_port).")
+@click.option(
+    "--api-port", type=click.IntRange(0, 65535), help="HTTP API port (settings: api_port)."
+)
 @click.option("--dns-host", help="DNS listen address (settings: dns_host).")
-@click.option("--dns-port", type=int, help="DNS port, UDP and TCP (settings: dns_port).")
+@click.option(
+    "--dns-port",
+    type=click.IntRange(0, 65535),
+    help="DNS port, UDP and TCP (settings: dns_port).",
+)
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
@@ -66,8 +107,10 @@ def serve_command(ctx: click.Context, **listen: Any) -> None:
     settings: Settings = ctx.obj
     given = {key: value for key, value in listen.items() if value is not None}
     if given:
-        settings = settings.model_copy(update=given)
-    configure_logging(settings.log_level)
+        settings = settings.updated(**given)
+    preflight.check_serve(settings)
+    open_admin_store(settings).engine.dispose()  # the database and key file, checked once
+    configure_logging(settings)
     ctx.exit(run_server(settings))
 
 
