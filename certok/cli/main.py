@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.orm import Session
 
-from certok.cli import preflight
+from certok import audit
+from certok.cli import ops_commands, preflight
 from certok.cli.problems import (
     ConfigProblem,
     check_environment,
@@ -127,8 +129,11 @@ def tenant_create(ctx: click.Context, name: str) -> None:
 
     def action(store: Store) -> str:
         with transaction(store.sessions) as session:
-            tenants.create_tenant(session, name)
-            return tenants.issue_token(session, name)
+            tenant = tenants.create_tenant(session, name)
+            token = tenants.issue_token(session, name)
+            _audit(session, "tenant.create", f"tenant {tenant.name}", tenant.id)
+            _audit(session, "token.create", f"token {token[:6]}… of {tenant.name}", tenant.id)
+            return token
 
     token = _with_store(ctx, action)
     click.echo(f"tenant {name.strip().lower()} created")
@@ -158,6 +163,9 @@ def _set_disabled(ctx: click.Context, name: str, disabled: bool) -> None:
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:
             tenants.set_disabled(session, name, disabled)
+            tenant = tenants.find_tenant(session, name)
+            verb = "disable" if disabled else "enable"
+            _audit(session, f"tenant.{verb}", f"tenant {tenant.name}", tenant.id)
 
     _with_store(ctx, action)
     click.echo(f"tenant {name} {'disabled' if disabled else 'enabled'}")
@@ -192,7 +200,10 @@ def token_create(ctx: click.Context, tenant: str) -> None:
 
     def action(store: Store) -> str:
         with transaction(store.sessions) as session:
-            return tenants.issue_token(session, tenant)
+            token = tenants.issue_token(session, tenant)
+            row = tenants.find_tenant(session, tenant)
+            _audit(session, "token.create", f"token {token[:6]}… of {row.name}", row.id)
+            return token
 
     click.echo(f"token: {_with_store(ctx, action)}")
 
@@ -205,10 +216,15 @@ def token_revoke(ctx: click.Context, token: str) -> None:
 
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:
-            tenants.revoke_token(session, token)
+            tenant_id = tenants.revoke_token(session, token)
+            _audit(session, "token.revoke", f"token {token.strip().lower()[:6]}…", tenant_id)
 
     _with_store(ctx, action)
     click.echo("token revoked")
+
+
+def _audit(session: Session, action: str, target: str, tenant_id: int | None) -> None:
+    audit.record(session, audit.cli_actor(), action, target, tenant_id, audit.cli_source())
 
 
 @cli.group("host")
@@ -262,6 +278,9 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply the schema migrations (certok serve also does this at start)."""
     _with_store(ctx, lambda store: None)
     click.echo("database is up to date")
+
+
+ops_commands.register(cli, open_admin_store)
 
 
 def main() -> None:
