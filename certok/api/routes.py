@@ -352,6 +352,8 @@ def _dv_data(result: DvResult) -> dict[str, Any]:
         entry.update(valid=item.valid, cost=str(item.cost_ms))
         if item.detail:
             entry["detail"] = item.detail
+        if item.code:
+            entry["code"] = item.code
         items.append(entry)
     data: dict[str, Any] = {
         "code": result.code,

@@ -115,6 +115,7 @@ class AccountRegistry:
             ca_bundle=str(issuer.ca_bundle) if issuer.ca_bundle else None,
             timeout=self._settings.acme_timeout_seconds,
             resolve=self._resolve,
+            issuer=name,
         )
         if account_url is None:
             eab_kid, eab_hmac = issuer.eab_kid, issuer.eab_hmac_key
