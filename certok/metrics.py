@@ -23,6 +23,7 @@ Process metrics (CPU, memory, open files) come per process, labelled by pid.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -104,6 +105,18 @@ _ACME_ERROR_TYPES = frozenset(
     )
 )
 _ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+
+
+def initialise(issuers: Iterable[str]) -> None:
+    """Create the series known in advance at 0, so they show before their first event (with
+    processes ≥ 2 a series appears only once some process has one)."""
+    for issuer in issuers:
+        ORDERS.labels(issuer, "issued", "none")
+        ORDER_DURATION.labels(issuer, "issued")
+    for check in ("dns", "http"):
+        RESOLVER_FAILURES.labels(check)
+    for result in ("found", "not_found"):
+        HTTP01_RESPONSES.labels(result)
 
 
 def failure_reason(text: str | None) -> str:
@@ -277,3 +290,23 @@ def _process_families(directory: str) -> Iterable[Metric]:
             for sample in family.samples:
                 target.samples.append(sample._replace(labels={**sample.labels, "pid": str(pid)}))
     yield from merged.values()
+
+
+def metrics_app(page: MetricsPage) -> Callable[..., Any]:
+    """An ASGI app serving ``GET /metrics`` (and 404 elsewhere) for a listener of its own."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            body, status, kind = b"only GET /metrics here\n", 404, b"text/plain"
+        else:
+            body = await asyncio.to_thread(page.render)
+            status, kind = 200, page.content_type.encode()
+        headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    return app

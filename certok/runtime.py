@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from certok import metrics
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import (
@@ -33,11 +34,14 @@ from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
+from certok.health import HealthChecks
 from certok.logs import configure_logging
+from certok.metrics import MetricsPage, add_scrape_source, metrics_app
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
+from certok.readiness import DATABASE_GAUGES, dns_check, process_checks
 from certok.settings import Settings
 from certok.startup import log_start
 from certok.store import Store, open_store
@@ -94,7 +98,15 @@ async def serve(settings: Settings) -> None:
     )
     _resume_leases(store, settings.effective_node_name)
     dns_server = await _start_dns(settings, zone_cache)
-    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
+    health = process_checks(
+        store.sessions,
+        dns=dns_check(settings.dns_host, lambda: dns_server.port, settings.dns_zone),
+        heartbeat=lambda: worker.heartbeat,
+        stale_seconds=settings.worker_heartbeat_stale_seconds,
+    )
+    metrics.initialise(settings.issuers)
+    listeners = _listeners(_app(settings, store, checks, waiters, worker, health), settings)
+    listeners += _metrics_listeners(settings, store, dns_server)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
@@ -123,6 +135,11 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     refresher = asyncio.create_task(
         zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
     )
+    # /metrics for every process of the node: the DNS process is the one there is one of.
+    metrics_listeners = _metrics_listeners(settings, store, dns_server)
+    metrics_serving = [
+        asyncio.create_task(listener.serve(), name="metrics") for listener in metrics_listeners
+    ]
     # Once per node: the DNS process is the one there is exactly one of.
     purger = _start_purger(store, settings)
     control_server = await serve_refresh_requests(control, zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS)
@@ -132,6 +149,9 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     try:
         await stopped.wait()
     finally:
+        for listener in metrics_listeners:
+            listener.should_exit = True
+        await asyncio.gather(*metrics_serving, return_exceptions=True)
         control_server.close()
         await _cancel([refresher, purger])
         await dns_server.close()
@@ -165,7 +185,14 @@ async def serve_app(
     # A restarted process resumes what its predecessor held (the supervisor freed the whole
     # node's leases once at start).
     worker.release_own_leases()
-    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
+    health = process_checks(
+        store.sessions,
+        dns=dns_check(settings.dns_host, lambda: settings.dns_port, settings.dns_zone),
+        heartbeat=lambda: worker.heartbeat,
+        stale_seconds=settings.worker_heartbeat_stale_seconds,
+    )
+    metrics.initialise(settings.issuers)
+    listeners = _listeners(_app(settings, store, checks, waiters, worker, health), settings)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
@@ -189,11 +216,36 @@ async def serve_app(
 
 
 def _app(
-    settings: Settings, store: Store, checks: Checks, waiters: OrderWaiters, worker: Worker
+    settings: Settings,
+    store: Store,
+    checks: Checks,
+    waiters: OrderWaiters,
+    worker: Worker,
+    health: HealthChecks,
 ) -> Starlette:
     return create_app(
-        build_api_services(settings, store, checks, waiters=waiters, wake_worker=worker.wake)
+        build_api_services(
+            settings, store, checks, waiters=waiters, wake_worker=worker.wake, health=health
+        )
     )
+
+
+def _metrics_listeners(settings: Settings, store: Store, dns_server: Any) -> list[_HttpListener]:
+    """The /metrics listener (none unless metrics_port is set), with the DNS server's counts."""
+    if not settings.metrics_port:
+        return []
+    add_scrape_source(dns_server.counts.families)
+    page = MetricsPage(store.sessions, DATABASE_GAUGES)
+    config = uvicorn.Config(
+        metrics_app(page),
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return [_HttpListener(config)]
 
 
 def _resume_leases(store: Store, node: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from certok.db.engine import sqlite_writer_lock
 from certok.db.write_channel import serve_writes
 from certok.logs import configure_logging, set_role
+from certok.metrics import enable_multiprocess, process_exited
 from certok.orders.leases import release_node_leases
 from certok.runtime import (
     listen_sockets,
@@ -76,6 +77,10 @@ def supervise(settings: Settings) -> int:
         log.info("resuming %d order(s) left by a previous run of this node", released)
     sockets = listen_sockets(settings)
     rundir = Path(tempfile.mkdtemp(prefix="certok-"))  # 0700: only we reach the socket
+    if settings.metrics_port:
+        # Before any fork: each child writes its counters under the private rundir and the
+        # DNS process, which serves /metrics, adds them up.
+        enable_multiprocess(rundir / "metrics")
     control = rundir / "dns.sock"
     # SQLite: one writer process runs every write transaction (certok.db.write_channel).
     writes = rundir / "writer.sock" if sqlite_writer_lock(store.engine) is not None else None
@@ -155,6 +160,8 @@ def _watch(context: Any, children: list[_Child], stop: threading.Event) -> int:
                     child.quick_exits = 0
                 continue
             lived = now - child.started_at
+            if process.pid is not None:
+                process_exited(process.pid)
             child.quick_exits = child.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
             if child.quick_exits >= MAX_QUICK_EXITS:
                 log.error(

@@ -50,7 +50,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
         raise load_problem(exc, config) from None
 
 
-def open_admin_store(settings: Settings) -> Store:
+def open_admin_store(settings: Settings, *, announce: bool = True) -> Store:
     """The server's store for an admin command, saying on stderr which database it is (a
     command run from another directory would otherwise quietly make a new one)."""
     url = settings.effective_database_url
@@ -70,7 +70,7 @@ def open_admin_store(settings: Settings) -> Store:
             "elsewhere, run this where it runs or set data_dir (CERTOK_DATA_DIR, --config)",
             err=True,
         )
-    else:
+    elif announce:  # `serve` names it in its start-up summary, in the log's format
         click.echo(f"certok: database {database}", err=True)
     return store
 
@@ -111,7 +111,8 @@ def serve_command(ctx: click.Context, **listen: Any) -> None:
     if given:
         settings = settings.updated(**given)
     preflight.check_serve(settings)
-    open_admin_store(settings).engine.dispose()  # the database and key file, checked once
+    # The database and the key file, checked once before anything starts.
+    open_admin_store(settings, announce=False).engine.dispose()
     configure_logging(settings)
     ctx.exit(run_server(settings))
 
