@@ -70,6 +70,26 @@ def register(cli: click.Group, open_admin_store: OpenStore) -> None:
                 f"{event.actor:<24} {event.source:<24} {event.target}"
             )
 
+    @cli.command("demo")
+    @click.option("--yes", is_flag=True, help="Install missing Debian packages without asking.")
+    @click.option(
+        "--no-wait", is_flag=True, help="Stop everything at the end instead of waiting for Enter."
+    )
+    def demo_command(yes: bool, no_wait: bool) -> None:
+        """Show certok's job on this machine: a loopback CA, resolver and nginx, a tenant, a
+        delegated name, an issued certificate served by nginx; each step as curl commands.
+
+        Needs the Debian packages pebble, unbound, nsd, nginx and dnsutils (it asks before
+        installing them). Nothing leaves the machine: everything listens on 127.0.0.1.
+        """
+        from certok.demo.errors import RigError
+        from certok.demo.run import DemoError, run_demo
+
+        try:
+            run_demo(yes=yes, wait=not no_wait)
+        except (DemoError, RigError) as exc:
+            raise click.ClickException(str(exc)) from None
+
     @cli.command("backup")
     @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
