@@ -6,16 +6,18 @@ or a gauge is one entry here (or a ``HealthChecks.add`` / ``DatabaseGauge`` else
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 
 import dns.message
 import dns.query
 import dns.rdatatype
-from sqlalchemy import func, select, text
+from sqlalchemy import Integer, String, case, column, func, inspect, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.models import Order, Tenant
+from certok.clock import utcnow
+from certok.db.models import Order, Tenant, UTCDateTime
 from certok.health import Check, HealthChecks
 from certok.metrics import DatabaseGauge
 
@@ -98,8 +100,80 @@ def _orders_by_state(session: Session) -> list[tuple[str, int]]:
     return [(state, count) for state, count in rows]
 
 
-# Gauges read from the database at scrape time. Certificates (by status, soonest expiry),
-# webhook deliveries and agents' last contact join this list where their tables live.
+# Tables other parts of certok own (certificate records, webhook deliveries, agents), read by
+# name: their gauges report as soon as the table exists, and nothing (no series) before.
+_CERTIFICATES = table(
+    "certificates",
+    column("issuer", String()),
+    column("not_after", UTCDateTime()),
+    column("renew_at", UTCDateTime()),
+    column("revoked_at", UTCDateTime()),
+    column("replaced_by_id", Integer()),
+)
+_DELIVERIES = table("webhook_deliveries", column("state", String()))
+_AGENTS = table(
+    "agent_hosts", column("last_seen_at", UTCDateTime()), column("uninstalled_at", UTCDateTime())
+)
+
+
+def _has(session: Session, name: str) -> bool:
+    return inspect(session.connection()).has_table(name)
+
+
+def _certificates_by_status(session: Session) -> list[tuple[str, int]]:
+    if not _has(session, "certificates"):
+        return []
+    c, now = _CERTIFICATES.c, utcnow()
+    status = case(
+        (c.revoked_at.is_not(None), "revoked"),
+        (c.replaced_by_id.is_not(None), "replaced"),
+        (c.not_after <= now, "expired"),
+        (c.renew_at <= now, "expiring"),
+        else_="valid",
+    )
+    rows = session.execute(select(status, func.count()).group_by(status))
+    return [(name, count) for name, count in rows]
+
+
+def _soonest_expiry(session: Session) -> list[tuple[str, float]]:
+    if not _has(session, "certificates"):
+        return []
+    c = _CERTIFICATES.c
+    live = (c.revoked_at.is_(None)) & (c.replaced_by_id.is_(None)) & (c.not_after > utcnow())
+    rows = session.execute(select(c.issuer, func.min(c.not_after)).where(live).group_by(c.issuer))
+    return [(issuer, _timestamp(when)) for issuer, when in rows if when is not None]
+
+
+def _deliveries_by_state(session: Session) -> list[tuple[str, int]]:
+    if not _has(session, "webhook_deliveries"):
+        return []
+    state = _DELIVERIES.c.state
+    return [
+        (name, count)
+        for name, count in session.execute(select(state, func.count()).group_by(state))
+    ]
+
+
+def _agent_hosts(session: Session) -> list[tuple[int]]:
+    if not _has(session, "agent_hosts"):
+        return []
+    installed = _AGENTS.c.uninstalled_at.is_(None)
+    return [(session.scalar(select(func.count()).where(installed)) or 0,)]
+
+
+def _agent_oldest_last_seen(session: Session) -> list[tuple[float]]:
+    if not _has(session, "agent_hosts"):
+        return []
+    c = _AGENTS.c
+    oldest = session.scalar(select(func.min(c.last_seen_at)).where(c.uninstalled_at.is_(None)))
+    return [] if oldest is None else [(_timestamp(oldest),)]
+
+
+def _timestamp(when: dt.datetime) -> float:
+    return when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
+
+
+# Gauges read from the database at scrape time.
 DATABASE_GAUGES: list[DatabaseGauge] = [
     DatabaseGauge("certok_tenants", "Tenants by status.", ("status",), _tenants_by_status),
     DatabaseGauge(
@@ -107,5 +181,30 @@ DATABASE_GAUGES: list[DatabaseGauge] = [
         "Orders kept in the database (until order_retention_hours after they end), by state.",
         ("state",),
         _orders_by_state,
+    ),
+    DatabaseGauge(
+        "certok_certificates",
+        "Certificate records by status (valid, expiring: renewal due, expired, revoked, replaced).",
+        ("status",),
+        _certificates_by_status,
+    ),
+    DatabaseGauge(
+        "certok_certificate_soonest_expiration_timestamp_seconds",
+        "The soonest notAfter among live certificates, by issuer (Unix time).",
+        ("issuer",),
+        _soonest_expiry,
+    ),
+    DatabaseGauge(
+        "certok_webhook_deliveries",
+        "Webhook deliveries in the outbox, by state.",
+        ("state",),
+        _deliveries_by_state,
+    ),
+    DatabaseGauge("certok_agent_hosts", "Hosts with an installed agent.", (), _agent_hosts),
+    DatabaseGauge(
+        "certok_agent_oldest_last_seen_timestamp_seconds",
+        "The oldest last contact among installed agents (Unix time): a stale one shows here.",
+        (),
+        _agent_oldest_last_seen,
     ),
 ]
