@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -26,6 +26,9 @@ ZEROSSL_DIRECTORY = "https://acme.zerossl.com/v2/DV90"
 
 class IssuerSettings(BaseModel):
     """One named ACME certificate authority (the `issuer` parameter of /v1/cert/apply)."""
+
+    # A misspelt field (eab_kd) must not be ignored: the issuer would silently lack it.
+    model_config = ConfigDict(extra="forbid")
 
     directory: str
     # PEM bundle to trust for the directory's TLS (tests: the rig's own CA); None = system CAs.

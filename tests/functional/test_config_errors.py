@@ -226,3 +226,10 @@ def test_serve_logs_a_summary_and_warns_of_an_issuer_without_eab(tmp_path: Path)
     assert "letsencrypt=ok" in summary
     assert "WARNING" in text and "issuer google (the default_issuer) cannot issue" in text
     assert "issuers.google.eab_kid" in text
+
+
+def test_unknown_issuer_field_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "certok.toml"
+    config.write_text('[issuers.google]\neab_kd = "kid-1"\n')
+    result = certok(tmp_path, "--config", str(config), "tenant", "list")
+    assert_config_error(result, "issuers.google.eab_kd", str(config))
