@@ -299,8 +299,13 @@ class Settings(BaseSettings):
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_PREFIX = "CERTOK_"
-# CERTOK_* variables that are not settings: the config file's path.
-_NOT_SETTINGS = frozenset({"CERTOK_CONFIG"})
+# CERTOK_* variables that are not settings: the config file's path, the Python the scripts
+# use, and the test suite's own knobs (CERTOK_TEST_*, the rig's and the crash test's), which
+# a test's certok subprocess may inherit.
+_NOT_SETTINGS = frozenset(
+    {"CERTOK_CONFIG", "CERTOK_PYTHON", "CERTOK_RIG_KEEP", "CERTOK_CRASH_SEED"}
+)
+_NOT_SETTINGS_PREFIX = "CERTOK_TEST_"
 
 
 def default_public_url(api_host: str, api_port: int) -> str:
@@ -333,6 +338,8 @@ def unknown_environment_variables(environ: dict[str, str] | None = None) -> list
     for key in env:
         upper = key.upper()
         if not upper.startswith(ENV_PREFIX) or upper in _NOT_SETTINGS:
+            continue
+        if upper.startswith(_NOT_SETTINGS_PREFIX):
             continue
         parts = upper[len(ENV_PREFIX) :].split("__")
         bad_issuer_field = parts[0] == "ISSUERS" and (

@@ -20,6 +20,8 @@ def test_unknown_environment_variables() -> None:
         "CERTOK_API_PROT": "9",
         "CERTOK_API_PORT": "9",
         "CERTOK_CONFIG": "/etc/certok.toml",
+        "CERTOK_PYTHON": "python3.12",
+        "CERTOK_TEST_POSTGRES_URL": "postgresql+psycopg://postgres@127.0.0.1/test",
         "CERTOK_ISSUERS__PEBBLE__DIRECTORY": "https://ca.test/dir",
         "CERTOK_ISSUERS__PEBBLE__DIRECTROY": "x",
         "CERTOK_ISSUERS__PEBBLE": "x",
