@@ -153,6 +153,18 @@ class Settings(BaseSettings):
             raise ValueError("dns_zone must be a DNS name such as acme.example.com")
         return zone
 
+    @field_validator("dns_host")
+    @classmethod
+    def _dns_host_is_an_address(cls, value: str) -> str:
+        # The DNS server binds without consulting any resolver (not even for "localhost").
+        try:
+            ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "dns_host must be an IP address such as 127.0.0.1, 0.0.0.0 or ::"
+            ) from None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:

@@ -15,12 +15,32 @@ import ssl
 from pathlib import Path
 
 from certok.cli.problems import ConfigProblem
+from certok.errors import ConfigurationError
+from certok.prechecks.resolver import parse_resolver_address
 from certok.settings import Settings
 
 
 def check_serve(settings: Settings) -> None:
+    check_resolvers(settings)
     check_tls(settings)
     check_ports(settings)
+
+
+def check_resolvers(settings: Settings) -> None:
+    if not settings.resolvers:
+        raise ConfigProblem(
+            "resolvers is empty: certok looks up every name through them; give at least one, "
+            'e.g. ["127.0.0.1:53"]'
+        )
+    for entry in settings.resolvers:
+        try:
+            parse_resolver_address(entry)
+        except ConfigurationError:
+            raise ConfigProblem(
+                f"resolvers entry {entry!r} is not an IP address with an optional port "
+                "(127.0.0.1, 127.0.0.1:5353, ::1 or [::1]:53): resolvers are never looked up "
+                "by name"
+            ) from None
 
 
 def check_tls(settings: Settings) -> None:

@@ -127,6 +127,16 @@ def test_bad_urls(tmp_path: Path, variable: str, value: str, setting: str) -> No
     assert_config_error(result, setting)
 
 
+def test_dns_host_not_an_address(tmp_path: Path) -> None:
+    result = certok(tmp_path, "tenant", "list", env={"CERTOK_DNS_HOST": "localhost"})
+    assert_config_error(result, "dns_host", "localhost", "IP address")
+
+
+def test_resolver_given_by_name(tmp_path: Path) -> None:
+    result = serve(tmp_path, CERTOK_RESOLVERS='["dns.google"]')
+    assert_config_error(result, "resolvers", "dns.google", "IP address")
+
+
 def test_resolvers_not_json(tmp_path: Path) -> None:
     result = certok(tmp_path, "tenant", "list", env={"CERTOK_RESOLVERS": "127.0.0.1:53"})
     assert_config_error(result, "resolvers", "CERTOK_RESOLVERS=127.0.0.1:53", "JSON", '["')
