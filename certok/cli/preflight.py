@@ -23,7 +23,14 @@ from certok.settings import Settings
 def check_serve(settings: Settings) -> None:
     check_resolvers(settings)
     check_tls(settings)
+    check_ca_bundles(settings)
     check_ports(settings)
+
+
+def check_ca_bundles(settings: Settings) -> None:
+    for name, issuer in sorted(settings.issuers.items()):
+        if issuer.ca_bundle is not None:
+            _check_readable(f"issuers.{name}.ca_bundle", issuer.ca_bundle)
 
 
 def check_resolvers(settings: Settings) -> None:

@@ -181,6 +181,12 @@ def test_missing_tls_file(tmp_path: Path) -> None:
     assert_config_error(result, "tls_cert_file", "missing.pem", "no such file")
 
 
+def test_missing_issuer_ca_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "no-such-ca.pem"
+    result = serve(tmp_path, CERTOK_ISSUERS__LETSENCRYPT__CA_BUNDLE=str(bundle))
+    assert_config_error(result, "issuers.letsencrypt.ca_bundle", str(bundle), "no such file")
+
+
 def test_tls_cert_without_key(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_text("not a certificate")
