@@ -237,7 +237,12 @@ def test_serve_logs_a_summary_and_warns_of_an_issuer_without_eab(tmp_path: Path)
         process.wait(30)
     text = "".join(lines)
     summary = next(line for line in lines if "zone acme.example.net" in line)
-    for part in ("api 127.0.0.1:0", "dns 127.0.0.1:0", "database SQLite", "google*=needs EAB"):
+    for part in (
+        "api 127.0.0.1:0 (public_url http://127.0.0.1:0)",  # public_url follows the API port
+        "dns 127.0.0.1:0",
+        "database SQLite",
+        "google*=needs EAB",
+    ):
         assert part in summary, (part, summary)
     assert "letsencrypt=ok" in summary
     assert "WARNING" in text and "issuer google (the default_issuer) cannot issue" in text
