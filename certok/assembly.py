@@ -30,6 +30,7 @@ from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.budget import PrecheckBudget
+from certok.prechecks.outage import ResolverWatch
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher, verified_tls_context
 from certok.settings import Settings
@@ -86,6 +87,7 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             resolver=blocking_resolver,
             lookups=lookups,
             code_ttl_seconds=settings.code_ttl_seconds,
+            watch=ResolverWatch("dns", settings.resolvers),
         ),
         http=HttpVerifier(
             store.sessions,
@@ -97,6 +99,7 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
                 settings.precheck_http_per_tenant_per_minute,
                 settings.precheck_http_per_target_per_minute,
             ),
+            watch=ResolverWatch("http", settings.resolvers),
         ),
         lookups=lookups,
     )

@@ -1,17 +1,25 @@
-"""This process's readiness: a small registry of problems that make it unfit to serve.
+"""Health checks behind `/readyz`: named checks, and problems reported by certok's own parts.
 
-Parts of certok that find something wrong which a restart or the operator must fix (the
-database file replaced under a running process, say) report it here under a key of their
-own; a readiness endpoint answers "not ready" while any problem is reported, with the
-messages as its reasons. Process-wide and thread-safe: it is read far more often than
-written, and a report costs a lock.
+A check is a blocking callable returning None when all is well, else the reason in a few
+words ("database unreachable: connection refused"). The runtime registers the database, DNS
+listener and worker heartbeat checks; other parts add theirs with ``add``. `/healthz` runs no
+check: it answers while the process serves HTTP at all (liveness).
+
+Parts that find something wrong which a restart or the operator must fix (the database file
+replaced under a running process, say) `report` it under a key of their own instead: the
+process is not ready while any such problem stands, and `/readyz` lists it with the checks.
+That registry is process-wide and thread-safe: it is read far more often than written.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 
-__all__ = ["clear", "is_ready", "problems", "report"]
+log = logging.getLogger(__name__)
+
+Check = Callable[[], str | None]
 
 _lock = threading.Lock()
 _problems: dict[str, str] = {}
@@ -38,3 +46,27 @@ def problems() -> dict[str, str]:
     """The problems reported now, key → message (a copy)."""
     with _lock:
         return dict(_problems)
+
+
+class HealthChecks:
+    def __init__(self) -> None:
+        self._checks: dict[str, Check] = {}
+
+    def add(self, name: str, check: Check) -> None:
+        self._checks[name] = check
+
+    def remove(self, name: str) -> None:
+        self._checks.pop(name, None)
+
+    def run(self) -> dict[str, str]:
+        """Each check's result: "ok" or its reason (a check that raises reports the error),
+        then each reported problem under its key."""
+        results = {}
+        for name, check in list(self._checks.items()):
+            try:
+                problem = check()
+            except Exception as exc:
+                problem = f"check failed: {type(exc).__name__}: {exc}"
+            results[name] = "ok" if problem is None else problem
+        results.update(problems())
+        return results

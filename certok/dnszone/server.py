@@ -22,6 +22,7 @@ from typing import Any
 from certok.acceptor import Acceptor
 from certok.clients import client_key
 from certok.dnszone.answer import ZoneConfig, answer
+from certok.dnszone.querystats import QueryCounts, stat_key
 from certok.dnszone.records import SnapshotHook, ZoneCache
 from certok.dnszone.udp import (
     RATE_LIMIT_PER_SECOND,
@@ -53,6 +54,7 @@ class DnsServer:
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.port = port
+        self.counts = udp.counts  # answers by type and rcode (querystats.py), UDP and TCP
         self._udp = udp
         self._tcp = tcp
         self._tcp_sock = tcp_sock
@@ -104,6 +106,7 @@ class _TcpHandler:
         # Least recently active first.
         self._open: OrderedDict[_TcpConnection, None] = OrderedDict()
         self._per_client: Counter[str] = Counter()
+        self.counts = QueryCounts()
 
     def accept(self, sock: socket.socket, address: Any) -> None:
         client = client_key(str(address[0]))
@@ -179,6 +182,7 @@ class _TcpHandler:
                 self._open.move_to_end(connection)
             reply = answer(query, self._config, self._cache.records, max_udp=None)
             if reply is not None:
+                self.counts.tcp[stat_key(reply)] += 1
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 async with asyncio.timeout(self._idle_timeout):
                     await writer.drain()
@@ -220,10 +224,12 @@ async def start_dns_server(
         if rate_limit_per_second
         else None
     )
-    udp = UdpResponder(udp_sock, config, cache, limiter)
+    counts = QueryCounts()
+    udp = UdpResponder(udp_sock, config, cache, limiter, counts)
     handler = _TcpHandler(
         config, cache, tcp_idle_timeout, max_tcp_connections, max_tcp_connections_per_client
     )
+    handler.counts = counts
     acceptor = Acceptor(tcp_sock, handler.accept, name="DNS over TCP", shed=handler.shed)
     tcp = asyncio.get_running_loop().create_task(acceptor.run(), name="dns-tcp-accept")
     udp.start()

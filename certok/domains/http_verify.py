@@ -29,6 +29,7 @@ from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
 from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
+from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
 from certok.prechecks.safe_http import SafeFetcher
 from certok.tenants.service import TenantRef
 
@@ -50,6 +51,7 @@ class HttpOwnership:
     valid: bool
     detail: str
     cost_ms: int
+    lookup_failed: bool = False
 
 
 class HttpVerifier:
@@ -63,7 +65,9 @@ class HttpVerifier:
         code_ttl_seconds: int,
         clock: Clock = utcnow,
         budget: PrecheckBudget | None = None,
+        watch: ResolverWatch | None = None,
     ) -> None:
+        self.watch = watch or ResolverWatch("http", [])
         self._sessions = session_factory
         # Bounds the requests dv sends to customers' servers (the worker's ownership check
         # at order time is bounded by the orders themselves).
@@ -95,6 +99,7 @@ class HttpVerifier:
                 valid=check.valid,
                 cost_ms=check.cost_ms,
                 detail=None if check.valid else check.detail,
+                code=RESOLVER_UNAVAILABLE if check.lookup_failed else None,
             )
             for check in checks
         ]
@@ -120,8 +125,18 @@ class HttpVerifier:
             self._fetcher_factory(),
             http_port=self._http_port,
         )
+        failed = [r for r in results if r.lookup_failed]
+        if failed:
+            self.watch.failed(failed[0].detail)
+        elif results:
+            self.watch.answered()
         judged = []
         for domain, result in zip(domains, results, strict=True):
+            if result.lookup_failed:
+                judged.append(
+                    HttpOwnership(domain, False, result.detail, result.cost_ms, lookup_failed=True)
+                )
+                continue
             if not result.valid:
                 judged.append(
                     HttpOwnership(domain, False, self._advice(tenant, result), result.cost_ms)
