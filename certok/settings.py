@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- console (/console/) ----------------------------------------------------------------
+    console_session_hours: float = Field(default=12.0, gt=0, le=720)
+    console_invite_hours: float = Field(default=72.0, gt=0, le=720)
+    # Sign-in attempts per minute, per account and per client address (each bucket apart).
+    console_sign_in_per_minute: int = Field(default=10, ge=1)
+
     @field_validator("dns_zone")
     @classmethod
     def _zone_is_absolute_lowercase(cls, value: str) -> str:

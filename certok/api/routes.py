@@ -49,6 +49,7 @@ from certok.orders.service import (
 )
 from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
+from certok.tenants.token_usage import TokenUsage
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 _TOKEN_HEADER_RAW = TOKEN_HEADER.encode("latin-1")
@@ -80,6 +81,8 @@ class ApiServices:
     issued: TtlCache[tuple[int, str], bytes] = field(
         default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
     )
+    # Stamps tokens' last use for the console (on token-cache misses only); None: not kept.
+    token_usage: TokenUsage | None = None
 
 
 def create_app(services: ApiServices) -> CertokApp:
@@ -93,6 +96,7 @@ def create_app(services: ApiServices) -> CertokApp:
         # HTTP-01 responder: public, no token (the CA follows the customer's redirect here).
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
+        *console_routes(services),
     ]
     app = CertokApp(
         api.cached_issued_answer,
@@ -299,10 +303,25 @@ class _Api:
         if failure is None:
             self.s.tokens.put(key, done.result())
             self.s.accepted_tokens.put(key, True)
+            if self.s.token_usage is not None:
+                self.s.token_usage.seen(key.hex())
         elif isinstance(failure, Unauthenticated):
             # Revoked, or its tenant disabled: its lookups count against the client's limit
             # again, or a revoked token would buy unlimited database reads for an hour.
             self.s.accepted_tokens.discard(key)
+
+
+def console_routes(services: ApiServices) -> list[Any]:
+    """The console under /console/ (server-rendered pages; certok/console/)."""
+    from certok.console.app import console_mount
+
+    return console_mount(
+        services.settings,
+        services.sessions,
+        services.box,
+        services.verifier,
+        services.http_verifier,
+    )
 
 
 def _client_address(request: Request) -> str:
