@@ -129,4 +129,5 @@ def create_console(services: ConsoleServices) -> Starlette:
         return render(page, "error.html", 500, message=page.t("error.internal"))
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: failed})
+    app.state.console = services
     return app

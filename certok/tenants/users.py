@@ -38,6 +38,14 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
+def use_hasher(hasher: PasswordHasher) -> None:
+    """Replace the Argon2id parameters (tests: cheaper ones; the hash records its own, so
+    existing hashes still verify and are rehashed at the next sign-in)."""
+    global _hasher, _DUMMY_HASH
+    _hasher = hasher
+    _DUMMY_HASH = hasher.hash(secrets.token_hex(16))
+
+
 @dataclass(frozen=True)
 class UserRow:
     id: int
