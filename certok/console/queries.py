@@ -282,7 +282,7 @@ class TenantRow:
 def tenants(session: Session) -> list[TenantRow]:
     def counts(column, *where) -> dict[int, int]:  # type: ignore[no-untyped-def]
         statement = select(column, func.count()).where(*where).group_by(column)
-        return dict(session.execute(statement))
+        return {key: count for key, count in session.execute(statement).all()}
 
     users = counts(ConsoleUser.tenant_id, ConsoleUser.tenant_id.is_not(None))
     active = counts(ApiToken.tenant_id, ApiToken.revoked_at.is_(None))

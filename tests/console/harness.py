@@ -101,7 +101,7 @@ def add_order(
     days: int = 90,
 ) -> int:
     """An order row as the worker leaves it (issued ones with a certificate and its key)."""
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     with transaction(store.sessions) as session:
         tenant_id = tenants.find_tenant(session, tenant).id
         order = Order(

@@ -1,0 +1,210 @@
+"""The console's pages and actions with the real API beside them: tokens made in the console
+work against /v1/cert/dv and stop on revoke; certificates list and download; domains; the
+operator's tenants, orders and issuer health."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+
+from cryptography import x509
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from certok.crypto import private_key_from_pem
+from certok.db.engine import transaction
+from certok.db.models import ApiToken, Delegation
+from certok.store import Store
+from certok.tenants import service as tenants
+from certok.tenants.token_usage import TokenUsage
+from tests.console.harness import Browser, add_order
+
+
+def test_token_created_in_the_console_works_until_revoked(browser: Browser, store: Store) -> None:
+    browser.sign_in("ann@alpha.test")
+    created = browser.submit("/console/tokens", "/console/tokens", {"name": "deploy web-01"})
+    assert created.status_code == 201
+    assert created.headers["cache-control"] == "no-store"
+    token = re.search(r'id="new-token">([0-9a-f]{32})<', created.text).group(1)  # type: ignore[union-attr]
+    listing = browser.get("/console/tokens").text
+    assert token not in listing  # shown once, never again
+    assert "deploy web-01" in listing and token[:6] in listing
+
+    api = browser.client.get(
+        "/v1/cert/dv", params={"domains": "www.customer.test"}, headers={"httpsok-token": token}
+    )
+    assert api.status_code == 200 and api.json()["code"] == 0
+
+    # Its last use is stamped (in the background, off the request's path).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with store.sessions() as session:
+            used = session.scalar(select(ApiToken.last_used_at).where(ApiToken.hint == token[:6]))
+        if used is not None:
+            break
+        time.sleep(0.05)
+    assert used is not None
+    assert "Never" not in browser.get("/console/tokens").text
+
+    token_id = re.search(r"/console/tokens/(\d+)/revoke", listing).group(1)  # type: ignore[union-attr]
+    revoked = browser.submit("/console/tokens", f"/console/tokens/{token_id}/revoke", {})
+    assert revoked.headers["location"] == "/console/tokens?done=token_revoked"
+    assert "The token was revoked." in browser.get(revoked.headers["location"]).text
+    api = browser.client.get(
+        "/v1/cert/dv", params={"domains": "www.customer.test"}, headers={"httpsok-token": token}
+    )
+    assert api.status_code == 401
+
+
+def test_token_usage_writes_at_most_once_a_minute(store: Store) -> None:
+    with transaction(store.sessions) as session:
+        tenants.create_tenant(session, "gamma")
+        token = tenants.issue_token(session, "gamma")
+    ticks = [0.0]
+    stamps = iter(dt.datetime(2026, 1, 1, 0, minute, tzinfo=dt.UTC) for minute in (0, 2, 4))
+    usage = TokenUsage(store.sessions, clock=lambda: next(stamps), monotonic=lambda: ticks[0])
+    digest = tenants.token_digest(token)
+
+    async def use(at: float) -> None:
+        ticks[0] = at
+        usage.seen(digest)
+        await usage.drain()
+
+    def last_used() -> dt.datetime | None:
+        with store.sessions() as session:
+            return session.scalar(select(ApiToken.last_used_at).where(ApiToken.digest == digest))
+
+    asyncio.run(use(0.0))
+    assert last_used() == dt.datetime(2026, 1, 1, 0, 0, tzinfo=dt.UTC)
+    asyncio.run(use(59.0))  # within the minute: no write at all
+    assert last_used() == dt.datetime(2026, 1, 1, 0, 0, tzinfo=dt.UTC)
+    asyncio.run(use(61.0))
+    assert last_used() == dt.datetime(2026, 1, 1, 0, 2, tzinfo=dt.UTC)
+
+
+def test_certificates_list_download_and_key_only_on_explicit_post(
+    browser: Browser, store: Store
+) -> None:
+    soon = add_order(store, "alpha", ["soon.alpha.test"], "issued", days=10)
+    later = add_order(store, "alpha", ["later.alpha.test", "*.later.alpha.test"], "issued")
+    add_order(store, "alpha", ["bad.alpha.test"], "failure", reason="caa: CAA forbids issuance")
+    add_order(store, "beta", ["beta-only.test"], "issued")
+    browser.sign_in("ann@alpha.test")
+    page = browser.get("/console/certificates").text
+    assert page.index("soon.alpha.test") < page.index("later.alpha.test")  # soonest first
+    assert "beta-only.test" not in page and "bad.alpha.test" not in page
+
+    chain = browser.get(f"/console/certificates/{later}/chain.pem")
+    assert chain.status_code == 200
+    assert "attachment" in chain.headers["content-disposition"]
+    leaf = x509.load_pem_x509_certificate(chain.content)
+    with store.sessions() as session:
+        from certok.db.models import Order
+
+        not_after = session.get(Order, later).not_after  # type: ignore[union-attr]
+    assert leaf.not_valid_after_utc == not_after
+    assert not_after.strftime("%Y-%m-%d %H:%M UTC") in page  # type: ignore[union-attr]
+
+    # The key: never in a page, not on a GET, only on the POST with the form token.
+    detail = browser.get(f"/console/orders/{later}").text
+    assert "PRIVATE KEY" not in detail
+    assert browser.get(f"/console/certificates/{later}/key.pem").status_code == 405
+    key = browser.submit(f"/console/orders/{later}", f"/console/certificates/{later}/key.pem", {})
+    assert key.status_code == 200 and "attachment" in key.headers["content-disposition"]
+    assert private_key_from_pem(key.content).public_key() == leaf.public_key()
+
+    dashboard = browser.get("/console/").text
+    assert "soon.alpha.test" in dashboard and "caa: CAA forbids issuance" in dashboard
+    order = browser.get(f"/console/orders/{soon}").text
+    assert "Certificate issued" in order and "Timeline" in order
+
+
+def test_domains_add_names_show_the_exact_cname_and_check_now(
+    browser: Browser, store: Store
+) -> None:
+    browser.sign_in("ann@alpha.test")
+    response = browser.submit(
+        "/console/domains", "/console/domains", {"names": "www.customer.test\n*.customer.test"}
+    )
+    assert response.headers["location"] == "/console/domains?done=domains_added"
+    with store.sessions() as session:
+        rows = {d.base_name: d for d in session.scalars(select(Delegation))}
+    assert set(rows) == {"www.customer.test", "customer.test"}
+    page = browser.get("/console/domains").text
+    for base, row in rows.items():
+        assert f"_acme-challenge.{base}. CNAME {row.label}.acme.svc.test." in page
+    # The tenant-bound nginx block with this tenant's handle.
+    with store.sessions() as session:
+        handle = tenants.find_tenant(session, "alpha").http_handle
+    assert f"/v1/dv/{handle}/$host/$1;" in page
+
+    bad = browser.submit("/console/domains", "/console/domains", {"names": "exa mple..com"})
+    assert bad.status_code == 400
+
+    # "Check now" runs the real check (no resolver answers in this test: not in place).
+    check = browser.submit(
+        "/console/domains",
+        f"/console/domains/{rows['customer.test'].id}/check",
+        {},
+        headers={"Accept": "application/json"},
+    )
+    assert check.status_code == 200
+    assert check.json()["valid"] is False and check.json()["detail"]
+    page = browser.get("/console/domains").text
+    assert "Not in place" in page
+    assert "customer.test" in browser.get("/console/").text  # a broken delegation
+
+
+def test_operator_pages(browser: Browser, store: Store) -> None:
+    add_order(store, "alpha", ["ok.alpha.test"], "issued", issuer="letsencrypt")
+    add_order(
+        store, "beta", ["x.beta.test"], "failure", issuer="google", reason="rejectedIdentifier: no"
+    )
+    browser.sign_in("olga@ops.test")
+    assert browser.get("/console/").headers["location"] == "/console/operator/tenants"
+    assert browser.get("/console/tokens").status_code == 404  # tenant pages are not theirs
+    created = browser.submit(
+        "/console/operator/tenants", "/console/operator/tenants", {"name": "gamma"}
+    )
+    assert created.headers["location"] == "/console/operator/tenants?done=tenant_created"
+    taken = browser.submit(
+        "/console/operator/tenants", "/console/operator/tenants", {"name": "gamma"}
+    )
+    assert taken.status_code == 409
+    listing = browser.get("/console/operator/tenants").text
+    gamma = re.search(r'/console/operator/tenants/(\d+)">gamma<', listing).group(1)  # type: ignore[union-attr]
+    invited = browser.submit(
+        f"/console/operator/tenants/{gamma}",
+        f"/console/operator/tenants/{gamma}/invite",
+        {"email": "first@gamma.test"},
+    )
+    assert invited.status_code == 201
+    link = re.search(r'id="invite-link">([^<]+)<', invited.text).group(1)  # type: ignore[union-attr]
+    path = link.split("127.0.0.1:8080", 1)[1]
+    with TestClient(browser.client.app, follow_redirects=False) as client:
+        assert "first@gamma.test" in client.get(path).text
+
+    orders = browser.get("/console/operator/orders").text
+    assert "ok.alpha.test" in orders and "x.beta.test" in orders
+    assert "x.beta.test" in browser.get("/console/operator/orders?state=failure").text
+    assert "ok.alpha.test" not in browser.get("/console/operator/orders?state=failure").text
+    assert "ok.alpha.test" in browser.get("/console/operator/certificates").text
+    health = browser.get("/console/operator/issuers").text
+    assert "rejectedIdentifier: no" in health
+    assert "zerossl" in health
+
+
+def test_tenant_users_invite_and_disable(browser: Browser) -> None:
+    browser.sign_in("ann@alpha.test")
+    invited = browser.submit("/console/users", "/console/users", {"email": "carl@alpha.test"})
+    assert invited.status_code == 201 and "/console/invite/" in invited.text
+    taken = browser.submit("/console/users", "/console/users", {"email": "bob@beta.test"})
+    assert taken.status_code == 409
+    page = browser.get("/console/users").text
+    assert "carl@alpha.test" in page and "bob@beta.test" not in page
+    carl = re.findall(r"/console/users/(\d+)/disable", page)
+    assert len(carl) == 1  # not oneself
+    done = browser.submit("/console/users", f"/console/users/{carl[0]}/disable", {})
+    assert done.headers["location"] == "/console/users?done=user_disabled"
