@@ -43,14 +43,15 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 # Sent with every console answer: no caching of pages that show secrets, no framing, no
-# scripts or styles from anywhere but certok itself, no Referer (invite links carry a secret).
+# scripts or styles from anywhere but certok itself, no Referer to other sites (invite links
+# carry a secret; "no-referrer" would also make browsers send `Origin: null` on our own forms).
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }

@@ -46,5 +46,6 @@ document.addEventListener("submit", function (event) {
       status.appendChild(detail);
     }
     row.querySelector("td.checked").textContent = result.checked;
+    row.dataset.checks = String(Number(row.dataset.checks || "0") + 1);
   }).catch(function () { form.submit(); }).finally(function () { button.disabled = false; });
 });
