@@ -14,6 +14,8 @@ from certok.api.caches import TtlCache
 from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 from certok.api.routes import ApiServices
 from certok.api.waiters import OrderWaiters
+from certok.certificates.profiles import ProfileCatalog, directory_profiles
+from certok.certificates.tasks import CertificateTasks
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
@@ -114,6 +116,9 @@ def build_api_services(
             }
         ),
     }
+    fields["profiles"] = ProfileCatalog(
+        directory_profiles(settings.issuers, settings.acme_timeout_seconds)
+    )
     fields.update(overrides)
     return ApiServices(
         settings=settings,
@@ -170,4 +175,14 @@ def build_worker(
         max_in_flight=settings.worker_max_orders,
         poll_seconds=settings.worker_poll_seconds,
         on_order_finished=on_order_finished,
+    )
+
+
+def build_certificate_tasks(settings: Settings, store: Store) -> CertificateTasks:
+    """The worker's certificate tasks (revocations, ARI checks, renewals due)."""
+    return CertificateTasks(
+        store.sessions,
+        AccountRegistry(store.sessions, settings, store.box),
+        batch=settings.certificate_scan_batch,
+        interval_seconds=settings.certificate_scan_seconds,
     )

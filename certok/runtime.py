@@ -25,9 +25,11 @@ from certok.api.waiters import OrderWaiters
 from certok.assembly import (
     Checks,
     build_api_services,
+    build_certificate_tasks,
     build_checks,
     build_worker,
 )
+from certok.certificates.tasks import CertificateTasks
 from certok.db.write_channel import use_writer_process
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
@@ -98,10 +100,12 @@ async def serve(settings: Settings) -> None:
     )
     _resume_leases(store, settings.effective_node_name)
     dns_server = await _start_dns(settings, zone_cache)
-    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
+    certificates = build_certificate_tasks(settings, store)
+    listeners = _listeners(_app(settings, store, checks, waiters, worker, certificates), settings)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
+        asyncio.create_task(certificates.run(), name="certificates"),
         asyncio.create_task(
             zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
         ),
@@ -169,10 +173,12 @@ async def serve_app(
     # A restarted process resumes what its predecessor held (the supervisor freed the whole
     # node's leases once at start).
     worker.release_own_leases()
-    listeners = _listeners(_app(settings, store, checks, waiters, worker), settings)
+    certificates = build_certificate_tasks(settings, store)
+    listeners = _listeners(_app(settings, store, checks, waiters, worker, certificates), settings)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
+        asyncio.create_task(certificates.run(), name="certificates"),
         _poll_waiters(waiters, store, settings),
     ]
     try:
@@ -193,10 +199,22 @@ async def serve_app(
 
 
 def _app(
-    settings: Settings, store: Store, checks: Checks, waiters: OrderWaiters, worker: Worker
+    settings: Settings,
+    store: Store,
+    checks: Checks,
+    waiters: OrderWaiters,
+    worker: Worker,
+    certificates: CertificateTasks,
 ) -> Starlette:
     return create_app(
-        build_api_services(settings, store, checks, waiters=waiters, wake_worker=worker.wake)
+        build_api_services(
+            settings,
+            store,
+            checks,
+            waiters=waiters,
+            wake_worker=worker.wake,
+            wake_certificates=certificates.wake,
+        )
     )
 
 

@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     # Sign-in attempts per minute, per account and per client address (each bucket apart).
     console_sign_in_per_minute: int = Field(default=10, ge=1)
 
+    # --- certificates (records, renewal timing, revocation) ----------------------------------
+    # Certificate records outlive their orders: kept until this long after they expire.
+    certificate_retention_days: int = Field(default=30, ge=0)
+    # How often the worker looks for certificates due an ARI check or a revocation.
+    certificate_scan_seconds: float = Field(default=60.0, gt=0)
+    # Most certificates one scan handles (the rest wait for the next tick).
+    certificate_scan_batch: int = Field(default=200, ge=1)
+
     @field_validator("dns_zone")
     @classmethod
     def _zone_is_absolute_lowercase(cls, value: str) -> str:

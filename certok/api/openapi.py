@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from certok.api.cert_openapi import APPLY_ADDITIONS, APPLY_PARAMETERS, certificate_paths
 from certok.settings import Settings
 
 
@@ -66,6 +67,7 @@ _APPLY_DATA = {
         "domains": {"type": "string", "example": "*.example.com,example.com"},
         "certificate": {"type": "string", "description": "full chain, PEM"},
         "privateKey": {"type": "string", "description": "PEM"},
+        **APPLY_ADDITIONS,
     },
 }
 
@@ -76,7 +78,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
     descriptions = {
         400: "invalid parameter",
         401: "missing or invalid token",
-        404: "unknown code",
+        404: "unknown code (or certificate)",
         410: "code expired",
         429: "too many requests",
         503: "a part of certok is restarting: try again in a moment",
@@ -162,6 +164,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "certificate authority (case-insensitive)",
                             {"type": "string", "enum": issuers, "default": settings.default_issuer},
                         ),
+                        *APPLY_PARAMETERS,
                     ],
                     "responses": {
                         "200": {
@@ -172,5 +175,6 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            **certificate_paths(_envelope, _error_responses, _TOKEN),
         },
     }

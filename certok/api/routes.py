@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from certok.api.caches import TtlCache, token_key
+from certok.api.cert_routes import apply_extras, certificate_routes, check_apply_extras
 from certok.api.envelope import (
     NO_STORE,
     certok_error_handler,
@@ -84,6 +85,11 @@ class ApiServices:
     # Stamps tokens' last use for the console (on token-cache misses only); None: not kept.
     token_usage: TokenUsage | None = None
 
+    # Certificates (cert_routes.py): the issuers' meta.profiles, and a wake-up for the worker's
+    # certificate tasks (revocations).
+    profiles: Any = None  # certok.certificates.profiles.ProfileCatalog | None
+    wake_certificates: Any = None  # Callable[[], None] | None
+
 
 def create_app(services: ApiServices) -> CertokApp:
     api = _Api(services)
@@ -98,6 +104,7 @@ def create_app(services: ApiServices) -> CertokApp:
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
         *console_routes(services),
     ]
+    routes += certificate_routes(api)  # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     app = CertokApp(
         api.cached_issued_answer,
         routes=routes,
@@ -185,6 +192,7 @@ class _Api:
                 existing = code_order(session, tenant.id, code)
             if existing is not None:
                 return existing, False
+            extras = apply_extras(self.s, tenant.id, code, issuer, request.query_params)
             return write(
                 self.s.sessions,
                 functools.partial(
@@ -193,7 +201,7 @@ class _Api:
                     code=code,
                     algorithm=algorithm,
                     issuer=issuer,
-                    deadline_seconds=settings.order_deadline_seconds,
+                    **{"deadline_seconds": settings.order_deadline_seconds, **extras},
                 ),
             )
 
@@ -321,6 +329,8 @@ def console_routes(services: ApiServices) -> list[Any]:
         services.box,
         services.verifier,
         services.http_verifier,
+        # Read when called: certok serve sets the worker's wake-up after building the app.
+        lambda: services.wake_certificates() if services.wake_certificates else None,
     )
 
 
@@ -358,6 +368,7 @@ def _apply_params(params: QueryParams, settings: Settings) -> tuple[str, str, st
         raise InvalidRequest("missing parameter code: call /v1/cert/dv first to get a code")
     algorithm = _choice(params, "algorithm", "ECC", ALGORITHMS)
     issuer = _choice(params, "issuer", settings.default_issuer, tuple(sorted(settings.issuers)))
+    check_apply_extras(params)  # profile, replaces (cert_routes.py)
     return code.strip().lower(), algorithm, issuer
 
 
@@ -405,6 +416,9 @@ def _order_data(view: OrderView) -> dict[str, Any]:
             "domains": view.domains,
             "certificate": view.certificate,
             "privateKey": view.private_key,
+            # Beyond the seed: the certificate record (GET /v1/cert/{id}) and when to renew.
+            "id": view.certificate_id,
+            "renewAt": _time(view.renew_at),
         }
     data: dict[str, Any] = {"status": view.status}
     if view.reason:

@@ -200,7 +200,12 @@ def purge_command(ctx: click.Context, dry_run: bool) -> None:
     settings: Settings = ctx.obj
 
     def action(store: Store) -> purging.PurgeCounts:
-        return purging.purge(store.sessions, settings.order_retention_hours, dry_run=dry_run)
+        return purging.purge(
+            store.sessions,
+            settings.order_retention_hours,
+            dry_run=dry_run,
+            certificate_retention_days=settings.certificate_retention_days,
+        )
 
     counts = _with_store(ctx, action)
     if dry_run:

@@ -49,10 +49,19 @@ def console_mount(
     box: SecretBox,
     verifier: DnsVerifier,
     http_verifier: HttpVerifier,
+    wake_certificates: Callable[[], None],
 ) -> list[BaseRoute]:
     """/console/ and its pages, and /console sent there."""
     limiter = RateLimiter({SIGN_IN_KIND: settings.console_sign_in_per_minute})
-    services = ConsoleServices(settings, sessions, box, verifier, http_verifier, limiter)
+    services = ConsoleServices(
+        settings,
+        sessions,
+        box,
+        verifier,
+        http_verifier,
+        limiter,
+        wake_certificates=wake_certificates,
+    )
 
     async def to_root(request: Request) -> Response:
         return RedirectResponse("/console/", status_code=308)

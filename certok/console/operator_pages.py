@@ -154,13 +154,22 @@ async def any_order(page: Page) -> Response:
     row = await page.db(lambda s: queries.order(s, None, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
-    return render(page, "order.html", order=row, operator=True)
+    cert = await page.db(lambda s: queries.certificate_of_order(s, None, order_id))
+    return render(page, "order.html", order=row, certificate_id=cert, operator=True)
 
 
 async def all_certificates(page: Page) -> Response:
-    number = _page_number(page)
-    rows = await page.db(lambda s: queries.certificates(s, None, number))
-    return render(page, "certificates.html", rows=rows, number=number, operator=True)
+    number, now = _page_number(page), page.services.clock()
+    rows = await page.db(lambda s: queries.certificate_records(s, None, now, number, False))
+    return render(page, "certificates.html", rows=rows, number=number, operator=True, show_all=True)
+
+
+async def any_certificate(page: Page) -> Response:
+    certificate_id, now = _id(page), page.services.clock()
+    row = await page.db(lambda s: queries.certificate_record(s, None, certificate_id, now))
+    if row is None:
+        raise Refused(404, "error.not_found")
+    return render(page, "certificate.html", cert=row, operator=True, reasons=[], error=None)
 
 
 async def issuers(page: Page) -> Response:
@@ -181,5 +190,6 @@ ROUTES = [
     ("/operator/orders", all_orders, "operator", ["GET"]),
     ("/operator/orders/{id}", any_order, "operator", ["GET"]),
     ("/operator/certificates", all_certificates, "operator", ["GET"]),
+    ("/operator/certificates/{id}", any_certificate, "operator", ["GET"]),
     ("/operator/issuers", issuers, "operator", ["GET"]),
 ]

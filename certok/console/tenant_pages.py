@@ -8,6 +8,11 @@ import asyncio
 from sqlalchemy import select, update
 from starlette.responses import JSONResponse, Response
 
+from certok.certificates.service import (
+    REVOCATION_REASONS,
+    request_revocation,
+    revocation_reason,
+)
 from certok.console import queries
 from certok.console.web import Page, Refused, finish, redirect, render
 from certok.db.models import ApiToken, DelegationCheck
@@ -113,48 +118,96 @@ async def check_domain(page: Page) -> Response:
     return redirect(page, f"/console/domains#d{delegation_id}")
 
 
-# --- certificates (issued orders) ----------------------------------------------------------
+# --- certificates (records: certok/certificates/) ---------------------------------------
 def _page_number(page: Page) -> int:
     raw = page.request.query_params.get("page", "0")
     return min(int(raw), 10_000) if raw.isdigit() and len(raw) < 6 else 0
 
 
 async def certificates(page: Page) -> Response:
-    tenant_id, number = page.tenant_id, _page_number(page)
-    rows = await page.db(lambda s: queries.certificates(s, tenant_id, number))
-    return render(page, "certificates.html", rows=rows, number=number, operator=False)
+    tenant_id, number, now = page.tenant_id, _page_number(page), page.services.clock()
+    show_all = page.request.query_params.get("show") == "all"
+    rows = await page.db(
+        lambda s: queries.certificate_records(s, tenant_id, now, number, not show_all)
+    )
+    return render(
+        page, "certificates.html", rows=rows, number=number, operator=False, show_all=show_all
+    )
 
 
-async def certificate_chain(page: Page) -> Response:
-    tenant_id, order_id = page.tenant_id, _id(page)
-    pem = await page.db(lambda s: queries.certificate_pem(s, tenant_id, order_id))
-    if pem is None:
+async def certificate(page: Page, error: str | None = None, status: int = 200) -> Response:
+    tenant_id, certificate_id, now = page.tenant_id, _id(page), page.services.clock()
+    row = await page.db(lambda s: queries.certificate_record(s, tenant_id, certificate_id, now))
+    if row is None:
         raise Refused(404, "error.not_found")
+    return render(
+        page,
+        "certificate.html",
+        status,
+        cert=row,
+        operator=False,
+        reasons=list(REVOCATION_REASONS),
+        error=error,
+    )
+
+
+async def certificate_get(page: Page) -> Response:
+    return await certificate(page)
+
+
+async def _files(page: Page) -> tuple[str, bytes, int]:
+    tenant_id, certificate_id = page.tenant_id, _id(page)
+    found = await page.db(lambda s: queries.certificate_files(s, tenant_id, certificate_id))
+    if found is None:
+        raise Refused(404, "error.not_found")
+    return found
+
+
+def _attachment(page: Page, body: str | bytes, filename: str) -> Response:
     return finish(
         page,
         Response(
-            pem,
+            body,
             media_type="application/x-pem-file",
-            headers={"Content-Disposition": f'attachment; filename="certificate-{order_id}.pem"'},
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         ),
     )
+
+
+async def certificate_chain(page: Page) -> Response:
+    chain, _, _ = await _files(page)
+    return _attachment(page, chain, f"certificate-{_id(page)}-fullchain.pem")
 
 
 async def certificate_key(page: Page) -> Response:
     """The private key, only on this explicit POST (a button with the CSRF token)."""
-    tenant_id, order_id = page.tenant_id, _id(page)
-    blob = await page.db(lambda s: queries.order_key(s, tenant_id, order_id))
-    if blob is None:
-        raise Refused(404, "error.not_found")
+    _, blob, order_id = await _files(page)
+    # The key is the order's ciphertext, bound to the order's id (certificates/records.py).
     pem = page.services.box.decrypt(blob, order_key_owner(order_id))
-    return finish(
-        page,
-        Response(
-            pem,
-            media_type="application/x-pem-file",
-            headers={"Content-Disposition": f'attachment; filename="private-key-{order_id}.pem"'},
-        ),
-    )
+    return _attachment(page, pem, f"certificate-{_id(page)}-privkey.pem")
+
+
+async def revoke_certificate(page: Page) -> Response:
+    tenant_id, certificate_id, now = page.tenant_id, _id(page), page.services.clock()
+    if page.form.get("confirm") != "yes":
+        return await certificate(page, page.t("error.revoke_confirm"), 400)
+    try:
+        reason = revocation_reason(page.form.get("reason") or "unspecified")
+    except InvalidRequest:
+        return await certificate(page, page.t("error.revoke_reason"), 400)
+
+    def record(session) -> bool:  # type: ignore[no-untyped-def]
+        return request_revocation(session, tenant_id, certificate_id, reason, now)
+
+    try:
+        wake = await page.write(record)
+    except NotFound:
+        raise Refused(404, "error.not_found") from None
+    except InvalidRequest:
+        return await certificate(page, page.t("error.revoke_expired"), 400)
+    if wake:
+        page.services.wake_certificates()
+    return redirect(page, f"/console/certificates/{certificate_id}?done=revoke_requested")
 
 
 # --- orders --------------------------------------------------------------------------------
@@ -181,7 +234,8 @@ async def order(page: Page) -> Response:
     row = await page.db(lambda s: queries.order(s, tenant_id, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
-    return render(page, "order.html", order=row, operator=False)
+    cert = await page.db(lambda s: queries.certificate_of_order(s, tenant_id, order_id))
+    return render(page, "order.html", order=row, certificate_id=cert, operator=False)
 
 
 # --- API tokens ----------------------------------------------------------------------------
@@ -303,8 +357,10 @@ ROUTES = [
     ("/domains", add_domains, "tenant", ["POST"]),
     ("/domains/{id}/check", check_domain, "tenant", ["POST"]),
     ("/certificates", certificates, "tenant", ["GET"]),
-    ("/certificates/{id}/chain.pem", certificate_chain, "tenant", ["GET"]),
-    ("/certificates/{id}/key.pem", certificate_key, "tenant", ["POST"]),
+    ("/certificates/{id}", certificate_get, "tenant", ["GET"]),
+    ("/certificates/{id}/fullchain.pem", certificate_chain, "tenant", ["GET"]),
+    ("/certificates/{id}/privkey.pem", certificate_key, "tenant", ["POST"]),
+    ("/certificates/{id}/revoke", revoke_certificate, "tenant", ["POST"]),
     ("/orders", orders, "tenant", ["GET"]),
     ("/orders/{id}", order, "tenant", ["GET"]),
     ("/tokens", tokens_get, "tenant", ["GET"]),

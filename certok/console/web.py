@@ -67,6 +67,8 @@ class ConsoleServices:
     limiter: RateLimiter
     clock: Clock = utcnow
     csrf_key: bytes = field(default=b"")
+    # Wakes the worker's certificate tasks (a revocation asked for); no-op without a worker.
+    wake_certificates: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
         if not self.csrf_key:
@@ -274,6 +276,7 @@ NOTICES = frozenset(
         "user_enabled",
         "domains_added",
         "signed_out",
+        "revoke_requested",
     }
 )
 

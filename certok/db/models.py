@@ -254,3 +254,74 @@ ApiToken.last_used_at = mapped_column(UTCDateTime(), nullable=True)
 # Console pages: a tenant's certificates by expiry, its orders by state, issuer health.
 Index("ix_orders_tenant_state_not_after", Order.tenant_id, Order.state, Order.not_after)
 Index("ix_orders_issuer_state_finished", Order.issuer, Order.state, Order.finished_at)
+
+
+# === certificates (issue 16: certificate records, renewal timing with ARI, profiles) ===
+class Certificate(Base):
+    """An issued certificate, kept until `certificate_retention_days` after it expires,
+    whatever becomes of the order it came from (certok/orders/purge.py).
+
+    The private key is the order's ciphertext, copied as is: it stays bound (SecretBox
+    associated data) to `order_id`, which never changes on this row.
+    """
+
+    __tablename__ = "certificates"
+    __table_args__ = (
+        # The list: one tenant's certificates, newest first.
+        Index("ix_certificates_tenant_id_id", "tenant_id", "id"),
+        # The ARI scan reads only the rows due a check (NULL: no more checks).
+        Index("ix_certificates_next_check_at", "next_check_at"),
+        # The renewal-due scan reads only rows past renew_at that nobody noticed yet.
+        Index("ix_certificates_renewal_due", "renewal_noticed_at", "renew_at"),
+        # The purge reads only the rows past expiry plus the retention.
+        Index("ix_certificates_not_after", "not_after"),
+        # Revocations waiting for the worker.
+        Index("ix_certificates_revoke_requested_at", "revoke_requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    # Comma-separated, as the order had them.
+    domains: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(String(64))
+    # The ACME account that ordered it (revocation and `replaces` must use the same one).
+    acme_account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    account_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    serial: Mapped[str] = mapped_column(String(64))
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    key_type: Mapped[str] = mapped_column(String(8))
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # RFC 9773 certID: base64url(AKI keyIdentifier) "." base64url(serial DER bytes).
+    ari_cert_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # The order it came from (orders are purged sooner: no foreign key).
+    order_id: Mapped[int] = mapped_column(Integer, index=True)
+    replaces_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    replaced_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    renew_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Whether the issuer's directory listed renewalInfo when it was issued.
+    ari: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ari_window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ari_window_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ari_explanation_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ari_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    renewal_noticed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Revocation: asked for (reason, when), then done at the CA (revoked_at) or refused.
+    revoke_reason: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revoke_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoke_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# Orders: the ACME profile asked for, and the certificate an order renews.
+Order.profile = mapped_column(String(64), nullable=True)
+Order.replaces_certificate_id = mapped_column(Integer, nullable=True)
+# A tenant's profile when apply names none.
+Tenant.default_profile = mapped_column(String(64), nullable=True)
+
+# Console (issue 19): a tenant's certificates by expiry (dashboard, certificates page).
+Index("ix_certificates_tenant_not_after", Certificate.tenant_id, Certificate.not_after)

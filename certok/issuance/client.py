@@ -120,6 +120,23 @@ class _EmptyObject(josepy.JSONDeSerializable):
         return True
 
 
+class _JsonPayload(josepy.JSONDeSerializable):
+    """A JWS payload given as a plain JSON object (fields the library's messages lack)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return self._body
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _JsonPayload:
+        return cls(dict(jobj))
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class _NonceRetryingNetwork(acme_client.ClientNetwork):
     """A ClientNetwork that retries badNonce many times, with the error's own nonce.
 
@@ -368,20 +385,33 @@ class AcmeSession:
             ) from exc
 
     # --- orders ----------------------------------------------------------------------------
-    def new_order(self, csr_pem: bytes, *, include_authorizations: bool = True) -> OrderInfo:
+    def new_order(
+        self,
+        csr_pem: bytes,
+        *,
+        include_authorizations: bool = True,
+        profile: str | None = None,
+        replaces: str | None = None,
+    ) -> OrderInfo:
         """newOrder for the CSR's names, then (unless told not to) POST-as-GET each
         authorization.
 
         ``include_authorizations=False`` returns as soon as the CA has created the order
         (``authorizations=()``), so a caller can save its URL before anything else can fail.
+        ``profile`` and ``replaces`` (an RFC 9773 certID) go into the newOrder body as given;
+        the caller decides whether the directory supports them.
         """
         identifiers = _csr_identifiers(csr_pem)
 
         def run(client: acme_client.ClientV2) -> OrderInfo:
-            response = client._post(
-                _directory_entry(client, "newOrder"),
-                messages.NewOrder(identifiers=identifiers),
-            )
+            body: josepy.JSONDeSerializable = messages.NewOrder(identifiers=identifiers)
+            if profile is not None or replaces is not None:
+                # certbot's NewOrder has no `replaces` (RFC 9773 §5): extend its JSON.
+                extra = {"profile": profile, "replaces": replaces}
+                body = _JsonPayload(
+                    {**body.to_json(), **{k: v for k, v in extra.items() if v is not None}}
+                )
+            response = client._post(_directory_entry(client, "newOrder"), body)
             order_url = response.headers.get("Location")
             if not order_url:
                 raise AcmeProblem(
@@ -491,6 +521,50 @@ class AcmeSession:
             return chain
 
         return self._exchange(run)
+
+    # --- renewal information, profiles, revocation -----------------------------------------
+    def renewal_info_url(self) -> str | None:
+        """The directory's ``renewalInfo`` URL (RFC 9773 §3), or None when it has none."""
+
+        def run(client: acme_client.ClientV2) -> str | None:
+            with contextlib.suppress(KeyError):
+                url = client.directory["renewalInfo"]
+                return url if isinstance(url, str) and url else None
+            return None
+
+        return self._exchange(run, needs_account=False)
+
+    def profiles(self) -> dict[str, str]:
+        """The directory's ``meta.profiles``: name → description (empty: none offered)."""
+
+        def run(client: acme_client.ClientV2) -> dict[str, str]:
+            meta = client.directory.meta
+            offered = getattr(meta, "profiles", None)
+            if not isinstance(offered, Mapping):
+                return {}
+            return {str(name): str(text) for name, text in offered.items()}
+
+        return self._exchange(run, needs_account=False)
+
+    def renewal_info(self, cert_id: str) -> tuple[bytes, dt.datetime | None]:
+        """GET ``<renewalInfo>/<certID>`` (unauthenticated, RFC 9773 §4.2): the body and the
+        Retry-After, for `certok.certificates.ari.parse_renewal_info` to read."""
+        base = self.renewal_info_url()
+        if base is None:
+            raise AcmeProblem(
+                ProblemKind.REJECTED, BAD_CONFIGURATION, "the CA's directory has no renewalInfo"
+            )
+
+        def run(client: acme_client.ClientV2) -> tuple[bytes, dt.datetime | None]:
+            response = client.net.get(f"{base.rstrip('/')}/{cert_id}")
+            return response.content, self._retry_after(response)
+
+        return self._exchange(run, needs_account=False)
+
+    def revoke(self, fullchain_pem: str, reason: int) -> None:
+        """revokeCert for the chain's leaf, signed by this account (RFC 8555 §7.6)."""
+        leaf = x509.load_pem_x509_certificates(fullchain_pem.encode("ascii"))[0]
+        self._exchange(lambda client: client.revoke(leaf, reason))
 
     def close(self) -> None:
         """Close every thread's HTTP connection pool."""

@@ -65,7 +65,7 @@ KIND_BY_TYPE: Mapping[str, ProblemKind] = {
     "badNonce": ProblemKind.RETRYABLE,
     "serverInternal": ProblemKind.RETRYABLE,
     "orderNotReady": ProblemKind.RETRYABLE,
-    # We never send `replaces`; should a CA still say so, the same step can be retried.
+    # A newOrder with `replaces` is asked again without it (certok/certificates/ordering.py).
     "alreadyReplaced": ProblemKind.RETRYABLE,
     "rateLimited": ProblemKind.RATE_LIMITED,
     # The CA could not validate the name: that authorization is dead.

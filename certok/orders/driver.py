@@ -38,6 +38,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from certok.certificates.ordering import new_order_for
+from certok.certificates.records import IssuedCertificate, issued_certificate, record_issued
 from certok.clock import Clock, utcnow
 from certok.crypto import (
     SecretBox,
@@ -127,6 +129,9 @@ class OrderSnapshot:
     # The caller keeps driving the order itself while the next step is at most this many
     # seconds away; a later next attempt hands the lease back in the same save (None: never).
     hold_lease_for: float | None = None
+    # The ACME profile asked for, and the certificate this order renews (certificates/).
+    profile: str | None = None
+    replaces_certificate_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ _SNAPSHOT_COLUMNS = (
     ORDERS.c.deadline_at,
     ORDERS.c.created_at,
     exists().where(CHALLENGE_RECORDS.c.order_id == ORDERS.c.id).label("has_records"),
+    ORDERS.c.profile,
+    ORDERS.c.replaces_certificate_id,
 )
 
 
@@ -286,7 +293,7 @@ class OrderDriver:
             }
         # The URL is saved the moment the CA has made the order, before its authorizations
         # are read: a crash in between must resume this ACME order, not create another.
-        created = account.session.new_order(csr_pem.encode("ascii"), include_authorizations=False)
+        created = new_order_for(self._sessions, account.session, order, csr_pem.encode("ascii"))
         acme_orders = order.acme_orders + 1
         self._save(order.id, acme_order_url=created.url, acme_orders=acme_orders, **key_values)
         log.info("order %s: ACME order %s created at %s", order.id, created.url, order.issuer)
@@ -333,7 +340,7 @@ class OrderDriver:
             return self._poll_later(order, info.retry_after, drop_records=drop_records)
         if info.status == STATUS_VALID and info.certificate_url:
             fullchain = account.session.download_certificate(info.certificate_url)
-            self._issue(order, fullchain)
+            self._issue(order, fullchain, account)
             return None
         return self._poll_later(order, info.retry_after, drop_records=drop_records)
 
@@ -550,6 +557,8 @@ class OrderDriver:
             created_at=row.created_at,
             has_records=bool(row.has_records),
             hold_lease_for=hold_lease_for,
+            profile=row.profile,
+            replaces_certificate_id=row.replaces_certificate_id,
         )
 
     def _save(
@@ -558,6 +567,7 @@ class OrderDriver:
         *,
         drop_records: bool = False,
         answered: Sequence[str] = (),
+        certificate: IssuedCertificate | None = None,
         **values: Any,
     ) -> None:
         """Save `values` if we still hold the lease. In the same transaction, `answered` marks
@@ -576,6 +586,7 @@ class OrderDriver:
                 answered=list(answered),
                 answered_at=self._clock(),
                 drop_records=drop_records,
+                certificate=certificate,
             ),
         )
 
@@ -686,10 +697,18 @@ class OrderDriver:
         )
         log.warning("order %s failed: %s", order.id, reason)
 
-    def _issue(self, order: OrderSnapshot, fullchain: str) -> None:
+    def _issue(self, order: OrderSnapshot, fullchain: str, account: IssuerAccount) -> None:
         facts = certificate_facts(fullchain)
+        now = self._clock()
+        # The certificate's record is written in the same transaction (certificates/records).
+        record = issued_certificate(
+            fullchain,
+            now,
+            ari=account.session.renewal_info_url() is not None,
+        )
         self._save(
             order.id,
+            certificate=record,
             drop_records=True,
             state=ISSUED,
             reason=None,
@@ -727,10 +746,13 @@ def _save_job(
     answered: list[str],
     answered_at: dt.datetime,
     drop_records: bool,
+    certificate: IssuedCertificate | None = None,
 ) -> None:
     result = connection.execute(_SAVE, {**values, "b_order_id": order_id, "b_worker_id": worker_id})
     if result.rowcount != 1:
         raise LeaseLost(order_id)
+    if certificate is not None:
+        record_issued(connection, order_id, certificate)
     if answered:
         _write_answered(connection, order_id=order_id, authz_urls=answered, at=answered_at)
     if drop_records:

@@ -5,6 +5,8 @@ What goes, and when:
 - an order that finished (`issued` or `failure`) more than `order_retention_hours` ago, with
   its encrypted private key and certificate, the code that started it and any challenge
   records left behind (the driver already drops those when an order finishes);
+- a certificate record (certok/certificates), `certificate_retention_days` after it expired,
+  whatever became of its order: records outlive their orders;
 - a code never redeemed, an hour after it expired. Until then `apply` with it answers
   "expired, call /v1/cert/dv again"; afterwards it answers "not found" like any unknown code.
 
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
-from certok.db.models import ChallengeRecord, Order, VerificationCode
+from certok.db.models import Certificate, ChallengeRecord, Order, VerificationCode
 from certok.orders.service import FAILURE, ISSUED
 from certok.settings import Settings
 
@@ -54,23 +56,28 @@ class PurgeCounts:
     orders: int = 0
     challenge_records: int = 0
     codes: int = 0
+    certificates: int = 0
 
     @property
     def total(self) -> int:
-        return self.orders + self.challenge_records + self.codes
+        return self.orders + self.challenge_records + self.codes + self.certificates
 
     def __add__(self, other: PurgeCounts) -> PurgeCounts:
         return PurgeCounts(
             orders=self.orders + other.orders,
             challenge_records=self.challenge_records + other.challenge_records,
             codes=self.codes + other.codes,
+            certificates=self.certificates + other.certificates,
         )
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.orders} finished order(s) with {self.challenge_records} challenge "
             f"record(s), {self.codes} verification code(s)"
         )
+        if self.certificates:
+            text += f", {self.certificates} expired certificate record(s)"
+        return text
 
 
 def purge(
@@ -82,19 +89,33 @@ def purge(
     code_grace: dt.timedelta = EXPIRED_CODE_GRACE,
     clock: Clock = utcnow,
     should_stop: Callable[[], bool] = lambda: False,
+    certificate_retention_days: float | None = None,
 ) -> PurgeCounts:
     """Delete what has outlived its use (see the module docstring); return the counts.
 
     `should_stop` is asked between batches, so a shutting-down server need not wait for a
     long purge to finish; what was deleted so far stays deleted and is counted.
+    Certificate records go only when `certificate_retention_days` is given.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     now = clock()
     old_orders = _finished_before(now - dt.timedelta(hours=retention_hours))
     dead_codes = _unredeemed_expired_before(now - code_grace)
+    old_certificates = (
+        Certificate.not_after < now - dt.timedelta(days=certificate_retention_days)
+        if certificate_retention_days is not None
+        else None
+    )
     if dry_run:
-        return _count(sessions, old_orders, dead_codes)
+        counts = _count(sessions, old_orders, dead_codes)
+        if old_certificates is not None:
+            with sessions() as session:
+                found = session.scalar(
+                    select(func.count()).select_from(Certificate).where(old_certificates)
+                )
+            counts += PurgeCounts(certificates=found or 0)
+        return counts
     # Codes first: on a store that was never purged they are the bulk, and fewer of them
     # makes every later look-up in verification_codes cheaper.
     codes = _drain(
@@ -103,7 +124,30 @@ def purge(
     orders = _drain(
         lambda size: _delete_order_batch(sessions, old_orders, size), batch_size, should_stop
     )
-    return codes + orders
+    certificates = PurgeCounts()
+    if old_certificates is not None:
+        certificates = _drain(
+            lambda size: _delete_certificate_batch(sessions, old_certificates, size),
+            batch_size,
+            should_stop,
+        )
+    return codes + orders + certificates
+
+
+def _delete_certificate_batch(
+    sessions: sessionmaker[Session], expired: ColumnElement[bool], batch_size: int
+) -> _Batch:
+    """A batch of certificate records past expiry plus retention (an index on not_after
+    finds them); nothing else points at them by foreign key."""
+    candidates = _find_candidates(sessions, Certificate.id, expired, batch_size)
+    if not candidates:
+        return PurgeCounts(), 0, 0.0
+    with transaction(sessions) as session:
+        started = time.monotonic()
+        deleted = session.execute(
+            delete(Certificate).where(Certificate.id.in_(candidates), expired)
+        ).rowcount
+    return PurgeCounts(certificates=deleted), len(candidates), time.monotonic() - started
 
 
 # What one batch did: rows deleted, rows it selected, and how long it held the database.
@@ -236,6 +280,7 @@ async def run_purger(
                     sessions,
                     settings.order_retention_hours,
                     should_stop=stopping.is_set,
+                    certificate_retention_days=settings.certificate_retention_days,
                 )
             except Exception:
                 log.warning("purge failed; retrying in %.0f s", interval_seconds, exc_info=True)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox
-from certok.db.models import Order, VerificationCode
+from certok.db.models import Certificate, Order, VerificationCode
 from certok.errors import CodeExpired, NotFound
 from certok.orders.codes import code_not_found
 
@@ -42,12 +42,16 @@ class OrderView:
     not_after: dt.datetime | None = None
     certificate: str | None = None
     private_key: str | None = None
+    # The certificate record the order made (certok/certificates), once issued.
+    certificate_id: int | None = None
+    renew_at: dt.datetime | None = None
 
 
 # The API's hot statements, built once on the tables (building a statement and its cache key
 # costs several times what executing it does; see certok/orders/driver.py).
 _ORDERS = Order.__table__
 _CODES = VerificationCode.__table__
+_CERTIFICATES = Certificate.__table__
 _CODE = select(
     _CODES.c.id,
     _CODES.c.tenant_id,
@@ -63,17 +67,23 @@ _BIND_CODE = update(_CODES).where(
 _PENDING_AMONG = select(_ORDERS.c.id).where(
     _ORDERS.c.id.in_(bindparam("b_order_ids", expanding=True)), _ORDERS.c.state == PENDING
 )
-_VIEW = select(
-    _ORDERS.c.id,
-    _ORDERS.c.state,
-    _ORDERS.c.issuer,
-    _ORDERS.c.domains,
-    _ORDERS.c.reason,
-    _ORDERS.c.not_before,
-    _ORDERS.c.not_after,
-    _ORDERS.c.certificate_pem,
-    _ORDERS.c.key_encrypted,
-).where(_ORDERS.c.id == bindparam("b_order_id"))
+_VIEW = (
+    select(
+        _ORDERS.c.id,
+        _ORDERS.c.state,
+        _ORDERS.c.issuer,
+        _ORDERS.c.domains,
+        _ORDERS.c.reason,
+        _ORDERS.c.not_before,
+        _ORDERS.c.not_after,
+        _ORDERS.c.certificate_pem,
+        _ORDERS.c.key_encrypted,
+        _CERTIFICATES.c.id.label("certificate_id"),
+        _CERTIFICATES.c.renew_at,
+    )
+    .select_from(_ORDERS.outerjoin(_CERTIFICATES, _CERTIFICATES.c.order_id == _ORDERS.c.id))
+    .where(_ORDERS.c.id == bindparam("b_order_id"))
+)
 
 
 def redeem_code(
@@ -85,6 +95,8 @@ def redeem_code(
     issuer: str,
     deadline_seconds: int,
     clock: Clock = utcnow,
+    profile: str | None = None,
+    replaces_certificate_id: int | None = None,
 ) -> tuple[int, bool]:
     """The order for `code`, creating it on first use. Returns (order id, created now).
 
@@ -110,6 +122,8 @@ def redeem_code(
             "next_attempt_at": now,
             "deadline_at": now + dt.timedelta(seconds=deadline_seconds),
             "created_at": now,
+            "profile": profile,
+            "replaces_certificate_id": replaces_certificate_id,
         },
     ).scalar_one()
     # Compare-and-set: only one request may bind an order to the code.
@@ -185,4 +199,6 @@ def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
         not_after=order.not_after,
         certificate=order.certificate_pem,
         private_key=key_pem,
+        certificate_id=order.certificate_id,
+        renew_at=order.renew_at,
     )

@@ -160,7 +160,10 @@ def test_issued_certificate_listed_downloaded_and_other_tenant_kept_out(
     driver.find_element(By.LINK_TEXT, "Certificates").click()
     cell = driver.find_element(By.CSS_SELECTOR, "td.not-after").text
     assert cell == data["notAfter"][:16] + " UTC"  # "2026-03-05 10:00:00" -> "...10:00 UTC"
-    driver.find_element(By.LINK_TEXT, "Download certificate chain").click()
+    driver.find_element(By.LINK_TEXT, "www.customer.test").click()
+    certificate_url = driver.current_url
+    assert driver.find_element(By.CSS_SELECTOR, "dd.not-after").text == cell
+    driver.find_element(By.ID, "download-chain").click()
     downloads: Path = driver.downloads
     pems = wait(driver, lambda d: [p for p in downloads.glob("*.pem")])
     chain = x509.load_pem_x509_certificates(pems[0].read_bytes())
@@ -170,23 +173,20 @@ def test_issued_certificate_listed_downloaded_and_other_tenant_kept_out(
     assert leaf.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S") == data["notAfter"]
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["www.customer.test"]
-    order_url = driver.find_element(
-        By.CSS_SELECTOR, "td a[href*='/console/orders/']"
-    ).get_attribute("href")
 
     # Another tenant's user can neither open nor submit acme's pages.
     rival = browsers()
     accept_invite(rival, invite(server, "rita@rival.test", "rival"))
-    rival.get(order_url)
+    rival.get(certificate_url)
     assert (
         "There is nothing here" in rival.page_source
         and "www.customer.test" not in rival.page_source
     )
-    order_id = order_url.rsplit("/", 1)[1]
+    certificate_id = certificate_url.rsplit("/", 1)[1]
     rival.get(server.base_url + "/console/tokens")
     rival.execute_script(
         "var f = document.querySelector('form[action=\"/console/tokens\"]');"
-        f"f.action = '/console/certificates/{order_id}/key.pem'; f.submit();"
+        f"f.action = '/console/certificates/{certificate_id}/privkey.pem'; f.submit();"
     )
     wait(rival, lambda d: "There is nothing here" in d.page_source)
     assert "PRIVATE KEY" not in rival.page_source

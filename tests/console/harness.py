@@ -12,11 +12,13 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
-from certok.db.models import Order
+from certok.db.models import Certificate, Order
 from certok.orders.service import order_key_owner
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -126,4 +128,14 @@ def add_order(
             order.not_before = now - dt.timedelta(days=1)
             order.not_after = now - dt.timedelta(days=1) + dt.timedelta(days=days)
             order.key_encrypted = store.box.encrypt(key.encode(), order_key_owner(order.id))
+            session.flush()
+            # The certificate record, written as the worker writes it when an order is issued.
+            record_issued(session.connection(), order.id, issued_certificate(chain, now, ari=False))
         return order.id
+
+
+def certificate_of(store: Store, order_id: int) -> int:
+    with store.sessions() as session:
+        found = session.scalar(select(Certificate.id).where(Certificate.order_id == order_id))
+    assert found is not None
+    return found

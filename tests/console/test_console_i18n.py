@@ -16,7 +16,7 @@ from certok.db.engine import transaction
 from certok.store import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
-from tests.console.harness import Browser, add_order
+from tests.console.harness import Browser, add_order, certificate_of
 
 
 def placeholders(text: str) -> set[str]:
@@ -87,8 +87,11 @@ def tenant_pages(store: Store) -> list[str]:
     issued = add_order(store, "alpha", ["i18n.alpha.test"], "issued")
     failed = add_order(store, "alpha", ["f.alpha.test"], "failure", reason="urn:x:caa")
     pending = add_order(store, "alpha", ["p.alpha.test"], "pending")
+    cert = certificate_of(store, issued)
     return [
         "/console/",
+        f"/console/certificates/{cert}",
+        "/console/certificates?show=all",
         "/console/domains",
         "/console/certificates",
         "/console/orders",
@@ -143,7 +146,8 @@ def test_every_page_in_one_language(console_app, store: Store, lang: str, header
         browser.submit("/console/", "/console/sign-out", {})
         browser.sign_in("olga@ops.test")
         tenant_page = f"/console/operator/tenants/{alpha}"
-        for path in [*OPERATOR_PAGES, tenant_page, "/console/operator/orders/1"]:
+        operator_pages = [*OPERATOR_PAGES, tenant_page, "/console/operator/orders/1"]
+        for path in [*operator_pages, "/console/operator/certificates/1"]:
             response = browser.get(path)
             assert response.status_code == 200, path
             assert_one_language(path, response.text, lang)

@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 
 from certok.crypto import private_key_from_pem
 from certok.db.engine import transaction
-from certok.db.models import ApiToken, Delegation
+from certok.db.models import ApiToken, Certificate, Delegation
 from certok.store import Store
 from certok.tenants import service as tenants
 from certok.tenants.token_usage import TokenUsage
-from tests.console.harness import Browser, add_order
+from tests.console.harness import Browser, add_order, certificate_of
 
 
 def test_token_created_in_the_console_works_until_revoked(browser: Browser, store: Store) -> None:
@@ -84,11 +84,12 @@ def test_token_usage_writes_at_most_once_a_minute(store: Store) -> None:
     assert last_used() == dt.datetime(2026, 1, 1, 0, 2, tzinfo=dt.UTC)
 
 
-def test_certificates_list_download_and_key_only_on_explicit_post(
+def test_certificates_list_download_key_only_on_explicit_post_and_revoke(
     browser: Browser, store: Store
 ) -> None:
-    soon = add_order(store, "alpha", ["soon.alpha.test"], "issued", days=10)
-    later = add_order(store, "alpha", ["later.alpha.test", "*.later.alpha.test"], "issued")
+    soon = certificate_of(store, add_order(store, "alpha", ["soon.alpha.test"], "issued", days=10))
+    later_order = add_order(store, "alpha", ["later.alpha.test", "*.later.alpha.test"], "issued")
+    later = certificate_of(store, later_order)
     add_order(store, "alpha", ["bad.alpha.test"], "failure", reason="caa: CAA forbids issuance")
     add_order(store, "beta", ["beta-only.test"], "issued")
     browser.sign_in("ann@alpha.test")
@@ -96,29 +97,41 @@ def test_certificates_list_download_and_key_only_on_explicit_post(
     assert page.index("soon.alpha.test") < page.index("later.alpha.test")  # soonest first
     assert "beta-only.test" not in page and "bad.alpha.test" not in page
 
-    chain = browser.get(f"/console/certificates/{later}/chain.pem")
+    chain = browser.get(f"/console/certificates/{later}/fullchain.pem")
     assert chain.status_code == 200
     assert "attachment" in chain.headers["content-disposition"]
     leaf = x509.load_pem_x509_certificate(chain.content)
     with store.sessions() as session:
-        from certok.db.models import Order
-
-        not_after = session.get(Order, later).not_after  # type: ignore[union-attr]
+        not_after = session.get(Certificate, later).not_after  # type: ignore[union-attr]
     assert leaf.not_valid_after_utc == not_after
-    assert not_after.strftime("%Y-%m-%d %H:%M UTC") in page  # type: ignore[union-attr]
+    assert not_after.strftime("%Y-%m-%d %H:%M UTC") in page
 
     # The key: never in a page, not on a GET, only on the POST with the form token.
-    detail = browser.get(f"/console/orders/{later}").text
-    assert "PRIVATE KEY" not in detail
-    assert browser.get(f"/console/certificates/{later}/key.pem").status_code == 405
-    key = browser.submit(f"/console/orders/{later}", f"/console/certificates/{later}/key.pem", {})
+    detail = browser.get(f"/console/certificates/{later}").text
+    assert "PRIVATE KEY" not in detail and "later.alpha.test" in detail
+    assert browser.get(f"/console/certificates/{later}/privkey.pem").status_code == 405
+    key = browser.submit(
+        f"/console/certificates/{later}", f"/console/certificates/{later}/privkey.pem", {}
+    )
     assert key.status_code == 200 and "attachment" in key.headers["content-disposition"]
     assert private_key_from_pem(key.content).public_key() == leaf.public_key()
 
     dashboard = browser.get("/console/").text
     assert "soon.alpha.test" in dashboard and "caa: CAA forbids issuance" in dashboard
-    order = browser.get(f"/console/orders/{soon}").text
-    assert "Certificate issued" in order and "Timeline" in order
+    order = browser.get(f"/console/orders/{later_order}").text
+    assert "Certificate issued" in order and f"/console/certificates/{later}" in order
+
+    # Revoking asks for a confirmation, then records the request for the worker.
+    path = f"/console/certificates/{soon}"
+    unconfirmed = browser.submit(path, f"{path}/revoke", {"reason": "keyCompromise"})
+    assert unconfirmed.status_code == 400
+    done = browser.submit(path, f"{path}/revoke", {"reason": "keyCompromise", "confirm": "yes"})
+    assert done.headers["location"] == f"{path}?done=revoke_requested"
+    with store.sessions() as session:
+        record = session.get(Certificate, soon)
+        assert record is not None and record.revoke_reason == 1
+        assert record.revoke_requested_at is not None
+    assert "the CA has not confirmed it yet" in browser.get(path).text
 
 
 def test_domains_add_names_show_the_exact_cname_and_check_now(

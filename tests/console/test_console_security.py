@@ -18,7 +18,7 @@ from certok.store import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
 from tests.console.conftest import SIGN_IN_LIMIT
-from tests.console.harness import PASSWORD, Browser, add_order, csrf_of
+from tests.console.harness import PASSWORD, Browser, add_order, certificate_of, csrf_of
 
 
 def set_cookies(response) -> list[str]:  # type: ignore[no-untyped-def]
@@ -126,6 +126,7 @@ def test_another_tenants_objects_answer_404(
     browser: Browser, other_browser: Browser, store: Store
 ) -> None:
     order_id = add_order(store, "alpha", ["a.alpha.test"], "issued")
+    cert_id = certificate_of(store, order_id)
     with transaction(store.sessions) as session:
         alpha = tenants.find_tenant(session, "alpha").id
         token = tenants.issue_token(session, "alpha")
@@ -141,7 +142,8 @@ def test_another_tenants_objects_answer_404(
     assert unknown.status_code == 404
     for path in [
         f"/console/orders/{order_id}",
-        f"/console/certificates/{order_id}/chain.pem",
+        f"/console/certificates/{cert_id}",
+        f"/console/certificates/{cert_id}/fullchain.pem",
         "/console/operator/tenants",
         f"/console/operator/orders/{order_id}",
     ]:
@@ -152,7 +154,8 @@ def test_another_tenants_objects_answer_404(
     for action in [
         f"/console/tokens/{token_id}/revoke",
         f"/console/domains/{delegation_id}/check",
-        f"/console/certificates/{order_id}/key.pem",
+        f"/console/certificates/{cert_id}/privkey.pem",
+        f"/console/certificates/{cert_id}/revoke",
         f"/console/users/{ann}/disable",
     ]:
         response = other_browser.submit("/console/tokens", action, {})

@@ -49,6 +49,7 @@ from certok.api.ratelimit import RateLimiter
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.certificates.profiles import ProfileCatalog
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import make_engine, make_session_factory, transaction
 from certok.db.migrate import upgrade
@@ -59,6 +60,7 @@ from certok.orders.service import order_key_owner, redeem_code
 from certok.settings import Settings
 from certok.store import Store
 from certok.tenants import service as tenants
+from tests.certfactory import FakeCa, add_certificate
 from tests.functional.dnsfake_server import FakeNameserver
 
 pytestmark = pytest.mark.timeout(120)
@@ -169,6 +171,8 @@ def build_app(store: Store, resolver_port: int, tmp_path: Path, **services: Any)
             build_checks(settings, store, label_key=LABEL_KEY),
             waiters=OrderWaiters(),
             wake_worker=lambda: None,  # no worker: orders stay pending unless a test says
+            # The issuers' meta.profiles without asking a CA (no network in this test).
+            profiles=ProfileCatalog(lambda issuer: {"classic": "90 days", "tlsserver": "45 days"}),
             **services,
         )
     )
@@ -227,6 +231,15 @@ def api(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeNameserver) -> I
         tenants.revoke_token(session, revoked)
         tenants.set_disabled(session, "gone", True)
     disabled = good.pop("gone")
+    # Certificate records of both tenants, so generated ids hit real ones (1..6).
+    ca = FakeCa.create()
+    now = dt.datetime.now(dt.UTC)
+    for serial in range(1, 7):
+        owner = ids["alpha"] if serial % 2 else ids["beta"]
+        add_certificate(
+            store.sessions, store.box, ca, owner, [f"c{serial}.{CUSTOMER}"],
+            not_before=now - dt.timedelta(days=serial * 20), serial=serial,
+        )  # fmt: skip
     # alpha has delegated customer.test: dv for it and its wildcard answers with a code.
     label = compute_label(LABEL_KEY, ids["alpha"], CUSTOMER)
     fake_dns.add_cname(f"_acme-challenge.{CUSTOMER}", f"{label}.{ZONE}")
@@ -312,7 +325,50 @@ def both_modes(operation: Any, **fixed: Any) -> st.SearchStrategy[Case]:
 
 def test_the_document_is_served_and_names_both_operations(api: Api) -> None:
     operations = {op.ok().label for op in api.schema.get_all_operations()}
-    assert operations == {"GET /v1/cert/dv", "GET /v1/cert/apply"}
+    assert operations == {
+        "GET /v1/cert/dv",
+        "GET /v1/cert/apply",
+        "GET /v1/cert/list",
+        "GET /v1/cert/{id}",
+        "GET /v1/cert/{id}/fullchain.pem",
+        "GET /v1/cert/{id}/privkey.pem",
+        "POST /v1/cert/{id}/revoke",
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/v1/cert/list", "GET"),
+        ("/v1/cert/{id}", "GET"),
+        ("/v1/cert/{id}/fullchain.pem", "GET"),
+        ("/v1/cert/{id}/privkey.pem", "GET"),
+        ("/v1/cert/{id}/revoke", "POST"),
+    ],
+)
+def test_certificate_routes_get_documented_answers(api: Api, path: str, method: str) -> None:
+    operation = api.schema[path][method]
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(case=both_modes(operation), token=TOKEN_CHOICES)
+    def run(case: Case, token: TokenChoice) -> None:
+        identifier = (case.path_parameters or {}).get("id", 1)
+        if not str(identifier).isdigit():
+            # No route has such a path (ids are whole numbers): 404 before any token check.
+            response = case.call()
+            assert response.status_code == 404, response.text
+            case.validate_response(response, checks=FUZZ_CHECKS)
+            return
+        statuses.append(send(api, case, token).status_code)
+
+    run()
+    assert 401 in statuses and any(status < 500 for status in statuses), statuses
 
 
 @pytest.mark.parametrize("path", ["/v1/cert/dv", "/v1/cert/apply"])

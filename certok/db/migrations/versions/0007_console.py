@@ -1,7 +1,7 @@
 """console: users, sessions, recovery codes, delegation checks, token names, order indexes
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import certok.db.models
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -98,9 +98,15 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_orders_issuer_state_finished", ["issuer", "state", "finished_at"], unique=False
         )
+    with op.batch_alter_table("certificates", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_certificates_tenant_not_after", ["tenant_id", "not_after"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("certificates", schema=None) as batch_op:
+        batch_op.drop_index("ix_certificates_tenant_not_after")
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_index("ix_orders_issuer_state_finished")
         batch_op.drop_index("ix_orders_tenant_state_not_after")

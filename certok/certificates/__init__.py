@@ -1,0 +1,1 @@
+"""Certificates after `issued`: records, renewal timing (ARI, RFC 9773), revocation."""

@@ -1,0 +1,241 @@
+"""The worker's certificate tasks: revocations asked for, ARI checks due, renewals due.
+
+Each tick reads only the rows due (indexes on the next check time, on revocation requests
+and on (renewal_noticed_at, renew_at)), at most `certificate_scan_batch` of each, so its cost
+follows the work due, not the size of the table. A row is claimed with a compare-and-set
+UPDATE before the CA is asked, so two nodes never check or revoke the same certificate at
+once. The CA is reached through the issuer's ACME account (the one that issued it:
+RFC 8555 §7.6 lets the issuing account revoke).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from certok.certificates import timing
+from certok.certificates.ari import AriError, parse_renewal_info
+from certok.clock import Clock, utcnow
+from certok.db.engine import transaction
+from certok.db.models import Certificate
+from certok.issuance import AcmeProblem, AcmeSession, ProblemKind
+
+log = logging.getLogger(__name__)
+
+_C = Certificate.__table__
+# A claimed check or revocation is not picked again for this long (a crashed node's claim
+# lapses after it).
+CLAIM = dt.timedelta(minutes=10)
+# A revocation the CA could not take now is tried again after this long.
+REVOKE_RETRY = dt.timedelta(minutes=5)
+
+
+class Accounts(Protocol):
+    def account(self, name: str) -> Any: ...  # an IssuerAccount: `.session` is an AcmeSession
+
+
+class CertificateTasks:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        accounts: Accounts,
+        *,
+        batch: int,
+        interval_seconds: float,
+        clock: Clock = utcnow,
+        rng: random.Random | None = None,
+        on_renewal_due: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._accounts = accounts
+        self._batch = batch
+        self._interval = interval_seconds
+        self._clock = clock
+        self._rng = rng or random.SystemRandom()
+        self._on_renewal_due = on_renewal_due
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- the loop ------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Run a tick soon (a revocation was asked for). Safe from any thread."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("certificate tasks: tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+
+    def tick(self) -> tuple[int, int, int]:
+        """One pass: (revocations, ARI checks, renewals due) handled."""
+        return self.revocations(), self.ari_checks(), self.renewals_due()
+
+    # --- revocation --------------------------------------------------------------------------
+    def revocations(self) -> int:
+        now = self._clock()
+        with self._sessions() as session:
+            rows = session.execute(
+                select(_C.c.id, _C.c.revoke_requested_at)
+                .where(_C.c.revoke_requested_at <= now, _C.c.revoked_at.is_(None))
+                .order_by(_C.c.revoke_requested_at)
+                .limit(self._batch)
+            ).all()
+        done = 0
+        for row in rows:
+            if self._claim(row.id, _C.c.revoke_requested_at, row.revoke_requested_at, now):
+                self._revoke(row.id, now)
+                done += 1
+        return done
+
+    def _revoke(self, certificate_id: int, now: dt.datetime) -> None:
+        with self._sessions() as session:
+            row = session.execute(
+                select(_C.c.issuer, _C.c.certificate_pem, _C.c.revoke_reason).where(
+                    _C.c.id == certificate_id
+                )
+            ).one()
+        values: dict[str, Any]
+        try:
+            self._accounts.account(row.issuer).session.revoke(
+                row.certificate_pem, row.revoke_reason or 0
+            )
+            values = {"revoked_at": now, "revoke_error": None, "next_check_at": None}
+            log.info("certificate %s revoked (reason %s)", certificate_id, row.revoke_reason)
+        except AcmeProblem as problem:
+            if problem.type == "alreadyRevoked":
+                values = {"revoked_at": now, "revoke_error": None, "next_check_at": None}
+            elif problem.kind in (ProblemKind.RETRYABLE, ProblemKind.RATE_LIMITED):
+                values = {"revoke_requested_at": now + REVOKE_RETRY}
+                log.warning("certificate %s: revocation retried later: %s", certificate_id, problem)
+            else:
+                values = {
+                    "revoke_requested_at": None,
+                    "revoke_error": f"{problem.type}: {problem.detail}",
+                }
+                log.warning(
+                    "certificate %s: the CA refused revocation: %s", certificate_id, problem
+                )
+        with transaction(self._sessions) as session:
+            session.execute(update(_C).where(_C.c.id == certificate_id).values(**values))
+
+    # --- ARI ---------------------------------------------------------------------------------
+    def ari_checks(self) -> int:
+        now = self._clock()
+        with self._sessions() as session:
+            rows = session.execute(
+                select(_C.c.id, _C.c.next_check_at)
+                .where(_C.c.next_check_at <= now)
+                .order_by(_C.c.next_check_at)
+                .limit(self._batch)
+            ).all()
+        done = 0
+        for row in rows:
+            if self._claim(row.id, _C.c.next_check_at, row.next_check_at, now):
+                self._check(row.id, now)
+                done += 1
+        return done
+
+    def _check(self, certificate_id: int, now: dt.datetime) -> None:
+        with self._sessions() as session:
+            row = session.execute(
+                select(
+                    _C.c.issuer,
+                    _C.c.ari_cert_id,
+                    _C.c.not_before,
+                    _C.c.not_after,
+                    _C.c.renew_at,
+                    _C.c.ari_window_start,
+                    _C.c.ari_window_end,
+                    _C.c.replaced_by_id,
+                    _C.c.revoked_at,
+                ).where(_C.c.id == certificate_id)
+            ).one()
+        previous = timing.Renewal(
+            renew_at=row.renew_at,
+            next_check_at=None,
+            window_start=row.ari_window_start,
+            window_end=row.ari_window_end,
+        )
+        values: dict[str, Any]
+        if row.replaced_by_id is not None or row.revoked_at is not None or now >= row.not_after:
+            # RFC 9773 §4.2: no more checks once it expired or was replaced.
+            values = {"next_check_at": None}
+        else:
+            try:
+                session_: AcmeSession = self._accounts.account(row.issuer).session
+                body, retry_after = session_.renewal_info(row.ari_cert_id)
+                info = parse_renewal_info(body, retry_after)
+                clock = timing.after_ari(
+                    row.not_before, row.not_after, previous, info, now, self._rng
+                )
+                values = {
+                    "renew_at": clock.renew_at,
+                    "next_check_at": clock.next_check_at,
+                    "ari_window_start": clock.window_start,
+                    "ari_window_end": clock.window_end,
+                    "ari_explanation_url": info.explanation_url,
+                    "ari_error": None,
+                }
+            except (AcmeProblem, AriError) as error:
+                clock = timing.after_error(row.not_after, previous, now)
+                values = {"next_check_at": clock.next_check_at, "ari_error": str(error)[:500]}
+                log.warning("certificate %s: renewalInfo check failed: %s", certificate_id, error)
+        if values.get("renew_at") is not None and values["renew_at"] < row.renew_at:
+            # An earlier moment (a moved window): the renewal-due notice is owed again.
+            values["renewal_noticed_at"] = None
+        with transaction(self._sessions) as session:
+            session.execute(update(_C).where(_C.c.id == certificate_id).values(**values))
+
+    # --- renewal due -------------------------------------------------------------------------
+    def renewals_due(self) -> int:
+        """Mark live certificates past renewAt as noticed and hand their ids to the hook (the
+        events outbox's `certificate.renewal_due`)."""
+        now = self._clock()
+        due = and_(
+            _C.c.renewal_noticed_at.is_(None),
+            _C.c.renew_at <= now,
+            _C.c.revoked_at.is_(None),
+            _C.c.replaced_by_id.is_(None),
+            _C.c.not_after > now,
+        )
+        with transaction(self._sessions) as session:
+            ids = list(
+                session.scalars(
+                    select(_C.c.id).where(due).order_by(_C.c.renew_at).limit(self._batch)
+                )
+            )
+            if ids:
+                session.execute(
+                    update(_C)
+                    .where(_C.c.id.in_(ids), _C.c.renewal_noticed_at.is_(None))
+                    .values(renewal_noticed_at=now)
+                )
+        if ids and self._on_renewal_due is not None:
+            self._on_renewal_due(ids)
+        return len(ids)
+
+    def _claim(self, certificate_id: int, column: Any, seen: dt.datetime, now: dt.datetime) -> bool:
+        """Compare-and-set: push the due time out by CLAIM; False if another node moved it."""
+        with transaction(self._sessions) as session:
+            result = session.execute(
+                update(_C)
+                .where(_C.c.id == certificate_id, column == seen)
+                .values({column.name: now + CLAIM})
+            )
+        return result.rowcount == 1

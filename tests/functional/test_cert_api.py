@@ -1,0 +1,230 @@
+"""/v1/cert/list, /v1/cert/{id}, the .pem downloads and revoke, in process on a real database.
+
+Records are written as the driver writes them (tests/certfactory.py); revocation goes to the
+worker's certificate tasks, here with a stand-in account that records what it was asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography import x509
+from starlette.testclient import TestClient
+
+from certok.api.caches import TtlCache
+from certok.certificates.tasks import CertificateTasks
+from certok.crypto import private_key_from_pem
+from certok.db.engine import transaction
+from certok.issuance import AcmeProblem, ProblemKind
+from certok.store import Store
+from certok.tenants import service as tenants
+from tests.certfactory import FakeCa, add_certificate
+from tests.functional.test_api import api_settings, assert_error, make_app
+
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+@dataclass
+class StandInSession:
+    revoked: list[tuple[str, int]] = field(default_factory=list)
+    refuse: AcmeProblem | None = None
+
+    def revoke(self, pem: str, reason: int) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.revoked.append((pem, reason))
+
+
+@dataclass
+class StandInAccounts:
+    session: StandInSession = field(default_factory=StandInSession)
+
+    def account(self, name: str) -> Any:
+        return self
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    store: Store
+    tokens: dict[str, str]
+    ids: dict[str, int]
+    ca: FakeCa
+    accounts: StandInAccounts
+
+    def get(self, path: str, tenant: str = "alpha", **params: Any) -> Any:
+        return self.client.get(path, params=params, headers={"httpsok-token": self.tokens[tenant]})
+
+    def post(self, path: str, tenant: str = "alpha", **kwargs: Any) -> Any:
+        return self.client.post(path, headers={"httpsok-token": self.tokens[tenant]}, **kwargs)
+
+    def add(self, tenant: str, names: list[str], **kwargs: Any) -> int:
+        kwargs.setdefault("not_before", NOW - DAY)
+        kwargs.setdefault("serial", 1000 + len(names) * 7919 + hash(tuple(names)) % 10**9)
+        return add_certificate(
+            self.store.sessions, self.store.box, self.ca, self.ids[tenant], names, **kwargs
+        )
+
+
+@pytest.fixture
+def cert_api(store: Store, tmp_path: Any) -> Iterator[Harness]:
+    settings = api_settings(tmp_path, apply_wait_seconds=2.0)
+    tokens: dict[str, str] = {}
+    ids: dict[str, int] = {}
+    with transaction(store.sessions) as session:
+        for name in ("alpha", "beta"):
+            ids[name] = tenants.create_tenant(session, name).id
+            tokens[name] = tenants.issue_token(session, name)
+    accounts = StandInAccounts()
+    tasks = CertificateTasks(store.sessions, accounts, batch=50, interval_seconds=60)
+
+    def wake() -> None:
+        # The worker's tick, run at once in a thread of its own (as `run` would after a wake).
+        threading.Thread(target=tasks.tick, daemon=True).start()
+
+    app = make_app(
+        settings,
+        store,
+        wake_worker=lambda: None,
+        wake_certificates=wake,
+        tokens=TtlCache(ttl=0, max_entries=10),
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Harness(client, store, tokens, ids, FakeCa.create(), accounts)
+
+
+def test_list_get_and_pem_downloads(cert_api: Harness) -> None:
+    first = cert_api.add("alpha", ["a.example.com"], serial=0x80FF)
+    second = cert_api.add("alpha", ["b.example.com", "www.b.example.com"], serial=0x1234)
+    cert_api.add("beta", ["a.example.com"], serial=0x99)
+    body = cert_api.get("/v1/cert/list").json()
+    assert body["code"] == 0
+    data = body["data"]
+    assert data["total"] == 2
+    assert [item["id"] for item in data["items"]] == [second, first]  # newest first
+    item = data["items"][1]
+    assert set(item) == {
+        "id", "domains", "issuer", "algorithm", "notBefore", "notAfter", "renewAt", "status",
+    }  # fmt: skip
+    assert item["status"] == "valid" and item["algorithm"] == "ECC"
+    assert item["domains"] == ["a.example.com"]
+    # filters and paging
+    only_b = cert_api.get("/v1/cert/list", domain="www.b.example.com").json()["data"]
+    assert [i["id"] for i in only_b["items"]] == [second]
+    assert cert_api.get("/v1/cert/list", domain="example.com").json()["data"]["total"] == 0
+    page2 = cert_api.get("/v1/cert/list", page=2, size=1).json()["data"]
+    assert [i["id"] for i in page2["items"]] == [first] and page2["total"] == 2
+    # one certificate, with its chain and key
+    detail = cert_api.get(f"/v1/cert/{first}").json()["data"]
+    assert detail["serial"] == "80ff"
+    leaf = x509.load_pem_x509_certificates(detail["certificate"].encode())[0]
+    key = private_key_from_pem(detail["privateKey"])
+    assert leaf.serial_number == 0x80FF
+    assert detail["status"] == "valid" and detail["renewAt"] is not None
+    assert isinstance(key, type(key))
+    chain = cert_api.get(f"/v1/cert/{first}/fullchain.pem")
+    assert chain.status_code == 200 and chain.text == detail["certificate"]
+    privkey = cert_api.get(f"/v1/cert/{first}/privkey.pem")
+    assert privkey.status_code == 200 and privkey.text == detail["privateKey"]
+
+
+def test_statuses(cert_api: Harness) -> None:
+    expired = cert_api.add("alpha", ["old.example.com"], not_before=NOW - 100 * DAY, serial=11)
+    expiring = cert_api.add("alpha", ["soon.example.com"], not_before=NOW - 70 * DAY, serial=12)
+    valid = cert_api.add("alpha", ["new.example.com"], serial=13)
+    renewal = cert_api.add("alpha", ["soon.example.com"], serial=14, replaces=expiring)
+    by_status = {}
+    for status in ("valid", "expiring", "expired", "revoked", "replaced"):
+        items = cert_api.get("/v1/cert/list", status=status).json()["data"]["items"]
+        by_status[status] = [i["id"] for i in items]
+    assert by_status == {
+        "valid": [renewal, valid],
+        "expiring": [],
+        "expired": [expired],
+        "revoked": [],
+        "replaced": [expiring],
+    }
+    assert cert_api.get(f"/v1/cert/{expiring}").json()["data"]["replacedBy"] == renewal
+
+
+def test_another_tenants_id_reads_like_an_unknown_one(cert_api: Harness) -> None:
+    theirs = cert_api.add("beta", ["x.example.com"], serial=21)
+    for path in ("", "/fullchain.pem", "/privkey.pem"):
+        foreign = cert_api.get(f"/v1/cert/{theirs}{path}")
+        unknown = cert_api.get(f"/v1/cert/{theirs + 1000}{path}")
+        assert foreign.status_code == unknown.status_code == 404
+        assert re.sub(r"\d+", "N", foreign.json()["msg"]) == re.sub(
+            r"\d+", "N", unknown.json()["msg"]
+        )
+    refused = cert_api.post(f"/v1/cert/{theirs}/revoke", json={"reason": 1})
+    assert_error(refused, 404, "not found")
+    assert cert_api.accounts.session.revoked == []
+    assert cert_api.get(f"/v1/cert/{theirs}", "beta").json()["data"]["status"] == "valid"
+
+
+def test_revoke_goes_to_the_ca_and_marks_the_record(cert_api: Harness) -> None:
+    mine = cert_api.add("alpha", ["r.example.com"], serial=31)
+    body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": "keyCompromise"}).json()
+    assert body["code"] == 0, body
+    assert body["data"]["status"] == "revoked"
+    [(pem, reason)] = cert_api.accounts.session.revoked
+    assert reason == 1 and "BEGIN CERTIFICATE" in pem
+    listed = cert_api.get("/v1/cert/list", status="revoked").json()["data"]["items"]
+    assert [i["id"] for i in listed] == [mine]
+    # again: nothing more to do
+    again = cert_api.post(f"/v1/cert/{mine}/revoke").json()
+    assert again["code"] == 0 and len(cert_api.accounts.session.revoked) == 1
+
+
+def test_a_ca_refusal_is_reported(cert_api: Harness) -> None:
+    mine = cert_api.add("alpha", ["q.example.com"], serial=41)
+    cert_api.accounts.session.refuse = AcmeProblem(
+        ProblemKind.REJECTED, "unauthorized", "not yours"
+    )
+    body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": 0}).json()
+    assert body["code"] == 0
+    assert body["data"]["status"] == "valid"
+    assert "not yours" in body["msg"] and "not yours" in body["data"]["revocationError"]
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "words"),
+    [
+        ("/v1/cert/list", {"params": {"status": "bogus"}}, ["status", "valid"]),
+        ("/v1/cert/list", {"params": {"size": "1000"}}, ["size", "100"]),
+        ("/v1/cert/list", {"params": {"page": "0"}}, ["page"]),
+        ("/v1/cert/list", {"params": {"page": "x"}}, ["page"]),
+    ],
+)
+def test_bad_list_parameters(cert_api: Harness, path: str, kwargs: Any, words: list[str]) -> None:
+    headers = {"httpsok-token": cert_api.tokens["alpha"]}
+    response = cert_api.client.get(path, headers=headers, **kwargs)
+    assert_error(response, 400, *words)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{", ["JSON"]),
+        (b"[1]", ["JSON object"]),
+        (b'{"reason": 7}', ["reason", "keyCompromise"]),
+        (b'{"reason": "angry"}', ["reason", "superseded"]),
+    ],
+)
+def test_bad_revoke_bodies(cert_api: Harness, body: bytes, words: list[str]) -> None:
+    mine = cert_api.add("alpha", ["z.example.com"], serial=51)
+    assert_error(cert_api.post(f"/v1/cert/{mine}/revoke", content=body), 400, *words)
+
+
+def test_unknown_ids_and_no_token(cert_api: Harness) -> None:
+    assert_error(cert_api.get("/v1/cert/123456"), 404, "not found")
+    assert_error(cert_api.get("/v1/cert/abc"), 404, "/v1/cert/abc")
+    assert_error(cert_api.get("/v1/cert/99999999999999999999"), 404, "not found")
+    assert_error(cert_api.client.get("/v1/cert/list"), 401, "token")
