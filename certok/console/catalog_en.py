@@ -43,7 +43,7 @@ MESSAGES: dict[str, str] = {
     "state.failure": "Failed",
     "challenge.dns": "DNS (CNAME delegation)",
     "challenge.http": "HTTP (nginx redirect)",
-    "pager.previous": "← Previous",
+    "pager.first": "← First page",
     "pager.next": "Next →",
     "pager.older": "Older orders →",
     # sign in, second factor, invites

@@ -43,7 +43,7 @@ MESSAGES: dict[str, str] = {
     "state.failure": "失败",
     "challenge.dns": "DNS（CNAME 委托）",
     "challenge.http": "HTTP（nginx 重定向）",
-    "pager.previous": "← 上一页",
+    "pager.first": "← 第一页",
     "pager.next": "下一页 →",
     "pager.older": "更早的订单 →",
     # sign in, second factor, invites

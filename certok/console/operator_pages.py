@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from certok.console import queries
-from certok.console.tenant_pages import _before, _id, _page_number, _state, invite_link
+from certok.console.tenant_pages import _after, _before, _id, _state, invite_link
 from certok.console.web import Page, Refused, redirect, render
 from certok.db.models import Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound
@@ -159,9 +159,11 @@ async def any_order(page: Page) -> Response:
 
 
 async def all_certificates(page: Page) -> Response:
-    number, now = _page_number(page), page.services.clock()
-    rows = await page.db(lambda s: queries.certificate_records(s, None, now, number, False))
-    return render(page, "certificates.html", rows=rows, number=number, operator=True, show_all=True)
+    after, now = _after(page), page.services.clock()
+    rows = await page.db(lambda s: queries.certificate_records(s, None, now, after, False))
+    return render(
+        page, "certificates.html", rows=rows, paged=after is not None, operator=True, show_all=True
+    )
 
 
 async def any_certificate(page: Page) -> Response:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from certok.certificates.service import status_of
@@ -409,10 +409,16 @@ def _certificate_rows(
 
 
 def certificate_records(
-    session: Session, tenant_id: int | None, now: dt.datetime, page: int, live_only: bool
+    session: Session,
+    tenant_id: int | None,
+    now: dt.datetime,
+    after: int | None,
+    live_only: bool,
 ) -> list[CertificateRow]:
-    """A tenant's certificates by expiry (soonest first; with `live_only` neither revoked,
-    replaced nor expired), through (tenant_id, not_after); all tenants' newest first."""
+    """A page of certificates after the one with id `after` (keyset: no OFFSET to walk).
+
+    A tenant's by expiry (soonest first; with `live_only` neither revoked, replaced nor
+    expired), through (tenant_id, not_after); all tenants' newest first, by id."""
     statement = select(*_CERT_COLUMNS)
     if tenant_id is not None:
         statement = statement.where(Certificate.tenant_id == tenant_id)
@@ -422,11 +428,22 @@ def certificate_records(
                 Certificate.revoked_at.is_(None),
                 Certificate.replaced_by_id.is_(None),
             )
+        if after is not None:
+            mark = session.scalar(
+                select(Certificate.not_after).where(
+                    Certificate.id == after, Certificate.tenant_id == tenant_id
+                )
+            )
+            if mark is not None:
+                statement = statement.where(
+                    tuple_(Certificate.not_after, Certificate.id) > tuple_(mark, after)
+                )
         statement = statement.order_by(Certificate.not_after, Certificate.id)
     else:
+        if after is not None:
+            statement = statement.where(Certificate.id < after)
         statement = statement.order_by(Certificate.id.desc())
-    statement = statement.offset(max(0, page) * PAGE_ROWS).limit(PAGE_ROWS)
-    return _certificate_rows(session, statement, now, names=tenant_id is None)
+    return _certificate_rows(session, statement.limit(PAGE_ROWS), now, names=tenant_id is None)
 
 
 def certificate_record(
@@ -452,7 +469,12 @@ def certificate_files(
 
 
 def certificate_of_order(session: Session, tenant_id: int | None, order_id: int) -> int | None:
-    statement = select(Certificate.id).where(Certificate.order_id == order_id)
-    if tenant_id is not None:
-        statement = statement.where(Certificate.tenant_id == tenant_id)
-    return session.scalar(statement.limit(1))
+    # By order_id alone (its index), the tenant checked on the row: with the tenant in the
+    # WHERE clause SQLite may pick the (tenant_id, not_after) index and walk a whole tenant.
+    rows = session.execute(
+        select(Certificate.id, Certificate.tenant_id).where(Certificate.order_id == order_id)
+    ).all()
+    for row in rows:
+        if tenant_id is None or row.tenant_id == tenant_id:
+            return int(row.id)
+    return None

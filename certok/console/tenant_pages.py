@@ -119,19 +119,24 @@ async def check_domain(page: Page) -> Response:
 
 
 # --- certificates (records: certok/certificates/) ---------------------------------------
-def _page_number(page: Page) -> int:
-    raw = page.request.query_params.get("page", "0")
-    return min(int(raw), 10_000) if raw.isdigit() and len(raw) < 6 else 0
+def _after(page: Page) -> int | None:
+    raw = page.request.query_params.get("after", "")
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 async def certificates(page: Page) -> Response:
-    tenant_id, number, now = page.tenant_id, _page_number(page), page.services.clock()
+    tenant_id, after, now = page.tenant_id, _after(page), page.services.clock()
     show_all = page.request.query_params.get("show") == "all"
     rows = await page.db(
-        lambda s: queries.certificate_records(s, tenant_id, now, number, not show_all)
+        lambda s: queries.certificate_records(s, tenant_id, now, after, not show_all)
     )
     return render(
-        page, "certificates.html", rows=rows, number=number, operator=False, show_all=show_all
+        page,
+        "certificates.html",
+        rows=rows,
+        paged=after is not None,
+        operator=False,
+        show_all=show_all,
     )
 
 
