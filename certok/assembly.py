@@ -11,14 +11,19 @@ from typing import Any
 import dns.asyncresolver
 
 from certok.api.caches import TtlCache
+from certok.api.post_api import PollGate
 from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 from certok.api.routes import ApiServices
 from certok.api.waiters import OrderWaiters
+from certok.api.webhooks import EventApi
 from certok.certificates.profiles import ProfileCatalog, directory_profiles
 from certok.certificates.tasks import CertificateTasks
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
+from certok.events.delivery import DeliveryWorker
+from certok.events.outbox import order_finished
+from certok.events.scans import EventScanner
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
@@ -99,6 +104,7 @@ def build_api_services(
     *,
     waiters: OrderWaiters,
     wake_worker: Callable[[], None],
+    wake_deliveries: Callable[[], None] = lambda: None,
     **overrides: Any,
 ) -> ApiServices:
     """The API's services; `overrides` replace fields (tests: caches, limits)."""
@@ -115,6 +121,12 @@ def build_api_services(
                 UNVERIFIED_TOKENS: settings.rate_limit_unverified_tokens_per_minute,
             }
         ),
+        "events": EventApi(
+            check_url=build_webhook_fetcher(settings).check_url,
+            wake=wake_deliveries,
+            rotation_overlap_seconds=settings.webhook_secret_overlap_hours * 3600,
+        ),
+        "post_api_polls": PollGate(settings.post_api_poll_seconds),
     }
     fields["profiles"] = ProfileCatalog(
         directory_profiles(settings.issuers, settings.acme_timeout_seconds)
@@ -148,6 +160,7 @@ def build_driver(
         checks.ownership(),
         worker_id=worker_id,
         on_challenge_records_changed=on_challenge_records_changed,
+        on_finished_in_transaction=order_finished,
     )
 
 
@@ -175,6 +188,50 @@ def build_worker(
         max_in_flight=settings.worker_max_orders,
         poll_seconds=settings.worker_poll_seconds,
         on_order_finished=on_order_finished,
+    )
+
+
+def build_webhook_fetcher(settings: Settings) -> SafeFetcher:
+    """Webhook and notifyUrl deliveries: the HTTP-01 pre-check's address policy and ports,
+    one request (no redirects) within `webhook_timeout_seconds`."""
+    resolver = make_resolver(settings.resolvers, settings.resolver_timeout_seconds)
+    timeout = settings.webhook_timeout_seconds
+    return SafeFetcher(
+        lambda: resolver,
+        AddressPolicy(allow_loopback=settings.precheck_allow_loopback),
+        FetchLimits(
+            max_redirects=0,
+            allowed_ports=frozenset(settings.precheck_allowed_ports),
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            total_timeout=timeout,
+        ),
+    )
+
+
+def build_delivery_worker(settings: Settings, store: Store, *, worker_id: str) -> DeliveryWorker:
+    return DeliveryWorker(
+        store.sessions,
+        store.box,
+        build_webhook_fetcher(settings),
+        worker_id=worker_id,
+        poll_seconds=settings.webhook_poll_seconds,
+        retention_days=settings.webhook_log_retention_days,
+    )
+
+
+def build_event_scanner(
+    settings: Settings, store: Store, *, on_queued: Callable[[], None] = lambda: None
+) -> EventScanner:
+    """renewal_due / expiring / revoked and delegation.broken: once per node (the process
+    that runs the purge)."""
+    return EventScanner(
+        store.sessions,
+        zone=settings.dns_zone,
+        resolver=make_blocking_resolver(settings.resolvers, settings.resolver_timeout_seconds),
+        certificate_seconds=settings.event_scan_seconds,
+        delegation_seconds=settings.delegation_recheck_seconds,
+        on_queued=on_queued,
     )
 
 

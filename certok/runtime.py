@@ -27,6 +27,8 @@ from certok.assembly import (
     build_api_services,
     build_certificate_tasks,
     build_checks,
+    build_delivery_worker,
+    build_event_scanner,
     build_worker,
 )
 from certok.certificates.tasks import CertificateTasks
@@ -35,6 +37,7 @@ from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
+from certok.events.delivery import DeliveryWorker
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
@@ -86,6 +89,8 @@ async def serve(settings: Settings) -> None:
     checks = build_checks(settings, store)
     waiters = OrderWaiters()
     waiters.bind(asyncio.get_running_loop())
+    deliveries = build_delivery_worker(settings, store, worker_id=settings.effective_node_name)
+    deliveries.release_own_leases()
     worker = build_worker(
         settings,
         store,
@@ -96,12 +101,14 @@ async def serve(settings: Settings) -> None:
         on_challenge_records_changed=lambda: wait_until_served(
             zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS
         ),
-        on_order_finished=waiters.finished,
+        on_order_finished=_and_wake(waiters.finished, deliveries.wake),
     )
     _resume_leases(store, settings.effective_node_name)
     dns_server = await _start_dns(settings, zone_cache)
     certificates = build_certificate_tasks(settings, store)
-    listeners = _listeners(_app(settings, store, checks, waiters, worker, certificates), settings)
+    listeners = _listeners(
+        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+    )
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
@@ -111,6 +118,11 @@ async def serve(settings: Settings) -> None:
         ),
         _poll_waiters(waiters, store, settings),
         _start_purger(store, settings),
+        asyncio.create_task(deliveries.run(), name="webhooks"),
+        asyncio.create_task(
+            build_event_scanner(settings, store, on_queued=deliveries.wake).run(),
+            name="event-scans",
+        ),
     ]
     try:
         await asyncio.gather(*(listener.serve() for listener in listeners))
@@ -133,6 +145,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     )
     # Once per node: the DNS process is the one there is exactly one of.
     purger = _start_purger(store, settings)
+    scans = asyncio.create_task(build_event_scanner(settings, store).run(), name="event-scans")
     control_server = await serve_refresh_requests(control, zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS)
     stopped = asyncio.Event()
     _on_stop_signals(stopped.set)
@@ -141,7 +154,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
         await stopped.wait()
     finally:
         control_server.close()
-        await _cancel([refresher, purger])
+        await _cancel([refresher, purger, scans])
         await dns_server.close()
         store.engine.dispose()
 
@@ -162,24 +175,29 @@ async def serve_app(
     waiters = OrderWaiters()
     waiters.bind(asyncio.get_running_loop())
     worker_id = f"{settings.effective_node_name}/{index}"
+    deliveries = build_delivery_worker(settings, store, worker_id=worker_id)
+    deliveries.release_own_leases()
     worker = build_worker(
         settings,
         store,
         checks,
         worker_id=worker_id,
         on_challenge_records_changed=RefreshClient(control, ZONE_RELOAD_TIMEOUT_SECONDS + 1),
-        on_order_finished=waiters.finished,
+        on_order_finished=_and_wake(waiters.finished, deliveries.wake),
     )
     # A restarted process resumes what its predecessor held (the supervisor freed the whole
     # node's leases once at start).
     worker.release_own_leases()
     certificates = build_certificate_tasks(settings, store)
-    listeners = _listeners(_app(settings, store, checks, waiters, worker, certificates), settings)
+    listeners = _listeners(
+        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+    )
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(certificates.run(), name="certificates"),
         _poll_waiters(waiters, store, settings),
+        asyncio.create_task(deliveries.run(), name="webhooks"),
     ]
     try:
         await asyncio.gather(
@@ -204,6 +222,7 @@ def _app(
     checks: Checks,
     waiters: OrderWaiters,
     worker: Worker,
+    deliveries: DeliveryWorker,
     certificates: CertificateTasks,
 ) -> Starlette:
     return create_app(
@@ -213,9 +232,21 @@ def _app(
             checks,
             waiters=waiters,
             wake_worker=worker.wake,
+            wake_deliveries=deliveries.wake,
             wake_certificates=certificates.wake,
         )
     )
+
+
+def _and_wake(finished: Callable[[int], None], wake: Callable[[], None]) -> Callable[[int], None]:
+    """An order finished: tell the held apply requests, and the delivery worker (its
+    certificate.issued/failed rows were committed with the order's end)."""
+
+    def both(order_id: int) -> None:
+        finished(order_id)
+        wake()
+
+    return both
 
 
 def _resume_leases(store: Store, node: str) -> None:

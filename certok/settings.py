@@ -144,6 +144,17 @@ class Settings(BaseSettings):
     # Most certificates one scan handles (the rest wait for the next tick).
     certificate_scan_batch: int = Field(default=200, ge=1)
 
+    # --- events and webhooks (docs/webhooks.md) -----------------------------------------------
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=30)
+    webhook_log_retention_days: int = Field(default=30, ge=1)
+    webhook_secret_overlap_hours: float = Field(default=24.0, ge=0)
+    post_api_poll_seconds: float = Field(default=10.0, ge=0)
+    # How often certificates are scanned for renewal_due/expiring, and delegations of names
+    # with live certificates re-checked for delegation.broken; 0 turns the scan off.
+    event_scan_seconds: float = Field(default=300.0, ge=0)
+    delegation_recheck_seconds: float = Field(default=6 * 3600.0, ge=0)
+
     @field_validator("dns_zone")
     @classmethod
     def _zone_is_absolute_lowercase(cls, value: str) -> str:

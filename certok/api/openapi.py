@@ -106,7 +106,7 @@ def _query(
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     issuers = sorted(settings.issuers)
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "certok (httpsok OpenAPI)",
@@ -178,3 +178,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             **certificate_paths(_envelope, _error_responses, _TOKEN),
         },
     }
+    from certok.api.openapi_events import add_event_operations  # it imports this module
+
+    add_event_operations(document, settings)
+    return document

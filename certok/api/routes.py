@@ -31,8 +31,10 @@ from certok.api.envelope import (
 )
 from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
+from certok.api.post_api import DEFAULT_POLL_SECONDS, PollGate, post_api_routes
 from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
+from certok.api.webhooks import EventApi, webhook_routes
 from certok.crypto import ALGORITHMS, SecretBox
 from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
@@ -85,6 +87,9 @@ class ApiServices:
     # Stamps tokens' last use for the console (on token-cache misses only); None: not kept.
     token_usage: TokenUsage | None = None
 
+    # Webhooks and the POST API (certok/api/webhooks.py, certok/api/post_api.py).
+    events: EventApi = field(default_factory=EventApi)
+    post_api_polls: PollGate = field(default_factory=lambda: PollGate(DEFAULT_POLL_SECONDS))
     # Certificates (cert_routes.py): the issuers' meta.profiles, and a wake-up for the worker's
     # certificate tasks (revocations).
     profiles: Any = None  # certok.certificates.profiles.ProfileCatalog | None
@@ -103,6 +108,8 @@ def create_app(services: ApiServices) -> CertokApp:
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
         *console_routes(services),
+        *webhook_routes(services, api._tenant),
+        *post_api_routes(services, api._tenant, _order_data, _order_message),
     ]
     routes += certificate_routes(api)  # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     app = CertokApp(
@@ -275,8 +282,8 @@ class _Api:
         with self.s.sessions() as session:
             return view_order(session, order_id, self.s.box)
 
-    async def _tenant(self, request: Request) -> TenantRef:
-        token = request.headers.get(TOKEN_HEADER)
+    async def _tenant(self, request: Request, header: str = TOKEN_HEADER) -> TenantRef:
+        token = request.headers.get(header)
         key = token_key(token) if token else None
         if key is not None:
             known = self.s.tokens.get(key)
@@ -286,7 +293,7 @@ class _Api:
         if key is None or self.s.accepted_tokens.get(key) is None:
             # A lookup that may well fail (no token, a wrong or an unknown one): bounded per
             # client address, so a flood of guesses cannot buy unlimited database reads.
-            self.s.limiter.check_unverified_token(_client_address(request), TOKEN_HEADER)
+            self.s.limiter.check_unverified_token(_client_address(request), header)
 
         def check() -> TenantRef:
             with self.s.sessions() as session:
@@ -331,6 +338,7 @@ def console_routes(services: ApiServices) -> list[Any]:
         services.http_verifier,
         # Read when called: certok serve sets the worker's wake-up after building the app.
         lambda: services.wake_certificates() if services.wake_certificates else None,
+        services.events,
     )
 
 

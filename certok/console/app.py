@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from certok.api.ratelimit import RateLimiter
-from certok.console import auth_pages, operator_pages, tenant_pages
+from certok.console import auth_pages, operator_pages, tenant_pages, webhook_pages
 from certok.console.auth_pages import SIGN_IN_KIND
 from certok.console.web import (
     STATIC,
@@ -50,6 +50,7 @@ def console_mount(
     verifier: DnsVerifier,
     http_verifier: HttpVerifier,
     wake_certificates: Callable[[], None],
+    events: Any = None,
 ) -> list[BaseRoute]:
     """/console/ and its pages, and /console sent there."""
     limiter = RateLimiter({SIGN_IN_KIND: settings.console_sign_in_per_minute})
@@ -61,6 +62,7 @@ def console_mount(
         http_verifier,
         limiter,
         wake_certificates=wake_certificates,
+        events=events,
     )
 
     async def to_root(request: Request) -> Response:
@@ -119,7 +121,7 @@ def create_console(services: ConsoleServices) -> Starlette:
 
     routes: list[BaseRoute] = [Route("/static/{name}", static_file, methods=["GET"])]
     for path, handler, who, methods in (
-        auth_pages.ROUTES + tenant_pages.ROUTES + operator_pages.ROUTES
+        auth_pages.ROUTES + tenant_pages.ROUTES + webhook_pages.ROUTES + operator_pages.ROUTES
     ):
         for method in methods:
             routes.append(

@@ -69,6 +69,8 @@ class ConsoleServices:
     csrf_key: bytes = field(default=b"")
     # Wakes the worker's certificate tasks (a revocation asked for); no-op without a worker.
     wake_certificates: Callable[[], None] = field(default=lambda: None)
+    # Webhooks (certok.api.webhooks.EventApi: URL rules, delivery wake-up, clock), or None.
+    events: Any = None
 
     def __post_init__(self) -> None:
         if not self.csrf_key:
@@ -277,6 +279,8 @@ NOTICES = frozenset(
         "domains_added",
         "signed_out",
         "revoke_requested",
+        "webhook_test",
+        "webhook_deleted",
     }
 )
 

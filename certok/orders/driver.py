@@ -209,6 +209,10 @@ _DROP_SOME_RECORDS = delete(CHALLENGE_RECORDS).where(*_OF_AUTHORIZATIONS)
 _INSERT_RECORDS = insert(CHALLENGE_RECORDS)
 
 
+# (connection, order id, now): called in the transaction that ends an order.
+FinishHook = Callable[[Connection, int, dt.datetime], None]
+
+
 class OrderDriver:
     def __init__(
         self,
@@ -221,8 +225,12 @@ class OrderDriver:
         worker_id: str,
         on_challenge_records_changed: Callable[[], None] | None = None,
         clock: Clock = utcnow,
+        on_finished_in_transaction: FinishHook | None = None,
     ) -> None:
         self._sessions = session_factory
+        # Runs in the transaction that ends an order (issued or failed): the events outbox
+        # (certok.events.outbox.order_finished). A module-level function: it may be pickled.
+        self._on_finished_tx = on_finished_in_transaction
         self._settings = settings
         self._box = box
         self._accounts = accounts
@@ -568,6 +576,7 @@ class OrderDriver:
         drop_records: bool = False,
         answered: Sequence[str] = (),
         certificate: IssuedCertificate | None = None,
+        finished: bool = False,
         **values: Any,
     ) -> None:
         """Save `values` if we still hold the lease. In the same transaction, `answered` marks
@@ -587,6 +596,7 @@ class OrderDriver:
                 answered_at=self._clock(),
                 drop_records=drop_records,
                 certificate=certificate,
+                after=self._on_finished_tx if finished else None,
             ),
         )
 
@@ -689,6 +699,7 @@ class OrderDriver:
         self._save(
             order.id,
             drop_records=True,
+            finished=True,
             state=FAILURE,
             reason=reason,
             finished_at=now,
@@ -710,6 +721,7 @@ class OrderDriver:
             order.id,
             certificate=record,
             drop_records=True,
+            finished=True,
             state=ISSUED,
             reason=None,
             certificate_pem=fullchain,
@@ -747,6 +759,7 @@ def _save_job(
     answered_at: dt.datetime,
     drop_records: bool,
     certificate: IssuedCertificate | None = None,
+    after: FinishHook | None = None,
 ) -> None:
     result = connection.execute(_SAVE, {**values, "b_order_id": order_id, "b_worker_id": worker_id})
     if result.rowcount != 1:
@@ -758,6 +771,8 @@ def _save_job(
     if drop_records:
         # Not announced to the DNS server (see OrderDriver._remove_challenge_records).
         connection.execute(_DROP_RECORDS, {"b_order_id": order_id})
+    if after is not None:
+        after(connection, order_id, answered_at)
 
 
 def _write_answered(

@@ -105,6 +105,15 @@ class FetchResult:
     stopped: bool = False
 
 
+@dataclass(frozen=True)
+class PostResult:
+    url: str  # the URL posted to, in canonical form
+    address: str  # the address certok connected to
+    status: int
+    headers: dict[str, list[str]]  # lower-case names
+    body: bytes  # at most max_body_bytes of the body
+
+
 # Where a fetch stopped: the URL rules, the DNS lookup, the address policy, the TCP connect,
 # the TLS handshake, the response, the redirect count, or the whole fetch's deadline.
 Stage = Literal["url", "dns", "address", "connect", "tls", "response", "redirects", "deadline"]
@@ -231,6 +240,101 @@ class SafeFetcher:
                     progress.url,
                     "deadline",
                 ) from None
+
+    def check_url(self, url: str) -> str:
+        """The URL in canonical form if the URL rules allow it (scheme, port, host spelling);
+        raises FetchRefused saying why not. Addresses are checked only when it is requested."""
+        try:
+            return self._target(url, redirected=False).url
+        except _Refused as refusal:
+            raise FetchRefused(refusal.reason, (), url, refusal.stage) from None
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], *, user_agent: str
+    ) -> PostResult:
+        """POST `body` to `url` once, under the same URL and address rules as fetch().
+
+        No redirect is followed: a 3xx is the answer (a webhook receiver that moved must be
+        re-registered, and following would let a receiver aim certok elsewhere). Raises
+        FetchRefused or FetchFailed like fetch().
+        """
+        progress = _Progress(url)
+        async with self._gate():
+            try:
+                async with asyncio.timeout(self._limits.total_timeout):
+                    target = self._target(url, redirected=False)
+                    progress.url = target.url
+                    if target.literal is not None:
+                        candidates = [target.literal]
+                    else:
+                        candidates = await self._resolve(target.host, self._resolver_factory())
+                    return await self._post_exchange(target, candidates, body, headers, user_agent)
+            except _Refused as refusal:
+                raise FetchRefused(refusal.reason, (), progress.url, refusal.stage) from None
+            except _Failed as failure:
+                raise FetchFailed(failure.reason, (), progress.url, failure.stage) from None
+            except TimeoutError:
+                raise FetchFailed(
+                    f"{_clip(progress.url)} did not answer within {self._limits.total_timeout:g} s",
+                    (),
+                    progress.url,
+                    "deadline",
+                ) from None
+
+    async def _post_exchange(
+        self,
+        target: _Target,
+        candidates: list[IPAddress],
+        body: bytes,
+        headers: dict[str, str],
+        user_agent: str,
+    ) -> PostResult:
+        failures: list[_Failed] = []
+        for address in candidates:
+            try:
+                reader, writer = await self._dial(address, target)
+            except _Failed as failure:
+                failures.append(failure)
+                continue
+            lines = [
+                f"POST {target.request_target} HTTP/1.1",
+                f"Host: {target.host_header}",
+                f"User-Agent: {user_agent}",
+                "Accept: */*",
+                "Accept-Encoding: identity",
+                "Content-Type: application/json",
+                f"Content-Length: {len(body)}",
+                "Connection: close",
+                *(f"{name}: {value}" for name, value in headers.items()),
+            ]
+            request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+            where = _where(address, target)
+            try:
+                writer.write(request)
+                await writer.drain()
+                for _ in range(_MAX_INTERIM_RESPONSES + 1):
+                    status, response_headers = await _read_head(reader)
+                    if status >= 200:
+                        break
+                else:
+                    raise _Malformed(f"more than {_MAX_INTERIM_RESPONSES} interim responses")
+                answer = b""
+                if status not in REDIRECT_STATUSES and status not in (204, 304):
+                    answer, _ = await _read_body(
+                        reader, response_headers, self._limits.max_body_bytes
+                    )
+                return PostResult(target.url, str(address), status, response_headers, answer)
+            except _Malformed as exc:
+                raise _Failed(
+                    "response", f"{where} sent a malformed HTTP response ({exc})"
+                ) from None
+            except (OSError, ssl.SSLError) as exc:
+                raise _Failed(
+                    "response", f"sending to or reading from {where} failed: {_os_error(exc)}"
+                ) from None
+            finally:
+                writer.transport.abort()
+        raise _Failed(failures[-1].stage, "; ".join(f.reason for f in failures))
 
     def _gate(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

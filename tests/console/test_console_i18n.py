@@ -100,6 +100,7 @@ def tenant_pages(store: Store) -> list[str]:
         f"/console/orders/{failed}",
         f"/console/orders/{pending}",
         "/console/tokens",
+        "/console/webhooks",
         "/console/users",
         "/console/account",
         "/console/orders/999999",  # the not-found page
@@ -139,6 +140,17 @@ def test_every_page_in_one_language(console_app, store: Store, lang: str, header
         assert_one_language("invite", invited.text, lang)
         wrong = browser.submit("/console/domains", "/console/domains", {"names": ""})
         assert_one_language("form error", wrong.text, lang)
+        hook = browser.submit(
+            "/console/webhooks", "/console/webhooks", {"url": "https://hooks.alpha.test/x"}
+        )
+        assert_one_language("new webhook", hook.text, lang)
+        hook_id = re.search(r"/console/webhooks/(wh_[0-9a-f]+)", hook.text).group(1)  # type: ignore[union-attr]
+        browser.submit("/console/webhooks", f"/console/webhooks/{hook_id}/test", {})
+        assert_one_language("webhook", browser.get(f"/console/webhooks/{hook_id}").text, lang)
+        rotated = browser.submit(
+            f"/console/webhooks/{hook_id}", f"/console/webhooks/{hook_id}/rotate", {}
+        )
+        assert_one_language("rotated", rotated.text, lang)
         totp = browser.submit("/console/account", "/console/account/totp", {})
         assert_one_language("totp setup", totp.text, lang)
         notice = browser.get("/console/tokens?done=token_revoked")

@@ -221,3 +221,46 @@ def test_tenant_users_invite_and_disable(browser: Browser) -> None:
     assert len(carl) == 1  # not oneself
     done = browser.submit("/console/users", f"/console/users/{carl[0]}/disable", {})
     assert done.headers["location"] == "/console/users?done=user_disabled"
+
+
+def test_webhooks_add_test_rotate_log_delete_and_scoped(
+    browser: Browser, other_browser: Browser, store: Store
+) -> None:
+    browser.sign_in("ann@alpha.test")
+    added = browser.submit(
+        "/console/webhooks",
+        "/console/webhooks",
+        {
+            "url": "https://hooks.alpha.test/certok",
+            "description": "ops",
+            "event_certificate.issued": "on",
+        },
+    )
+    assert added.status_code == 201
+    secret = re.search(r'id="new-secret">(whsec_[^<]+)<', added.text).group(1)  # type: ignore[union-attr]
+    listing = browser.get("/console/webhooks").text
+    assert secret not in listing and "https://hooks.alpha.test/certok" in listing
+    hook = re.search(r"/console/webhooks/(wh_[0-9a-f]+)", listing).group(1)  # type: ignore[union-attr]
+    path = f"/console/webhooks/{hook}"
+    assert "certificate.issued" in browser.get(path).text
+
+    tested = browser.submit(path, f"{path}/test", {})
+    assert tested.headers["location"] == f"{path}?done=webhook_test"
+    log = browser.get(path).text
+    assert "webhook.test" in log and "Pending" in log
+
+    rotated = browser.submit(path, f"{path}/rotate", {})
+    new_secret = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text).group(1)  # type: ignore[union-attr]
+    assert new_secret != secret
+
+    # Another tenant: the webhook does not exist for it.
+    other_browser.sign_in("bob@beta.test")
+    assert other_browser.get(path).status_code == 404
+    for action in ("test", "rotate", "delete"):
+        response = other_browser.submit("/console/webhooks", f"{path}/{action}", {"confirm": "yes"})
+        assert response.status_code == 404, action
+    assert "https://hooks.alpha.test" not in other_browser.get("/console/webhooks").text
+
+    deleted = browser.submit(path, f"{path}/delete", {"confirm": "yes"})
+    assert deleted.headers["location"] == "/console/webhooks?done=webhook_deleted"
+    assert browser.get(path).status_code == 404

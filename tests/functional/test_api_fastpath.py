@@ -106,7 +106,8 @@ def test_a_cached_issued_answer_is_the_full_routes_answer_without_the_full_route
         ("&issuer=acme-ca", None, "GET", 400, ["google", "letsencrypt"]),
         ("", "0" * 32, "GET", 401, ["invalid or revoked"]),
         ("", "", "GET", 401, ["missing token"]),
-        ("", None, "POST", 405, ["method POST not allowed"]),
+        # POST is the httpsok POST API (certok/api/post_api.py): PUT is no method of apply.
+        ("", None, "PUT", 405, ["method PUT not allowed"]),
     ],
 )
 def test_what_the_caches_cannot_answer_takes_the_full_route(

@@ -333,6 +333,8 @@ def test_the_document_is_served_and_names_both_operations(api: Api) -> None:
         "GET /v1/cert/{id}/fullchain.pem",
         "GET /v1/cert/{id}/privkey.pem",
         "POST /v1/cert/{id}/revoke",
+        # The POST API and webhooks (test_event_operations_get_documented_answers below).
+        *EVENT_OPERATIONS,
     }
 
 
@@ -531,3 +533,51 @@ def test_the_contract_checks_can_fail(api: Api) -> None:
     response.content = b'{"code": "1404", "msg": "x", "data": null, "traceId": null}'
     with pytest.raises(FailureGroup, match="Response violates schema"):
         case.validate_response(response, checks=CONTRACT_CHECKS)
+
+
+# --- the POST API and webhooks (certok/api/post_api.py, certok/api/webhooks.py) ---------------
+
+EVENT_OPERATIONS = {
+    "POST /v1/cert/dv": "OpenApiKey",
+    "POST /v1/cert/apply": "OpenApiKey",
+    "GET /v1/cert/apply/{id}": "OpenApiKey",
+    "GET /v1/webhooks": TOKEN_HEADER,
+    "POST /v1/webhooks": TOKEN_HEADER,
+    "DELETE /v1/webhooks/{id}": TOKEN_HEADER,
+    "POST /v1/webhooks/{id}/rotate": TOKEN_HEADER,
+    "POST /v1/webhooks/{id}/test": TOKEN_HEADER,
+    "GET /v1/webhooks/{id}/deliveries": TOKEN_HEADER,
+}
+
+
+@pytest.mark.parametrize("label", sorted(EVENT_OPERATIONS))
+def test_event_operations_get_documented_answers(api: Api, label: str) -> None:
+    """Generated requests (valid and invalid bodies and ids) with a valid token, and with
+    none: every answer is one the document lists, in its schema, never a 5xx."""
+    method, path = label.split(" ", 1)
+    operation = api.schema[path][method]
+    header = EVENT_OPERATIONS[label]
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(case=both_modes(operation), with_token=st.booleans())
+    def run(case: Case, with_token: bool) -> None:
+        case.headers = {
+            k: v
+            for k, v in (case.headers or {}).items()
+            if k.lower() not in (TOKEN_HEADER, "openapikey")
+        }
+        if with_token:
+            case.headers[header] = api.good_tokens["alpha"]
+        response = case.call()
+        case.validate_response(response, checks=CONTRACT_CHECKS)
+        assert (response.status_code == 401) is (not with_token), response.text
+        statuses.append(response.status_code)
+
+    run()
+    assert 401 in statuses and any(status != 401 for status in statuses), statuses

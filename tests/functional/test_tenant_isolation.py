@@ -54,7 +54,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from certok.api.routes import create_app
@@ -83,6 +83,13 @@ LABEL_KEY = b"isolation-test-label-key-0123456"
 WORKER = "isolation-worker"
 TOKEN_HEADER = "httpsok-token"
 TENANTS = 3
+HOOK_PORT = 9  # webhook URLs point here; nothing listens, nothing is delivered
+WEBHOOK_ACTIONS = (
+    ("DELETE", ""),
+    ("POST", "/rotate"),
+    ("POST", "/test"),
+    ("GET", "/deliveries"),
+)
 NAMES_PER_RUN = 3
 # Steps the worker takes on an order in one go; issuing takes about four with Pebble.
 MAX_STEPS_PER_DRIVE = 8
@@ -125,8 +132,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> I
                 )
             },
             default_issuer="pebble",
+            # Webhook URLs on loopback are accepted (nothing is delivered in the machine), and
+            # the POST API's poll interval does not get in the way of the rules.
+            precheck_allow_loopback=True,
+            precheck_allowed_ports=[HOOK_PORT],
+            post_api_poll_seconds=0,
         )
-
         checks = build_checks(settings, store, label_key=LABEL_KEY)
         app = create_app(
             build_api_services(
@@ -177,6 +188,7 @@ class Secrets:
     codes: set[str] = field(default_factory=set)
     certificates: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
+    webhook_secrets: set[str] = field(default_factory=set)
 
 
 def self_signed(names: list[str]) -> tuple[str, str]:
@@ -227,6 +239,7 @@ class IsolationMachine(RuleBasedStateMachine):
         self.challenges: list[HttpChallenge] = []
         self.bindings: dict[str, int] = {}  # host → tenant index (host-only form)
         self.secrets = [Secrets() for _ in self.tenants]
+        self.webhooks: list[tuple[str, int]] = []  # (public id, owner index)
         # Orders whose ACME order was created while a name was not the tenant's: must stay empty.
         self.unowned_acme_orders: list[str] = []
 
@@ -249,6 +262,8 @@ class IsolationMachine(RuleBasedStateMachine):
                 assert code not in text, f"tenant {tenant} was shown tenant {other}'s code"
             for pem in owned.certificates | owned.keys:
                 assert pem_body(pem) not in text, f"tenant {tenant} saw tenant {other}'s PEM"
+            for secret in owned.webhook_secrets:
+                assert secret not in text, f"tenant {tenant} saw tenant {other}'s webhook secret"
 
     def label(self, tenant: int, base: str) -> str:
         return compute_label(LABEL_KEY, self.tenants[tenant].id, base)
@@ -395,6 +410,132 @@ class IsolationMachine(RuleBasedStateMachine):
         ).replace(unknown, "<code>")
         with self.world.store.sessions() as session:
             assert session.scalars(select(Order.id).order_by(Order.id)).all() == orders_before
+
+    # --- webhooks and the POST API ------------------------------------------------------------
+    def call(
+        self, method: str, path: str, tenant: int, header: str = TOKEN_HEADER, **kw: Any
+    ) -> Any:
+        headers = {header: self.tenants[tenant].token}
+        response = self.world.client.request(method, path, headers=headers, **kw)
+        assert response.status_code < 500, response.text
+        # An id the request named may come back in a 404's message: that is no leak.
+        self.assert_no_foreign_secrets(tenant, response.text, set(path.lower().split("/")))
+        return response
+
+    @rule(tenant=TENANT)
+    def create_webhook(self, tenant: int) -> None:
+        url = f"http://127.0.0.1:{HOOK_PORT}/t{tenant}"
+        response = self.call("POST", "/v1/webhooks", tenant, json={"url": url})
+        if response.status_code == 409:  # the per-tenant maximum
+            return
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        self.webhooks.append((data["id"], tenant))
+        self.secrets[tenant].webhook_secrets.add(data["secret"])
+        self.count("webhook")
+
+    @rule(tenant=TENANT)
+    def list_webhooks(self, tenant: int) -> None:
+        data = self.call("GET", "/v1/webhooks", tenant).json()["data"]
+        own = {public_id for public_id, owner in self.webhooks if owner == tenant}
+        assert {item["id"] for item in data["list"]} == own
+
+    @precondition(lambda self: self.webhooks)
+    @rule(pick=INDEX, shift=st.integers(1, TENANTS - 1), action=st.sampled_from(WEBHOOK_ACTIONS))
+    def foreign_webhook_action(self, pick: int, shift: int, action: tuple[str, str]) -> None:
+        """Another tenant's webhook id is answered exactly like an unknown id, and untouched."""
+        from certok.db.models import WebhookDelivery, WebhookEndpoint
+
+        public_id, owner = self.webhooks[pick % len(self.webhooks)]
+        intruder = (owner + shift) % TENANTS
+        method, suffix = action
+        unknown = "wh_" + secrets.token_hex(12)
+
+        def state() -> tuple[Any, ...]:
+            with self.world.store.sessions() as session:
+                row = session.scalar(
+                    select(WebhookEndpoint).where(WebhookEndpoint.public_id == public_id)
+                )
+                assert row is not None
+                queued = session.scalar(
+                    select(func.count())
+                    .select_from(WebhookDelivery)
+                    .where(WebhookDelivery.endpoint_id == row.id)
+                )
+                return (row.secret_encrypted, row.previous_secret_encrypted, queued)
+
+        before = state()
+        foreign = self.call(method, f"/v1/webhooks/{public_id}{suffix}", intruder)
+        reference = self.call(method, f"/v1/webhooks/{unknown}{suffix}", intruder)
+        assert foreign.status_code == reference.status_code == 404
+        assert dict(foreign.headers) == dict(reference.headers)
+        foreign_body, reference_body = foreign.json(), reference.json()
+        foreign_body.pop("traceId")
+        reference_body.pop("traceId")
+        assert json.dumps(foreign_body).replace(public_id, "<id>") == json.dumps(
+            reference_body
+        ).replace(unknown, "<id>")
+        assert state() == before
+
+    @rule(
+        tenant=TENANT,
+        picks=st.lists(st.tuples(INDEX, st.booleans()), min_size=1, max_size=3, unique=True),
+    )
+    def post_api_dv_and_apply(self, tenant: int, picks: list[tuple[int, bool]]) -> None:
+        """The POST API: dv, then apply; an order only for names delegated to the caller."""
+        self.post_api_order(tenant, self.domains(picks))
+
+    @rule(tenant=TENANT)
+    def post_api_for_own_names(self, tenant: int) -> None:
+        own = [base for base, owner in self.delegated.items() if owner == tenant]
+        if own:
+            self.post_api_order(tenant, own)
+
+    def post_api_order(self, tenant: int, domains: list[str]) -> None:
+        response = self.call(
+            "POST", "/v1/cert/dv", tenant, "OpenApiKey", json={"domainList": domains}
+        )
+        assert response.status_code == 200, response.text
+        owned = self.owned_by(tenant, domains)
+        data = response.json()["data"]
+        assert data["valid"] is owned
+        for config in data["configs"]:
+            assert (
+                config["hostValue"] == f"{self.label(tenant, base_name(config['domain']))}.{ZONE}"
+            )
+        response = self.call(
+            "POST",
+            "/v1/cert/apply",
+            tenant,
+            "OpenApiKey",
+            json={"domainList": domains, "ca": "pebble"},
+        )
+        if not owned:
+            assert response.status_code == 400, response.text
+            return
+        assert response.status_code == 200, response.text
+        apply_id = response.json()["data"]
+        with self.world.store.sessions() as session:
+            row = session.scalar(select(VerificationCode).where(VerificationCode.code == apply_id))
+            assert row is not None and row.tenant_id == self.tenants[tenant].id
+        self.codes.append(CodeInfo(apply_id, tenant, domains, row.order_id))
+        self.secrets[tenant].codes.add(apply_id)
+        self.count("post api order")
+
+    @precondition(lambda self: self.codes)
+    @rule(pick=INDEX, shift=st.integers(1, TENANTS - 1))
+    def post_api_status_of_a_foreign_id(self, pick: int, shift: int) -> None:
+        info = self.codes[pick % len(self.codes)]
+        intruder = (info.owner + shift) % TENANTS
+        unknown = secrets.token_hex(8)
+        foreign = self.call("GET", f"/v1/cert/apply/{info.code}", intruder, "OpenApiKey")
+        reference = self.call("GET", f"/v1/cert/apply/{unknown}", intruder, "OpenApiKey")
+        assert foreign.status_code == reference.status_code == 404
+        assert foreign.json()["msg"].replace(info.code, "<id>") == reference.json()["msg"].replace(
+            unknown, "<id>"
+        )
+        own = self.call("GET", f"/v1/cert/apply/{info.code}", info.owner, "OpenApiKey")
+        assert own.status_code == 200, own.text
 
     # --- the worker ------------------------------------------------------------------------------
     def orders(self) -> list[CodeInfo]:
@@ -614,7 +755,13 @@ def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(world
     )
     # The exploration reached the interesting places, not only the refusals.
     reached = IsolationMachine.reached
-    for what in ("code", "issued by the CA", "refused by the ownership check"):
+    for what in (
+        "code",
+        "issued by the CA",
+        "refused by the ownership check",
+        "webhook",
+        "post api order",
+    ):
         assert reached.get(what, 0) > 0, f"never reached: {what} ({reached})"
 
 

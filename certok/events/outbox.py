@@ -1,0 +1,163 @@
+"""The outbox: events become delivery rows in the transaction of the change they report.
+
+`emit(connection, ...)` runs inside the caller's write transaction (a job of
+`certok.db.writes.write`): either the state change and its deliveries commit together, or
+neither does, and a kill -9 at any moment loses no event and invents none. One row per
+destination: each of the tenant's enabled endpoints that wants the type, plus a notifyUrl
+when one is given. The delivery worker (`certok.events.delivery`) sends them.
+
+Functions here take a Connection and plain arguments: they run in the writer process of a
+multi-process node too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from certok.db.models import (
+    Certificate,
+    EventMark,
+    OrderNotifyUrl,
+    VerificationCode,
+    WebhookEndpoint,
+)
+from certok.db.models import Order as OrderModel
+from certok.db.models import WebhookDelivery as DeliveryModel
+from certok.events.types import CERTIFICATE_FAILED, CERTIFICATE_ISSUED, payload, rfc3339
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+_ENDPOINTS = WebhookEndpoint.__table__
+_DELIVERIES = DeliveryModel.__table__
+_NOTIFY = OrderNotifyUrl.__table__
+_MARKS = EventMark.__table__
+_ORDERS = OrderModel.__table__
+_CODES = VerificationCode.__table__
+_CERTIFICATES = Certificate.__table__
+
+
+def new_message_id() -> str:
+    """A `webhook-id`: unique per message, the same on every attempt of it."""
+    return "msg_" + secrets.token_hex(12)
+
+
+def wants(event_types: str, event_type: str) -> bool:
+    return not event_types or event_type in event_types.split(",")
+
+
+def emit(
+    connection: Connection,
+    *,
+    tenant_id: int,
+    event_type: str,
+    data: dict[str, Any],
+    now: dt.datetime,
+    notify_url: str | None = None,
+) -> int:
+    """Queue `event_type` for the tenant's endpoints (and `notify_url`); returns rows queued."""
+    body = payload(event_type, now, data)
+    rows: list[dict[str, Any]] = []
+    endpoints = connection.execute(
+        select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types).where(
+            _ENDPOINTS.c.tenant_id == tenant_id, _ENDPOINTS.c.disabled_at.is_(None)
+        )
+    ).all()
+    for endpoint in endpoints:
+        if wants(endpoint.event_types, event_type):
+            rows.append({"endpoint_id": endpoint.id, "url": None})
+    if notify_url:
+        rows.append({"endpoint_id": None, "url": notify_url})
+    for row in rows:
+        connection.execute(
+            insert(_DELIVERIES).values(
+                # One webhook-id per message and destination: the id is what a receiver
+                # de-duplicates on, and it stays the same on every attempt of the row.
+                message_id=new_message_id(),
+                tenant_id=tenant_id,
+                event_type=event_type,
+                payload=body,
+                state=PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                **row,
+            )
+        )
+    return len(rows)
+
+
+def mark_once(connection: Connection, kind: str, subject: str, now: dt.datetime) -> bool:
+    """True the first time (kind, subject) is marked: the caller then emits its event in the
+    same transaction. The unique constraint makes two nodes' scans agree."""
+    exists = connection.execute(
+        select(_MARKS.c.id).where(_MARKS.c.kind == kind, _MARKS.c.subject == subject)
+    ).first()
+    if exists is not None:
+        return False
+    connection.execute(insert(_MARKS).values(kind=kind, subject=subject, created_at=now))
+    return True
+
+
+def clear_mark(connection: Connection, kind: str, subject: str) -> None:
+    connection.execute(delete(_MARKS).where(_MARKS.c.kind == kind, _MARKS.c.subject == subject))
+
+
+def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> None:
+    """In the transaction that ends an order: `certificate.issued` or `certificate.failed`
+    for the tenant's endpoints, and the outcome for the order's notifyUrl if it has one."""
+    order = connection.execute(
+        select(
+            _ORDERS.c.tenant_id,
+            _ORDERS.c.state,
+            _ORDERS.c.issuer,
+            _ORDERS.c.algorithm,
+            _ORDERS.c.domains,
+            _ORDERS.c.reason,
+            _ORDERS.c.not_before,
+            _ORDERS.c.not_after,
+        ).where(_ORDERS.c.id == order_id)
+    ).first()
+    if order is None or order.state not in ("issued", "failure"):
+        return
+    code = connection.execute(select(_CODES.c.code).where(_CODES.c.order_id == order_id)).scalar()
+    notify_url = connection.execute(
+        select(_NOTIFY.c.url).where(_NOTIFY.c.order_id == order_id)
+    ).scalar()
+    if notify_url is not None:
+        connection.execute(delete(_NOTIFY).where(_NOTIFY.c.order_id == order_id))
+    data: dict[str, Any] = {
+        # The POST API's apply id and the GET API's code: the same string.
+        "id": code,
+        "domains": order.domains.split(","),
+        "issuer": order.issuer,
+        "algorithm": order.algorithm,
+    }
+    if order.state == "issued":
+        event_type = CERTIFICATE_ISSUED
+        data["status"] = "issued"
+        # The certificate record (certok/certificates) is written earlier in this transaction.
+        data["certificateId"] = connection.execute(
+            select(_CERTIFICATES.c.id).where(_CERTIFICATES.c.order_id == order_id)
+        ).scalar()
+        data["notBefore"] = rfc3339(order.not_before) if order.not_before else None
+        data["notAfter"] = rfc3339(order.not_after) if order.not_after else None
+    else:
+        event_type = CERTIFICATE_FAILED
+        data["status"] = "failure"
+        # The CA's problem (type and detail) or certok's own reason, as /v1/cert/apply shows.
+        data["reason"] = order.reason
+    emit(
+        connection,
+        tenant_id=order.tenant_id,
+        event_type=event_type,
+        data=data,
+        now=now,
+        notify_url=notify_url,
+    )
