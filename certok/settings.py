@@ -155,6 +155,17 @@ class Settings(BaseSettings):
     event_scan_seconds: float = Field(default=300.0, ge=0)
     delegation_recheck_seconds: float = Field(default=6 * 3600.0, ge=0)
 
+    # --- agents (httpsok.sh's /v1/nginx protocol) ------------------------------------------
+    agent_preparse_max_bytes: int = Field(default=1_048_576, ge=1024)
+    # Configurations one tenant may upload a minute (parsing costs CPU); 0 turns it off.
+    agent_preparse_per_minute: int = Field(default=10, ge=0)
+    agent_max_hosts_per_tenant: int = Field(default=100, ge=1)
+    agent_max_certificates_per_host: int = Field(default=50, ge=1)
+    # How long `check` holds the agent while a new certificate is being issued.
+    agent_check_wait_seconds: float = Field(default=25.0, ge=0, le=120)
+    # Testing only: shifts the time renewal decisions are made at (e.g. past a renewal time).
+    clock_offset_seconds: float = 0.0
+
     @field_validator("dns_zone")
     @classmethod
     def _zone_is_absolute_lowercase(cls, value: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from certok.api.agent_openapi import agent_paths
 from certok.api.cert_openapi import APPLY_ADDITIONS, APPLY_PARAMETERS, certificate_paths
 from certok.settings import Settings
 
@@ -176,6 +177,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 }
             },
             **certificate_paths(_envelope, _error_responses, _TOKEN),
+            **agent_paths(_envelope, _error_responses, _TOKEN),
         },
     }
     from certok.api.openapi_events import add_event_operations  # it imports this module

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
+from certok.api.agents import agent_api_routes
 from certok.api.caches import TtlCache, token_key
 from certok.api.cert_routes import apply_extras, certificate_routes, check_apply_extras
 from certok.api.envelope import (
@@ -110,6 +111,8 @@ def create_app(services: ApiServices) -> CertokApp:
         *console_routes(services),
         *webhook_routes(services, api._tenant),
         *post_api_routes(services, api._tenant, _order_data, _order_message),
+        # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
+        *agent_api_routes(services, api._tenant),
     ]
     routes += certificate_routes(api)  # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     app = CertokApp(

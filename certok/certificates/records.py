@@ -17,10 +17,12 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from certok.certificates import timing
 from certok.certificates.ari import cert_id
-from certok.db.models import AcmeAccount, Certificate, Order
+from certok.db.models import AcmeAccount, Certificate, CertificateName, Order
 
 CERTIFICATES = Certificate.__table__
 _ORDERS = Order.__table__
+_NAMES = CertificateName.__table__
+_INSERT_NAMES = insert(_NAMES)
 _ACCOUNTS = AcmeAccount.__table__
 
 # One INSERT ... SELECT: the record takes the order's columns (and the issuer's account) in
@@ -92,6 +94,8 @@ class IssuedCertificate:
     """What the record of a certificate just issued holds beyond its order's columns."""
 
     fullchain: str
+    # The names the certificate holds (its SANs), for the list's domain filter.
+    names: tuple[str, ...]
     serial: str
     not_before: dt.datetime
     not_after: dt.datetime
@@ -108,8 +112,16 @@ def issued_certificate(fullchain: str, now: dt.datetime, *, ari: bool) -> Issued
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     identifier = cert_id(leaf)
     clock = timing.initial(not_before, not_after, now, ari=ari and identifier is not None)
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(
+            dict.fromkeys(str(name).lower() for name in san.get_values_for_type(x509.DNSName))
+        )
+    except x509.ExtensionNotFound:
+        names = ()
     return IssuedCertificate(
         fullchain=fullchain,
+        names=names,
         serial=format(leaf.serial_number, "x"),
         not_before=not_before,
         not_after=not_after,
@@ -139,6 +151,14 @@ def record_issued(connection: Connection, order_id: int, issued: IssuedCertifica
             "b_created_at": issued.created_at,
         },
     ).one()
+    if issued.names:
+        connection.execute(
+            _INSERT_NAMES,
+            [
+                {"certificate_id": row.id, "tenant_id": row.tenant_id, "name": name}
+                for name in issued.names
+            ],
+        )
     if row.replaces_id is not None:
         # RFC 9773 §4.2: stop checking a certificate once it has been replaced.
         connection.execute(

@@ -16,11 +16,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from certok.crypto import SecretBox
-from certok.db.models import Certificate
+from certok.db.models import Certificate, CertificateName
 from certok.errors import InvalidRequest, NotFound
 from certok.orders.service import order_key_owner
 
@@ -44,6 +44,7 @@ REVOCATION_REASONS = {
 }
 
 _C = Certificate.__table__
+_NAMES = CertificateName.__table__
 _LIST_COLUMNS = (
     _C.c.id,
     _C.c.domains,
@@ -140,10 +141,13 @@ def list_certificates(
     """(total, one page) of the tenant's certificates, newest first."""
     conditions: list[ColumnElement[bool]] = [_C.c.tenant_id == tenant_id]
     if domain:
-        # Whole names only: ",a.example," never matches inside "b.a.example".
-        pattern = "%," + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # Whole names only, through the names table's (tenant_id, name) index.
         conditions.append(
-            (literal(",") + _C.c.domains + literal(",")).like(pattern + ",%", escape="\\")
+            _C.c.id.in_(
+                select(_NAMES.c.certificate_id).where(
+                    _NAMES.c.tenant_id == tenant_id, _NAMES.c.name == domain
+                )
+            )
         )
     if status:
         conditions.append(_status_condition(status, now))
@@ -243,13 +247,16 @@ def renewal_target(session: Session, tenant_id: int, domains: list[str]) -> int 
     """The tenant's newest live certificate for exactly these names (an apply for them is
     its renewal), or None."""
     wanted = sorted(domains)
+    if not wanted:
+        return None
     rows = session.execute(
         select(_C.c.id, _C.c.domains)
+        .join(_NAMES, _NAMES.c.certificate_id == _C.c.id)
         .where(
-            _C.c.tenant_id == tenant_id,
+            _NAMES.c.tenant_id == tenant_id,
+            _NAMES.c.name == wanted[0].lower(),
             _C.c.revoked_at.is_(None),
             _C.c.replaced_by_id.is_(None),
-            or_(*[_C.c.domains.like(f"%{name}%") for name in wanted[:1]]),
         )
         .order_by(_C.c.id.desc())
         .limit(50)

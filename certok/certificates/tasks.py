@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates import timing
@@ -26,7 +26,7 @@ from certok.certificates.ari import AriError, parse_renewal_info
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Certificate
-from certok.issuance import AcmeProblem, AcmeSession, ProblemKind
+from certok.issuance import AcmeProblem, AcmeSession, ProblemKind, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,25 @@ _C = Certificate.__table__
 CLAIM = dt.timedelta(minutes=10)
 # A revocation the CA could not take now is tried again after this long.
 REVOKE_RETRY = dt.timedelta(minutes=5)
+
+
+_ARI_COLUMNS = (
+    _C.c.id,
+    _C.c.issuer,
+    _C.c.ari_cert_id,
+    _C.c.not_before,
+    _C.c.not_after,
+    _C.c.renew_at,
+    _C.c.ari_window_start,
+    _C.c.ari_window_end,
+    _C.c.ari_explanation_url,
+    _C.c.ari_error,
+    _C.c.renewal_noticed_at,
+    _C.c.replaced_by_id,
+    _C.c.revoked_at,
+)
+# One statement for every checked row (executemany): the same columns each time.
+_SAVE_CHECK = update(_C).where(_C.c.id == bindparam("b_id"))
 
 
 class Accounts(Protocol):
@@ -136,71 +155,80 @@ class CertificateTasks:
 
     # --- ARI ---------------------------------------------------------------------------------
     def ari_checks(self) -> int:
+        """Ask renewalInfo for the certificates due a check (at most a batch): one read, one
+        claiming UPDATE, the CA once per certificate, then one transaction saving them all."""
         now = self._clock()
         with self._sessions() as session:
             rows = session.execute(
-                select(_C.c.id, _C.c.next_check_at)
+                select(*_ARI_COLUMNS)
                 .where(_C.c.next_check_at <= now)
                 .order_by(_C.c.next_check_at)
                 .limit(self._batch)
             ).all()
-        done = 0
-        for row in rows:
-            if self._claim(row.id, _C.c.next_check_at, row.next_check_at, now):
-                self._check(row.id, now)
-                done += 1
-        return done
+        if not rows:
+            return 0
+        claimed = self._claim_many([row.id for row in rows], now)
+        results = [self._check(row, now) for row in rows if row.id in claimed]
+        if results:
+            with transaction(self._sessions) as session:
+                session.execute(_SAVE_CHECK, results)
+        return len(results)
 
-    def _check(self, certificate_id: int, now: dt.datetime) -> None:
-        with self._sessions() as session:
-            row = session.execute(
-                select(
-                    _C.c.issuer,
-                    _C.c.ari_cert_id,
-                    _C.c.not_before,
-                    _C.c.not_after,
-                    _C.c.renew_at,
-                    _C.c.ari_window_start,
-                    _C.c.ari_window_end,
-                    _C.c.replaced_by_id,
-                    _C.c.revoked_at,
-                ).where(_C.c.id == certificate_id)
-            ).one()
+    def _claim_many(self, ids: list[int], now: dt.datetime) -> set[int]:
+        """Push the due time of `ids` out by CLAIM where it is still due: the ones this call
+        changed are this worker's (another node's claim already moved the rest)."""
+        claim = (
+            update(_C)
+            .where(_C.c.id.in_(ids), _C.c.next_check_at <= now)
+            .values(next_check_at=now + CLAIM)
+        )
+        with transaction(self._sessions) as session:
+            if session.get_bind().dialect.update_returning:
+                return set(session.scalars(claim.returning(_C.c.id)))
+            return {i for i in ids if session.execute(claim.where(_C.c.id == i)).rowcount == 1}
+
+    def _check(self, row: Any, now: dt.datetime) -> dict[str, Any]:
+        """The row's new ARI columns after asking the CA (as `_SAVE_CHECK` parameters)."""
         previous = timing.Renewal(
             renew_at=row.renew_at,
             next_check_at=None,
             window_start=row.ari_window_start,
             window_end=row.ari_window_end,
         )
-        values: dict[str, Any]
+        values: dict[str, Any] = {
+            "b_id": row.id,
+            "renew_at": row.renew_at,
+            "next_check_at": None,
+            "ari_window_start": row.ari_window_start,
+            "ari_window_end": row.ari_window_end,
+            "ari_explanation_url": row.ari_explanation_url,
+            "ari_error": row.ari_error,
+            "renewal_noticed_at": row.renewal_noticed_at,
+        }
         if row.replaced_by_id is not None or row.revoked_at is not None or now >= row.not_after:
             # RFC 9773 §4.2: no more checks once it expired or was replaced.
-            values = {"next_check_at": None}
-        else:
-            try:
-                session_: AcmeSession = self._accounts.account(row.issuer).session
-                body, retry_after = session_.renewal_info(row.ari_cert_id)
-                info = parse_renewal_info(body, retry_after)
-                clock = timing.after_ari(
-                    row.not_before, row.not_after, previous, info, now, self._rng
-                )
-                values = {
-                    "renew_at": clock.renew_at,
-                    "next_check_at": clock.next_check_at,
-                    "ari_window_start": clock.window_start,
-                    "ari_window_end": clock.window_end,
-                    "ari_explanation_url": info.explanation_url,
-                    "ari_error": None,
-                }
-            except (AcmeProblem, AriError) as error:
-                clock = timing.after_error(row.not_after, previous, now)
-                values = {"next_check_at": clock.next_check_at, "ari_error": str(error)[:500]}
-                log.warning("certificate %s: renewalInfo check failed: %s", certificate_id, error)
-        if values.get("renew_at") is not None and values["renew_at"] < row.renew_at:
-            # An earlier moment (a moved window): the renewal-due notice is owed again.
-            values["renewal_noticed_at"] = None
-        with transaction(self._sessions) as session:
-            session.execute(update(_C).where(_C.c.id == certificate_id).values(**values))
+            return values
+        try:
+            session: AcmeSession = self._accounts.account(row.issuer).session
+            body, retry_after = session.renewal_info(row.ari_cert_id)
+            info = parse_renewal_info(body, parse_retry_after(retry_after, now))
+            clock = timing.after_ari(row.not_before, row.not_after, previous, info, now, self._rng)
+            values.update(
+                renew_at=clock.renew_at,
+                next_check_at=clock.next_check_at,
+                ari_window_start=clock.window_start,
+                ari_window_end=clock.window_end,
+                ari_explanation_url=info.explanation_url,
+                ari_error=None,
+            )
+            if clock.renew_at < row.renew_at:
+                # An earlier moment (a moved window): the renewal-due notice is owed again.
+                values["renewal_noticed_at"] = None
+        except (AcmeProblem, AriError) as error:
+            clock = timing.after_error(row.not_after, previous, now)
+            values.update(next_check_at=clock.next_check_at, ari_error=str(error)[:500])
+            log.warning("certificate %s: renewalInfo check failed: %s", row.id, error)
+        return values
 
     # --- renewal due -------------------------------------------------------------------------
     def renewals_due(self) -> int:

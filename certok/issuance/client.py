@@ -546,18 +546,19 @@ class AcmeSession:
 
         return self._exchange(run, needs_account=False)
 
-    def renewal_info(self, cert_id: str) -> tuple[bytes, dt.datetime | None]:
+    def renewal_info(self, cert_id: str) -> tuple[bytes, str | None]:
         """GET ``<renewalInfo>/<certID>`` (unauthenticated, RFC 9773 §4.2): the body and the
-        Retry-After, for `certok.certificates.ari.parse_renewal_info` to read."""
+        raw Retry-After, for the caller to read against its own clock
+        (`certok.certificates.ari.parse_renewal_info`, `parse_retry_after`)."""
         base = self.renewal_info_url()
         if base is None:
             raise AcmeProblem(
                 ProblemKind.REJECTED, BAD_CONFIGURATION, "the CA's directory has no renewalInfo"
             )
 
-        def run(client: acme_client.ClientV2) -> tuple[bytes, dt.datetime | None]:
+        def run(client: acme_client.ClientV2) -> tuple[bytes, str | None]:
             response = client.net.get(f"{base.rstrip('/')}/{cert_id}")
-            return response.content, self._retry_after(response)
+            return response.content, response.headers.get("Retry-After")
 
         return self._exchange(run, needs_account=False)
 

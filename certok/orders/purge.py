@@ -33,7 +33,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
-from certok.db.models import Certificate, ChallengeRecord, Order, VerificationCode
+from certok.db.models import (
+    Certificate,
+    CertificateName,
+    ChallengeRecord,
+    Order,
+    VerificationCode,
+)
 from certok.orders.service import FAILURE, ISSUED
 from certok.settings import Settings
 
@@ -144,9 +150,13 @@ def _delete_certificate_batch(
         return PurgeCounts(), 0, 0.0
     with transaction(sessions) as session:
         started = time.monotonic()
-        deleted = session.execute(
-            delete(Certificate).where(Certificate.id.in_(candidates), expired)
-        ).rowcount
+        ids = session.scalars(
+            select(Certificate.id).where(Certificate.id.in_(candidates), expired)
+        ).all()
+        deleted = 0
+        if ids:
+            session.execute(delete(CertificateName).where(CertificateName.certificate_id.in_(ids)))
+            deleted = session.execute(delete(Certificate).where(Certificate.id.in_(ids))).rowcount
     return PurgeCounts(certificates=deleted), len(candidates), time.monotonic() - started
 
 

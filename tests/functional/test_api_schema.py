@@ -335,6 +335,8 @@ def test_the_document_is_served_and_names_both_operations(api: Api) -> None:
         "POST /v1/cert/{id}/revoke",
         # The POST API and webhooks (test_event_operations_get_documented_answers below).
         *EVENT_OPERATIONS,
+        "GET /v1/agents/hosts",
+        "GET /v1/agents/hosts/{uuid}/log",
     }
 
 
@@ -581,3 +583,22 @@ def test_event_operations_get_documented_answers(api: Api, label: str) -> None:
 
     run()
     assert 401 in statuses and any(status != 401 for status in statuses), statuses
+
+
+@pytest.mark.parametrize("path", ["/v1/agents/hosts", "/v1/agents/hosts/{uuid}/log"])
+def test_agent_host_routes_get_documented_answers(api: Api, path: str) -> None:
+    operation = api.schema[path]["GET"]
+    statuses: list[int] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    @given(case=both_modes(operation), token=TOKEN_CHOICES)
+    def run(case: Case, token: TokenChoice) -> None:
+        statuses.append(send(api, case, token).status_code)
+
+    run()
+    assert 401 in statuses and any(status < 500 for status in statuses), statuses

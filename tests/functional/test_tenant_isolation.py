@@ -122,6 +122,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleInstance) -> I
             resolvers=[f"127.0.0.1:{fake_dns.port}"],
             resolver_timeout_seconds=1.0,
             apply_wait_seconds=0,
+            agent_check_wait_seconds=0,
             challenge_propagation_seconds=0,
             code_ttl_seconds=600,
             rate_limit_dv_per_minute=0,
@@ -242,6 +243,10 @@ class IsolationMachine(RuleBasedStateMachine):
         self.webhooks: list[tuple[str, int]] = []  # (public id, owner index)
         # Orders whose ACME order was created while a name was not the tenant's: must stay empty.
         self.unowned_acme_orders: list[str] = []
+        # httpsok.sh's codes (/v1/nginx/preparse): code, owner, host uuid (hosts of different
+        # tenants share uuids: a uuid names a host within one tenant only).
+        self.agent_codes: list[tuple[str, int, str]] = []
+        self.agent_hosts = [f"host-{run}-{index}" for index in range(2)]
 
     # --- helpers ------------------------------------------------------------------------------
     def get(self, path: str, tenant: int | None, **params: str) -> Any:
@@ -537,6 +542,133 @@ class IsolationMachine(RuleBasedStateMachine):
         own = self.call("GET", f"/v1/cert/apply/{info.code}", info.owner, "OpenApiKey")
         assert own.status_code == 200, own.text
 
+    # --- httpsok.sh's /v1/nginx ------------------------------------------------------------------
+    def agent(
+        self, method: str, path: str, tenant: int, uuid: str, body: bytes = b"", **params: str
+    ) -> Any:
+        headers = {TOKEN_HEADER: self.tenants[tenant].token, "httpsok-uuid": uuid}
+        response = self.world.client.request(
+            method, "/v1/nginx" + path, params=params, headers=headers, content=body
+        )
+        assert response.status_code < 500, response.text
+        # A code named in the path may come back (in a 404's message): no leak.
+        echoed = set(params.values()) | set(path.rsplit("/", 1)[-1].split("."))
+        self.assert_no_foreign_secrets(tenant, response.text, echoed)
+        return response
+
+    @rule(
+        tenant=TENANT,
+        host=st.integers(0, 1),
+        picks=st.lists(st.tuples(INDEX, st.booleans()), min_size=1, max_size=3, unique=True),
+    )
+    def agent_preparse(self, tenant: int, host: int, picks: list[tuple[int, bool]]) -> None:
+        """A host's nginx configuration with the run's names: one code per certificate file."""
+        names = " ".join(self.domains(picks))
+        config = (
+            "http {\n server {\n  listen 443 ssl;\n"
+            f"  server_name {names} _;\n"
+            "  ssl_certificate /etc/nginx/ssl/site.pem;\n"
+            "  ssl_certificate_key /etc/nginx/ssl/site.key;\n }\n}\n"
+        )
+        uuid = self.agent_hosts[host]
+        response = self.agent("POST", "/preparse", tenant, uuid, config.encode())
+        assert response.status_code == 200, response.text
+        (line,) = response.text.splitlines()
+        code, cert, key = line.split(",")
+        assert (cert, key) == ("/etc/nginx/ssl/site.pem", "/etc/nginx/ssl/site.key")
+        if (code, tenant, uuid) not in self.agent_codes:
+            for other_code, other, _ in self.agent_codes:
+                assert other_code != code or other == tenant, "one code for two tenants"
+            self.agent_codes.append((code, tenant, uuid))
+            self.secrets[tenant].codes.add(code)
+        self.count("agent preparse")
+
+    @precondition(lambda self: self.agent_codes)
+    @rule(pick=INDEX)
+    def agent_check_own(self, pick: int) -> None:
+        """The owner's agent asks for its certificate: an order only for names delegated to
+        the owner right now, started from a code of the owner's."""
+        code, owner, uuid = self.agent_codes[pick % len(self.agent_codes)]
+        with self.world.store.sessions() as session:
+            orders_before = set(session.scalars(select(Order.id)))
+        lines = self.agent("GET", "/check", owner, uuid, code=code).text.splitlines()
+        assert lines and lines[0] != "13", lines
+        with self.world.store.sessions() as session:
+            new = session.scalars(select(Order).where(Order.id.not_in(orders_before))).all()
+            assert len(new) <= 1
+            for order in new:
+                domains = order.domains.split(",")
+                assert order.tenant_id == self.tenants[owner].id
+                assert self.owned_by(owner, domains), (domains, self.delegated)
+                started_by = session.scalar(
+                    select(VerificationCode.code).where(VerificationCode.order_id == order.id)
+                )
+                assert started_by is not None
+                self.codes.append(CodeInfo(started_by, owner, domains, order.id))
+                self.secrets[owner].codes.add(started_by)
+                self.count("agent order")
+        if lines[0] == "1":
+            cert = self.agent("GET", f"/cert/{code}.cer", owner, uuid)
+            key = self.agent("GET", f"/cert/{code}.key", owner, uuid)
+            assert cert.status_code == key.status_code == 200
+            self.secrets[owner].certificates.add(cert.text)
+            self.secrets[owner].keys.add(key.text)
+            self.count("agent certificate")
+
+    @precondition(lambda self: self.agent_codes)
+    @rule(
+        pick=INDEX,
+        shift=st.integers(1, TENANTS - 1),
+        what=st.sampled_from(["check", "cer", "key", "upload", "log"]),
+    )
+    def agent_foreign_code(self, pick: int, shift: int, what: str) -> None:
+        """Another tenant's code, on the owner's host uuid, is answered like an unknown code."""
+        code, owner, uuid = self.agent_codes[pick % len(self.agent_codes)]
+        intruder = (owner + shift) % TENANTS
+        unknown = secrets.token_hex(8)
+        with self.world.store.sessions() as session:
+            orders_before = session.scalars(select(Order.id).order_by(Order.id)).all()
+
+        def ask(value: str) -> tuple[int, str, str]:
+            if what == "check":
+                response = self.agent("GET", "/check", intruder, uuid, code=value)
+            elif what in ("cer", "key"):
+                response = self.agent("GET", f"/cert/{value}.{what}", intruder, uuid)
+            elif what == "upload":
+                response = self.agent("POST", "/upload", intruder, uuid, b"", code=value)
+            else:
+                path = "/log/nginx-test-failed"
+                response = self.agent("PUT", path, intruder, uuid, b"failed", code=value)
+            text = response.text
+            if response.headers.get("content-type", "").startswith("application/json"):
+                body = response.json()
+                body.pop("traceId")
+                text = json.dumps(body)
+            return response.status_code, response.headers.get("content-type", ""), text
+
+        foreign = ask(code)
+        reference = ask(unknown)
+        assert foreign[:2] == reference[:2]
+        assert foreign[2].replace(code, "<code>") == reference[2].replace(unknown, "<code>")
+        with self.world.store.sessions() as session:
+            assert session.scalars(select(Order.id).order_by(Order.id)).all() == orders_before
+        self.count("agent foreign code")
+
+    @rule(tenant=TENANT, host=st.integers(0, 1))
+    def agent_host_views(self, tenant: int, host: int) -> None:
+        """The tenant's view of its hosts and a host's log: its own only (the uuids are
+        shared with other tenants' hosts), and an unknown host's log like any unknown one."""
+        uuid = self.agent_hosts[host]
+        listing = self.get("/v1/agents/hosts", tenant)
+        assert listing.status_code == 200, listing.text
+        own = {code for code, owner, _ in self.agent_codes if owner == tenant}
+        for listed in listing.json()["data"]["hosts"]:
+            for certificate in listed["certificates"]:
+                assert certificate["code"] in own
+        log = self.get(f"/v1/agents/hosts/{uuid}/log", tenant)
+        has_host = any(owner == tenant and at == uuid for _, owner, at in self.agent_codes)
+        assert log.status_code == (200 if has_host else 404), log.text
+
     # --- the worker ------------------------------------------------------------------------------
     def orders(self) -> list[CodeInfo]:
         return [info for info in self.codes if info.order_id is not None]
@@ -755,12 +887,16 @@ def test_tenants_never_see_or_use_each_others_names_codes_and_certificates(world
     )
     # The exploration reached the interesting places, not only the refusals.
     reached = IsolationMachine.reached
+
+    print(f"reached: {reached}")
     for what in (
         "code",
         "issued by the CA",
         "refused by the ownership check",
         "webhook",
         "post api order",
+        "agent preparse",
+        "agent foreign code",
     ):
         assert reached.get(what, 0) > 0, f"never reached: {what} ({reached})"
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from tests.rig.ari_front import AriFront
     from tests.rig.rig import Rig
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,8 @@ class FaultProxy:
         self._bound_port: int | None = None
         self._accept_thread: threading.Thread | None = None
         self._rewriter: UrlRewriter | None = None
+        # Serves ARI and profiles in front of Pebble 2.4 when set (tests/rig/ari_front.py).
+        self.front: AriFront | None = None
 
     @classmethod
     def for_rig(
@@ -617,6 +620,9 @@ class _ProxyServer(socketserver.TCPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         raw, address = self.socket.accept()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm holds
+        # the body until the client's delayed ACK (40 ms per answer).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The handshake happens in the connection's own thread: a slow client must not block
         # the accept loop.
         return self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), address
@@ -724,6 +730,18 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self, record: RequestRecord, body: bytes) -> None:
         proxy = self.server.proxy
+        front = proxy.front
+        local = front.answer(self.command, record.path, body) if front is not None else None
+        if local is not None:
+            code, local_headers, local_body = local
+            answer = Respond(
+                code=code,
+                body=local_body,
+                headers=tuple(local_headers),
+                with_nonce=self.command == "POST",
+            )
+            self._answer(record, answer)
+            return
         received = list(self.headers.items())
         skip = _hop_by_hop(received) | _RECOMPUTED | {"host"}
         headers = [(name, value) for name, value in received if name.lower() not in skip]
@@ -765,6 +783,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             answer.append((name, value))
         if _is_json(content_type):
             data = rewriter.body(data)
+        if front is not None:
+            data = front.observe(self.command, record.path, code, data, proxy.base_url)
         # A HEAD answer has no body but may announce the GET's length.
         length = upstream_length if self.command == "HEAD" and upstream_length else None
         proxy._finish(record, "forwarded", code)

@@ -66,9 +66,31 @@ def upgrade() -> None:
             "ix_certificates_revoke_requested_at", ["revoke_requested_at"], unique=False
         )
         batch_op.create_index(
+            "ix_certificates_tenant_id_renew_at", ["tenant_id", "renew_at"], unique=False
+        )
+        batch_op.create_index(
+            "ix_certificates_tenant_id_not_after", ["tenant_id", "not_after"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_certificates_ari_cert_id"), ["ari_cert_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_certificates_order_id"), ["order_id"], unique=False)
+    op.create_table(
+        "certificate_names",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("certificate_id", sa.Integer(), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=253), nullable=False),
+        sa.ForeignKeyConstraint(["certificate_id"], ["certificates.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("certificate_names", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_certificate_names_certificate_id"), ["certificate_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_certificate_names_tenant_id_name", ["tenant_id", "name"], unique=False
+        )
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.add_column(sa.Column("profile", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("replaces_certificate_id", sa.Integer(), nullable=True))
@@ -82,4 +104,5 @@ def downgrade() -> None:
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_column("replaces_certificate_id")
         batch_op.drop_column("profile")
+    op.drop_table("certificate_names")
     op.drop_table("certificates")

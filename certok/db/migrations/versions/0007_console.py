@@ -1,7 +1,7 @@
 """console: users, sessions, recovery codes, delegation checks, token names, order indexes
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0005, 0008
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,8 @@ from alembic import op
 import certok.db.models
 
 revision = "0007"
-down_revision = "0005"
+# Merges the heads of the branches merged into this one (the lead re-chains at merge time).
+down_revision = ("0005", "0008")
 branch_labels = None
 depends_on = None
 
