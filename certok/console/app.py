@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from certok.api.ratelimit import RateLimiter
-from certok.console import auth_pages, operator_pages, tenant_pages, webhook_pages
+from certok.console import agent_pages, auth_pages, operator_pages, tenant_pages, webhook_pages
 from certok.console.auth_pages import SIGN_IN_KIND
 from certok.console.web import (
     STATIC,
@@ -121,7 +121,11 @@ def create_console(services: ConsoleServices) -> Starlette:
 
     routes: list[BaseRoute] = [Route("/static/{name}", static_file, methods=["GET"])]
     for path, handler, who, methods in (
-        auth_pages.ROUTES + tenant_pages.ROUTES + webhook_pages.ROUTES + operator_pages.ROUTES
+        auth_pages.ROUTES
+        + tenant_pages.ROUTES
+        + webhook_pages.ROUTES
+        + agent_pages.ROUTES
+        + operator_pages.ROUTES
     ):
         for method in methods:
             routes.append(

@@ -13,7 +13,7 @@ from certok.certificates.service import (
     request_revocation,
     revocation_reason,
 )
-from certok.console import queries
+from certok.console import agent_pages, queries
 from certok.console.web import Page, Refused, finish, redirect, render
 from certok.db.models import ApiToken, DelegationCheck
 from certok.domains.http_verify import nginx_block
@@ -38,7 +38,8 @@ async def dashboard(page: Page) -> Response:
         return redirect(page, "/console/operator/tenants")
     tenant_id, now = page.tenant_id, page.services.clock()
     board = await page.db(lambda s: queries.dashboard(s, tenant_id, now))
-    return render(page, "dashboard.html", board=board)
+    silent = await page.db(lambda s: agent_pages.silent_hosts(s, tenant_id, now))
+    return render(page, "dashboard.html", board=board, silent=silent)
 
 
 # --- domains -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
-from certok.db.models import Certificate, Order
+from certok.db.models import AgentHost, AgentLogEntry, Certificate, ManagedCertificate, Order
 from certok.orders.service import order_key_owner
 from certok.store import Store
 from certok.tenants import service as tenants
@@ -139,3 +139,47 @@ def certificate_of(store: Store, order_id: int) -> int:
         found = session.scalar(select(Certificate.id).where(Certificate.order_id == order_id))
     assert found is not None
     return found
+
+
+def add_host(store: Store, tenant: str, uuid: str, seen_days_ago: float = 0) -> int:
+    """An agent's host as certok/agents/ records it, with one managed certificate and a log."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    seen = now - dt.timedelta(days=seen_days_ago)
+    with transaction(store.sessions) as session:
+        tenant_id = tenants.find_tenant(session, tenant).id
+        host = AgentHost(
+            tenant_id=tenant_id,
+            uuid=uuid,
+            agent_version="1.17.0",
+            os_name="Debian 12",
+            nginx_version="1.22.1",
+            created_at=seen,
+            last_seen_at=seen,
+            last_done_at=seen,
+        )
+        session.add(host)
+        session.flush()
+        session.add(
+            ManagedCertificate(
+                tenant_id=tenant_id,
+                host_id=host.id,
+                code=uuid[:8] + "0" * 8,
+                cert_path=f"/etc/nginx/ssl/{uuid}.pem",
+                key_path=f"/etc/nginx/ssl/{uuid}.key",
+                names=f"{uuid}.example.com",
+                skipped="[]",
+                active=True,
+                created_at=seen,
+                updated_at=seen,
+            )
+        )
+        session.add(
+            AgentLogEntry(
+                tenant_id=tenant_id,
+                host_id=host.id,
+                kind="deploy",
+                message=f"nginx reloaded with {uuid}.pem",
+                created_at=seen,
+            )
+        )
+        return host.id

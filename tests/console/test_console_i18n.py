@@ -16,7 +16,7 @@ from certok.db.engine import transaction
 from certok.store import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
-from tests.console.harness import Browser, add_order, certificate_of
+from tests.console.harness import Browser, add_host, add_order, certificate_of
 
 
 def placeholders(text: str) -> set[str]:
@@ -88,7 +88,10 @@ def tenant_pages(store: Store) -> list[str]:
     failed = add_order(store, "alpha", ["f.alpha.test"], "failure", reason="urn:x:caa")
     pending = add_order(store, "alpha", ["p.alpha.test"], "pending")
     cert = certificate_of(store, issued)
+    host = add_host(store, "alpha", "web01", seen_days_ago=3)
     return [
+        "/console/hosts",
+        f"/console/hosts/{host}",
         "/console/",
         f"/console/certificates/{cert}",
         "/console/certificates?show=all",
@@ -113,6 +116,7 @@ OPERATOR_PAGES = [
     "/console/operator/certificates",
     "/console/operator/issuers",
     "/console/users",
+    "/console/hosts",
 ]
 
 

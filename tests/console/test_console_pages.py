@@ -19,7 +19,7 @@ from certok.db.models import ApiToken, Certificate, Delegation
 from certok.store import Store
 from certok.tenants import service as tenants
 from certok.tenants.token_usage import TokenUsage
-from tests.console.harness import Browser, add_order, certificate_of
+from tests.console.harness import Browser, add_host, add_order, certificate_of
 
 
 def test_token_created_in_the_console_works_until_revoked(browser: Browser, store: Store) -> None:
@@ -264,3 +264,20 @@ def test_webhooks_add_test_rotate_log_delete_and_scoped(
     deleted = browser.submit(path, f"{path}/delete", {"confirm": "yes"})
     assert deleted.headers["location"] == "/console/webhooks?done=webhook_deleted"
     assert browser.get(path).status_code == 404
+
+
+def test_hosts_and_agents(browser: Browser, other_browser: Browser, store: Store) -> None:
+    live = add_host(store, "alpha", "web01")
+    silent = add_host(store, "alpha", "web02", seen_days_ago=3)
+    add_host(store, "beta", "beta01")
+    browser.sign_in("ann@alpha.test")
+    listing = browser.get("/console/hosts").text
+    assert "web01" in listing and "web02" in listing and "beta01" not in listing
+    assert "Silent for 2 days" in listing
+    detail = browser.get(f"/console/hosts/{live}").text
+    assert "/etc/nginx/ssl/web01.pem" in detail and "nginx reloaded with web01.pem" in detail
+    dashboard = browser.get("/console/").text
+    assert "web02" in dashboard and "web01" not in dashboard
+    other_browser.sign_in("bob@beta.test")
+    assert other_browser.get(f"/console/hosts/{silent}").status_code == 404
+    assert "web01" not in other_browser.get("/console/hosts").text
