@@ -28,6 +28,7 @@ from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
+from certok.prechecks.outage import ResolverWatch
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher
 from certok.settings import Settings
@@ -85,6 +86,7 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             resolver=blocking_resolver,
             lookups=lookups,
             code_ttl_seconds=settings.code_ttl_seconds,
+            watch=ResolverWatch("dns", settings.resolvers),
         ),
         http=HttpVerifier(
             store.sessions,
@@ -92,6 +94,7 @@ def build_checks(settings: Settings, store: Store, *, label_key: bytes | None = 
             fetcher_factory=lambda: fetcher,
             http_port=settings.http01_port,
             code_ttl_seconds=settings.code_ttl_seconds,
+            watch=ResolverWatch("http", settings.resolvers),
         ),
         lookups=lookups,
     )

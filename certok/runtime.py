@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from certok import metrics
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import (
@@ -38,11 +39,16 @@ from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
 from certok.events.delivery import DeliveryWorker
+from certok.health import HealthChecks
+from certok.logs import configure_logging
+from certok.metrics import MetricsPage, add_scrape_source, metrics_app
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
+from certok.readiness import DATABASE_GAUGES, dns_check, process_checks
 from certok.settings import Settings
+from certok.startup import log_start
 from certok.store import Store, open_store
 
 __all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
@@ -51,13 +57,6 @@ log = logging.getLogger("certok")
 
 # How long a worker waits for the DNS server to confirm it serves a new TXT value.
 ZONE_RELOAD_TIMEOUT_SECONDS = 10.0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -72,6 +71,7 @@ def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def run_server(settings: Settings) -> int:
     """`certok serve`: returns the process exit status."""
+    log_start(settings)
     if settings.processes > 1:
         from certok.supervisor import supervise  # multiprocessing only where it is used
 
@@ -106,9 +106,17 @@ async def serve(settings: Settings) -> None:
     _resume_leases(store, settings.effective_node_name)
     dns_server = await _start_dns(settings, zone_cache)
     certificates = build_certificate_tasks(settings, store)
-    listeners = _listeners(
-        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+    health = process_checks(
+        store.sessions,
+        dns=dns_check(settings.dns_host, lambda: dns_server.port, settings.dns_zone),
+        heartbeat=lambda: worker.heartbeat,
+        stale_seconds=settings.worker_heartbeat_stale_seconds,
     )
+    metrics.initialise(settings.issuers)
+    listeners = _listeners(
+        _app(settings, store, checks, waiters, worker, deliveries, certificates, health), settings
+    )
+    listeners += _metrics_listeners(settings, store, dns_server)
     _stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
@@ -143,6 +151,11 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     refresher = asyncio.create_task(
         zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
     )
+    # /metrics for every process of the node: the DNS process is the one there is one of.
+    metrics_listeners = _metrics_listeners(settings, store, dns_server)
+    metrics_serving = [
+        asyncio.create_task(listener.serve(), name="metrics") for listener in metrics_listeners
+    ]
     # Once per node: the DNS process is the one there is exactly one of.
     purger = _start_purger(store, settings)
     scans = asyncio.create_task(build_event_scanner(settings, store).run(), name="event-scans")
@@ -153,6 +166,9 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
     try:
         await stopped.wait()
     finally:
+        for listener in metrics_listeners:
+            listener.should_exit = True
+        await asyncio.gather(*metrics_serving, return_exceptions=True)
         control_server.close()
         await _cancel([refresher, purger, scans])
         await dns_server.close()
@@ -189,8 +205,15 @@ async def serve_app(
     # node's leases once at start).
     worker.release_own_leases()
     certificates = build_certificate_tasks(settings, store)
+    health = process_checks(
+        store.sessions,
+        dns=dns_check(settings.dns_host, lambda: settings.dns_port, settings.dns_zone),
+        heartbeat=lambda: worker.heartbeat,
+        stale_seconds=settings.worker_heartbeat_stale_seconds,
+    )
+    metrics.initialise(settings.issuers)
     listeners = _listeners(
-        _app(settings, store, checks, waiters, worker, deliveries, certificates), settings
+        _app(settings, store, checks, waiters, worker, deliveries, certificates, health), settings
     )
     _stop_on_signals(listeners)
     tasks = [
@@ -224,6 +247,7 @@ def _app(
     worker: Worker,
     deliveries: DeliveryWorker,
     certificates: CertificateTasks,
+    health: HealthChecks,
 ) -> Starlette:
     return create_app(
         build_api_services(
@@ -234,6 +258,7 @@ def _app(
             wake_worker=worker.wake,
             wake_deliveries=deliveries.wake,
             wake_certificates=certificates.wake,
+            health=health,
         )
     )
 
@@ -247,6 +272,24 @@ def _and_wake(finished: Callable[[int], None], wake: Callable[[], None]) -> Call
         wake()
 
     return both
+
+
+def _metrics_listeners(settings: Settings, store: Store, dns_server: Any) -> list[_HttpListener]:
+    """The /metrics listener (none unless metrics_port is set), with the DNS server's counts."""
+    if not settings.metrics_port:
+        return []
+    add_scrape_source(dns_server.counts.families)
+    page = MetricsPage(store.sessions, DATABASE_GAUGES)
+    config = uvicorn.Config(
+        metrics_app(page),
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    return [_HttpListener(config)]
 
 
 def _resume_leases(store: Store, node: str) -> None:
@@ -343,6 +386,7 @@ def _uvicorn_config(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # certok.logs formats uvicorn's lines like certok's own
         access_log=False,
         lifespan="off",
         # uvicorn's defaults trust X-Forwarded-For from 127.0.0.1, i.e. from an nginx on the

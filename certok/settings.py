@@ -13,9 +13,10 @@ import socket
 import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -25,6 +26,9 @@ ZEROSSL_DIRECTORY = "https://acme.zerossl.com/v2/DV90"
 
 class IssuerSettings(BaseModel):
     """One named ACME certificate authority (the `issuer` parameter of /v1/cert/apply)."""
+
+    # A misspelt field (eab_kd) must not be ignored: the issuer would silently lack it.
+    model_config = ConfigDict(extra="forbid")
 
     directory: str
     # PEM bundle to trust for the directory's TLS (tests: the rig's own CA); None = system CAs.
@@ -59,11 +63,12 @@ class Settings(BaseSettings):
 
     # --- HTTP API --------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
-    api_port: int = 8080
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    # Unset: http://<api_host>:<api_port>, following the port (see _public_url_follows_api).
     public_url: str = "http://127.0.0.1:8080"
     # Serve the API over HTTPS too (both files needed), e.g. on 443 for the HTTP-01 redirect.
     https_host: str = "127.0.0.1"
-    https_port: int = 8443
+    https_port: int = Field(default=8443, ge=0, le=65535)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     # Reverse proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are
@@ -73,7 +78,7 @@ class Settings(BaseSettings):
     # --- authoritative DNS -----------------------------------------------------------------
     dns_zone: str = "acme.certok.localhost"
     dns_host: str = "127.0.0.1"
-    dns_port: int = 5300
+    dns_port: int = Field(default=5300, ge=0, le=65535)
     dns_nameservers: list[str] = Field(default_factory=list)
     dns_nameserver_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     # 0: a resolver must never serve a previous order's TXT value for the same name.
@@ -129,6 +134,16 @@ class Settings(BaseSettings):
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
+    # "text": one line per event for people; "json": one JSON object per line for collectors.
+    log_format: Literal["text", "json"] = "text"
+
+    # --- operations (metrics, health) -------------------------------------------------------
+    # Prometheus /metrics on a listener of its own; 0 (the default) turns it off, so metrics
+    # are never public unless asked for (they tell issuer names and volumes).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # /readyz fails when the issuance worker has not looked for work for this long.
+    worker_heartbeat_stale_seconds: float = Field(default=60.0, gt=0)
 
     # --- console (/console/) ----------------------------------------------------------------
     console_session_hours: float = Field(default=12.0, gt=0, le=720)
@@ -174,6 +189,42 @@ class Settings(BaseSettings):
             raise ValueError("dns_zone must be a DNS name such as acme.example.com")
         return zone
 
+    @field_validator("dns_host")
+    @classmethod
+    def _dns_host_is_an_address(cls, value: str) -> str:
+        # The DNS server binds without consulting any resolver (not even for "localhost").
+        try:
+            ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "dns_host must be an IP address such as 127.0.0.1, 0.0.0.0 or ::"
+            ) from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_base_url(cls, value: str) -> str:
+        _check_url(value, "public_url", "https://certok.example.net")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_known(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(
+                "database_url must be a SQLAlchemy URL for SQLite or PostgreSQL, e.g. "
+                "postgresql+psycopg://user:password@host/certok"
+            )
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_addresses_or_networks(cls, value: list[str]) -> list[str]:
@@ -213,6 +264,33 @@ class Settings(BaseSettings):
             given_dict = given.model_dump() if isinstance(given, BaseModel) else dict(given)
             merged[key] = {**merged.get(key, {}), **given_dict}
         return merged
+
+    @field_validator("issuers")
+    @classmethod
+    def _issuer_directories_are_urls(
+        cls, value: dict[str, IssuerSettings]
+    ) -> dict[str, IssuerSettings]:
+        for name, issuer in value.items():
+            _check_url(
+                issuer.directory, f"issuers.{name}.directory", "https://ca.example/directory"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _public_url_follows_api(self) -> Settings:
+        # Not set: where this server's API listens. Written into __dict__ so that it still
+        # counts as not set, and `updated` can follow a port given on the command line.
+        if "public_url" not in self.model_fields_set:
+            self.__dict__["public_url"] = default_public_url(self.api_host, self.api_port)
+        return self
+
+    def updated(self, **values: Any) -> Settings:
+        """A copy with ``values`` (already validated: command-line options) replacing fields;
+        public_url follows a new API address unless it was set."""
+        copy = self.model_copy(update=values)
+        if "public_url" not in self.model_fields_set:
+            copy.__dict__["public_url"] = default_public_url(copy.api_host, copy.api_port)
+        return copy
 
     @model_validator(mode="after")
     def _check_default_issuer(self) -> Settings:
@@ -265,6 +343,64 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the config file (passed as init values) beats defaults.
         return (env_settings, init_settings)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENV_PREFIX = "CERTOK_"
+# CERTOK_* variables that are not settings: the config file's path, the Python the scripts
+# use, and the test suite's own knobs (CERTOK_TEST_*, the rig's and the crash test's), which
+# a test's certok subprocess may inherit.
+_NOT_SETTINGS = frozenset(
+    {"CERTOK_CONFIG", "CERTOK_PYTHON", "CERTOK_RIG_KEEP", "CERTOK_CRASH_SEED"}
+)
+_NOT_SETTINGS_PREFIX = "CERTOK_TEST_"
+
+
+def default_public_url(api_host: str, api_port: int) -> str:
+    host = api_host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listener: name one address
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{api_port}"
+
+
+def _check_url(value: str, setting: str, example: str) -> None:
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValueError(f"{setting} {value!r} has a port that is not 1-65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{setting} must be an http:// or https:// URL such as {example}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{setting} {value!r} must not have a query or fragment")
+
+
+def unknown_environment_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``CERTOK_*`` variables that name no setting (a typo such as CERTOK_API_PROT)."""
+    env = os.environ if environ is None else environ
+    fields = {name.upper() for name in Settings.model_fields}
+    issuer_fields = {name.upper() for name in IssuerSettings.model_fields}
+    unknown = []
+    for key in env:
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in _NOT_SETTINGS:
+            continue
+        if upper.startswith(_NOT_SETTINGS_PREFIX):
+            continue
+        parts = upper[len(ENV_PREFIX) :].split("__")
+        bad_issuer_field = parts[0] == "ISSUERS" and (
+            len(parts) != 3 or parts[2] not in issuer_fields
+        )
+        if parts[0] not in fields or bad_issuer_field:
+            unknown.append(key)
+    return sorted(unknown)
+
+
+def setting_names() -> list[str]:
+    """Every ``CERTOK_*`` variable name a top-level setting has (for suggestions)."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

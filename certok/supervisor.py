@@ -34,9 +34,10 @@ from typing import Any
 
 from certok.db.engine import sqlite_writer_lock
 from certok.db.write_channel import serve_writes
+from certok.logs import configure_logging, set_role
+from certok.metrics import enable_multiprocess, process_exited
 from certok.orders.leases import release_node_leases
 from certok.runtime import (
-    configure_logging,
     listen_sockets,
     run_event_loop,
     serve_app,
@@ -68,6 +69,7 @@ class _Child:
 
 
 def supervise(settings: Settings) -> int:
+    set_role("supervisor")
     store = open_store(settings)  # migrations and the key file, once, before any child
     released = release_node_leases(store.sessions, settings.effective_node_name)
     store.engine.dispose()
@@ -75,6 +77,10 @@ def supervise(settings: Settings) -> int:
         log.info("resuming %d order(s) left by a previous run of this node", released)
     sockets = listen_sockets(settings)
     rundir = Path(tempfile.mkdtemp(prefix="certok-"))  # 0700: only we reach the socket
+    if settings.metrics_port:
+        # Before any fork: each child writes its counters under the private rundir and the
+        # DNS process, which serves /metrics, adds them up.
+        enable_multiprocess(rundir / "metrics")
     control = rundir / "dns.sock"
     # SQLite: one writer process runs every write transaction (certok.db.write_channel).
     writes = rundir / "writer.sock" if sqlite_writer_lock(store.engine) is not None else None
@@ -154,6 +160,8 @@ def _watch(context: Any, children: list[_Child], stop: threading.Event) -> int:
                     child.quick_exits = 0
                 continue
             lived = now - child.started_at
+            if process.pid is not None:
+                process_exited(process.pid)
             child.quick_exits = child.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
             if child.quick_exits >= MAX_QUICK_EXITS:
                 log.error(
@@ -196,9 +204,9 @@ def _stop_all(children: list[_Child]) -> None:
 # --- in the children ---------------------------------------------------------------------------
 
 
-def _child_setup(settings: Settings) -> None:
+def _child_setup(settings: Settings, role: str) -> None:
     _die_with_parent()
-    configure_logging(settings.log_level)
+    configure_logging(settings, role)
 
 
 def _die_with_parent() -> None:
@@ -211,7 +219,7 @@ def _die_with_parent() -> None:
 
 
 def _dns_main(settings: Settings, control: Path, ready: Event) -> None:
-    _child_setup(settings)
+    _child_setup(settings, "dns")
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve_dns(settings, control, ready.set))
 
@@ -223,13 +231,13 @@ def _app_main(
     control: Path,
     writes: Path | None,
 ) -> None:
-    _child_setup(settings)
+    _child_setup(settings, f"api+worker {index}")
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(serve_app(settings, index, sockets, control, writes))
 
 
 def _writer_main(settings: Settings, writes: Path) -> None:
-    _child_setup(settings)
+    _child_setup(settings, "writer")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,6 +10,8 @@ full route, which makes the same checks in the same order.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
 from certok.api.envelope import encoded_success, new_trace_id
+from certok.logs import ACCESS, access
 
 APPLY_PATH = "/v1/cert/apply"
 
@@ -36,18 +39,43 @@ class CertokApp(Starlette):
         self._cached_apply_answer = cached_apply_answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == APPLY_PATH:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # One access line per request (certok.logs); checked once, so with the access log
+        # off (log_level WARNING) a request pays one method call for it.
+        logged = ACCESS.isEnabledFor(logging.INFO)
+        started = time.perf_counter() if logged else 0.0
+        if scope["method"] == "GET" and scope["path"] == APPLY_PATH:
             try:
                 data = self._cached_apply_answer(scope)
             except Exception:  # the full route meets it again, and reports it
                 data = None
             if data is not None:
-                body = encoded_success(data, new_trace_id())
+                trace = new_trace_id()
+                body = encoded_success(data, trace)
                 headers = [_CACHE_CONTROL, (b"content-length", b"%d" % len(body)), _CONTENT_TYPE]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
+                if logged:
+                    access(scope, 200, trace, started)
                 return
-        await super().__call__(scope, receive, send)
+        if not logged:
+            await super().__call__(scope, receive, send)
+            return
+        status = 0
+
+        async def send_noting_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_noting_status)
+        finally:
+            state = scope.get("state") or {}
+            access(scope, status or 500, state.get("trace_id"), started)
 
 
 def header_value(scope: Scope, name: bytes) -> str | None:

@@ -35,6 +35,12 @@ _DV_ITEM = {
         "valid": {"type": "boolean"},
         "cost": {"type": "string", "description": "milliseconds", "example": "37"},
         "detail": {"type": "string", "description": "what to fix when not valid"},
+        "code": {
+            "type": "string",
+            "enum": ["resolverUnavailable"],
+            "description": "set when the item could not be checked for a reason on certok's "
+            "side: resolverUnavailable = certok's DNS resolvers did not answer; retry later",
+        },
     },
 }
 

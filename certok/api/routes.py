@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Scope
 
+from certok import metrics
 from certok.api.agents import agent_api_routes
 from certok.api.caches import TtlCache, token_key
 from certok.api.cert_routes import apply_extras, certificate_routes, check_apply_extras
@@ -41,6 +42,7 @@ from certok.db.writes import write
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest, RateLimited, Unauthenticated
+from certok.health import HealthChecks
 from certok.http01 import store as http01_store
 from certok.names import parse_domains
 from certok.orders.service import (
@@ -95,6 +97,8 @@ class ApiServices:
     # certificate tasks (revocations).
     profiles: Any = None  # certok.certificates.profiles.ProfileCatalog | None
     wake_certificates: Any = None  # Callable[[], None] | None
+    # /readyz: the process's checks (database, DNS listener, worker heartbeat; see runtime).
+    health: HealthChecks = field(default_factory=HealthChecks)
 
 
 def create_app(services: ApiServices) -> CertokApp:
@@ -105,6 +109,7 @@ def create_app(services: ApiServices) -> CertokApp:
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.health, methods=["GET"]),
+        Route("/readyz", api.ready, methods=["GET"]),
         # HTTP-01 responder: public, no token (the CA follows the customer's redirect here).
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
@@ -139,6 +144,16 @@ class _Api:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def ready(self, request: Request) -> Response:
+        """200 when every check passes, else 503 naming what is wrong (load balancers)."""
+        checks = await asyncio.to_thread(self.s.health.run)
+        ready = all(result == "ok" for result in checks.values())
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+            headers=NO_STORE,
+        )
+
     async def http01_host_only(self, request: Request) -> Response:
         return await self._http01(request, None)
 
@@ -155,7 +170,9 @@ class _Api:
 
         value = await asyncio.to_thread(lookup)
         if value is None:
+            metrics.HTTP01_RESPONSES.labels("not_found").inc()
             return PlainTextResponse("no pending challenge for this host and token\n", 404)
+        metrics.HTTP01_RESPONSES.labels("found").inc()
         return PlainTextResponse(value)
 
     async def openapi(self, request: Request) -> Response:
@@ -393,6 +410,8 @@ def _dv_data(result: DvResult) -> dict[str, Any]:
         entry.update(valid=item.valid, cost=str(item.cost_ms))
         if item.detail:
             entry["detail"] = item.detail
+        if item.code:
+            entry["code"] = item.code
         items.append(entry)
     data: dict[str, Any] = {
         "code": result.code,

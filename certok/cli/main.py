@@ -8,14 +8,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
+from certok import audit
+from certok.cli import ops_commands, preflight
+from certok.cli.problems import (
+    ConfigProblem,
+    check_environment,
+    database_problem,
+    is_database_error,
+    load_problem,
+)
 from certok.db.engine import transaction
-from certok.errors import CertokError
+from certok.errors import CertokError, ConfigurationError
 from certok.http01 import store as http01_store
 from certok.orders import purge as purging
 from certok.runtime import configure_logging, run_server
 from certok.settings import Settings, load_settings
+from certok.startup import describe_database, version
 from certok.store import Store, open_store
 from certok.tenants import service as tenants
 from certok.tenants import users as console_users
@@ -24,6 +34,7 @@ T = TypeVar("T")
 
 
 @click.group()
+@click.version_option(version(), prog_name="certok", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -33,15 +44,41 @@ T = TypeVar("T")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """certok: a self-hosted certificate service speaking the httpsok OpenAPI."""
+    check_environment()
     try:
         ctx.obj = load_settings(config)
-    except ValidationError as exc:
-        raise click.ClickException(f"invalid settings (see docs/settings.md):\n{exc}") from exc
+    except Exception as exc:
+        raise load_problem(exc, config) from None
+
+
+def open_admin_store(settings: Settings, *, announce: bool = True) -> Store:
+    """The server's store for an admin command, saying on stderr which database it is (a
+    command run from another directory would otherwise quietly make a new one)."""
+    url = settings.effective_database_url
+    database = describe_database(settings)
+    new = url.startswith("sqlite") and not (settings.data_dir / "certok.db").exists()
+    try:
+        store = open_store(settings)
+    except ConfigurationError as exc:
+        raise ConfigProblem(exc.message) from None
+    except Exception as exc:
+        if is_database_error(exc):
+            raise database_problem(exc, settings) from None
+        raise
+    if new:
+        click.echo(
+            f"certok: created a new database {database}: if `certok serve` keeps its data "
+            "elsewhere, run this where it runs or set data_dir (CERTOK_DATA_DIR, --config)",
+            err=True,
+        )
+    elif announce:  # `serve` names it in its start-up summary, in the log's format
+        click.echo(f"certok: database {database}", err=True)
+    return store
 
 
 def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
     settings: Settings = ctx.obj
-    store = open_store(settings)
+    store = open_admin_store(settings)
     try:
         return action(store)
     except CertokError as exc:
@@ -52,9 +89,15 @@ def _with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
 
 @cli.command("serve")
 @click.option("--api-host", help="HTTP API listen address (settings: api_host).")
-@click.option("--api-port", type=int, help="HTTP API port (settings: api_port).")
+@click.option(
+    "--api-port", type=click.IntRange(0, 65535), help="HTTP API port (settings: api_port)."
+)
 @click.option("--dns-host", help="DNS listen address (settings: dns_host).")
-@click.option("--dns-port", type=int, help="DNS port, UDP and TCP (settings: dns_port).")
+@click.option(
+    "--dns-port",
+    type=click.IntRange(0, 65535),
+    help="DNS port, UDP and TCP (settings: dns_port).",
+)
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
@@ -67,8 +110,11 @@ def serve_command(ctx: click.Context, **listen: Any) -> None:
     settings: Settings = ctx.obj
     given = {key: value for key, value in listen.items() if value is not None}
     if given:
-        settings = settings.model_copy(update=given)
-    configure_logging(settings.log_level)
+        settings = settings.updated(**given)
+    preflight.check_serve(settings)
+    # The database and the key file, checked once before anything starts.
+    open_admin_store(settings, announce=False).engine.dispose()
+    configure_logging(settings)
     ctx.exit(run_server(settings))
 
 
@@ -85,8 +131,11 @@ def tenant_create(ctx: click.Context, name: str) -> None:
 
     def action(store: Store) -> str:
         with transaction(store.sessions) as session:
-            tenants.create_tenant(session, name)
-            return tenants.issue_token(session, name)
+            tenant = tenants.create_tenant(session, name)
+            token = tenants.issue_token(session, name)
+            _audit(session, "tenant.create", f"tenant {tenant.name}", tenant.id)
+            _audit(session, "token.create", f"token {token[:6]}… of {tenant.name}", tenant.id)
+            return token
 
     token = _with_store(ctx, action)
     click.echo(f"tenant {name.strip().lower()} created")
@@ -116,6 +165,9 @@ def _set_disabled(ctx: click.Context, name: str, disabled: bool) -> None:
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:
             tenants.set_disabled(session, name, disabled)
+            tenant = tenants.find_tenant(session, name)
+            verb = "disable" if disabled else "enable"
+            _audit(session, f"tenant.{verb}", f"tenant {tenant.name}", tenant.id)
 
     _with_store(ctx, action)
     click.echo(f"tenant {name} {'disabled' if disabled else 'enabled'}")
@@ -150,7 +202,10 @@ def token_create(ctx: click.Context, tenant: str) -> None:
 
     def action(store: Store) -> str:
         with transaction(store.sessions) as session:
-            return tenants.issue_token(session, tenant)
+            token = tenants.issue_token(session, tenant)
+            row = tenants.find_tenant(session, tenant)
+            _audit(session, "token.create", f"token {token[:6]}… of {row.name}", row.id)
+            return token
 
     click.echo(f"token: {_with_store(ctx, action)}")
 
@@ -163,10 +218,15 @@ def token_revoke(ctx: click.Context, token: str) -> None:
 
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:
-            tenants.revoke_token(session, token)
+            tenant_id = tenants.revoke_token(session, token)
+            _audit(session, "token.revoke", f"token {token.strip().lower()[:6]}…", tenant_id)
 
     _with_store(ctx, action)
     click.echo("token revoked")
+
+
+def _audit(session: Session, action: str, target: str, tenant_id: int | None) -> None:
+    audit.record(session, audit.cli_actor(), action, target, tenant_id, audit.cli_source())
 
 
 @cli.group("host")
@@ -274,6 +334,9 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply the schema migrations (certok serve also does this at start)."""
     _with_store(ctx, lambda store: None)
     click.echo("database is up to date")
+
+
+ops_commands.register(cli, open_admin_store)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable
 
 from certok.dnszone.answer import ZoneConfig, answer
+from certok.dnszone.querystats import QueryCounts, stat_key
 from certok.dnszone.records import SnapshotHook, ZoneCache
 from certok.dnszone.udp import (
     RATE_LIMIT_PER_SECOND,
@@ -46,6 +47,7 @@ class DnsServer:
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.port = port
+        self.counts = udp.counts  # answers by type and rcode (querystats.py), UDP and TCP
         self._udp = udp
         self._tcp = tcp
         self._connections = connections
@@ -76,6 +78,7 @@ class _TcpHandler:
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
         self.connections: set[asyncio.Task[None]] = set()
+        self.counts = QueryCounts()
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -104,6 +107,7 @@ class _TcpHandler:
             reply = answer(query, self._config, self._cache.records, max_udp=None)
             if reply is None:
                 continue
+            self.counts.tcp[stat_key(reply)] += 1
             writer.write(len(reply).to_bytes(2, "big") + reply)
             async with asyncio.timeout(self._idle_timeout):
                 await writer.drain()
@@ -143,8 +147,10 @@ async def start_dns_server(
         if rate_limit_per_second
         else None
     )
-    udp = UdpResponder(udp_sock, config, cache, limiter)
+    counts = QueryCounts()
+    udp = UdpResponder(udp_sock, config, cache, limiter, counts)
     handler = _TcpHandler(config, cache, tcp_idle_timeout, max_tcp_connections)
+    handler.counts = counts
     try:
         tcp = await asyncio.start_server(handler, sock=tcp_sock)
     except BaseException:

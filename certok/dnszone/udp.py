@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer
+from certok.dnszone.querystats import QueryCounts, stat_key
 from certok.dnszone.records import ZoneCache
 from certok.dnszone.wire import truncate_reply
 
@@ -112,8 +113,10 @@ class UdpResponder:
         config: ZoneConfig,
         cache: ZoneCache,
         limiter: ResponseRateLimiter | None,
+        counts: QueryCounts | None = None,
     ) -> None:
         sock.setblocking(True)
+        self.counts = counts or QueryCounts()
         self._sock = sock
         self._config = config
         self._cache = cache
@@ -141,7 +144,9 @@ class UdpResponder:
         receive = self._sock.recvfrom
         send = self._sock.sendto
         config, cache, limiter = self._config, self._cache, self._limiter
-        packets: dict[bytes, bytes] = {}  # query after its ID -> reply after its ID
+        counts = self.counts.udp  # answers by stat_key: one increment per query
+        # query after its ID -> (reply after its ID, the reply's stat_key)
+        packets: dict[bytes, tuple[bytes, bytes]] = {}
         packets_of = cache.records  # the snapshot the packet cache holds replies of
         while True:
             try:
@@ -166,17 +171,20 @@ class UdpResponder:
                     packets = {}
                     packets_of = records
                 key = query[_ID_SIZE:]
-                tail = packets.get(key)
-                if tail is not None:
+                cached = packets.get(key)
+                if cached is not None:
+                    tail, stat = cached
                     reply = query[:_ID_SIZE] + tail
                 else:
                     reply = answer(query, config, records, max_udp=_udp_limit(query))
                     if reply is None:
                         continue
+                    stat = stat_key(reply)
                     if _cacheable(query, reply):
                         if len(packets) >= MAX_CACHED_PACKETS:
                             packets = {}
-                        packets[key] = reply[_ID_SIZE:]
+                        packets[key] = (reply[_ID_SIZE:], stat)
+                counts[stat] += 1
                 send(truncate_reply(reply) if truncate else reply, address)
             except OSError as error:
                 log.debug("UDP reply to %s not sent: %s", address, error)

@@ -28,6 +28,7 @@ from certok.domains.ownership import run_in_thread_loop
 from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
+from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
 from certok.prechecks.safe_http import SafeFetcher
 from certok.tenants.service import TenantRef
 
@@ -49,6 +50,7 @@ class HttpOwnership:
     valid: bool
     detail: str
     cost_ms: int
+    lookup_failed: bool = False
 
 
 class HttpVerifier:
@@ -61,7 +63,9 @@ class HttpVerifier:
         http_port: int,
         code_ttl_seconds: int,
         clock: Clock = utcnow,
+        watch: ResolverWatch | None = None,
     ) -> None:
+        self.watch = watch or ResolverWatch("http", [])
         self._sessions = session_factory
         self._prefix = public_url.rstrip("/") + RESPONDER_PATH
         self._fetcher_factory = fetcher_factory
@@ -88,6 +92,7 @@ class HttpVerifier:
                 valid=check.valid,
                 cost_ms=check.cost_ms,
                 detail=None if check.valid else check.detail,
+                code=RESOLVER_UNAVAILABLE if check.lookup_failed else None,
             )
             for check in checks
         ]
@@ -113,8 +118,18 @@ class HttpVerifier:
             self._fetcher_factory(),
             http_port=self._http_port,
         )
+        failed = [r for r in results if r.lookup_failed]
+        if failed:
+            self.watch.failed(failed[0].detail)
+        elif results:
+            self.watch.answered()
         judged = []
         for domain, result in zip(domains, results, strict=True):
+            if result.lookup_failed:
+                judged.append(
+                    HttpOwnership(domain, False, result.detail, result.cost_ms, lookup_failed=True)
+                )
+                continue
             if not result.valid:
                 judged.append(
                     HttpOwnership(domain, False, self._advice(tenant, result), result.cost_ms)

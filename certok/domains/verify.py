@@ -19,7 +19,12 @@ from certok.db.writes import write
 from certok.domains.delegations import ensure_delegations
 from certok.names import base_name, challenge_name, relative_challenge_name
 from certok.orders.codes import issue_code
-from certok.prechecks.delegation import check_delegations, check_delegations_on
+from certok.prechecks.delegation import (
+    DelegationResult,
+    check_delegations,
+    check_delegations_on,
+)
+from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
 from certok.tenants.service import TenantRef
 
 
@@ -32,6 +37,9 @@ class DvItem:
     valid: bool
     cost_ms: int
     detail: str | None
+    # Why an item is not valid, when the reason is not the customer's to fix (e.g.
+    # resolverUnavailable: certok's resolvers failed); None otherwise.
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,10 @@ class DnsVerifier:
         lookups: Executor,
         code_ttl_seconds: int,
         clock: Clock = utcnow,
+        watch: ResolverWatch | None = None,
     ) -> None:
         """``lookups`` runs the API's CNAME lookups (blocking, see prechecks/delegation.py)."""
+        self.watch = watch or ResolverWatch("dns", [str(s) for s in resolver.nameservers])
         self._sessions = session_factory
         self._zone = zone
         self._label_key = label_key
@@ -136,6 +146,7 @@ class DnsVerifier:
             self._lookups, [(challenge_name(b), targets[b]) for b in unique_bases], self._resolver
         )
         by_base = dict(zip(unique_bases, results, strict=True))
+        self._note_lookups(results)
         items = [
             DvItem(
                 domain=domain,
@@ -145,6 +156,7 @@ class DnsVerifier:
                 valid=by_base[base].valid,
                 cost_ms=by_base[base].cost_ms,
                 detail=None if by_base[base].valid else by_base[base].detail,
+                code=RESOLVER_UNAVAILABLE if by_base[base].lookup_failed else None,
             )
             for domain, base in zip(domains, bases, strict=True)
         ]
@@ -162,8 +174,16 @@ class DnsVerifier:
             return f"{', '.join(missing)} not delegated to this tenant: call /v1/cert/dv"
         items = [(challenge_name(b), f"{labels[b]}.{self._zone}") for b in bases]
         results = check_delegations(items, self._resolver)
+        self._note_lookups(results)
         bad = [r.detail for r in results if not r.valid]
         return "; ".join(bad) if bad else None
+
+    def _note_lookups(self, results: list[DelegationResult]) -> None:
+        failed = [r for r in results if r.lookup_failed]
+        if failed:
+            self.watch.failed(failed[0].detail)
+        elif results:
+            self.watch.answered()
 
     def _existing_labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
         with self._sessions() as session:

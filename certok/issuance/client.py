@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from acme import crypto_util, messages
 from acme import errors as acme_errors
 from cryptography import x509
 
+from certok import metrics
 from certok.clock import Clock, utcnow
 from certok.issuance.accounts import signature_algorithm
 from certok.issuance.direct_http import DirectSender
@@ -145,8 +147,9 @@ class _NonceRetryingNetwork(acme_client.ClientNetwork):
     ``nonce_retries`` immediate retries succeeds (REFERENCE: 40/40 at 90%).
     """
 
-    def __init__(self, *, nonce_retries: int, **kwargs: Any) -> None:
+    def __init__(self, *, nonce_retries: int, issuer: str = "unknown", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._issuer = issuer  # the metrics' label: the issuer's name in certok's settings
         self._direct = DirectSender(self.session, self.verify_ssl)
         self._nonce_retries = nonce_retries
         # The latest response, so the border can read the status and Retry-After of a
@@ -174,6 +177,20 @@ class _NonceRetryingNetwork(acme_client.ClientNetwork):
         which format the response body whether or not anyone logs at DEBUG. ACME needs none
         of that: no cookies, no session headers, no proxies (`trust_env` is off).
         """
+        started = time.perf_counter()
+        endpoint = metrics.acme_endpoint(url)
+        try:
+            response = self._send_now(method, url, *args, **kwargs)
+        except Exception:
+            metrics.ACME_REQUESTS.labels(self._issuer, endpoint, "error").inc()
+            raise
+        metrics.ACME_REQUESTS.labels(self._issuer, endpoint, str(response.status_code)).inc()
+        metrics.ACME_REQUEST_DURATION.labels(self._issuer, endpoint).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    def _send_now(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         headers = {"User-Agent": self.user_agent, **kwargs.pop("headers", {})}
         timeout = kwargs.pop("timeout", self._default_timeout)
         data = kwargs.pop("data", None)
@@ -257,8 +274,10 @@ class AcmeSession:
         nonce_retries: int = 100,
         clock: Clock = utcnow,
         resolve: Resolve | None = None,
+        issuer: str = "unknown",
     ) -> None:
         self._directory_url = directory_url
+        self._issuer = issuer
         # Host names of the CA resolved through certok's resolvers (None: the system's).
         self._resolve = resolve
         self._key = account_key
@@ -617,6 +636,7 @@ class AcmeSession:
         if network is None:
             network = _NonceRetryingNetwork(
                 nonce_retries=self._nonce_retries,
+                issuer=self._issuer,
                 key=self._key,
                 alg=self._alg,
                 verify_ssl=self._verify,

@@ -4,17 +4,23 @@ ZeroSSL hands out EAB credentials without an account of its own: ``POST
 https://api.zerossl.com/acme/eab-credentials-email`` with the form field ``email``. Errors
 come back as HTTP 200 with ``{"success": false, "error": {...}}``, so the body decides, not
 the status. Bursts get 429 with a Retry-After that can be a whole day.
+
+The request goes out like certok's ACME requests: a `requests` session whose connections
+resolve the API's host name through certok's configured resolvers (``issuance/transport.py``),
+sent through ``DirectSender`` (``issuance/direct_http.py``); never the system resolver.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
-import httpx
+import requests
+import requests.exceptions
 
 from certok.clock import Clock, utcnow
+from certok.issuance.direct_http import DirectSender
 from certok.issuance.problems import (
     GARBLED_RESPONSE,
     HTTP_ERROR,
@@ -25,6 +31,7 @@ from certok.issuance.problems import (
     clean_text,
     parse_retry_after,
 )
+from certok.issuance.transport import Resolve, mount_resolver
 
 ZEROSSL_EAB_URL = "https://api.zerossl.com/acme/eab-credentials-email"
 ZEROSSL_EAB_REFUSED = "zerosslEabRefused"
@@ -32,30 +39,53 @@ _TIMEOUT_SECONDS = 30.0
 
 
 class HttpPost(Protocol):
-    """``httpx.post`` or ``httpx.Client.post``: a form POST returning an httpx.Response."""
+    """A form POST returning a ``requests.Response`` (raises ``requests`` exceptions)."""
 
-    def __call__(self, url: str, *, data: Mapping[str, str]) -> httpx.Response: ...
+    def __call__(self, url: str, *, data: Mapping[str, str]) -> requests.Response: ...
 
 
-def _post(url: str, *, data: Mapping[str, str]) -> httpx.Response:
-    return httpx.post(url, data=data, timeout=_TIMEOUT_SECONDS)
+def form_poster(
+    resolve: Resolve, *, ca_bundle: str | None = None, timeout: float = _TIMEOUT_SECONDS
+) -> HttpPost:
+    """An HttpPost over certok's CA transport: host names through ``resolve`` only."""
+
+    def post(url: str, *, data: Mapping[str, str]) -> requests.Response:
+        with requests.Session() as session:
+            session.trust_env = False  # no proxies or netrc from the environment
+            mount_resolver(session, resolve)
+            sender = DirectSender(session, ca_bundle or True)
+            return sender.send(
+                "POST",
+                url,
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                    "User-Agent": "certok",
+                },
+                body=urlencode(dict(data)).encode(),
+                timeout=timeout,
+            )
+
+    return post
 
 
 def fetch_zerossl_eab(
     email: str,
     *,
+    http_post: HttpPost,
     api_url: str = ZEROSSL_EAB_URL,
-    http_post: HttpPost = _post,
     clock: Clock = utcnow,
 ) -> tuple[str, str]:
-    """``(eab_kid, eab_hmac_key)`` for ``email``; raises :class:`AcmeProblem` otherwise."""
+    """``(eab_kid, eab_hmac_key)`` for ``email``; raises :class:`AcmeProblem` otherwise.
+
+    ``http_post``: ``form_poster(resolve)`` in certok (the configured resolvers)."""
     try:
         response = http_post(api_url, data={"email": email})
-    except httpx.TimeoutException as exc:
+    except requests.exceptions.Timeout as exc:
         raise AcmeProblem(
             ProblemKind.RETRYABLE, TIMEOUT, f"ZeroSSL's EAB API did not answer in time ({exc})"
         ) from exc
-    except httpx.HTTPError as exc:
+    except requests.RequestException as exc:
         raise AcmeProblem(
             ProblemKind.RETRYABLE,
             TRANSPORT_ERROR,
@@ -84,7 +114,7 @@ def fetch_zerossl_eab(
     return kid, hmac_key
 
 
-def _http_problem(response: httpx.Response, clock: Clock) -> AcmeProblem:
+def _http_problem(response: requests.Response, clock: Clock) -> AcmeProblem:
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After"), clock())
     if status == 429:
@@ -105,10 +135,10 @@ def _http_problem(response: httpx.Response, clock: Clock) -> AcmeProblem:
     )
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json_object(response: requests.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # requests' JSONDecodeError is one
         raise AcmeProblem(
             ProblemKind.RETRYABLE, GARBLED_RESPONSE, "ZeroSSL's EAB API answered with non-JSON"
         ) from exc

@@ -23,6 +23,7 @@ from certok.issuance import (
     new_account_key,
 )
 from certok.issuance.transport import dns_resolver
+from certok.issuance.zerossl import form_poster
 from certok.prechecks.resolver import parse_resolver_address
 from certok.settings import IssuerSettings, Settings
 
@@ -114,11 +115,17 @@ class AccountRegistry:
             ca_bundle=str(issuer.ca_bundle) if issuer.ca_bundle else None,
             timeout=self._settings.acme_timeout_seconds,
             resolve=self._resolve,
+            issuer=name,
         )
         if account_url is None:
             eab_kid, eab_hmac = issuer.eab_kid, issuer.eab_hmac_key
             if not eab_kid and issuer.zerossl_email and acme.external_account_required():
-                eab_kid, eab_hmac = fetch_zerossl_eab(issuer.zerossl_email)
+                eab_kid, eab_hmac = fetch_zerossl_eab(
+                    issuer.zerossl_email,
+                    http_post=form_poster(
+                        self._resolve, timeout=self._settings.acme_timeout_seconds
+                    ),
+                )
             account_url = acme.register(
                 contact_email=issuer.contact_email, eab_kid=eab_kid, eab_hmac_key=eab_hmac
             )

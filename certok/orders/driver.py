@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from certok import metrics
 from certok.certificates.ordering import new_order_for
 from certok.certificates.records import IssuedCertificate, issued_certificate, record_issued
 from certok.clock import Clock, utcnow
@@ -707,6 +708,9 @@ class OrderDriver:
             lease_until=None,
         )
         log.warning("order %s failed: %s", order.id, reason)
+        metrics.order_finished(
+            order.issuer, False, reason, (now - order.created_at).total_seconds()
+        )
 
     def _issue(self, order: OrderSnapshot, fullchain: str, account: IssuerAccount) -> None:
         facts = certificate_facts(fullchain)
@@ -727,11 +731,12 @@ class OrderDriver:
             certificate_pem=fullchain,
             not_before=facts.not_before,
             not_after=facts.not_after,
-            finished_at=self._clock(),
+            finished_at=now,
             lease_owner=None,
             lease_until=None,
         )
         log.info("order %s issued for %s", order.id, ",".join(order.domains))
+        metrics.order_finished(order.issuer, True, None, (now - order.created_at).total_seconds())
 
 
 # --- write jobs ------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # time.monotonic() of the last look for work that reached the database (/readyz).
+        self.heartbeat: float | None = None
 
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
@@ -98,6 +100,7 @@ class Worker:
                         task = asyncio.create_task(self._drive(order_id))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
+                self.heartbeat = time.monotonic()
             except Exception:
                 log.exception("worker: claiming orders failed; trying again shortly")
             with contextlib.suppress(TimeoutError):

@@ -52,6 +52,8 @@ class DelegationResult:
     valid: bool
     detail: str  # what is wrong and what to do, or what is right
     cost_ms: int
+    # The resolvers could not answer (an outage on certok's side), so nothing is known.
+    lookup_failed: bool = False
 
 
 class _LookupFailed(Exception):
@@ -78,9 +80,11 @@ def check_delegation(
     name = _canonical(challenge_fqdn)
     expected = _canonical(expected_target)
 
-    def result(found: str | None, valid: bool, detail: str) -> DelegationResult:
+    def result(
+        found: str | None, valid: bool, detail: str, lookup_failed: bool = False
+    ) -> DelegationResult:
         cost_ms = round((time.monotonic() - started) * 1000)
-        return DelegationResult(name, expected, found, valid, detail, cost_ms)
+        return DelegationResult(name, expected, found, valid, detail, cost_ms, lookup_failed)
 
     chain: list[str] = []  # the targets, in order
     seen = {name}
@@ -93,6 +97,7 @@ def check_delegation(
                 chain[-1] if chain else None,
                 False,
                 _lookup_failed_detail(name, expected, chain, current, failure.reason),
+                lookup_failed=True,
             )
         if not hops:
             break  # the chain ends here: no CNAME at `current`
@@ -297,7 +302,10 @@ def _lookup_failed_detail(
 ) -> str:
     failed = f"looking up {_fq(current)} CNAME failed: {reason}"
     if not chain:
-        return f"{failed}; this is usually temporary: retry in a minute"
+        return (
+            f"{failed}: certok's DNS resolvers did not answer, a problem on certok's side, "
+            "not in your DNS; retry in a minute (the operator has been warned)"
+        )
     return (
         f"{_typed(name)} points to {_fq(chain[-1])}, expected {_fq(expected)}, and {failed}: "
         f"{_point_it(name, expected)}, or retry in a minute if {_fq(chain[-1])} "

@@ -17,11 +17,13 @@ exactly that body.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from certok.prechecks.outage import unavailable_detail
 from certok.prechecks.safe_http import FetchProblem, FetchResult, SafeFetcher
 
 HTTP_PORT = 80
@@ -37,6 +39,8 @@ class HttpCheckResult:
     detail: str  # what is wrong and what to do, or what is right
     cost_ms: int
     final_url: str | None  # where the redirect chain led; None if it never got a response
+    # The resolvers could not answer (an outage on certok's side), so nothing is known.
+    lookup_failed: bool = False
 
 
 def canonical_prefix(prefix: str) -> str:
@@ -106,7 +110,10 @@ async def check_http_redirect(
         fetched = await fetcher.fetch(url, stop_at_prefix=stop_at)
     except FetchProblem as problem:
         detail = _problem_detail(name, url, expected_prefix, problem)
-        return result(False, detail, problem.url if problem.hops else None)
+        checked = result(False, detail, problem.url if problem.hops else None)
+        if problem.stage == "resolver":
+            checked = dataclasses.replace(checked, lookup_failed=True)
+        return checked
     valid, detail = _judge(name, url, expected_prefix, probe_token, expected_body, fetched)
     return result(valid, detail, fetched.final_url)
 
@@ -186,6 +193,8 @@ def _via(fetched: FetchResult) -> str:
 
 def _problem_detail(name: str, url: str, expected_prefix: str, problem: FetchProblem) -> str:
     reason = problem.reason
+    if problem.stage == "resolver":
+        return unavailable_detail(urlsplit(problem.url).hostname or name, reason)
     point_it = (
         f"make the server for {name} redirect straight to {expected_prefix}$host/$1 with "
         f"`{nginx_block(expected_prefix)}`"

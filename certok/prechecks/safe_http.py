@@ -116,7 +116,11 @@ class PostResult:
 
 # Where a fetch stopped: the URL rules, the DNS lookup, the address policy, the TCP connect,
 # the TLS handshake, the response, the redirect count, or the whole fetch's deadline.
-Stage = Literal["url", "dns", "address", "connect", "tls", "response", "redirects", "deadline"]
+# "resolver": the configured resolvers gave no answer (an outage on certok's side), unlike
+# "dns", where they answered that the name has no usable address.
+Stage = Literal[
+    "url", "dns", "resolver", "address", "connect", "tls", "response", "redirects", "deadline"
+]
 
 
 class FetchProblem(Exception):
@@ -608,14 +612,14 @@ async def _lookup(
     except dns.resolver.NXDOMAIN:
         raise _Failed("dns", f"{host} does not exist in DNS (NXDOMAIN)") from None
     except (dns.resolver.LifetimeTimeout, TimeoutError):
-        raise _Failed("dns", f"looking up {host} {kind} timed out") from None
+        raise _Failed("resolver", f"looking up {host} {kind} timed out") from None
     except dns.resolver.NoNameservers:
         raise _Failed(
-            "dns", f"looking up {host} {kind} failed: no resolver gave an answer"
+            "resolver", f"looking up {host} {kind} failed: no resolver gave an answer"
         ) from None
     except (dns.exception.DNSException, OSError) as exc:
         raise _Failed(
-            "dns", f"looking up {host} {kind} failed ({type(exc).__name__}: {exc})"
+            "resolver", f"looking up {host} {kind} failed ({type(exc).__name__}: {exc})"
         ) from None
     if answer.rrset is None:
         return []

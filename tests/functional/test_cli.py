@@ -85,3 +85,63 @@ def test_duplicate_tenant_and_bad_settings(tmp_path: Path) -> None:
     assert (
         result.returncode != 0 and "dns_ttl" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+def test_audit_lists_tenant_and_token_actions(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    token = run(data, "tenant", "create", "acme").stdout.split("token:")[1].split()[0]
+    run(data, "token", "create", "acme")
+    run(data, "token", "revoke", token[:6])
+    run(data, "tenant", "disable", "acme")
+    run(data, "tenant", "create", "other")
+    listing = run(data, "audit").stdout.splitlines()
+    actions = [line.split()[2] for line in listing[1:]]
+    assert actions == [
+        "tenant.create",
+        "token.create",
+        "token.create",
+        "token.revoke",
+        "tenant.disable",
+        "tenant.create",
+        "token.create",
+    ]
+    assert all(" cli:" in line and "cli on " in line for line in listing[1:])
+    assert f"token {token[:6]}…" in listing[4]
+    # never a whole token
+    assert token not in "\n".join(listing)
+    only_acme = run(data, "audit", "--tenant", "acme", "--action", "token").stdout.splitlines()
+    assert [line.split()[2] for line in only_acme[1:]] == [
+        "token.create",
+        "token.create",
+        "token.revoke",
+    ]
+
+
+def test_backup_and_restore_round_trip(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run(data, "tenant", "create", "before")
+    backup = tmp_path / "certok-backup.db"
+    made = run(data, "backup", str(backup))
+    assert "backed up" in made.stdout and "secret key file is NOT in the backup" in made.stderr
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert run(data, "backup", str(backup), ok=False).returncode != 0  # no silent overwrite
+    run(data, "tenant", "create", "after")
+    restored = run(data, "restore", str(backup), "--force")
+    assert "restored" in restored.stdout and "before-restore-" in restored.stderr
+    listing = run(data, "tenant", "list").stdout
+    assert "before" in listing and "after" not in listing
+    not_a_backup = tmp_path / "junk.db"
+    not_a_backup.write_text("hello")
+    result = run(data, "restore", str(not_a_backup), "--force", ok=False)
+    assert result.returncode != 0 and "not a SQLite database" in result.stderr
+
+
+def test_backup_of_postgresql_prints_pg_dump_guidance(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://certok:s3cret@db.internal:5432/certok"
+    result = run(
+        tmp_path / "data", "backup", str(tmp_path / "b"), ok=False, CERTOK_DATABASE_URL=url
+    )
+    assert result.returncode == 2
+    assert "pg_dump --format=custom" in result.stderr
+    assert "postgresql://certok:***@db.internal:5432/certok" in result.stderr
+    assert "s3cret" not in result.stderr and "secret key file" in result.stderr

@@ -1,7 +1,5 @@
-"""The one exception the rig raises: what failed, and the log tail that says why."""
+"""The rig lives in certok.demo (`certok demo` runs it too); the tests import it from here."""
 
-from __future__ import annotations
+from certok.demo.errors import RigError
 
-
-class RigError(RuntimeError):
-    """A rig service could not be prepared, started, reached or changed."""
+__all__ = ["RigError"]

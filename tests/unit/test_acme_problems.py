@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from urllib.parse import parse_qs
 
-import httpx
 import josepy
 import pytest
 import requests
@@ -24,7 +22,6 @@ from certok.issuance import (
     classify_error,
     describe_problem,
     dns01_txt_value,
-    fetch_zerossl_eab,
     http01_key_authorization,
     new_account_key,
     parse_retry_after,
@@ -40,7 +37,6 @@ from certok.issuance.problems import (
     UNEXPECTED,
     short_type,
 )
-from certok.issuance.zerossl import ZEROSSL_EAB_REFUSED
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 PREFIX = "urn:ietf:params:acme:error:"
@@ -402,96 +398,6 @@ def test_public_key_cannot_be_saved_as_an_account_key() -> None:
 def test_account_key_from_garbage_fails() -> None:
     with pytest.raises(ValueError):
         account_key_from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-
-
-# --- ZeroSSL EAB -----------------------------------------------------------------------------
-
-EAB_URL = "https://zerossl.invalid/acme/eab-credentials-email"
-
-
-def zerossl_fake(handler) -> httpx.Client:
-    """An httpx client whose transport is an in-process fake of ZeroSSL's API."""
-    return httpx.Client(transport=httpx.MockTransport(handler))
-
-
-def test_zerossl_eab_success_posts_the_email_form() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(
-            200, json={"success": True, "eab_kid": "kid-abc", "eab_hmac_key": "hmac-xyz"}
-        )
-
-    with zerossl_fake(handler) as client:
-        assert fetch_zerossl_eab("ops@example.com", api_url=EAB_URL, http_post=client.post) == (
-            "kid-abc",
-            "hmac-xyz",
-        )
-    [request] = seen
-    assert request.method == "POST"
-    assert str(request.url) == EAB_URL
-    assert parse_qs(request.content.decode()) == {"email": ["ops@example.com"]}
-
-
-def test_zerossl_eab_success_false_with_http_200_is_rejected() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, json={"success": False, "error": {"code": 2900, "type": "invalid_email"}}
-        )
-
-    with zerossl_fake(handler) as client, pytest.raises(AcmeProblem) as caught:
-        fetch_zerossl_eab("not-an-email", api_url=EAB_URL, http_post=client.post)
-    problem = caught.value
-    assert (problem.kind, problem.type) == (ProblemKind.REJECTED, ZEROSSL_EAB_REFUSED)
-    assert "invalid_email" in problem.detail and "2900" in problem.detail
-    assert "zerossl_email" in problem.detail
-
-
-def test_zerossl_eab_server_error_is_retryable() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(502, text="bad gateway")
-
-    with zerossl_fake(handler) as client, pytest.raises(AcmeProblem) as caught:
-        fetch_zerossl_eab("ops@example.com", api_url=EAB_URL, http_post=client.post)
-    assert (caught.value.kind, caught.value.type) == (ProblemKind.RETRYABLE, HTTP_ERROR)
-    assert caught.value.http_status == 502
-
-
-def test_zerossl_eab_rate_limit_keeps_retry_after() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(429, headers={"Retry-After": "86400"}, text="slow down")
-
-    with zerossl_fake(handler) as client, pytest.raises(AcmeProblem) as caught:
-        fetch_zerossl_eab(
-            "ops@example.com", api_url=EAB_URL, http_post=client.post, clock=lambda: NOW
-        )
-    assert caught.value.kind is ProblemKind.RATE_LIMITED
-    assert caught.value.retry_after == NOW + dt.timedelta(days=1)
-
-
-@pytest.mark.parametrize(
-    "response",
-    [
-        httpx.Response(200, text="<html>maintenance</html>"),
-        httpx.Response(200, json=["not", "an", "object"]),
-        httpx.Response(200, json={"success": True, "eab_kid": "k"}),
-    ],
-)
-def test_zerossl_eab_garbled_answer_is_retryable(response: httpx.Response) -> None:
-    with zerossl_fake(lambda request: response) as client, pytest.raises(AcmeProblem) as caught:
-        fetch_zerossl_eab("ops@example.com", api_url=EAB_URL, http_post=client.post)
-    assert (caught.value.kind, caught.value.type) == (ProblemKind.RETRYABLE, GARBLED_RESPONSE)
-
-
-def test_zerossl_eab_transport_failure_is_retryable() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    with zerossl_fake(handler) as client, pytest.raises(AcmeProblem) as caught:
-        fetch_zerossl_eab("ops@example.com", api_url=EAB_URL, http_post=client.post)
-    assert (caught.value.kind, caught.value.type) == (ProblemKind.RETRYABLE, TRANSPORT_ERROR)
-    assert "connection refused" in caught.value.detail
 
 
 # --- the network's handling of 409 ------------------------------------------------------------

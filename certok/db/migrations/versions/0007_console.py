@@ -1,7 +1,7 @@
 """console: users, sessions, recovery codes, delegation checks, token names, order indexes
 
 Revision ID: 0007
-Revises: 0005, 0008
+Revises: 0005, 0006, 0008
 Create Date: 2026-12-05
 """
 
@@ -14,7 +14,7 @@ import certok.db.models
 
 revision = "0007"
 # Merges the heads of the branches merged into this one (the lead re-chains at merge time).
-down_revision = ("0005", "0008")
+down_revision = ("0005", "0006", "0008")
 branch_labels = None
 depends_on = None
 
