@@ -205,7 +205,9 @@ async def change_password(page: Page) -> Response:
         console_sessions.end_user_sessions(session, user.user_id)
         return None
 
-    error = await page.write(change)
+    error = await page.write(
+        change, audit=("user.password", user.email, user.tenant_id), done=lambda e: e is None
+    )
     if error is not None:
         return render(page, "account.html", 400, error=page.t(error))
     return await _started(
@@ -238,7 +240,10 @@ async def totp_confirm(page: Page) -> Response:
             error=page.t("error.code"),
         )
     box = page.services.box
-    codes = await page.write(lambda s: users.enable_totp(s, user.user_id, secret, box, step))
+    codes = await page.write(
+        lambda s: users.enable_totp(s, user.user_id, secret, box, step),
+        audit=("user.totp_enable", user.email, user.tenant_id),
+    )
     return render(page, "account.html", recovery_codes=codes, totp_now=True)
 
 
@@ -253,7 +258,9 @@ async def totp_disable(page: Page) -> Response:
         users.disable_totp(session, user.user_id)
         return True
 
-    if not await page.write(disable):
+    if not await page.write(
+        disable, audit=("user.totp_disable", user.email, user.tenant_id), done=bool
+    ):
         return render(page, "account.html", 400, error=page.t("error.password_wrong"))
     return redirect(page, "/console/account?done=totp_disabled")
 

@@ -297,4 +297,13 @@ MESSAGES: dict[str, str] = {
     "host.no_log": "Nothing logged yet.",
     "dashboard.silent": "Agents silent for 2 days",
     "dashboard.no_silent": "Every agent reported in the last 2 days.",
+    # audit log
+    "nav.audit": "Audit log",
+    "audit.title": "Audit log",
+    "audit.who": "Who",
+    "audit.action": "Action",
+    "audit.target": "Object",
+    "audit.source": "From",
+    "audit.none": "Nothing recorded yet.",
+    "audit.hint": "Administrative changes, from the console, the API and the certok command, newest first (at most 200 here; `certok audit` shows more).",
 }

@@ -297,4 +297,13 @@ MESSAGES: dict[str, str] = {
     "host.no_log": "还没有日志。",
     "dashboard.silent": "2 天未上报的代理",
     "dashboard.no_silent": "所有代理在 2 天内都有上报。",
+    # audit log
+    "nav.audit": "审计日志",
+    "audit.title": "审计日志",
+    "audit.who": "操作人",
+    "audit.action": "操作",
+    "audit.target": "对象",
+    "audit.source": "来源",
+    "audit.none": "还没有记录。",
+    "audit.hint": "来自控制台、API 和 certok 命令的管理操作，最新的在前（此处最多 200 条；更多请用 `certok audit`）。",
 }

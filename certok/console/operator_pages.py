@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from certok import audit
 from certok.console import queries
 from certok.console.tenant_pages import _after, _before, _id, _state, invite_link
 from certok.console.web import Page, Refused, redirect, render
@@ -12,6 +13,8 @@ from certok.db.models import Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound
 from certok.tenants import console_sessions, users
 from certok.tenants.service import create_tenant
+
+AUDIT_ROWS = 200
 
 
 async def tenants(
@@ -29,7 +32,10 @@ async def add_tenant(page: Page) -> Response:
     name = page.form.get("name", "")
     clock = page.services.clock
     try:
-        await page.write(lambda s: create_tenant(s, name, clock))
+        await page.write(
+            lambda s: create_tenant(s, name, clock),
+            audit=("tenant.create", f"tenant {name.strip().lower()[:64]}", None),
+        )
     except InvalidRequest:
         return await tenants(page, page.t("error.tenant_name"), 400)
     except Conflict:
@@ -49,7 +55,10 @@ async def _set_tenant(page: Page, disabled: bool) -> Response:
             console_sessions.end_tenant_sessions(session, tenant_id)
         return True
 
-    if not await page.write(change):
+    verb = "disable" if disabled else "enable"
+    if not await page.write(
+        change, audit=(f"tenant.{verb}", f"tenant #{tenant_id}", tenant_id), done=bool
+    ):
         raise Refused(404, "error.not_found")
     done = "tenant_disabled" if disabled else "tenant_enabled"
     return redirect(page, f"/console/operator/tenants/{tenant_id}?done={done}")
@@ -108,7 +117,9 @@ async def invite_tenant_user(page: Page) -> Response:
         )
 
     try:
-        _, secret = await page.write(create)
+        _, secret = await page.write(
+            create, audit=("user.invite", email.strip().lower()[:254], tenant_id)
+        )
     except NotFound:
         raise Refused(404, "error.not_found") from None
     except InvalidRequest:
@@ -125,8 +136,9 @@ async def _set_tenant_user(page: Page, disabled: bool) -> Response:
         users.find_user(session, user_id, tenant_id)
         users.set_user_disabled(session, user_id, disabled)
 
+    verb = "disable" if disabled else "enable"
     try:
-        await page.write(change)
+        await page.write(change, audit=(f"user.{verb}", f"user #{user_id}", tenant_id))
     except NotFound:
         raise Refused(404, "error.not_found") from None
     done = "user_disabled" if disabled else "user_enabled"
@@ -180,6 +192,11 @@ async def issuers(page: Page) -> Response:
     return render(page, "operator_issuers.html", rows=rows)
 
 
+async def audit_log(page: Page) -> Response:
+    rows = await page.db(lambda s: audit.list_events(s, limit=AUDIT_ROWS))
+    return render(page, "audit.html", rows=list(reversed(rows)), operator=True)
+
+
 ROUTES = [
     ("/operator/tenants", tenants_get, "operator", ["GET"]),
     ("/operator/tenants", add_tenant, "operator", ["POST"]),
@@ -194,4 +211,5 @@ ROUTES = [
     ("/operator/certificates", all_certificates, "operator", ["GET"]),
     ("/operator/certificates/{id}", any_certificate, "operator", ["GET"]),
     ("/operator/issuers", issuers, "operator", ["GET"]),
+    ("/operator/audit", audit_log, "operator", ["GET"]),
 ]

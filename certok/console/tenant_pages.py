@@ -8,6 +8,7 @@ import asyncio
 from sqlalchemy import select, update
 from starlette.responses import JSONResponse, Response
 
+from certok import audit
 from certok.certificates.service import (
     REVOCATION_REASONS,
     request_revocation,
@@ -24,6 +25,7 @@ from certok.tenants import users
 from certok.tenants.service import TenantRef, new_token, token_digest
 
 TOKEN_NAME_CHARS = 64
+AUDIT_ROWS = 200
 
 
 def _id(page: Page, name: str = "id") -> int:
@@ -206,7 +208,9 @@ async def revoke_certificate(page: Page) -> Response:
         return request_revocation(session, tenant_id, certificate_id, reason, now)
 
     try:
-        wake = await page.write(record)
+        wake = await page.write(
+            record, audit=("certificate.revoke", f"certificate {certificate_id}", tenant_id)
+        )
     except NotFound:
         raise Refused(404, "error.not_found") from None
     except InvalidRequest:
@@ -268,7 +272,8 @@ async def create_token(page: Page) -> Response:
                 name=name,
                 created_at=now,
             )
-        )
+        ),
+        audit=("token.create", f"token {token[:6]}", tenant_id),
     )
     # Rendered, not redirected: the token is in this answer only (Cache-Control: no-store).
     return await tokens(page, new=token, status=201)
@@ -290,7 +295,9 @@ async def revoke_token(page: Page) -> Response:
         )
         return True
 
-    if not await page.write(revoke):
+    if not await page.write(
+        revoke, audit=("token.revoke", f"token #{token_id}", tenant_id), done=bool
+    ):
         raise Refused(404, "error.not_found")
     return redirect(page, "/console/tokens?done=token_revoked")
 
@@ -323,7 +330,8 @@ async def invite_user(page: Page) -> Response:
     email = page.form.get("email", "")
     try:
         _, secret = await page.write(
-            lambda s: users.create_user(s, email, tenant_id=scope, invite_hours=hours, clock=clock)
+            lambda s: users.create_user(s, email, tenant_id=scope, invite_hours=hours, clock=clock),
+            audit=("user.invite", email.strip().lower()[:254], scope),
         )
     except InvalidRequest:
         return await users_page(page, error=page.t("error.email"), status=400)
@@ -342,8 +350,9 @@ async def _set_user(page: Page, disabled: bool) -> Response:
         users.find_user(session, user_id, scope)  # NotFound for another tenant's user
         users.set_user_disabled(session, user_id, disabled)
 
+    verb = "disable" if disabled else "enable"
     try:
-        await page.write(change)
+        await page.write(change, audit=(f"user.{verb}", f"user #{user_id}", scope))
     except NotFound:
         raise Refused(404, "error.not_found") from None
     return redirect(page, f"/console/users?done=user_{'disabled' if disabled else 'enabled'}")
@@ -355,6 +364,12 @@ async def disable_user(page: Page) -> Response:
 
 async def enable_user(page: Page) -> Response:
     return await _set_user(page, False)
+
+
+async def audit_log(page: Page) -> Response:
+    tenant_id = page.tenant_id
+    rows = await page.db(lambda s: audit.list_events(s, tenant_id=tenant_id, limit=AUDIT_ROWS))
+    return render(page, "audit.html", rows=list(reversed(rows)), operator=False)
 
 
 ROUTES = [
@@ -372,6 +387,7 @@ ROUTES = [
     ("/tokens", tokens_get, "tenant", ["GET"]),
     ("/tokens", create_token, "tenant", ["POST"]),
     ("/tokens/{id}/revoke", revoke_token, "tenant", ["POST"]),
+    ("/audit", audit_log, "tenant", ["GET"]),
     ("/users", users_get, "user", ["GET"]),
     ("/users", invite_user, "user", ["POST"]),
     ("/users/{id}/disable", disable_user, "user", ["POST"]),

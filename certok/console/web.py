@@ -23,10 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from certok import audit
 from certok.api.ratelimit import RateLimiter
 from certok.clock import Clock, utcnow
 from certok.console.i18n import Translator, negotiate
 from certok.crypto import SecretBox
+from certok.db.engine import transaction
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.verify import DnsVerifier
 from certok.settings import Settings
@@ -133,15 +135,37 @@ class Page:
 
         return await asyncio.to_thread(run)
 
-    async def write(self, job: Callable[[Session], T]) -> T:
-        """Run a write transaction in a thread."""
-        from certok.db.engine import transaction
+    async def write(
+        self,
+        job: Callable[[Session], T],
+        audit: tuple[str, str, int | None] | None = None,
+        done: Callable[[T], bool] = lambda _: True,
+    ) -> T:
+        """Run a write transaction in a thread. With `audit` (action, target, tenant id), the
+        audit log gets its row in the same transaction when `done(result)` says it happened."""
 
         def run() -> T:
             with transaction(self.services.sessions) as session:
-                return job(session)
+                result = job(session)
+                if audit is not None and done(result):
+                    self.audit(session, *audit)
+                return result
 
         return await asyncio.to_thread(run)
+
+    def audit(self, session: Session, action: str, target: str, tenant_id: int | None) -> None:
+        """One audit row (certok/audit.py): the signed-in user, from this client address."""
+        who = self.user.email if self.user is not None else "anonymous"
+        client = self.request.client.host if self.request.client is not None else "unknown"
+        audit.record(
+            session,
+            f"console:{who}",
+            action,
+            target,
+            tenant_id,
+            f"console from {client}",
+            clock=self.services.clock,
+        )
 
 
 async def load_page(request: Request, services: ConsoleServices) -> Page:

@@ -49,6 +49,13 @@ async def _write(page: Page, job: Callable[..., Any], **kwargs: Any) -> Any:
         raise Refused(404, "error.not_found") from None
 
 
+async def _audit(page: Page, action: str, public_id: str) -> None:
+    # The webhook jobs run in the write channel on a Connection: their audit row follows in
+    # a transaction of its own.
+    tenant_id = page.tenant_id
+    await page.write(lambda s: page.audit(s, action, f"webhook {public_id}", tenant_id))
+
+
 async def webhooks(
     page: Page,
     *,
@@ -102,6 +109,7 @@ async def add_webhook(page: Page) -> Response:
         secret_encrypted=encrypted,
         now=page.services.clock(),
     )
+    await _audit(page, "webhook.create", public_id)
     # Rendered, not redirected: the secret is in this answer only.
     return await webhooks(page, created={"id": public_id, "secret": secret}, status=201)
 
@@ -156,6 +164,7 @@ async def rotate_webhook(page: Page) -> Response:
         )
     except Conflict:
         raise Refused(409, "error.webhook_rotated") from None
+    await _audit(page, "webhook.rotate", public_id)
     return await webhook(page, secret=secret, until=until)
 
 
@@ -175,6 +184,7 @@ async def delete_webhook(page: Page) -> Response:
     if page.form.get("confirm") != "yes":
         raise Refused(400, "error.webhook_confirm")
     await _write(page, endpoints.delete_endpoint_job, tenant_id=tenant_id, public_id=public_id)
+    await _audit(page, "webhook.delete", public_id)
     return redirect(page, "/console/webhooks?done=webhook_deleted")
 
 

@@ -104,6 +104,7 @@ def tenant_pages(store: Store) -> list[str]:
         f"/console/orders/{pending}",
         "/console/tokens",
         "/console/webhooks",
+        "/console/audit",
         "/console/users",
         "/console/account",
         "/console/orders/999999",  # the not-found page
@@ -117,6 +118,7 @@ OPERATOR_PAGES = [
     "/console/operator/issuers",
     "/console/users",
     "/console/hosts",
+    "/console/operator/audit",
 ]
 
 

@@ -281,3 +281,20 @@ def test_hosts_and_agents(browser: Browser, other_browser: Browser, store: Store
     other_browser.sign_in("bob@beta.test")
     assert other_browser.get(f"/console/hosts/{silent}").status_code == 404
     assert "web01" not in other_browser.get("/console/hosts").text
+
+
+def test_console_actions_land_in_the_audit_log(browser: Browser, other_browser: Browser) -> None:
+    browser.sign_in("ann@alpha.test")
+    created = browser.submit("/console/tokens", "/console/tokens", {"name": "audited"})
+    token = re.search(r'id="new-token">([0-9a-f]{32})<', created.text).group(1)  # type: ignore[union-attr]
+    token_id = re.search(r"/console/tokens/(\d+)/revoke", created.text).group(1)  # type: ignore[union-attr]
+    browser.submit("/console/tokens", f"/console/tokens/{token_id}/revoke", {})
+    log = browser.get("/console/audit").text
+    assert "token.create" in log and "token.revoke" in log
+    assert "console:ann@alpha.test" in log and "console from testclient" in log
+    assert token not in log and token[:6] in log  # never the token itself
+    other_browser.sign_in("bob@beta.test")
+    assert "token.create" not in other_browser.get("/console/audit").text
+    other_browser.submit("/console/", "/console/sign-out", {})
+    other_browser.sign_in("olga@ops.test")
+    assert "console:ann@alpha.test" in other_browser.get("/console/operator/audit").text
