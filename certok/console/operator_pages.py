@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from certok import audit
 from certok.console import queries
-from certok.console.tenant_pages import _after, _before, _id, _state, invite_link
+from certok.console.tenant_pages import after_param, before_param, invite_link, path_id, state_param
 from certok.console.web import Page, Refused, redirect, render
 from certok.db.models import Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound
@@ -44,7 +44,7 @@ async def add_tenant(page: Page) -> Response:
 
 
 async def _set_tenant(page: Page, disabled: bool) -> Response:
-    tenant_id = _id(page)
+    tenant_id = path_id(page)
 
     def change(session) -> bool:  # type: ignore[no-untyped-def]
         tenant = session.get(Tenant, tenant_id)
@@ -75,7 +75,7 @@ async def enable_tenant(page: Page) -> Response:
 async def tenant(
     page: Page, invite: str | None = None, error: str | None = None, status: int = 200
 ) -> Response:
-    tenant_id = _id(page)
+    tenant_id = path_id(page)
 
     def read(session):  # type: ignore[no-untyped-def]
         row = session.get(Tenant, tenant_id)
@@ -105,7 +105,7 @@ async def tenant_get(page: Page) -> Response:
 
 
 async def invite_tenant_user(page: Page) -> Response:
-    tenant_id = _id(page)
+    tenant_id = path_id(page)
     hours, clock = page.services.settings.console_invite_hours, page.services.clock
     email = page.form.get("email", "")
 
@@ -130,7 +130,7 @@ async def invite_tenant_user(page: Page) -> Response:
 
 
 async def _set_tenant_user(page: Page, disabled: bool) -> Response:
-    tenant_id, user_id = _id(page), _id(page, "user")
+    tenant_id, user_id = path_id(page), path_id(page, "user")
 
     def change(session) -> None:  # type: ignore[no-untyped-def]
         users.find_user(session, user_id, tenant_id)
@@ -154,7 +154,7 @@ async def enable_tenant_user(page: Page) -> Response:
 
 
 async def all_orders(page: Page) -> Response:
-    state, before = _state(page), _before(page)
+    state, before = state_param(page), before_param(page)
     rows = await page.db(lambda s: queries.orders(s, None, state, before))
     return render(
         page, "orders.html", rows=rows, state=state, states=queries.ORDER_STATES, operator=True
@@ -162,7 +162,7 @@ async def all_orders(page: Page) -> Response:
 
 
 async def any_order(page: Page) -> Response:
-    order_id = _id(page)
+    order_id = path_id(page)
     row = await page.db(lambda s: queries.order(s, None, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
@@ -171,7 +171,7 @@ async def any_order(page: Page) -> Response:
 
 
 async def all_certificates(page: Page) -> Response:
-    after, now = _after(page), page.services.clock()
+    after, now = after_param(page), page.services.clock()
     rows = await page.db(lambda s: queries.certificate_records(s, None, now, after, False))
     return render(
         page, "certificates.html", rows=rows, paged=after is not None, operator=True, show_all=True
@@ -179,7 +179,7 @@ async def all_certificates(page: Page) -> Response:
 
 
 async def any_certificate(page: Page) -> Response:
-    certificate_id, now = _id(page), page.services.clock()
+    certificate_id, now = path_id(page), page.services.clock()
     row = await page.db(lambda s: queries.certificate_record(s, None, certificate_id, now))
     if row is None:
         raise Refused(404, "error.not_found")

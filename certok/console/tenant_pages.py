@@ -28,7 +28,7 @@ TOKEN_NAME_CHARS = 64
 AUDIT_ROWS = 200
 
 
-def _id(page: Page, name: str = "id") -> int:
+def path_id(page: Page, name: str = "id") -> int:
     raw = page.request.path_params[name]
     if not raw.isdigit() or len(raw) > 18:
         raise Refused(404, "error.not_found")
@@ -88,7 +88,7 @@ async def add_domains(page: Page) -> Response:
 
 
 async def check_domain(page: Page) -> Response:
-    tenant_id, delegation_id = page.tenant_id, _id(page)
+    tenant_id, delegation_id = page.tenant_id, path_id(page)
     row = await page.db(lambda s: queries.delegation(s, tenant_id, delegation_id))
     if row is None:
         raise Refused(404, "error.not_found")
@@ -122,13 +122,13 @@ async def check_domain(page: Page) -> Response:
 
 
 # --- certificates (records: certok/certificates/) ---------------------------------------
-def _after(page: Page) -> int | None:
+def after_param(page: Page) -> int | None:
     raw = page.request.query_params.get("after", "")
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 async def certificates(page: Page) -> Response:
-    tenant_id, after, now = page.tenant_id, _after(page), page.services.clock()
+    tenant_id, after, now = page.tenant_id, after_param(page), page.services.clock()
     show_all = page.request.query_params.get("show") == "all"
     rows = await page.db(
         lambda s: queries.certificate_records(s, tenant_id, now, after, not show_all)
@@ -144,7 +144,7 @@ async def certificates(page: Page) -> Response:
 
 
 async def certificate(page: Page, error: str | None = None, status: int = 200) -> Response:
-    tenant_id, certificate_id, now = page.tenant_id, _id(page), page.services.clock()
+    tenant_id, certificate_id, now = page.tenant_id, path_id(page), page.services.clock()
     row = await page.db(lambda s: queries.certificate_record(s, tenant_id, certificate_id, now))
     if row is None:
         raise Refused(404, "error.not_found")
@@ -164,7 +164,7 @@ async def certificate_get(page: Page) -> Response:
 
 
 async def _files(page: Page) -> tuple[str, bytes, int]:
-    tenant_id, certificate_id = page.tenant_id, _id(page)
+    tenant_id, certificate_id = page.tenant_id, path_id(page)
     found = await page.db(lambda s: queries.certificate_files(s, tenant_id, certificate_id))
     if found is None:
         raise Refused(404, "error.not_found")
@@ -184,7 +184,7 @@ def _attachment(page: Page, body: str | bytes, filename: str) -> Response:
 
 async def certificate_chain(page: Page) -> Response:
     chain, _, _ = await _files(page)
-    return _attachment(page, chain, f"certificate-{_id(page)}-fullchain.pem")
+    return _attachment(page, chain, f"certificate-{path_id(page)}-fullchain.pem")
 
 
 async def certificate_key(page: Page) -> Response:
@@ -192,11 +192,11 @@ async def certificate_key(page: Page) -> Response:
     _, blob, order_id = await _files(page)
     # The key is the order's ciphertext, bound to the order's id (certificates/records.py).
     pem = page.services.box.decrypt(blob, order_key_owner(order_id))
-    return _attachment(page, pem, f"certificate-{_id(page)}-privkey.pem")
+    return _attachment(page, pem, f"certificate-{path_id(page)}-privkey.pem")
 
 
 async def revoke_certificate(page: Page) -> Response:
-    tenant_id, certificate_id, now = page.tenant_id, _id(page), page.services.clock()
+    tenant_id, certificate_id, now = page.tenant_id, path_id(page), page.services.clock()
     if page.form.get("confirm") != "yes":
         return await certificate(page, page.t("error.revoke_confirm"), 400)
     try:
@@ -221,18 +221,18 @@ async def revoke_certificate(page: Page) -> Response:
 
 
 # --- orders --------------------------------------------------------------------------------
-def _before(page: Page) -> int | None:
+def before_param(page: Page) -> int | None:
     raw = page.request.query_params.get("before", "")
     return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
-def _state(page: Page) -> str | None:
+def state_param(page: Page) -> str | None:
     state = page.request.query_params.get("state")
     return state if state in queries.ORDER_STATES else None
 
 
 async def orders(page: Page) -> Response:
-    tenant_id, state, before = page.tenant_id, _state(page), _before(page)
+    tenant_id, state, before = page.tenant_id, state_param(page), before_param(page)
     rows = await page.db(lambda s: queries.orders(s, tenant_id, state, before))
     return render(
         page, "orders.html", rows=rows, state=state, states=queries.ORDER_STATES, operator=False
@@ -240,7 +240,7 @@ async def orders(page: Page) -> Response:
 
 
 async def order(page: Page) -> Response:
-    tenant_id, order_id = page.tenant_id, _id(page)
+    tenant_id, order_id = page.tenant_id, path_id(page)
     row = await page.db(lambda s: queries.order(s, tenant_id, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
@@ -280,7 +280,7 @@ async def create_token(page: Page) -> Response:
 
 
 async def revoke_token(page: Page) -> Response:
-    tenant_id, token_id, now = page.tenant_id, _id(page), page.services.clock()
+    tenant_id, token_id, now = page.tenant_id, path_id(page), page.services.clock()
 
     def revoke(session) -> bool:  # type: ignore[no-untyped-def]
         found = session.scalar(
@@ -342,7 +342,7 @@ async def invite_user(page: Page) -> Response:
 
 async def _set_user(page: Page, disabled: bool) -> Response:
     assert page.user is not None
-    scope, user_id = _users_scope(page), _id(page)
+    scope, user_id = _users_scope(page), path_id(page)
     if user_id == page.user.user_id:
         raise Refused(400, "error.self")
 
