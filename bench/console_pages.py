@@ -142,6 +142,9 @@ def pages(tenant_id: int, certificates: int, orders: int) -> tuple[list[str], li
         f"/console/orders?before={order}",
         f"/console/orders/{order}",
         "/console/tokens",
+        "/console/webhooks",
+        "/console/hosts",
+        "/console/audit",
         "/console/users",
         "/console/account",
     ]
@@ -154,6 +157,8 @@ def pages(tenant_id: int, certificates: int, orders: int) -> tuple[list[str], li
         "/console/operator/certificates",
         f"/console/operator/certificates/{cert}",
         "/console/operator/issuers",
+        "/console/operator/audit",
+        "/console/hosts",
     ]
     return tenant_pages, operator_pages
 
