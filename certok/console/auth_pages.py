@@ -36,6 +36,8 @@ async def _started(page: Page, user_id: int, *, mfa_pending: bool, target: str) 
     def job(session) -> str:  # type: ignore[no-untyped-def]
         if old:
             console_sessions.end_session(session, old)
+        # Expired sessions are swept here: sign-ins are rare, the table small.
+        console_sessions.purge_expired(session, page.services.clock)
         return console_sessions.start_session(
             session, user_id, hours, mfa_pending=mfa_pending, clock=page.services.clock
         )

@@ -306,3 +306,16 @@ def test_security_headers(browser: Browser) -> None:
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["referrer-policy"] == "same-origin"
+
+
+def test_an_expired_session_opens_nothing_and_is_swept(
+    browser: Browser, other_browser: Browser, store: Store
+) -> None:
+    browser.sign_in("ann@alpha.test")
+    with transaction(store.sessions) as session:
+        for row in session.scalars(select(ConsoleSession)):
+            row.expires_at = _now() - dt.timedelta(seconds=1)
+    assert browser.get("/console/").status_code == 303
+    other_browser.sign_in("bob@beta.test")  # any sign-in sweeps expired sessions
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ConsoleSession)) == 1
