@@ -35,6 +35,7 @@ from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher, verified_tls_context
 from certok.settings import Settings
 from certok.store import Store
+from certok.tenants.token_usage import TokenUsage
 
 LABEL_KEY_PURPOSE = "delegation-label"
 TOKEN_CACHE_ENTRIES = 100_000
@@ -121,6 +122,7 @@ def build_api_services(
         "issued": TtlCache(
             ttl=settings.issued_cache_seconds, max_entries=settings.issued_cache_entries
         ),
+        "token_usage": TokenUsage(store.sessions),
         "limiter": RateLimiter(
             {
                 "dv": settings.rate_limit_dv_per_minute,

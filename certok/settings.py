@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     # /readyz fails when the issuance worker has not looked for work for this long.
     worker_heartbeat_stale_seconds: float = Field(default=60.0, gt=0)
 
+    # --- console (/console/) ----------------------------------------------------------------
+    console_session_hours: float = Field(default=12.0, gt=0, le=720)
+    console_invite_hours: float = Field(default=72.0, gt=0, le=720)
+    # Sign-in attempts per minute, per account and per client address (each bucket apart).
+    console_sign_in_per_minute: int = Field(default=10, ge=1)
+
     # --- certificates (records, renewal timing, revocation) ----------------------------------
     # Certificate records outlive their orders: kept until this long after they expire.
     certificate_retention_days: int = Field(default=30, ge=0)

@@ -55,6 +55,7 @@ from certok.orders.service import (
 )
 from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
+from certok.tenants.token_usage import TokenUsage
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 _TOKEN_HEADER_RAW = TOKEN_HEADER.encode("latin-1")
@@ -86,6 +87,9 @@ class ApiServices:
     issued: TtlCache[tuple[int, str], bytes] = field(
         default_factory=lambda: TtlCache(ttl=300.0, max_entries=10_000)
     )
+    # Stamps tokens' last use for the console (on token-cache misses only); None: not kept.
+    token_usage: TokenUsage | None = None
+
     # Webhooks and the POST API (certok/api/webhooks.py, certok/api/post_api.py).
     events: EventApi = field(default_factory=EventApi)
     post_api_polls: PollGate = field(default_factory=lambda: PollGate(DEFAULT_POLL_SECONDS))
@@ -109,11 +113,12 @@ def create_app(services: ApiServices) -> CertokApp:
         # HTTP-01 responder: public, no token (the CA follows the customer's redirect here).
         Route("/v1/dv/{host}/{token}", api.http01_host_only, methods=["GET"]),
         Route("/v1/dv/{handle}/{host}/{token}", api.http01_tenant_bound, methods=["GET"]),
+        *console_routes(services),
+        *webhook_routes(services, api._tenant),
+        *post_api_routes(services, api._tenant, _order_data, _order_message),
         # httpsok.sh's /v1/nginx protocol and the tenant's view of its hosts.
         *agent_api_routes(services, api._tenant),
         *certok_agent_routes(services, api._tenant),  # certok-agent (agent_api.py)
-        *webhook_routes(services, api._tenant),
-        *post_api_routes(services, api._tenant, _order_data, _order_message),
     ]
     routes += certificate_routes(api)  # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     app = CertokApp(
@@ -339,10 +344,28 @@ class _Api:
         if failure is None:
             self.s.tokens.put(key, done.result())
             self.s.accepted_tokens.put(key, True)
+            if self.s.token_usage is not None:
+                self.s.token_usage.seen(key.hex())
         elif isinstance(failure, Unauthenticated):
             # Revoked, or its tenant disabled: its lookups count against the client's limit
             # again, or a revoked token would buy unlimited database reads for an hour.
             self.s.accepted_tokens.discard(key)
+
+
+def console_routes(services: ApiServices) -> list[Any]:
+    """The console under /console/ (server-rendered pages; certok/console/)."""
+    from certok.console.app import console_mount
+
+    return console_mount(
+        services.settings,
+        services.sessions,
+        services.box,
+        services.verifier,
+        services.http_verifier,
+        # Read when called: certok serve sets the worker's wake-up after building the app.
+        lambda: services.wake_certificates() if services.wake_certificates else None,
+        services.events,
+    )
 
 
 def _client_address(request: Request) -> str:

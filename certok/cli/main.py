@@ -32,6 +32,7 @@ from certok.settings import Settings, load_settings
 from certok.startup import describe_database, version
 from certok.store import Store, open_store
 from certok.tenants import service as tenants
+from certok.tenants import users as console_users
 
 T = TypeVar("T")
 
@@ -298,6 +299,55 @@ def purge_command(ctx: click.Context, dry_run: bool) -> None:
         click.echo(f"would purge {counts.describe()} (dry run: nothing deleted)")
     else:
         click.echo(f"purged {counts.describe()}")
+
+
+@cli.group("user")
+def user_group() -> None:
+    """Console users (a tenant's, or operators)."""
+
+
+@user_group.command("create")
+@click.option("--email", required=True, help="The user's e-mail address (signs in with it).")
+@click.option("--tenant", help="The tenant the user belongs to.")
+@click.option("--operator", is_flag=True, help="An operator (sees every tenant), no tenant.")
+@click.pass_context
+def user_create(ctx: click.Context, email: str, tenant: str | None, operator: bool) -> None:
+    """Create a console user and print a one-time invite link to choose a password."""
+    if operator == (tenant is not None):
+        raise click.UsageError("give exactly one of --tenant TENANT or --operator")
+    settings: Settings = ctx.obj
+
+    def action(store: Store) -> str:
+        with transaction(store.sessions) as session:
+            tenant_id = tenants.find_tenant(session, tenant).id if tenant else None
+            _, secret = console_users.create_user(
+                session, email, tenant_id=tenant_id, invite_hours=settings.console_invite_hours
+            )
+            return secret
+
+    secret = _with_store(ctx, action)
+    click.echo(f"user {email.strip().lower()} created")
+    click.echo(f"invite link: {settings.public_url.rstrip('/')}/console/invite/{secret}")
+    click.echo(
+        f"the link works once, for {settings.console_invite_hours:g} hours "
+        "(settings: console_invite_hours)",
+        err=True,
+    )
+
+
+@user_group.command("disable")
+@click.argument("email")
+@click.pass_context
+def user_disable(ctx: click.Context, email: str) -> None:
+    """Disable a console user and end its sessions."""
+
+    def action(store: Store) -> None:
+        with transaction(store.sessions) as session:
+            user = console_users.user_by_email(session, email)
+            console_users.set_user_disabled(session, user.id, True)
+
+    _with_store(ctx, action)
+    click.echo(f"user {email.strip().lower()} disabled")
 
 
 @cli.group("db")

@@ -190,6 +190,10 @@ class DnsVerifier:
             rows = session.execute(_LABELS, {"b_tenant_id": tenant_id, "b_bases": bases})
             return {row.base_name: row.label for row in rows}
 
+    def labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
+        """The CNAME labels of base names, allocated where new (the console's "add names")."""
+        return self._labels(tenant_id, bases)
+
     def _labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
         # Nearly always every label exists already: read without taking the write lock.
         existing = self._existing_labels(tenant_id, bases)
