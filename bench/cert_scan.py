@@ -43,7 +43,7 @@ from certok.certificates.tasks import CertificateTasks  # noqa: E402
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem  # noqa: E402
 from certok.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
 from certok.db.migrate import upgrade  # noqa: E402
-from certok.db.models import Certificate, CertificateName  # noqa: E402
+from certok.db.models import Certificate, CertificateName, CertificateSecret  # noqa: E402
 from certok.orders.service import order_key_owner  # noqa: E402
 from certok.store import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
@@ -114,8 +114,6 @@ def populate(store: Store, tenant_id: int, rows: int) -> None:
                     "key_type": "ECC",
                     "ari_cert_id": f"aki.{row_id:x}",
                     "order_id": row_id,
-                    "key_encrypted": store.box.encrypt(key, order_key_owner(row_id)),
-                    "certificate_pem": chain,
                     "renew_at": not_before + 60 * DAY,
                     "ari": True,
                     # Checked recently: next check some hours ahead.
@@ -129,8 +127,17 @@ def populate(store: Store, tenant_id: int, rows: int) -> None:
             {"certificate_id": row["id"], "tenant_id": tenant_id, "name": row["domains"]}
             for row in batch
         ]
+        secrets_rows = [
+            {
+                "certificate_id": row["id"],
+                "key_encrypted": store.box.encrypt(key, order_key_owner(row["id"])),
+                "certificate_pem": chain,
+            }
+            for row in batch
+        ]
         with transaction(store.sessions) as session:
             session.execute(insert(_C), batch)
+            session.execute(insert(CertificateSecret.__table__), secrets_rows)
             session.execute(insert(CertificateName.__table__), names)
 
 

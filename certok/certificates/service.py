@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Row, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from certok.crypto import SecretBox
-from certok.db.models import Certificate, CertificateName
+from certok.db.models import Certificate, CertificateName, CertificateSecret
 from certok.errors import InvalidRequest, NotFound
 from certok.orders.service import order_key_owner
 
@@ -45,6 +45,7 @@ REVOCATION_REASONS = {
 
 _C = Certificate.__table__
 _NAMES = CertificateName.__table__
+_SECRETS = CertificateSecret.__table__
 _LIST_COLUMNS = (
     _C.c.id,
     _C.c.domains,
@@ -163,11 +164,12 @@ def list_certificates(
 
 
 def _row(session: Session, tenant_id: int, certificate_id: int, *columns: Any) -> Row[Any]:
-    row = session.execute(
-        select(*_LIST_COLUMNS, *columns).where(
-            _C.c.id == certificate_id, _C.c.tenant_id == tenant_id
-        )
-    ).first()
+    query = select(*_LIST_COLUMNS, *columns).where(
+        _C.c.id == certificate_id, _C.c.tenant_id == tenant_id
+    )
+    if columns:
+        query = query.join(_SECRETS, _SECRETS.c.certificate_id == _C.c.id)
+    row = session.execute(query).first()
     if row is None:
         raise NotFound(f"certificate {certificate_id} not found: list yours with GET /v1/cert/list")
     return row
@@ -187,8 +189,8 @@ def get_certificate(
         session,
         tenant_id,
         certificate_id,
-        _C.c.certificate_pem,
-        _C.c.key_encrypted,
+        _SECRETS.c.certificate_pem,
+        _SECRETS.c.key_encrypted,
         _C.c.order_id,
     )
     # The key is the order's ciphertext, bound to the order's id (see records.py).
