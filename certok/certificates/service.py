@@ -105,7 +105,11 @@ def _status_condition(status: str, now: dt.datetime) -> ColumnElement[bool]:
     if status == EXPIRED:
         return and_(live, _C.c.not_after <= now)
     if status == EXPIRING:
-        return and_(live, _C.c.not_after > now, _C.c.renew_at <= now)
+        # not_after inside coalesce(): without statistics SQLite would take the not_after
+        # index (nearly every record is unexpired) and read them all; the few past renew_at
+        # are what the (tenant_id, renew_at) index finds.
+        unexpired = func.coalesce(_C.c.not_after, _C.c.not_after) > now
+        return and_(live, unexpired, _C.c.renew_at <= now)
     return and_(live, _C.c.not_after > now, _C.c.renew_at > now)
 
 
@@ -152,14 +156,16 @@ def list_certificates(
         )
     if status:
         conditions.append(_status_condition(status, now))
-    total = session.scalar(select(func.count()).select_from(_C).where(*conditions)) or 0
-    rows = session.execute(
+    count = select(func.count()).select_from(_C).where(*conditions)
+    page_query = (
         select(*_LIST_COLUMNS)
         .where(*conditions)
         .order_by(_C.c.id.desc())
         .limit(size)
         .offset((page - 1) * size)
-    ).all()
+    )
+    total = session.scalar(count) or 0
+    rows = session.execute(page_query).all()
     return int(total), [_view(row, now) for row in rows]
 
 

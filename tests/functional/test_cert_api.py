@@ -147,13 +147,14 @@ def test_statuses(cert_api: Harness) -> None:
     expiring = cert_api.add("alpha", ["soon.example.com"], not_before=NOW - 70 * DAY, serial=12)
     valid = cert_api.add("alpha", ["new.example.com"], serial=13)
     renewal = cert_api.add("alpha", ["soon.example.com"], serial=14, replaces=expiring)
+    due = cert_api.add("alpha", ["due.example.com"], not_before=NOW - 70 * DAY, serial=15)
     by_status = {}
     for status in ("valid", "expiring", "expired", "revoked", "replaced"):
         items = cert_api.get("/v1/cert/list", status=status).json()["data"]["items"]
         by_status[status] = [i["id"] for i in items]
     assert by_status == {
         "valid": [renewal, valid],
-        "expiring": [],
+        "expiring": [due],
         "expired": [expired],
         "revoked": [],
         "replaced": [expiring],
