@@ -17,12 +17,22 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from certok.certificates import timing
 from certok.certificates.ari import cert_id
-from certok.db.models import AcmeAccount, Certificate, CertificateName, Order
+from certok.db.models import AcmeAccount, Certificate, CertificateName, CertificateSecret, Order
 
 CERTIFICATES = Certificate.__table__
 _ORDERS = Order.__table__
 _NAMES = CertificateName.__table__
 _INSERT_NAMES = insert(_NAMES)
+_SECRETS = CertificateSecret.__table__
+# The chain, and the order's key ciphertext as is, in one INSERT ... SELECT.
+_INSERT_SECRETS = insert(_SECRETS).from_select(
+    ["certificate_id", "key_encrypted", "certificate_pem"],
+    select(
+        bindparam("b_certificate_id", type_=_SECRETS.c.certificate_id.type),
+        _ORDERS.c.key_encrypted,
+        bindparam("b_fullchain", type_=_SECRETS.c.certificate_pem.type),
+    ).where(_ORDERS.c.id == bindparam("b_order_id")),
+)
 _ACCOUNTS = AcmeAccount.__table__
 
 # One INSERT ... SELECT: the record takes the order's columns (and the issuer's account) in
@@ -42,8 +52,6 @@ _FROM_ORDER = (
         bindparam("b_ari_cert_id", type_=CERTIFICATES.c.ari_cert_id.type),
         _ORDERS.c.id,
         _ORDERS.c.replaces_certificate_id,
-        _ORDERS.c.key_encrypted,
-        bindparam("b_fullchain", type_=CERTIFICATES.c.certificate_pem.type),
         bindparam("b_renew_at", type_=CERTIFICATES.c.renew_at.type),
         bindparam("b_ari", type_=CERTIFICATES.c.ari.type),
         bindparam("b_next_check_at", type_=CERTIFICATES.c.next_check_at.type),
@@ -69,8 +77,6 @@ _INSERT = (
             "ari_cert_id",
             "order_id",
             "replaces_id",
-            "key_encrypted",
-            "certificate_pem",
             "renew_at",
             "ari",
             "next_check_at",
@@ -144,13 +150,16 @@ def record_issued(connection: Connection, order_id: int, issued: IssuedCertifica
             "b_not_before": issued.not_before,
             "b_not_after": issued.not_after,
             "b_ari_cert_id": issued.ari_cert_id,
-            "b_fullchain": issued.fullchain,
             "b_renew_at": issued.renew_at,
             "b_ari": issued.ari,
             "b_next_check_at": issued.next_check_at,
             "b_created_at": issued.created_at,
         },
     ).one()
+    connection.execute(
+        _INSERT_SECRETS,
+        {"b_certificate_id": row.id, "b_fullchain": issued.fullchain, "b_order_id": order_id},
+    )
     if issued.names:
         connection.execute(
             _INSERT_NAMES,

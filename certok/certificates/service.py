@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Row, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from certok.crypto import SecretBox
-from certok.db.models import Certificate, CertificateName
+from certok.db.models import Certificate, CertificateName, CertificateSecret
 from certok.errors import InvalidRequest, NotFound
 from certok.orders.service import order_key_owner
 
@@ -45,6 +45,7 @@ REVOCATION_REASONS = {
 
 _C = Certificate.__table__
 _NAMES = CertificateName.__table__
+_SECRETS = CertificateSecret.__table__
 _LIST_COLUMNS = (
     _C.c.id,
     _C.c.domains,
@@ -104,7 +105,11 @@ def _status_condition(status: str, now: dt.datetime) -> ColumnElement[bool]:
     if status == EXPIRED:
         return and_(live, _C.c.not_after <= now)
     if status == EXPIRING:
-        return and_(live, _C.c.not_after > now, _C.c.renew_at <= now)
+        # not_after inside coalesce(): without statistics SQLite would take the not_after
+        # index (nearly every record is unexpired) and read them all; the few past renew_at
+        # are what the (tenant_id, renew_at) index finds.
+        unexpired = func.coalesce(_C.c.not_after, _C.c.not_after) > now
+        return and_(live, unexpired, _C.c.renew_at <= now)
     return and_(live, _C.c.not_after > now, _C.c.renew_at > now)
 
 
@@ -151,23 +156,26 @@ def list_certificates(
         )
     if status:
         conditions.append(_status_condition(status, now))
-    total = session.scalar(select(func.count()).select_from(_C).where(*conditions)) or 0
-    rows = session.execute(
+    count = select(func.count()).select_from(_C).where(*conditions)
+    page_query = (
         select(*_LIST_COLUMNS)
         .where(*conditions)
         .order_by(_C.c.id.desc())
         .limit(size)
         .offset((page - 1) * size)
-    ).all()
+    )
+    total = session.scalar(count) or 0
+    rows = session.execute(page_query).all()
     return int(total), [_view(row, now) for row in rows]
 
 
 def _row(session: Session, tenant_id: int, certificate_id: int, *columns: Any) -> Row[Any]:
-    row = session.execute(
-        select(*_LIST_COLUMNS, *columns).where(
-            _C.c.id == certificate_id, _C.c.tenant_id == tenant_id
-        )
-    ).first()
+    query = select(*_LIST_COLUMNS, *columns).where(
+        _C.c.id == certificate_id, _C.c.tenant_id == tenant_id
+    )
+    if columns:
+        query = query.join(_SECRETS, _SECRETS.c.certificate_id == _C.c.id)
+    row = session.execute(query).first()
     if row is None:
         raise NotFound(f"certificate {certificate_id} not found: list yours with GET /v1/cert/list")
     return row
@@ -187,8 +195,8 @@ def get_certificate(
         session,
         tenant_id,
         certificate_id,
-        _C.c.certificate_pem,
-        _C.c.key_encrypted,
+        _SECRETS.c.certificate_pem,
+        _SECRETS.c.key_encrypted,
         _C.c.order_id,
     )
     # The key is the order's ciphertext, bound to the order's id (see records.py).

@@ -25,12 +25,13 @@ from certok.certificates import timing
 from certok.certificates.ari import AriError, parse_renewal_info
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
-from certok.db.models import Certificate
+from certok.db.models import Certificate, CertificateSecret
 from certok.issuance import AcmeProblem, AcmeSession, ProblemKind, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 _C = Certificate.__table__
+_SECRETS = CertificateSecret.__table__
 # A claimed check or revocation is not picked again for this long (a crashed node's claim
 # lapses after it).
 CLAIM = dt.timedelta(minutes=10)
@@ -125,9 +126,9 @@ class CertificateTasks:
     def _revoke(self, certificate_id: int, now: dt.datetime) -> None:
         with self._sessions() as session:
             row = session.execute(
-                select(_C.c.issuer, _C.c.certificate_pem, _C.c.revoke_reason).where(
-                    _C.c.id == certificate_id
-                )
+                select(_C.c.issuer, _SECRETS.c.certificate_pem, _C.c.revoke_reason)
+                .join(_SECRETS, _SECRETS.c.certificate_id == _C.c.id)
+                .where(_C.c.id == certificate_id)
             ).one()
         values: dict[str, Any]
         try:

@@ -216,6 +216,22 @@ def tenant_enable(ctx: click.Context, name: str) -> None:
     _set_disabled(ctx, name, False)
 
 
+@tenant_group.command("profile")
+@click.argument("name")
+@click.argument("profile", required=False)
+@click.pass_context
+def tenant_profile(ctx: click.Context, name: str, profile: str | None) -> None:
+    """Set the ACME profile NAME's orders use when apply names none (no PROFILE: the CA's
+    default). Checked against the directory when an order asks for it."""
+
+    def action(store: Store) -> None:
+        with transaction(store.sessions) as session:
+            tenants.find_tenant(session, name).default_profile = profile  # type: ignore[attr-defined]
+
+    _with_store(ctx, action)
+    click.echo(f"tenant {name}: default profile {profile or '(the CA default)'}")
+
+
 @cli.group("token")
 def token_group() -> None:
     """Manage API tokens."""

@@ -261,8 +261,9 @@ class Certificate(Base):
     """An issued certificate, kept until `certificate_retention_days` after it expires,
     whatever becomes of the order it came from (certok/orders/purge.py).
 
-    The private key is the order's ciphertext, copied as is: it stays bound (SecretBox
-    associated data) to `order_id`, which never changes on this row.
+    The chain and the key live in `certificate_secrets`: scans and lists read small rows
+    (with the PEM inline, every row filled a page of its own and a list filtered by status
+    read 200 MB at 100k records).
     """
 
     __tablename__ = "certificates"
@@ -301,8 +302,6 @@ class Certificate(Base):
     order_id: Mapped[int] = mapped_column(Integer, index=True)
     replaces_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     replaced_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    certificate_pem: Mapped[str] = mapped_column(Text)
     renew_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # Whether the issuer's directory listed renewalInfo when it was issued.
     ari: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -318,6 +317,18 @@ class Certificate(Base):
     revoke_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CertificateSecret(Base):
+    """A certificate's full chain and private key. The key is the order's ciphertext, copied
+    as is: it stays bound (SecretBox associated data) to the certificate's `order_id`, which
+    never changes."""
+
+    __tablename__ = "certificate_secrets"
+
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), primary_key=True)
+    key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    certificate_pem: Mapped[str] = mapped_column(Text)
 
 
 class CertificateName(Base):

@@ -36,6 +36,7 @@ from certok.db.engine import transaction
 from certok.db.models import (
     Certificate,
     CertificateName,
+    CertificateSecret,
     ChallengeRecord,
     Order,
     VerificationCode,
@@ -156,6 +157,9 @@ def _delete_certificate_batch(
         deleted = 0
         if ids:
             session.execute(delete(CertificateName).where(CertificateName.certificate_id.in_(ids)))
+            session.execute(
+                delete(CertificateSecret).where(CertificateSecret.certificate_id.in_(ids))
+            )
             deleted = session.execute(delete(Certificate).where(Certificate.id.in_(ids))).rowcount
     return PurgeCounts(certificates=deleted), len(candidates), time.monotonic() - started
 

@@ -18,7 +18,7 @@ from sqlalchemy import event, select
 
 from certok.certificates.tasks import CertificateTasks
 from certok.db.engine import transaction
-from certok.db.models import Certificate
+from certok.db.models import Certificate, CertificateSecret
 from certok.orders.accounts import AccountRegistry
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
@@ -94,7 +94,9 @@ def test_thousands_of_certificates(
             ids[group].append(record)
             with store.sessions() as session:
                 pem = session.scalar(
-                    select(Certificate.certificate_pem).where(Certificate.id == record)
+                    select(CertificateSecret.certificate_pem).where(
+                        CertificateSecret.certificate_id == record
+                    )
                 )
             leaf = x509.load_pem_x509_certificates(pem.encode())[0]
             if group == "unknown":

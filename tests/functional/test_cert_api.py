@@ -111,8 +111,15 @@ def test_list_get_and_pem_downloads(cert_api: Harness) -> None:
     assert [item["id"] for item in data["items"]] == [second, first]  # newest first
     item = data["items"][1]
     assert set(item) == {
-        "id", "domains", "issuer", "algorithm", "notBefore", "notAfter", "renewAt", "status",
-    }  # fmt: skip
+        "id",
+        "domains",
+        "issuer",
+        "algorithm",
+        "notBefore",
+        "notAfter",
+        "renewAt",
+        "status",
+    }
     assert item["status"] == "valid" and item["algorithm"] == "ECC"
     assert item["domains"] == ["a.example.com"]
     # filters and paging
@@ -140,13 +147,14 @@ def test_statuses(cert_api: Harness) -> None:
     expiring = cert_api.add("alpha", ["soon.example.com"], not_before=NOW - 70 * DAY, serial=12)
     valid = cert_api.add("alpha", ["new.example.com"], serial=13)
     renewal = cert_api.add("alpha", ["soon.example.com"], serial=14, replaces=expiring)
+    due = cert_api.add("alpha", ["due.example.com"], not_before=NOW - 70 * DAY, serial=15)
     by_status = {}
     for status in ("valid", "expiring", "expired", "revoked", "replaced"):
         items = cert_api.get("/v1/cert/list", status=status).json()["data"]["items"]
         by_status[status] = [i["id"] for i in items]
     assert by_status == {
         "valid": [renewal, valid],
-        "expiring": [],
+        "expiring": [due],
         "expired": [expired],
         "revoked": [],
         "replaced": [expiring],
@@ -228,3 +236,63 @@ def test_unknown_ids_and_no_token(cert_api: Harness) -> None:
     assert_error(cert_api.get("/v1/cert/abc"), 404, "/v1/cert/abc")
     assert_error(cert_api.get("/v1/cert/99999999999999999999"), 404, "not found")
     assert_error(cert_api.client.get("/v1/cert/list"), 401, "token")
+
+
+def test_apply_profile_default_profile_and_short_deadline(store: Store, tmp_path: Any) -> None:
+    from sqlalchemy import select, update
+
+    from certok.certificates.profiles import ProfileCatalog
+    from certok.db.models import Order, Tenant
+    from certok.orders.codes import issue_code
+
+    settings = api_settings(tmp_path, apply_wait_seconds=0)
+    with transaction(store.sessions) as session:
+        tenant = tenants.create_tenant(session, "prof")
+        token = tenants.issue_token(session, "prof")
+    fetched: list[str] = []
+
+    def offered(issuer: str) -> dict[str, str]:
+        fetched.append(issuer)
+        return {"classic": "90 days", "tlsserver": "45 days"}
+
+    app = make_app(settings, store, wake_worker=lambda: None, profiles=ProfileCatalog(offered))
+    headers = {"httpsok-token": token}
+
+    def code() -> str:
+        with transaction(store.sessions) as session:
+            return issue_code(session, tenant.id, "dns", ["p.example.com"], 60)
+
+    def order_of(answer: Any) -> Any:
+        assert answer.status_code == 200, answer.text
+        with store.sessions() as session:
+            return session.execute(select(Order).order_by(Order.id.desc())).scalars().first()
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        refused = client.get(
+            "/v1/cert/apply", params={"code": code(), "profile": "forever"}, headers=headers
+        )
+        assert_error(refused, 400, "forever", "classic", "tlsserver")
+        assert_error(
+            client.get("/v1/cert/apply", params={"code": code(), "profile": ""}, headers=headers),
+            400,
+            "profile",
+        )
+        short = order_of(
+            client.get(
+                "/v1/cert/apply", params={"code": code(), "profile": "tlsserver"}, headers=headers
+            )
+        )
+        assert short.profile == "tlsserver"
+        assert short.deadline_at - short.created_at <= dt.timedelta(hours=1)
+        plain = order_of(client.get("/v1/cert/apply", params={"code": code()}, headers=headers))
+        assert plain.profile is None
+        assert plain.deadline_at - plain.created_at == dt.timedelta(
+            seconds=settings.order_deadline_seconds
+        )
+        with transaction(store.sessions) as session:
+            session.execute(
+                update(Tenant).where(Tenant.id == tenant.id).values(default_profile="classic")
+            )
+        default = order_of(client.get("/v1/cert/apply", params={"code": code()}, headers=headers))
+        assert default.profile == "classic"
+    assert fetched == ["google"]  # the directory read once, then remembered

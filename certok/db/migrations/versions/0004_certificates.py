@@ -37,8 +37,6 @@ def upgrade() -> None:
         sa.Column("order_id", sa.Integer(), nullable=False),
         sa.Column("replaces_id", sa.Integer(), nullable=True),
         sa.Column("replaced_by_id", sa.Integer(), nullable=True),
-        sa.Column("key_encrypted", sa.LargeBinary(), nullable=False),
-        sa.Column("certificate_pem", sa.Text(), nullable=False),
         sa.Column("renew_at", utc(), nullable=False),
         sa.Column("ari", sa.Boolean(), nullable=False),
         sa.Column("next_check_at", utc(), nullable=True),
@@ -76,6 +74,14 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_certificates_order_id"), ["order_id"], unique=False)
     op.create_table(
+        "certificate_secrets",
+        sa.Column("certificate_id", sa.Integer(), nullable=False),
+        sa.Column("key_encrypted", sa.LargeBinary(), nullable=False),
+        sa.Column("certificate_pem", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["certificate_id"], ["certificates.id"]),
+        sa.PrimaryKeyConstraint("certificate_id"),
+    )
+    op.create_table(
         "certificate_names",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("certificate_id", sa.Integer(), nullable=False),
@@ -105,4 +111,5 @@ def downgrade() -> None:
         batch_op.drop_column("replaces_certificate_id")
         batch_op.drop_column("profile")
     op.drop_table("certificate_names")
+    op.drop_table("certificate_secrets")
     op.drop_table("certificates")
