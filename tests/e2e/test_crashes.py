@@ -153,7 +153,7 @@ def test_sigkill_rounds_with_50_orders_in_flight(  # type: ignore[no-untyped-def
     seed = int(os.environ.get("CERTOK_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     print(f"crash rounds: seed {seed} (CERTOK_CRASH_SEED={seed} repeats these kill times)")
     rng = random.Random(seed)
-    rounds = 5
+    kills = 5
     # A few hundred ms at the CA on the steps after the ACME order exists keeps orders in
     # flight across the rounds (and makes certok die with requests outstanding).
     # (Authorizations are read at every poll: a shorter hold there.)
@@ -173,13 +173,17 @@ def test_sigkill_rounds_with_50_orders_in_flight(  # type: ignore[no-untyped-def
     print(f"crash rounds: 50 orders asked for in {time.monotonic() - started:.2f} s")
 
     in_flight: list[int] = []
-    for _ in range(rounds):
+    for _ in range(kills):
         time.sleep(rng.uniform(0.2, 1.5))
         server.kill()
         in_flight.append(_pending_orders(server))
         server.start()
-    print(f"crash rounds: orders pending at each of the {rounds} kills: {in_flight}")
-    assert all(count > 0 for count in in_flight), f"seed {seed}: nothing in flight {in_flight}"
+    print(f"crash rounds: orders pending at each of the {kills} kills: {in_flight}")
+    # How fast the 50 orders finish depends on the machine and on the drawn pauses: in 10
+    # rounds one draw let them all finish before the 4th kill (seed 3315787914: [42, 34, 26,
+    # 0, 0]). A kill after that tests a restart only; most kills must still land mid-order.
+    landed = sum(count > 0 for count in in_flight)
+    assert in_flight[0] > 0 and landed > kills // 2, f"seed {seed}: nothing in flight {in_flight}"
 
     last = user.wait_all(codes.values(), timeout=90)
     states = collections.Counter(answer["status"] for answer in last.values())

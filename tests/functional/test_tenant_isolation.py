@@ -742,6 +742,9 @@ class IsolationMachine(RuleBasedStateMachine):
                     )
                 if not owned and not went_to_ca:
                     self.count("refused by the ownership check")
+                if order.state != "pending":
+                    # The worker drops an order's challenge material when it ends the order.
+                    self.challenges = [c for c in self.challenges if c.order_id != order.id]
                 if order.state == "issued":
                     self.count("issued by the CA")
                     assert order.certificate_pem and order.key_encrypted
@@ -1178,3 +1181,27 @@ def test_no_token_code_or_key_reaches_the_log(
     for secret in secrets_:
         assert secret not in logged
     assert "PRIVATE KEY" not in logged
+
+
+def test_a_key_authorization_stops_being_served_when_the_worker_ends_its_order(
+    world: World,
+) -> None:
+    """Found by the deep run (4,100 sequences in): a key authorization stored for a pending
+    order, then the order failed by the worker (its name changed hands). The worker drops the
+    order's challenge material, so the responder answers 404 even through the owner's handle;
+    the machine expected it served."""
+    IsolationMachine.world = world
+    machine = IsolationMachine()
+    machine.delegate(0, 0)
+    machine.dv_for_own_names(0, wildcard=False)
+    machine.apply_own_code(0, "ECC")  # pending: no worker step yet
+    machine.present_key_authorization(0)
+    (challenge,) = machine.challenges
+    path = f"/v1/dv/{machine.tenants[0].handle}/{challenge.host}/{challenge.token}"
+    assert world.client.get(path).text == challenge.key_authorization
+    machine.move_a_delegation_then_work(0, 0, None)  # the CNAME is removed: the order fails
+    with world.store.sessions() as session:
+        order = session.get(Order, challenge.order_id)
+        assert order is not None and order.state == "failure", order and order.state
+    assert world.client.get(path).status_code == 404
+    assert machine.challenges == []  # the machine knows it is no longer served
