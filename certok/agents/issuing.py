@@ -39,6 +39,7 @@ from certok.db.engine import transaction
 from certok.db.models import (
     AgentHost,
     Certificate,
+    CertificateSecret,
     Delegation,
     ManagedCertificate,
     Order,
@@ -194,9 +195,10 @@ class AgentIssuer:
         record = current_record(session, mc)
         if record is None:
             return None
+        secret = record_secret(session, record)
         # The record keeps the order's key ciphertext as it was, bound to the order's id.
-        key = self._box.decrypt(record.key_encrypted, order_key_owner(record.order_id))
-        return CertificateFiles(record.certificate_pem.encode("ascii"), key)
+        key = self._box.decrypt(secret.key_encrypted, order_key_owner(record.order_id))
+        return CertificateFiles(secret.certificate_pem.encode("ascii"), key)
 
     # --- steps -----------------------------------------------------------------------------
     def _snapshot(self, tenant_id: int, uuid: str, code: str) -> _Snapshot | None:
@@ -233,7 +235,9 @@ class AgentIssuer:
                     names=frozenset(record.domains.split(",")),
                     renew_at=record.renew_at,
                     not_after=record.not_after,
-                    leaf_sha256=leaf_sha256(record.certificate_pem.encode("ascii")),
+                    leaf_sha256=leaf_sha256(
+                        record_secret(session, record).certificate_pem.encode("ascii")
+                    ),
                     usable=record.revoked_at is None and record.revoke_requested_at is None,
                 )
             return _Snapshot(
@@ -394,6 +398,14 @@ def current_record(session: Session, mc: ManagedCertificate) -> Certificate | No
             break
         record, next_id = found, found.replaced_by_id
     return record
+
+
+def record_secret(session: Session, record: Certificate) -> CertificateSecret:
+    """A record's full chain and key ciphertext (kept apart so the records' rows stay small)."""
+    secret = session.get(CertificateSecret, record.id)
+    if secret is None:  # written in the same transaction as the record: never missing
+        raise LookupError(f"certificate {record.id} has no chain and key")
+    return secret
 
 
 def leaf_sha256(pem: bytes) -> str | None:

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256
+from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256, record_secret
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
@@ -83,7 +83,7 @@ def _deployed(session: Session, mc: ManagedCertificate) -> dict[str, Any]:
             "renewAt": None,
             "deployed": False,
         }
-    fingerprint = leaf_sha256(record.certificate_pem.encode("ascii"))
+    fingerprint = leaf_sha256(record_secret(session, record).certificate_pem.encode("ascii"))
     return {
         "certificateId": record.id,
         "certificateNames": record.domains.split(","),

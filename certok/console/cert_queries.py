@@ -11,7 +11,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from certok.certificates.service import status_of
-from certok.db.models import Certificate, Tenant
+from certok.db.models import Certificate, CertificateSecret, Tenant
 
 PAGE_ROWS = 50
 
@@ -150,9 +150,11 @@ def certificate_files(
 ) -> tuple[str, bytes, int] | None:
     """(chain PEM, encrypted key, order id the key is bound to), or None."""
     row = session.execute(
-        select(Certificate.certificate_pem, Certificate.key_encrypted, Certificate.order_id).where(
-            Certificate.id == certificate_id, Certificate.tenant_id == tenant_id
+        select(
+            CertificateSecret.certificate_pem, CertificateSecret.key_encrypted, Certificate.order_id
         )
+        .join(CertificateSecret, CertificateSecret.certificate_id == Certificate.id)
+        .where(Certificate.id == certificate_id, Certificate.tenant_id == tenant_id)
     ).first()
     return None if row is None else (row[0], row[1], row[2])
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.resolver
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, String, and_, cast, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
-from certok.db.models import Certificate, Delegation
+from certok.db.models import Certificate, Delegation, EventMark
 from certok.db.writes import write
 from certok.events.outbox import clear_mark, emit, mark_once
 from certok.events.types import (
@@ -50,6 +50,15 @@ from certok.prechecks.delegation import check_delegation
 log = logging.getLogger(__name__)
 
 C = Certificate.__table__
+M = EventMark.__table__
+
+
+def _unmarked(kind: str) -> Any:
+    """Certificates without the mark `kind`: a scan never reads again the rows it has done, so
+    it costs what is newly due, and a backlog beyond `limit` is worked through in turn."""
+    return ~exists().where(M.c.kind == kind, M.c.subject == cast(C.c.id, String))
+
+
 DEL = Delegation.__table__
 # How far back a scan looks for moments it may have missed (a node down for a while).
 LOOKBACK = dt.timedelta(days=7)
@@ -130,7 +139,12 @@ def certificate_events_job(connection: Connection, *, now: dt.datetime, limit: i
     sent = 0
     due = connection.execute(
         select(*_COLUMNS)
-        .where(C.c.renew_at <= now, C.c.renew_at > now - LOOKBACK, _live(now))
+        .where(
+            C.c.renew_at <= now,
+            C.c.renew_at > now - LOOKBACK,
+            _live(now),
+            _unmarked(CERTIFICATE_RENEWAL_DUE),
+        )
         .order_by(C.c.renew_at)
         .limit(limit)
     ).all()
@@ -146,7 +160,11 @@ def certificate_events_job(connection: Connection, *, now: dt.datetime, limit: i
         )
     soon = connection.execute(
         select(*_COLUMNS)
-        .where(C.c.not_after <= now + FIRST_CAP, _live(now))
+        .where(
+            C.c.not_after <= now + FIRST_CAP,
+            _live(now),
+            _unmarked(f"{CERTIFICATE_EXPIRING}:final"),
+        )
         .order_by(C.c.not_after)
         .limit(limit)
     ).all()
@@ -173,7 +191,7 @@ def certificate_events_job(connection: Connection, *, now: dt.datetime, limit: i
         )
     revoked = connection.execute(
         select(*_COLUMNS, C.c.revoked_at, C.c.revoke_reason)
-        .where(C.c.revoked_at > now - LOOKBACK)
+        .where(C.c.revoked_at > now - LOOKBACK, _unmarked(CERTIFICATE_REVOKED))
         .order_by(C.c.revoked_at)
         .limit(limit)
     ).all()

@@ -71,8 +71,6 @@ class World:
                     not_after=not_after,
                     key_type="ECC",
                     order_id=1,
-                    key_encrypted=b"x",
-                    certificate_pem="-----",
                     renew_at=T0 + (not_after - T0) * renew_fraction,
                     ari=False,
                     created_at=T0,
@@ -234,3 +232,14 @@ def test_a_failed_lookup_is_not_a_broken_delegation(world: World) -> None:
     # Nothing answers on port 9: every lookup times out.
     assert world.scanner.delegation_events() == 0
     assert world.events() == []
+
+
+def test_a_backlog_beyond_one_batch_is_worked_through_in_turn(world: World) -> None:
+    """More certificates due than one scan takes: each scan takes the next ones, never the
+    ones already told (a scan reads what is newly due, not the whole window again)."""
+    batch = 4
+    world.scanner._batch = batch
+    ids = [world.certificate(45) for _ in range(batch * 2 + 1)]
+    assert [world.at(T0 + 30 * DAY) for _ in range(4)] == [batch, batch, 1, 0]
+    told = [data["certificateId"] for kind, data in world.events()]
+    assert sorted(told) == sorted(ids) and len(set(told)) == len(ids)
