@@ -1,7 +1,7 @@
 """Certificate records at scale: the worker's scans cost O(due), not O(all); list/get latency.
 
     python bench/cert_scan.py                 # 10k and 100k rows (about a minute)
-    python bench/cert_scan.py --million       # and 1M rows (a few minutes, ~400 MB on disk)
+    python bench/cert_scan.py --million       # and 1M rows (several minutes, ~600 MB on disk)
 
 For each size, rows are inserted directly into a fresh SQLite file (real chains and encrypted
 keys up to 100k rows; the scans never read them, so 1M rows go without), one tenant holding

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates import timing
@@ -250,11 +250,22 @@ class CertificateTasks:
                 )
             )
             if ids:
-                session.execute(
+                # renewal_noticed_at inside coalesce(): SQLite, without statistics, would
+                # otherwise pick the (renewal_noticed_at, renew_at) index for "IS NULL" over
+                # the primary key and walk every unnoticed record (40 ms at 200k, not 1).
+                mark = (
                     update(_C)
-                    .where(_C.c.id.in_(ids), _C.c.renewal_noticed_at.is_(None))
+                    .where(
+                        _C.c.id.in_(ids),
+                        func.coalesce(_C.c.renewal_noticed_at, _C.c.renewal_noticed_at).is_(None),
+                    )
                     .values(renewal_noticed_at=now)
                 )
+                if session.get_bind().dialect.update_returning:
+                    # Only what this call marked: another node may have noticed some first.
+                    ids = list(session.scalars(mark.returning(_C.c.id)))
+                else:
+                    session.execute(mark)
         if ids and self._on_renewal_due is not None:
             self._on_renewal_due(ids)
         return len(ids)
