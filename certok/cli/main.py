@@ -66,6 +66,10 @@ def open_admin_store(settings: Settings, *, announce: bool = True) -> Store:
     except ConfigurationError as exc:
         raise ConfigProblem(exc.message) from None
     except Exception as exc:
+        # A full disk or read-only storage is named as such, before any other diagnosis.
+        storage = _storage_problem(exc, settings)
+        if storage is not None:
+            raise click.ClickException(storage) from None
         if is_database_error(exc):
             raise database_problem(exc, settings) from None
         raise
@@ -100,12 +104,20 @@ def _storage_errors_in_one_line(settings: Settings) -> Iterator[None]:
     except CertokError as exc:
         raise click.ClickException(exc.message) from exc
     except (DBAPIError, OSError) as exc:
-        database = sqlite_file(settings.effective_database_url)
-        directory = database.parent if database is not None else settings.data_dir
-        failure = storage_failure(exc, directory)
-        if failure is None:
+        problem = _storage_problem(exc, settings)
+        if problem is None:
             raise
-        raise click.ClickException(operator_message(failure, directory)) from exc
+        raise click.ClickException(problem) from exc
+
+
+def _storage_problem(exc: BaseException, settings: Settings) -> str | None:
+    """The operator's one line for a full disk or read-only storage, else None."""
+    if not isinstance(exc, DBAPIError | OSError):
+        return None
+    database = sqlite_file(settings.effective_database_url)
+    directory = database.parent if database is not None else settings.data_dir
+    failure = storage_failure(exc, directory)
+    return None if failure is None else operator_message(failure, directory)
 
 
 @cli.command("serve")

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -72,6 +72,8 @@ _JOINABLE = (
         _ORDERS.c.challenge_type == bindparam("b_challenge_type"),
         _ORDERS.c.algorithm == bindparam("b_algorithm"),
         _ORDERS.c.issuer == bindparam("b_issuer"),
+        # Another profile is another certificate (lifetime, names allowed): never joined.
+        _ORDERS.c.profile.is_not_distinct_from(bindparam("b_profile", type_=String())),
         _ORDERS.c.created_at >= bindparam("b_since"),
     )
     .order_by(_ORDERS.c.id.desc())
@@ -180,6 +182,7 @@ def redeem_job(
                     "b_challenge_type": row.challenge_type,
                     "b_algorithm": algorithm,
                     "b_issuer": issuer,
+                    "b_profile": order_extras.get("profile"),
                     "b_since": now - dt.timedelta(seconds=join_seconds),
                 },
             )

@@ -91,10 +91,11 @@ def test_the_cli_refuses_in_one_line_naming_the_setting(tmp_path: Path) -> None:
     _delete_database(data)
     for args in (("tenant", "list"), ("serve", "--api-port", "9", "--dns-port", "9")):
         result = certok_cli(data, *args)
-        assert result.returncode == 1, result
+        # Refused like every other setting-level problem: one line, exit status 2.
+        assert result.returncode == 2, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-        assert "allow_empty_database" in lines[0] and lines[0].startswith("Error: ")
+        assert "allow_empty_database" in lines[0] and lines[0].startswith("certok: error: ")
     listing = certok_cli(data, "tenant", "list", CERTOK_ALLOW_EMPTY_DATABASE="true")
     assert listing.returncode == 0, listing.stderr
 

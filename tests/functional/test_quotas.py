@@ -250,7 +250,9 @@ def test_zero_turns_the_budgets_off(store: Store, tmp_path: Path) -> None:
         store,
         tmp_path,
         clock,
-        issuers={"letsencrypt": IssuerSettings(directory="x", new_orders_per_window=0)},
+        issuers={
+            "letsencrypt": IssuerSettings(directory="https://ca.test/dir", new_orders_per_window=0)
+        },
         tenant_acme_orders_per_window=0,
     )
     for _ in range(5):
