@@ -406,7 +406,6 @@ def test_generated_requests_get_documented_answers(api: Api, path: str) -> None:
         assert 404 in statuses  # random codes are unknown codes
 
 
-@pytest.mark.deep
 def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api) -> None:
     operation = api.schema["/v1/cert/dv"]["GET"]
     seen: dict[str, set[bool]] = {"dns": set(), "http": set()}
@@ -419,7 +418,7 @@ def test_dv_for_delegated_and_undelegated_names_gets_documented_answers(api: Api
         ]
     )
 
-    @settings(max_examples=at_depth(ci=60, deep=3_000), deadline=None, database=None)
+    @settings(max_examples=60, deadline=None, database=None)
     @given(
         domains=names,
         kind=st.sampled_from(["dns", "http", "DNS", "Http"]),
