@@ -61,7 +61,7 @@ def add_records(data_dir: Path, count: int) -> list[tuple[int, str]]:
     """`count` certificate records of tenant `bench`: (id, full chain)."""
     from sqlalchemy import select
 
-    from certok.db.models import Certificate
+    from certok.db.models import CertificateSecret
     from certok.settings import Settings
     from certok.store import open_store
     from certok.tenants.service import find_tenant
@@ -87,9 +87,11 @@ def add_records(data_dir: Path, count: int) -> list[tuple[int, str]]:
         ]
         with store.sessions() as session:
             rows = session.execute(
-                select(Certificate.id, Certificate.certificate_pem).where(Certificate.id.in_(ids))
+                select(CertificateSecret.certificate_id, CertificateSecret.certificate_pem).where(
+                    CertificateSecret.certificate_id.in_(ids)
+                )
             ).all()
-        return [(row.id, row.certificate_pem) for row in rows]
+        return [(row.certificate_id, row.certificate_pem) for row in rows]
     finally:
         store.engine.dispose()
 
