@@ -9,7 +9,11 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -29,7 +33,12 @@ def invite(server: CertokServer, email: str, tenant: str | None = None) -> str:
 
 def wait(driver: Any, condition: Callable[[Any], Any], seconds: float = WAIT_SECONDS) -> Any:
     try:
-        return WebDriverWait(driver, seconds).until(condition)
+        # An element read while the browser loads the next page goes stale: ask again.
+        return WebDriverWait(
+            driver,
+            seconds,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(condition)
     except TimeoutException:
         page = driver.page_source
         raise AssertionError(f"waited {seconds} s at {driver.current_url}:\n{page}") from None

@@ -157,11 +157,17 @@ http {{
 
     def wait_served(self, serial: int, timeout: float = 10) -> x509.Certificate:
         """The served leaf once its serial is `serial` (a reload takes effect shortly after)."""
+        return x509.load_pem_x509_certificates(self.wait_served_pem(serial, timeout).encode())[0]
+
+    def wait_served_pem(self, serial: int, timeout: float = 10, name: str | None = None) -> str:
+        """The served chain once its leaf's serial is `serial`. Until nginx's old workers have
+        gone, a new connection may still meet one of them: each look is one handshake."""
         deadline = time.monotonic() + timeout
         while True:
-            leaf = self.served()
+            pem = self.served_pem(name)
+            leaf = x509.load_pem_x509_certificates(pem.encode())[0]
             if leaf.serial_number == serial or time.monotonic() > deadline:
-                return leaf
+                return pem
             time.sleep(0.1)
 
     # --- the agent -------------------------------------------------------------------------

@@ -109,9 +109,10 @@ def test_httpsok_sh_deploys_renews_and_reports(  # type: ignore[no-untyped-def]
     leaf = customer.wait_served(issued_leaf.serial_number)
     assert leaf.serial_number == issued_leaf.serial_number
     assert PEBBLE_ISSUER in issuer_cn(leaf) and sans(leaf) == sorted(NAMES)
-    verify_chain(rig, customer.served_pem(), tmp_path, eab=True)
+    verify_chain(rig, customer.wait_served_pem(leaf.serial_number), tmp_path, eab=True)
     for name in NAMES:
-        assert customer.served(name).serial_number == leaf.serial_number
+        served_for_name = customer.wait_served_pem(leaf.serial_number, name=name)
+        assert x509.load_pem_x509_certificates(served_for_name.encode())[0] == leaf
     backups = customer.backups()
     assert [b.split(".")[0:2] for b in backups] == [["site", "key"], ["site", "pem"]], backups
     backup_dir = customer.home / ".httpsok" / "backups"

@@ -169,8 +169,9 @@ def test_certok_agent_deploys_proves_renews_rolls_back_and_recovers(  # type: ig
     assert served.serial_number == leaf.serial_number
     assert PEBBLE_ISSUER in served.issuer.rfc4514_string()
     for name in NAMES:
-        assert host.served(name).serial_number == leaf.serial_number
-    verify_chain(rig, host.served_pem(), tmp_path, eab=True)
+        served_for_name = host.wait_served_pem(leaf.serial_number, name=name)
+        assert x509.load_pem_x509_certificates(served_for_name.encode())[0] == leaf
+    verify_chain(rig, host.wait_served_pem(leaf.serial_number), tmp_path, eab=True)
     assert oct(host.key.stat().st_mode & 0o777) == "0o640"
     (backup,) = list((agent.state_dir / "backups").iterdir())
     assert (next(backup.iterdir()) / "cert.pem").read_bytes() == self_signed
