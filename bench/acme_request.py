@@ -7,7 +7,7 @@ Under issuance load about a fifth of certok's CPU goes to HTTP requests to the C
 library's `ClientNetwork._send_request` goes through `requests.Session.request`, which merges
 the session's cookies, headers, hooks and settings into every request, and formats its debug
 log lines (response body included) whether or not anyone logs at DEBUG. certok's
-`_NonceRetryingNetwork._send` sends it straight through the session's urllib3 connection pool
+`NonceRetryingNetwork._send` sends it straight through the session's urllib3 connection pool
 (`certok/issuance/direct_http.py`: same adapter, pool, TLS settings and resolver). This script
 starts the rig's Pebble and, in one process and in alternating rounds, sends `--requests` GETs
 of the directory each way on one kept-alive connection, measuring the process's CPU time (not
@@ -35,8 +35,8 @@ from acme import messages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from certok.issuance.accounts import new_account_key
-from certok.issuance.client import _NonceRetryingNetwork
+from certok.issuance.account_keys import new_account_key
+from certok.issuance.network import NonceRetryingNetwork
 from tests.rig import Rig
 
 ACCOUNT = messages.Registration()
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per way (5)")
     args = parser.parse_args()
     with Rig() as rig:
-        network = _NonceRetryingNetwork(
+        network = NonceRetryingNetwork(
             nonce_retries=3,
             key=new_account_key(),
             alg=josepy.ES256,

@@ -5,24 +5,13 @@ every failure comes out as an :class:`AcmeProblem` whose :class:`ProblemKind` sa
 do next.
 """
 
-from certok.issuance.accounts import (
+from certok.issuance.account_keys import (
     account_key_from_pem,
     account_key_to_pem,
     new_account_key,
     signature_algorithm,
 )
 from certok.issuance.challenges import dns01_txt_value, http01_key_authorization, valid_token
-from certok.issuance.client import (
-    STATUS_INVALID,
-    STATUS_PENDING,
-    STATUS_PROCESSING,
-    STATUS_READY,
-    STATUS_VALID,
-    AcmeSession,
-    AuthzInfo,
-    ChallengeInfo,
-    OrderInfo,
-)
 from certok.issuance.problems import (
     AcmeProblem,
     ProblemKind,
@@ -30,6 +19,17 @@ from certok.issuance.problems import (
     describe_problem,
     parse_retry_after,
 )
+from certok.issuance.resources import (
+    STATUS_INVALID,
+    STATUS_PENDING,
+    STATUS_PROCESSING,
+    STATUS_READY,
+    STATUS_VALID,
+    AuthzInfo,
+    ChallengeInfo,
+    OrderInfo,
+)
+from certok.issuance.session import AcmeSession
 from certok.issuance.zerossl import fetch_zerossl_eab
 
 __all__ = [

@@ -16,10 +16,12 @@ for transport failures (urllib3's are translated like `HTTPAdapter.send` does).
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlsplit
 
 import requests
 import requests.exceptions
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 from urllib3 import exceptions as urllib3_errors
@@ -86,7 +88,9 @@ class DirectSender:
         pool = self._pools.get(origin)
         # A closed session empties its pools (pool.pool is None then): take a fresh one.
         if pool is None or pool.pool is None:
-            adapter = self._session.get_adapter(url)
+            # requests types get_adapter as BaseAdapter; a session mounts HTTPAdapters only
+            # (transport.py's resolving adapter is one too).
+            adapter = cast(HTTPAdapter, self._session.get_adapter(url))
             probe = requests.Request("GET", url).prepare()
             pool = adapter.get_connection_with_tls_context(probe, self._verify, proxies={})
             adapter.cert_verify(pool, url, self._verify, None)

@@ -335,6 +335,8 @@ def _classify_bare_http_error(
 
 def _classify_transport_error(exc: requests.RequestException) -> AcmeProblem:
     url = exc.request.url if exc.request is not None else None
+    if isinstance(url, bytes):  # requests allows a bytes URL on a Request
+        url = url.decode("utf-8", "replace")
     where = f" ({url})" if url else ""
     if isinstance(exc, requests.exceptions.Timeout):
         return AcmeProblem(

@@ -9,7 +9,7 @@ import dns.resolver
 import pytest
 
 from certok.issuance import AcmeProblem, ProblemKind, new_account_key
-from certok.issuance.client import AcmeSession
+from certok.issuance.session import AcmeSession
 from tests.functional.pebble_fixture import PebbleInstance
 from tests.functional.pebble_fixture import pebble_server as pebble_server
 

@@ -32,7 +32,7 @@ from certok.db.models import ChallengeRecord, Order
 from certok.domains.delegations import ensure_delegations
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
-from certok.issuance.client import _NonceRetryingNetwork
+from certok.issuance.network import NonceRetryingNetwork
 from certok.names import challenge_name
 from certok.orders.accounts import AccountRegistry
 from certok.orders.codes import issue_code
@@ -242,16 +242,16 @@ def _count_acme_requests(monkeypatch: pytest.MonkeyPatch) -> collections.Counter
     (the real request still goes out)."""
     counts: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
-    send = _NonceRetryingNetwork._send
+    send = NonceRetryingNetwork._send
 
     def counting_send(
-        network: _NonceRetryingNetwork, method: str, url: str, *args: Any, **kwargs: Any
+        network: NonceRetryingNetwork, method: str, url: str, *args: Any, **kwargs: Any
     ) -> Any:
         with lock:
             counts[f"{method} /{urlsplit(url).path.split('/')[1]}"] += 1
         return send(network, method, url, *args, **kwargs)
 
-    monkeypatch.setattr(_NonceRetryingNetwork, "_send", counting_send)
+    monkeypatch.setattr(NonceRetryingNetwork, "_send", counting_send)
     return counts
 
 

@@ -404,20 +404,20 @@ def test_account_key_from_garbage_fails() -> None:
 
 
 def test_conflict_with_a_problem_document_keeps_the_problem() -> None:
-    from certok.issuance.client import _NonceRetryingNetwork
+    from certok.issuance.network import NonceRetryingNetwork
 
     body = json.dumps({"type": PREFIX + "alreadyReplaced", "detail": "replaced already"})
     response = http_response(409, body.encode(), {"Content-Type": "application/problem+json"})
     with pytest.raises(messages.Error) as caught:
-        _NonceRetryingNetwork._check_response(response)
+        NonceRetryingNetwork._check_response(response)
     assert short_type(caught.value.typ) == "alreadyReplaced"
     assert classify_error(caught.value, http_status=409).kind is ProblemKind.RETRYABLE
 
 
 def test_conflict_naming_an_existing_resource_stays_a_conflict() -> None:
-    from certok.issuance.client import _NonceRetryingNetwork
+    from certok.issuance.network import NonceRetryingNetwork
 
     response = http_response(409, b"{}", {"Location": "https://ca.test/acct/1"})
     with pytest.raises(acme_errors.ConflictError) as caught:
-        _NonceRetryingNetwork._check_response(response)
+        NonceRetryingNetwork._check_response(response)
     assert caught.value.location == "https://ca.test/acct/1"

@@ -11,7 +11,7 @@ from acme import jws as acme_jws
 from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certok.issuance.accounts import signature_algorithm
+from certok.issuance.account_keys import signature_algorithm
 from certok.issuance.jws import flattened_jws
 
 NONCE = b"\x01\x02nonce-bytes\xff"
