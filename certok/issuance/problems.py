@@ -2,12 +2,12 @@
 
 Everything that can go wrong in an exchange with a CA (a problem document, a transport
 failure, a garbled answer) becomes an :class:`AcmeProblem` whose :class:`ProblemKind` tells
-the worker what to do next (RFC 8555 §6.7 and the REFERENCE table):
+the worker what to do next (RFC 8555 §6.7; the table is in docs/acme-errors.md):
 
 - RETRYABLE: back off and try the same step again (badNonce, serverInternal, 5xx,
   timeouts, connection failures, garbled responses, orderNotReady);
 - RATE_LIMITED: never retry before ``retry_after``;
-- AUTHORIZATION_DEAD: the CA could not validate a name (connection, dns, incorrectResponse,
+- AUTHORIZATION_INVALID: the CA could not validate a name (connection, dns, incorrectResponse,
   unauthorized, tls); a new order only after the pre-check passes again;
 - REJECTED: terminal until the configuration changes; fail with the CA's detail.
 """
@@ -48,7 +48,7 @@ _MAX_RETRY_AFTER = dt.timedelta(days=366)
 class ProblemKind(enum.Enum):
     RETRYABLE = "retryable"
     RATE_LIMITED = "rate_limited"
-    AUTHORIZATION_DEAD = "authorization_dead"
+    AUTHORIZATION_INVALID = "authorization_invalid"
     REJECTED = "rejected"
 
 
@@ -56,7 +56,7 @@ class ProblemKind(enum.Enum):
 _SEVERITY = {
     ProblemKind.RETRYABLE: 0,
     ProblemKind.RATE_LIMITED: 1,
-    ProblemKind.AUTHORIZATION_DEAD: 2,
+    ProblemKind.AUTHORIZATION_INVALID: 2,
     ProblemKind.REJECTED: 3,
 }
 
@@ -68,14 +68,14 @@ KIND_BY_TYPE: Mapping[str, ProblemKind] = {
     # A newOrder with `replaces` is asked again without it (certok/certificates/ordering.py).
     "alreadyReplaced": ProblemKind.RETRYABLE,
     "rateLimited": ProblemKind.RATE_LIMITED,
-    # The CA could not validate the name: that authorization is dead.
-    "connection": ProblemKind.AUTHORIZATION_DEAD,
-    "dns": ProblemKind.AUTHORIZATION_DEAD,
-    "dnssec": ProblemKind.AUTHORIZATION_DEAD,
-    "unknownHost": ProblemKind.AUTHORIZATION_DEAD,
-    "incorrectResponse": ProblemKind.AUTHORIZATION_DEAD,
-    "unauthorized": ProblemKind.AUTHORIZATION_DEAD,
-    "tls": ProblemKind.AUTHORIZATION_DEAD,
+    # The CA could not validate the name: the authorization is invalid (RFC 8555 §7.1.6).
+    "connection": ProblemKind.AUTHORIZATION_INVALID,
+    "dns": ProblemKind.AUTHORIZATION_INVALID,
+    "dnssec": ProblemKind.AUTHORIZATION_INVALID,
+    "unknownHost": ProblemKind.AUTHORIZATION_INVALID,
+    "incorrectResponse": ProblemKind.AUTHORIZATION_INVALID,
+    "unauthorized": ProblemKind.AUTHORIZATION_INVALID,
+    "tls": ProblemKind.AUTHORIZATION_INVALID,
     # Terminal until the configuration changes.
     "rejectedIdentifier": ProblemKind.REJECTED,
     "caa": ProblemKind.REJECTED,
@@ -286,7 +286,9 @@ def _classify_library_error(
     if isinstance(exc, acme_errors.ValidationError):
         names = ", ".join(str(a.body.identifier.value) for a in exc.failed_authzrs)
         return AcmeProblem(
-            ProblemKind.AUTHORIZATION_DEAD, "validation", clean_text(f"validation failed: {names}")
+            ProblemKind.AUTHORIZATION_INVALID,
+            "validation",
+            clean_text(f"validation failed: {names}"),
         )
     if isinstance(exc, acme_errors.TimeoutError):
         return AcmeProblem(ProblemKind.RETRYABLE, TIMEOUT, "the CA did not answer in time")

@@ -38,7 +38,7 @@ class ChallengeInfo:
     token: str
     status: str
     error: str | None
-    # How bad the error is (None without an error): AUTHORIZATION_DEAD means a new order may
+    # How bad the error is (None without an error): AUTHORIZATION_INVALID means a new order may
     # succeed once the pre-check passes again; REJECTED means it will not.
     error_kind: ProblemKind | None = None
 

@@ -144,7 +144,7 @@ class AcmeSession(AccountRegistration):
             # Every authorization is valid by now, so "unauthorized" here is about the CSR
             # (Pebble: names that differ from the order's), not a failed validation: a new
             # order with the same CSR would fail the same way.
-            if problem.kind is ProblemKind.AUTHORIZATION_DEAD:
+            if problem.kind is ProblemKind.AUTHORIZATION_INVALID:
                 raise AcmeProblem(
                     ProblemKind.REJECTED,
                     problem.type,

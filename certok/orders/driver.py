@@ -346,7 +346,9 @@ class OrderDriver:
         if info.status == STATUS_INVALID:
             # "invalid": The certificate will not be issued. Consider this order process abandoned.
             reason = info.error or _first_authz_error(info) or "the CA marked the order invalid"
-            dead = any(a.error_kind == ProblemKind.AUTHORIZATION_DEAD for a in info.authorizations)
+            dead = any(
+                a.error_kind == ProblemKind.AUTHORIZATION_INVALID for a in info.authorizations
+            )
             return self._start_over_or_fail(order, reason, dead)
         if info.status == STATUS_PENDING:
             return self._work_on_authorizations(order, account, info, presented)
@@ -385,7 +387,7 @@ class OrderDriver:
             if authz.status != STATUS_PENDING:
                 # RFC 8555 §7.1.6: invalid, deactivated, expired and revoked are final.
                 reason = authz.error or f"authorization for {authz.identifier} is {authz.status}"
-                dead = authz.error_kind == ProblemKind.AUTHORIZATION_DEAD
+                dead = authz.error_kind == ProblemKind.AUTHORIZATION_INVALID
                 return self._start_over_or_fail(order, reason, dead)
             challenge = next((c for c in authz.challenges if c.type == wanted), None)
             if challenge is None:

@@ -63,11 +63,11 @@ PROBLEM_KINDS = {
     "serverInternal": ProblemKind.RETRYABLE,
     "orderNotReady": ProblemKind.RETRYABLE,
     "rateLimited": ProblemKind.RATE_LIMITED,
-    "connection": ProblemKind.AUTHORIZATION_DEAD,
-    "dns": ProblemKind.AUTHORIZATION_DEAD,
-    "incorrectResponse": ProblemKind.AUTHORIZATION_DEAD,
-    "unauthorized": ProblemKind.AUTHORIZATION_DEAD,
-    "tls": ProblemKind.AUTHORIZATION_DEAD,
+    "connection": ProblemKind.AUTHORIZATION_INVALID,
+    "dns": ProblemKind.AUTHORIZATION_INVALID,
+    "incorrectResponse": ProblemKind.AUTHORIZATION_INVALID,
+    "unauthorized": ProblemKind.AUTHORIZATION_INVALID,
+    "tls": ProblemKind.AUTHORIZATION_INVALID,
     "rejectedIdentifier": ProblemKind.REJECTED,
     "caa": ProblemKind.REJECTED,
     "badCSR": ProblemKind.REJECTED,
@@ -134,7 +134,7 @@ def test_compound_problem_takes_the_gravest_subproblem() -> None:
             ],
         }
     )
-    assert classify_error(dead).kind is ProblemKind.AUTHORIZATION_DEAD
+    assert classify_error(dead).kind is ProblemKind.AUTHORIZATION_INVALID
 
 
 def test_issuance_error_is_classified_by_its_problem() -> None:
