@@ -2,7 +2,7 @@
 
 Everything that can go wrong in an exchange with a CA (a problem document, a transport
 failure, a garbled answer) becomes an :class:`AcmeProblem` whose :class:`ProblemKind` tells
-the worker what to do next (RFC 8555 §6.7; the table is in docs/acme-errors.md):
+the worker what to do next (RFC 8555 §6.7; docs/retries.md has the table):
 
 - RETRYABLE: back off and try the same step again (badNonce, serverInternal, 5xx,
   timeouts, connection failures, garbled responses, orderNotReady);

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certok.prechecks.addresses import AddressPolicy, AddressRefused, parse_host_literal
+from certok.prechecks.addresses import (
+    _IPV4_RANGES,
+    _IPV6_RANGES,
+    AddressPolicy,
+    AddressRefused,
+    parse_host_literal,
+)
 
 PRODUCTION = AddressPolicy()
 LOOPBACK = AddressPolicy(allow_loopback=True)
@@ -327,3 +334,18 @@ def test_parse_host_literal_agrees_with_inet_aton(value: int) -> None:
     for spelling in (str(value), hex(value), f"0{value:o}"):
         expected = ipaddress.IPv4Address(socket.inet_aton(spelling))
         assert parse_host_literal(spelling) == expected
+
+
+# --- docs/ssrf.md lists every range with the purpose a refusal names ----------------------------
+
+
+def test_docs_ssrf_lists_every_range_of_the_policy_with_its_purpose() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ssrf.md").read_text()
+    missing = [
+        f"{r.network} ({r.purpose})"
+        for r in (*_IPV4_RANGES, *_IPV6_RANGES)
+        if f"| `{r.network}` | {r.purpose} |" not in doc
+    ]
+    assert not missing, (
+        f"docs/ssrf.md lacks these ranges of certok/prechecks/addresses.py: {missing}"
+    )
