@@ -120,8 +120,8 @@ def access(scope: Any, status: int, trace_id: str | None, started: float) -> Non
 
 class _LeanAccess:
     """Writes access lines in the handler's format without a LogRecord, a Formatter pass and
-    strftime per line: a polled issued answer costs about 2 µs of CPU, and the logging
-    module's path for one line cost about ten times that. Used only while this handler is
+    strftime per line: the logging module's path for one line cost many times what certok
+    spends answering a polled issued order. Used only while this handler is
     root's one handler (tests and embedders that add their own get plain logging)."""
 
     def __init__(self, handler: logging.StreamHandler[Any], *, json_lines: bool) -> None:

@@ -2,7 +2,7 @@
 
 Names follow Prometheus's conventions (base units, counters end in ``_total``) and
 cert-manager's where they overlap; labels come from closed sets only: never a domain, an
-address or a token (``LIFECYCLE.md``, Metrics conventions).
+address or a token (docs/operations.md, Metrics).
 
 Three kinds of source, so that a new metric is a few lines wherever its data lives:
 

@@ -18,7 +18,7 @@ from certok.issuance.transport import Resolve, mount_resolver
 from certok.settings import IssuerSettings
 
 TTL_SECONDS = 3600.0
-# Let's Encrypt: pending authorizations live one hour under these profiles (LIFECYCLE.md).
+# Let's Encrypt: pending authorizations live one hour under these profiles (docs/certificates.md).
 SHORT_AUTHORIZATION_PROFILES = frozenset({"tlsserver", "shortlived"})
 SHORT_PROFILE_DEADLINE_SECONDS = 3600
 

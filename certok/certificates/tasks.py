@@ -252,7 +252,7 @@ class CertificateTasks:
             if ids:
                 # renewal_noticed_at inside coalesce(): SQLite, without statistics, would
                 # otherwise pick the (renewal_noticed_at, renew_at) index for "IS NULL" over
-                # the primary key and walk every unnoticed record (40 ms at 200k, not 1).
+                # the primary key and walk every unnoticed record.
                 mark = (
                     update(_C)
                     .where(

@@ -133,8 +133,8 @@ def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
 def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """Ping a connection that sat in the pool a while (SQLAlchemy's custom pessimistic check).
 
-    Not ``pool_pre_ping``: a ping on every checkout was a round trip per transaction and 5% of
-    certok's CPU under load. Connections in steady use are not pinged; one that idled may have
+    Not ``pool_pre_ping``: a ping on every checkout was a round trip per transaction, costing
+    certok CPU under load. Connections in steady use are not pinged; one that idled may have
     been cut by the server's restart, a failover or a firewall's idle timeout, and is replaced
     (DisconnectionError makes the pool connect afresh). A restart that hits connections in use
     fails only their transactions: SQLAlchemy then invalidates every older pooled connection.

@@ -262,8 +262,8 @@ class Certificate(Base):
     whatever becomes of the order it came from (certok/orders/purge.py).
 
     The chain and the key live in `certificate_secrets`: scans and lists read small rows
-    (with the PEM inline, every row filled a page of its own and a list filtered by status
-    read 200 MB at 100k records).
+    (with the PEM inline, every row filled a page of its own, so a list filtered by status
+    read a page per record).
     """
 
     __tablename__ = "certificates"

@@ -3,7 +3,7 @@
 With `processes` ≥ 2 on SQLite, the API + worker processes do not run their own write
 transactions: the thread holding SQLite's one writer would compete for its process's GIL with
 dozens of busy threads between SQLite calls, and every writer of every process would queue
-behind that (0.25 ms of SQL became 3-5 ms per transaction under load). Instead they send each
+behind that (a transaction held many times as long as its SQL takes). Instead they send each
 write job to the writer process over a Unix socket; its one thread runs the jobs of all
 processes in shared transactions (`certok.db.writes.run_jobs`), in a process that does
 nothing else.

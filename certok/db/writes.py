@@ -2,8 +2,8 @@
 
 SQLite lets one transaction write at a time, across every process on the database. Under
 load a write transaction holds that right far longer than its SQL takes: the thread holding
-it competes for the GIL with every other thread of its process between SQLite calls (about
-0.25 ms of work became 3 ms in the issuance benchmark, and writers queued for 150 ms).
+it competes for the GIL with every other thread of its process between SQLite calls, and
+the other writers queue behind it (bench/README.md, "Figures behind the code").
 
 `write(sessions, job)` runs `job(connection)` in a write transaction and returns what it
 returned. On a SQLite file, jobs go to one writer thread per process, which takes the writer

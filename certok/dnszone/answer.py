@@ -19,7 +19,7 @@ every change, as secondaries and monitoring tools expect of a zone that changed,
 secondary can transfer this zone (AXFR/IXFR are refused) and resolvers read only the SOA's
 TTL and MINIMUM for negative caching.
 
-Rules (RFC 8906 and the field notes in REFERENCE.md):
+Rules (RFC 8906; docs/dns-server.md says why each one is there):
 - QR=1 or no readable header → no reply; opcode other than QUERY → NOTIMP with the opcode
   and no flag but QR (RD, AA, RA, AD and CD belong to QUERY); unparseable or QDCOUNT ≠ 1 →
   FORMERR; EDNS version > 0 → BADVERS with an OPT of version 0.

@@ -31,8 +31,8 @@ Entry = tuple[bytes, bytes | None, object, int, int]
 
 FULL, TRUNCATED, STAMP, SERIAL_AT, SERIAL = range(5)
 
-# About 0.45 KB per entry (measured: key, reply bytes, bookkeeping), so at most ~90 MB; room for
-# a zone of 100k delegations asked two ways each without evicting anything.
+# Under half a kilobyte per entry (key, reply bytes, bookkeeping), so tens of MB at most; room
+# for a zone of 100k delegations asked two ways each without evicting anything.
 MAX_CACHED_REPLIES = 200_000
 
 

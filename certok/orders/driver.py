@@ -167,7 +167,7 @@ _SNAPSHOT_COLUMNS = (
 
 
 # Hot statements, built once: building a statement and its cache key costs several times
-# what executing it does (a snapshot load: 276 µs built per call, 42 µs prebuilt). Values
+# what executing it does (bench/README.md, "Figures behind the code"). Values
 # come as bound parameters named b_* (an UPDATE's other parameters are its SET columns).
 _LOAD = select(*_SNAPSHOT_COLUMNS).where(
     ORDERS.c.id == bindparam("b_order_id"),

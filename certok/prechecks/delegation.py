@@ -11,9 +11,9 @@ zone, and whether certok's DNS server answers is not the customer's problem to f
 Lookups are blocking: a worker thread calls them directly, and the API's event loop runs them
 on a thread pool of their own. dnspython's asyncio resolver costs about twice the CPU per
 lookup (a new datagram endpoint, futures and loop turns per query), and a dv plus the order's
-ownership re-check were 15% of certok's CPU under load. The common answer is read without
-dnspython at all (cname_wire.py, ~0.15x the CPU of ``dns.resolver``); every other one goes
-through dnspython's blocking ``dns.resolver``.
+ownership re-check were a large share of certok's CPU under load. The common answer is read
+without dnspython at all (cname_wire.py, a fraction of the CPU of ``dns.resolver``); every
+other one goes through dnspython's blocking ``dns.resolver``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from certok.errors import InvalidDomain
 from certok.names import registrable_domain, relative_name
 from certok.prechecks.cname_wire import ResolverSilent, lookup_aliases
 
-# REFERENCE.md: "CNAME chains ≤ 8" (Boulder's limit for following aliases).
+# Boulder's limit for following aliases: a longer CNAME chain fails at the CA anyway.
 MAX_CHAIN = 8
 # What dnspython's resolver gets at least after the lean attempt timed out: one more try.
 _LEAST_LIFETIME = 0.1

@@ -28,7 +28,7 @@ from certok.prechecks.safe_http import FetchProblem, FetchResult, SafeFetcher
 
 HTTP_PORT = 80
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# REFERENCE.md: anything that becomes a path must match this (uacme#64).
+# Anything from the CA that becomes a path must match this (uacme#64).
 _PROBE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
