@@ -51,7 +51,9 @@ def test_the_jws_verifies_with_josepy_and_has_the_librarys_header(
     parsed = acme_jws.JWS.json_loads(text)
     assert parsed.verify(key.public_key())
     assert parsed.payload == PAYLOAD
+    # acme's JWS header class (acme.jws.Header) adds nonce, url and kid to josepy's.
     header = parsed.signature.combined
+    assert isinstance(header, acme_jws.Header) and header.alg is not None
     assert (header.alg.name, header.nonce, header.url, header.kid) == (name, NONCE, URL, kid)
     protected = json.loads(parsed.signature.protected)
     assert protected == _library_header(key, kid)
