@@ -88,7 +88,7 @@ def serve_hello(argv: list[str]) -> None:
         return JSONResponse({"code": 0, "msg": "success", "data": {"hello": "world"}})
 
     app = Starlette(routes=[Route("/", hello, methods=["GET"])])
-    # The uvicorn settings certok.runtime.serve uses, and its default log level.
+    # The uvicorn settings certok.http_listeners.uvicorn_config uses, and its default log level.
     config = uvicorn.Config(
         app, host=LOOPBACK, port=port, log_level="info", access_log=False, lifespan="off"
     )

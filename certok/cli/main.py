@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,8 +25,9 @@ from certok.db.files import sqlite_file
 from certok.db.storage_errors import operator_message, storage_failure
 from certok.errors import CertokError, ConfigurationError
 from certok.http01 import store as http01_store
+from certok.launch import run_server
+from certok.logs import configure_logging
 from certok.orders import purge as purging
-from certok.runtime import configure_logging, run_server
 from certok.settings import Settings, load_settings
 from certok.startup import describe_database, version
 from certok.store import Store, open_store
@@ -399,4 +399,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

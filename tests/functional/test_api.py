@@ -443,7 +443,8 @@ def test_an_unreachable_database_is_503_with_retry_after(
     import secrets
 
     from certok.crypto import SecretBox
-    from certok.db.engine import make_engine, make_session_factory
+    from certok.db.engine import make_engine
+    from certok.db.sessions import make_session_factory
 
     # Nothing listens on port 9: every connection attempt is refused, as while PostgreSQL
     # restarts.

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.models import ChallengeRecord, Order, Tenant, VerificationCode
+from certok.db.sessions import make_session_factory
 from certok.orders import purge as purging
 from certok.orders.purge import PurgeCounts, next_batch_size, purge, run_purger
 from certok.settings import Settings

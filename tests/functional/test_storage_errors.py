@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, event, insert
 from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
-from certok.db.engine import make_session_factory
 from certok.db.models import Order
+from certok.db.sessions import make_session_factory
 from certok.store import Store
 from tests.functional.test_api import ApiHarness, api, api_settings, assert_error, make_app
 
