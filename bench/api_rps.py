@@ -151,8 +151,8 @@ def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
     from certok.db.engine import transaction
     from certok.db.models import Order, VerificationCode
     from certok.orders.service import ISSUED, order_key_owner
+    from certok.persistence import open_store
     from certok.settings import Settings
-    from certok.store import open_store
     from certok.tenants.service import find_tenant
 
     store = open_store(Settings(data_dir=data_dir))

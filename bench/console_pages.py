@@ -42,8 +42,8 @@ from certok.db import migrate  # noqa: E402
 from certok.db.engine import make_engine, transaction  # noqa: E402
 from certok.db.models import Certificate, Delegation, Order  # noqa: E402
 from certok.db.sessions import make_session_factory  # noqa: E402
+from certok.persistence import Store  # noqa: E402
 from certok.settings import Settings  # noqa: E402
-from certok.store import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
 from certok.tenants import users  # noqa: E402
 

@@ -18,9 +18,9 @@ from starlette.types import ASGIApp
 from certok.acceptor import api_connection_budget
 from certok.api.connections import ConnectionGuard, ConnectionLimits, GuardedServer
 from certok.metrics import MetricsPage, add_scrape_source, metrics_app
+from certok.persistence import Store
 from certok.readiness import DATABASE_GAUGES
 from certok.settings import Settings
-from certok.store import Store
 
 log = logging.getLogger("certok")
 METRICS_MAX_CONNECTIONS = 32

@@ -49,9 +49,9 @@ from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
+from certok.persistence import Store, open_store
 from certok.readiness import dns_check, process_checks
 from certok.settings import Settings
-from certok.store import Store, open_store
 
 log = logging.getLogger("certok")
 # How long a worker waits for the DNS server to confirm it serves a new TXT value.

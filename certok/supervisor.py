@@ -38,10 +38,10 @@ from certok.http_listeners import listen_sockets
 from certok.logs import configure_logging, set_role
 from certok.metrics import enable_multiprocess, process_exited
 from certok.orders.leases import release_node_leases
+from certok.persistence import open_store
 from certok.runtime import run_event_loop, serve_app, serve_dns
 from certok.settings import Settings
 from certok.stopping import exit_abandoning_stuck_threads
-from certok.store import open_store
 
 log = logging.getLogger("certok")
 

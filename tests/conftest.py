@@ -24,7 +24,7 @@ from certok.db import migrate
 from certok.db.engine import make_engine
 from certok.db.models import Base
 from certok.db.sessions import make_session_factory
-from certok.store import Store
+from certok.persistence import Store
 from tests.depth import CI_HYPOTHESIS_EXAMPLES, DEEP, DEEP_HYPOTHESIS_EXAMPLES, DEPTH
 
 POSTGRES_URL = os.environ.get("CERTOK_TEST_POSTGRES_URL")

@@ -1,6 +1,6 @@
 """Opening a database's sessions: the one place that decides how this process writes.
 
-`make_session_factory` is called once per opened database (by `certok.store.open_store`, or
+`make_session_factory` is called once per opened database (by `certok.persistence.open_store`, or
 a test). It makes the database's SQLite writer lock and its writer, and returns them with the
 sessions in one `SessionFactory`:
 

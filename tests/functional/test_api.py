@@ -23,8 +23,8 @@ from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 
 

@@ -58,8 +58,8 @@ from certok.db.sessions import make_session_factory
 from certok.domains.delegations import compute_label
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner, redeem_code
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 from tests.depth import at_depth

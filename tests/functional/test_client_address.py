@@ -24,8 +24,8 @@ from certok import http_listeners
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from tests.functional.test_api import assert_error
 from tests.rig.tls import write_server_tls
 

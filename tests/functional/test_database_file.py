@@ -21,8 +21,8 @@ from certok import health
 from certok.db.engine import transaction
 from certok.db.files import HEALTH_KEY, DatabaseFileWatch
 from certok.errors import ConfigurationError
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from certok.tenants import service as tenants
 
 

@@ -18,8 +18,8 @@ from certok.db.models import ChallengeRecord, Order, Tenant, VerificationCode
 from certok.db.sessions import make_session_factory
 from certok.orders import purge as purging
 from certok.orders.purge import PurgeCounts, next_batch_size, purge, run_purger
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from tests.functional import test_api
 from tests.functional.test_cli import run
 

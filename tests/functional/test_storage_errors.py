@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from certok.db.models import Order
 from certok.db.sessions import make_session_factory
-from certok.store import Store
+from certok.persistence import Store
 from tests.functional.test_api import ApiHarness, api, api_settings, assert_error, make_app
 
 __all__ = ["api"]  # the fixture, imported for these tests

@@ -72,8 +72,8 @@ from certok.http01 import store as http01_store
 from certok.names import base_name
 from certok.orders.driver import OrderDriver
 from certok.orders.service import order_key_owner
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver

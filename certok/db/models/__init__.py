@@ -1,6 +1,6 @@
 """The database schema (SQLAlchemy 2 declarative), one module per concept; Alembic migrations
 mirror it exactly. Importing any of them imports them all (this package), so the metadata is
-whole: some add columns and indexes to the tables of others (the console's to the tokens')."""
+whole: some add indexes to the tables of others (the console's to the orders')."""
 
 from certok.db.models.agents import AgentHost, AgentLogEntry, ManagedCertificate
 from certok.db.models.audit import AuditEvent

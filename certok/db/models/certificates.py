@@ -16,8 +16,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from certok.db.models.base import Base, UTCDateTime
-from certok.db.models.orders import Order
-from certok.db.models.tenants import Tenant
 
 
 class Certificate(Base):
@@ -104,10 +102,3 @@ class CertificateName(Base):
     certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"), index=True)
     tenant_id: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(253))
-
-
-# Orders: the ACME profile asked for, and the certificate an order renews.
-Order.profile = mapped_column(String(64), nullable=True)
-Order.replaces_certificate_id = mapped_column(Integer, nullable=True)
-# A tenant's profile when apply names none.
-Tenant.default_profile = mapped_column(String(64), nullable=True)

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from certok.db.models.base import Base, UTCDateTime
 from certok.db.models.orders import Order
-from certok.db.models.tenants import ApiToken
 
 
 class ConsoleUser(Base):
@@ -81,10 +80,6 @@ class DelegationCheck(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
-
-# The console's token list shows a name and when each token was last used.
-ApiToken.name = mapped_column(String(64), nullable=True)
-ApiToken.last_used_at = mapped_column(UTCDateTime(), nullable=True)
 
 # Console pages: a tenant's certificates by expiry, its orders by state, issuer health.
 Index("ix_orders_tenant_state_not_after", Order.tenant_id, Order.state, Order.not_after)

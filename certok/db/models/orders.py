@@ -61,6 +61,9 @@ class Order(Base):
     deadline_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The ACME profile asked for, and the certificate this order renews (issue 16).
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replaces_certificate_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ChallengeRecord(Base):

@@ -29,6 +29,8 @@ class Tenant(Base):
         String(32), unique=True, default=lambda: secrets.token_hex(8)
     )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The ACME profile of the tenant's orders when apply names none (issue 16).
+    default_profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiToken(Base):
@@ -43,6 +45,9 @@ class ApiToken(Base):
     hint: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The console's token list shows a name and when each token was last used (issue 19).
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Delegation(Base):

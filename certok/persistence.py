@@ -1,4 +1,5 @@
-"""Opening certok's store: the database (migrated) and the key-encryption box."""
+"""What certok keeps, opened: the database (migrated, with its writer) and the key-encryption
+box. (Not `certok.http01.store`, which holds the HTTP-01 challenge tokens.)"""
 
 from __future__ import annotations
 
