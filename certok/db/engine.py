@@ -62,8 +62,12 @@ def is_sqlite(engine: Engine) -> bool:
 
 def is_sqlite_file(engine: Engine) -> bool:
     """Whether `engine` is a SQLite database in a file: one writer at a time across processes,
-    so its writes are batched (`certok.db.writes`) and may go to a writer process."""
-    return is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
+    so its writes are batched (`certok.db.writes`) and may go to a writer process. A `file:`
+    URI (a test's read-only view, say) is not: like `certok.db.files.sqlite_file`, certok
+    takes no lock beside it."""
+    database = engine.url.database or ""
+    in_file = database not in ("", ":memory:") and not database.startswith("file:")
+    return is_sqlite(engine) and in_file
 
 
 def writer_lock_for(engine: Engine) -> SqliteWriterLock | None:
