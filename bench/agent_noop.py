@@ -62,8 +62,8 @@ def add_records(data_dir: Path, count: int) -> list[tuple[int, str]]:
     from sqlalchemy import select
 
     from certok.db.models import CertificateSecret
+    from certok.persistence import open_store
     from certok.settings import Settings
-    from certok.store import open_store
     from certok.tenants.service import find_tenant
     from tests.certfactory import FakeCa, add_certificate
 

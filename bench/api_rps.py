@@ -88,7 +88,7 @@ def serve_hello(argv: list[str]) -> None:
         return JSONResponse({"code": 0, "msg": "success", "data": {"hello": "world"}})
 
     app = Starlette(routes=[Route("/", hello, methods=["GET"])])
-    # The uvicorn settings certok.runtime.serve uses, and its default log level.
+    # The uvicorn settings certok.http_listeners.uvicorn_config uses, and its default log level.
     config = uvicorn.Config(
         app, host=LOOPBACK, port=port, log_level="info", access_log=False, lifespan="off"
     )
@@ -151,8 +151,8 @@ def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
     from certok.db.engine import transaction
     from certok.db.models import Order, VerificationCode
     from certok.orders.service import ISSUED, order_key_owner
+    from certok.persistence import open_store
     from certok.settings import Settings
-    from certok.store import open_store
     from certok.tenants.service import find_tenant
 
     store = open_store(Settings(data_dir=data_dir))

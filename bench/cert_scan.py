@@ -42,11 +42,12 @@ from sqlalchemy import insert, text, update  # noqa: E402
 
 from certok.certificates.tasks import CertificateTasks  # noqa: E402
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem  # noqa: E402
-from certok.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
+from certok.db.engine import make_engine, transaction  # noqa: E402
 from certok.db.migrate import upgrade  # noqa: E402
 from certok.db.models import Certificate, CertificateName, CertificateSecret  # noqa: E402
+from certok.db.sessions import make_session_factory  # noqa: E402
 from certok.orders.service import order_key_owner  # noqa: E402
-from certok.store import Store  # noqa: E402
+from certok.persistence import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
 from tests.certfactory import FakeCa  # noqa: E402
 

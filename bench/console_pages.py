@@ -39,10 +39,11 @@ from certok.api.waiters import OrderWaiters  # noqa: E402
 from certok.assembly import build_api_services, build_checks  # noqa: E402
 from certok.crypto import SecretBox  # noqa: E402
 from certok.db import migrate  # noqa: E402
-from certok.db.engine import make_engine, make_session_factory, transaction  # noqa: E402
+from certok.db.engine import make_engine, transaction  # noqa: E402
 from certok.db.models import Certificate, Delegation, Order  # noqa: E402
+from certok.db.sessions import make_session_factory  # noqa: E402
+from certok.persistence import Store  # noqa: E402
 from certok.settings import Settings  # noqa: E402
-from certok.store import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
 from certok.tenants import users  # noqa: E402
 

@@ -122,8 +122,8 @@ class Filler:
         from certok.db.models import Delegation, Order, VerificationCode
         from certok.domains.delegations import compute_label
         from certok.orders.service import ISSUED, order_key_owner
+        from certok.persistence import open_store
         from certok.settings import Settings
-        from certok.store import open_store
         from certok.tenants.service import find_tenant
 
         started = time.monotonic()
@@ -213,8 +213,8 @@ def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]
 
     from certok.db.engine import transaction
     from certok.orders.service import redeem_code, view_order
+    from certok.persistence import open_store
     from certok.settings import Settings
-    from certok.store import open_store
     from certok.tenants.service import find_tenant
 
     store = open_store(Settings(data_dir=data_dir), upgrade=False)
@@ -251,8 +251,8 @@ def zone_refresh(data_dir: Path, first_order_id: int, samples: int) -> list[floa
     from certok.dnszone.answer import ZoneConfig
     from certok.dnszone.records import DNS01_KIND, ZoneCache
     from certok.dnszone.zoneindex import prepare_index
+    from certok.persistence import open_store
     from certok.settings import Settings
-    from certok.store import open_store
 
     settings = Settings(data_dir=data_dir, dns_zone=ZONE)
     store = open_store(settings, upgrade=False)

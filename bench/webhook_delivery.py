@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certok.clock import utcnow
 from certok.crypto import SecretBox
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
+from certok.db.sessions import make_session_factory
 from certok.db.writes import write
 from certok.events import endpoints
 from certok.events.delivery import DeliveryWorker

@@ -28,13 +28,13 @@ from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
+from certok.persistence import Store
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.outage import ResolverWatch
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher, verified_tls_context
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants.token_usage import TokenUsage
 
 LABEL_KEY_PURPOSE = "delegation-label"

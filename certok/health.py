@@ -37,6 +37,18 @@ def clear(key: str) -> None:
         _problems.pop(key, None)
 
 
+def reporter(key: str) -> Callable[[str | None], None]:
+    """A callback that reports each problem it is given under `key`, and clears it on None."""
+
+    def report_or_clear(problem: str | None) -> None:
+        if problem is None:
+            clear(key)
+        else:
+            report(key, problem)
+
+    return report_or_clear
+
+
 def is_ready() -> bool:
     """Whether no problem is reported (a plain read: no lock needed for a dict's emptiness)."""
     return not _problems

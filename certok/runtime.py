@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 
 from certok import metrics
-from certok.acceptor import api_connection_budget, raise_open_files_limit
-from certok.api.connections import ConnectionGuard, ConnectionLimits, GuardedServer
+from certok.acceptor import raise_open_files_limit
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import (
@@ -35,33 +32,28 @@ from certok.assembly import (
     build_worker,
 )
 from certok.certificates.tasks import CertificateTasks
-from certok.db.files import DatabaseFileWatch, run_file_watch, sqlite_file
-from certok.db.write_channel import use_writer_process
+from certok.db.files import HEALTH_KEY, DatabaseFileWatch, run_file_watch, sqlite_file
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
 from certok.events.delivery import DeliveryWorker
-from certok.health import HealthChecks
-from certok.logs import configure_logging
-from certok.metrics import MetricsPage, add_scrape_source, metrics_app
+from certok.health import HealthChecks, reporter
+from certok.http_listeners import (
+    api_listeners,
+    metrics_listeners,
+    on_stop_signals,
+    stop_on_signals,
+)
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
 from certok.orders.worker import Worker
-from certok.readiness import DATABASE_GAUGES, dns_check, process_checks
+from certok.persistence import Store, open_store
+from certok.readiness import dns_check, process_checks
 from certok.settings import Settings
-from certok.startup import log_start
-from certok.stopping import exit_abandoning_stuck_threads
-from certok.store import Store, open_store
-
-__all__ = ["configure_logging", "run_event_loop", "run_server", "serve"]
 
 log = logging.getLogger("certok")
-METRICS_MAX_CONNECTIONS = 32
-
-# Connections the kernel queues for the API's accept loop.
-BACKLOG = 2048
 # How long a worker waits for the DNS server to confirm it serves a new TXT value.
 ZONE_RELOAD_TIMEOUT_SECONDS = 10.0
 
@@ -74,19 +66,6 @@ def run_event_loop(coroutine: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coroutine)
     else:
         uvloop.run(coroutine)
-
-
-def run_server(settings: Settings) -> int:
-    """`certok serve`: returns the process exit status."""
-    log_start(settings)
-    if settings.processes > 1:
-        from certok.supervisor import supervise  # multiprocessing only where it is used
-
-        return supervise(settings)
-    with contextlib.suppress(KeyboardInterrupt):
-        run_event_loop(serve(settings))
-    exit_abandoning_stuck_threads(0)
-    return 0
 
 
 async def serve(settings: Settings) -> None:
@@ -123,14 +102,14 @@ async def serve(settings: Settings) -> None:
     )
     metrics.initialise(settings.issuers)
     # The DNS server's TCP connections share this process's descriptors with the API's.
-    listeners = _listeners(
+    listeners = api_listeners(
         _app(settings, store, checks, waiters, worker, deliveries, certificates, health),
         settings,
         open_files=open_files,
         dns_connections=settings.dns_tcp_max_connections,
     )
-    listeners += _metrics_listeners(settings, store, dns_server)
-    _stop_on_signals(listeners)
+    listeners += metrics_listeners(settings, store, dns_server)
+    stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(certificates.run(), name="certificates"),
@@ -167,21 +146,21 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
         zone_cache.run_refresher(settings.dns_refresh_seconds), name="dns-refresh"
     )
     # /metrics for every process of the node: the DNS process is the one there is one of.
-    metrics_listeners = _metrics_listeners(settings, store, dns_server)
+    metrics_servers = metrics_listeners(settings, store, dns_server)
     metrics_serving = [
-        asyncio.create_task(listener.serve(), name="metrics") for listener in metrics_listeners
+        asyncio.create_task(listener.serve(), name="metrics") for listener in metrics_servers
     ]
     # Once per node: the DNS process is the one there is exactly one of.
     purger = _start_purger(store, settings)
     scans = asyncio.create_task(build_event_scanner(settings, store).run(), name="event-scans")
     control_server = await serve_refresh_requests(control, zone_cache, ZONE_RELOAD_TIMEOUT_SECONDS)
     stopped = asyncio.Event()
-    _on_stop_signals(stopped.set)
+    on_stop_signals(stopped.set)
     on_ready()
     try:
         await stopped.wait()
     finally:
-        for listener in metrics_listeners:
+        for listener in metrics_servers:
             listener.should_exit = True
         await asyncio.gather(*metrics_serving, return_exceptions=True)
         control_server.close()
@@ -200,9 +179,7 @@ async def serve_app(
     """An API + worker process: `sockets` are the API listeners the supervisor opened;
     `writes` is the writer process's socket (SQLite), which runs the worker's writes."""
     open_files = raise_open_files_limit()
-    store = open_store(settings, upgrade=False)
-    if writes is not None:
-        use_writer_process(store.engine, writes)
+    store = open_store(settings, upgrade=False, writer_socket=writes)
     checks = build_checks(settings, store)
     waiters = OrderWaiters()
     waiters.bind(asyncio.get_running_loop())
@@ -228,12 +205,12 @@ async def serve_app(
         stale_seconds=settings.worker_heartbeat_stale_seconds,
     )
     metrics.initialise(settings.issuers)
-    listeners = _listeners(
+    listeners = api_listeners(
         _app(settings, store, checks, waiters, worker, deliveries, certificates, health),
         settings,
         open_files=open_files,
     )
-    _stop_on_signals(listeners)
+    stop_on_signals(listeners)
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         asyncio.create_task(certificates.run(), name="certificates"),
@@ -293,27 +270,6 @@ def _and_wake(finished: Callable[[int], None], wake: Callable[[], None]) -> Call
     return both
 
 
-def _metrics_listeners(settings: Settings, store: Store, dns_server: Any) -> list[_HttpListener]:
-    """The /metrics listener (none unless metrics_port is set), with the DNS server's counts."""
-    if not settings.metrics_port:
-        return []
-    add_scrape_source(dns_server.counts.families)
-    page = MetricsPage(store.sessions, DATABASE_GAUGES)
-    config = _uvicorn_config(
-        metrics_app(page), settings, settings.metrics_host, settings.metrics_port
-    )
-    # A scraper or two: a small cap of its own, never a share of the API's.
-    guard = ConnectionGuard(
-        ConnectionLimits(
-            max_connections=METRICS_MAX_CONNECTIONS,
-            header_timeout=settings.api_header_timeout_seconds,
-            max_head_bytes=settings.api_max_request_head_bytes,
-        )
-    )
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    return [_HttpListener(config, guard)]
-
-
 def _resume_leases(store: Store, node: str) -> None:
     released = release_node_leases(store.sessions, node)
     if released:
@@ -358,7 +314,8 @@ def _watch_database_file(settings: Settings) -> list[asyncio.Task[None]]:
     database = sqlite_file(settings.effective_database_url)
     if database is None:
         return []
-    return [asyncio.create_task(run_file_watch(DatabaseFileWatch(database)), name="db-file")]
+    watch = DatabaseFileWatch(database, on_change=reporter(HEALTH_KEY))
+    return [asyncio.create_task(run_file_watch(watch), name="db-file")]
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -367,115 +324,3 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-
-
-class _HttpListener(GuardedServer):
-    """A uvicorn server whose signals are handled by `serve` for all listeners at once, and
-    whose connections are limited (`certok.api.connections`)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def listen_sockets(settings: Settings) -> list[socket.socket]:
-    """The API's listening sockets (HTTP, and HTTPS when configured), opened once so that
-    several processes share them (the supervisor's job)."""
-    addresses = [(settings.api_host, settings.api_port)]
-    if settings.https_enabled:
-        addresses.append((settings.https_host, settings.https_port))
-    sockets = []
-    for host, port in addresses:
-        config = uvicorn.Config(_no_app, host=host, port=port)
-        sockets.append(config.bind_socket())
-    return sockets
-
-
-async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
-    raise RuntimeError("bind-only config")
-
-
-def _listeners(
-    app: Starlette,
-    settings: Settings,
-    *,
-    open_files: int | None = None,
-    dns_connections: int = 0,
-) -> list[_HttpListener]:
-    """HTTP, and HTTPS when configured: in `listen_sockets`' order, sharing one connection
-    cap, which leaves `dns_connections` and a reserve of the `open_files` limit free."""
-    guard = ConnectionGuard(_connection_limits(settings, open_files, dns_connections))
-    configs = [_uvicorn_config(app, settings, settings.api_host, settings.api_port)]
-    if settings.https_enabled:
-        configs.append(
-            _uvicorn_config(
-                app,
-                settings,
-                settings.https_host,
-                settings.https_port,
-                ssl_certfile=str(settings.tls_cert_file),
-                ssl_keyfile=str(settings.tls_key_file),
-            )
-        )
-    return [_HttpListener(config, guard) for config in configs]
-
-
-def _connection_limits(
-    settings: Settings, open_files: int | None, dns_connections: int
-) -> ConnectionLimits:
-    cap = settings.api_max_connections
-    if open_files is not None:
-        cap = api_connection_budget(cap, open_files, dns_connections)
-        if cap < settings.api_max_connections:
-            log.warning(
-                "the open-files limit (%d) leaves room for %d API connections, fewer than "
-                "api_max_connections (%d): raise LimitNOFILE (systemd) or ulimit -n",
-                open_files,
-                cap,
-                settings.api_max_connections,
-            )
-    return ConnectionLimits(
-        max_connections=cap,
-        header_timeout=settings.api_header_timeout_seconds,
-        max_head_bytes=settings.api_max_request_head_bytes,
-    )
-
-
-def _uvicorn_config(
-    app: Starlette, settings: Settings, host: str, port: int, **tls: str
-) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # certok.logs formats uvicorn's lines like certok's own
-        access_log=False,
-        lifespan="off",
-        http="httptools",  # certok.api.connections hardens uvicorn's httptools protocol
-        ws="none",
-        timeout_keep_alive=settings.api_keepalive_timeout_seconds,
-        backlog=BACKLOG,
-        # uvicorn's defaults trust X-Forwarded-For from 127.0.0.1, i.e. from an nginx on the
-        # same host that passes on whatever the client sent: any client could then pick its
-        # own address (and its own bucket of the per-address limits). Only listed proxies'
-        # headers count; given explicitly, uvicorn also ignores $FORWARDED_ALLOW_IPS.
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies or None,
-        **tls,  # type: ignore[arg-type]
-    )
-
-
-def _stop_on_signals(listeners: list[_HttpListener]) -> None:
-    def stop() -> None:
-        log.info("stopping")
-        for listener in listeners:
-            listener.should_exit = True
-
-    _on_stop_signals(stop)
-
-
-def _on_stop_signals(stop: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)

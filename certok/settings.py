@@ -1,4 +1,5 @@
-"""certok's settings: the only module that reads the environment or a config file.
+"""certok's settings: with `certok.settings_loading`, the only modules that read the
+environment or a config file.
 
 Every field is documented in ``docs/settings.md`` (a test holds the two together).
 Precedence, highest first: environment variables (``CERTOK_<FIELD>``, nested fields with
@@ -8,50 +9,18 @@ Precedence, highest first: environment variables (``CERTOK_<FIELD>``, nested fie
 
 from __future__ import annotations
 
-import os
 import socket
-import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
-GOOGLE_DIRECTORY = "https://dv.acme-v02.api.pki.goog/directory"
-ZEROSSL_DIRECTORY = "https://acme.zerossl.com/v2/DV90"
+from certok.issuer_settings import IssuerSettings, default_issuers
 
-
-class IssuerSettings(BaseModel):
-    """One named ACME certificate authority (the `issuer` parameter of /v1/cert/apply)."""
-
-    # A misspelt field (eab_kd) must not be ignored: the issuer would silently lack it.
-    model_config = ConfigDict(extra="forbid")
-
-    directory: str
-    # PEM bundle to trust for the directory's TLS (tests: the rig's own CA); None = system CAs.
-    ca_bundle: Path | None = None
-    # External account binding, where the CA requires it (Google Trust Services, ZeroSSL).
-    eab_kid: str | None = None
-    eab_hmac_key: str | None = None
-    # ZeroSSL only: fetch EAB credentials for this email from ZeroSSL's API on first use.
-    zerossl_email: str | None = None
-    # Contact address registered with the ACME account (optional).
-    contact_email: str | None = None
-    # The ACME account's budget of new orders in a sliding window, mirroring the CA's own
-    # limit (Let's Encrypt: 300 per account per 3 hours); orders beyond it wait. 0: no budget.
-    new_orders_per_window: int = Field(default=300, ge=0)
-    new_order_window_seconds: float = Field(default=10800.0, gt=0)
-
-
-def _default_issuers() -> dict[str, IssuerSettings]:
-    return {
-        "google": IssuerSettings(directory=GOOGLE_DIRECTORY),
-        "letsencrypt": IssuerSettings(directory=LETSENCRYPT_DIRECTORY),
-        "zerossl": IssuerSettings(directory=ZEROSSL_DIRECTORY),
-    }
+__all__ = ["IssuerSettings", "Settings", "default_public_url"]
 
 
 class Settings(BaseSettings):
@@ -139,7 +108,7 @@ class Settings(BaseSettings):
     rate_limit_http01_responder_per_minute: int = Field(default=1200, ge=0)
 
     # --- issuance --------------------------------------------------------------------------
-    issuers: dict[str, IssuerSettings] = Field(default_factory=_default_issuers)
+    issuers: dict[str, IssuerSettings] = Field(default_factory=default_issuers)
     default_issuer: str = "google"
     worker_threads: int = Field(default=8, ge=1, le=256)
     worker_max_orders: int = Field(default=256, ge=1)
@@ -286,13 +255,13 @@ class Settings(BaseSettings):
 
     @field_validator("issuers", mode="before")
     @classmethod
-    def _merge_default_issuers(cls, value: Any) -> Any:
+    def _mergedefault_issuers(cls, value: Any) -> Any:
         # Configuring one issuer (say, pointing letsencrypt at a test CA) must not remove the
         # others: merge the given ones over the defaults, field by field.
         if not isinstance(value, dict):
             return value
         merged: dict[str, Any] = {
-            name: issuer.model_dump() for name, issuer in _default_issuers().items()
+            name: issuer.model_dump() for name, issuer in default_issuers().items()
         }
         for name, given in value.items():
             key = str(name).lower()
@@ -381,14 +350,6 @@ class Settings(BaseSettings):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-ENV_PREFIX = "CERTOK_"
-# CERTOK_* variables that are not settings: the config file's path, the Python the scripts
-# use, and the test suite's own knobs (CERTOK_TEST_*, the rig's and the crash test's), which
-# a test's certok subprocess may inherit.
-_NOT_SETTINGS = frozenset(
-    {"CERTOK_CONFIG", "CERTOK_PYTHON", "CERTOK_RIG_KEEP", "CERTOK_CRASH_SEED"}
-)
-_NOT_SETTINGS_PREFIX = "CERTOK_TEST_"
 
 
 def default_public_url(api_host: str, api_port: int) -> str:
@@ -410,40 +371,3 @@ def _check_url(value: str, setting: str, example: str) -> None:
         raise ValueError(f"{setting} must be an http:// or https:// URL such as {example}")
     if parts.query or parts.fragment:
         raise ValueError(f"{setting} {value!r} must not have a query or fragment")
-
-
-def unknown_environment_variables(environ: dict[str, str] | None = None) -> list[str]:
-    """``CERTOK_*`` variables that name no setting (a typo such as CERTOK_API_PROT)."""
-    env = os.environ if environ is None else environ
-    fields = {name.upper() for name in Settings.model_fields}
-    issuer_fields = {name.upper() for name in IssuerSettings.model_fields}
-    unknown = []
-    for key in env:
-        upper = key.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in _NOT_SETTINGS:
-            continue
-        if upper.startswith(_NOT_SETTINGS_PREFIX):
-            continue
-        parts = upper[len(ENV_PREFIX) :].split("__")
-        bad_issuer_field = parts[0] == "ISSUERS" and (
-            len(parts) != 3 or parts[2] not in issuer_fields
-        )
-        if parts[0] not in fields or bad_issuer_field:
-            unknown.append(key)
-    return sorted(unknown)
-
-
-def setting_names() -> list[str]:
-    """Every ``CERTOK_*`` variable name a top-level setting has (for suggestions)."""
-    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
-
-
-def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build settings from the TOML file (``config_file`` or ``$CERTOK_CONFIG``) and env."""
-    path = config_file or os.environ.get("CERTOK_CONFIG")
-    values: dict[str, Any] = {}
-    if path:
-        with open(path, "rb") as handle:
-            values = tomllib.load(handle)
-    values.update(overrides)
-    return Settings(**values)

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from certok.settings import GOOGLE_DIRECTORY, ZEROSSL_DIRECTORY, IssuerSettings, Settings
+from certok.issuer_settings import GOOGLE_DIRECTORY, ZEROSSL_DIRECTORY, IssuerSettings
+from certok.settings import Settings
 
 # CAs whose directories refuse newAccount without external account binding.
 _EAB_HOSTS = {

@@ -32,20 +32,16 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from certok.db.engine import sqlite_writer_lock
+from certok.db.engine import is_sqlite_file
 from certok.db.write_channel import serve_writes
+from certok.http_listeners import listen_sockets
 from certok.logs import configure_logging, set_role
 from certok.metrics import enable_multiprocess, process_exited
 from certok.orders.leases import release_node_leases
-from certok.runtime import (
-    listen_sockets,
-    run_event_loop,
-    serve_app,
-    serve_dns,
-)
+from certok.persistence import open_store
+from certok.runtime import run_event_loop, serve_app, serve_dns
 from certok.settings import Settings
 from certok.stopping import exit_abandoning_stuck_threads
-from certok.store import open_store
 
 log = logging.getLogger("certok")
 
@@ -84,7 +80,7 @@ def supervise(settings: Settings) -> int:
         enable_multiprocess(rundir / "metrics")
     control = rundir / "dns.sock"
     # SQLite: one writer process runs every write transaction (certok.db.write_channel).
-    writes = rundir / "writer.sock" if sqlite_writer_lock(store.engine) is not None else None
+    writes = rundir / "writer.sock" if is_sqlite_file(store.engine) else None
     context = multiprocessing.get_context("fork")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -245,6 +241,6 @@ def _writer_main(settings: Settings, writes: Path) -> None:
         signal.signal(sig, lambda *_: stop.set())
     store = open_store(settings, upgrade=False)
     try:
-        serve_writes(writes, store.engine, stop)
+        serve_writes(writes, store.sessions, stop)
     finally:
         store.engine.dispose()

@@ -21,9 +21,10 @@ from sqlalchemy.engine import make_url
 
 from certok.crypto import SecretBox
 from certok.db import migrate
-from certok.db.engine import make_engine, make_session_factory
+from certok.db.engine import make_engine
 from certok.db.models import Base
-from certok.store import Store
+from certok.db.sessions import make_session_factory
+from certok.persistence import Store
 from tests.depth import CI_HYPOTHESIS_EXAMPLES, DEEP, DEEP_HYPOTHESIS_EXAMPLES, DEPTH
 
 POSTGRES_URL = os.environ.get("CERTOK_TEST_POSTGRES_URL")

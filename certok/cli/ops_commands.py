@@ -20,8 +20,8 @@ from certok.db import migrate
 from certok.db.engine import make_engine
 from certok.db.models import AcmeAccount, Tenant
 from certok.orders.accounts import account_key_owner
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 
 OpenStore = Callable[[Settings], Store]
 _KEY_REMINDER = (

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from certok.settings import ENV_PREFIX, Settings, setting_names, unknown_environment_variables
+from certok.settings import Settings
+from certok.settings_loading import ENV_PREFIX, setting_names, unknown_environment_variables
 from certok.startup import describe_database
 
 EXIT_CONFIG = 2

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
 import time
-import weakref
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
+
+from certok.db.writer_lock import SqliteWriterLock
 
 # Threads of a process that may hold a database connection at once besides the worker's: the
 # event loop's default executor (asyncio.to_thread: min(32, CPUs + 4)) and a few loops of
@@ -54,71 +53,30 @@ def make_engine(url: str, *, threads: int | None = None) -> Engine:
         event.listen(engine, "checkout", _ping_if_idle)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-        database = url.split("///", 1)[-1]
-        on_disk = bool(database) and database != ":memory:"
-        _SQLITE_WRITERS[engine] = SqliteWriterLock(Path(database) if on_disk else None)
     return engine
 
 
-class SqliteWriterLock:
-    """Queues the writers of one SQLite database, across threads and processes.
-
-    SQLite lets one transaction write at a time. Writers that collide wait in SQLite's busy
-    handler, which sleeps in steps of up to 100 ms: under dozens of writing threads (or the
-    worker processes of `processes` ≥ 2) those sleeps, not the writes, set the pace. This lock
-    (a thread lock, then `flock` on `<database>-writer.lock`) hands the database to the next
-    writer the moment the previous one commits. Processes that do not take it (an older
-    certok, the sqlite3 shell) still meet the busy timeout, so it is never needed for safety.
-    """
-
-    def __init__(self, database: Path | None) -> None:
-        self._threads = threading.RLock()
-        self._path = database.with_name(database.name + "-writer.lock") if database else None
-        self._fd: int | None = None
-        self._pid = 0
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        self._threads.acquire()
-        try:
-            self._depth += 1
-            if self._depth == 1 and self._path is not None:
-                fcntl.flock(self._file(), fcntl.LOCK_EX)
-        except BaseException:
-            self._depth -= 1
-            self._threads.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-    def _file(self) -> int:
-        # A forked child must not share its parent's open file: flock locks are per open file.
-        if self._fd is None or self._pid != os.getpid():
-            assert self._path is not None
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
-        return self._fd
-
-
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
-
-
-def sqlite_writer_lock(engine: Engine) -> SqliteWriterLock | None:
-    """The writer lock of a SQLite engine (None for other databases)."""
-    return _SQLITE_WRITERS.get(engine)
+def is_sqlite(engine: Engine) -> bool:
+    return engine.url.get_backend_name() == "sqlite"
 
 
 def is_sqlite_file(engine: Engine) -> bool:
     """Whether `engine` is a SQLite database in a file: one writer at a time across processes,
-    so its writes are batched (`certok.db.writes`) and may go to a writer process."""
-    in_file = engine.url.database not in (None, "", ":memory:")
-    return in_file and sqlite_writer_lock(engine) is not None
+    so its writes are batched (`certok.db.writes`) and may go to a writer process. A `file:`
+    URI (a test's read-only view, say) is not: like `certok.db.files.sqlite_file`, certok
+    takes no lock beside it."""
+    database = engine.url.database or ""
+    in_file = database not in ("", ":memory:") and not database.startswith("file:")
+    return is_sqlite(engine) and in_file
+
+
+def writer_lock_for(engine: Engine) -> SqliteWriterLock | None:
+    """A writer lock for a SQLite database (None for others): made once per opened database,
+    by `certok.db.sessions.make_session_factory`, and shared by all its writers."""
+    if not is_sqlite(engine):
+        return None
+    database = engine.url.database
+    return SqliteWriterLock(Path(database) if database and is_sqlite_file(engine) else None)
 
 
 # A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out.
@@ -161,20 +119,44 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+T = TypeVar("T")
+
+
+class Writer(Protocol):
+    """Runs a write job (`certok.db.writes`) in a committed transaction; returns its result."""
+
+    def run(self, job: Callable[[Connection], T]) -> T: ...
+
+
+class SessionFactory(sessionmaker[Session]):
+    """The sessions of one opened database, and how this process writes to it.
+
+    Made once when the database is opened (`certok.db.sessions.make_session_factory`), and
+    passed wherever sessions are: `transaction()` takes its writer lock, `write()` hands jobs
+    to its writer. Nothing is looked up by engine in a registry of the module.
+    """
+
+    def __init__(self, engine: Engine, writer_lock: SqliteWriterLock | None, writer: Writer):
+        super().__init__(engine, expire_on_commit=False)
+        self.engine = engine
+        self.writer_lock = writer_lock
+        self.writer = writer
+
+
+def opened(factory: sessionmaker[Session]) -> SessionFactory:
+    """`factory` as certok opened it (a plain sessionmaker knows no writer lock or writer)."""
+    if not isinstance(factory, SessionFactory):
+        raise TypeError("expected a session factory from certok.db.sessions.make_session_factory")
+    return factory
 
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits on success and rolls back on any exception.
 
-    On SQLite the whole transaction holds the engine's writer lock (see `_SQLITE_WRITERS`):
-    keep network calls out of it.
+    On SQLite the whole transaction holds the database's writer lock: keep network calls out
+    of it.
     """
-    bind = factory.kw.get("bind")
-    writer: AbstractContextManager[None] | None = (
-        _SQLITE_WRITERS.get(bind) if isinstance(bind, Engine) else None
-    )
-    with writer or nullcontext(), factory() as session, session.begin():
+    lock = opened(factory).writer_lock
+    with lock or nullcontext(), factory() as session, session.begin():
         yield session

@@ -19,13 +19,12 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
-
-from certok import health
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,7 @@ FILE_MODE = 0o600
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 # How often a running process checks that its database file is still the one it opened.
 FILE_CHECK_SECONDS = 2.0
+# The key the runtime reports the problem under (`certok.health`).
 HEALTH_KEY = "database-file"
 # While the problem lasts, it is logged again this often.
 REMIND_SECONDS = 60.0
@@ -135,15 +135,18 @@ def _identity(path: Path) -> FileIdentity | None:
 class DatabaseFileWatch:
     """Compares the database file's device and inode with those seen when certok opened it."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, on_change: Callable[[str | None], None]) -> None:
+        """`on_change(problem)` hears each new problem, and None once the file is back (the
+        runtime passes `certok.health.reporter`: the process is not ready meanwhile)."""
         self.database = database
+        self._on_change = on_change
         self._opened = _identity(database)
         self._reported: str | None = None
         self._logged_at = 0.0
 
     def check(self) -> str | None:
         """The problem with the database file now (None: it is the one opened). Logs a new
-        problem at CRITICAL once and reports it to `certok.health` (not ready)."""
+        problem at CRITICAL once and passes it to `on_change`."""
         now = _identity(self.database)
         if self._opened is None:
             self._opened = now
@@ -166,12 +169,11 @@ class DatabaseFileWatch:
         if problem != self._reported:
             if problem is None:
                 log.warning("the database file %s is back as opened", self.database)
-                health.clear(HEALTH_KEY)
             else:
                 log.critical("%s", problem)
-                health.report(HEALTH_KEY, problem)
                 self._logged_at = time.monotonic()
             self._reported = problem
+            self._on_change(problem)
         elif problem is not None and time.monotonic() - self._logged_at >= REMIND_SECONDS:
             log.critical("still: %s", problem)  # a log read later must not miss it
             self._logged_at = time.monotonic()

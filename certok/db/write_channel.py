@@ -29,16 +29,16 @@ import selectors
 import socket
 import struct
 import threading
-import weakref
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine
-
-from certok.db.engine import is_sqlite_file
+from certok.db import writes
+from certok.db.engine import SessionFactory, Writer, is_sqlite_file
+from certok.db.writes import MAX_BATCH, Job
 from certok.errors import Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _LENGTH = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -57,7 +57,7 @@ class WriterUnavailable(Unavailable):
 # --- the writer process ------------------------------------------------------------------------
 
 
-def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
+def serve_writes(path: Path, sessions: SessionFactory, stop: threading.Event) -> None:
     """Serve the API + worker processes' write jobs on `path` until `stop` is set.
 
     One thread does everything: it waits for connections with something to read, takes every
@@ -66,9 +66,7 @@ def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
     connection handing jobs to a batching thread cost more than the SQL: a GIL hand-off per
     wake-up, two per job.)
     """
-    from certok.db.writes import MAX_BATCH  # writes imports this module's client
-
-    if not is_sqlite_file(engine):
+    if not is_sqlite_file(sessions.engine):
         raise ValueError("the writer process serves a SQLite file database only")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -95,7 +93,7 @@ def serve_writes(path: Path, engine: Engine, stop: threading.Event) -> None:
                         jobs.extend((connection, frame) for frame in frames)
             for start in range(0, len(jobs), MAX_BATCH):
                 batch = jobs[start : start + MAX_BATCH]
-                outcomes = _run_frames(engine, [frame for _, frame in batch])
+                outcomes = _run_frames(sessions, [frame for _, frame in batch])
                 for (connection, _), outcome in zip(batch, outcomes, strict=True):
                     try:
                         _send(connection, _pickled(outcome))
@@ -149,10 +147,8 @@ def _read_frames(connection: socket.socket, buffer: bytearray) -> list[bytes] | 
     return frames
 
 
-def _run_frames(engine: Engine, frames: list[bytes]) -> list[tuple[bool, Any]]:
+def _run_frames(sessions: SessionFactory, frames: list[bytes]) -> list[tuple[bool, Any]]:
     """Each frame's outcome: its job's, or the reason it could not be read."""
-    from certok.db.writes import run_jobs
-
     outcomes: list[tuple[bool, Any] | None] = []
     jobs = []
     for frame in frames:
@@ -162,7 +158,7 @@ def _run_frames(engine: Engine, frames: list[bytes]) -> list[tuple[bool, Any]]:
         except Exception as error:
             outcomes.append((False, RuntimeError(f"unreadable write job: {error}")))
     try:
-        ran = iter(run_jobs(engine, jobs) if jobs else [])
+        ran = iter(writes.run_jobs(sessions.engine, sessions.writer_lock, jobs) if jobs else [])
     except Exception as error:  # no connection, no lock: each caller hears it; serving goes on
         log.warning("a batch of %d write jobs could not run: %s", len(jobs), error)
         ran = iter([(False, error)] * len(jobs))
@@ -199,18 +195,20 @@ def _same_user(connection: socket.socket) -> bool:
 
 
 class RemoteWriter:
-    """Sends jobs to the writer process; one connection per calling thread."""
+    """Sends jobs to the writer process, one connection per calling thread; runs them with
+    `local` (this process's writer) while the writer process cannot be reached."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, local: Writer) -> None:
         self._path = path
+        self._local_writer = local
         self._local = threading.local()
 
-    def run(self, job: Any) -> tuple[bool, Any]:
-        """(True, result) once the writer ran `job`; (False, None) if it was not reached."""
+    def run(self, job: Job[T]) -> T:
+        """`job`'s result, once the writer process ran it (or, not reached, this process)."""
         payload = pickle.dumps(job)  # before anything is sent: a job that does not pickle
         connection = self._send(payload)
         if connection is None:
-            return False, None
+            return self._local_writer.run(job)
         try:
             ok, value = pickle.loads(_receive(connection))  # noqa: S301 - our writer process
         except (ConnectionError, OSError) as error:
@@ -220,7 +218,7 @@ class RemoteWriter:
             ) from error
         if not ok:
             raise value
-        return True, value
+        return cast(T, value)
 
     def _send(self, payload: bytes) -> socket.socket | None:
         """Send on this thread's connection, the connection it went on; None if not sent.
@@ -261,18 +259,6 @@ class RemoteWriter:
         self._local.connection = None
         if connection is not None:
             connection.close()
-
-
-_REMOTE: weakref.WeakKeyDictionary[Engine, RemoteWriter] = weakref.WeakKeyDictionary()
-
-
-def use_writer_process(engine: Engine, path: Path) -> None:
-    """Send this engine's write jobs to the writer process listening on `path`."""
-    _REMOTE[engine] = RemoteWriter(path)
-
-
-def remote_writer(engine: Engine) -> RemoteWriter | None:
-    return _REMOTE.get(engine)
 
 
 # --- framing -----------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ thread: PostgreSQL locks rows, not the database, and batching would only add wai
 
 Batching inside a busy process still leaves the batching thread competing for the GIL; a
 multi-process node therefore runs it in a writer process of its own (`write_channel`).
+
+Which of these writes a process's jobs is decided once, when the database is opened
+(`certok.db.sessions.make_session_factory`), and carried by the session factory.
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ import contextlib
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import is_sqlite_file, sqlite_writer_lock, transaction
-from certok.db.write_channel import remote_writer
+from certok.db.engine import opened
+from certok.db.writer_lock import SqliteWriterLock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,39 +54,41 @@ def write(sessions: sessionmaker[Session], job: Job[T]) -> T:
     (`certok.db.write_channel`), and must pickle: a `functools.partial` of a module-level
     function with plain arguments.
     """
-    engine = sessions.kw.get("bind")
-    if not isinstance(engine, Engine):
-        raise TypeError("write() needs a session factory bound to an engine")
-    remote = remote_writer(engine)
-    if remote is not None:
-        sent, result = remote.run(job)
-        if sent:
-            return cast(T, result)
-    batcher = batcher_for(engine)
-    if batcher is None:
-        with transaction(sessions) as session:
-            return job(session.connection())
-    return batcher.run(job)
+    return opened(sessions).writer.run(job)
+
+
+class TransactionWriter:
+    """Each job in a transaction of its own, in the caller's thread (PostgreSQL, in-memory
+    SQLite)."""
+
+    def __init__(self, engine: Engine, lock: SqliteWriterLock | None) -> None:
+        self._engine = engine
+        self._lock = lock
+
+    def run(self, job: Job[T]) -> T:
+        with self._lock or contextlib.nullcontext(), self._engine.begin() as connection:
+            return job(connection)
 
 
 class WriteBatcher:
     """One writer thread for one engine in one process (see the module docstring)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock: SqliteWriterLock) -> None:
         self._engine = engine
+        self._lock = lock
         self._pending: list[tuple[Job[Any], Future[Any]]] = []
         self._wakeup = threading.Condition()
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="certok-db-writer", daemon=True)
-        self._thread.start()
-
-    @property
-    def pid(self) -> int:
-        return self._pid
+        self._pid = 0  # the thread starts with the first job
 
     def run(self, job: Job[T]) -> T:
         future: Future[T] = Future()
         with self._wakeup:
+            # A forked child inherits the batcher but not its parent's writer thread.
+            if self._pid != os.getpid():
+                self._pending.clear()
+                self._pid = os.getpid()
+                name = "certok-db-writer"
+                threading.Thread(target=self._run, name=name, daemon=True).start()
             self._pending.append((job, future))
             self._wakeup.notify()
         return future.result()
@@ -104,7 +108,7 @@ class WriteBatcher:
                         future.set_exception(error)
 
     def _run_batch(self, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
-        outcomes = run_jobs(self._engine, [job for job, _ in batch])
+        outcomes = run_jobs(self._engine, self._lock, [job for job, _ in batch])
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
                 future.set_result(value)
@@ -116,10 +120,10 @@ class WriteBatcher:
 Outcome = tuple[bool, Any]
 
 
-def run_jobs(engine: Engine, jobs: list[Job[Any]]) -> list[Outcome]:
+def run_jobs(engine: Engine, lock: SqliteWriterLock | None, jobs: list[Job[Any]]) -> list[Outcome]:
     """Run `jobs` in one write transaction under the SQLite writer lock; if one raises, the
     batch rolls back and each job runs again alone, so only the failing one fails."""
-    with sqlite_writer_lock(engine) or contextlib.nullcontext(), engine.connect() as connection:
+    with lock or contextlib.nullcontext(), engine.connect() as connection:
         try:
             with connection.begin():
                 results = [job(connection) for job in jobs]
@@ -138,20 +142,3 @@ def run_jobs(engine: Engine, jobs: list[Job[Any]]) -> list[Outcome]:
             return outcomes
     # Results reach the callers only once the batch is committed.
     return [(True, result) for result in results]
-
-
-_BATCHERS: weakref.WeakKeyDictionary[Engine, WriteBatcher] = weakref.WeakKeyDictionary()
-_BATCHERS_LOCK = threading.Lock()
-
-
-def batcher_for(engine: Engine) -> WriteBatcher | None:
-    """The engine's batcher in this process, started on first use; None where not wanted."""
-    if not is_sqlite_file(engine):
-        return None
-    with _BATCHERS_LOCK:
-        batcher = _BATCHERS.get(engine)
-        # A forked child inherits the dictionary but not the parent's writer thread.
-        if batcher is None or batcher.pid != os.getpid():
-            batcher = WriteBatcher(engine)
-            _BATCHERS[engine] = batcher
-        return batcher

@@ -13,7 +13,7 @@ from certok.api.ratelimit import RateLimiter
 from certok.console.auth_pages import SIGN_IN_KIND
 from certok.console.web import ConsoleServices
 from certok.db.engine import transaction
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
 from tests.console.harness import Browser, add_user

@@ -20,7 +20,7 @@ from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import AgentHost, AgentLogEntry, Certificate, ManagedCertificate, Order
 from certok.orders.service import order_key_owner
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
 

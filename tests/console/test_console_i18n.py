@@ -13,7 +13,7 @@ from certok.console.catalog_en import MESSAGES as EN
 from certok.console.catalog_zh_cn import MESSAGES as ZH
 from certok.console.i18n import negotiate
 from certok.db.engine import transaction
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
 from tests.console.harness import Browser, add_host, add_order, certificate_of

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from certok.crypto import private_key_from_pem
 from certok.db.engine import transaction
 from certok.db.models import ApiToken, Certificate, Delegation
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants.token_usage import TokenUsage
 from tests.console.harness import Browser, add_host, add_order, certificate_of

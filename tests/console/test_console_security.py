@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from certok.console.web import safe_next
 from certok.db.engine import transaction
 from certok.db.models import ApiToken, ConsoleSession, Delegation
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
 from tests.console.conftest import SIGN_IN_LIMIT

@@ -20,8 +20,8 @@ from certok.certificates.tasks import CertificateTasks
 from certok.db.engine import transaction
 from certok.db.models import Certificate, CertificateSecret
 from certok.orders.accounts import AccountRegistry
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 from tests.rig import Rig

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import ChallengeRecord, Delegation, Order, Tenant
+from certok.db.sessions import make_session_factory
 
 T = TypeVar("T")
 

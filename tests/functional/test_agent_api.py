@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from certok.api.caches import TtlCache
 from certok.db.engine import transaction
 from certok.db.models import WebhookDelivery
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 from tests.functional.test_api import api_settings, assert_error, make_app

@@ -36,8 +36,8 @@ from certok.db.models import (
 )
 from certok.domains.delegations import compute_label, ensure_delegations
 from certok.orders.service import order_key_owner
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
 

@@ -23,8 +23,8 @@ from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 
 
@@ -443,7 +443,8 @@ def test_an_unreachable_database_is_503_with_retry_after(
     import secrets
 
     from certok.crypto import SecretBox
-    from certok.db.engine import make_engine, make_session_factory
+    from certok.db.engine import make_engine
+    from certok.db.sessions import make_session_factory
 
     # Nothing listens on port 9: every connection attempt is refused, as while PostgreSQL
     # restarts.

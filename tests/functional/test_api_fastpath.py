@@ -18,7 +18,7 @@ from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.functional.test_api import _self_signed, api_settings, assert_error, make_app
 

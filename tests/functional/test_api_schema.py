@@ -51,14 +51,15 @@ from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
 from certok.certificates.profiles import ProfileCatalog
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Order
+from certok.db.sessions import make_session_factory
 from certok.domains.delegations import compute_label
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner, redeem_code
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 from tests.depth import at_depth

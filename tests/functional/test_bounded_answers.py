@@ -8,7 +8,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from certok.db.engine import transaction
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.functional.test_api import ApiHarness, api, api_settings, assert_error, make_app
 

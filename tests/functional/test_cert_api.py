@@ -22,7 +22,7 @@ from certok.certificates.tasks import CertificateTasks
 from certok.crypto import private_key_from_pem
 from certok.db.engine import transaction
 from certok.issuance import AcmeProblem, ProblemKind
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 from tests.functional.test_api import api_settings, assert_error, make_app

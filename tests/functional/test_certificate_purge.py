@@ -9,7 +9,7 @@ from sqlalchemy import select
 from certok.db.engine import transaction
 from certok.db.models import Certificate, Order
 from certok.orders.purge import purge
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 

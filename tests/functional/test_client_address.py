@@ -1,5 +1,5 @@
 """Whose address a request counts against: the real app behind the real uvicorn listeners that
-`certok serve` builds (`certok/runtime.py`), HTTP and HTTPS, on loopback ports of their own.
+`certok serve` builds (`certok/http_listeners.py`), HTTP and HTTPS, on loopback ports of their own.
 
 The limit on token lookups (`rate_limit_unverified_tokens_per_minute`) is kept per client
 address. nginx on the same host connects from 127.0.0.1 and passes on any X-Forwarded-For the
@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from certok import runtime
+from certok import http_listeners
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from tests.functional.test_api import assert_error
 from tests.rig.tls import write_server_tls
 
@@ -54,7 +54,7 @@ def serving(tmp_path: Path, **settings: Any) -> Iterator[dict[str, httpx.Client]
     app = create_app(
         build_api_services(config, store, checks, waiters=OrderWaiters(), wake_worker=lambda: None)
     )
-    listeners = runtime._listeners(app, config)
+    listeners = http_listeners.api_listeners(app, config)
 
     async def serve_all() -> None:
         await asyncio.gather(*(listener.serve() for listener in listeners))

@@ -1,5 +1,5 @@
 """The API's listeners under hostile connections (issue 14): the real app behind the listeners
-`certok serve` builds (`certok/runtime.py`), HTTP and HTTPS, real sockets on loopback, on
+`certok serve` builds (`certok/http_listeners.py`), HTTP and HTTPS, real sockets on loopback, on
 asyncio's loop and on uvloop (what `certok serve` runs when installed).
 
 Timeouts are short settings of each test; waits are generous upper bounds, never windows.
@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from certok import runtime
+from certok import http_listeners
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from tests.rig.tls import write_server_tls
 
 STARTUP_SECONDS = 5.0
@@ -78,7 +78,7 @@ def serving(tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop], *
     app = create_app(
         build_api_services(config, store, checks, waiters=OrderWaiters(), wake_worker=lambda: None)
     )
-    listeners = runtime._listeners(app, config)
+    listeners = http_listeners.api_listeners(app, config)
     loop = new_loop()
 
     async def serve_all() -> None:

@@ -21,8 +21,8 @@ from certok import health
 from certok.db.engine import transaction
 from certok.db.files import HEALTH_KEY, DatabaseFileWatch
 from certok.errors import ConfigurationError
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from certok.tenants import service as tenants
 
 
@@ -113,7 +113,7 @@ def test_a_replaced_database_file_is_logged_and_makes_the_process_not_ready(
     data = tmp_path / "data"
     _installation_with_a_tenant(data)
     database = data / "certok.db"
-    watch = DatabaseFileWatch(database)
+    watch = DatabaseFileWatch(database, on_change=health.reporter(HEALTH_KEY))
     assert watch.check() is None and health.is_ready()
 
     # Replaced, as `cp backup.db certok.db.new && mv certok.db.new certok.db` would.

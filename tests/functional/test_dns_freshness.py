@@ -21,7 +21,8 @@ import dns.rcode
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory
+from certok.db.engine import make_engine
+from certok.db.sessions import make_session_factory
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache
 from certok.dnszone.server import start_dns_server

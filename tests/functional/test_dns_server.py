@@ -30,9 +30,10 @@ from sqlalchemy import delete
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import ChallengeRecord, Delegation, Tenant
+from certok.db.sessions import make_session_factory
 from certok.dnszone import zoneindex
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.records import ZoneCache, ZoneRecords

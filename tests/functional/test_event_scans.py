@@ -14,8 +14,8 @@ from sqlalchemy import event, insert, select, update
 from certok.db.engine import transaction
 from certok.db.models import Certificate, Delegation, WebhookDelivery
 from certok.events.scans import EventScanner, crossed_threshold, expiry_thresholds
+from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.test_webhook_delivery import Clock

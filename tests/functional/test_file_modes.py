@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from certok.db.engine import transaction
+from certok.persistence import open_store
 from certok.settings import Settings
-from certok.store import open_store
 from certok.tenants import service as tenants
 
 

@@ -40,9 +40,9 @@ from certok.orders.driver import OrderDriver
 from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.service import ISSUED, redeem_code
 from certok.orders.worker import Worker
+from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401

@@ -11,8 +11,8 @@ from sqlalchemy import insert, update
 from certok.db.engine import transaction
 from certok.db.models import AgentHost, Certificate, WebhookDelivery
 from certok.metrics import MetricsPage
+from certok.persistence import Store
 from certok.readiness import DATABASE_GAUGES
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.certfactory import FakeCa, add_certificate
 

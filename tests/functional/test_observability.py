@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from certok.health import HealthChecks
+from certok.persistence import Store
 from certok.readiness import dns_check, worker_check
-from certok.store import Store
 from tests.functional.test_api import api_settings, make_app
 
 ZONE = "acme.obs.test"

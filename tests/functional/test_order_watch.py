@@ -14,7 +14,7 @@ from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.orders.leases import release_node_leases
 from certok.orders.service import FAILURE, ISSUED, PENDING, finished_orders
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 
 

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.models import ChallengeRecord, Order, Tenant, VerificationCode
+from certok.db.sessions import make_session_factory
 from certok.orders import purge as purging
 from certok.orders.purge import PurgeCounts, next_batch_size, purge, run_purger
+from certok.persistence import Store
 from certok.settings import Settings
-from certok.store import Store
 from tests.functional import test_api
 from tests.functional.test_cli import run
 

@@ -21,8 +21,8 @@ from certok.db.models import AcmeNewOrder, ChallengeRecord, Order, VerificationC
 from certok.orders.codes import issue_code
 from certok.orders.quotas import AcmeOrderBudget, TenantDisabled, redeem_with_quotas
 from certok.orders.service import FAILURE, ISSUED, PENDING
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, assert_error, make_app
 from tests.functional.test_worker_leases import ME, _worker

@@ -14,7 +14,7 @@ from certok.db.models import Order
 from certok.errors import CodeExpired, NotFound
 from certok.orders.codes import issue_code
 from certok.orders.service import PENDING, redeem_code, view_order
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 
 RACERS = 12

@@ -11,8 +11,8 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from certok.db.engine import transaction
+from certok.persistence import Store
 from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, make_app
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Tenant
+from certok.db.sessions import make_session_factory
 
 HOLD_SECONDS = 0.5
 

@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, event, insert
 from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
-from certok.db.engine import make_session_factory
 from certok.db.models import Order
-from certok.store import Store
+from certok.db.sessions import make_session_factory
+from certok.persistence import Store
 from tests.functional.test_api import ApiHarness, api, api_settings, assert_error, make_app
 
 __all__ = ["api"]  # the fixture, imported for these tests

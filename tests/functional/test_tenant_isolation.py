@@ -63,16 +63,17 @@ from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks, build_driver
 from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
-from certok.db.engine import make_engine, make_session_factory, transaction
+from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Certificate, ChallengeRecord, Delegation, Order, VerificationCode
+from certok.db.sessions import make_session_factory
 from certok.domains.delegations import compute_label
 from certok.http01 import store as http01_store
 from certok.names import base_name
 from certok.orders.driver import OrderDriver
 from certok.orders.service import order_key_owner
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver

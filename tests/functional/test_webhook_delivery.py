@@ -26,10 +26,10 @@ from certok.events import endpoints
 from certok.events.delivery import DeliveryWorker, notify_secret
 from certok.events.outbox import emit
 from certok.events.schedule import MAX_ATTEMPTS, RETRY_DELAYS_SECONDS
+from certok.persistence import Store
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.resolver import make_resolver
 from certok.prechecks.safe_http import FetchFailed, FetchLimits, SafeFetcher, verified_tls_context
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.webhook_receiver import Receiver
 from tests.rig.tls import write_server_tls

@@ -19,7 +19,7 @@ from certok.assembly import build_delivery_worker
 from certok.db.engine import transaction
 from certok.db.models import OrderNotifyUrl, WebhookEndpoint
 from certok.events.delivery import DeliveryWorker
-from certok.store import Store
+from certok.persistence import Store
 from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, assert_error, make_app
 from tests.functional.webhook_receiver import Receiver

@@ -23,8 +23,8 @@ from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.service import ISSUED, PENDING
 from certok.orders.worker import LEASE_SECONDS, Worker
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
 

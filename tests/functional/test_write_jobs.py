@@ -19,11 +19,12 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.db.engine import make_engine, make_session_factory
+from certok.db.engine import make_engine
 from certok.db.migrate import upgrade
 from certok.db.models import Base, Tenant
-from certok.db.write_channel import WriterUnavailable, serve_writes, use_writer_process
-from certok.db.writes import batcher_for, write
+from certok.db.sessions import make_session_factory
+from certok.db.write_channel import WriterUnavailable, serve_writes
+from certok.db.writes import TransactionWriter, WriteBatcher, write
 
 TENANTS = Tenant.__table__
 
@@ -106,7 +107,8 @@ def writer_process(engine: Engine, tmp_path: Path) -> Iterator[tuple[Path, str, 
     and another engine on the same file standing for an API + worker process."""
     path = tmp_path / "writer.sock"
     stop = threading.Event()
-    server = threading.Thread(target=serve_writes, args=(path, engine, stop), daemon=True)
+    sessions = make_session_factory(engine)
+    server = threading.Thread(target=serve_writes, args=(path, sessions, stop), daemon=True)
     server.start()
     client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
     try:
@@ -122,10 +124,10 @@ def test_the_writer_process_runs_every_connections_jobs_in_its_one_thread(
     engine: Engine, tmp_path: Path
 ) -> None:
     with writer_process(engine, tmp_path) as (path, writer_thread, client_engine):
-        use_writer_process(client_engine, path)
         _wait_until_listening(path)
         # 33 calling threads: 33 connections, jobs arriving together and batched.
-        results = _thirty_jobs_and_three_failing(make_session_factory(client_engine))
+        client = make_session_factory(client_engine, writer_socket=path)
+        results = _thirty_jobs_and_three_failing(client)
     assert set(results[:30]) == {writer_thread}
     assert all(isinstance(result, NameTaken) for result in results[30:])
     assert tenant_names(engine) == sorted([f"t{i}" for i in range(30)] + ["taken"])
@@ -144,9 +146,9 @@ def test_databases_without_a_single_writer_write_in_the_callers_thread(
         engine = create_engine("sqlite://")
         Base.metadata.create_all(engine)
     try:
-        assert batcher_for(engine) is None
         name = f"caller-{secrets.token_hex(4)}"
         sessions = make_session_factory(engine)
+        assert isinstance(sessions.writer, TransactionWriter)
         assert write(sessions, functools.partial(add_tenant, name=name)) == "MainThread"
         assert name in tenant_names(engine)
     finally:
@@ -159,14 +161,13 @@ def test_the_writer_channel_runs_jobs_and_returns_results_and_errors(
     engine: Engine, tmp_path: Path
 ) -> None:
     with writer_process(engine, tmp_path) as (path, writer_thread, client_engine):
-        client = make_session_factory(client_engine)
         # Before the writer listens, a job runs in the caller's process (nothing was sent).
-        use_writer_process(client_engine, tmp_path / "not-there.sock")
-        assert write(client, functools.partial(add_tenant, name="local")) == "certok-db-writer"
+        absent = make_session_factory(client_engine, writer_socket=tmp_path / "not-there.sock")
+        assert write(absent, functools.partial(add_tenant, name="local")) == "certok-db-writer"
         _wait_until_listening(path)
         assert path.stat().st_mode & 0o777 == 0o600
 
-        use_writer_process(client_engine, path)
+        client = make_session_factory(client_engine, writer_socket=path)
         assert write(client, functools.partial(add_tenant, name="remote")) == writer_thread
         with pytest.raises(NameTaken):
             write(client, functools.partial(add_tenant, name="remote"))
@@ -191,11 +192,11 @@ def test_a_writer_that_goes_away_mid_job_is_reported(engine: Engine, tmp_path: P
     peer = threading.Thread(target=accept_then_hang_up, daemon=True)
     peer.start()
     client_engine = make_engine(f"sqlite:///{tmp_path / 'certok.db'}")
-    use_writer_process(client_engine, path)
+    client = make_session_factory(client_engine, writer_socket=path)
     try:
         # The job may or may not have committed: the caller hears so, nothing runs again.
         with pytest.raises(WriterUnavailable):
-            write(make_session_factory(client_engine), functools.partial(add_tenant, name="x"))
+            write(client, functools.partial(add_tenant, name="x"))
         assert tenant_names(engine) == []
     finally:
         peer.join(timeout=5)
@@ -208,16 +209,18 @@ def test_the_writer_answers_unreadable_jobs_and_failed_batches_and_goes_on(
 ) -> None:
     from certok.db import write_channel, writes
 
+    sessions = make_session_factory(engine)
+    assert isinstance(sessions.writer, WriteBatcher)
     job = pickle.dumps(functools.partial(add_tenant, name="a"))
-    unreadable, ran = write_channel._run_frames(engine, [b"not a pickle", job])
+    unreadable, ran = write_channel._run_frames(sessions, [b"not a pickle", job])
     assert unreadable[0] is False and "unreadable write job" in str(unreadable[1])
     assert ran == (True, threading.current_thread().name)
 
     locked = OSError("database is locked")
 
-    def cannot_run(engine: Engine, jobs: list[object]) -> None:
+    def cannot_run(engine: Engine, lock: object, jobs: list[object]) -> None:
         raise locked
 
     monkeypatch.setattr(writes, "run_jobs", cannot_run)
-    assert write_channel._run_frames(engine, [job, job]) == [(False, locked), (False, locked)]
+    assert write_channel._run_frames(sessions, [job, job]) == [(False, locked), (False, locked)]
     assert tenant_names(engine) == ["a"]

@@ -78,14 +78,14 @@ def test_the_api_budget_leaves_room_for_dns_and_the_reserve() -> None:
 def test_a_low_open_files_limit_lowers_the_api_cap_with_a_warning(
     caplog: pytest.LogCaptureFixture, tmp_path: Any
 ) -> None:
-    from certok.runtime import _connection_limits
+    from certok.http_listeners import connection_limits
     from certok.settings import Settings
 
     settings = Settings(data_dir=tmp_path, api_max_connections=4096, api_header_timeout_seconds=3)
-    limits = _connection_limits(settings, 700, 256)
+    limits = connection_limits(settings, 700, 256)
     assert limits.max_connections == 700 - RESERVED_DESCRIPTORS - 256
     assert limits.header_timeout == 3
     assert "raise LimitNOFILE" in caplog.text and "api_max_connections (4096)" in caplog.text
     caplog.clear()
-    assert _connection_limits(settings, 1 << 20, 256).max_connections == 4096
+    assert connection_limits(settings, 1 << 20, 256).max_connections == 4096
     assert not caplog.text

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from certok.settings import Settings, unknown_environment_variables
+from certok.settings import Settings
+from certok.settings_loading import unknown_environment_variables
 
 
 def test_public_url_follows_the_api_port_unless_set() -> None:

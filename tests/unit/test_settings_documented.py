@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from certok.settings import IssuerSettings, Settings, load_settings
+from certok.settings import IssuerSettings, Settings
+from certok.settings_loading import load_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 

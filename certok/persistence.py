@@ -1,4 +1,5 @@
-"""Opening certok's store: the database (migrated) and the key-encryption box."""
+"""What certok keeps, opened: the database (migrated, with its writer) and the key-encryption
+box. (Not `certok.http01.store`, which holds the HTTP-01 challenge tokens.)"""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from certok.crypto import SecretBox
 from certok.db import migrate
-from certok.db.engine import database_threads, make_engine, make_session_factory
+from certok.db.engine import SessionFactory, database_threads, make_engine
 from certok.db.files import (
     database_is_empty,
     empty_database_message,
@@ -18,6 +18,7 @@ from certok.db.files import (
     prepare_sqlite_file,
     sqlite_file,
 )
+from certok.db.sessions import make_session_factory
 from certok.errors import ConfigurationError
 from certok.settings import Settings
 
@@ -25,11 +26,15 @@ from certok.settings import Settings
 @dataclass
 class Store:
     engine: Engine
-    sessions: sessionmaker[Session]
+    sessions: SessionFactory
     box: SecretBox
 
 
-def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
+def open_store(
+    settings: Settings, *, upgrade: bool = True, writer_socket: Path | None = None
+) -> Store:
+    """Open the data directory, the database (migrated unless `upgrade` is false) and the key
+    box; `writer_socket`: this process sends its writes to the writer process there."""
     prepare_data_dir(settings.data_dir)
     url = settings.effective_database_url
     database = sqlite_file(url)
@@ -52,7 +57,9 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
             )
         migrate.upgrade(engine)
     box = SecretBox.from_settings(settings.secret_key, key_file)
-    return Store(engine=engine, sessions=make_session_factory(engine), box=box)
+    return Store(
+        engine=engine, sessions=make_session_factory(engine, writer_socket=writer_socket), box=box
+    )
 
 
 def _empty_file(database: Path) -> bool:
