@@ -47,9 +47,10 @@ from certok.db.models import (
 )
 from certok.domains.verify import DnsVerifier
 from certok.names import base_name
+from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
-from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
+from certok.orders.service import order_key_owner
 from certok.settings import Settings
 
 READY = "1"

@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, func, select, update
 from sqlalchemy.orm import Session
 
-from certok.crypto import SecretBox
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.models import Certificate, CertificateName, CertificateSecret
 from certok.errors import InvalidRequest, NotFound
-from certok.orders.service import order_key_owner
 
 VALID = "valid"
 EXPIRING = "expiring"

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.engine import transaction
 from certok.db.models import Order
-from certok.orders.service import PENDING
+from certok.order_states import PENDING
 
 
 def release_node_leases(sessions: sessionmaker[Session], node: str) -> int:

@@ -41,7 +41,7 @@ from certok.db.models import (
     Order,
     VerificationCode,
 )
-from certok.orders.service import FAILURE, ISSUED
+from certok.order_states import FAILURE, ISSUED
 from certok.settings import Settings
 
 log = logging.getLogger(__name__)

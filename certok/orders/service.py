@@ -13,19 +13,11 @@ from sqlalchemy import Connection, Row, bindparam, delete, insert, select, updat
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
-from certok.crypto import SecretBox
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.errors import CodeExpired, NotFound
+from certok.order_states import ISSUED, PENDING
 from certok.orders.codes import code_not_found
-
-PENDING = "pending"
-ISSUED = "issued"
-FAILURE = "failure"
-
-
-def order_key_owner(order_id: int) -> str:
-    """Associated data for an order's encrypted private key (binds the ciphertext to the row)."""
-    return f"order:{order_id}:key"
 
 
 @dataclass(frozen=True)

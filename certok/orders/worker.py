@@ -41,8 +41,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.models import Order
 from certok.db.writes import write
+from certok.order_states import PENDING
 from certok.orders.driver import LeaseLost, OrderDriver
-from certok.orders.service import PENDING
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
