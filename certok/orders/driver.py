@@ -20,10 +20,8 @@ challenge material before a challenge is answered, an answer's mark before the n
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,7 +29,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates.ordering import new_order_for
-from certok.challenge_solver import ChallengeSolver, ExplainsMissingChallenge, Material, Presenter
+from certok.challenge_solver import ChallengeSolver, ExplainsMissingChallenge
 from certok.clock import Clock, utcnow
 from certok.crypto import (
     SecretBox,
@@ -40,7 +38,6 @@ from certok.crypto import (
     order_key_owner,
     private_key_to_pem,
 )
-from certok.db.writes import write
 from certok.errors import CertokError, Unavailable
 from certok.issuance import (
     STATUS_INVALID,
@@ -53,10 +50,10 @@ from certok.issuance import (
     ChallengeInfo,
     OrderInfo,
     ProblemKind,
-    key_authorization,
     valid_token,
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
+from certok.orders.material import ChallengeMaterial
 from certok.orders.polling import authorizations_needed
 from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.rows import (
@@ -65,10 +62,6 @@ from certok.orders.rows import (
     OrderSnapshot,
     PresentedRecord,
     load_snapshot,
-    present_job,
-    read_presented,
-    remove_job,
-    write_answered,
 )
 from certok.orders.saves import OrderSaves
 from certok.settings import Settings
@@ -114,8 +107,13 @@ class OrderDriver:
         self._ownership = ownership
         self._worker_id = worker_id
         self._solvers = solvers
-        self._records_changed = on_challenge_records_changed
         self._clock = clock
+        self._material = ChallengeMaterial(
+            session_factory,
+            worker_id=worker_id,
+            clock=clock,
+            on_changed=on_challenge_records_changed,
+        )
         self._saves = OrderSaves(
             session_factory,
             worker_id=worker_id,
@@ -150,7 +148,7 @@ class OrderDriver:
                 return self._begin(order, solver, account)
             info = account.session.fetch_order(order.acme_order_url, include_authorizations=False)
             # Stored answers matter only while the order is pending: no read otherwise.
-            presented = self._presented(order) if info.status == STATUS_PENDING else {}
+            presented = self._material.presented(order) if info.status == STATUS_PENDING else {}
             if authorizations_needed(info, presented, self._clock()):
                 info = account.session.fetch_authorizations(info)
             return self._advance(order, solver, account, info, presented)
@@ -295,13 +293,13 @@ class OrderDriver:
             if challenge.status == STATUS_PENDING:
                 to_answer.append((authz, challenge))
         if presented is None:
-            presented = self._presented(order) if to_answer or finished_authz else {}
+            presented = self._material.presented(order) if to_answer or finished_authz else {}
         finished_with_records = [url for url in finished_authz if url in presented]
         if finished_with_records:
-            self._remove_challenge_records(solver, order.id, finished_with_records)
+            self._material.remove(solver, order.id, finished_with_records)
         if not to_answer:
             return self._saves.poll_later(order, info.retry_after)
-        ready = self._present(order, solver, account, to_answer, presented)
+        ready = self._material.present(order, solver, account.key, to_answer, presented)
         # Each answer is saved before the next exchange; the last one goes with the step's
         # closing save, which follows it at once.
         answered: list[str] = []
@@ -312,7 +310,7 @@ class OrderDriver:
                 if not self._answered_before(account, authz_url, challenge.url, problem):
                     raise
             if index < len(ready) - 1:
-                self._mark_answered(order.id, [authz_url])
+                self._material.mark_answered(order.id, [authz_url])
             else:
                 answered.append(authz_url)
         if len(ready) < len(to_answer) and solver.settle_seconds > 0:
@@ -336,97 +334,6 @@ class OrderDriver:
         authz = account.session.fetch_authorization(authz_url)
         current = next((c for c in authz.challenges if c.url == challenge_url), None)
         return current is not None and current.status != STATUS_PENDING
-
-    # --- challenge material -----------------------------------------------------------------
-    def _presented(self, order: OrderSnapshot) -> dict[str, PresentedRecord]:
-        """The order's stored challenge material by authorization URL."""
-        if not order.has_records:
-            return {}
-        with self._reading() as connection:
-            return read_presented(connection, order.id)
-
-    def _present(
-        self,
-        order: OrderSnapshot,
-        solver: ChallengeSolver,
-        account: IssuerAccount,
-        items: list[tuple[AuthzInfo, ChallengeInfo]],
-        presented: dict[str, PresentedRecord],
-    ) -> list[tuple[str, ChallengeInfo]]:
-        """Present the challenge material; return the challenges every node serves by now.
-
-        A challenge is answered only once its material has settled (`settle_seconds` after
-        it was presented: at once for a solver whose material every node reads per
-        request). `presented` is what the order had stored when the step began; material
-        already there with the same value is not presented again.
-        """
-        now = self._clock()
-        propagation = solver.settle_seconds
-        settled_before = now - dt.timedelta(seconds=propagation)
-        ready_urls: set[str] = set()
-        fresh: list[tuple[AuthzInfo, ChallengeInfo, str]] = []
-        for authz, challenge in items:
-            value = solver.value(key_authorization(account.key, challenge.token))
-            existing = presented.get(authz.url)
-            if existing is not None and existing.value == value:
-                if existing.answered_at is None and existing.created_at <= settled_before:
-                    ready_urls.add(authz.url)
-                continue
-            fresh.append((authz, challenge, value))
-            if propagation <= 0:
-                ready_urls.add(authz.url)
-        if fresh:
-            replaced = [authz.url for authz, _, _ in fresh if authz.url in presented]
-            self._store_material(order, solver, fresh, replaced, now)
-            self._notify_records_changed()
-        return [(authz.url, challenge) for authz, challenge in items if authz.url in ready_urls]
-
-    def _store_material(
-        self,
-        order: OrderSnapshot,
-        solver: ChallengeSolver,
-        fresh: list[tuple[AuthzInfo, ChallengeInfo, str]],
-        replaced_authz: list[str],
-        now: dt.datetime,
-    ) -> None:
-        """Write new challenge material (replacing older values) if we still hold the lease."""
-        material = [
-            Material(authz.identifier, authz.url, challenge.token, value)
-            for authz, challenge, value in fresh
-        ]
-        write(
-            self._sessions,
-            functools.partial(
-                present_job,
-                solver=solver,
-                presenter=Presenter(order.id, order.tenant_id, self._worker_id, now),
-                material=material,
-                replaced_authz=replaced_authz,
-            ),
-        )
-
-    def _mark_answered(self, order_id: int, authz_urls: Sequence[str]) -> None:
-        write(
-            self._sessions,
-            functools.partial(
-                write_answered, order_id=order_id, authz_urls=list(authz_urls), at=self._clock()
-            ),
-        )
-
-    def _remove_challenge_records(
-        self, solver: ChallengeSolver, order_id: int, authz_urls: list[str]
-    ) -> None:
-        # Removals are not announced: nobody waits for them, and the DNS server's periodic
-        # refresh (`dns_refresh_seconds`) stops serving the values soon enough. Waiting for a
-        # reload here would hold the worker thread for nothing.
-        write(
-            self._sessions,
-            functools.partial(remove_job, solver=solver, order_id=order_id, authz_urls=authz_urls),
-        )
-
-    def _notify_records_changed(self) -> None:
-        if self._records_changed is not None:
-            self._records_changed()
 
     # --- ownership ---------------------------------------------------------------------------
     def _ownership_problem(self, order: OrderSnapshot) -> str | None:

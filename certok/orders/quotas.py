@@ -40,8 +40,7 @@ from certok.clock import Clock, utcnow
 from certok.db.models import AcmeAccount, AcmeNewOrder, Order, Tenant, VerificationCode
 from certok.db.writes import write
 from certok.errors import CertokError, RateLimited, Unauthenticated
-from certok.order_states import PENDING
-from certok.orders.service import redeem_code
+from certok.orders.service import PENDING, redeem_code
 from certok.settings import Settings
 
 # How long a client refused by the pending cap is asked to wait (orders finish in seconds to
