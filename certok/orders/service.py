@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, CursorResult, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
@@ -119,7 +119,10 @@ def redeem_code(
         },
     ).scalar_one()
     # Compare-and-set: only one request may bind an order to the code.
-    claimed = session.execute(_BIND_CODE, {"order_id": order_id, "b_code_id": row.id})
+    claimed = cast(
+        CursorResult[Any],
+        session.execute(_BIND_CODE, {"order_id": order_id, "b_code_id": row.id}),
+    )
     if claimed.rowcount == 1:
         return order_id, True
     # Another request (another node) bound the code first: drop ours, answer with theirs.
@@ -141,7 +144,7 @@ def code_order(
 
 def _redeemable_code(
     session: Session | Connection, tenant_id: int, code: str, clock: Clock
-) -> Row[Any]:
+) -> Row[*tuple[Any, ...]]:
     row = session.execute(_CODE, {"b_code": code}).first()
     if row is None or row.tenant_id != tenant_id:
         raise code_not_found(code)
