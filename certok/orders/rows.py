@@ -185,7 +185,7 @@ def save_job(
     if answered:
         write_answered(connection, order_id=order_id, authz_urls=answered, at=answered_at)
     if drop_records is not None:
-        # Not announced to the DNS server (see OrderDriver._remove_challenge_records).
+        # Not announced to the DNS server (see ChallengeMaterial.remove).
         drop_records.cleanup(connection, order_id, None)
     if after is not None:
         after(connection, order_id, answered_at)

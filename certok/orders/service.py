@@ -40,7 +40,7 @@ class OrderView:
 
 
 # The API's hot statements, built once on the tables (building a statement and its cache key
-# costs several times what executing it does; see certok/orders/driver.py).
+# costs several times what executing it does; see certok/orders/rows.py).
 _ORDERS = Order.__table__
 _CODES = VerificationCode.__table__
 _CERTIFICATES = Certificate.__table__
