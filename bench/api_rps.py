@@ -150,8 +150,8 @@ def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
     """An issued order behind a verification code of `tenant_name`; the code."""
     from certok.db.engine import transaction
     from certok.db.models import Order, VerificationCode
-    from certok.orders.service import ISSUED, order_key_owner
-    from certok.persistence import open_store
+    from certok.order_states import ISSUED
+    from certok.orders.service import order_key_owner
     from certok.settings import Settings
     from certok.tenants.service import find_tenant
 

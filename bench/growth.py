@@ -121,8 +121,8 @@ class Filler:
         from certok.db.engine import transaction
         from certok.db.models import Delegation, Order, VerificationCode
         from certok.domains.delegations import compute_label
-        from certok.orders.service import ISSUED, order_key_owner
-        from certok.persistence import open_store
+        from certok.order_states import ISSUED
+        from certok.orders.service import order_key_owner
         from certok.settings import Settings
         from certok.tenants.service import find_tenant
 

@@ -18,14 +18,16 @@ from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
 from certok.certificates.profiles import ProfileCatalog, directory_profiles
 from certok.certificates.tasks import CertificateTasks
+from certok.dnszone.solver import Dns01Solver
 from certok.domains.http_verify import HttpVerifier
 from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.events.delivery import DeliveryWorker
 from certok.events.outbox import order_finished
 from certok.events.scans import EventScanner
+from certok.http01.solver import Http01Solver
 from certok.orders.accounts import AccountRegistry
-from certok.orders.driver import OrderDriver
+from certok.orders.driver import OrderDriver, SolverRegistry
 from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.persistence import Store
@@ -154,6 +156,14 @@ def build_api_services(
     )
 
 
+def standard_solvers(settings: Settings) -> SolverRegistry:
+    """certok's challenge types (an order's `challenge_type`) and the solvers presenting them."""
+    return {
+        "dns": Dns01Solver(settle_seconds=settings.effective_challenge_propagation_seconds),
+        "http": Http01Solver(),
+    }
+
+
 def build_driver(
     settings: Settings,
     store: Store,
@@ -169,6 +179,7 @@ def build_driver(
         AccountRegistry(store.sessions, settings, store.box),
         checks.ownership(),
         worker_id=worker_id,
+        solvers=standard_solvers(settings),
         on_challenge_records_changed=on_challenge_records_changed,
         on_finished_in_transaction=order_finished,
         budget=AcmeOrderBudget(store.sessions, settings),

@@ -99,6 +99,15 @@ def certificate_facts(fullchain_pem: str) -> CertificateFacts:
     )
 
 
+def order_key_owner(order_id: int) -> str:
+    """Associated data for an order's encrypted private key (binds the ciphertext to the row).
+
+    Here, below both: the orders package encrypts the key, the certificates package (and
+    agents, console) decrypt it, and neither may import the other for it.
+    """
+    return f"order:{order_id}:key"
+
+
 class SecretBox:
     """AES-256-GCM encryption at rest with a key-encryption key kept outside the database."""
 

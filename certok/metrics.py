@@ -47,6 +47,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy.orm import Session, sessionmaker
 
+from certok.order_states import ISSUED
+
 log = logging.getLogger(__name__)
 
 # --- counted where it happens ------------------------------------------------------------------
@@ -111,8 +113,8 @@ def initialise(issuers: Iterable[str]) -> None:
     """Create the series known in advance at 0, so they show before their first event (with
     processes ≥ 2 a series appears only once some process has one)."""
     for issuer in issuers:
-        ORDERS.labels(issuer, "issued", "none")
-        ORDER_DURATION.labels(issuer, "issued")
+        ORDERS.labels(issuer, ISSUED, "none")
+        ORDER_DURATION.labels(issuer, ISSUED)
     for check in ("dns", "http"):
         RESOLVER_FAILURES.labels(check)
     for result in ("found", "not_found"):
@@ -134,7 +136,7 @@ def failure_reason(text: str | None) -> str:
 
 
 def order_finished(issuer: str, issued: bool, reason: str | None, seconds: float) -> None:
-    result = "issued" if issued else "failed"
+    result = ISSUED if issued else "failed"
     ORDERS.labels(issuer, result, "none" if issued else failure_reason(reason)).inc()
     ORDER_DURATION.labels(issuer, result).observe(max(0.0, seconds))
 

@@ -17,7 +17,8 @@ from certok.certificates.records import issued_certificate, record_issued
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order
-from certok.orders.service import ISSUED, order_key_owner
+from certok.order_states import ISSUED
+from certok.orders.service import order_key_owner
 
 
 @dataclass

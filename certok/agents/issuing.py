@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.agents import hosts
 from certok.agents.server_names import split_delegated
 from certok.clock import Clock, utcnow
-from certok.crypto import SecretBox
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.engine import transaction
 from certok.db.models import (
     AgentHost,
@@ -47,9 +47,9 @@ from certok.db.models import (
 )
 from certok.domains.verify import DnsVerifier
 from certok.names import base_name
+from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
-from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
 from certok.settings import Settings
 
 READY = "1"

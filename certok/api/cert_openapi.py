@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from certok.certificates.service import STATUSES
+
 _TIME = {"type": ["string", "null"], "example": "2026-03-01 00:00:00"}
-STATUS_ENUM = ["valid", "expiring", "expired", "revoked", "replaced"]
+STATUS_ENUM = list(STATUSES)
 
 CERT_SUMMARY: dict[str, Any] = {
     "type": "object",

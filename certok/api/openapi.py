@@ -6,6 +6,7 @@ from typing import Any
 
 from certok.api.agent_openapi import agent_paths
 from certok.api.cert_openapi import APPLY_ADDITIONS, APPLY_PARAMETERS, certificate_paths
+from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.settings import Settings
 
 
@@ -65,7 +66,7 @@ _APPLY_DATA = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string", "enum": ["issued", "pending", "failure"]},
+        "status": {"type": "string", "enum": [ISSUED, PENDING, FAILURE]},
         "reason": {"type": "string", "description": "why pending (retrying) or why it failed"},
         "issuer": {"type": "string", "example": "letsencrypt"},
         "subject": {"type": "string", "example": "*.example.com"},

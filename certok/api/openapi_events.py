@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from certok.api.openapi import _APPLY_DATA, _envelope, _error_responses
+from certok.events.outbox import CANCELLED, DELIVERED, FAILED, PENDING
 from certok.events.types import EVENT_TYPES
 from certok.settings import Settings
 
@@ -32,7 +33,7 @@ _DELIVERY = {
     "properties": {
         "id": {"type": "string", "description": "the webhook-id header", "example": "msg_0f3a"},
         "event": {"type": "string"},
-        "status": {"type": "string", "enum": ["pending", "delivered", "failed", "cancelled"]},
+        "status": {"type": "string", "enum": [PENDING, DELIVERED, FAILED, CANCELLED]},
         "attempts": {"type": "integer"},
         "lastStatus": {"type": ["integer", "null"]},
         "lastError": {"type": ["string", "null"]},

@@ -36,6 +36,7 @@ from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
 from certok.errors import InvalidRequest, RateLimited, Unauthenticated
 from certok.names import parse_domains
+from certok.order_states import PENDING
 from certok.orders.codes import CODE_HEX_CHARS, code_not_found
 from certok.orders.quotas import Redemption, redeem_job, redeemed
 from certok.orders.service import OrderView, code_order, view_order
@@ -228,7 +229,7 @@ def post_api_routes(
             with services.sessions() as session:
                 order_id = code_order(session, ref.id, apply_id)
                 if order_id is None:  # a GET-API code not yet redeemed: nothing ordered
-                    return OrderView(id=0, status="pending", issuer="", domains="", reason=None)
+                    return OrderView(id=0, status=PENDING, issuer="", domains="", reason=None)
                 return view_order(session, order_id, services.box)
 
         view = await asyncio.to_thread(read)

@@ -45,9 +45,9 @@ from certok.errors import CertokError, InvalidRequest, RateLimited, Unauthentica
 from certok.health import HealthChecks
 from certok.http01 import store as http01_store
 from certok.names import parse_domains
+from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.quotas import QUEUED, redeem_with_quotas
 from certok.orders.service import (
-    PENDING,
     OrderView,
     code_order,
     order_state,
@@ -243,7 +243,7 @@ class _Api:
             self.s.wake_worker()
         view = await self._wait_for(order_id, settings.apply_wait_seconds)
         data = _order_data(view)
-        if view.status == "issued":
+        if view.status == ISSUED:
             encoded = encode_data(data)
             self.s.issued.put((tenant.id, code), encoded)
             return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
@@ -442,9 +442,9 @@ def _time(value: Any) -> str | None:
 
 
 def _order_data(view: OrderView) -> dict[str, Any]:
-    if view.status == "issued":
+    if view.status == ISSUED:
         return {
-            "status": "issued",
+            "status": ISSUED,
             "issuer": view.issuer,
             "subject": view.subject,
             "notBefore": _time(view.not_before),
@@ -463,9 +463,9 @@ def _order_data(view: OrderView) -> dict[str, Any]:
 
 
 def _order_message(view: OrderView) -> str:
-    if view.status == "failure":
+    if view.status == FAILURE:
         return f"certificate order failed: {view.reason}"
-    if view.status == "pending":
+    if view.status == PENDING:
         if view.reason and view.reason.startswith(QUEUED):
             return f"pending, {view.reason}"
         return "pending: ask again in about 10 seconds"

@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, func, select, update
 from sqlalchemy.orm import Session
 
-from certok.crypto import SecretBox
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.models import Certificate, CertificateName, CertificateSecret
 from certok.errors import InvalidRequest, NotFound
-from certok.orders.service import order_key_owner
 
 VALID = "valid"
 EXPIRING = "expiring"
@@ -113,7 +112,7 @@ def _status_condition(status: str, now: dt.datetime) -> ColumnElement[bool]:
     return and_(live, _C.c.not_after > now, _C.c.renew_at > now)
 
 
-def _view(row: Row[Any], now: dt.datetime, **extra: Any) -> CertificateView:
+def _view(row: Row[*tuple[Any, ...]], now: dt.datetime, **extra: Any) -> CertificateView:
     return CertificateView(
         id=row.id,
         domains=row.domains.split(","),
@@ -169,7 +168,9 @@ def list_certificates(
     return int(total), [_view(row, now) for row in rows]
 
 
-def _row(session: Session, tenant_id: int, certificate_id: int, *columns: Any) -> Row[Any]:
+def _row(
+    session: Session, tenant_id: int, certificate_id: int, *columns: Any
+) -> Row[*tuple[Any, ...]]:
     query = select(*_LIST_COLUMNS, *columns).where(
         _C.c.id == certificate_id, _C.c.tenant_id == tenant_id
     )

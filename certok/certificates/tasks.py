@@ -26,6 +26,7 @@ from certok.certificates.ari import AriError, parse_renewal_info
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Certificate, CertificateSecret
+from certok.db.results import rows_changed
 from certok.issuance import AcmeProblem, AcmeSession, ProblemKind, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class CertificateTasks:
         with transaction(self._sessions) as session:
             if session.get_bind().dialect.update_returning:
                 return set(session.scalars(claim.returning(_C.c.id)))
-            return {i for i in ids if session.execute(claim.where(_C.c.id == i)).rowcount == 1}
+            return {i for i in ids if rows_changed(session.execute(claim.where(_C.c.id == i))) == 1}
 
     def _check(self, row: Any, now: dt.datetime) -> dict[str, Any]:
         """The row's new ARI columns after asking the CA (as `_SAVE_CHECK` parameters)."""
@@ -278,4 +279,4 @@ class CertificateTasks:
                 .where(_C.c.id == certificate_id, column == seen)
                 .values({column.name: now + CLAIM})
             )
-        return result.rowcount == 1
+        return rows_changed(result) == 1

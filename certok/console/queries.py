@@ -29,9 +29,9 @@ from certok.db.models import (
     Order,
     Tenant,
 )
+from certok.order_states import FAILURE, ISSUED, ORDER_STATES, PENDING
 
 PAGE_ROWS = 50
-ORDER_STATES = ("pending", "issued", "failure")
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def dashboard(session: Session, tenant_id: int, now: dt.datetime) -> Dashboard:
     )
     failed = select(*_ORDER_COLUMNS).where(
         Order.tenant_id == tenant_id,
-        Order.state == "failure",
+        Order.state == FAILURE,
         Order.created_at >= now - dt.timedelta(days=7),
     )
     return Dashboard(
@@ -313,14 +313,14 @@ def issuer_health(session: Session, issuers: list[str]) -> list[IssuerHealth]:
                 )
             )
 
-        failure = last("failure")
+        failure = last(FAILURE)
         reason = None
         if failure is not None:
             reason = session.scalar(
                 select(Order.reason)
                 .where(
                     Order.issuer == issuer,
-                    Order.state == "failure",
+                    Order.state == FAILURE,
                     Order.finished_at == failure,
                 )
                 .limit(1)
@@ -328,7 +328,7 @@ def issuer_health(session: Session, issuers: list[str]) -> list[IssuerHealth]:
         pending = session.scalar(
             select(func.count())
             .select_from(Order)
-            .where(Order.issuer == issuer, Order.state == "pending")
+            .where(Order.issuer == issuer, Order.state == PENDING)
         )
-        result.append(IssuerHealth(issuer, last("issued"), failure, reason, pending or 0))
+        result.append(IssuerHealth(issuer, last(ISSUED), failure, reason, pending or 0))
     return result

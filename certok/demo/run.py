@@ -32,6 +32,7 @@ from certok.demo.certok_env import child_environment, rig_environment
 from certok.demo.errors import RigError
 from certok.demo.process import ManagedProcess
 from certok.demo.rig import Rig, missing_binaries
+from certok.order_states import ISSUED, PENDING
 
 DEBIAN_PACKAGES = ("pebble", "unbound", "nsd", "nginx", "dnsutils")
 NAME = "www.customer.test"
@@ -181,12 +182,12 @@ def _story(rig: Rig, settings: dict[str, str], workdir: Path, say: Say) -> None:
     deadline = time.monotonic() + ISSUE_TIMEOUT_SECONDS
     while True:
         data = _api(apply_url, token)
-        if data.get("status") != "pending":
+        if data.get("status") != PENDING:
             break
         if time.monotonic() > deadline:
             raise DemoError("the certificate was not issued in time: see certok.log")
         time.sleep(_POLL_SECONDS)
-    if data.get("status") != "issued":
+    if data.get("status") != ISSUED:
         raise DemoError(f"the order failed: {data.get('reason')}")
     say(_shown(data, ("status", "issuer", "subject", "notBefore", "notAfter", "domains")))
 

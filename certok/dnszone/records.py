@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.models import ChallengeRecord, Delegation, Order
+from certok.order_states import PENDING
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _ORDERS = Order.__table__
 _TXT_ROWS = (
     select(_RECORDS.c.name, _RECORDS.c.value)
     .join(_ORDERS, _ORDERS.c.id == _RECORDS.c.order_id)
-    .where(_RECORDS.c.kind == DNS01_KIND, _ORDERS.c.state == "pending")
+    .where(_RECORDS.c.kind == DNS01_KIND, _ORDERS.c.state == PENDING)
     .order_by(_RECORDS.c.id.desc())
 )
 # count, highest id, and the highest id's created_at: each its own scalar subquery, so SQLite

@@ -104,7 +104,7 @@ class CodeIssuer:
 
 
 _DELEGATIONS = Delegation.__table__
-# Read on every dv and every order: built once (see the hot statements in orders/driver.py).
+# Read on every dv and every order: built once (see the hot statements in orders/rows.py).
 _LABELS = select(_DELEGATIONS.c.base_name, _DELEGATIONS.c.label).where(
     _DELEGATIONS.c.tenant_id == bindparam("b_tenant_id"),
     _DELEGATIONS.c.base_name.in_(bindparam("b_bases", expanding=True)),

@@ -28,6 +28,7 @@ from certok.db.models import (
 from certok.db.models import Order as OrderModel
 from certok.db.models import WebhookDelivery as DeliveryModel
 from certok.events.types import CERTIFICATE_FAILED, CERTIFICATE_ISSUED, payload, rfc3339
+from certok.order_states import FAILURE, FINISHED_STATES, ISSUED
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -124,7 +125,7 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
             _ORDERS.c.not_after,
         ).where(_ORDERS.c.id == order_id)
     ).first()
-    if order is None or order.state not in ("issued", "failure"):
+    if order is None or order.state not in FINISHED_STATES:
         return
     code = connection.execute(select(_CODES.c.code).where(_CODES.c.order_id == order_id)).scalar()
     notify_url = connection.execute(
@@ -139,9 +140,9 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         "issuer": order.issuer,
         "algorithm": order.algorithm,
     }
-    if order.state == "issued":
+    if order.state == ISSUED:
         event_type = CERTIFICATE_ISSUED
-        data["status"] = "issued"
+        data["status"] = ISSUED
         # The certificate record (certok/certificates) is written earlier in this transaction.
         data["certificateId"] = connection.execute(
             select(_CERTIFICATES.c.id).where(_CERTIFICATES.c.order_id == order_id)
@@ -150,7 +151,7 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         data["notAfter"] = rfc3339(order.not_after) if order.not_after else None
     else:
         event_type = CERTIFICATE_FAILED
-        data["status"] = "failure"
+        data["status"] = FAILURE
         # The CA's problem (type and detail) or certok's own reason, as /v1/cert/apply shows.
         data["reason"] = order.reason
     emit(

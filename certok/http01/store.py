@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
 from certok.db.models import ChallengeRecord, HttpHostBinding, Order, Tenant
+from certok.order_states import PENDING
 
 HTTP01_KIND = "http-01"
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -41,7 +42,7 @@ def key_authorization(
             ChallengeRecord.name == record_name(host, token),
             # Only running orders' material: a stopped order's (its tenant disabled) is not
             # served even if a worker that lost its lease wrote it after the stop.
-            Order.state == "pending",
+            Order.state == PENDING,
         )
     )
     if handle is not None:

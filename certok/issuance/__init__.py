@@ -11,7 +11,12 @@ from certok.issuance.account_keys import (
     new_account_key,
     signature_algorithm,
 )
-from certok.issuance.challenges import dns01_txt_value, http01_key_authorization, valid_token
+from certok.issuance.challenges import (
+    dns01_txt_value,
+    http01_key_authorization,
+    key_authorization,
+    valid_token,
+)
 from certok.issuance.problems import (
     AcmeProblem,
     ProblemKind,
@@ -51,6 +56,7 @@ __all__ = [
     "dns01_txt_value",
     "fetch_zerossl_eab",
     "http01_key_authorization",
+    "key_authorization",
     "new_account_key",
     "parse_retry_after",
     "signature_algorithm",

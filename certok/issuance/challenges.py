@@ -28,13 +28,20 @@ def _checked(token: str) -> str:
     return token
 
 
-def http01_key_authorization(account_key: josepy.JWK, token: str) -> str:
-    """``token || '.' || base64url(JWK_Thumbprint(accountKey))`` (RFC 8555 §8.1)."""
+def key_authorization(account_key: josepy.JWK, token: str) -> str:
+    """``token || '.' || base64url(JWK_Thumbprint(accountKey))`` (RFC 8555 §8.1).
+
+    Every challenge type derives what it presents from this (the solvers beside
+    `certok.dnszone` and `certok.http01`); http-01 presents it as it is.
+    """
     thumbprint = account_key.public_key().thumbprint(hash_function=hashes.SHA256)
     return f"{_checked(token)}.{josepy.b64encode(thumbprint).decode('ascii')}"
 
 
+http01_key_authorization = key_authorization
+
+
 def dns01_txt_value(account_key: josepy.JWK, token: str) -> str:
     """The TXT value for ``_acme-challenge.<name>``: base64url(SHA-256(key authorization))."""
-    digest = hashlib.sha256(http01_key_authorization(account_key, token).encode("ascii"))
+    digest = hashlib.sha256(key_authorization(account_key, token).encode("ascii"))
     return josepy.b64encode(digest.digest()).decode("ascii")

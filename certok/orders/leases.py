@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.engine import transaction
 from certok.db.models import Order
-from certok.orders.service import PENDING
+from certok.db.results import rows_changed
+from certok.order_states import PENDING
 
 
 def release_node_leases(sessions: sessionmaker[Session], node: str) -> int:
@@ -27,4 +28,4 @@ def release_node_leases(sessions: sessionmaker[Session], node: str) -> int:
             )
             .values(lease_owner=None, lease_until=None)
         )
-        return result.rowcount
+        return rows_changed(result)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
@@ -41,7 +41,8 @@ from certok.db.models import (
     Order,
     VerificationCode,
 )
-from certok.orders.service import FAILURE, ISSUED
+from certok.db.results import rows_changed
+from certok.order_states import FAILURE, ISSUED
 from certok.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,9 @@ def _delete_certificate_batch(
             session.execute(
                 delete(CertificateSecret).where(CertificateSecret.certificate_id.in_(ids))
             )
-            deleted = session.execute(delete(Certificate).where(Certificate.id.in_(ids))).rowcount
+            deleted = rows_changed(
+                session.execute(delete(Certificate).where(Certificate.id.in_(ids)))
+            )
     return PurgeCounts(certificates=deleted), len(candidates), time.monotonic() - started
 
 
@@ -229,9 +232,11 @@ def _delete_code_batch(
         # Timed from inside: waiting for the writer lock is not holding it.
         started = time.monotonic()
         # Re-checked: a code redeemed since the look-up keeps its order readable.
-        deleted = session.execute(
-            delete(VerificationCode).where(VerificationCode.id.in_(candidates), dead_codes)
-        ).rowcount
+        deleted = rows_changed(
+            session.execute(
+                delete(VerificationCode).where(VerificationCode.id.in_(candidates), dead_codes)
+            )
+        )
     return PurgeCounts(codes=deleted), len(candidates), time.monotonic() - started
 
 
@@ -248,20 +253,20 @@ def _delete_order_batch(
         ids = session.scalars(select(Order.id).where(Order.id.in_(candidates), old_orders)).all()
         records = codes = orders = 0
         if ids:
-            records = session.execute(
-                delete(ChallengeRecord).where(ChallengeRecord.order_id.in_(ids))
-            ).rowcount
-            codes = session.execute(
-                delete(VerificationCode).where(VerificationCode.order_id.in_(ids))
-            ).rowcount
-            orders = session.execute(delete(Order).where(Order.id.in_(ids))).rowcount
+            records = rows_changed(
+                session.execute(delete(ChallengeRecord).where(ChallengeRecord.order_id.in_(ids)))
+            )
+            codes = rows_changed(
+                session.execute(delete(VerificationCode).where(VerificationCode.order_id.in_(ids)))
+            )
+            orders = rows_changed(session.execute(delete(Order).where(Order.id.in_(ids))))
     counts = PurgeCounts(orders=orders, challenge_records=records, codes=codes)
     return counts, len(candidates), time.monotonic() - started
 
 
 def _find_candidates(
     sessions: sessionmaker[Session],
-    id_column: ColumnElement[int],
+    id_column: ColumnElement[int] | InstrumentedAttribute[int],
     condition: ColumnElement[bool],
     limit: int,
 ) -> Sequence[int]:

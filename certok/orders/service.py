@@ -7,25 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, CursorResult, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
-from certok.crypto import SecretBox
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.errors import CodeExpired, NotFound
+from certok.order_states import ISSUED, PENDING
 from certok.orders.codes import code_not_found
-
-PENDING = "pending"
-ISSUED = "issued"
-FAILURE = "failure"
-
-
-def order_key_owner(order_id: int) -> str:
-    """Associated data for an order's encrypted private key (binds the ciphertext to the row)."""
-    return f"order:{order_id}:key"
 
 
 @dataclass(frozen=True)
@@ -48,7 +40,7 @@ class OrderView:
 
 
 # The API's hot statements, built once on the tables (building a statement and its cache key
-# costs several times what executing it does; see certok/orders/driver.py).
+# costs several times what executing it does; see certok/orders/rows.py).
 _ORDERS = Order.__table__
 _CODES = VerificationCode.__table__
 _CERTIFICATES = Certificate.__table__
@@ -127,7 +119,10 @@ def redeem_code(
         },
     ).scalar_one()
     # Compare-and-set: only one request may bind an order to the code.
-    claimed = session.execute(_BIND_CODE, {"order_id": order_id, "b_code_id": row.id})
+    claimed = cast(
+        CursorResult[Any],
+        session.execute(_BIND_CODE, {"order_id": order_id, "b_code_id": row.id}),
+    )
     if claimed.rowcount == 1:
         return order_id, True
     # Another request (another node) bound the code first: drop ours, answer with theirs.
@@ -149,7 +144,7 @@ def code_order(
 
 def _redeemable_code(
     session: Session | Connection, tenant_id: int, code: str, clock: Clock
-) -> Row[Any]:
+) -> Row[*tuple[Any, ...]]:
     row = session.execute(_CODE, {"b_code": code}).first()
     if row is None or row.tenant_id != tenant_id:
         raise code_not_found(code)

@@ -41,8 +41,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.models import Order
 from certok.db.writes import write
-from certok.orders.driver import LeaseLost, OrderDriver
-from certok.orders.service import PENDING
+from certok.order_states import PENDING
+from certok.orders.driver import OrderDriver
+from certok.orders.rows import LeaseLost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -212,7 +213,7 @@ def _lease_free(now: dt.datetime | BindParameter[dt.datetime]) -> ColumnElement[
     return or_(ORDERS.c.lease_until.is_(None), ORDERS.c.lease_until < now)
 
 
-# The claim loop's statements, built once (see the hot statements in certok/orders/driver.py).
+# The claim loop's statements, built once (see the hot statements in certok/orders/rows.py).
 _DUE = (
     select(ORDERS.c.id)
     .where(

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from certok.clock import Clock, utcnow
 from certok.db.models import ApiToken, ChallengeRecord, Order, Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
+from certok.order_states import FAILURE, PENDING
 
 TOKEN_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 TENANT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -89,17 +90,16 @@ def set_disabled(session: Session, name: str, disabled: bool, clock: Clock = utc
     tenant.disabled = disabled
     if not disabled:
         return 0
-    # The order states are orders.service's words (tenants sit below orders: no import).
-    running = select(Order.id).where(Order.tenant_id == tenant.id, Order.state == "pending")
+    running = select(Order.id).where(Order.tenant_id == tenant.id, Order.state == PENDING)
     session.execute(
         delete(ChallengeRecord).where(ChallengeRecord.order_id.in_(running)),
         execution_options={"synchronize_session": False},
     )
     stopped = session.execute(
         update(Order)
-        .where(Order.tenant_id == tenant.id, Order.state == "pending")
+        .where(Order.tenant_id == tenant.id, Order.state == PENDING)
         .values(
-            state="failure",
+            state=FAILURE,
             reason="stopped: the tenant was disabled by the operator; enable it and apply again",
             finished_at=clock(),
             lease_owner=None,

@@ -3,7 +3,8 @@
 Each instance gets a throwaway TLS CA and server certificate (made with `cryptography`), a
 config on free loopback ports, and runs with PEBBLE_VA_ALWAYS_VALID=1 so no DNS or HTTP
 validation is needed. Pebble still insists on `-dnsserver`: it points at a free loopback
-port where nothing answers (and nothing is ever asked).
+port where nothing answers (and nothing is ever asked). `run_pebble(validating=...)` starts
+one that validates for real instead.
 
 Import ``pebble_server`` and ``pebble_eab_server`` into a test module (``# noqa: F401``)
 to get the module-scoped fixtures ``pebble`` (options via indirect parametrization, e.g.
@@ -76,8 +77,13 @@ def run_pebble(
     nonce_reject: int = 0,
     eab_required: bool = False,
     strict: bool = False,
+    validating: tuple[str, int] | None = None,
 ) -> Iterator[PebbleInstance]:
-    """Start Pebble in ``workdir``, wait for its directory, yield it, stop it."""
+    """Start Pebble in ``workdir``, wait for its directory, yield it, stop it.
+
+    ``validating``: (DNS server address, TLS port): Pebble validates challenges for real,
+    resolving names through that server and connecting to that port for tls-alpn-01.
+    """
     if not Path(PEBBLE_BINARY).exists():
         pytest.skip(f"{PEBBLE_BINARY} is not installed (apt-get install pebble)")
     tls = write_server_tls(workdir / "tls")
@@ -89,8 +95,9 @@ def run_pebble(
         "certificate": str(cert_path),
         "privateKey": str(key_path),
         # With ALWAYS_VALID nothing connects to these; they only have to be valid ports.
+        # (A validating Pebble connects to the TLS port for tls-alpn-01.)
         "httpPort": free_loopback_port(),
-        "tlsPort": free_loopback_port(),
+        "tlsPort": validating[1] if validating else free_loopback_port(),
         "ocspResponderURL": "",
         "externalAccountBindingRequired": eab_required,
         "domainBlocklist": [BLOCKED_DOMAIN],
@@ -102,7 +109,7 @@ def run_pebble(
     config_path.write_text(json.dumps({"pebble": config}, indent=2))
     env = {
         **os.environ,
-        "PEBBLE_VA_ALWAYS_VALID": "1",
+        "PEBBLE_VA_ALWAYS_VALID": "0" if validating else "1",
         "PEBBLE_VA_NOSLEEP": "1",
         "PEBBLE_AUTHZREUSE": "0",
         "PEBBLE_WFE_NONCEREJECT": str(nonce_reject),
@@ -112,7 +119,7 @@ def run_pebble(
         "-config",
         str(config_path),
         "-dnsserver",
-        f"127.0.0.1:{free_loopback_port()}",
+        validating[0] if validating else f"127.0.0.1:{free_loopback_port()}",
     ]
     if strict:
         command.append("-strict")

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import event, func, select
 
+from certok.assembly import standard_solvers
 from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Order
 from certok.domains.delegations import ensure_delegations
@@ -34,11 +35,12 @@ from certok.domains.ownership import Ownership
 from certok.domains.verify import DnsVerifier
 from certok.issuance.network import NonceRetryingNetwork
 from certok.names import challenge_name
+from certok.order_states import ISSUED
 from certok.orders.accounts import AccountRegistry
 from certok.orders.codes import issue_code
 from certok.orders.driver import OrderDriver
 from certok.orders.quotas import AcmeOrderBudget
-from certok.orders.service import ISSUED, redeem_code
+from certok.orders.service import redeem_code
 from certok.orders.worker import Worker
 from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
@@ -190,6 +192,7 @@ def test_an_issued_order_costs_a_bounded_number_of_statements(
         accounts,
         Ownership({"dns": verifier}),
         worker_id=WORKER,
+        solvers=standard_solvers(settings),
         on_challenge_records_changed=lambda: records_changed.append(1),
         # As `certok serve` builds it: each newOrder takes its place in the account's budget.
         budget=AcmeOrderBudget(store.sessions, settings),

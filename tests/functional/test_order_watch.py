@@ -12,8 +12,9 @@ from sqlalchemy import select
 from certok.api.waiters import OrderWaiters
 from certok.db.engine import transaction
 from certok.db.models import Order
+from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.leases import release_node_leases
-from certok.orders.service import FAILURE, ISSUED, PENDING, finished_orders
+from certok.orders.service import finished_orders
 from certok.persistence import Store
 from certok.tenants import service as tenants
 

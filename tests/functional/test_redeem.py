@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.errors import CodeExpired, NotFound
+from certok.order_states import PENDING
 from certok.orders.codes import issue_code
-from certok.orders.service import PENDING, redeem_code, view_order
+from certok.orders.service import redeem_code, view_order
 from certok.persistence import Store
 from certok.tenants import service as tenants
 

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from certok.assembly import standard_solvers
 from certok.db.engine import transaction
 from certok.db.models import Order
+from certok.order_states import ISSUED, PENDING
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
-from certok.orders.service import ISSUED, PENDING
 from certok.orders.worker import LEASE_SECONDS, Worker
 from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
@@ -43,6 +44,7 @@ def _worker(store: Store, tmp_path: Path) -> Worker:
         AccountRegistry(store.sessions, settings, store.box),
         lambda *_: None,
         worker_id=ME,
+        solvers=standard_solvers(settings),
         clock=lambda: NOW,
     )
     return Worker(
@@ -205,6 +207,7 @@ def test_a_step_hands_the_lease_back_only_when_the_next_attempt_is_beyond_the_ho
         AccountRegistry(store.sessions, settings, store.box),
         lambda *_: refusal,  # the ownership check fails once: a retry, and no ACME order
         worker_id=ME,
+        solvers=standard_solvers(settings),
         clock=lambda: NOW,
     )
     lease_until = NOW + dt.timedelta(seconds=LEASE_SECONDS)

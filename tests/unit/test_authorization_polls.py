@@ -1,5 +1,5 @@
 """When a poll of an order reads its authorizations too (one request per name) and when the
-order alone says enough: certok.orders.driver.authorizations_needed."""
+order alone says enough: certok.orders.polling.authorizations_needed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import datetime as dt
 import pytest
 
 from certok.issuance import OrderInfo
-from certok.orders.driver import AUTHZ_RECHECK_SECONDS, PresentedRecord, authorizations_needed
+from certok.orders.polling import AUTHZ_RECHECK_SECONDS, authorizations_needed
+from certok.orders.rows import PresentedRecord
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 APEX = "https://ca.test/authz/1"

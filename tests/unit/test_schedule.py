@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from certok.orders.driver import MAX_POLL_SECONDS, _poll_delay
+from certok.orders.polling import MAX_POLL_SECONDS, poll_delay
 from certok.orders.schedule import RETRY_DELAYS_SECONDS, next_attempt
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -25,6 +25,6 @@ def test_retry_after_wins_only_when_later() -> None:
 
 
 def test_polls_fast_while_young_then_slower_capped() -> None:
-    assert _poll_delay(dt.timedelta(0), 0.1) == 0.1
-    assert _poll_delay(dt.timedelta(seconds=30), 0.1) == 3.0
-    assert _poll_delay(dt.timedelta(hours=5), 0.1) == MAX_POLL_SECONDS
+    assert poll_delay(dt.timedelta(0), 0.1) == 0.1
+    assert poll_delay(dt.timedelta(seconds=30), 0.1) == 3.0
+    assert poll_delay(dt.timedelta(hours=5), 0.1) == MAX_POLL_SECONDS

@@ -1,0 +1,224 @@
+"""An order's row as the driver reads and writes it: the snapshot, the saves, the lease.
+
+The database sees few, small statements per step: the load reads only the columns a step
+uses (never the certificate or the encrypted key) plus whether the order has challenge
+material; saves are Core statements (`certok.db.writes.write`: on SQLite, the process's
+writes share transactions) with no ORM unit of work.
+
+Every save is fenced by the lease: a worker that lost its lease (it stalled past the lease
+time and another worker took over) cannot overwrite the newer state.
+
+The write jobs are module-level functions of plain arguments: a multi-process node runs them
+in its writer process (certok.db.write_channel), which receives them pickled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, exists, select, update
+
+from certok.certificates.records import IssuedCertificate, record_issued
+from certok.challenge_solver import ChallengeSolver, Material, Presenter
+from certok.db.models import ChallengeRecord, Order
+from certok.order_states import PENDING
+
+
+class LeaseLost(Exception):
+    """Another worker owns this order now; stop touching it."""
+
+
+@dataclass(frozen=True)
+class OrderSnapshot:
+    """What one step knows about its order, read once when the step begins."""
+
+    id: int
+    tenant_id: int
+    issuer: str
+    algorithm: str
+    challenge_type: str
+    domains: list[str]
+    acme_order_url: str | None
+    acme_orders: int
+    # Whether the encrypted key is saved; the blob itself stays in the database.
+    has_key: bool
+    csr_pem: str | None
+    attempts: int
+    reason: str | None
+    deadline_at: dt.datetime
+    created_at: dt.datetime
+    # Whether challenge material existed when the step began. Only the lease holder writes
+    # it, so without any there is nothing to read or remove until this step presents some.
+    has_records: bool
+    # The caller keeps driving the order itself while the next step is at most this many
+    # seconds away; a later next attempt hands the lease back in the same save (None: never).
+    hold_lease_for: float | None = None
+    # The ACME profile asked for, and the certificate this order renews (certificates/).
+    profile: str | None = None
+    replaces_certificate_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PresentedRecord:
+    """Challenge material already stored for one authorization."""
+
+    value: str
+    created_at: dt.datetime
+    answered_at: dt.datetime | None
+
+
+# Core tables: the driver's statements skip the ORM (identity map, unit of work, and the
+# synchronize_session evaluation of ORM-enabled UPDATEs), which cost more than the SQL.
+ORDERS = Order.__table__
+CHALLENGE_RECORDS = ChallengeRecord.__table__
+
+_SNAPSHOT_COLUMNS = (
+    ORDERS.c.id,
+    ORDERS.c.tenant_id,
+    ORDERS.c.issuer,
+    ORDERS.c.algorithm,
+    ORDERS.c.challenge_type,
+    ORDERS.c.domains,
+    ORDERS.c.acme_order_url,
+    ORDERS.c.acme_orders,
+    ORDERS.c.key_encrypted.is_not(None).label("has_key"),
+    ORDERS.c.csr_pem,
+    ORDERS.c.attempts,
+    ORDERS.c.reason,
+    ORDERS.c.deadline_at,
+    ORDERS.c.created_at,
+    exists().where(CHALLENGE_RECORDS.c.order_id == ORDERS.c.id).label("has_records"),
+    ORDERS.c.profile,
+    ORDERS.c.replaces_certificate_id,
+)
+
+
+# Hot statements, built once: building a statement and its cache key costs several times
+# what executing it does. Values come as bound parameters named b_* (an UPDATE's other
+# parameters are its SET columns).
+_LOAD = select(*_SNAPSHOT_COLUMNS).where(
+    ORDERS.c.id == bindparam("b_order_id"),
+    ORDERS.c.state == PENDING,
+    ORDERS.c.lease_owner == bindparam("b_worker_id"),
+)
+_SAVE = update(ORDERS).where(
+    ORDERS.c.id == bindparam("b_order_id"), ORDERS.c.lease_owner == bindparam("b_worker_id")
+)
+_PRESENTED = (
+    select(
+        CHALLENGE_RECORDS.c.authz_url,
+        CHALLENGE_RECORDS.c.value,
+        CHALLENGE_RECORDS.c.created_at,
+        CHALLENGE_RECORDS.c.answered_at,
+    )
+    .where(CHALLENGE_RECORDS.c.order_id == bindparam("b_order_id"))
+    .order_by(CHALLENGE_RECORDS.c.id)
+)
+_MARK_ANSWERED = update(CHALLENGE_RECORDS).where(
+    CHALLENGE_RECORDS.c.order_id == bindparam("b_order_id"),
+    CHALLENGE_RECORDS.c.authz_url.in_(bindparam("b_authz_urls", expanding=True)),
+)
+
+
+# (connection, order id, now): called in the transaction that ends an order.
+FinishHook = Callable[[Connection, int, dt.datetime], None]
+
+
+def load_snapshot(
+    connection: Connection, order_id: int, worker_id: str, hold_lease_for: float | None
+) -> OrderSnapshot | None:
+    """The pending order `worker_id` holds the lease of, or None."""
+    row = connection.execute(_LOAD, {"b_order_id": order_id, "b_worker_id": worker_id}).first()
+    if row is None:
+        return None
+    return OrderSnapshot(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        issuer=row.issuer,
+        algorithm=row.algorithm,
+        challenge_type=row.challenge_type,
+        domains=row.domains.split(","),
+        acme_order_url=row.acme_order_url,
+        acme_orders=row.acme_orders,
+        has_key=bool(row.has_key),
+        csr_pem=row.csr_pem,
+        attempts=row.attempts,
+        reason=row.reason,
+        deadline_at=row.deadline_at,
+        created_at=row.created_at,
+        has_records=bool(row.has_records),
+        hold_lease_for=hold_lease_for,
+        profile=row.profile,
+        replaces_certificate_id=row.replaces_certificate_id,
+    )
+
+
+def read_presented(connection: Connection, order_id: int) -> dict[str, PresentedRecord]:
+    """The order's stored challenge material by authorization URL."""
+    rows = connection.execute(_PRESENTED, {"b_order_id": order_id})
+    return {
+        row.authz_url: PresentedRecord(row.value, row.created_at, row.answered_at) for row in rows
+    }
+
+
+def save_job(
+    connection: Connection,
+    *,
+    order_id: int,
+    worker_id: str,
+    values: dict[str, Any],
+    answered: list[str],
+    answered_at: dt.datetime,
+    drop_records: ChallengeSolver | None,
+    certificate: IssuedCertificate | None = None,
+    after: FinishHook | None = None,
+) -> None:
+    """Save `values` under the lease; `drop_records`: the solver whose material all goes."""
+    result = connection.execute(_SAVE, {**values, "b_order_id": order_id, "b_worker_id": worker_id})
+    if result.rowcount != 1:
+        raise LeaseLost(order_id)
+    if certificate is not None:
+        record_issued(connection, order_id, certificate)
+    if answered:
+        write_answered(connection, order_id=order_id, authz_urls=answered, at=answered_at)
+    if drop_records is not None:
+        # Not announced to the DNS server (see ChallengeMaterial.remove).
+        drop_records.cleanup(connection, order_id, None)
+    if after is not None:
+        after(connection, order_id, answered_at)
+
+
+def write_answered(
+    connection: Connection, *, order_id: int, authz_urls: list[str], at: dt.datetime
+) -> None:
+    connection.execute(
+        _MARK_ANSWERED, {"answered_at": at, "b_order_id": order_id, "b_authz_urls": authz_urls}
+    )
+
+
+def remove_job(
+    connection: Connection,
+    *,
+    solver: ChallengeSolver,
+    order_id: int,
+    authz_urls: list[str] | None,
+) -> None:
+    solver.cleanup(connection, order_id, authz_urls)
+
+
+def present_job(
+    connection: Connection,
+    *,
+    solver: ChallengeSolver,
+    presenter: Presenter,
+    material: list[Material],
+    replaced_authz: list[str],
+) -> None:
+    """Present new material (replacing older values) if the worker still holds the lease."""
+    if replaced_authz:
+        solver.cleanup(connection, presenter.order_id, replaced_authz)
+    if not solver.present(connection, presenter, material):
+        raise LeaseLost(presenter.order_id)
