@@ -152,6 +152,7 @@ def insert_issued_order(data_dir: Path, tenant_name: str) -> str:
     from certok.db.models import Order, VerificationCode
     from certok.order_states import ISSUED
     from certok.orders.service import order_key_owner
+    from certok.persistence import open_store
     from certok.settings import Settings
     from certok.tenants.service import find_tenant
 

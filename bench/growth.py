@@ -123,6 +123,7 @@ class Filler:
         from certok.domains.delegations import compute_label
         from certok.order_states import ISSUED
         from certok.orders.service import order_key_owner
+        from certok.persistence import open_store
         from certok.settings import Settings
         from certok.tenants.service import find_tenant
 

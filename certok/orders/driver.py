@@ -236,7 +236,9 @@ class OrderDriver:
         if info.status == STATUS_INVALID:
             # "invalid": The certificate will not be issued. Consider this order process abandoned.
             reason = info.error or _first_authz_error(info) or "the CA marked the order invalid"
-            dead = any(a.error_kind == ProblemKind.AUTHORIZATION_INVALID for a in info.authorizations)
+            dead = any(
+                a.error_kind == ProblemKind.AUTHORIZATION_INVALID for a in info.authorizations
+            )
             return self._start_over_or_fail(order, solver, reason, dead)
         if info.status == STATUS_PENDING:
             return self._work_on_authorizations(order, solver, account, info, presented)

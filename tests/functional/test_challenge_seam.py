@@ -45,8 +45,8 @@ from certok.order_states import ISSUED, PENDING
 from certok.orders.accounts import AccountRegistry
 from certok.orders.driver import OrderDriver
 from certok.orders.worker import LEASE_SECONDS
+from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
-from certok.store import Store
 from certok.tenants import service as tenants
 from tests.functional.pebble_fixture import PebbleInstance, free_loopback_port, run_pebble
 
