@@ -153,7 +153,7 @@ class Filler:
                          "created_at": now}
                     )  # fmt: skip
                 for chunk in _chunks(rows):
-                    session.execute(insert(Delegation), chunk)
+                    session.connection().execute(insert(Delegation.__table__), chunk)
             self.delegations = max(self.delegations, delegations)
 
             pool = [self_signed(f"pool{i}.{NAME_SUFFIX}") for i in range(CERTIFICATE_POOL)]
@@ -225,11 +225,12 @@ class Filler:
                         {"certificate_id": order_id, "tenant_id": tenant_id, "name": name}
                     )
                 with transaction(store.sessions) as session:
-                    session.execute(insert(Order), order_rows)
-                    session.execute(insert(VerificationCode), code_rows)
-                    session.execute(insert(Certificate), certificate_rows)
-                    session.execute(insert(CertificateSecret), secret_rows)
-                    session.execute(insert(CertificateName), name_rows)
+                    connection = session.connection()  # Core executemany: no ORM bulk path
+                    connection.execute(insert(Order.__table__), order_rows)
+                    connection.execute(insert(VerificationCode.__table__), code_rows)
+                    connection.execute(insert(Certificate.__table__), certificate_rows)
+                    connection.execute(insert(CertificateSecret.__table__), secret_rows)
+                    connection.execute(insert(CertificateName.__table__), name_rows)
             if self.first_order_id is None:
                 self.first_order_id = next_id
             self.orders = max(self.orders, orders)
