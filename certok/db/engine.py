@@ -161,7 +161,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# PostgreSQL sessions outside `transaction()` only read; see `make_session_factory`.
+_AUTOCOMMIT = "AUTOCOMMIT"
+# What `transaction()` runs in on PostgreSQL: the server's default, which certok's row locks
+# and compare-and-set updates are written for.
+_WRITE_ISOLATION = "READ COMMITTED"
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on `engine`; on PostgreSQL, reads outside `transaction()` run in autocommit.
+
+    psycopg sends BEGIN as a round trip of its own before a transaction's first statement,
+    and a read-only session ends with a ROLLBACK: three round trips (and three statements for
+    the server) for one SELECT. Every write goes through `transaction()`, which opts back into
+    a transaction; a plain session's reads each see committed data, as they did under READ
+    COMMITTED.
+    """
+    if engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level=_AUTOCOMMIT)
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -177,4 +194,10 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         _SQLITE_WRITERS.get(bind) if isinstance(bind, Engine) else None
     )
     with writer or nullcontext(), factory() as session, session.begin():
+        if (
+            isinstance(bind, Engine)
+            and bind.get_execution_options().get("isolation_level") == _AUTOCOMMIT
+        ):
+            # A read session's autocommit would make each statement its own transaction.
+            session.connection(execution_options={"isolation_level": _WRITE_ISOLATION})
         yield session
