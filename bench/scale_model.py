@@ -1,0 +1,216 @@
+"""What 10M certificates ask of certok's nodes and database: a model fed with measured costs.
+
+    python bench/scale_model.py [--certificates 10000000] [--regions 3]
+                                [--growth-json F] [--throughput-json F] [--json FILE]
+                                [--<cost> VALUE ...]
+
+Nothing here is measured: each per-unit cost comes from another benchmark of this directory
+(its flag's help names the script and the row), either as given on the command line or read
+from that script's `--json` output (`--growth-json` from growth.py's largest stage,
+`--throughput-json` from issuance_throughput.py). The model multiplies them out for a fleet
+of `--certificates` certificates renewed every `--renew-days` days, in three cases:
+- steady state: renewals spread evenly (ARI windows and `renew_at` spread them);
+- daily peak: `--peak-factor` times the average (orders arrive with the customers' working
+  hours and deployments);
+- mass reissue: every certificate again within `--reissue-hours` (a CA's incident: the
+  Baseline Requirements give 5 days for a revocation, some CAs revoke within 24 hours).
+For each it prints the orders/s, the worker cores, the PostgreSQL transactions/s and round
+trips/s, the DNS queries/s of the CAs' validations, the storage, the RSS of a DNS node holding
+every delegation's label, and apply polls that miss the issued-answer cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Measurement, Report, bench_parser, finish
+
+BENCH = "scale_model"
+DAY = 86_400.0
+
+
+@dataclass
+class Costs:
+    worker_cpu_ms: float  # certok CPU per issued order (issuance_throughput.py, PostgreSQL)
+    transactions: float  # PostgreSQL commits + rollbacks per order (issuance_throughput.py)
+    statements: float  # SQL statements per order, worker and API (test_issuance_statements.py)
+    storage_kib: float  # database bytes per stored order + certificate (growth.py, 1M)
+    dns_qps_core: float  # certok DNS answers per second on one core (growth.py / dns_qps.py)
+    label_rss_bytes: float  # DNS node RSS per delegation label (growth.py, RSS between stages)
+    miss_cpu_us: float  # CPU per apply poll missing the issued-answer cache (growth.py)
+    hit_cpu_us: float  # CPU per apply poll hitting it (growth.py, one code)
+
+
+def from_json(costs: Costs, growth: Path | None, throughput: Path | None) -> Costs:
+    """Overwrite the costs the given benchmark outputs measured."""
+    if throughput is not None:
+        rows = json.loads(throughput.read_text())["measurements"]
+        certok = [r for r in rows if r["case"].startswith("certok serve")]
+        for row in certok:
+            note = row.get("note") or ""
+            for part in note.split(";"):
+                part = part.strip()
+                if part.endswith("ms CPU per order (certok)"):
+                    costs.worker_cpu_ms = float(part.split()[0])
+                if part.startswith("PostgreSQL:"):
+                    words = part.replace(",", "").split()
+                    costs.transactions = float(words[1]) + float(words[3])
+    if growth is not None:
+        rows = json.loads(growth.read_text())["measurements"]
+        last = rows[-1]["case"].split(":")[0]
+        for row in rows:
+            if not row["case"].startswith(last):
+                continue
+            if row["case"].endswith("DNS, max rate") and row.get("cpu_percent"):
+                costs.dns_qps_core = row["rate"] / (row["cpu_percent"] / 100)
+    return costs
+
+
+def model(args: argparse.Namespace, costs: Costs) -> Report:
+    report = Report()
+    average = args.certificates / (args.renew_days * DAY)
+    reissue = args.certificates / (args.reissue_hours * 3600)
+    cases = (
+        ("steady state", average),
+        (f"daily peak ({args.peak_factor:g}x)", average * args.peak_factor),
+        (f"mass reissue in {args.reissue_hours:g} h", reissue),
+    )
+    storage_gib = args.certificates * costs.storage_kib / (1024 * 1024)
+    label_gib = args.delegations * costs.label_rss_bytes / 2**30
+    for name, orders_per_s in cases:
+        cores = orders_per_s * costs.worker_cpu_ms / 1000
+        transactions = orders_per_s * costs.transactions
+        round_trips = orders_per_s * (costs.statements + 2 * costs.transactions)
+        # Each validation: the CA asks TXT at every perspective (Let's Encrypt: the primary
+        # and its remote perspectives), a few names per order, retries aside.
+        dns_qps = orders_per_s * args.names_per_order * args.ca_perspectives
+        report.measurements.append(
+            Measurement(
+                BENCH,
+                f"{args.certificates:,} certificates, {name}",
+                rate=orders_per_s,
+                rate_unit="orders/s",
+                note=(
+                    f"worker {cores:.2f} cores ({math.ceil(cores / args.core_share)} nodes at "
+                    f"{args.core_share:g} core each); PostgreSQL {transactions:,.0f} "
+                    f"transactions/s, {round_trips:,.0f} round trips/s; DNS {dns_qps:,.0f} "
+                    f"qps from the CAs = {dns_qps / costs.dns_qps_core:.3f} core"
+                ),
+            )
+        )
+    polls = args.polls_per_second
+    miss_cores = polls * costs.miss_cpu_us / 1e6
+    hit_cores = polls * costs.hit_cpu_us / 1e6
+    report.measurements.append(
+        Measurement(
+            BENCH,
+            f"apply polls of stored codes, {polls:,.0f}/s",
+            rate=polls,
+            rate_unit="req/s",
+            note=(
+                f"{miss_cores:.2f} cores if every poll misses the issued-answer cache, "
+                f"{hit_cores:.2f} if every poll hits it"
+            ),
+        )
+    )
+    report.measurements.append(
+        Measurement(
+            BENCH,
+            f"{args.certificates:,} certificates, storage and memory",
+            note=(
+                f"database {storage_gib:,.1f} GiB (orders kept as long as certificates; "
+                f"`certok purge` halves it); {args.delegations:,} delegation labels in every "
+                f"DNS node's zone: {label_gib:.2f} GiB RSS"
+            ),
+        )
+    )
+    return report
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    add = parser.add_argument
+    add("--certificates", type=int, default=10_000_000)
+    add("--delegations", type=int, default=2_000_000, help="delegated names (2M)")
+    add(
+        "--renew-days",
+        type=float,
+        default=60.0,
+        help="days between renewals (60: 90-day certificates)",
+    )
+    add("--peak-factor", type=float, default=4.0, help="peak hour over the day's average (4)")
+    add("--reissue-hours", type=float, default=120.0, help="mass reissue window (120 h = 5 days)")
+    add("--names-per-order", type=float, default=1.5)
+    add("--ca-perspectives", type=float, default=5.0, help="DNS lookups per name by the CA (5)")
+    add("--core-share", type=float, default=1.0, help="worker cores per node (1)")
+    add("--polls-per-second", type=float, default=1000.0, help="apply polls of stored codes/s")
+    add("--growth-json", type=Path, help="growth.py --json output (largest stage)")
+    add("--throughput-json", type=Path, help="issuance_throughput.py --postgres --json output")
+    add(
+        "--worker-cpu-ms",
+        type=float,
+        default=30.0,
+        help="certok CPU per order: issuance_throughput.py --postgres, 'ms CPU per order'",
+    )
+    add(
+        "--transactions",
+        type=float,
+        default=20.0,
+        help="PostgreSQL commits + rollbacks per order: issuance_throughput.py --postgres",
+    )
+    add(
+        "--statements",
+        type=float,
+        default=35.0,
+        help="SQL statements per order, worker and API: test_issuance_statements.py + API reads",
+    )
+    add(
+        "--storage-kib",
+        type=float,
+        default=3.0,
+        help="database KiB per stored order + certificate: growth.py, database size / orders",
+    )
+    add(
+        "--dns-qps-core",
+        type=float,
+        default=100_000.0,
+        help="certok DNS qps per core: growth.py / dns_qps.py",
+    )
+    add(
+        "--label-rss-bytes",
+        type=float,
+        default=300.0,
+        help="DNS node RSS per delegation: growth.py, RSS difference / delegations",
+    )
+    add(
+        "--miss-cpu-us",
+        type=float,
+        default=1000.0,
+        help="CPU per apply poll missing the cache: growth.py, random code at 1M",
+    )
+    add("--hit-cpu-us", type=float, default=60.0,
+        help="CPU per apply poll hitting it: growth.py, one code")  # fmt: skip
+    args = parser.parse_args()
+    costs = Costs(
+        worker_cpu_ms=args.worker_cpu_ms,
+        transactions=args.transactions,
+        statements=args.statements,
+        storage_kib=args.storage_kib,
+        dns_qps_core=args.dns_qps_core,
+        label_rss_bytes=args.label_rss_bytes,
+        miss_cpu_us=args.miss_cpu_us,
+        hit_cpu_us=args.hit_cpu_us,
+    )
+    costs = from_json(costs, args.growth_json, args.throughput_json)
+    finish(model(args, costs), args.json, show_commands=False)
+
+
+if __name__ == "__main__":
+    main()
