@@ -120,6 +120,24 @@ def model(args: argparse.Namespace, costs: Costs) -> Report:
             ),
         )
     )
+    from certok.db.engine import _POSTGRES_OVERFLOW, database_threads
+
+    per_process = database_threads(args.worker_threads) + _POSTGRES_OVERFLOW
+    per_node = per_process * args.processes
+    nodes = args.regions * args.nodes_per_region
+    report.measurements.append(
+        Measurement(
+            BENCH,
+            f"PostgreSQL connections, {nodes} nodes ({args.regions} regions)",
+            rate=per_node * nodes,
+            rate_unit="connections at most",
+            note=(
+                f"{per_node} per node: {args.processes} database-using processes x "
+                f"(pool {database_threads(args.worker_threads)} + overflow {_POSTGRES_OVERFLOW}) "
+                f"at worker_threads={args.worker_threads} on this machine's CPU count"
+            ),
+        )
+    )
     report.measurements.append(
         Measurement(
             BENCH,
@@ -151,6 +169,10 @@ def main() -> None:
     add("--ca-perspectives", type=float, default=5.0, help="DNS lookups per name by the CA (5)")
     add("--core-share", type=float, default=1.0, help="worker cores per node (1)")
     add("--polls-per-second", type=float, default=1000.0, help="apply polls of stored codes/s")
+    add("--regions", type=int, default=3)
+    add("--nodes-per-region", type=int, default=3)
+    add("--processes", type=int, default=2, help="API + worker processes per node (2)")
+    add("--worker-threads", type=int, default=8, help="worker_threads (8, the default)")
     add("--growth-json", type=Path, help="growth.py --json output (largest stage)")
     add("--throughput-json", type=Path, help="issuance_throughput.py --postgres --json output")
     add(
