@@ -1,13 +1,11 @@
 """What 10M certificates ask of certok's nodes and database: a model fed with measured costs.
 
     python bench/scale_model.py [--certificates 10000000] [--regions 3]
-                                [--growth-json F] [--throughput-json F] [--json FILE]
-                                [--<cost> VALUE ...]
+                                [--<cost> VALUE ...] [--json FILE]
 
 Nothing here is measured: each per-unit cost comes from another benchmark of this directory
-(its flag's help names the script and the row), either as given on the command line or read
-from that script's `--json` output (`--growth-json` from growth.py's largest stage,
-`--throughput-json` from issuance_throughput.py). The model multiplies them out for a fleet
+(its flag's help names the script and the row; the defaults are this repo's last figures,
+bench/README.md). The model multiplies them out for a fleet
 of `--certificates` certificates renewed every `--renew-days` days, in three cases:
 - steady state: renewals spread evenly (ARI windows and `renew_at` spread them);
 - daily peak: `--peak-factor` times the average (orders arrive with the customers' working
@@ -22,7 +20,6 @@ every delegation's label, and apply polls that miss the issued-answer cache.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -39,38 +36,13 @@ DAY = 86_400.0
 @dataclass
 class Costs:
     worker_cpu_ms: float  # certok CPU per issued order (issuance_throughput.py, PostgreSQL)
-    transactions: float  # PostgreSQL commits + rollbacks per order (issuance_throughput.py)
-    statements: float  # SQL statements per order, worker and API (test_issuance_statements.py)
+    write_transactions: float  # committed write transactions per order (PostgreSQL)
+    statements: float  # SQL statements per order, worker and API
     storage_kib: float  # database bytes per stored order + certificate (growth.py, 1M)
     dns_qps_core: float  # certok DNS answers per second on one core (growth.py / dns_qps.py)
     label_rss_bytes: float  # DNS node RSS per delegation label (growth.py, RSS between stages)
     miss_cpu_us: float  # CPU per apply poll missing the issued-answer cache (growth.py)
     hit_cpu_us: float  # CPU per apply poll hitting it (growth.py, one code)
-
-
-def from_json(costs: Costs, growth: Path | None, throughput: Path | None) -> Costs:
-    """Overwrite the costs the given benchmark outputs measured."""
-    if throughput is not None:
-        rows = json.loads(throughput.read_text())["measurements"]
-        certok = [r for r in rows if r["case"].startswith("certok serve")]
-        for row in certok:
-            note = row.get("note") or ""
-            for part in note.split(";"):
-                part = part.strip()
-                if part.endswith("ms CPU per order (certok)"):
-                    costs.worker_cpu_ms = float(part.split()[0])
-                if part.startswith("PostgreSQL:"):
-                    words = part.replace(",", "").split()
-                    costs.transactions = float(words[1]) + float(words[3])
-    if growth is not None:
-        rows = json.loads(growth.read_text())["measurements"]
-        last = rows[-1]["case"].split(":")[0]
-        for row in rows:
-            if not row["case"].startswith(last):
-                continue
-            if row["case"].endswith("DNS, max rate") and row.get("cpu_percent"):
-                costs.dns_qps_core = row["rate"] / (row["cpu_percent"] / 100)
-    return costs
 
 
 def model(args: argparse.Namespace, costs: Costs) -> Report:
@@ -86,8 +58,9 @@ def model(args: argparse.Namespace, costs: Costs) -> Report:
     label_gib = args.delegations * costs.label_rss_bytes / 2**30
     for name, orders_per_s in cases:
         cores = orders_per_s * costs.worker_cpu_ms / 1000
-        transactions = orders_per_s * costs.transactions
-        round_trips = orders_per_s * (costs.statements + 2 * costs.transactions)
+        # psycopg sends BEGIN and COMMIT as round trips of their own; reads autocommit.
+        writes = orders_per_s * costs.write_transactions
+        round_trips = orders_per_s * (costs.statements + 2 * costs.write_transactions)
         # Each validation: the CA asks TXT at every perspective (Let's Encrypt: the primary
         # and its remote perspectives), a few names per order, retries aside.
         dns_qps = orders_per_s * args.names_per_order * args.ca_perspectives
@@ -99,7 +72,7 @@ def model(args: argparse.Namespace, costs: Costs) -> Report:
                 rate_unit="orders/s",
                 note=(
                     f"worker {cores:.2f} cores ({math.ceil(cores / args.core_share)} nodes at "
-                    f"{args.core_share:g} core each); PostgreSQL {transactions:,.0f} "
+                    f"{args.core_share:g} core each); PostgreSQL {writes:,.0f} write "
                     f"transactions/s, {round_trips:,.0f} round trips/s; DNS {dns_qps:,.0f} "
                     f"qps from the CAs = {dns_qps / costs.dns_qps_core:.3f} core"
                 ),
@@ -173,8 +146,6 @@ def main() -> None:
     add("--nodes-per-region", type=int, default=3)
     add("--processes", type=int, default=2, help="API + worker processes per node (2)")
     add("--worker-threads", type=int, default=8, help="worker_threads (8, the default)")
-    add("--growth-json", type=Path, help="growth.py --json output (largest stage)")
-    add("--throughput-json", type=Path, help="issuance_throughput.py --postgres --json output")
     add(
         "--worker-cpu-ms",
         type=float,
@@ -182,16 +153,19 @@ def main() -> None:
         help="certok CPU per order: issuance_throughput.py --postgres, 'ms CPU per order'",
     )
     add(
-        "--transactions",
+        "--write-transactions",
         type=float,
-        default=20.0,
-        help="PostgreSQL commits + rollbacks per order: issuance_throughput.py --postgres",
+        default=9.2,
+        help="write transactions per order: issuance_throughput.py --postgres, commits per "
+        "order while every read still ended in a rollback",
     )
     add(
         "--statements",
         type=float,
-        default=35.0,
-        help="SQL statements per order, worker and API: test_issuance_statements.py + API reads",
+        default=30.0,
+        help="SQL statements per order, worker and API: issuance_throughput.py --postgres, "
+        "commits per order now (each autocommit read is one) + the writes' statements "
+        "(tests/functional/test_issuance_statements.py)",
     )
     add(
         "--storage-kib",
@@ -217,12 +191,16 @@ def main() -> None:
         default=1000.0,
         help="CPU per apply poll missing the cache: growth.py, random code at 1M",
     )
-    add("--hit-cpu-us", type=float, default=60.0,
-        help="CPU per apply poll hitting it: growth.py, one code")  # fmt: skip
+    add(
+        "--hit-cpu-us",
+        type=float,
+        default=60.0,
+        help="CPU per apply poll hitting it: growth.py, one code",
+    )
     args = parser.parse_args()
     costs = Costs(
         worker_cpu_ms=args.worker_cpu_ms,
-        transactions=args.transactions,
+        write_transactions=args.write_transactions,
         statements=args.statements,
         storage_kib=args.storage_kib,
         dns_qps_core=args.dns_qps_core,
@@ -230,7 +208,6 @@ def main() -> None:
         miss_cpu_us=args.miss_cpu_us,
         hit_cpu_us=args.hit_cpu_us,
     )
-    costs = from_json(costs, args.growth_json, args.throughput_json)
     finish(model(args, costs), args.json, show_commands=False)
 
 
