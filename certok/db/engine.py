@@ -175,7 +175,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     and a read-only session ends with a ROLLBACK: three round trips (and three statements for
     the server) for one SELECT. Every write goes through `transaction()`, which opts back into
     a transaction; a plain session's reads each see committed data, as they did under READ
-    COMMITTED.
+    COMMITTED. A read that streams rows through a server-side cursor (`yield_per`,
+    `stream_results`) needs a transaction on PostgreSQL: run it in `transaction()`.
     """
     if engine.dialect.name == "postgresql":
         engine = engine.execution_options(isolation_level=_AUTOCOMMIT)
