@@ -48,6 +48,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -74,6 +75,7 @@ from _common import (
 from _wrk import WrkResult, run_wrk
 from api_rps import certok_env, self_signed
 from dns_qps import Load, ZoneData, run_dnsperf, warm_up, write_query_file
+from issuance_throughput import fresh_postgres_database
 
 from tests.rig.certok_server import CertokServer
 
@@ -83,7 +85,7 @@ NAME_SUFFIX = "growth.test"
 TOKEN_HEADER = "httpsok-token"
 TENANT = "growth"
 CERTIFICATE_POOL = 16  # distinct certificates and keys shared round-robin by the orders
-INSERT_CHUNK = 5_000
+INSERT_CHUNK = 20_000
 STARTUP_TIMEOUT = 120.0
 IDLE_SECONDS = 3.0
 WARMUP_SECONDS = 2.0
@@ -105,9 +107,11 @@ def stored_code(order_id: int) -> str:
 
 @dataclass
 class Filler:
-    """Adds delegations and issued orders to certok's database with certok's own modules."""
+    """Adds delegations and issued orders (each with its certificate record, as the issuing
+    save leaves them) to certok's database with certok's own modules."""
 
     data_dir: Path
+    database_url: str | None = None
     delegations: int = 0
     orders: int = 0
     labels: dict[str, str] = field(default_factory=dict)  # name → label
@@ -119,16 +123,22 @@ class Filler:
 
         from certok.assembly import LABEL_KEY_PURPOSE
         from certok.db.engine import transaction
-        from certok.db.models import Delegation, Order, VerificationCode
+        from certok.db.models import (
+            Certificate,
+            CertificateName,
+            CertificateSecret,
+            Delegation,
+            Order,
+            VerificationCode,
+        )
         from certok.domains.delegations import compute_label
         from certok.order_states import ISSUED
         from certok.orders.service import order_key_owner
         from certok.persistence import open_store
-        from certok.settings import Settings
         from certok.tenants.service import find_tenant
 
         started = time.monotonic()
-        store = open_store(Settings(data_dir=self.data_dir))
+        store = open_store(settings_for(self.data_dir, self.database_url))
         try:
             label_key = store.box.derive(LABEL_KEY_PURPOSE)
             now = dt.datetime.now(dt.UTC)
@@ -144,7 +154,7 @@ class Filler:
                          "created_at": now}
                     )  # fmt: skip
                 for chunk in _chunks(rows):
-                    session.execute(insert(Delegation), chunk)
+                    session.connection().execute(insert(Delegation.__table__), chunk)
             self.delegations = max(self.delegations, delegations)
 
             pool = [self_signed(f"pool{i}.{NAME_SUFFIX}") for i in range(CERTIFICATE_POOL)]
@@ -152,11 +162,13 @@ class Filler:
                 next_id = (session.scalar(select(func.max(Order.id))) or 0) + 1
             for first in range(self.orders, orders, INSERT_CHUNK):
                 count = min(INSERT_CHUNK, orders - first)
-                order_rows, code_rows = [], []
+                order_rows, code_rows, certificate_rows = [], [], []
+                secret_rows, name_rows = [], []
                 for offset in range(count):
                     order_id = next_id + first - self.orders + offset
                     certificate, key_pem, not_before, not_after = pool[order_id % CERTIFICATE_POOL]
                     name = delegated_name(order_id % max(1, self.delegations))
+                    key_encrypted = store.box.encrypt(key_pem.encode(), order_key_owner(order_id))
                     order_rows.append(
                         {
                             "id": order_id,
@@ -169,9 +181,7 @@ class Filler:
                             "attempts": 1,
                             "acme_orders": 1,
                             "certificate_pem": certificate,
-                            "key_encrypted": store.box.encrypt(
-                                key_pem.encode(), order_key_owner(order_id)
-                            ),
+                            "key_encrypted": key_encrypted,
                             "not_before": not_before,
                             "not_after": not_after,
                             "next_attempt_at": now,
@@ -191,9 +201,37 @@ class Filler:
                             "order_id": order_id,
                         }
                     )
+                    # The certificate record shares the order's id (one certificate per order).
+                    certificate_rows.append(
+                        {
+                            "id": order_id,
+                            "tenant_id": tenant_id,
+                            "domains": name,
+                            "issuer": "letsencrypt",
+                            "serial": f"{order_id:x}",
+                            "not_before": not_before,
+                            "not_after": not_after,
+                            "key_type": "ECC",
+                            "order_id": order_id,
+                            "renew_at": not_after - dt.timedelta(days=30),
+                            "ari": False,
+                            "created_at": now,
+                        }
+                    )
+                    secret_rows.append(
+                        {"certificate_id": order_id, "key_encrypted": key_encrypted,
+                         "certificate_pem": certificate}
+                    )  # fmt: skip
+                    name_rows.append(
+                        {"certificate_id": order_id, "tenant_id": tenant_id, "name": name}
+                    )
                 with transaction(store.sessions) as session:
-                    session.execute(insert(Order), order_rows)
-                    session.execute(insert(VerificationCode), code_rows)
+                    connection = session.connection()  # Core executemany: no ORM bulk path
+                    connection.execute(insert(Order.__table__), order_rows)
+                    connection.execute(insert(VerificationCode.__table__), code_rows)
+                    connection.execute(insert(Certificate.__table__), certificate_rows)
+                    connection.execute(insert(CertificateSecret.__table__), secret_rows)
+                    connection.execute(insert(CertificateName.__table__), name_rows)
             if self.first_order_id is None:
                 self.first_order_id = next_id
             self.orders = max(self.orders, orders)
@@ -206,7 +244,16 @@ class Filler:
         return [stored_code(first + i) for i in range(self.orders)]
 
 
-def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]:
+def settings_for(data_dir: Path, database_url: str | None, **extra: object) -> Any:
+    """certok's settings for the bench's data dir (and PostgreSQL database, if any)."""
+    from certok.settings import Settings
+
+    return Settings(data_dir=data_dir, database_url=database_url, **extra)
+
+
+def apply_db_path(
+    data_dir: Path, database_url: str | None, codes: list[str], samples: int
+) -> list[float]:
     """Seconds per lookup of what `/v1/cert/apply` does on a cache miss, in this process, for
     random stored codes: `redeem_code` (the code's row) then `view_order` (the order, its key
     decrypted). No HTTP, no thread hops: how the database path alone scales with its size."""
@@ -215,10 +262,9 @@ def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]
     from certok.db.engine import transaction
     from certok.orders.service import redeem_code, view_order
     from certok.persistence import open_store
-    from certok.settings import Settings
     from certok.tenants.service import find_tenant
 
-    store = open_store(Settings(data_dir=data_dir), upgrade=False)
+    store = open_store(settings_for(data_dir, database_url), upgrade=False)
     rng = random.Random(7)
     times = []
     try:
@@ -239,7 +285,9 @@ def apply_db_path(data_dir: Path, codes: list[str], samples: int) -> list[float]
     return times
 
 
-def zone_refresh(data_dir: Path, first_order_id: int, samples: int) -> list[float]:
+def zone_refresh(
+    data_dir: Path, database_url: str | None, first_order_id: int, samples: int
+) -> list[float]:
     """CPU seconds per DNS zone refresh after one TXT value changed, in this process, with
     PENDING_CHALLENGES dns-01 rows: what the DNS process does about once per order under load
     (read the delegations' fingerprint and the TXT rows, derive the answer index). The rows
@@ -253,9 +301,8 @@ def zone_refresh(data_dir: Path, first_order_id: int, samples: int) -> list[floa
     from certok.dnszone.records import DNS01_KIND, ZoneCache
     from certok.dnszone.zoneindex import prepare_index
     from certok.persistence import open_store
-    from certok.settings import Settings
 
-    settings = Settings(data_dir=data_dir, dns_zone=ZONE)
+    settings = settings_for(data_dir, database_url, dns_zone=ZONE)
     store = open_store(settings, upgrade=False)
     records = ChallengeRecord.__table__
     now = dt.datetime.now(dt.UTC)
@@ -375,7 +422,7 @@ def measure_stage(
         )
         first_name = delegated_name(0)
         api_port, dns_port = free_port("certok api"), free_port("certok dns")
-        env = certok_env(workdir / "data", api_port, dns_port, resolver_port)
+        env = growth_env(workdir / "data", filler.database_url, api_port, dns_port, resolver_port)
         certok = processes.add(
             certok_serve(
                 env, workdir=workdir / "certok", core=cores.server, timeout=STARTUP_TIMEOUT
@@ -429,10 +476,33 @@ def measure_stage(
             stage.commands.append(result.command)
         memory = memory_kib(certok.pid)
         stage.rss_after_kib, stage.peak_kib = memory["VmRSS"], memory["VmHWM"]
-    database = workdir / "data" / "certok.db"
-    stage.database_mib = sum(
-        p.stat().st_size for p in database.parent.glob("certok.db*") if p.is_file()
-    ) / (1024 * 1024)
+    stage.database_mib = database_mib(workdir / "data", filler.database_url)
+
+
+def growth_env(
+    data_dir: Path, database_url: str | None, api_port: int, dns_port: int, resolver_port: int
+) -> dict[str, str]:
+    env = certok_env(data_dir, api_port, dns_port, resolver_port)
+    if database_url:
+        env["CERTOK_DATABASE_URL"] = database_url
+    return env
+
+
+def database_mib(data_dir: Path, database_url: str | None) -> float:
+    """The database's size on disk: SQLite's files, or PostgreSQL's pg_database_size."""
+    if database_url is None:
+        database = data_dir / "certok.db"
+        files = database.parent.glob("certok.db*")
+        return sum(p.stat().st_size for p in files if p.is_file()) / (1024 * 1024)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            size = db.scalar(sqlalchemy.text("SELECT pg_database_size(current_database())"))
+    finally:
+        engine.dispose()
+    return float(size or 0) / (1024 * 1024)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -543,20 +613,23 @@ def run(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory(prefix="certok-bench-growth-") as tmp:
         workdir = Path(tmp)
         # The tenant comes from certok's own CLI, as an operator would make it.
+        database_url = fresh_postgres_database(args.postgres, "growth") if args.postgres else None
         setup = CertokServer(
-            certok_env(workdir / "data", 1, 1, 1), workdir=workdir / "certok"
+            growth_env(workdir / "data", database_url, 1, 1, 1), workdir=workdir / "certok"
         )  # a handle for `certok tenant create` only: never started
         setup.workdir.mkdir(parents=True)
         token = setup.create_tenant(TENANT)
-        filler = Filler(workdir / "data")
+        filler = Filler(workdir / "data", database_url)
         for order_count, delegation_count in zip(orders, delegations, strict=True):
             stage = Stage(order_count, delegation_count)
             print(f"{BENCH}: filling to {order_count:,} orders, {delegation_count:,} delegations",
                   flush=True)  # fmt: skip
             stage.fill_seconds = filler.grow(delegation_count, order_count)
-            stage.db_path = apply_db_path(filler.data_dir, filler.codes(), args.db_samples)
+            stage.db_path = apply_db_path(
+                filler.data_dir, database_url, filler.codes(), args.db_samples
+            )
             stage.refresh = zone_refresh(
-                filler.data_dir, filler.first_order_id or 1, args.refresh_samples
+                filler.data_dir, database_url, filler.first_order_id or 1, args.refresh_samples
             )
             print(f"{BENCH}: measuring ({stage.fill_seconds:.0f} s to fill)", flush=True)
             measure_stage(stage, filler, workdir, token, args, cores)
@@ -577,6 +650,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--refresh-samples", type=int, default=300, help="in-process zone refreshes per stage (300)"
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="grow a fresh database on this PostgreSQL server instead of SQLite "
+        "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)",
     )
     args = parser.parse_args()
     finish(run(args), args.json, show_commands=True)

@@ -451,6 +451,7 @@ def acme_order_counts(database_url: str, log: str) -> str:
             orders, acme_orders = db.execute(
                 sqlalchemy.text("SELECT count(*), sum(acme_orders) FROM orders")
             ).one()
+            transactions = postgres_transactions(db) if db.dialect.name == "postgresql" else ""
     finally:
         engine.dispose()
     retries = log.count("retrying at")
@@ -459,10 +460,26 @@ def acme_order_counts(database_url: str, log: str) -> str:
         f"{acme_orders} ACME orders for {orders} orders, "
         f"{retries} retry warnings ({failed_validations} failed validations) in certok's log"
     )
+    if transactions:
+        summary += f"; {transactions} per order"
     first = next((line for line in log.splitlines() if "retrying at" in line), None)
     if first is not None:
         summary += f" (first: {first.split(': ', 1)[-1][:300]})"
     return summary
+
+
+def postgres_transactions(db: sqlalchemy.Connection) -> str:
+    """The run's committed and rolled-back transactions per order, from the server's counters
+    for this database (every read session outside a transaction ends in a ROLLBACK; each
+    transaction costs psycopg a BEGIN round trip of its own)."""
+    orders = db.scalar(sqlalchemy.text("SELECT count(*) FROM orders")) or 1
+    commits, rollbacks = db.execute(
+        sqlalchemy.text(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        )
+    ).one()
+    return f"PostgreSQL: {commits / orders:.1f} commits, {rollbacks / orders:.1f} rollbacks"
 
 
 def fresh_postgres_database(server_url: str, suffix: str) -> str:

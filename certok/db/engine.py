@@ -119,6 +119,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# PostgreSQL sessions outside `transaction()` only read; see `SessionFactory`.
+_AUTOCOMMIT = "AUTOCOMMIT"
+# What `transaction()` runs in on PostgreSQL: the server's default, which certok's row locks
+# and compare-and-set updates are written for.
+_WRITE_ISOLATION = "READ COMMITTED"
+
+
 T = TypeVar("T")
 
 
@@ -137,7 +144,20 @@ class SessionFactory(sessionmaker[Session]):
     """
 
     def __init__(self, engine: Engine, writer_lock: SqliteWriterLock | None, writer: Writer):
-        super().__init__(engine, expire_on_commit=False)
+        # On PostgreSQL, sessions outside `transaction()` read in autocommit: psycopg sends
+        # BEGIN as a round trip of its own before a transaction's first statement, and a
+        # read-only session ends with a ROLLBACK, three round trips for one SELECT. Every write
+        # goes through `transaction()` or the writer (on `engine` itself), which opt back into
+        # a transaction; a plain session's reads each see committed data, as under READ
+        # COMMITTED. A read that streams rows through a server-side cursor (`yield_per`,
+        # `stream_results`) needs a transaction on PostgreSQL: run it in `transaction()`.
+        self.reads_autocommit = engine.dialect.name == "postgresql"
+        bind = (
+            engine.execution_options(isolation_level=_AUTOCOMMIT)
+            if self.reads_autocommit
+            else engine
+        )
+        super().__init__(bind, expire_on_commit=False)
         self.engine = engine
         self.writer_lock = writer_lock
         self.writer = writer
@@ -157,6 +177,9 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     On SQLite the whole transaction holds the database's writer lock: keep network calls out
     of it.
     """
-    lock = opened(factory).writer_lock
-    with lock or nullcontext(), factory() as session, session.begin():
+    opened_factory = opened(factory)
+    with opened_factory.writer_lock or nullcontext(), factory() as session, session.begin():
+        if opened_factory.reads_autocommit:
+            # A read session's autocommit would make each statement its own transaction.
+            session.connection(execution_options={"isolation_level": _WRITE_ISOLATION})
         yield session
