@@ -25,7 +25,6 @@ from tests.e2e.cluster import (
     KeptAliveUser,
     cluster,
     database_engine,
-    needs_cluster,
     scalar,
     slow_down_the_ca,
     wait_for,
@@ -38,8 +37,6 @@ ORDERS = 200
 NODES = 3
 VICTIM = 1
 ISSUER = "letsencrypt"
-
-pytestmark = needs_cluster
 
 
 def ask_dns(address: str, name: str, rdtype: str) -> dns.message.Message:

@@ -21,7 +21,7 @@ from tests.e2e.cluster import (
     KeptAliveUser,
     PostgresInstance,
     database_engine,
-    needs_postgres,
+    require_postgres,
     scalar,
     slow_down_the_ca,
     wait_until_settled,
@@ -33,11 +33,10 @@ ORDERS = 100
 ISSUER = "letsencrypt"
 OUTAGE_SECONDS = 3.0
 
-pytestmark = needs_postgres
-
 
 @pytest.fixture
 def postgres() -> Iterator[PostgresInstance]:
+    require_postgres()
     with PostgresInstance() as instance:
         instance.create_database("certok")
         yield instance
