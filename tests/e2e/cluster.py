@@ -2,9 +2,10 @@
 the test's own (`pg_ctl`), network namespaces joined by a bridge (one "host" per node), a
 resolver the nodes can reach, and certok nodes started inside their namespaces.
 
-    with PostgresInstance(tmp_path / "pg", listen=[network.gateway]) as postgres:
-        url = postgres.create_database("certok")
-        ...
+    with cluster(rig, tmp_path, nodes=3) as (shared, postgres):
+        node = shared.node(0, tmp_path / "node-0", settings=MANY_ORDERS_SETTINGS)
+        node.cli("db", "upgrade")
+        node.start()
 
 Everything is created by the test and removed after it: the namespaces, the veth pairs and
 the bridge exist only on this machine, with addresses in 10.213.0.0/16 that nothing outside
@@ -19,6 +20,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,8 +62,6 @@ def _run(argv: Sequence[str], *, user: str | None = None) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -80,7 +80,11 @@ class _Started:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # whatever the failed start left running or on disk
+            raise
 
     def __exit__(
         self,
@@ -139,13 +143,6 @@ class PostgresInstance(_Started):
         with psycopg.connect(self._dsn("postgres"), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
 
-    def accepting(self) -> bool:
-        try:
-            with psycopg.connect(self._dsn("postgres"), connect_timeout=1):
-                return True
-        except psycopg.OperationalError:
-            return False
-
     def _dsn(self, database: str) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
 
@@ -200,6 +197,10 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
+# Pebble's finalize URL ends in the ACME order's id, as its order URL does.
+_FINALIZE_PREFIX = "/finalize-order/"
+
+
 class IssuanceCountingProxy(OrderCountingProxy):
     """The order-counting proxy, also counting the certificates the CA issued per name set: a
     finalize it answered 200, for the ACME order whose creation it saw."""
@@ -242,10 +243,6 @@ _CA_PAUSES = ((r"^/authZ/", 0.1), (r"^/chalZ/", 0.3), (r"^/finalize-order/", 0.3
 def slow_down_the_ca(proxy: FaultProxy) -> None:
     for path, seconds in _CA_PAUSES:
         proxy.add_rule(Rule(method="POST", path=path, times=None, action=stall(seconds)))
-
-
-# Pebble's finalize URL ends in the ACME order's id, as its order URL does.
-_FINALIZE_PREFIX = "/finalize-order/"
 
 
 # Many orders from one tenant at once: the per-tenant and per-account limits are for other
@@ -526,6 +523,18 @@ class Cluster:
         )
 
 
+@contextlib.contextmanager
+def stopped_after(nodes: Sequence[NodeServer]) -> Iterator[None]:
+    """Stop every node when the block ends; their log tails go to pytest's captured output
+    (shown only when the test failed)."""
+    try:
+        yield
+    finally:
+        for node in nodes:
+            node.stop()
+            print(f"--- {node.log_path} ---\n{node.log_text()[-3000:]}")
+
+
 def new_secret_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -563,10 +572,3 @@ def cluster(rig: Rig, tmp_path: Path, nodes: int) -> Iterator[tuple[Cluster, Pos
             ),
             postgres,
         )
-
-
-def api_answers(server: CertokServer) -> bool:
-    try:
-        return httpx.get(f"{server.base_url}/healthz", timeout=1, trust_env=False).is_success
-    except httpx.HTTPError:
-        return False

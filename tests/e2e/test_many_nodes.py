@@ -22,11 +22,14 @@ from certok.orders.worker import LEASE_SECONDS
 from tests.e2e.cluster import (
     DNS_PORT,
     MANY_ORDERS_SETTINGS,
+    Cluster,
     KeptAliveUser,
+    NodeServer,
     cluster,
     database_engine,
     scalar,
     slow_down_the_ca,
+    stopped_after,
     wait_for,
     wait_until_settled,
 )
@@ -54,15 +57,13 @@ def test_three_nodes_lose_one_mid_flight_and_it_rejoins(cluster_rig: Rig, tmp_pa
             shared.node(i, tmp_path / f"node-{i}", settings=MANY_ORDERS_SETTINGS)
             for i in range(NODES)
         ]
-        try:
-            _run(rig, shared, nodes, tmp_path)
-        finally:
-            for node in nodes:
-                node.stop()
-                print(f"--- {node.log_path} ---\n{node.log_text()[-3000:]}")
+        with stopped_after(nodes):
+            _lose_one_node_and_rejoin(rig, shared, nodes, tmp_path)
 
 
-def _run(rig, shared, nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _lose_one_node_and_rejoin(
+    rig: Rig, shared: Cluster, nodes: list[NodeServer], tmp_path: Path
+) -> None:
     started = time.monotonic()
     # Schema once, before the nodes start (docs/deployment.md), then the nodes.
     nodes[0].cli("db", "upgrade")

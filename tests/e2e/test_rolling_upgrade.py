@@ -28,6 +28,7 @@ from tests.e2e.cluster import (
     database_engine,
     scalar,
     slow_down_the_ca,
+    stopped_after,
     wait_until_settled,
 )
 from tests.e2e.flow import delegation_lines, extra_hosts
@@ -103,7 +104,7 @@ def test_rolling_upgrade_loses_no_order(cluster_rig: Rig, tmp_path: Path) -> Non
             shared.node(i, tmp_path / f"n1-{i}", release=release, settings=MANY_ORDERS_SETTINGS)
             for i in range(2)
         ]
-        try:
+        with stopped_after([*old, *new]):
             old[0].cli("db", "upgrade")
             for node in old:
                 node.start()
@@ -116,7 +117,9 @@ def test_rolling_upgrade_loses_no_order(cluster_rig: Rig, tmp_path: Path) -> Non
             rig.set_customer_records(delegation_lines(*data, extra=hosts))
             codes = [at[old[i % 2]].dv(name)["code"] for i, name in enumerate(names)]
             assert all(codes)
-            stages = [codes[i * ORDERS_PER_STAGE : (i + 1) * ORDERS_PER_STAGE] for i in range(4)]
+            stages = [
+                codes[i * ORDERS_PER_STAGE : (i + 1) * ORDERS_PER_STAGE] for i in range(STAGES)
+            ]
 
             # Stage 1: both nodes at N; the schema of N+1 goes in once while they work.
             ask_for([at[node] for node in old], stages[0])
@@ -158,8 +161,4 @@ def test_rolling_upgrade_loses_no_order(cluster_rig: Rig, tmp_path: Path) -> Non
             # The N+1 nodes drove orders too.
             assert any("issued for" in node.log_text() for node in new)
             engine.dispose()
-        finally:
-            for node in [*old, *new]:
-                node.stop()
-                print(f"--- {node.log_path} ---\n{node.log_text()[-3000:]}")
     print(f"rolling upgrade: whole run {time.monotonic() - started:.1f} s")
