@@ -9,6 +9,7 @@ profile loaded here; at the deep one the tests marked ``deep`` run without a per
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -58,15 +59,21 @@ def postgres_database() -> Iterator[str | None]:
     if not POSTGRES_URL:
         yield None
         return
-    admin_url = make_url(POSTGRES_URL)
-    name = f"certok_test_{secrets.token_hex(4)}"
+    with empty_postgres_database(POSTGRES_URL, "certok_test") as url:
+        migrate.upgrade(make_engine(url))
+        yield url
+
+
+@contextlib.contextmanager
+def empty_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new database (no tables) on the server of `server_url`: its URL; dropped after."""
+    admin_url = make_url(server_url)
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(make_engine(url))
     try:
-        yield url
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

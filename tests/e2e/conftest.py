@@ -109,3 +109,11 @@ def fault_proxy(rig: Rig) -> Iterator[FaultProxy]:
                 f"{record.method} {record.path} {record.action or '-'} {record.outcome} "
                 f"{record.status}"
             )
+
+
+@pytest.fixture
+def cluster_rig() -> Iterator[Rig]:
+    """A rig of the test's own for tests/e2e/cluster.py: its resolver's delegation for
+    certok's zone is changed to name the nodes' DNS servers."""
+    with Rig(certok_zone="cluster.svc.test") as running:
+        yield running
