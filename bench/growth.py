@@ -249,7 +249,7 @@ def zone_refresh(data_dir: Path, first_order_id: int, samples: int) -> list[floa
 
     from certok.db.models import ChallengeRecord
     from certok.dnszone.answer import ZoneConfig
-    from certok.dnszone.records import DNS01_KIND, ZoneCache
+    from certok.dnszone.zone_cache import DNS01_KIND, ZoneCache
     from certok.dnszone.zoneindex import prepare_index
     from certok.settings import Settings
     from certok.store import open_store

@@ -19,7 +19,7 @@ every change, as secondaries and monitoring tools expect of a zone that changed,
 secondary can transfer this zone (AXFR/IXFR are refused) and resolvers read only the SOA's
 TTL and MINIMUM for negative caching.
 
-Rules (RFC 8906 and the field notes in REFERENCE.md):
+Rules (RFC 8906, and what resolvers in the field expect of an authoritative server):
 - QR=1 or no readable header → no reply; opcode other than QUERY → NOTIMP with the opcode
   and no flag but QR (RD, AA, RA, AD and CD belong to QUERY); unparseable or QDCOUNT ≠ 1 →
   FORMERR; EDNS version > 0 → BADVERS with an OPT of version 0.
@@ -47,7 +47,6 @@ import dns.rdatatype
 
 from certok.dnszone import replybuild, wire, zoneindex
 from certok.dnszone.config import SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, ZoneConfig
-from certok.dnszone.records import ZoneRecords
 from certok.dnszone.replycache import (
     FULL,
     MAX_CACHED_REPLIES,
@@ -57,8 +56,10 @@ from certok.dnszone.replycache import (
     TRUNCATED,
     Entry,
 )
+from certok.dnszone.static_zone import wire_key
 from certok.dnszone.wire import ADVERTISED_UDP_PAYLOAD, MAX_TCP_MESSAGE, ReplyKey
-from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex, wire_key
+from certok.dnszone.zone_records import ZoneRecords
+from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex
 
 __all__ = [
     "ADVERTISED_UDP_PAYLOAD",
