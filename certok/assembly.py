@@ -13,7 +13,7 @@ import dns.asyncresolver
 from certok.api.caches import TtlCache
 from certok.api.post_api import PollGate
 from certok.api.ratelimit import HTTP01_RESPONDER, UNVERIFIED_TOKENS, RateLimiter
-from certok.api.routes import ApiServices
+from certok.api.services import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
 from certok.certificates.profiles import ProfileCatalog, directory_profiles
