@@ -25,8 +25,8 @@ from certok.events.delivery import DeliveryWorker
 from certok.events.outbox import order_finished
 from certok.events.scans import EventScanner
 from certok.orders.accounts import AccountRegistry
+from certok.orders.acme_order_budget import AcmeOrderBudget
 from certok.orders.driver import OrderDriver
-from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.prechecks.addresses import AddressPolicy
 from certok.prechecks.budget import PrecheckBudget

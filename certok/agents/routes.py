@@ -18,12 +18,14 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer, leaf_sha256
+from certok.agents.deployed_record import leaf_sha256
+from certok.agents.issuing import AgentIssuer
 from certok.agents.nginx_config import ConfigSyntaxError, ParsedConfig, certificate_pairs
 from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
@@ -169,7 +171,7 @@ class _AgentApi:
                 "send them as httpsok.sh does (curl -F cert=@file -F certKey=@file)"
             ) from None
         cert = form.get("cert")
-        cert_bytes = await cert.read() if hasattr(cert, "read") else b""
+        cert_bytes = await cert.read() if isinstance(cert, UploadFile) else b""
         # certKey is what is on disk too: read and dropped, never parsed or kept.
         await form.close()
         fingerprint = leaf_sha256(cert_bytes)

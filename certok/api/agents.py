@@ -13,7 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256, record_secret
+from certok.agents.deployed_record import current_record, leaf_sha256, record_secret
+from certok.agents.issuing import AgentIssuer
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope

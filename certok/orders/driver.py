@@ -64,7 +64,7 @@ from certok.issuance import (
     valid_token,
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
-from certok.orders.quotas import AcmeOrderBudget, BudgetWait
+from certok.orders.acme_order_budget import AcmeOrderBudget, BudgetWait
 from certok.orders.schedule import next_attempt
 from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
 from certok.settings import Settings
@@ -284,7 +284,7 @@ class OrderDriver:
 
     # --- steps -----------------------------------------------------------------------------
     def _begin(self, order: OrderSnapshot, account: IssuerAccount) -> float | None:
-        # The shared account's budget and the tenant's cap (certok/orders/quotas.py): a known
+        # The shared account's budget and the tenant's cap (acme_order_budget.py): a known
         # wait costs nothing; a place is taken only after the ownership check has passed.
         if self._budget is not None and (
             wait := self._budget.waiting(order.issuer, order.tenant_id)
