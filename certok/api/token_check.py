@@ -16,6 +16,8 @@ TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 
 
 class TokenCheck:
+    """The tenant a request's token names, for every route that takes a token."""
+
     def __init__(self, services: ApiServices) -> None:
         self._services = services
         # Token checks in flight, by token key: requests with the same token that arrive
