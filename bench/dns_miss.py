@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from certok.dnszone import replybuild, zoneindex
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, fast_answer
-from certok.dnszone.records import ZoneRecords
+from certok.dnszone.zone_records import ZoneRecords
 
 ZONE = "acme.bench.test"
 CONFIG = ZoneConfig(

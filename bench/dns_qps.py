@@ -232,8 +232,9 @@ def serve_certok(argv: list[str]) -> None:
 
 
 async def _serve_certok(port: int, data: ZoneData, churn_every: float) -> None:
-    from certok.dnszone.records import ZoneCache, ZoneRecords
     from certok.dnszone.server import start_dns_server
+    from certok.dnszone.zone_cache import ZoneCache
+    from certok.dnszone.zone_records import ZoneRecords
 
     cache = ZoneCache(None)
     cache.replace(ZoneRecords.build(data.labels, data.txt, serial=SERIAL))

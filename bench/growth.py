@@ -298,7 +298,7 @@ def zone_refresh(
 
     from certok.db.models import ChallengeRecord
     from certok.dnszone.answer import ZoneConfig
-    from certok.dnszone.records import DNS01_KIND, ZoneCache
+    from certok.dnszone.zone_cache import DNS01_KIND, ZoneCache
     from certok.dnszone.zoneindex import prepare_index
     from certok.persistence import open_store
 

@@ -59,8 +59,9 @@ def measure(
 ) -> Measurement:
     import os
 
-    from certok.dnszone.answer import ZoneConfig
     from certok.dnszone.records import ZoneCache
+
+    from certok.dnszone.answer import ZoneConfig
     from certok.dnszone.zoneindex import prepare_index
 
     gc.collect()

@@ -13,7 +13,7 @@ import dns.asyncresolver
 from certok.api.caches import TtlCache
 from certok.api.post_api import PollGate
 from certok.api.ratelimit import HTTP01_RESPONDER, UNVERIFIED_TOKENS, RateLimiter
-from certok.api.routes import ApiServices
+from certok.api.services import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
 from certok.certificates.profiles import ProfileCatalog, directory_profiles
@@ -27,8 +27,8 @@ from certok.events.outbox import order_finished
 from certok.events.scans import EventScanner
 from certok.http01.solver import Http01Solver
 from certok.orders.accounts import AccountRegistry
+from certok.orders.acme_order_budget import AcmeOrderBudget
 from certok.orders.driver import OrderDriver, SolverRegistry
-from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.worker import Worker
 from certok.persistence import Store
 from certok.prechecks.addresses import AddressPolicy

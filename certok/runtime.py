@@ -34,9 +34,9 @@ from certok.assembly import (
 from certok.certificates.tasks import CertificateTasks
 from certok.db.files import HEALTH_KEY, DatabaseFileWatch, run_file_watch, sqlite_file
 from certok.dnszone.answer import ZoneConfig
-from certok.dnszone.records import ZoneCache, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.server import start_dns_server
+from certok.dnszone.zone_cache import ZoneCache, wait_until_served
 from certok.events.delivery import DeliveryWorker
 from certok.health import HealthChecks, reporter
 from certok.http_listeners import (

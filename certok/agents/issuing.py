@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.agents import hosts
+from certok.agents.check_facts import read_check_facts
+from certok.agents.deployed_record import current_record, record_secret
 from certok.agents.server_names import split_delegated
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox, order_key_owner
@@ -39,14 +39,11 @@ from certok.db.engine import transaction
 from certok.db.models import (
     AgentHost,
     Certificate,
-    CertificateSecret,
-    Delegation,
     ManagedCertificate,
     Order,
     VerificationCode,
 )
 from certok.domains.verify import DnsVerifier
-from certok.names import base_name
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
@@ -63,8 +60,6 @@ FAILED_ORDER_QUIET = dt.timedelta(hours=1)
 # Without a waiters poller in this process (tests that build the app alone).
 WAIT_POLL_SECONDS = 1.0
 ALGORITHM = "ECC"
-# Successors followed from a deployed record to the newest one.
-MAX_SUCCESSORS = 10
 
 
 class _Watch(Protocol):
@@ -78,39 +73,6 @@ class OrderWatching(Protocol):
     def polling(self) -> bool: ...
 
     def watch(self, order_id: int) -> AbstractContextManager[_Watch]: ...
-
-
-@dataclass(frozen=True)
-class _OrderFacts:
-    id: int
-    state: str
-    names: frozenset[str]
-    reason: str | None
-    finished_at: dt.datetime | None
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    id: int
-    cert_path: str
-    candidates: list[str]
-    delegated: set[str]
-    order: _OrderFacts | None
-    certificate: _RecordFacts | None
-    disk_sha256: str | None
-
-
-@dataclass(frozen=True)
-class _RecordFacts:
-    """The certificate record a managed certificate deploys now."""
-
-    id: int
-    order_id: int
-    names: frozenset[str]
-    renew_at: dt.datetime
-    not_after: dt.datetime
-    leaf_sha256: str | None
-    usable: bool  # neither revoked nor asked to be
 
 
 @dataclass(frozen=True)
@@ -140,7 +102,7 @@ class AgentIssuer:
 
     # --- /check ----------------------------------------------------------------------------
     async def check(self, tenant_id: int, uuid: str, code: str) -> str:
-        snap = await asyncio.to_thread(self._snapshot, tenant_id, uuid, code)
+        snap = await asyncio.to_thread(read_check_facts, self._sessions, tenant_id, uuid, code)
         if snap is None:
             return UNKNOWN_CODE
         names, not_delegated = split_delegated(snap.candidates, snap.delegated)
@@ -201,55 +163,6 @@ class AgentIssuer:
         return CertificateFiles(secret.certificate_pem.encode("ascii"), key)
 
     # --- steps -----------------------------------------------------------------------------
-    def _snapshot(self, tenant_id: int, uuid: str, code: str) -> _Snapshot | None:
-        with self._sessions() as session:
-            mc = hosts.managed_by_code(session, tenant_id, uuid, code)
-            if mc is None:
-                return None
-            candidates = hosts.candidate_names(mc)
-            bases = sorted({base_name(n) for n in candidates})
-            delegated = set(
-                session.scalars(
-                    select(Delegation.base_name).where(
-                        Delegation.tenant_id == tenant_id, Delegation.base_name.in_(bases)
-                    )
-                )
-            )
-            order = None
-            if mc.order_id is not None:
-                row = session.get(Order, mc.order_id)
-                if row is not None and row.tenant_id == tenant_id:
-                    order = _OrderFacts(
-                        row.id,
-                        row.state,
-                        frozenset(row.domains.split(",")),
-                        row.reason,
-                        row.finished_at,
-                    )
-            record = current_record(session, mc)
-            certificate = None
-            if record is not None:
-                certificate = _RecordFacts(
-                    id=record.id,
-                    order_id=record.order_id,
-                    names=frozenset(record.domains.split(",")),
-                    renew_at=record.renew_at,
-                    not_after=record.not_after,
-                    leaf_sha256=leaf_sha256(
-                        record_secret(session, record).certificate_pem.encode("ascii")
-                    ),
-                    usable=record.revoked_at is None and record.revoke_requested_at is None,
-                )
-            return _Snapshot(
-                id=mc.id,
-                cert_path=mc.cert_path,
-                candidates=candidates,
-                delegated=delegated,
-                order=order,
-                certificate=certificate,
-                disk_sha256=mc.disk_sha256,
-            )
-
     def _start_order(
         self,
         managed_id: int,
@@ -286,13 +199,17 @@ class AgentIssuer:
                 return outcome.refused or "this tenant is disabled: contact the operator"
             order_id = outcome.order_id
             current = ManagedCertificate.order_id
-            claimed = session.execute(
-                update(ManagedCertificate)
-                .where(
-                    ManagedCertificate.id == managed_id,
-                    current.is_(None) if previous is None else current == previous,
-                )
-                .values(order_id=order_id, updated_at=utcnow())
+            # An UPDATE's result is a CursorResult: it has the rowcount.
+            claimed = cast(
+                "CursorResult[Any]",
+                session.execute(
+                    update(ManagedCertificate)
+                    .where(
+                        ManagedCertificate.id == managed_id,
+                        current.is_(None) if previous is None else current == previous,
+                    )
+                    .values(order_id=order_id, updated_at=utcnow())
+                ),
             )
             if claimed.rowcount == 1:
                 return order_id
@@ -383,35 +300,3 @@ class AgentIssuer:
                     await finished.wait(min(WAIT_POLL_SECONDS, remaining))
                 state = await asyncio.to_thread(self._state, order_id)
         return state
-
-
-def current_record(session: Session, mc: ManagedCertificate) -> Certificate | None:
-    """The record `mc` deploys: the newest of its successors when another order (an `apply`
-    for the same names, say) renewed it meanwhile; never another tenant's."""
-    record = None
-    next_id = mc.certificate_id
-    for _ in range(MAX_SUCCESSORS):
-        if next_id is None:
-            break
-        found = session.get(Certificate, next_id)
-        if found is None or found.tenant_id != mc.tenant_id:
-            break
-        record, next_id = found, found.replaced_by_id
-    return record
-
-
-def record_secret(session: Session, record: Certificate) -> CertificateSecret:
-    """A record's full chain and key ciphertext (kept apart so the records' rows stay small)."""
-    secret = session.get(CertificateSecret, record.id)
-    if secret is None:  # written in the same transaction as the record: never missing
-        raise LookupError(f"certificate {record.id} has no chain and key")
-    return secret
-
-
-def leaf_sha256(pem: bytes) -> str | None:
-    """SHA-256 of the first certificate in `pem` (DER), or None if there is none."""
-    try:
-        leaf = x509.load_pem_x509_certificates(pem)[0]
-    except (ValueError, IndexError):
-        return None
-    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()

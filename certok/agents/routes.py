@@ -18,12 +18,14 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer, leaf_sha256
+from certok.agents.deployed_record import leaf_sha256
+from certok.agents.issuing import AgentIssuer
 from certok.agents.nginx_config import ConfigSyntaxError, ParsedConfig, certificate_pairs
 from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
@@ -93,22 +95,22 @@ def _text(body: str, status: int = 200) -> Response:
 
 class _AgentApi:
     def __init__(self, services: AgentServices) -> None:
-        self.s = services
+        self.services = services
 
     async def status(self, request: Request) -> Response:
-        await self.s.tenant_of(request)
+        await self.services.tenant_of(request)
         return _text(OK)
 
     # --- POST /preparse --------------------------------------------------------------------
     async def preparse(self, request: Request) -> Response:
         try:
-            tenant = await self.s.tenant_of(request)
+            tenant = await self.services.tenant_of(request)
         except (Unauthenticated, RateLimited) as refusal:
             # Anything non-empty would be read as `code,cert,key` lines.
             return Response(b"", status_code=refusal.http_status, headers=NO_STORE)
         try:
             uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
-            cap = self.s.settings.agent_preparse_max_bytes
+            cap = self.services.settings.agent_preparse_max_bytes
             body = await _read_capped(
                 request,
                 cap,
@@ -118,7 +120,7 @@ class _AgentApi:
             text = body.decode("utf-8", errors="replace")
             del body
             home = request.headers.get("nginx-config-home") or "/etc/nginx"
-            self.s.take_preparse(tenant.id)
+            self.services.take_preparse(tenant.id)
             # Parsing costs CPU in proportion to the size: off the event loop.
             parsed = await asyncio.to_thread(certificate_pairs, text, home)
             del text  # parsed and dropped: only paths and names go on
@@ -135,10 +137,10 @@ class _AgentApi:
     def _record_preparse(
         self, tenant: TenantRef, uuid: str, facts: hosts.HostFacts, parsed: ParsedConfig
     ) -> list[hosts.ManagedLine]:
-        settings = self.s.settings
+        settings = self.services.settings
 
         def run() -> list[hosts.ManagedLine]:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 host = hosts.ensure_host(
                     session, tenant.id, uuid, facts, settings.agent_max_hosts_per_tenant
                 )
@@ -154,7 +156,7 @@ class _AgentApi:
 
     # --- POST /upload?code= ----------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         code = _code(request)
         body = await _read_capped(
@@ -169,13 +171,13 @@ class _AgentApi:
                 "send them as httpsok.sh does (curl -F cert=@file -F certKey=@file)"
             ) from None
         cert = form.get("cert")
-        cert_bytes = await cert.read() if hasattr(cert, "read") else b""
+        cert_bytes = await cert.read() if isinstance(cert, UploadFile) else b""
         # certKey is what is on disk too: read and dropped, never parsed or kept.
         await form.close()
         fingerprint = leaf_sha256(cert_bytes)
 
         def store() -> bool:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 mc = hosts.managed_by_code(session, tenant.id, uuid, code)
                 if mc is None:
                     return False
@@ -187,7 +189,7 @@ class _AgentApi:
 
     # --- GET /checkDns ---------------------------------------------------------------------
     async def check_dns(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         found = await asyncio.to_thread(self._dns_names, tenant.id, uuid)
         if found is None:
@@ -197,7 +199,9 @@ class _AgentApi:
 
         async def problem_of(base: str) -> str | None:
             async with lookups:
-                return await asyncio.to_thread(self.s.verifier.ownership_problem, tenant.id, [base])
+                return await asyncio.to_thread(
+                    self.services.verifier.ownership_problem, tenant.id, [base]
+                )
 
         bases = sorted({base_name(n) for n in names})
         found_problems = await asyncio.gather(*(problem_of(base) for base in bases))
@@ -217,7 +221,7 @@ class _AgentApi:
     def _dns_names(
         self, tenant_id: int, uuid: str
     ) -> tuple[list[str], list[tuple[str, str]]] | None:
-        with self.s.sessions() as session:
+        with self.services.sessions() as session:
             host = hosts.find_host(session, tenant_id, uuid)
             if host is None:
                 return None
@@ -240,29 +244,29 @@ class _AgentApi:
             return names, skipped
 
     def _log_dns(self, tenant_id: int, uuid: str, body: str) -> None:
-        with transaction(self.s.sessions) as session:
+        with transaction(self.services.sessions) as session:
             host = hosts.find_host(session, tenant_id, uuid)
             if host is not None:
                 hosts.log_if_changed(session, host, hosts.CHECK_DNS, body)
 
     # --- GET /check?code= ------------------------------------------------------------------
     async def check(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         code = request.query_params.get("code") or ""
         if not code:
             return _text(UNKNOWN)
-        return _text(await self.s.issuer.check(tenant.id, uuid, code))
+        return _text(await self.services.issuer.check(tenant.id, uuid, code))
 
     # --- GET /cert/{code}.cer | .key -------------------------------------------------------
     async def cert_file(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         name = str(request.path_params["name"])
         code, _, kind = name.rpartition(".")
         files = None
         if kind in ("cer", "key") and code:
-            files = await asyncio.to_thread(self.s.issuer.files, tenant.id, uuid, code)
+            files = await asyncio.to_thread(self.services.issuer.files, tenant.id, uuid, code)
         if files is None:
             raise NotFound(
                 f"no certificate file {echoed(name)}: ask /v1/nginx/check?code=<code> first; "
@@ -273,7 +277,7 @@ class _AgentApi:
 
     # --- PUT /log/{type}?code= -------------------------------------------------------------
     async def log(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
         kind = str(request.path_params["kind"])
         if kind not in hosts.AGENT_LOG_TYPES:
@@ -288,7 +292,7 @@ class _AgentApi:
         message = body.decode("utf-8", errors="replace")
 
         def store() -> bool:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 mc = hosts.managed_by_code(session, tenant.id, uuid, code)
                 host = hosts.find_host(session, tenant.id, uuid)
                 if mc is None or host is None:
@@ -306,11 +310,11 @@ class _AgentApi:
         return await self._host_event(request, uninstall=True)
 
     async def _host_event(self, request: Request, *, uninstall: bool) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = hosts.host_uuid(request.headers.get("httpsok-uuid"))
 
         def store() -> bool:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 host = hosts.find_host(session, tenant.id, uuid)
                 if host is None:
                     return False

@@ -32,11 +32,11 @@ def certok_agent_routes(services: Any, tenant_of: TenantOf) -> list[Route]:
 
 class _AgentApi:
     def __init__(self, services: Any, tenant_of: TenantOf) -> None:
-        self.s = services
+        self.services = services
         self.tenant_of = tenant_of
 
     async def installer(self, request: Request) -> Response:
-        script = agent_archive.installer(self.s.settings.public_url)
+        script = agent_archive.installer(self.services.settings.public_url)
         return PlainTextResponse(script, media_type="text/x-shellscript")
 
     async def archive(self, request: Request) -> Response:
@@ -47,10 +47,10 @@ class _AgentApi:
         ids = agent_reports.certificate_ids(await read_json_object(request))
 
         # The renewal clock (shifted only in tests), as httpsok.sh's `check` uses it.
-        now = renewal_clock(self.s.settings)()
+        now = renewal_clock(self.services.settings)()
 
         def read() -> list[dict[str, Any]]:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 return agent_reports.statuses(session, tenant.id, ids, now)
 
         return envelope(request, await asyncio.to_thread(read), headers=NO_STORE)
@@ -58,12 +58,12 @@ class _AgentApi:
     async def report(self, request: Request) -> Response:
         tenant = await self.tenant_of(request)
         report = agent_reports.parse_report(await read_json_object(request))
-        max_hosts = self.s.settings.agent_max_hosts_per_tenant
+        max_hosts = self.services.settings.agent_max_hosts_per_tenant
 
         def record() -> None:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 agent_reports.record_report(session, tenant.id, report, max_hosts, utcnow())
 
         await asyncio.to_thread(record)
-        self.s.events.wake()
+        self.services.events.wake()
         return envelope(request, None, headers=NO_STORE)

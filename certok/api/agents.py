@@ -13,7 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from certok.agents import hosts
-from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256, record_secret
+from certok.agents.deployed_record import current_record, leaf_sha256, record_secret
+from certok.agents.issuing import AgentIssuer
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
@@ -22,7 +23,7 @@ from certok.db.models import ManagedCertificate
 from certok.errors import InvalidRequest, NotFound, RateLimited
 
 if TYPE_CHECKING:  # routes.py imports this module to build its routes
-    from certok.api.routes import ApiServices
+    from certok.api.services import ApiServices
 
 MAX_LOG_LIMIT = 500
 PREPARSE = "preparse"
@@ -99,13 +100,13 @@ def _time(value: Any) -> str | None:
 
 class _HostListing:
     def __init__(self, services: AgentServices) -> None:
-        self.s = services
+        self.services = services
 
     async def hosts(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
 
         def read() -> list[dict[str, Any]]:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 return [
                     {
                         "uuid": host.uuid,
@@ -135,7 +136,7 @@ class _HostListing:
         return envelope(request, {"hosts": await asyncio.to_thread(read)}, headers=NO_STORE)
 
     async def log(self, request: Request) -> Response:
-        tenant = await self.s.tenant_of(request)
+        tenant = await self.services.tenant_of(request)
         uuid = str(request.path_params["uuid"]).strip().lower()
         raw_limit = request.query_params.get("limit", "100")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LOG_LIMIT:
@@ -143,7 +144,7 @@ class _HostListing:
         limit = int(raw_limit)
 
         def read() -> list[dict[str, Any]] | None:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 host = hosts.find_host(session, tenant.id, uuid)
                 if host is None:
                     return None

@@ -32,15 +32,16 @@ from certok.db.models import Tenant, VerificationCode
 from certok.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
-    from certok.api.routes import ApiServices, _Api
+    from certok.agents.routes import TenantOf
+    from certok.api.services import ApiServices
 
 # How often a revoke request looks whether the worker has finished with it.
 REVOKE_POLL_SECONDS = 0.1
 MAX_BODY_BYTES = 4096
 
 
-def certificate_routes(api: _Api) -> list[Route]:
-    routes = _CertRoutes(api)
+def certificate_routes(services: ApiServices, tenant_of: TenantOf) -> list[Route]:
+    routes = _CertRoutes(services, tenant_of)
     return [
         Route("/v1/cert/list", routes.list, methods=["GET"]),
         Route("/v1/cert/{id:int}", routes.get, methods=["GET"]),
@@ -105,12 +106,12 @@ def _certificate_id(request: Request) -> int:
 
 
 class _CertRoutes:
-    def __init__(self, api: _Api) -> None:
-        self.api = api
-        self.s: ApiServices = api.s
+    def __init__(self, services: ApiServices, tenant_of: TenantOf) -> None:
+        self.services = services
+        self._tenant_of = tenant_of
 
     async def list(self, request: Request) -> Response:
-        tenant = await self.api._tenant(request)
+        tenant = await self._tenant_of(request)
         params = request.query_params
         page = _positive_int(params, "page", 1, 1_000_000)
         size = _positive_int(params, "size", 20, service.MAX_PAGE_SIZE)
@@ -125,7 +126,7 @@ class _CertRoutes:
             raise InvalidRequest("domain must be one name, such as www.example.com")
 
         def read() -> tuple[int, list[service.CertificateView]]:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 return service.list_certificates(
                     session, tenant.id, utcnow(), page=page, size=size, domain=domain, status=status
                 )
@@ -135,13 +136,17 @@ class _CertRoutes:
         return envelope(request, data, headers=NO_STORE)
 
     async def _view(self, request: Request, *, secrets: bool) -> service.CertificateView:
-        tenant = await self.api._tenant(request)
+        tenant = await self._tenant_of(request)
         certificate_id = _certificate_id(request)
 
         def read() -> service.CertificateView:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 return service.get_certificate(
-                    session, tenant.id, certificate_id, utcnow(), self.s.box if secrets else None
+                    session,
+                    tenant.id,
+                    certificate_id,
+                    utcnow(),
+                    self.services.box if secrets else None,
                 )
 
         return await asyncio.to_thread(read)
@@ -165,23 +170,23 @@ class _CertRoutes:
     async def revoke(self, request: Request) -> Response:
         """Record the request, wake the worker (it revokes through the issuing ACME account)
         and wait for it at most `apply_wait_seconds`: a slow CA never holds the request."""
-        tenant = await self.api._tenant(request)
+        tenant = await self._tenant_of(request)
         certificate_id = _certificate_id(request)
         reason = service.revocation_reason(await _reason_of(request))
         now = utcnow()
 
         def record() -> bool:
-            with transaction(self.s.sessions) as session:
+            with transaction(self.services.sessions) as session:
                 return service.request_revocation(session, tenant.id, certificate_id, reason, now)
 
-        if await asyncio.to_thread(record) and self.s.wake_certificates is not None:
-            self.s.wake_certificates()
+        if await asyncio.to_thread(record) and self.services.wake_certificates is not None:
+            self.services.wake_certificates()
 
         def settled() -> bool:
-            with self.s.sessions() as session:
+            with self.services.sessions() as session:
                 return service.revocation_settled(session, tenant.id, certificate_id)
 
-        deadline = time.monotonic() + self.s.settings.apply_wait_seconds
+        deadline = time.monotonic() + self.services.settings.apply_wait_seconds
         while not await asyncio.to_thread(settled) and time.monotonic() < deadline:
             await asyncio.sleep(REVOKE_POLL_SECONDS)
         view = await self._view(request, secrets=False)
@@ -244,7 +249,8 @@ def apply_extras(
     replaces_text = params.get("replaces")
     with services.sessions() as session:
         if profile is None:
-            profile = session.scalar(select(Tenant.default_profile).where(Tenant.id == tenant_id))
+            tenants = Tenant.__table__.c  # default_profile is mapped after the class body
+            profile = session.scalar(select(tenants.default_profile).where(tenants.id == tenant_id))
         domains = session.scalar(
             select(VerificationCode.domains).where(VerificationCode.code == code)
         )

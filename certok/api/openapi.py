@@ -79,7 +79,7 @@ _APPLY_DATA = {
     },
 }
 
-_TOKEN = [{"httpsokToken": []}]
+_TOKEN: list[dict[str, list[str]]] = [{"httpsokToken": []}]
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from certok.events.outbox import CANCELLED, DELIVERED, FAILED, PENDING
 from certok.events.types import EVENT_TYPES
 from certok.settings import Settings
 
-_OPEN_API_KEY = [{"openApiKey": []}]
-_TOKEN = [{"httpsokToken": []}]
+_OPEN_API_KEY: list[dict[str, list[str]]] = [{"openApiKey": []}]
+_TOKEN: list[dict[str, list[str]]] = [{"httpsokToken": []}]
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _WEBHOOK = {

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from certok.api.caches import TtlCache
 from certok.api.envelope import NO_STORE, envelope
+from certok.api.query_params import named_choice
 from certok.api.webhooks import EventApi, checked_url, read_json_object
 from certok.crypto import ALGORITHMS
 from certok.db.models import OrderNotifyUrl
@@ -43,7 +44,7 @@ from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
 
 if TYPE_CHECKING:
-    from certok.api.routes import ApiServices
+    from certok.api.services import ApiServices
 
 OPEN_API_KEY_HEADER = "OpenApiKey"
 TenantOf = Callable[[Request, str], Awaitable[TenantRef]]
@@ -89,10 +90,9 @@ def _choice(body: dict[str, Any], name: str, default: str, choices: tuple[str, .
     value = body.get(name)
     if value is None or value == "":
         return default
-    if isinstance(value, str):
-        for choice in choices:
-            if value.lower() == choice.lower():
-                return choice
+    choice = named_choice(value, choices) if isinstance(value, str) else None
+    if choice is not None:
+        return choice
     raise InvalidRequest(
         f"{name}={value!r} is not supported: use one of {', '.join(choices)}, "
         f"or leave {name} out for {default}"
@@ -129,7 +129,7 @@ def _apply_job(
     order_id, created = outcome.order_id, outcome.created
     if order_id is not None and created and notify_url:
         connection.execute(
-            insert(OrderNotifyUrl.__table__).values(
+            insert(OrderNotifyUrl).values(
                 order_id=order_id, tenant_id=tenant_id, url=notify_url, created_at=now
             )
         )

@@ -26,7 +26,7 @@ from certok.prechecks.safe_http import FetchRefused
 from certok.tenants.service import TenantRef
 
 if TYPE_CHECKING:
-    from certok.api.routes import ApiServices
+    from certok.api.services import ApiServices
 
 TenantOf = Callable[[Request], Awaitable[TenantRef]]
 MAX_BODY_BYTES = 16 * 1024

@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Mapping, Sequence
 
 from certok.demo.errors import RigError
 
 LOOPBACK = "127.0.0.1"
 # Pebble's defaults (ACME, management, pebble-challtestsrv http/tls/dns): never ours to take.
 PEBBLE_DEFAULT_PORTS = frozenset({14000, 15000, 5001, 5002, 8053})
+# Every port a rig uses, by purpose (a test may fix any of them; the rest are drawn free).
+RIG_PORT_NAMES = (
+    "nsd",
+    "unbound",
+    "acme",
+    "management",
+    "eab_acme",
+    "eab_management",
+    "nginx",
+    "tls_alpn",
+    "certok_dns",
+    "certok_https",
+    "certok_api",
+)
 _RANGE = (20000, 32000)
 _ATTEMPTS = 500
 
@@ -72,3 +87,15 @@ class PortAllocator:
         require_free(port, purpose)
         self._taken.add(port)
         return port
+
+    def take_all(self, purposes: Sequence[str], given: Mapping[str, int]) -> dict[str, int]:
+        """A port for every purpose: the caller's where `given` names one, else a free one."""
+        unknown = set(given) - set(purposes)
+        if unknown:
+            raise RigError(f"unknown port names {sorted(unknown)}; known: {tuple(purposes)}")
+        return {
+            purpose: self.claim(given[purpose], purpose)
+            if purpose in given
+            else self.allocate(purpose)
+            for purpose in purposes
+        }

@@ -14,14 +14,8 @@ own DNS server is started later by the tests; unbound tolerates it being down at
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import os
-import re
+import functools
 import shutil
-import signal
-import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,58 +25,27 @@ from types import TracebackType
 from typing import Literal, Self
 
 import dns.message
-import dns.name
 import dns.rdatatype
 
-from certok.demo import dns_probe
+from certok.demo import customer_dns, dns_probe, nginx, pebble
+from certok.demo.binaries import REQUIRED_BINARIES, require_binary, run_control
+from certok.demo.config_files import (
+    base_customer_zone,
+    eab_mac_keys,
+    placeholder_values,
+    render_template,
+)
 from certok.demo.customer_zone import CUSTOMER_ZONE, render_zone
 from certok.demo.errors import RigError
-from certok.demo.ports import PortAllocator
+from certok.demo.ports import RIG_PORT_NAMES, PortAllocator
 from certok.demo.process import ManagedProcess, tcp_is_listening
 from certok.demo.tls import write_server_tls
 
-TEMPLATES = Path(__file__).parent / "templates"
 DEFAULT_CERTOK_ZONE = "acme.svc.test"
-REQUIRED_BINARIES = {
-    "pebble": "/usr/bin/pebble",
-    "unbound": "unbound",
-    "unbound-control": "unbound-control",
-    "nsd": "nsd",
-    "nsd-control": "nsd-control",
-    "nginx": "nginx",
-}
 STARTUP_TIMEOUT_SECONDS = 15.0
 CHANGE_TIMEOUT_SECONDS = 10.0
-_CONTROL_TIMEOUT_SECONDS = 10.0
-_PROBE_TIMEOUT_SECONDS = 0.1
-_LEFTOVER_PLACEHOLDER = re.compile(r"@(?:RIG|ZONE|P_[A-Z_]+)@")
-# Extra system directories: nsd/unbound/nginx live in /usr/sbin, which a non-root PATH may lack.
-_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 Which = Literal["plain", "eab", "both"]
-
-
-def find_binary(name: str) -> str | None:
-    """Absolute path of a rig binary, also looking in the sbin directories."""
-    if os.path.isabs(name):
-        return name if os.access(name, os.X_OK) else None
-    search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN_DIRS])
-    return shutil.which(name, path=search)
-
-
-def missing_binaries() -> list[str]:
-    """Names of the rig's programs that are not installed (empty when the rig can run)."""
-    return [name for name, path in REQUIRED_BINARIES.items() if find_binary(path) is None]
-
-
-def _binary(name: str) -> str:
-    path = find_binary(REQUIRED_BINARIES[name])
-    if path is None:
-        raise RigError(
-            f"{name} is not installed: apt-get install -y pebble unbound nsd nginx dnsutils "
-            "(scripts/test does this when run as root)"
-        )
-    return path
 
 
 class Rig:
@@ -109,16 +72,7 @@ class Rig:
         self.startup_timeout = startup_timeout
 
         self._allocator = PortAllocator()
-        given = dict(ports or {})
-        unknown = set(given) - set(self.PORT_NAMES)
-        if unknown:
-            raise RigError(f"unknown port names {sorted(unknown)}; known: {self.PORT_NAMES}")
-        chosen: dict[str, int] = {}
-        for purpose in self.PORT_NAMES:
-            if purpose in given:
-                chosen[purpose] = self._allocator.claim(given[purpose], purpose)
-            else:
-                chosen[purpose] = self._allocator.allocate(purpose)
+        self._ports = chosen = self._allocator.take_all(self.PORT_NAMES, ports or {})
         self.nsd_port = chosen["nsd"]
         self.unbound_port = chosen["unbound"]
         self.acme_port = chosen["acme"]
@@ -136,13 +90,14 @@ class Rig:
         self.eab_directory_url = f"https://127.0.0.1:{self.eab_acme_port}/dir"
         self.management_url = f"https://127.0.0.1:{self.management_port}"
         self.eab_management_url = f"https://127.0.0.1:{self.eab_management_port}"
+        self._pebble_ports = {
+            "pebble": (self.acme_port, self.management_port),
+            "pebble-eab": (self.eab_acme_port, self.eab_management_port),
+        }
         # Where the customer's nginx sends HTTP-01 requests (the seed's redirect target host).
         self.certok_service_host = f"svc.{self.certok_zone}"
 
-        # The template's ports are bare placeholders (not JSON yet): zero them to read the keys.
-        eab_template = _LEFTOVER_PLACEHOLDER.sub("0", (TEMPLATES / "pebble-eab.json").read_text())
-        eab_config = json.loads(eab_template)["pebble"]
-        self.eab_keys: dict[str, str] = dict(eab_config["externalAccountMACKeys"])
+        self.eab_keys: dict[str, str] = eab_mac_keys()
         self.eab_kid = "kid-1"
         self.eab_hmac_key = self.eab_keys["kid-1"]
         self.eab_kid_2 = "kid-2"
@@ -153,24 +108,12 @@ class Rig:
         self._pebble_env: dict[str, dict[str, str]] = {}
         self._pebble_config: dict[str, Path] = {}
         self._pebble_binary = ""
-        self._base_zone = (TEMPLATES / "customer.test.zone").read_text()
+        self._base_zone = base_customer_zone()
         self._zone_serial = 1
-        self._zone_mtime_ns = 0
+        self._zone_writer = customer_dns.ZoneFileWriter()
         self._customer_records: list[str] = []
 
-    PORT_NAMES = (
-        "nsd",
-        "unbound",
-        "acme",
-        "management",
-        "eab_acme",
-        "eab_management",
-        "nginx",
-        "tls_alpn",
-        "certok_dns",
-        "certok_https",
-        "certok_api",
-    )
+    PORT_NAMES = RIG_PORT_NAMES
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -192,16 +135,18 @@ class Rig:
     def start(self) -> Self:
         if self.started:
             raise RigError("the rig is already started")
-        binaries = {name: _binary(name) for name in REQUIRED_BINARIES}
+        binaries = {name: require_binary(name) for name in REQUIRED_BINARIES}
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="certok-rig-"))
         try:
             self._prepare(binaries)
-            self._start_service("nsd", self._nsd_is_serving)
-            self._start_service("unbound", self._unbound_resolves_customer_zone)
-            for name in ("pebble", "pebble-eab", "nginx"):
+            self._start_service(
+                "nsd", lambda: customer_dns.nsd_serves(self.nsd_port, self._zone_serial)
+            )
+            self._start_service("unbound", lambda: customer_dns.resolver_answers(self.unbound_port))
+            for name in (*pebble.PEBBLE_NAMES, "nginx"):
                 self._services[name].start()
-            self._wait_listening("pebble", self.acme_port, self.management_port)
-            self._wait_listening("pebble-eab", self.eab_acme_port, self.eab_management_port)
+            for name in pebble.PEBBLE_NAMES:
+                self._wait_listening(name, *self._pebble_ports[name])
             self._wait_listening("nginx", self.nginx_port)
         except BaseException as error:
             if isinstance(error, RigError):
@@ -251,18 +196,7 @@ class Rig:
     def pebble_roots(self, eab: bool = False) -> str:
         """PEM of the current Pebble root (Pebble makes a new one at every start)."""
         base = self.eab_management_url if eab else self.management_url
-        context = ssl.create_default_context(cafile=str(self.ca_bundle))
-        host, port = base.removeprefix("https://").rsplit(":", 1)
-        connection = http.client.HTTPSConnection(host, int(port), timeout=5.0, context=context)
-        try:
-            connection.request("GET", "/roots/0")
-            response = connection.getresponse()
-            body = response.read().decode()
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise RigError(f"Pebble's /roots/0 answered {response.status}: {body[:200]}")
-        return body
+        return pebble.fetch_root(base, self.ca_bundle)
 
     def restart_pebble(
         self,
@@ -289,11 +223,7 @@ class Rig:
             self._services[name] = self._pebble_process(name)
             self._services[name].start()
         for name in names[which]:
-            ports = {
-                "pebble": (self.acme_port, self.management_port),
-                "pebble-eab": (self.eab_acme_port, self.eab_management_port),
-            }[name]
-            self._wait_listening(name, *ports)
+            self._wait_listening(name, *self._pebble_ports[name])
 
     @contextlib.contextmanager
     def pebble_settings(
@@ -312,87 +242,38 @@ class Rig:
             self._pebble_env = saved
             self.restart_pebble(which=which)
 
-    # --- customer DNS and the resolver ---------------------------------------------------------
-
-    @property
-    def customer_records(self) -> list[str]:
-        """The test lines currently merged over the base customer zone."""
-        return list(self._customer_records)
+    # --- the customer's nginx --------------------------------------------------------------------
 
     def set_nginx_redirects(self, sites: Mapping[str, str]) -> None:
         """Serve the seed's block for each `server name → redirect target` (replacing earlier
         ones): `return 302 <target>$host/$1;`. Returns once nginx serves the new config."""
-        lines = []
-        for server_name, target in sites.items():
-            lines += [
-                "server {",
-                f"    listen 127.0.0.1:{self.nginx_port};",
-                f"    server_name {server_name};",
-                r"    location ~ ^/\.well-known/acme-challenge/([-_a-zA-Z0-9]+)$ {",
-                f"        return 302 {target}$host/$1;",
-                "    }",
-                "}",
-            ]
-        deadline = self._reload_nginx("tests.conf", lines)
-        for server_name, target in sites.items():
-            while True:
-                location = self._nginx_location(server_name)
-                if location is not None and location.startswith(target):
-                    break
-                if time.monotonic() > deadline:
-                    raise RigError(f"nginx did not pick up the redirect for {server_name}")
-                time.sleep(0.05)
+        deadline = self._reload_nginx("tests.conf", nginx.redirect_sites(self.nginx_port, sites))
+        nginx.wait_for_redirects(self.nginx_port, sites, deadline)
 
     def serve_certificate(
         self, server_name: str, port: int, certificate: Path, private_key: Path
     ) -> None:
         """Serve HTTPS for `server_name` on 127.0.0.1:`port` with this certificate chain and
         key (a customer's nginx after installing what certok issued)."""
-        lines = [
-            "server {",
-            f"    listen 127.0.0.1:{port} ssl;",
-            f"    server_name {server_name};",
-            f"    ssl_certificate {certificate};",
-            f"    ssl_certificate_key {private_key};",
-            "    location / {",
-            "        default_type text/plain;",
-            f'        return 200 "hello from {server_name}, over HTTPS\\n";',
-            "    }",
-            "}",
-        ]
+        lines = nginx.https_site(server_name, port, certificate, private_key)
         self._reload_nginx(f"tls-{server_name}.conf", lines)
         self._wait_listening("nginx", port)
 
     def _reload_nginx(self, site: str, lines: Sequence[str]) -> float:
         """Write one site file and reload nginx; returns the deadline for what follows."""
-        sites_dir = self.runtime_dir / "nginx" / "sites"
-        (sites_dir / site).write_text("\n".join(lines) + "\n")
         pid = self._services["nginx"].pid
         if pid is None:
             raise RigError("nginx is not running")
-        old_workers = _children(pid)
-        os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + CHANGE_TIMEOUT_SECONDS
-        # A reload starts new workers and lets the old ones finish gracefully; until they have
-        # exited, a new connection may still meet the old configuration (a pre-check saw "no
-        # redirect" right after the probe below had seen the new one).
-        while old_workers & _children(pid):
-            if time.monotonic() > deadline:
-                raise RigError("nginx's old workers did not exit after a reload")
-            time.sleep(0.02)
+        nginx.reload_with_site(self.runtime_dir / "nginx" / "sites" / site, lines, pid, deadline)
         return deadline
 
-    def _nginx_location(self, server_name: str) -> str | None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.nginx_port, timeout=2.0)
-        try:
-            connection.request(
-                "GET", "/.well-known/acme-challenge/probe", headers={"Host": server_name}
-            )
-            response = connection.getresponse()
-            response.read()
-        finally:
-            connection.close()
-        return response.getheader("location")
+    # --- customer DNS and the resolver ---------------------------------------------------------
+
+    @property
+    def customer_records(self) -> list[str]:
+        """The test lines currently merged over the base customer zone."""
+        return list(self._customer_records)
 
     def set_customer_records(self, extra: Sequence[str]) -> None:
         """Make customer.test hold the base records plus `extra`, visible through unbound.
@@ -409,32 +290,21 @@ class Rig:
         self._customer_records = list(extra)
 
         deadline = time.monotonic() + CHANGE_TIMEOUT_SECONDS
-        self.nsd_control("reload", CUSTOMER_ZONE)
-        last_reload = time.monotonic()
-        while dns_probe.soa_serial(self.nsd_port, CUSTOMER_ZONE, recursion_desired=False) != serial:
-            if time.monotonic() > deadline:
-                raise RigError(
-                    f"NSD did not load serial {serial} of {CUSTOMER_ZONE}\n"
-                    + self._services["nsd"].describe_logs()
-                )
-            if time.monotonic() - last_reload > 1.0:
-                self.nsd_control("reload", CUSTOMER_ZONE)
-                last_reload = time.monotonic()
-            time.sleep(0.02)
-
-        while True:
-            self.flush_resolver(infra=False)
-            serial_seen = dns_probe.soa_serial(self.unbound_port, CUSTOMER_ZONE)
-            missing = [rec for rec in expected if not dns_probe.shows(self.unbound_port, rec)]
-            if serial_seen == serial and not missing:
-                return
-            if time.monotonic() > deadline:
-                raise RigError(
-                    f"unbound still answers old data for {CUSTOMER_ZONE} (serial {serial_seen}, "
-                    f"want {serial}; not yet shown: {missing})\n"
-                    + self._services["unbound"].describe_logs()
-                )
-            time.sleep(0.05)
+        customer_dns.wait_for_nsd_serial(
+            self._services["nsd"],
+            self.nsd_port,
+            serial,
+            lambda: self.nsd_control("reload", CUSTOMER_ZONE),
+            deadline,
+        )
+        customer_dns.wait_for_resolver(
+            self._services["unbound"],
+            self.unbound_port,
+            serial,
+            expected,
+            lambda: self.flush_resolver(infra=False),
+            deadline,
+        )
 
     def flush_resolver(self, *, infra: bool = True) -> None:
         """Make unbound forget cached answers for both zones, and (infra) which servers were down.
@@ -453,51 +323,16 @@ class Rig:
         return dns_probe.ask(self.unbound_port, name, dns.rdatatype.from_text(rdtype))
 
     def unbound_control(self, *args: str) -> str:
-        return self._control("unbound-control", self.runtime_dir / "unbound" / "unbound.conf", args)
+        return run_control("unbound-control", self.runtime_dir / "unbound" / "unbound.conf", args)
 
     def nsd_control(self, *args: str) -> str:
-        return self._control("nsd-control", self.runtime_dir / "nsd" / "nsd.conf", args)
+        return run_control("nsd-control", self.runtime_dir / "nsd" / "nsd.conf", args)
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _control(self, program: str, config: Path, args: Sequence[str]) -> str:
-        argv = [_binary(program), "-c", str(config), *args]
-        try:
-            done = subprocess.run(  # noqa: S603 - a rig binary, fixed arguments
-                argv, capture_output=True, text=True, timeout=_CONTROL_TIMEOUT_SECONDS, check=False
-            )
-        except subprocess.TimeoutExpired as error:
-            raise RigError(f"{' '.join(argv)} timed out") from error
-        output = (done.stdout + done.stderr).strip()
-        if done.returncode != 0 or output.startswith("error"):
-            raise RigError(f"{' '.join(argv)} failed ({done.returncode}): {output}")
-        return output
-
     def _render(self, template: str, destination: Path) -> Path:
-        values = {
-            "@RIG@": str(self.runtime_dir),
-            "@ZONE@": self.certok_zone,
-            "@P_NSD@": str(self.nsd_port),
-            "@P_UNBOUND@": str(self.unbound_port),
-            "@P_ACME@": str(self.acme_port),
-            "@P_MGMT@": str(self.management_port),
-            "@P_ACME_EAB@": str(self.eab_acme_port),
-            "@P_MGMT_EAB@": str(self.eab_management_port),
-            "@P_NGINX@": str(self.nginx_port),
-            "@P_TLSALPN@": str(self.tls_alpn_port),
-            "@P_SVCDNS@": str(self.certok_dns_port),
-            "@P_SVCHTTPS@": str(self.certok_https_port),
-        }
-        text = (TEMPLATES / template).read_text()
-        # Longest first, so @P_ACME@ never eats the front of @P_ACME_EAB@.
-        for placeholder in sorted(values, key=len, reverse=True):
-            text = text.replace(placeholder, values[placeholder])
-        leftover = _LEFTOVER_PLACEHOLDER.search(text)
-        if leftover:
-            raise RigError(f"template {template} has an unknown placeholder {leftover.group()}")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_text(text)
-        return destination
+        values = placeholder_values(self.runtime_dir, self.certok_zone, self._ports)
+        return render_template(template, values, destination)
 
     def _prepare(self, binaries: Mapping[str, str]) -> None:
         rig = self.runtime_dir
@@ -516,74 +351,29 @@ class Rig:
         eab_conf = self._render("pebble-eab.json", rig / "pebble" / "pebble-eab.json")
         nginx_conf = self._render("nginx.conf", rig / "nginx" / "nginx.conf")
 
-        self._services["nsd"] = ManagedProcess(
-            "nsd",
-            [binaries["nsd"], "-d", "-c", str(nsd_conf)],
-            log_path=logs / "nsd.stderr.log",
-            extra_logs=[logs / "nsd.log"],
-            cwd=rig / "nsd",
-        )
-        self._services["unbound"] = ManagedProcess(
-            "unbound",
-            [binaries["unbound"], "-d", "-c", str(unbound_conf)],
-            log_path=logs / "unbound.stderr.log",
-            extra_logs=[logs / "unbound.log"],
-            cwd=rig / "unbound",
-        )
-        base_env = {
-            "PEBBLE_VA_NOSLEEP": "1",
-            "PEBBLE_WFE_NONCEREJECT": str(self.nonce_reject),
-            "PEBBLE_AUTHZREUSE": "0",
-        }
+        for name, conf in (("nsd", nsd_conf), ("unbound", unbound_conf)):
+            self._services[name] = customer_dns.dns_server_process(name, binaries[name], conf, logs)
         self._pebble_config = {"pebble": pebble_conf, "pebble-eab": eab_conf}
         self._pebble_binary = binaries["pebble"]
-        for name in ("pebble", "pebble-eab"):
-            self._pebble_env[name] = dict(base_env)
+        for name in pebble.PEBBLE_NAMES:
+            self._pebble_env[name] = pebble.base_settings(self.nonce_reject)
             self._services[name] = self._pebble_process(name)
-        self._services["nginx"] = ManagedProcess(
-            "nginx",
-            [
-                binaries["nginx"],
-                "-e",
-                str(logs / "nginx-error.log"),
-                "-c",
-                str(nginx_conf),
-                "-g",
-                "daemon off;",
-            ],
-            log_path=logs / "nginx.stderr.log",
-            extra_logs=[logs / "nginx-error.log"],
-            cwd=rig / "nginx",
+        self._services["nginx"] = nginx.nginx_process(
+            binaries["nginx"], nginx_conf, logs, rig / "nginx"
         )
 
     def _pebble_process(self, name: str) -> ManagedProcess:
-        # Only the variables this rig sets reach Pebble: a PEBBLE_* in the caller's environment
-        # would silently change its behaviour.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PEBBLE_")}
-        env.update(self._pebble_env[name])
-        return ManagedProcess(
+        return pebble.pebble_process(
             name,
-            [
-                self._pebble_binary,
-                "-config",
-                str(self._pebble_config[name]),
-                "-dnsserver",
-                self.resolver_address,
-            ],
-            log_path=self.runtime_dir / "logs" / f"{name}.log",
-            cwd=self.runtime_dir / "pebble",
-            env=env,
+            self._pebble_binary,
+            self._pebble_config[name],
+            self._pebble_env[name],
+            self.resolver_address,
+            self.runtime_dir,
         )
 
     def _write_zone(self, text: str) -> None:
-        path = self.runtime_dir / "nsd" / "customer.test.zone"
-        staging = path.with_suffix(".tmp")
-        staging.write_text(text)
-        # NSD reloads a zone file only when its mtime changed; two writes within one timestamp
-        # tick would look unchanged, so move the mtime forward at least a second every time.
-        self._zone_mtime_ns = max(time.time_ns(), self._zone_mtime_ns + 1_000_000_000)
-        os.utime(staging, ns=(self._zone_mtime_ns, self._zone_mtime_ns))
-        staging.replace(path)
+        self._zone_writer.write(self.runtime_dir / "nsd" / "customer.test.zone", text)
 
     def _start_service(self, name: str, ready: Callable[[], bool]) -> None:
         service = self._services[name]
@@ -594,38 +384,7 @@ class Rig:
         service = self._services[name]
         for port in ports:
             service.wait_until(
-                lambda port=port: tcp_is_listening(port),
+                functools.partial(tcp_is_listening, port),
                 f"listening on 127.0.0.1:{port}",
                 self.startup_timeout,
             )
-
-    # A query sent before the server binds its UDP socket is simply lost: probe with a short
-    # timeout and ask again, rather than wait out the normal one.
-
-    def _nsd_is_serving(self) -> bool:
-        serial = dns_probe.soa_serial(
-            self.nsd_port, CUSTOMER_ZONE, recursion_desired=False, timeout=_PROBE_TIMEOUT_SECONDS
-        )
-        return serial == self._zone_serial
-
-    def _unbound_resolves_customer_zone(self) -> bool:
-        response = dns_probe.ask(
-            self.unbound_port, f"www.{CUSTOMER_ZONE}", "A", timeout=_PROBE_TIMEOUT_SECONDS
-        )
-        owner = dns.name.from_text(f"www.{CUSTOMER_ZONE}")
-        return any(rrset.name == owner for rrset in response.answer)
-
-
-def _children(parent: int) -> set[int]:
-    """Live (non-zombie) child processes of `parent`."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and fields[0] != "Z":
-            children.add(int(entry.name))
-    return children

@@ -28,10 +28,11 @@ from typing import Any
 
 from cryptography import x509
 
+from certok.demo.binaries import missing_binaries
 from certok.demo.certok_env import child_environment, rig_environment
 from certok.demo.errors import RigError
 from certok.demo.process import ManagedProcess
-from certok.demo.rig import Rig, missing_binaries
+from certok.demo.rig import Rig
 from certok.order_states import ISSUED, PENDING
 
 DEBIAN_PACKAGES = ("pebble", "unbound", "nsd", "nginx", "dnsutils")

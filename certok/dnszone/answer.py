@@ -47,7 +47,6 @@ import dns.rdatatype
 
 from certok.dnszone import replybuild, wire, zoneindex
 from certok.dnszone.config import SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, ZoneConfig
-from certok.dnszone.records import ZoneRecords
 from certok.dnszone.replycache import (
     FULL,
     MAX_CACHED_REPLIES,
@@ -57,8 +56,10 @@ from certok.dnszone.replycache import (
     TRUNCATED,
     Entry,
 )
+from certok.dnszone.static_zone import wire_key
 from certok.dnszone.wire import ADVERTISED_UDP_PAYLOAD, MAX_TCP_MESSAGE, ReplyKey
-from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex, wire_key
+from certok.dnszone.zone_records import ZoneRecords
+from certok.dnszone.zoneindex import TXT_STRING_MAX, ShapeKey, ZoneIndex
 
 __all__ = [
     "ADVERTISED_UDP_PAYLOAD",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import cast
 
 import dns.rcode
 import dns.rdatatype
@@ -74,7 +75,9 @@ def _qtype(key: bytes) -> str:
     if key[:2] == NO_QUESTION[:2]:
         return "none"
     value = int.from_bytes(key[:2], "big")
-    return dns.rdatatype.to_text(value) if value in _NAMED_TYPES else "other"
+    if value not in _NAMED_TYPES:
+        return "other"
+    return dns.rdatatype.to_text(cast(dns.rdatatype.RdataType, value))
 
 
 def _rcode(key: bytes) -> str:

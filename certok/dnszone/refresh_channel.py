@@ -17,7 +17,7 @@ import os
 import socket
 from pathlib import Path
 
-from certok.dnszone.records import ZoneCache, ZoneNotRefreshed
+from certok.dnszone.zone_cache import ZoneCache, ZoneNotRefreshed
 
 log = logging.getLogger(__name__)
 

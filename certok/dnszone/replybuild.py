@@ -54,7 +54,7 @@ from certok.dnszone.wire import (
 )
 from certok.dnszone.zoneindex import ZoneIndex
 
-# The types the zone serves (zoneindex.ANY_ORDER); an RRset of another type goes to dnspython.
+# The types the zone serves (static_zone.ANY_ORDER); an RRset of another type goes to dnspython.
 _WRITABLE_TYPES = frozenset({TYPE_TXT, TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_SOA})
 _RECORD_FIELDS = struct.Struct("!HHI")  # type, class, TTL
 _SOA_NUMBERS = struct.Struct("!IIIII")

@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Final
 
 from certok.dnszone.wire import ReplyKey
 
 Entry = tuple[bytes, bytes | None, object, int, int]
 
-FULL, TRUNCATED, STAMP, SERIAL_AT, SERIAL = range(5)
+# Positions in an Entry (literals, so a type checker knows what each index holds).
+FULL: Final = 0
+TRUNCATED: Final = 1
+STAMP: Final = 2
+SERIAL_AT: Final = 3
+SERIAL: Final = 4
 
-# Under half a kilobyte per entry (key, reply bytes, bookkeeping), so tens of MB at most; room
-# for a zone of 100k delegations asked two ways each without evicting anything.
+# Under half a kilobyte per entry (key, reply bytes, bookkeeping): room for a zone of 100k
+# delegations asked two ways each without evicting anything, for some tens of MB at most.
 MAX_CACHED_REPLIES = 200_000
 
 

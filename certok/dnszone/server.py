@@ -23,13 +23,13 @@ from certok.acceptor import Acceptor
 from certok.clients import client_key
 from certok.dnszone.answer import ZoneConfig, answer
 from certok.dnszone.querystats import QueryCounts, stat_key
-from certok.dnszone.records import SnapshotHook, ZoneCache
 from certok.dnszone.udp import (
     RATE_LIMIT_PER_SECOND,
     RATE_LIMIT_SLIP,
     ResponseRateLimiter,
     UdpResponder,
 )
+from certok.dnszone.zone_cache import SnapshotHook, ZoneCache
 from certok.dnszone.zoneindex import prepare_index
 
 log = logging.getLogger(__name__)

@@ -2,15 +2,16 @@
 
 Why a thread and not the event loop: each datagram through uvloop costs an epoll wake-up (at
 moderate rates), a protocol callback and address conversions both ways; a blocking
-``recvfrom`` / ``sendto`` loop does one receive and one send per query and nothing else, for
-less CPU per query on the same answer code (bench/dns_qps.py measures it). The GIL is released while
-the thread waits in ``recvfrom``, so the event loop (TCP, snapshot swaps) runs as before.
+``recvfrom`` / ``sendto`` loop does one receive and one send per query and nothing else, so
+the server spends less CPU per query on the same answer code (bench/dns_qps.py measures it).
+The GIL is released while the thread waits in ``recvfrom``, so the event loop (TCP, snapshot
+swaps) runs as before.
 
 The thread keeps a packet cache (as PowerDNS's authoritative server does): whole replies keyed
 by the query's bytes after its ID. A reply is a function of those bytes, the zone config and the
 records snapshot alone, so a query seen before under the same snapshot gets the stored reply
 with its own ID put in front: one dict lookup instead of parsing the question, finding the
-index and splicing the question into a cached reply (bench/dns_miss.py times a miss). The
+index and splicing the question into a cached reply (the Python work of every query). The
 cache is emptied whenever a new snapshot is published and when it reaches
 ``MAX_CACHED_PACKETS``. Resolvers that randomise the query name's case (0x20) get a new key per
 query and simply miss it.
@@ -32,8 +33,8 @@ from collections.abc import Callable
 
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer
 from certok.dnszone.querystats import QueryCounts, stat_key
-from certok.dnszone.records import ZoneCache
 from certok.dnszone.wire import truncate_reply
+from certok.dnszone.zone_cache import ZoneCache
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ MAX_AMPLIFICATION = 4
 # read costs nothing extra: the bytes object shrinks to the datagram in place).
 _RECEIVE_SIZE = 65535
 _STOP_JOIN_SECONDS = 5.0
-# Replies kept in the packet cache before it starts over (a few hundred bytes each: some
-# tens of MB when full). 50k covers a zone of tens of thousands of labels asked in one case.
+# Replies kept in the packet cache before it starts over (a few hundred bytes each, so tens of
+# MB when full): enough for a zone of tens of thousands of labels asked in one case.
 MAX_CACHED_PACKETS = 50_000
 _ID_SIZE = 2
 _HEADER_SIZE = 12
@@ -175,9 +176,10 @@ class UdpResponder:
                     tail, stat = cached
                     reply = query[:_ID_SIZE] + tail
                 else:
-                    reply = answer(query, config, records, max_udp=_udp_limit(query))
-                    if reply is None:
+                    answered = answer(query, config, records, max_udp=_udp_limit(query))
+                    if answered is None:
                         continue
+                    reply = answered
                     stat = stat_key(reply)
                     if _cacheable(query, reply):
                         if len(packets) >= MAX_CACHED_PACKETS:

@@ -53,9 +53,9 @@ from certok.issuance import (
     valid_token,
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
+from certok.orders.acme_order_budget import AcmeOrderBudget
 from certok.orders.material import ChallengeMaterial
 from certok.orders.polling import authorizations_needed
-from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.rows import (
     FinishHook,
     LeaseLost,
@@ -171,7 +171,7 @@ class OrderDriver:
     def _begin(
         self, order: OrderSnapshot, solver: ChallengeSolver, account: IssuerAccount
     ) -> float | None:
-        # The shared account's budget and the tenant's cap (certok/orders/quotas.py): a known
+        # The shared account's budget and the tenant's cap (acme_order_budget.py): a known
         # wait costs nothing; a place is taken only after the ownership check has passed.
         if self._budget is not None and (
             wait := self._budget.waiting(order.issuer, order.tenant_id)

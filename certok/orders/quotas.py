@@ -1,4 +1,4 @@
-"""Sharing the ACME accounts between tenants: caps, budgets and joined orders.
+"""Sharing the ACME accounts between tenants: the pending cap and joined orders.
 
 Every tenant's orders go out through the same ACME account per issuer, and the CA limits
 that account (Let's Encrypt: 300 new orders per account per 3 hours). Without limits of its
@@ -11,36 +11,27 @@ for hours. certok therefore keeps:
   type) of an order still pending and younger than `order_join_seconds` is bound to that
   order instead of starting another: a client that retries `dv` + `apply` in a loop costs
   the CA one order, not one per loop;
-- **a budget per ACME account** (`issuers.<name>.new_orders_per_window` per
-  `new_order_window_seconds`) and **a cap per tenant** (`tenant_acme_orders_per_window` per
-  `tenant_acme_order_window_seconds`) on new ACME orders, kept in a ledger
-  (`acme_new_orders`) written *before* each newOrder goes out, so requests in flight can
-  never overrun them. An order beyond either is not failed: it stays `pending` with a reason
-  naming the limit and the time it frees, and starts then. The worker claims due orders
-  round-robin across tenants (certok/orders/worker.py), so when a slot frees, tenants take
-  turns.
-
-The budget costs one small write job per new ACME order (not per step): one SELECT (the
-tenant's state and both windows, each an index walk of at most `budget` rows) and one INSERT.
+- **a budget per ACME account and a cap per tenant on new ACME orders**
+  (certok/orders/acme_order_budget.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, String, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
-from certok.db.models import AcmeAccount, AcmeNewOrder, Order, Tenant, VerificationCode
+from certok.db.models import Order, Tenant, VerificationCode
 from certok.db.writes import write
-from certok.errors import CertokError, RateLimited, Unauthenticated
-from certok.orders.service import PENDING, redeem_code
+from certok.errors import RateLimited, Unauthenticated
+from certok.order_states import PENDING
+from certok.orders.service import redeem_code
 from certok.settings import Settings
 
 # How long a client refused by the pending cap is asked to wait (orders finish in seconds to
@@ -48,13 +39,13 @@ from certok.settings import Settings
 PENDING_CAP_RETRY_AFTER_SECONDS = 10
 QUEUED = "queued"
 
-_ORDERS = Order.__table__
-_CODES = VerificationCode.__table__
-_TENANTS = Tenant.__table__
-_LEDGER = AcmeNewOrder.__table__
-_ACCOUNTS = AcmeAccount.__table__
+# Tables, not the mapped classes: the redemption is Core statements built once.
+_ORDERS = cast(Table, Order.__table__)
+_CODES = cast(Table, VerificationCode.__table__)
+_TENANTS = cast(Table, Tenant.__table__)
 
-_TENANT_DISABLED = select(_TENANTS.c.disabled).where(_TENANTS.c.id == bindparam("b_tenant_id"))
+# Whether the tenant is disabled (None: no such tenant); the ACME order budget asks it too.
+TENANT_DISABLED = select(_TENANTS.c.disabled).where(_TENANTS.c.id == bindparam("b_tenant_id"))
 _CODE_ROW = select(
     _CODES.c.id,
     _CODES.c.tenant_id,
@@ -87,9 +78,6 @@ _PENDING_COUNT = (
     .select_from(_ORDERS)
     .where(_ORDERS.c.tenant_id == bindparam("b_tenant_id"), _ORDERS.c.state == PENDING)
 )
-
-
-# --- redeeming a code within the tenant's caps -------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -162,7 +150,7 @@ def redeem_job(
     join_seconds: float,
     now: dt.datetime,
 ) -> Redemption:
-    disabled = connection.scalar(_TENANT_DISABLED, {"b_tenant_id": tenant_id})
+    disabled = connection.scalar(TENANT_DISABLED, {"b_tenant_id": tenant_id})
     if disabled is None or disabled:  # None: no such tenant
         return Redemption(None, False, disabled=True)
     row = connection.execute(_CODE_ROW, {"b_code": code}).first()
@@ -215,194 +203,3 @@ def redeem_job(
         **order_extras,
     )
     return Redemption(order_id, created)
-
-
-# --- the budget of new ACME orders -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BudgetWait:
-    """An order must wait for a budget: until when, and why (the order's pending reason)."""
-
-    until: dt.datetime
-    reason: str
-
-
-class TenantDisabled(CertokError):
-    """The tenant was disabled: its orders stop."""
-
-
-class AcmeOrderBudget:
-    """Reserves a place in the ACME account's and the tenant's windows before a newOrder."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], settings: Settings, clock: Clock = utcnow
-    ) -> None:
-        self._sessions = sessions
-        self._settings = settings
-        self._clock = clock
-        windows = [i.new_order_window_seconds for i in settings.issuers.values()]
-        # Ledger rows older than every window count for nothing: they are deleted as we go.
-        self._horizon = dt.timedelta(
-            seconds=max([*windows, settings.tenant_acme_order_window_seconds])
-        )
-        # Budgets known to be spent until a time: orders woken before then wait again without
-        # a database round trip (another node's reservations only make the truth later).
-        self._spent: dict[tuple[str, str], BudgetWait] = {}
-        self._lock = threading.Lock()
-
-    def waiting(self, issuer: str, tenant_id: int) -> BudgetWait | None:
-        """A wait this process already knows the order faces (no database access)."""
-        now = self._clock()
-        with self._lock:
-            for key in (("issuer", issuer), ("tenant", str(tenant_id))):
-                known = self._spent.get(key)
-                if known is not None:
-                    if known.until > now:
-                        return known
-                    del self._spent[key]
-        return None
-
-    def reserve(self, *, order_id: int, tenant_id: int, issuer: str) -> BudgetWait | None:
-        """Take a place for one newOrder now (None), or say how long to wait. Raises
-        TenantDisabled when the tenant was disabled."""
-        known = self.waiting(issuer, tenant_id)
-        if known is not None:
-            return known
-        issuer_settings = self._settings.issuers.get(issuer)
-        issuer_budget = issuer_settings.new_orders_per_window if issuer_settings else 0
-        issuer_window = issuer_settings.new_order_window_seconds if issuer_settings else 1.0
-        tenant_budget = self._settings.tenant_acme_orders_per_window
-        tenant_window = self._settings.tenant_acme_order_window_seconds
-        if issuer_budget == 0 and tenant_budget == 0:
-            return None
-        now = self._clock()
-        verdict = write(
-            self._sessions,
-            functools.partial(
-                _reserve_job,
-                issuer=issuer,
-                tenant_id=tenant_id,
-                order_id=order_id,
-                now=now,
-                issuer_budget=issuer_budget,
-                issuer_window=issuer_window,
-                tenant_budget=tenant_budget,
-                tenant_window=tenant_window,
-                horizon=self._horizon,
-            ),
-        )
-        if verdict is None:
-            return None
-        kind, until = verdict
-        if kind == "disabled":
-            raise TenantDisabled(
-                "stopped: the tenant was disabled by the operator; enable it and apply again"
-            )
-        at = f"{until:%Y-%m-%d %H:%M:%S} UTC"
-        if kind == "issuer":
-            wait = BudgetWait(
-                until,
-                f"{QUEUED}: the ACME account of issuer {issuer} has made "
-                f"{issuer_budget} new orders in the last {_span(issuer_window)}, its budget "
-                f"(issuers.{issuer}.new_orders_per_window, mirroring the CA's limit); this "
-                f"order starts at {at}",
-            )
-            key = ("issuer", issuer)
-        else:
-            wait = BudgetWait(
-                until,
-                f"{QUEUED}: this tenant's orders have made {tenant_budget} new ACME orders "
-                f"in the last {_span(tenant_window)}, the most one tenant may "
-                f"(tenant_acme_orders_per_window); this order starts at {at}",
-            )
-            key = ("tenant", str(tenant_id))
-        with self._lock:
-            self._spent[key] = wait
-        return wait
-
-
-def _span(seconds: float) -> str:
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)} h"
-    if seconds % 60 == 0:
-        return f"{int(seconds // 60)} min"
-    return f"{seconds:g} s"
-
-
-def _nth_newest(column: Any, value: str) -> Any:
-    """created_at of the ledger row at offset `b_<value>_offset` (newest first) where `column`
-    matches: the budget-th newest reservation when the offset is the budget less one."""
-    return (
-        select(_LEDGER.c.created_at)
-        .where(column == bindparam(f"b_{value}"))
-        .order_by(_LEDGER.c.created_at.desc())
-        .limit(1)
-        .offset(bindparam(f"b_{value}_offset"))
-        .scalar_subquery()
-    )
-
-
-# One statement for the whole check: whether the tenant is disabled, and the budget-th newest
-# reservation of the account and of the tenant (a window is full while that one is inside it).
-_RESERVE_CHECK = select(
-    _TENANT_DISABLED.scalar_subquery(),
-    _nth_newest(_LEDGER.c.issuer, "issuer"),
-    _nth_newest(_LEDGER.c.tenant_id, "tenant_id"),
-)
-_LOCK_ACCOUNT = (
-    select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.issuer == bindparam("b_issuer")).with_for_update()
-)
-_RESERVE = insert(_LEDGER)
-_FORGET = delete(_LEDGER).where(
-    _LEDGER.c.issuer == bindparam("b_issuer"), _LEDGER.c.created_at < bindparam("b_before")
-)
-
-
-def _reserve_job(
-    connection: Connection,
-    *,
-    issuer: str,
-    tenant_id: int,
-    order_id: int,
-    now: dt.datetime,
-    issuer_budget: int,
-    issuer_window: float,
-    tenant_budget: int,
-    tenant_window: float,
-    horizon: dt.timedelta,
-) -> tuple[str, dt.datetime] | None:
-    """None and a ledger row when both windows have room; else (which limit, when it frees)."""
-    if connection.dialect.name != "sqlite":
-        # Reservations for one account queue on its row, so nodes reserving at the same moment
-        # cannot both take the last place (SQLite has one writer at a time anyway).
-        connection.execute(_LOCK_ACCOUNT, {"b_issuer": issuer})
-    disabled, issuer_nth, tenant_nth = connection.execute(
-        _RESERVE_CHECK,
-        {
-            "b_tenant_id": tenant_id,
-            "b_issuer": issuer,
-            "b_issuer_offset": max(issuer_budget - 1, 0),
-            "b_tenant_id_offset": max(tenant_budget - 1, 0),
-        },
-    ).one()
-    if disabled is None or disabled:  # None: no such tenant
-        return ("disabled", now)
-    stale = False
-    for budget, window, nth, kind in (
-        (issuer_budget, issuer_window, issuer_nth, "issuer"),
-        (tenant_budget, tenant_window, tenant_nth, "tenant"),
-    ):
-        if budget <= 0 or nth is None:
-            continue
-        frees = nth + dt.timedelta(seconds=window)
-        if frees > now:
-            return (kind, frees)
-        stale = True  # a full window's worth of rows, and older ones: time to forget some
-    if stale:
-        connection.execute(_FORGET, {"b_issuer": issuer, "b_before": now - horizon})
-    connection.execute(
-        _RESERVE,
-        {"issuer": issuer, "tenant_id": tenant_id, "order_id": order_id, "created_at": now},
-    )
-    return None

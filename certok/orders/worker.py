@@ -227,7 +227,7 @@ _DUE = (
 # When more orders are due than the worker takes, they are taken round-robin across tenants,
 # each tenant's most overdue first: every tenant's first due order, then every tenant's
 # second, ... So a tenant with a thousand due orders does not push another tenant's one order
-# behind them all (certok/orders/quotas.py).
+# behind them all (certok/orders/acme_order_budget.py).
 _DUE_RANKED = (
     select(
         ORDERS.c.id,

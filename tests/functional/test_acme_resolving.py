@@ -57,8 +57,9 @@ def test_dns_resolver_asks_only_the_given_nameserver() -> None:
     import threading
 
     from certok.dnszone.answer import ZoneConfig
-    from certok.dnszone.records import ZoneCache, ZoneRecords
     from certok.dnszone.server import start_dns_server
+    from certok.dnszone.zone_cache import ZoneCache
+    from certok.dnszone.zone_records import ZoneRecords
     from certok.issuance.transport import dns_resolver
 
     cache = ZoneCache(None)

@@ -35,9 +35,10 @@ import dns.rrset
 import pytest
 
 from certok.dnszone.answer import ZoneConfig
-from certok.dnszone.records import ZoneCache, ZoneRecords
 from certok.dnszone.server import DnsServer, start_dns_server
 from certok.dnszone.wire import truncate_reply
+from certok.dnszone.zone_cache import ZoneCache
+from certok.dnszone.zone_records import ZoneRecords
 
 pytestmark = pytest.mark.timeout(60)
 T = TypeVar("T")

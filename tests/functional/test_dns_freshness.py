@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.db.engine import make_engine
 from certok.db.sessions import make_session_factory
 from certok.dnszone.answer import ZoneConfig
-from certok.dnszone.records import ZoneCache
 from certok.dnszone.server import start_dns_server
+from certok.dnszone.zone_cache import ZoneCache
 from certok.settings import Settings
 from tests.functional.conftest import LoopThread, make_zone
 

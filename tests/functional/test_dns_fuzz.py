@@ -45,7 +45,7 @@ from certok.dnszone.answer import (
     fast_answer,
     general_answer,
 )
-from certok.dnszone.records import ZoneRecords
+from certok.dnszone.zone_records import ZoneRecords
 from tests.depth import DEEP
 
 ZONE = "acme.svc.test"

@@ -36,8 +36,9 @@ from certok.db.models import ChallengeRecord, Delegation, Tenant
 from certok.db.sessions import make_session_factory
 from certok.dnszone import zoneindex
 from certok.dnszone.answer import ZoneConfig
-from certok.dnszone.records import ZoneCache, ZoneRecords
 from certok.dnszone.server import DnsServer, start_dns_server
+from certok.dnszone.zone_cache import ZoneCache
+from certok.dnszone.zone_records import ZoneRecords
 from tests.functional.conftest import LoopThread, Zone, now
 
 ZONE = "acme.svc.test"
@@ -305,7 +306,7 @@ def test_the_refresher_survives_database_errors(
     engine = make_engine(f"sqlite:///{tmp_path}/late.db")  # no schema yet: every read fails
     factory = make_session_factory(engine)
     cache = ZoneCache(factory)
-    caplog.set_level(logging.ERROR, logger="certok.dnszone.records")
+    caplog.set_level(logging.ERROR, logger="certok.dnszone.zone_cache")
     refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(0.05), loop_thread.loop)
     try:
         assert wait_until(lambda: "refresh failed" in caplog.text, 5)

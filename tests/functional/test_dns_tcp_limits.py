@@ -8,7 +8,7 @@ import socket
 
 import dns.message
 
-from certok.dnszone.records import ZoneCache
+from certok.dnszone.zone_cache import ZoneCache
 from tests.functional.test_dns_server import (
     HOST,
     ZONE,

@@ -37,9 +37,9 @@ from certok.issuance.network import NonceRetryingNetwork
 from certok.names import challenge_name
 from certok.order_states import ISSUED
 from certok.orders.accounts import AccountRegistry
+from certok.orders.acme_order_budget import AcmeOrderBudget
 from certok.orders.codes import issue_code
 from certok.orders.driver import OrderDriver
-from certok.orders.quotas import AcmeOrderBudget
 from certok.orders.service import redeem_code
 from certok.orders.worker import Worker
 from certok.persistence import Store
@@ -70,7 +70,7 @@ PROPAGATION_IDS = ["answer-at-once", "answer-after-propagation"]
 # propagation (before the driver and worker moved to Core statements and combined saves:
 # 19.8-20.4 and 25.2-25.7). The margin is about two extra polls per order (a slow Pebble on a
 # busy machine): a poll the worker holds on to is a load and no save. The budget of new ACME
-# orders (certok/orders/quotas.py) adds its place in the ledger before each newOrder: one
+# orders (certok/orders/acme_order_budget.py) adds its place in the ledger before each newOrder: one
 # SELECT and one INSERT (and the account row's lock on PostgreSQL), batched with the other
 # writes: 16.3 and 18.4 on SQLite, 17.2 and 19.5 on PostgreSQL (2026-12-05). The issuing save
 # writes the certificate record too (certok/certificates/records.py): its INSERT ... SELECT,

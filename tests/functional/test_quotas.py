@@ -19,8 +19,9 @@ from starlette.testclient import TestClient
 from certok.db.engine import transaction
 from certok.db.models import AcmeNewOrder, ChallengeRecord, Order, VerificationCode
 from certok.order_states import FAILURE, ISSUED, PENDING
+from certok.orders.acme_order_budget import AcmeOrderBudget, TenantDisabled
 from certok.orders.codes import issue_code
-from certok.orders.quotas import AcmeOrderBudget, TenantDisabled, redeem_with_quotas
+from certok.orders.quotas import redeem_with_quotas
 from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants

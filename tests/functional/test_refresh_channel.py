@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.dnszone.records import ZoneCache, ZoneNotRefreshed, wait_until_served
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
+from certok.dnszone.zone_cache import ZoneCache, ZoneNotRefreshed, wait_until_served
 from tests.functional.conftest import LoopThread, Zone
 
 # A refresh interval no test waits for: only requested reloads make a test pass.

@@ -27,8 +27,8 @@ from certok.dnszone.answer import (
     fast_answer,
     general_answer,
 )
-from certok.dnszone.records import ZoneRecords
 from certok.dnszone.udp import RateDecision, ResponseRateLimiter
+from certok.dnszone.zone_records import ZoneRecords
 from certok.settings import Settings
 
 ZONE = "acme.svc.test"
@@ -671,7 +671,7 @@ def test_fixed_host_addresses_are_served() -> None:
     import dns.rdatatype
 
     from certok.dnszone.answer import ZoneConfig, answer
-    from certok.dnszone.records import ZoneRecords
+    from certok.dnszone.zone_records import ZoneRecords
 
     config = ZoneConfig(
         zone="acme.svc.test",

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from certok.dnszone import answer as answer_module
 from certok.dnszone import wire, zoneindex
 from certok.dnszone.answer import ADVERTISED_UDP_PAYLOAD, ZoneConfig, answer, general_answer
-from certok.dnszone.records import ZoneCache, ZoneRecords
 from certok.dnszone.replycache import Entry, ReplyCache
 from certok.dnszone.wire import ReplyKey
+from certok.dnszone.zone_cache import ZoneCache
+from certok.dnszone.zone_records import ZoneRecords
 from certok.dnszone.zoneindex import ZoneIndex, prepare_index
 
 ZONE = "acme.svc.test"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from certok.dnszone import replybuild, wire, zoneindex
+from certok.dnszone import replybuild, static_zone, wire, zoneindex
 from certok.dnszone.answer import (
     ADVERTISED_UDP_PAYLOAD,
     ZoneConfig,
@@ -31,10 +31,10 @@ from certok.dnszone.answer import (
     fast_answer,
     general_answer,
 )
-from certok.dnszone.records import ZoneRecords
+from certok.dnszone.zone_records import ZoneRecords
 
 RD, CD, AD = int(dns.flags.RD), int(dns.flags.CD), int(dns.flags.AD)
-# What the zone holds (zoneindex.ANY_ORDER) and ANY, asked more often than other types.
+# What the zone holds (static_zone.ANY_ORDER) and ANY, asked more often than other types.
 SERVED_TYPES = [
     dns.rdatatype.TXT,
     dns.rdatatype.A,
@@ -195,7 +195,7 @@ def ancestors_in_zone(names: list[str], zone_text: str) -> list[dns.name.Name]:
         except dns.name.NameTooLong:
             continue
         if owner.is_subdomain(zone):
-            found.update(zoneindex.ancestors_below(owner, zone))
+            found.update(static_zone.ancestors_below(owner, zone))
     return sorted(found)
 
 
@@ -373,7 +373,7 @@ def test_the_property_catches_a_wrong_byte(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_builder_writes_every_type_the_zone_holds() -> None:
     """A type added to the zone without the builder learning it would go to dnspython on
     every miss again: correct, but the slow path this module exists to avoid."""
-    assert set(zoneindex.ANY_ORDER) == replybuild._WRITABLE_TYPES
+    assert set(static_zone.ANY_ORDER) == replybuild._WRITABLE_TYPES
 
 
 def test_a_reply_too_big_for_tcp_goes_to_dnspython_and_stays_servfail() -> None:

@@ -1,8 +1,8 @@
-"""What the authoritative DNS server knows: allocated labels and the TXT values presented.
+"""The zone cache: what the authoritative DNS server knows, kept fresh from the database.
 
-The server answers from an immutable in-memory snapshot (``ZoneRecords``) held by a
-``ZoneCache``; the cache reloads it from the database in the background, so no query ever
-waits on a database read (acme-dns reads its database on every query).
+The server answers from an immutable in-memory snapshot (``ZoneRecords``, zone_records.py)
+held by a ``ZoneCache``; the cache reloads it from the database in the background, so no
+query ever waits on a database read (acme-dns reads its database on every query).
 
 A refresh is cheap when nothing changed: the TXT rows (pending dns-01 challenges only, a few
 rows) are always read, the labels (one per delegation, tens of thousands) only when the
@@ -17,15 +17,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.models import ChallengeRecord, Delegation, Order
+from certok.dnszone.zone_records import ZoneRecords, group_txt, label_keys, time_serial
 from certok.order_states import PENDING
 
 log = logging.getLogger(__name__)
@@ -34,7 +32,7 @@ DNS01_KIND = "dns-01"
 # Labels are reread in full at least this often even when the delegations table's fingerprint
 # did not move: the fingerprint cannot see a row edited in place (certok never edits one) or,
 # on SQLite, the highest row deleted and another inserted within one refresh with a clock that
-# did not advance. A full read grows with the labels, so it is not done on every refresh.
+# did not advance. A full read grows with the number of labels, so it is not done every time.
 LABELS_FULL_RELOAD_SECONDS = 30.0
 
 
@@ -52,72 +50,14 @@ _TXT_ROWS = (
 )
 # count, highest id, and the highest id's created_at: each its own scalar subquery, so SQLite
 # answers them from the b-tree (its count(*) shortcut, the rowid's ends) instead of one scan of
-# the table per refresh. As one aggregate (count(id), max(id), max(created_at)) a refresh scans
-# every delegation, once per order under load.
+# the table per refresh (as one aggregate, count(id), max(id), max(created_at), it scans, and a
+# refresh runs once per order under load).
 _LABELS_FINGERPRINT = select(
     select(func.count()).select_from(_DELEGATIONS).scalar_subquery(),
     select(func.max(_DELEGATIONS.c.id)).scalar_subquery(),
     select(_DELEGATIONS.c.created_at).order_by(_DELEGATIONS.c.id.desc()).limit(1).scalar_subquery(),
 )
 _ALL_LABELS = select(_DELEGATIONS.c.label)
-
-
-def _time_serial() -> int:
-    return int(time.time()) & 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class ZoneRecords:
-    """One consistent snapshot of the zone's dynamic data.
-
-    Names are relative to the zone (normally one 16-hex-digit label) and lowercase. TXT values
-    keep the order they should be served in (newest first from the database).
-    """
-
-    labels: frozenset[str]
-    txt: Mapping[str, tuple[str, ...]]
-    # SOA serial; not part of equality so a reload that changed nothing compares equal.
-    serial: int = field(default_factory=_time_serial, compare=False)
-    # Lookup structures derived from this snapshot, memoised by whoever derives them (the
-    # answer index per ZoneConfig, see zoneindex.py). Not part of the data.
-    derived: dict[Any, Any] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
-    )
-
-    @classmethod
-    def empty(cls) -> ZoneRecords:
-        return cls(labels=frozenset(), txt=MappingProxyType({}))
-
-    @classmethod
-    def build(
-        cls,
-        labels: Iterable[str],
-        txt_rows: Iterable[tuple[str, str]],
-        *,
-        serial: int | None = None,
-    ) -> ZoneRecords:
-        """Normalise names (lowercase, no trailing dot) and drop duplicate values."""
-        return cls(
-            labels=normalise_labels(labels),
-            txt=group_txt(txt_rows),
-            serial=_time_serial() if serial is None else serial & 0xFFFFFFFF,
-        )
-
-
-def normalise_name(name: str) -> str:
-    return name.strip().rstrip(".").lower()
-
-
-def normalise_labels(labels: Iterable[str]) -> frozenset[str]:
-    return frozenset(normalise_name(label) for label in labels)
-
-
-def group_txt(txt_rows: Iterable[tuple[str, str]]) -> Mapping[str, tuple[str, ...]]:
-    """Values per normalised name, in the order given, without duplicates."""
-    grouped: dict[str, dict[str, None]] = {}
-    for name, value in txt_rows:
-        grouped.setdefault(normalise_name(name), {})[value] = None
-    return MappingProxyType({name: tuple(values) for name, values in grouped.items()})
 
 
 # Called as hook(previous, fresh) by the thread that swaps a snapshot in, before it is published.
@@ -226,7 +166,7 @@ class ZoneCache:
             and now - self._labels_read_at < self._labels_full_reload_seconds
         ):
             return self._labels
-        self._labels = normalise_labels(session.scalars(_ALL_LABELS))
+        self._labels = label_keys(session.scalars(_ALL_LABELS))
         self._labels_fingerprint = fingerprint
         self._labels_read_at = now
         return self._labels
@@ -235,14 +175,14 @@ class ZoneCache:
         current = self._records
         txt = group_txt(rows)
         # Compared once, and not at all when unchanged: frozenset equality walks every label
-        # even for the same object, in time that grows with the labels.
+        # even for the same object, a cost that grows with the zone.
         same_labels = labels is current.labels or labels == current.labels
         if same_labels and txt == current.txt:
             # Keep the old object: answers cached for it stay valid and the serial stays put.
             return
         if same_labels:
             labels = current.labels  # the same object lets the index skip comparing labels
-        serial = max(_time_serial(), (current.serial + 1) & 0xFFFFFFFF)
+        serial = max(time_serial(), (current.serial + 1) & 0xFFFFFFFF)
         self._publish(ZoneRecords(labels=labels, txt=txt, serial=serial))
 
     def _publish(self, fresh: ZoneRecords) -> None:

@@ -1,0 +1,75 @@
+"""What the GET API answers: a DV check's result, and an order's state or its certificate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from certok.domains.verify import DvResult
+from certok.order_states import FAILURE, ISSUED, PENDING
+from certok.orders.quotas import QUEUED
+from certok.orders.service import OrderView
+
+
+def dv_data(result: DvResult) -> dict[str, Any]:
+    items = []
+    for item in result.items:
+        entry: dict[str, Any] = {"domain": item.domain}
+        if item.type is not None:
+            entry.update(type=item.type, name=item.name, value=item.value)
+        entry.update(valid=item.valid, cost=str(item.cost_ms))
+        if item.detail:
+            entry["detail"] = item.detail
+        if item.code:
+            entry["code"] = item.code
+        items.append(entry)
+    data: dict[str, Any] = {
+        "code": result.code,
+        "type": result.type,
+        "items": items,
+        "valid": result.valid,
+        "cost": str(result.cost_ms),
+    }
+    if result.nginx is not None:
+        data["nginx"] = result.nginx
+    return data
+
+
+def dv_message(result: DvResult) -> str:
+    if result.valid:
+        return "success"
+    return "not verified yet: " + "; ".join(dict.fromkeys(result.problems))
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def order_data(view: OrderView) -> dict[str, Any]:
+    if view.status == ISSUED:
+        return {
+            "status": ISSUED,
+            "issuer": view.issuer,
+            "subject": view.subject,
+            "notBefore": _time(view.not_before),
+            "notAfter": _time(view.not_after),
+            "domains": view.domains,
+            "certificate": view.certificate,
+            "privateKey": view.private_key,
+            # Beyond the seed: the certificate record (GET /v1/cert/{id}) and when to renew.
+            "id": view.certificate_id,
+            "renewAt": _time(view.renew_at),
+        }
+    data: dict[str, Any] = {"status": view.status}
+    if view.reason:
+        data["reason"] = view.reason
+    return data
+
+
+def order_message(view: OrderView) -> str:
+    if view.status == FAILURE:
+        return f"certificate order failed: {view.reason}"
+    if view.status == PENDING:
+        if view.reason and view.reason.startswith(QUEUED):
+            return f"pending, {view.reason}"
+        return "pending: ask again in about 10 seconds"
+    return "success"
