@@ -59,7 +59,7 @@ def measure(
 ) -> Measurement:
     import os
 
-    from certok.dnszone.records import ZoneCache
+    from certok.dnszone.zone_cache import ZoneCache
 
     from certok.dnszone.answer import ZoneConfig
     from certok.dnszone.zoneindex import prepare_index

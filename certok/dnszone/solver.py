@@ -1,4 +1,4 @@
-"""The dns-01 solver: TXT values stored for the DNS server (`certok.dnszone.records`).
+"""The dns-01 solver: TXT values stored for the DNS server (`certok.dnszone.zone_cache`).
 
 A tenant's `_acme-challenge.<name>` is a CNAME to `<label>.<certok zone>`; the value goes
 under that label, which the tenant's delegation of the name holds.
@@ -15,7 +15,7 @@ from sqlalchemy import Connection, bindparam, select
 
 from certok.challenge_solver import Material, Presenter, insert_material, remove_material
 from certok.db.models import Delegation, Order
-from certok.dnszone.records import DNS01_KIND
+from certok.dnszone.zone_cache import DNS01_KIND
 from certok.errors import CertokError
 
 _ORDERS = Order.__table__
