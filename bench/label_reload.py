@@ -59,9 +59,8 @@ def measure(
 ) -> Measurement:
     import os
 
-    from certok.dnszone.zone_cache import ZoneCache
-
     from certok.dnszone.answer import ZoneConfig
+    from certok.dnszone.zone_cache import ZoneCache
     from certok.dnszone.zoneindex import prepare_index
 
     gc.collect()

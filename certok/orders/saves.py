@@ -24,8 +24,8 @@ from certok.crypto import certificate_facts
 from certok.db.writes import write
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.order_states import FAILURE, ISSUED
-from certok.orders.polling import poll_delay
 from certok.orders.acme_order_budget import BudgetWait
+from certok.orders.polling import poll_delay
 from certok.orders.rows import FinishHook, OrderSnapshot, save_job
 from certok.orders.schedule import next_attempt
 
