@@ -48,7 +48,7 @@ from certok.db.models import Certificate, CertificateName, CertificateSecret  # 
 from certok.orders.service import order_key_owner  # noqa: E402
 from certok.store import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
-from tests.certfactory import FakeCa  # noqa: E402
+from tests.kit.certs import FakeCa  # noqa: E402
 
 DUE = 100
 TICKS = 20
