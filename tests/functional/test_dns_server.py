@@ -263,7 +263,7 @@ def test_request_refresh_wakes_the_refresher_at_once(
 ) -> None:
     refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(3600), loop_thread.loop)
     try:
-        assert wait_until(lambda: cache.records.labels == frozenset(), 5)
+        assert wait_until(lambda: cache.records.labels == frozenset())
         zone.delegate(LABEL, "customer.test")
         zone.present(LABEL, "digest")
         started = time.monotonic()
@@ -286,7 +286,7 @@ def test_the_refresher_refreshes_on_its_interval(
     refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(0.05), loop_thread.loop)
     try:
         zone.delegate(LABEL, "customer.test")
-        assert wait_until(lambda: LABEL in cache.records.labels, 5)
+        assert wait_until(lambda: LABEL in cache.records.labels)
     finally:
         refresher.cancel()
 
@@ -304,7 +304,7 @@ def test_the_refresher_survives_database_errors(
     caplog.set_level(logging.ERROR, logger="certok.dnszone.records")
     refresher = asyncio.run_coroutine_threadsafe(cache.run_refresher(0.05), loop_thread.loop)
     try:
-        assert wait_until(lambda: "refresh failed" in caplog.text, 5)
+        assert wait_until(lambda: "refresh failed" in caplog.text)
         assert not refresher.done()
         upgrade(engine)
         zone = Zone(factory, 0, 0)
@@ -313,7 +313,7 @@ def test_the_refresher_survives_database_errors(
             session.flush()
             zone.tenant_id = session.query(Tenant).one().id
         zone.delegate(LABEL, "customer.test")
-        assert wait_until(lambda: LABEL in cache.records.labels, 5)
+        assert wait_until(lambda: LABEL in cache.records.labels)
     finally:
         refresher.cancel()
         engine.dispose()
