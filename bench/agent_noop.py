@@ -4,7 +4,7 @@
 
 What it does: starts the real `certok serve` (SQLite in a temp dir; issuers pointed at a closed
 loopback port: nothing is issued), creates a tenant, writes `--certificates` certificate
-records with certok's own modules (tests/certfactory.py: a small CA, records as the driver
+records with certok's own modules (tests/kit/certs.py: a small CA, records as the driver
 writes them), puts each certificate's files on "the host" (a temp dir) with the agent's state
 saying it deployed them, and configures the agent in explicit-entries mode with one section
 per certificate. Then it times `python -m certok_agent run` as a whole process, `--runs` times
@@ -65,7 +65,7 @@ def add_records(data_dir: Path, count: int) -> list[tuple[int, str]]:
     from certok.persistence import open_store
     from certok.settings import Settings
     from certok.tenants.service import find_tenant
-    from tests.certfactory import FakeCa, add_certificate
+    from tests.kit.certs import FakeCa, add_certificate
 
     store = open_store(Settings(data_dir=data_dir))
     try:

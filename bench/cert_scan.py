@@ -49,7 +49,7 @@ from certok.db.sessions import make_session_factory  # noqa: E402
 from certok.orders.service import order_key_owner  # noqa: E402
 from certok.persistence import Store  # noqa: E402
 from certok.tenants import service as tenants  # noqa: E402
-from tests.certfactory import FakeCa  # noqa: E402
+from tests.kit.certs import FakeCa  # noqa: E402
 
 DUE = 100
 TICKS = 20

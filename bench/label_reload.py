@@ -99,8 +99,7 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> Report:
-    from certok.store import open_store
-
+    from certok.persistence import open_store
     from certok.tenants.service import create_tenant
 
     print(f"{BENCH}: {describe_machine()}", flush=True)

@@ -55,7 +55,8 @@ def read_round(factory: sessionmaker, reads: int) -> tuple[float, float]:  # typ
 
 
 def run(args: argparse.Namespace) -> Report:
-    from certok.db.engine import make_engine, make_session_factory, transaction
+    from certok.db.engine import make_engine, transaction
+    from certok.db.sessions import make_session_factory
 
     print(f"{BENCH}: {describe_machine()}", flush=True)
     url = fresh_postgres_database(args.postgres, "read_session")
@@ -64,9 +65,10 @@ def run(args: argparse.Namespace) -> Report:
         db.execute(sqlalchemy.text("CREATE TABLE bench_rows (id int PRIMARY KEY, value text)"))
         rows = "SELECT g, md5(g::text) FROM generate_series(1, 1000) g"
         db.execute(sqlalchemy.text(f"INSERT INTO bench_rows {rows}"))
+    certok_factory = make_session_factory(engine)
     factories = {
         "plain sessionmaker (BEGIN, SELECT, ROLLBACK)": sessionmaker(engine),
-        "certok's session factory (autocommit read)": make_session_factory(engine),
+        "certok's session factory (autocommit read)": certok_factory,
     }
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in factories}
     try:
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> Report:
                 # Two transactions of server_transactions' own connection are counted too.
                 xacts = (server_transactions(engine) - before - 2) / args.reads
                 results[name].append((wall, cpu, xacts))
-                with transaction(factory) as session:
+                with transaction(certok_factory) as session:
                     session.execute(
                         sqlalchemy.text("UPDATE bench_rows SET value = 'x' WHERE id = 1")
                     )

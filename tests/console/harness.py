@@ -9,20 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from certok.certificates.records import issued_certificate, record_issued
-from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import AgentHost, AgentLogEntry, Certificate, ManagedCertificate, Order
 from certok.orders.service import order_key_owner
 from certok.persistence import Store
 from certok.tenants import service as tenants
 from certok.tenants import users
+from tests.kit.certs import self_signed
+from tests.kit.rows import order_row
 
 PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
@@ -74,24 +72,6 @@ class Browser:
         )
 
 
-def self_signed(names: list[str], not_before: dt.datetime, days: int) -> tuple[str, str]:
-    """A certificate chain (one self-signed leaf) and its key, as PEM."""
-    key = generate_private_key("ECC")
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), private_key_to_pem(key)
-
-
 def add_order(
     store: Store,
     tenant: str,
@@ -107,23 +87,23 @@ def add_order(
     with transaction(store.sessions) as session:
         tenant_id = tenants.find_tenant(session, tenant).id
         order = Order(
-            tenant_id=tenant_id,
-            issuer=issuer,
-            algorithm="ECC",
-            challenge_type="dns",
-            domains=",".join(domains),
-            state=state,
-            reason=reason,
-            attempts=1,
-            next_attempt_at=now,
-            deadline_at=now + dt.timedelta(days=1),
-            created_at=now,
-            finished_at=None if state == "pending" else now,
+            **order_row(
+                tenant_id,
+                now,
+                issuer=issuer,
+                domains=",".join(domains),
+                state=state,
+                reason=reason,
+                attempts=1,
+                finished_at=None if state == "pending" else now,
+            )
         )
         session.add(order)
         session.flush()
         if state == "issued":
-            chain, key = self_signed(domains, now - dt.timedelta(days=1), days)
+            chain, key = self_signed(
+                domains, not_before=now - dt.timedelta(days=1), lifetime=dt.timedelta(days=days)
+            )
             order.certificate_pem = chain
             order.not_before = now - dt.timedelta(days=1)
             order.not_after = now - dt.timedelta(days=1) + dt.timedelta(days=days)

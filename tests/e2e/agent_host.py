@@ -4,6 +4,7 @@ published httpsok.sh with only its BASE_API_URL line changed, and a home for its
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from certok.crypto import generate_private_key, private_key_to_pem
+from tests.kit.certs import self_signed_pem
 from tests.rig.certok_server import REPO_ROOT
 
 SCRIPT_NAME = "httpsok-1.18.2.sh"
@@ -106,7 +108,7 @@ http {{
         )
         key = generate_private_key("ECC")
         self.key.write_text(private_key_to_pem(key))
-        self.cert.write_text(self_signed_pem(key, self.names))
+        self.cert.write_text(self_signed_pem(key, self.names, lifetime=dt.timedelta(days=30)))
         # The agent runs `nginx`: a wrapper that points it at this host's configuration.
         wrapper = self.bin / "nginx"
         options = f"-p {self.site}/ -c {self.conf} -e {self.site}/error.log"
@@ -203,26 +205,3 @@ http {{
     def backups(self) -> list[str]:
         folder = self.home / ".httpsok" / "backups"
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def self_signed_pem(key: object, names: list[str]) -> str:
-    import datetime as dt
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())  # type: ignore[attr-defined]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return certificate.public_bytes(Encoding.PEM).decode()

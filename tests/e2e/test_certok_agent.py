@@ -12,6 +12,7 @@ writing and reloading leaves a whole pair, and the next run finishes the job.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -24,8 +25,9 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.e2e.agent_host import CustomerHost, self_signed_pem
+from tests.e2e.agent_host import CustomerHost
 from tests.e2e.flow import User, delegate, verify_chain
+from tests.kit.certs import self_signed_pem
 from tests.rig import Rig
 from tests.rig.certok_server import CertokServer
 
@@ -265,7 +267,7 @@ def test_certok_agent_explicit_entries_deploy_to_any_tls_service(  # type: ignor
 
     first_key = generate_private_key("ECC")
     key.write_text(private_key_to_pem(first_key))
-    cert.write_text(self_signed_pem(first_key, [ENTRY_NAME]))
+    cert.write_text(self_signed_pem(first_key, [ENTRY_NAME], lifetime=dt.timedelta(days=30)))
     port = rig.allocate_port("own-agent-tls")
     tls = subprocess.Popen(
         [sys.executable, "-c", TLS_SERVER, str(cert), str(key), str(port)],

@@ -23,7 +23,7 @@ from certok.orders.accounts import AccountRegistry
 from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
+from tests.kit.certs import FakeCa, add_certificate
 from tests.rig import Rig
 from tests.rig.ari_front import AriFront, Window, ari_cert_id
 from tests.rig.fault_proxy import FaultProxy

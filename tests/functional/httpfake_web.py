@@ -12,7 +12,6 @@ import contextlib
 import ssl
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -281,12 +280,3 @@ def _remember_sni(
 ) -> None:
     # The callback gets the SSLSocket being handshaken; keep the name on it for do_GET.
     sslobj.certok_sni = name  # type: ignore[union-attr]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.kit.ports import free_port
+from tests.kit.processes import stop_process
 from tests.rig.tls import write_server_tls
 
 PEBBLE_BINARY = "/usr/bin/pebble"
@@ -38,7 +39,6 @@ EAB_KEYS = {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDk
 # Names Pebble refuses with rejectedIdentifier (its domainBlocklist covers subdomains too).
 BLOCKED_DOMAIN = "blocked.test"
 # Ports other processes on a shared machine use: never pick them.
-_RESERVED_PORTS = {5001, 5002, 8053, 14000, 15000}
 _START_TIMEOUT_SECONDS = 10.0
 
 
@@ -60,16 +60,6 @@ class PebbleInstance:
             return answer.read().decode("ascii")
 
 
-def free_loopback_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (and not one of Pebble's defaults)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in _RESERVED_PORTS:
-            return port
-
-
 @contextlib.contextmanager
 def run_pebble(
     workdir: Path,
@@ -88,7 +78,7 @@ def run_pebble(
         pytest.skip(f"{PEBBLE_BINARY} is not installed (apt-get install pebble)")
     tls = write_server_tls(workdir / "tls")
     bundle, cert_path, key_path = tls.ca_bundle, tls.certificate, tls.private_key
-    acme_port, management_port = free_loopback_port(), free_loopback_port()
+    acme_port, management_port = free_port(), free_port("pebble")
     config: dict[str, Any] = {
         "listenAddress": f"127.0.0.1:{acme_port}",
         "managementListenAddress": f"127.0.0.1:{management_port}",
@@ -96,8 +86,8 @@ def run_pebble(
         "privateKey": str(key_path),
         # With ALWAYS_VALID nothing connects to these; they only have to be valid ports.
         # (A validating Pebble connects to the TLS port for tls-alpn-01.)
-        "httpPort": free_loopback_port(),
-        "tlsPort": validating[1] if validating else free_loopback_port(),
+        "httpPort": free_port(),
+        "tlsPort": validating[1] if validating else free_port(),
         "ocspResponderURL": "",
         "externalAccountBindingRequired": eab_required,
         "domainBlocklist": [BLOCKED_DOMAIN],
@@ -119,7 +109,7 @@ def run_pebble(
         "-config",
         str(config_path),
         "-dnsserver",
-        validating[0] if validating else f"127.0.0.1:{free_loopback_port()}",
+        validating[0] if validating else f"127.0.0.1:{free_port()}",
     ]
     if strict:
         command.append("-strict")
@@ -139,12 +129,7 @@ def run_pebble(
         _wait_for_directory(process, instance)
         yield instance
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 def _wait_for_directory(process: subprocess.Popen[bytes], instance: PebbleInstance) -> None:

@@ -30,10 +30,10 @@ from tests.functional.pebble_fixture import (
     BLOCKED_DOMAIN,
     EAB_KEYS,
     PebbleInstance,
-    free_loopback_port,
     pebble_eab_server,  # noqa: F401 - the `pebble_eab` fixture
     pebble_server,  # noqa: F401 - the `pebble` fixture
 )
+from tests.kit.ports import free_port
 
 POLL_SECONDS = 0.02
 STEP_DEADLINE_SECONDS = 10.0
@@ -361,7 +361,7 @@ def test_invalid_csr_is_refused_before_the_ca_sees_it(pebble: PebbleInstance) ->
 
 
 def test_closed_port_is_a_retryable_transport_problem() -> None:
-    port = free_loopback_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     session = AcmeSession(f"https://127.0.0.1:{port}/dir", new_account_key(), timeout=2)
     with pytest.raises(AcmeProblem) as caught:
         session.external_account_required()

@@ -22,8 +22,8 @@ from certok.db.engine import transaction
 from certok.db.models import WebhookDelivery
 from certok.persistence import Store
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
 from tests.functional.test_api import api_settings, assert_error, make_app
+from tests.kit.certs import FakeCa, add_certificate
 
 NOW = dt.datetime.now(dt.UTC)
 UUID = "5f1c2a9e0b7d4c3a8e6f1d2c3b4a5f60"

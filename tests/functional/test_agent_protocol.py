@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -25,7 +23,6 @@ from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
 from certok.certificates.records import issued_certificate, record_issued
-from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import (
     AgentLogEntry,
@@ -40,8 +37,9 @@ from certok.persistence import Store
 from certok.settings import Settings
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
+from tests.kit.certs import FakeCa
+from tests.kit.dns import CERTOK_ZONE
 
-ZONE = "acme.svc.test"
 CUSTOMER = "customer.test"
 LABEL_KEY = b"k" * 32
 UUID = "4c4c4544-0042-3510-8051-b4c04f384d32"
@@ -151,7 +149,7 @@ class Harness:
             owner = f"_acme-challenge.{name}"
             if cname:
                 label = compute_label(LABEL_KEY, tenant_id, name)
-                self.dns.data.cnames[owner] = f"{label}.{ZONE}"
+                self.dns.data.cnames[owner] = f"{label}.{CERTOK_ZONE}"
             else:
                 self.dns.data.cnames.pop(owner, None)
 
@@ -179,40 +177,17 @@ class Harness:
 
 def issued_chain(names: list[str], days: int) -> tuple[str, str]:
     """A leaf for `names` signed by a throwaway CA, and the CA: a full chain as a CA sends it."""
-    ca_key = generate_private_key("ECC")
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test intermediate")])
     now = dt.datetime.now(dt.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=days * 2))
-        .sign(ca_key, hashes.SHA256())
+    return FakeCa.create().leaf(
+        names, now, dt.timedelta(days=days), serial=x509.random_serial_number()
     )
-    key = generate_private_key("ECC")
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, ca))
-    return chain.decode(), private_key_to_pem(key)
 
 
 def make_harness(store: Store, tmp_path: Path, **overrides: Any) -> Iterator[Harness]:
-    with FakeNameserver(zones=[CUSTOMER, ZONE]) as dns:
+    with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE]) as dns:
         values: dict[str, Any] = {
             "data_dir": tmp_path,
-            "dns_zone": ZONE,
+            "dns_zone": CERTOK_ZONE,
             "resolvers": [f"127.0.0.1:{dns.port}"],
             "resolver_timeout_seconds": 1.0,
             "agent_check_wait_seconds": 0.2,

@@ -8,9 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -26,6 +23,7 @@ from certok.orders.service import order_key_owner
 from certok.persistence import Store
 from certok.settings import Settings
 from certok.tenants import service as tenants
+from tests.kit.certs import self_signed_pem
 
 
 @dataclass
@@ -225,30 +223,16 @@ def test_apply_starts_one_order_and_polls_it(api: ApiHarness) -> None:
     assert len(orders) == 1 and orders[0].algorithm == "ECC" and orders[0].issuer == "google"
 
 
-def _self_signed(key, names: list[str]) -> str:  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import serialization
-
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def test_issued_and_failed_orders_render_the_seed_fields(api: ApiHarness) -> None:
     code = api.code_for("alpha", ["*.customer.test", "customer.test"])
     api.get("/v1/cert/apply", code=code, issuer="letsencrypt")
     key = generate_private_key("ECC")
-    pem = _self_signed(key, ["*.customer.test", "customer.test"])
+    pem = self_signed_pem(
+        key,
+        ["*.customer.test", "customer.test"],
+        not_before=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        serial=7,
+    )
     with transaction(api.store.sessions) as session:
         order = session.query(Order).one()
         order.state = "issued"

@@ -20,7 +20,8 @@ from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
 from certok.persistence import Store
 from certok.tenants import service as tenants
-from tests.functional.test_api import _self_signed, api_settings, assert_error, make_app
+from tests.functional.test_api import api_settings, assert_error, make_app
+from tests.kit.certs import self_signed_pem
 
 APPLY = "/v1/cert/apply"
 
@@ -68,7 +69,12 @@ def _issue(store: Store) -> None:
     with transaction(store.sessions) as session:
         order = session.query(Order).one()
         order.state = "issued"
-        order.certificate_pem = _self_signed(key, ["www.customer.test"])
+        order.certificate_pem = self_signed_pem(
+            key,
+            ["www.customer.test"],
+            not_before=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            serial=7,
+        )
         order.not_before = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
         order.not_after = dt.datetime(2026, 4, 2, tzinfo=dt.UTC)
         order.key_encrypted = store.box.encrypt(

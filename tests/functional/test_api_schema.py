@@ -28,9 +28,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
@@ -50,7 +47,7 @@ from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
 from certok.certificates.profiles import ProfileCatalog
-from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
+from certok.crypto import SecretBox
 from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Order
@@ -61,13 +58,13 @@ from certok.orders.service import order_key_owner, redeem_code
 from certok.persistence import Store
 from certok.settings import Settings
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
 from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
+from tests.kit.certs import FakeCa, add_certificate, self_signed
+from tests.kit.dns import CERTOK_ZONE
 
 pytestmark = pytest.mark.timeout(120)
 
-ZONE = "acme.svc.test"
 CUSTOMER = "customer.test"
 LABEL_KEY = b"schema-test-label-key-0123456789"
 TOKEN_HEADER = "httpsok-token"
@@ -136,28 +133,10 @@ class Api:
     codes: dict[str, str]  # state → alpha's code in that state (plus beta's)
 
 
-def self_signed(names: list[str]) -> tuple[str, str]:
-    key = generate_private_key("ECC")
-    now = dt.datetime.now(dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode(), private_key_to_pem(key)
-
-
 def build_app(store: Store, resolver_port: int, tmp_path: Path, **services: Any) -> Starlette:
     settings = Settings(
         data_dir=tmp_path,
-        dns_zone=ZONE,
+        dns_zone=CERTOK_ZONE,
         resolvers=[f"127.0.0.1:{resolver_port}"],
         resolver_timeout_seconds=1.0,
         apply_wait_seconds=0,
@@ -219,7 +198,7 @@ def seed_codes(store: Store, ids: dict[str, int]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fake_dns() -> Iterator[FakeNameserver]:
-    with FakeNameserver(zones=[CUSTOMER, ZONE]) as server:
+    with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE]) as server:
         yield server
 
 
@@ -250,7 +229,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, fake_dns: FakeNameserver) -> I
         )  # fmt: skip
     # alpha has delegated customer.test: dv for it and its wildcard answers with a code.
     label = compute_label(LABEL_KEY, ids["alpha"], CUSTOMER)
-    fake_dns.add_cname(f"_acme-challenge.{CUSTOMER}", f"{label}.{ZONE}")
+    fake_dns.add_cname(f"_acme-challenge.{CUSTOMER}", f"{label}.{CERTOK_ZONE}")
     app = build_app(store, fake_dns.port, tmp_path)
     schema = schemathesis.openapi.from_asgi("/v1/openapi.json", app)
     bad: dict[str, str | None] = {

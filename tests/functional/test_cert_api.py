@@ -1,6 +1,6 @@
 """/v1/cert/list, /v1/cert/{id}, the .pem downloads and revoke, in process on a real database.
 
-Records are written as the driver writes them (tests/certfactory.py); revocation goes to the
+Records are written as the driver writes them (tests/kit/certs.py); revocation goes to the
 worker's certificate tasks, here with a stand-in account that records what it was asked.
 """
 
@@ -24,8 +24,8 @@ from certok.db.engine import transaction
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.persistence import Store
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
 from tests.functional.test_api import api_settings, assert_error, make_app
+from tests.kit.certs import FakeCa, add_certificate
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)

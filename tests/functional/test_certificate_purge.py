@@ -11,7 +11,7 @@ from certok.db.models import Certificate, Order
 from certok.orders.purge import purge
 from certok.persistence import Store
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
+from tests.kit.certs import FakeCa, add_certificate
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

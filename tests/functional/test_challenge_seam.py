@@ -48,7 +48,8 @@ from certok.orders.worker import LEASE_SECONDS
 from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
-from tests.functional.pebble_fixture import PebbleInstance, free_loopback_port, run_pebble
+from tests.functional.pebble_fixture import PebbleInstance, run_pebble
+from tests.kit.ports import free_port
 
 TLS_ALPN01 = "tls-alpn-01"
 # The solver's own `challenge_records.kind` (the column holds 8 characters).
@@ -222,7 +223,7 @@ def validating_pebble(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[PebbleInstance, int]]:
     dns_server = AddressServer()
-    tls_port = free_loopback_port()
+    tls_port = free_port("pebble tls-alpn")
     try:
         with run_pebble(
             tmp_path_factory.mktemp("pebble"), validating=(dns_server.address, tls_port)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,7 @@ import pytest
 import requests
 
 from certok.issuance.direct_http import DirectSender
+from tests.kit.ports import free_port
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,9 +95,7 @@ def test_a_redirect_is_followed(server: str) -> None:
 
 
 def test_transport_failures_are_the_requests_exceptions() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     sender = DirectSender(requests.Session(), True)
     with pytest.raises(requests.exceptions.ConnectionError):
         sender.send("GET", f"http://127.0.0.1:{closed_port}/dir", headers={}, body=None, timeout=2)

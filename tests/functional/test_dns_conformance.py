@@ -39,17 +39,17 @@ from certok.dnszone.server import DnsServer, start_dns_server
 from certok.dnszone.wire import truncate_reply
 from certok.dnszone.zone_cache import ZoneCache
 from certok.dnszone.zone_records import ZoneRecords
+from tests.kit.dns import CERTOK_ZONE
 
 pytestmark = pytest.mark.timeout(60)
 T = TypeVar("T")
 
 HOST = "127.0.0.1"
-ZONE = "acme.svc.test"
 TTL = 30
 MAX_TXT_VALUES = 8  # the default of settings.dns_max_txt_values
 CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"ns1.{ZONE}",),
+    zone=CERTOK_ZONE,
+    nameservers=(f"ns1.{CERTOK_ZONE}",),
     nameserver_addresses=("127.0.0.1",),
     ttl=TTL,
     max_txt_values=MAX_TXT_VALUES,
@@ -82,7 +82,7 @@ RECORDS = ZoneRecords.build(
 
 
 def name(relative: str) -> str:
-    return f"{relative}.{ZONE}."
+    return f"{relative}.{CERTOK_ZONE}."
 
 
 # --- the server and the two transports -----------------------------------------------------------
@@ -211,7 +211,7 @@ def assert_soa_in_authority(reply: dns.message.Message) -> None:
     assert len(reply.authority) == 1
     (soa,) = reply.authority
     assert soa.rdtype == dns.rdatatype.SOA
-    assert soa.name == dns.name.from_text(ZONE)
+    assert soa.name == dns.name.from_text(CERTOK_ZONE)
     # RFC 2308 §5: negative TTL = min(SOA TTL, MINIMUM); both short so a new TXT shows at once.
     assert soa.ttl == TTL <= 60
     assert soa[0].minimum == TTL
@@ -279,7 +279,7 @@ def test_an_answer_larger_than_the_requesters_size_is_truncated_over_udp_only(
 def test_unknown_query_type_is_nodata_with_soa(
     transport: Transport, owner: str, qtype: int
 ) -> None:
-    qname = name(owner) if owner else f"{ZONE}."
+    qname = name(owner) if owner else f"{CERTOK_ZONE}."
     reply = transport.ask(query_wire(qname, qtype))
     assert reply.rcode() == dns.rcode.NOERROR
     assert_soa_in_authority(reply)
@@ -368,7 +368,7 @@ def test_a_message_with_qr_set_gets_no_reply(server: DnsServer, transport: Trans
     [
         (name(MAX_VALUES), dns.rdatatype.TXT),
         (name(APEX_AND_WILDCARD), dns.rdatatype.TXT),
-        (f"{ZONE}.", dns.rdatatype.SOA),  # the apex has SOA and NS: one of them
+        (f"{CERTOK_ZONE}.", dns.rdatatype.SOA),  # the apex has SOA and NS: one of them
         (name("ns1"), dns.rdatatype.A),
     ],
 )
@@ -385,10 +385,14 @@ def test_any_gets_a_minimal_answer(transport: Transport, qname: str, only_type: 
 
 def ixfr_query() -> bytes:
     """An IXFR as a secondary sends it: the serial it has, as an SOA in AUTHORITY (RFC 1995)."""
-    query = dns.message.make_query(f"{ZONE}.", "IXFR", use_edns=False)
+    query = dns.message.make_query(f"{CERTOK_ZONE}.", "IXFR", use_edns=False)
     query.authority.append(
         dns.rrset.from_text(
-            f"{ZONE}.", 0, "IN", "SOA", f"ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 1209600 30"
+            f"{CERTOK_ZONE}.",
+            0,
+            "IN",
+            "SOA",
+            f"ns1.{CERTOK_ZONE}. hostmaster.{CERTOK_ZONE}. 1 3600 600 1209600 30",
         )
     )
     query.id = 0x7777
@@ -398,8 +402,8 @@ def ixfr_query() -> bytes:
 @pytest.mark.parametrize(
     "query",
     [
-        pytest.param(query_wire(f"{ZONE}.", "AXFR", use_edns=False), id="axfr"),
-        pytest.param(query_wire(f"{ZONE}.", "IXFR", use_edns=False), id="ixfr-bare"),
+        pytest.param(query_wire(f"{CERTOK_ZONE}.", "AXFR", use_edns=False), id="axfr"),
+        pytest.param(query_wire(f"{CERTOK_ZONE}.", "IXFR", use_edns=False), id="ixfr-bare"),
         pytest.param(ixfr_query(), id="ixfr-with-soa"),
         pytest.param(query_wire(name(APEX_AND_WILDCARD), "AXFR"), id="axfr-below-apex"),
     ],
@@ -422,8 +426,8 @@ CASE_OWNERS = [
     name(IDLE),  # NODATA
     name("branch"),  # empty non-terminal
     name("abcdef0123456789"),  # NXDOMAIN
-    f"x.ns1.{ZONE}.",  # NXDOMAIN below an SOA name
-    f"{ZONE}.",
+    f"x.ns1.{CERTOK_ZONE}.",  # NXDOMAIN below an SOA name
+    f"{CERTOK_ZONE}.",
     "www.example.com.",  # REFUSED: the question is copied there too
 ]
 
@@ -451,7 +455,7 @@ def test_query_name_case_is_kept_byte_for_byte(transport: Transport) -> None:
         (name(APEX_AND_WILDCARD), "A", dns.rcode.NOERROR),  # label with TXT, other type
         (name(IDLE), "TXT", dns.rcode.NOERROR),  # allocated, nothing presented
         (name("branch"), "TXT", dns.rcode.NOERROR),  # empty non-terminal (RFC 8020)
-        (f"{ZONE}.", "TXT", dns.rcode.NOERROR),  # apex without TXT
+        (f"{CERTOK_ZONE}.", "TXT", dns.rcode.NOERROR),  # apex without TXT
     ],
 )
 @pytest.mark.parametrize("use_edns", [False, 0])
@@ -466,8 +470,8 @@ def test_negative_answers_carry_the_soa_in_authority_with_aa(
 # Nameservers inside the zone two and three labels below the apex (dns_nameservers with glue
 # from dns_nameserver_addresses): the names between them and the apex exist without data.
 NESTED_NS_CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"ns1.{ZONE}", f"a.b.{ZONE}", f"ns.x.y.{ZONE}"),
+    zone=CERTOK_ZONE,
+    nameservers=(f"ns1.{CERTOK_ZONE}", f"a.b.{CERTOK_ZONE}", f"ns.x.y.{CERTOK_ZONE}"),
     nameserver_addresses=("127.0.0.1",),
     ttl=TTL,
     max_txt_values=MAX_TXT_VALUES,
@@ -536,9 +540,9 @@ def test_a_udp_answer_is_at_most_four_times_its_query(server: DnsServer, label: 
     for qname, qtype in [
         (name(label), "TXT"),
         (name(label), "ANY"),
-        (f"{ZONE}.", "NS"),
-        (f"{ZONE}.", "SOA"),
-        (f"{ZONE}.", "ANY"),
+        (f"{CERTOK_ZONE}.", "NS"),
+        (f"{CERTOK_ZONE}.", "SOA"),
+        (f"{CERTOK_ZONE}.", "ANY"),
         (name("abcdef0123456789"), "TXT"),
     ]:
         query_size, reply_size = amplification(server.port, qname, qtype)
@@ -582,13 +586,13 @@ def shapes() -> list[tuple[str, bytes]]:
         ("nodata", query_wire(name(IDLE))),
         ("nxdomain", query_wire(name("abcdef0123456789"))),
         ("ent", query_wire(name("branch"), "A")),
-        ("soa", query_wire(f"{ZONE}.", "SOA")),
-        ("ns-with-glue", query_wire(f"{ZONE}.", "NS")),
+        ("soa", query_wire(f"{CERTOK_ZONE}.", "SOA")),
+        ("ns-with-glue", query_wire(f"{CERTOK_ZONE}.", "NS")),
         ("any", query_wire(name(MAX_VALUES), "ANY")),
         ("unknown-type", query_wire(name(APEX_AND_WILDCARD), 65280)),
         ("refused", query_wire("www.example.com.")),
         ("class-ch", query_wire(name(APEX_AND_WILDCARD), rdclass="CH")),
-        ("axfr", query_wire(f"{ZONE}.", "AXFR")),
+        ("axfr", query_wire(f"{CERTOK_ZONE}.", "AXFR")),
         ("ixfr", ixfr_query()),
         ("badvers", query_wire(name(APEX_AND_WILDCARD), use_edns=1)),
         (

@@ -47,12 +47,12 @@ from certok.dnszone.answer import (
 )
 from certok.dnszone.zone_records import ZoneRecords
 from tests.depth import DEEP
+from tests.kit.dns import CERTOK_ZONE
 
-ZONE = "acme.svc.test"
 LABEL = "0123456789abcdef"
 CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test"),
+    zone=CERTOK_ZONE,
+    nameservers=(f"ns1.{CERTOK_ZONE}", "ns.elsewhere.test"),
     nameserver_addresses=("127.0.0.53", "fd00::53"),
     ttl=30,
     host_addresses=(("api", ("127.0.0.2", "::2")),),
@@ -142,17 +142,17 @@ def run_chunk(kind: str, examples: int) -> int:
 
 # Names the zone knows in several ways, names it does not know, and names outside it.
 OWNERS = [
-    f"{LABEL}.{ZONE}",
-    f"fedcba9876543210.{ZONE}",
-    f"branch.{ZONE}",
-    f"leaf.branch.{ZONE}",
-    f"big.{ZONE}",
-    f"ns1.{ZONE}",
-    f"x.ns1.{ZONE}",
-    f"hostmaster.{ZONE}",
-    f"api.{ZONE}",
-    f"nothere.{ZONE}",
-    ZONE,
+    f"{LABEL}.{CERTOK_ZONE}",
+    f"fedcba9876543210.{CERTOK_ZONE}",
+    f"branch.{CERTOK_ZONE}",
+    f"leaf.branch.{CERTOK_ZONE}",
+    f"big.{CERTOK_ZONE}",
+    f"ns1.{CERTOK_ZONE}",
+    f"x.ns1.{CERTOK_ZONE}",
+    f"hostmaster.{CERTOK_ZONE}",
+    f"api.{CERTOK_ZONE}",
+    f"nothere.{CERTOK_ZONE}",
+    CERTOK_ZONE,
     "svc.test",
     "example.com",
     "a\\004acme.svc.test",
@@ -317,7 +317,7 @@ def test_the_checks_catch_a_wrong_reply(monkeypatch: pytest.MonkeyPatch) -> None
     """The property can fail: a reply with another ID, or a SERVFAIL, is caught."""
     import certok.dnszone.answer as answer_module
 
-    message = dns.message.make_query(f"{LABEL}.{ZONE}", "TXT")
+    message = dns.message.make_query(f"{LABEL}.{CERTOK_ZONE}", "TXT")
     message.id = 0x1234
     query = message.to_wire()
     check_answer(query, 512)

@@ -11,7 +11,6 @@ import dns.message
 from certok.dnszone.zone_cache import ZoneCache
 from tests.functional.test_dns_server import (
     HOST,
-    ZONE,
     ServerFactory,
     cache,
     closed_by_server,
@@ -19,10 +18,11 @@ from tests.functional.test_dns_server import (
     start_server,
     tcp_frames,
 )
+from tests.kit.dns import CERTOK_ZONE
 
 __all__ = ["cache", "start_server"]  # fixtures, imported for pytest
 
-QUERY = dns.message.make_query(ZONE, "SOA").to_wire()
+QUERY = dns.message.make_query(CERTOK_ZONE, "SOA").to_wire()
 
 
 def connect_from(source: str, port: int) -> socket.socket:

@@ -19,8 +19,8 @@ from certok.prechecks.resolver import make_blocking_resolver
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.test_webhook_delivery import Clock
+from tests.kit.dns import CERTOK_ZONE
 
-ZONE = "acme.svc.test"
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
@@ -50,7 +50,7 @@ class World:
             self.tenant = tenants.create_tenant(session, "alpha").id
         self.scanner = EventScanner(
             store.sessions,
-            zone=ZONE,
+            zone=CERTOK_ZONE,
             resolver=make_blocking_resolver(["127.0.0.1:9"], 0.3),
             certificate_seconds=60,
             delegation_seconds=60,
@@ -202,9 +202,9 @@ def test_delegation_broken_once_per_break(world: World) -> None:
             )
         )
     with FakeNameserver(
-        zones=["customer.test", ZONE],
-        cnames={"_acme-challenge.customer.test": f"lbl1.{ZONE}"},
-        existing=[f"lbl1.{ZONE}"],
+        zones=["customer.test", CERTOK_ZONE],
+        cnames={"_acme-challenge.customer.test": f"lbl1.{CERTOK_ZONE}"},
+        existing=[f"lbl1.{CERTOK_ZONE}"],
     ) as dns_server:
         world.scanner._resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
         world.clock.now = T0 + DAY
@@ -212,7 +212,7 @@ def test_delegation_broken_once_per_break(world: World) -> None:
         dns_server.add_cname("_acme-challenge.customer.test", "somewhere.customer.test")
         assert world.scanner.delegation_events() == 1
         assert world.scanner.delegation_events() == 0  # once per break
-        dns_server.add_cname("_acme-challenge.customer.test", f"lbl1.{ZONE}")
+        dns_server.add_cname("_acme-challenge.customer.test", f"lbl1.{CERTOK_ZONE}")
         assert world.scanner.delegation_events() == 0  # fixed: the mark goes
         dns_server.add_cname("_acme-challenge.customer.test", "elsewhere.customer.test")
         assert world.scanner.delegation_events() == 1  # a new break is news again
@@ -220,7 +220,7 @@ def test_delegation_broken_once_per_break(world: World) -> None:
     assert len(events) == 2
     assert events[0]["domain"] == "customer.test"
     assert events[0]["found"] == "somewhere.customer.test"
-    assert events[0]["expected"] == f"lbl1.{ZONE}"
+    assert events[0]["expected"] == f"lbl1.{CERTOK_ZONE}"
 
 
 def test_a_failed_lookup_is_not_a_broken_delegation(world: World) -> None:

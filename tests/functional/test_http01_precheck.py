@@ -354,7 +354,8 @@ def test_a_server_that_does_not_answer_times_out(
     assert not result.valid
     assert f"127.0.0.1 port {customer.port} ({WWW}) did not answer" in result.detail
     assert "within 0.3 s" in result.detail
-    assert time.monotonic() - started < 1.5
+    # Cut short at the timeout, not after the 10 s stall (a busy machine's delays aside).
+    assert time.monotonic() - started < 5
 
 
 def test_a_closed_port_says_to_open_it(dns_server: FakeAddressNameserver, prefix: str) -> None:

@@ -48,10 +48,10 @@ from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.kit.dns import CERTOK_ZONE
 
 pytestmark = pytest.mark.timeout(120)
 
-ZONE = "acme.svc.test"
 CUSTOMER = "customer.test"
 LABEL_KEY = b"statement-budget-label-key-01234"
 WORKER = "budget-worker"
@@ -117,7 +117,7 @@ class StatementLog:
 
 @pytest.fixture
 def fake_dns() -> Iterator[FakeNameserver]:
-    with FakeNameserver(zones=[CUSTOMER, ZONE]) as server:
+    with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE]) as server:
         yield server
 
 
@@ -126,7 +126,7 @@ def _settings(
 ) -> Settings:
     return Settings(
         data_dir=tmp_path,
-        dns_zone=ZONE,
+        dns_zone=CERTOK_ZONE,
         resolvers=[f"127.0.0.1:{fake_dns.port}"],
         resolver_timeout_seconds=1.0,
         challenge_propagation_seconds=propagation,
@@ -149,7 +149,7 @@ def _record_orders(store: Store, fake_dns: FakeNameserver) -> list[int]:
             bases = sorted({d.removeprefix("*.") for d in domains})
             labels = ensure_delegations(session, tenant.id, bases, LABEL_KEY)
             for base in bases:
-                fake_dns.add_cname(challenge_name(base), f"{labels[base]}.{ZONE}")
+                fake_dns.add_cname(challenge_name(base), f"{labels[base]}.{CERTOK_ZONE}")
             code = issue_code(session, tenant.id, "dns", domains, ttl_seconds=600)
             order_id, created = redeem_code(
                 session,
@@ -178,7 +178,7 @@ def test_an_issued_order_costs_a_bounded_number_of_statements(
     accounts.account("pebble")  # registration happens once per node, not per order
     verifier = DnsVerifier(
         store.sessions,
-        zone=ZONE,
+        zone=CERTOK_ZONE,
         label_key=LABEL_KEY,
         resolver=make_blocking_resolver(settings.resolvers, settings.resolver_timeout_seconds),
         lookups=ThreadPoolExecutor(1),  # the API's; the driver's ownership check runs in place

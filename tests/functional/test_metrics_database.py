@@ -14,7 +14,7 @@ from certok.metrics import MetricsPage
 from certok.persistence import Store
 from certok.readiness import DATABASE_GAUGES
 from certok.tenants import service as tenants
-from tests.certfactory import FakeCa, add_certificate
+from tests.kit.certs import FakeCa, add_certificate
 
 
 def scrape(store: Store) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

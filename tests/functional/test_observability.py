@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,26 +24,10 @@ from certok.health import HealthChecks
 from certok.persistence import Store
 from certok.readiness import dns_check, worker_check
 from tests.functional.test_api import api_settings, make_app
+from tests.kit.ports import free_port
+from tests.kit.processes import stop_process
 
 ZONE = "acme.obs.test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_dns_port() -> int:
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no port free for both UDP and TCP")
 
 
 @dataclass
@@ -78,7 +61,7 @@ class Server:
 
 def start(tmp_path: Path, *args: str, **settings: str) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTOK_")}
-    api_port, metrics_port, dns_port = free_port(), free_port(), free_dns_port()
+    api_port, metrics_port, dns_port = free_port(), free_port(), free_port()
     env.update(
         CERTOK_DATA_DIR=str(tmp_path / "data"),
         CERTOK_API_PORT=str(api_port),
@@ -128,12 +111,7 @@ def start(tmp_path: Path, *args: str, **settings: str) -> Iterator[Server]:
             time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_seconds=30)
 
 
 @pytest.fixture

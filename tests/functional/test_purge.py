@@ -14,7 +14,7 @@ from sqlalchemy import event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.engine import make_engine, transaction
-from certok.db.models import ChallengeRecord, Order, Tenant, VerificationCode
+from certok.db.models import ChallengeRecord, Order, VerificationCode
 from certok.db.sessions import make_session_factory
 from certok.orders import purge as purging
 from certok.orders.purge import PurgeCounts, next_batch_size, purge, run_purger
@@ -22,6 +22,7 @@ from certok.persistence import Store
 from certok.settings import Settings
 from tests.functional import test_api
 from tests.functional.test_cli import run
+from tests.kit import rows
 
 # The API harness of test_api (real Starlette app on the same `store`).
 api = test_api.api
@@ -36,30 +37,20 @@ def hours_ago(hours: float, now: dt.datetime = NOW) -> dt.datetime:
 
 
 def add_tenant(session: Session, name: str = "acme") -> int:
-    tenant = Tenant(name=name, created_at=NOW)
-    session.add(tenant)
-    session.flush()
-    return tenant.id
+    return rows.add_tenant(session, name, created_at=NOW)
 
 
 def order_row(tenant_id: int, state: str, finished_at: dt.datetime | None) -> dict[str, object]:
     created = (finished_at or NOW) - dt.timedelta(minutes=1)
-    return {
-        "tenant_id": tenant_id,
-        "issuer": "letsencrypt",
-        "algorithm": "ECC",
-        "challenge_type": "dns",
-        "domains": "www.example.com",
-        "state": state,
-        "acme_orders": 1,
-        "key_encrypted": secrets.token_bytes(64) if state == "issued" else None,
-        "certificate_pem": "-----BEGIN CERTIFICATE-----" if state == "issued" else None,
-        "attempts": 0,
-        "next_attempt_at": created,
-        "deadline_at": created + dt.timedelta(days=1),
-        "created_at": created,
-        "finished_at": finished_at,
-    }
+    return rows.order_row(
+        tenant_id,
+        created,
+        state=state,
+        acme_orders=1,
+        key_encrypted=secrets.token_bytes(64) if state == "issued" else None,
+        certificate_pem="-----BEGIN CERTIFICATE-----" if state == "issued" else None,
+        finished_at=finished_at,
+    )
 
 
 def add_order(

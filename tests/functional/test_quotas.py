@@ -28,6 +28,7 @@ from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, assert_error, make_app
 from tests.functional.test_worker_leases import ME, _worker
 from tests.functional.test_worker_leases import NOW as WORKER_NOW
+from tests.kit.rows import order_row
 
 NOW = dt.datetime(2026, 12, 5, 9, 0, tzinfo=dt.UTC)
 NAMES = ["www.example.com", "example.com"]
@@ -278,20 +279,7 @@ def test_old_ledger_rows_are_deleted_as_new_ones_come(store: Store, tmp_path: Pa
 
 def _pending_order(store: Store, tenant_id: int, **values: Any) -> int:
     with transaction(store.sessions) as session:
-        order = Order(
-            tenant_id=tenant_id,
-            issuer="letsencrypt",
-            algorithm="ECC",
-            challenge_type="dns",
-            domains="www.example.com",
-            state=PENDING,
-            attempts=0,
-            acme_orders=1,
-            next_attempt_at=NOW,
-            deadline_at=NOW + dt.timedelta(days=1),
-            created_at=NOW,
-            **values,
-        )
+        order = Order(**order_row(tenant_id, NOW, state=PENDING, acme_orders=1, **values))
         session.add(order)
         session.flush()
         session.add(
@@ -335,6 +323,19 @@ def test_disabling_a_tenant_stops_its_orders_and_removes_their_challenge_materia
 # --- fair claiming ------------------------------------------------------------------------------
 
 
+def _overdue_order(tenant_id: int, domain: str, overdue_seconds: int) -> Order:
+    return Order(
+        **order_row(
+            tenant_id,
+            NOW - dt.timedelta(minutes=5),
+            domains=domain,
+            state=PENDING,
+            next_attempt_at=WORKER_NOW - dt.timedelta(seconds=overdue_seconds),
+            deadline_at=NOW + dt.timedelta(days=1),
+        )
+    )
+
+
 def test_due_orders_are_claimed_round_robin_across_tenants(store: Store, tmp_path: Path) -> None:
     ids = _tenants(store, "flood", "quiet", "third")
     due: dict[str, list[int]] = {"flood": [], "quiet": [], "third": []}
@@ -342,19 +343,7 @@ def test_due_orders_are_claimed_round_robin_across_tenants(store: Store, tmp_pat
         # The flooding tenant's orders are all more overdue than the others'.
         for tenant, count, first_due in (("flood", 6, 60), ("quiet", 1, 5), ("third", 2, 3)):
             for i in range(count):
-                order = Order(
-                    tenant_id=ids[tenant],
-                    issuer="letsencrypt",
-                    algorithm="ECC",
-                    challenge_type="dns",
-                    domains=f"n{i}.{tenant}.test",
-                    state=PENDING,
-                    attempts=0,
-                    acme_orders=0,
-                    next_attempt_at=WORKER_NOW - dt.timedelta(seconds=first_due - i),
-                    deadline_at=NOW + dt.timedelta(days=1),
-                    created_at=NOW - dt.timedelta(minutes=5),
-                )
+                order = _overdue_order(ids[tenant], f"n{i}.{tenant}.test", first_due - i)
                 session.add(order)
                 session.flush()
                 due[tenant].append(order.id)
@@ -374,21 +363,7 @@ def test_under_a_backlog_turns_are_taken_for_batches_not_for_each_free_place(
     with transaction(store.sessions) as session:
         for tenant, count, first_due in (("flood", 20, 60), ("quiet", 1, 5)):
             for i in range(count):
-                session.add(
-                    Order(
-                        tenant_id=ids[tenant],
-                        issuer="letsencrypt",
-                        algorithm="ECC",
-                        challenge_type="dns",
-                        domains=f"n{i}.{tenant}.test",
-                        state=PENDING,
-                        attempts=0,
-                        acme_orders=0,
-                        next_attempt_at=WORKER_NOW - dt.timedelta(seconds=first_due - i),
-                        deadline_at=NOW + dt.timedelta(days=1),
-                        created_at=NOW - dt.timedelta(minutes=5),
-                    )
-                )
+                session.add(_overdue_order(ids[tenant], f"n{i}.{tenant}.test", first_due - i))
     worker = _worker(store, tmp_path)
     worker._max_in_flight = 16  # batches of 2 places
     first = worker._claim(2)

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
 from certok.dnszone.zone_cache import ZoneCache, ZoneNotRefreshed, wait_until_served
-from tests.functional.conftest import LoopThread, Zone
+from tests.kit.loop import LoopThread
+from tests.kit.rows import Zone
+from tests.kit.waiting import wait_until
 
 # A refresh interval no test waits for: only requested reloads make a test pass.
 NEVER = 3600.0
@@ -97,7 +99,8 @@ def test_no_dns_process_means_not_confirmed(socket_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(ZoneNotRefreshed, match="did not confirm"):
         client()
-    assert time.monotonic() - started < 1.5
+    # Not stuck waiting for a confirmation nobody sends (a busy machine's delays aside).
+    assert time.monotonic() - started < 5
 
 
 def test_a_stuck_reload_is_reported_not_confirmed(
@@ -129,7 +132,7 @@ def test_event_loop_waiters_are_released_by_a_refresh_in_another_thread(
 ) -> None:
     cache = ZoneCache(sessions)
     future = asyncio.run_coroutine_threadsafe(cache.refreshed(5), loop_thread.loop)
-    time.sleep(0.1)
+    assert wait_until(lambda: bool(cache._loop_waiters))  # it waits now
     assert not future.done()  # no refresher runs here: only the thread below can release it
     threading.Thread(target=cache.refresh).start()
     assert future.result(5) is True

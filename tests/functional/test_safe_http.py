@@ -37,6 +37,7 @@ from tests.functional.httpfake_web import (
     slow_ok,
     stall,
 )
+from tests.kit.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
 T = TypeVar("T")
@@ -134,15 +135,6 @@ def failed(safe: SafeFetcher, url: str) -> FetchFailed:
     return caught.value
 
 
-def unused_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-# --- following redirects -------------------------------------------------------------------------
-
-
 def test_follows_a_redirect_chain_across_http_and_https(
     web: FakeWebServer,
     tls_web: FakeWebServer,
@@ -150,8 +142,8 @@ def test_follows_a_redirect_chain_across_http_and_https(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A proxy in the environment must not be used (this one does not even exist).
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{unused_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
     web.routes["/chain/start"] = redirect("/chain/relative", 301)
     web.routes["/chain/relative"] = redirect(f"https://{TLS_HOST}:{tls_web.port}/chain/tls", 307)
     tls_web.routes["/chain/tls"] = redirect(f"http://{WWW}:{web.port}/chain/end", 308)
@@ -443,7 +435,7 @@ def test_a_name_without_addresses(dns_server: FakeAddressNameserver) -> None:
 
 
 def test_a_closed_port(dns_server: FakeAddressNameserver) -> None:
-    port = unused_port()
+    port = free_port()
     problem = failed(fetcher(dns_server, port), f"http://{WWW}:{port}/")
     assert (
         problem.reason == f"could not connect to 127.0.0.1 port {port} ({WWW}): connection refused"
@@ -480,6 +472,11 @@ def test_a_response_that_is_not_http(dns_server: FakeAddressNameserver) -> None:
 
 # --- time and size limits -------------------------------------------------------------------------
 
+# A limit under test cuts a fetch short after a fraction of a second; what it cuts short (a
+# stall, a drip, an endless body) would go on for 10 s or more. The bound sits far from both,
+# so a busy machine's delays cannot fail a fetch that was cut short in time.
+CUT_SHORT_WITHIN_SECONDS = 5.0
+
 
 def test_a_server_that_never_answers_times_out(
     web: FakeWebServer, dns_server: FakeAddressNameserver
@@ -491,7 +488,7 @@ def test_a_server_that_never_answers_times_out(
     )
     elapsed = time.monotonic() - started
     assert f"did not answer http://{WWW}:{web.port}/stall within 0.3 s" in problem.reason
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < CUT_SHORT_WITHIN_SECONDS
 
 
 def test_a_server_that_drips_bytes_times_out_on_the_whole_response(
@@ -503,7 +500,7 @@ def test_a_server_that_drips_bytes_times_out_on_the_whole_response(
         fetcher(dns_server, web.port, read_timeout=0.4), f"http://{WWW}:{web.port}/drip"
     )
     assert "within 0.4 s" in problem.reason
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < CUT_SHORT_WITHIN_SECONDS
 
 
 def test_a_connection_that_is_never_accepted_times_out(dns_server: FakeAddressNameserver) -> None:
@@ -533,7 +530,7 @@ def test_a_connection_that_is_never_accepted_times_out(dns_server: FakeAddressNa
             for filler in fillers:
                 filler.close()
     assert problem.reason == f"timed out connecting to 127.0.0.1 port {port} ({WWW}) after 0.3 s"
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < CUT_SHORT_WITHIN_SECONDS
 
 
 def test_a_tls_handshake_that_never_completes_times_out(
@@ -550,7 +547,7 @@ def test_a_tls_handshake_that_never_completes_times_out(
         == f"the TLS handshake with 127.0.0.1 port {port} ({WWW}) timed out after 0.3 s"
     )
     assert problem.stage == "tls"
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < CUT_SHORT_WITHIN_SECONDS
 
 
 def test_https_to_a_plain_http_server_fails_the_handshake(
@@ -574,7 +571,7 @@ def test_the_whole_fetch_has_a_deadline(
     assert problem.stage == "deadline"
     assert "after 0.5 s" in problem.reason
     assert [hop.status for hop in problem.hops] == [302]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < CUT_SHORT_WITHIN_SECONDS
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close"])
@@ -590,7 +587,7 @@ def test_only_max_body_bytes_of_an_endless_body_are_read(
     assert result.status == 200
     assert result.body == b"x" * 100
     assert result.truncated
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < CUT_SHORT_WITHIN_SECONDS
 
 
 @pytest.mark.parametrize("chunked", [False, True])

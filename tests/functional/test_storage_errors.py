@@ -26,6 +26,7 @@ from certok.db.models import Order
 from certok.db.sessions import make_session_factory
 from certok.persistence import Store
 from tests.functional.test_api import ApiHarness, api, api_settings, assert_error, make_app
+from tests.kit.rows import order_row
 
 __all__ = ["api"]  # the fixture, imported for these tests
 
@@ -54,19 +55,14 @@ def _fill_the_disk(harness: ApiHarness) -> None:
     # The apply's own tenant, names and a state sorting just before `pending`: the new order's
     # row and index entries all go to the rightmost pages these fill, whatever other columns
     # and indexes the orders table has.
-    row = {
-        "tenant_id": harness.tenant_ids["alpha"],
-        "issuer": "google",
-        "algorithm": "ECC",
-        "challenge_type": "dns",
-        "domains": "a.example.com",
-        "state": "failure",
-        "attempts": 0,
-        "acme_orders": 0,
-        "next_attempt_at": NOW,
-        "deadline_at": NOW,
-        "created_at": NOW,
-    }
+    row = order_row(
+        harness.tenant_ids["alpha"],
+        NOW,
+        issuer="google",
+        domains="a.example.com",
+        state="failure",
+        deadline_at=NOW,
+    )
     for _ in range(10_000):
         try:
             with engine.begin() as connection:

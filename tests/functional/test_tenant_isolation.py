@@ -41,10 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -62,7 +59,7 @@ from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks, build_driver
 from certok.certificates.records import issued_certificate, record_issued
-from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
+from certok.crypto import SecretBox
 from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import Certificate, ChallengeRecord, Delegation, Order, VerificationCode
@@ -78,10 +75,11 @@ from certok.tenants import service as tenants
 from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.kit.certs import self_signed
+from tests.kit.dns import CERTOK_ZONE
 
 pytestmark = pytest.mark.timeout(240)
 
-ZONE = "acme.svc.test"
 CUSTOMER = "customer.test"
 LABEL_KEY = b"isolation-test-label-key-0123456"
 WORKER = "isolation-worker"
@@ -125,10 +123,10 @@ def open_world(tmp_path: Path, pebble: PebbleInstance) -> Iterator[World]:
     upgrade(engine)
     kek = secrets.token_bytes(32)
     store = Store(engine, make_session_factory(engine), SecretBox(kek))
-    with FakeNameserver(zones=[CUSTOMER, ZONE]) as fake_dns:
+    with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE]) as fake_dns:
         settings = Settings(
             data_dir=tmp_path,
-            dns_zone=ZONE,
+            dns_zone=CERTOK_ZONE,
             resolvers=[f"127.0.0.1:{fake_dns.port}"],
             resolver_timeout_seconds=1.0,
             apply_wait_seconds=0,
@@ -205,24 +203,6 @@ class Secrets:
     certificates: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
     webhook_secrets: set[str] = field(default_factory=set)
-
-
-def self_signed(names: list[str]) -> tuple[str, str]:
-    key = generate_private_key("ECC")
-    now = dt.datetime.now(dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode(), private_key_to_pem(key)
 
 
 def pem_body(pem: str) -> str:
@@ -303,7 +283,7 @@ class IsolationMachine(RuleBasedStateMachine):
         if owner is None:
             self.world.fake_dns.data.cnames.pop(challenge, None)
         else:
-            self.world.fake_dns.add_cname(challenge, f"{self.label(owner, name)}.{ZONE}")
+            self.world.fake_dns.add_cname(challenge, f"{self.label(owner, name)}.{CERTOK_ZONE}")
         self.delegated[name] = owner
 
     @initialize(
@@ -365,7 +345,7 @@ class IsolationMachine(RuleBasedStateMachine):
         data = response.json()["data"]
         for item in data["items"]:
             # Every tenant is shown its own label for a name, never another tenant's.
-            assert item["value"] == f"{self.label(tenant, base_name(item['domain']))}.{ZONE}"
+            assert item["value"] == f"{self.label(tenant, base_name(item['domain']))}.{CERTOK_ZONE}"
         owned = self.owned_by(tenant, domains)
         assert data["valid"] is owned, (tenant, domains, self.delegated, data)
         if owned:
@@ -521,7 +501,8 @@ class IsolationMachine(RuleBasedStateMachine):
         assert data["valid"] is owned
         for config in data["configs"]:
             assert (
-                config["hostValue"] == f"{self.label(tenant, base_name(config['domain']))}.{ZONE}"
+                config["hostValue"]
+                == f"{self.label(tenant, base_name(config['domain']))}.{CERTOK_ZONE}"
             )
         response = self.call(
             "POST",

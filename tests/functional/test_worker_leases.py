@@ -28,6 +28,7 @@ from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.kit.rows import order_row
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 ME = "node-a"
@@ -64,15 +65,13 @@ def _add_orders(store: Store, rows: dict[str, dict[str, Any]]) -> dict[str, int]
                 "next_attempt_at": NOW - dt.timedelta(seconds=10),
             }
             order = Order(
-                tenant_id=tenant.id,
-                algorithm="ECC",
-                challenge_type="dns",
-                domains=f"{name}.customer.test",
-                attempts=0,
-                acme_orders=0,
-                deadline_at=NOW + dt.timedelta(days=1),
-                created_at=NOW - dt.timedelta(minutes=1),
-                **(defaults | values),
+                **order_row(
+                    tenant.id,
+                    NOW - dt.timedelta(minutes=1),
+                    domains=f"{name}.customer.test",
+                    deadline_at=NOW + dt.timedelta(days=1),
+                    **(defaults | values),
+                )
             )
             session.add(order)
             session.flush()

@@ -11,39 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from certok_agent.config import AgentConfig
 from certok_agent.deploy import Deployer
 from certok_agent.runner import DEPLOYED, FAILED, NOT_DELEGATED, UNCHANGED, Runner, why_due
 from certok_agent.state import State
 from certok_agent.targets import Outcome, Target
+from tests.kit.certs import self_signed
 
 NOW = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 LATER = "2027-01-20 00:00:00"
 EARLIER = "2026-12-01 00:00:00"
-
-
-def make_pem(name: str) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=60))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
 class FakeCertok:
@@ -56,7 +34,11 @@ class FakeCertok:
 
     def issue(self) -> int:
         number = len(self.certificates) + 1
-        cert, key = make_pem("www.example.com")
+        cert, key = self_signed(
+            ["www.example.com"],
+            not_before=NOW - dt.timedelta(days=1),
+            lifetime=dt.timedelta(days=61),
+        )
         self.certificates[number] = {
             "id": number,
             "status": "valid",

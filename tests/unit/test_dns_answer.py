@@ -30,14 +30,14 @@ from certok.dnszone.answer import (
 from certok.dnszone.udp import RateDecision, ResponseRateLimiter
 from certok.dnszone.zone_records import ZoneRecords
 from certok.settings import Settings
+from tests.kit.dns import CERTOK_ZONE
 
-ZONE = "acme.svc.test"
 LABEL = "0123456789abcdef"
 IDLE_LABEL = "fedcba9876543210"  # allocated, nothing presented
 TTL = 7
 CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test"),
+    zone=CERTOK_ZONE,
+    nameservers=(f"ns1.{CERTOK_ZONE}", "ns.elsewhere.test"),
     nameserver_addresses=("127.0.0.53", "fd00::53"),
     ttl=TTL,
 )
@@ -67,7 +67,7 @@ def ask(
 
 
 def name(relative: str) -> str:
-    return f"{relative}.{ZONE}"
+    return f"{relative}.{CERTOK_ZONE}"
 
 
 def assert_negative(reply: dns.message.Message, rcode: dns.rcode.Rcode) -> None:
@@ -77,7 +77,7 @@ def assert_negative(reply: dns.message.Message, rcode: dns.rcode.Rcode) -> None:
     assert len(reply.authority) == 1
     soa_rrset = reply.authority[0]
     assert soa_rrset.rdtype == SOA
-    assert soa_rrset.name == dns.name.from_text(ZONE)
+    assert soa_rrset.name == dns.name.from_text(CERTOK_ZONE)
     assert soa_rrset.ttl == TTL
     assert soa_rrset[0].minimum == TTL
 
@@ -100,7 +100,7 @@ def test_txt_at_a_label_returns_every_presented_value() -> None:
 def test_txt_values_are_capped_to_bound_amplification() -> None:
     values = [f"value-{i:02d}" for i in range(12)]
     records = ZoneRecords.build([LABEL], [(LABEL, v) for v in values])
-    config = ZoneConfig(ZONE, (f"ns1.{ZONE}",), ("127.0.0.1",), TTL, max_txt_values=3)
+    config = ZoneConfig(CERTOK_ZONE, (f"ns1.{CERTOK_ZONE}",), ("127.0.0.1",), TTL, max_txt_values=3)
     _, reply = ask(name(LABEL), "TXT", config=config, records=records)
     served = [b"".join(r.strings).decode() for r in reply.answer[0]]
     assert served == values[:3]  # the order given (newest first from the database)
@@ -134,11 +134,11 @@ def test_case_of_the_question_is_copied_byte_for_byte() -> None:
 
 
 def test_apex_soa() -> None:
-    _, reply = ask(ZONE, "SOA")
+    _, reply = ask(CERTOK_ZONE, "SOA")
     (rrset,) = reply.answer
     soa = rrset[0]
-    assert soa.mname == dns.name.from_text(f"ns1.{ZONE}")
-    assert soa.rname == dns.name.from_text(f"hostmaster.{ZONE}")
+    assert soa.mname == dns.name.from_text(f"ns1.{CERTOK_ZONE}")
+    assert soa.rname == dns.name.from_text(f"hostmaster.{CERTOK_ZONE}")
     assert soa.serial == 20260101
     assert soa.minimum == TTL
     assert rrset.ttl == TTL
@@ -147,27 +147,27 @@ def test_apex_soa() -> None:
 
 
 def test_apex_ns_with_glue_only_for_names_inside_the_zone() -> None:
-    _, reply = ask(ZONE, "NS")
+    _, reply = ask(CERTOK_ZONE, "NS")
     assert reply.rcode() == dns.rcode.NOERROR
     (rrset,) = reply.answer
-    assert {r.target.to_text() for r in rrset} == {f"ns1.{ZONE}.", "ns.elsewhere.test."}
+    assert {r.target.to_text() for r in rrset} == {f"ns1.{CERTOK_ZONE}.", "ns.elsewhere.test."}
     glue = {(r.name.to_text(), r.rdtype): [x.address for x in r] for r in reply.additional}
     assert glue == {
-        (f"ns1.{ZONE}.", dns.rdatatype.A): ["127.0.0.53"],
-        (f"ns1.{ZONE}.", dns.rdatatype.AAAA): ["fd00::53"],
+        (f"ns1.{CERTOK_ZONE}.", dns.rdatatype.A): ["127.0.0.53"],
+        (f"ns1.{CERTOK_ZONE}.", dns.rdatatype.AAAA): ["fd00::53"],
     }
 
 
 @pytest.mark.parametrize(("qtype", "address"), [("A", "127.0.0.53"), ("AAAA", "fd00::53")])
 def test_address_of_a_nameserver_inside_the_zone(qtype: str, address: str) -> None:
-    _, reply = ask(f"NS1.{ZONE}", qtype)
+    _, reply = ask(f"NS1.{CERTOK_ZONE}", qtype)
     assert reply.flags & dns.flags.AA
     assert [r.address for r in reply.answer[0]] == [address]
 
 
 def test_nameserver_without_an_address_of_that_family_is_nodata() -> None:
-    config = ZoneConfig(ZONE, (f"ns1.{ZONE}",), ("127.0.0.53",), TTL)
-    _, reply = ask(f"ns1.{ZONE}", "AAAA", config=config)
+    config = ZoneConfig(CERTOK_ZONE, (f"ns1.{CERTOK_ZONE}",), ("127.0.0.53",), TTL)
+    _, reply = ask(f"ns1.{CERTOK_ZONE}", "AAAA", config=config)
     assert_negative(reply, dns.rcode.NOERROR)
 
 
@@ -193,7 +193,7 @@ def test_known_names_without_that_data_are_nodata_with_soa(relative: str, qtype:
 
 
 def test_unknown_type_at_the_apex_is_nodata() -> None:
-    _, reply = ask(ZONE, 65280)
+    _, reply = ask(CERTOK_ZONE, 65280)
     assert_negative(reply, dns.rcode.NOERROR)
 
 
@@ -215,7 +215,7 @@ def test_names_outside_the_zone_are_refused(qname: str) -> None:
 
 @pytest.mark.parametrize("qtype", ["AXFR", "IXFR"])
 def test_zone_transfers_are_refused(qtype: str) -> None:
-    _, reply = ask(ZONE, qtype, max_udp=None)
+    _, reply = ask(CERTOK_ZONE, qtype, max_udp=None)
     assert reply.rcode() == dns.rcode.REFUSED
     assert reply.answer == []
 
@@ -247,7 +247,7 @@ def test_names_that_are_not_plain_relative_names_are_ignored() -> None:
 
 
 def test_any_at_the_apex_gets_one_rrset() -> None:
-    _, reply = ask(ZONE, "ANY")
+    _, reply = ask(CERTOK_ZONE, "ANY")
     assert reply.rcode() == dns.rcode.NOERROR
     assert [r.rdtype for r in reply.answer] == [SOA]
 
@@ -442,11 +442,11 @@ def test_config_from_settings() -> None:
 
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
-        ZoneConfig(ZONE, (), ("127.0.0.1",), TTL)
+        ZoneConfig(CERTOK_ZONE, (), ("127.0.0.1",), TTL)
     with pytest.raises(ValueError):
-        ZoneConfig(ZONE, (f"ns1.{ZONE}",), ("not-an-address",), TTL)
+        ZoneConfig(CERTOK_ZONE, (f"ns1.{CERTOK_ZONE}",), ("not-an-address",), TTL)
     with pytest.raises(ValueError):
-        ZoneConfig("", (f"ns1.{ZONE}",), (), TTL)
+        ZoneConfig("", (f"ns1.{CERTOK_ZONE}",), (), TTL)
 
 
 def test_records_build_normalises_names_and_drops_duplicate_values() -> None:
@@ -491,15 +491,22 @@ def random_owner(rng: random.Random) -> str:
     pick = rng.random()
     if pick < 0.5:
         owner = rng.choice(OWNERS)
-        return f"{owner}.{ZONE}." if owner else f"{ZONE}."
+        return f"{owner}.{CERTOK_ZONE}." if owner else f"{CERTOK_ZONE}."
     if pick < 0.8:  # missing names of many lengths, sometimes below existing ones
         below = rng.choice(["", "", f"{LABEL}.", "branch.", "ns1.", "hostmaster."])
-        return f"{random_label(rng)}.{below}{ZONE}."
+        return f"{random_label(rng)}.{below}{CERTOK_ZONE}."
     if pick < 0.9:
         return f"{random_label(rng)}.example.{rng.choice(['com', 'test'])}."
     # Outside the zone, though some end with the zone's wire bytes ("\\004" is a length octet).
     return rng.choice(
-        ["svc.test.", "test.", ".", f"x{ZONE}.", f"{ZONE}.evil.test.", "a\\004acme.svc.test."]
+        [
+            "svc.test.",
+            "test.",
+            ".",
+            f"x{CERTOK_ZONE}.",
+            f"{CERTOK_ZONE}.evil.test.",
+            "a\\004acme.svc.test.",
+        ]
     )
 
 
@@ -546,7 +553,7 @@ def test_random_names_share_cached_replies_instead_of_growing_the_cache() -> Non
     records = ZoneRecords.build([LABEL], [(LABEL, "v")])
     rng = random.Random(7)
     for _ in range(500):
-        for qname in (f"{random_label(rng)}.{ZONE}", f"{random_label(rng)}.example.com"):
+        for qname in (f"{random_label(rng)}.{CERTOK_ZONE}", f"{random_label(rng)}.example.com"):
             query = dns.message.make_query(qname, "TXT")
             assert fast_answer(query.to_wire(), CONFIG, records, max_udp=512) is not None
     index = answer_module._index_for(CONFIG, records)
@@ -558,11 +565,11 @@ def test_random_names_share_cached_replies_instead_of_growing_the_cache() -> Non
     "names",
     [
         # same wire length: one outside the zone but ending in its bytes, one missing inside
-        ("a\\004acme.svc.test.", f"a.{ZONE}."),
-        (f"a.{ZONE}.", "a\\004acme.svc.test."),
+        ("a\\004acme.svc.test.", f"a.{CERTOK_ZONE}."),
+        (f"a.{CERTOK_ZONE}.", "a\\004acme.svc.test."),
         # below the SOA's own names the SOA compresses differently than below other names
-        (f"abcde.{ZONE}.", f"x.ns1.{ZONE}."),
-        (f"x.ns1.{ZONE}.", f"abcde.{ZONE}."),
+        (f"abcde.{CERTOK_ZONE}.", f"x.ns1.{CERTOK_ZONE}."),
+        (f"x.ns1.{CERTOK_ZONE}.", f"abcde.{CERTOK_ZONE}."),
     ],
 )
 def test_look_alike_names_do_not_share_replies(names: tuple[str, str]) -> None:
@@ -702,8 +709,8 @@ def test_fixed_host_addresses_are_served() -> None:
 # Nameservers inside the zone two and three labels below the apex, with glue: the names
 # between them and the apex exist without data, like those above dns_hosts names.
 NESTED_NS_CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"a.b.{ZONE}", f"ns.x.y.{ZONE}", "ns.elsewhere.test"),
+    zone=CERTOK_ZONE,
+    nameservers=(f"a.b.{CERTOK_ZONE}", f"ns.x.y.{CERTOK_ZONE}", "ns.elsewhere.test"),
     nameserver_addresses=("127.0.0.53", "fd00::53"),
     ttl=TTL,
 )
@@ -737,7 +744,7 @@ def test_names_above_an_in_zone_nameserver_are_empty_non_terminals_on_both_paths
 
 def test_a_zero_octet_inside_a_label_does_not_fool_the_fast_path() -> None:
     """The fast path takes the first zero octet as the name's end only to look up its cache."""
-    zone_wire = dns.name.from_text(ZONE).to_wire()
+    zone_wire = dns.name.from_text(CERTOK_ZONE).to_wire()
     for label in (b"\x01a\x00", b"A\x00", b"\x00", b"0123456789ABCDE\x00"):
         answer(raw_query(), CONFIG, RECORDS, max_udp=512)  # something cached meanwhile
         question = bytes([len(label)]) + label + zone_wire + struct.pack("!HH", 16, 1)

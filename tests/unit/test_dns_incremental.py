@@ -31,12 +31,12 @@ from certok.dnszone.wire import ReplyKey
 from certok.dnszone.zone_cache import ZoneCache
 from certok.dnszone.zone_records import ZoneRecords
 from certok.dnszone.zoneindex import ZoneIndex, prepare_index
+from tests.kit.dns import CERTOK_ZONE
 
-ZONE = "acme.svc.test"
 CONFIG = ZoneConfig(
-    zone=ZONE,
+    zone=CERTOK_ZONE,
     # a.b: an in-zone nameserver whose parent is an empty non-terminal the config owns
-    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test", f"a.b.{ZONE}"),
+    nameservers=(f"ns1.{CERTOK_ZONE}", "ns.elsewhere.test", f"a.b.{CERTOK_ZONE}"),
     nameserver_addresses=("127.0.0.53", "fd00::53"),
     ttl=30,
     max_txt_values=3,
@@ -91,7 +91,7 @@ def random_case(text: str, rng: random.Random) -> str:
 
 def random_query(rng: random.Random) -> bytes:
     owner = rng.choice(OWNERS)
-    qname = f"{owner}.{ZONE}." if owner else f"{ZONE}."
+    qname = f"{owner}.{CERTOK_ZONE}." if owner else f"{CERTOK_ZONE}."
     if rng.random() < 0.05:
         qname = "example.com."
     use_edns: int | bool = rng.choice([False, 0])
@@ -213,14 +213,14 @@ def soa_serial(reply: dns.message.Message) -> int:
 
 def test_cached_replies_of_unchanged_names_survive_a_change(renders: list[bytes]) -> None:
     cache = hooked_cache(label_records("old", serial=10))
-    questions = [f"{label}.{ZONE}" for label in LABELS] + [f"nothere.{ZONE}"]
+    questions = [f"{label}.{CERTOK_ZONE}" for label in LABELS] + [f"nothere.{CERTOK_ZONE}"]
     for qname in questions:
         ask(qname, cache.records)
     assert len(renders) == len(questions)  # every question rendered once
 
     renders.clear()
     cache.replace(label_records("new", serial=11))  # one TXT value changed, serial moved
-    changed = f"{WITH_TXT[0]}.{ZONE}"
+    changed = f"{WITH_TXT[0]}.{CERTOK_ZONE}"
     assert txt_of(ask(changed, cache.records)) == ["new"]  # at once, no stale reply
     for qname in questions:
         reply = ask(qname, cache.records)
@@ -235,43 +235,43 @@ def test_a_removed_name_is_nxdomain_and_an_added_one_answers_at_once(
     renders: list[bytes],
 ) -> None:
     cache = hooked_cache(ZoneRecords.build(LABELS[:2], [(LABELS[0], "v")], serial=1))
-    gone, added = f"{LABELS[1]}.{ZONE}", f"{LABELS[2]}.{ZONE}"
+    gone, added = f"{LABELS[1]}.{CERTOK_ZONE}", f"{LABELS[2]}.{CERTOK_ZONE}"
     assert ask(gone, cache.records).rcode() == dns.rcode.NOERROR
     assert ask(added, cache.records).rcode() == dns.rcode.NXDOMAIN
     cache.replace(ZoneRecords.build([LABELS[0], LABELS[2]], [(LABELS[2], "w")], serial=1))
     assert ask(gone, cache.records).rcode() == dns.rcode.NXDOMAIN
     assert txt_of(ask(added, cache.records)) == ["w"]
-    assert ask(f"{LABELS[0]}.{ZONE}", cache.records).answer == []  # its value went away
+    assert ask(f"{LABELS[0]}.{CERTOK_ZONE}", cache.records).answer == []  # its value went away
 
 
 def test_an_empty_non_terminal_appears_and_goes_with_the_names_below_it() -> None:
     cache = hooked_cache(ZoneRecords.build([], [], serial=1))
-    assert ask(f"branch.{ZONE}", cache.records, "A").rcode() == dns.rcode.NXDOMAIN
+    assert ask(f"branch.{CERTOK_ZONE}", cache.records, "A").rcode() == dns.rcode.NXDOMAIN
     cache.replace(ZoneRecords.build(["leaf.branch"], [], serial=2))
-    reply = ask(f"branch.{ZONE}", cache.records, "A")
+    reply = ask(f"branch.{CERTOK_ZONE}", cache.records, "A")
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer == []
     cache.replace(ZoneRecords.build([], [], serial=3))
-    assert ask(f"branch.{ZONE}", cache.records, "A").rcode() == dns.rcode.NXDOMAIN
+    assert ask(f"branch.{CERTOK_ZONE}", cache.records, "A").rcode() == dns.rcode.NXDOMAIN
 
 
 def test_an_empty_non_terminal_above_a_nameserver_outlives_snapshot_names() -> None:
     cache = hooked_cache(ZoneRecords.build([], [], serial=1))
     for labels, txt in [([], []), (["c.b"], []), ([], []), (["b"], [("b", "v")]), ([], [])]:
         cache.replace(ZoneRecords.build(labels, txt, serial=cache.records.serial + 1))
-        reply = ask(f"b.{ZONE}", cache.records)
+        reply = ask(f"b.{CERTOK_ZONE}", cache.records)
         assert reply.rcode() == dns.rcode.NOERROR, (labels, txt)
         assert txt_of(reply) == [value for _, value in txt]
-        assert ask(f"c.b.{ZONE}", cache.records, "A").rcode() == (
+        assert ask(f"c.b.{CERTOK_ZONE}", cache.records, "A").rcode() == (
             dns.rcode.NOERROR if labels == ["c.b"] else dns.rcode.NXDOMAIN
         )
 
 
 def test_the_apex_soa_follows_the_serial() -> None:
     cache = hooked_cache(ZoneRecords.build(LABELS[:1], [], serial=5))
-    assert ask(ZONE, cache.records, "SOA").answer[0][0].serial == 5
+    assert ask(CERTOK_ZONE, cache.records, "SOA").answer[0][0].serial == 5
     cache.replace(ZoneRecords.build(LABELS[:2], [], serial=6))
-    assert ask(ZONE, cache.records, "SOA").answer[0][0].serial == 6
-    assert ask(f"nothere.{ZONE}", cache.records).authority[0][0].serial == 6
+    assert ask(CERTOK_ZONE, cache.records, "SOA").answer[0][0].serial == 6
+    assert ask(f"nothere.{CERTOK_ZONE}", cache.records).authority[0][0].serial == 6
 
 
 def test_an_older_snapshot_still_gets_its_own_answers() -> None:
@@ -280,12 +280,12 @@ def test_an_older_snapshot_still_gets_its_own_answers() -> None:
     old = cache.records
     cache.replace(label_records("new", serial=2))
     new = cache.records
-    changed = f"{WITH_TXT[0]}.{ZONE}"
+    changed = f"{WITH_TXT[0]}.{CERTOK_ZONE}"
     for _ in range(2):
         assert txt_of(ask(changed, new)) == ["new"]
         assert txt_of(ask(changed, old)) == ["old"]
-        assert soa_serial(ask(f"nothere.{ZONE}", old)) == 1
-        assert soa_serial(ask(f"nothere.{ZONE}", new)) == 2
+        assert soa_serial(ask(f"nothere.{CERTOK_ZONE}", old)) == 1
+        assert soa_serial(ask(f"nothere.{CERTOK_ZONE}", new)) == 2
 
 
 def wire_name(text: str) -> bytes:
@@ -294,7 +294,11 @@ def wire_name(text: str) -> bytes:
 
 def test_negative_serial_offset_points_at_the_serial() -> None:
     records = ZoneRecords.build([], [], serial=0x01020304)
-    for qname, qtype in ((f"nothere.{ZONE}", "TXT"), (f"ns1.{ZONE}", "TXT"), (ZONE, "MX")):
+    for qname, qtype in (
+        (f"nothere.{CERTOK_ZONE}", "TXT"),
+        (f"ns1.{CERTOK_ZONE}", "TXT"),
+        (CERTOK_ZONE, "MX"),
+    ):
         query = dns.message.make_query(qname, qtype, use_edns=0)
         reply = general_answer(query.to_wire(), CONFIG, records, max_udp=None)
         assert reply is not None
@@ -304,7 +308,7 @@ def test_negative_serial_offset_points_at_the_serial() -> None:
         patched = wire.with_serial(reply, at, 7)
         assert dns.message.from_wire(patched).authority[0][0].serial == 7
     positive = general_answer(
-        dns.message.make_query(ZONE, "SOA").to_wire(), CONFIG, records, max_udp=None
+        dns.message.make_query(CERTOK_ZONE, "SOA").to_wire(), CONFIG, records, max_udp=None
     )
     assert positive is not None and wire.negative_serial_offset(positive) == 0
 
@@ -351,7 +355,7 @@ def test_the_answer_path_honours_the_bound(monkeypatch: pytest.MonkeyPatch) -> N
     records = ZoneRecords.build(LABELS, [(label, "v") for label in WITH_TXT], serial=1)
     for label in LABELS:
         for qtype in ("TXT", "A"):
-            query = dns.message.make_query(f"{label.upper()}.{ZONE}", qtype).to_wire()
+            query = dns.message.make_query(f"{label.upper()}.{CERTOK_ZONE}", qtype).to_wire()
             fast = answer(query, CONFIG, records, max_udp=512)
             assert fast == general_answer(query, CONFIG, records, max_udp=512)
     index = answer_module._index_for(CONFIG, records)
@@ -362,13 +366,13 @@ def test_a_replaced_snapshot_is_freed_at_once() -> None:
     """No reference cycle between a snapshot and its index: with churn, replaced snapshots
     must not pile up waiting for the cyclic garbage collector (a long pause on the loop)."""
     cache = hooked_cache(label_records("first", serial=1))
-    ask(f"{LABELS[0]}.{ZONE}", cache.records)
+    ask(f"{LABELS[0]}.{CERTOK_ZONE}", cache.records)
     gc.disable()
     try:
         old = weakref.ref(cache.records)
         old_index = weakref.ref(cache.records.derived[CONFIG])
         cache.replace(label_records("second", serial=2))
-        ask(f"{LABELS[0]}.{ZONE}", cache.records)  # the answer path moves on too
+        ask(f"{LABELS[0]}.{CERTOK_ZONE}", cache.records)  # the answer path moves on too
         assert old() is None
         assert old_index() is None
     finally:

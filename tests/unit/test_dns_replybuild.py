@@ -32,6 +32,7 @@ from certok.dnszone.answer import (
     general_answer,
 )
 from certok.dnszone.zone_records import ZoneRecords
+from tests.kit.dns import CERTOK_ZONE
 
 RD, CD, AD = int(dns.flags.RD), int(dns.flags.CD), int(dns.flags.AD)
 # What the zone holds (static_zone.ANY_ORDER) and ANY, asked more often than other types.
@@ -272,10 +273,9 @@ def test_the_builder_writes_dnspythons_bytes(
 
 # --- every kind of reply, whatever hypothesis draws -----------------------------------------------
 
-ZONE = "acme.svc.test"
 CONFIG = ZoneConfig(
-    zone=ZONE,
-    nameservers=(f"ns1.{ZONE}", "ns.elsewhere.test", f"a.b.{ZONE}"),
+    zone=CERTOK_ZONE,
+    nameservers=(f"ns1.{CERTOK_ZONE}", "ns.elsewhere.test", f"a.b.{CERTOK_ZONE}"),
     nameserver_addresses=("127.0.0.53", "fd00::53", "127.0.0.54"),
     ttl=30,
     max_txt_values=20,
@@ -289,30 +289,30 @@ RECORDS = ZoneRecords.build(
     serial=20260101,
 )
 KINDS = [
-    (f"{LABEL}.{ZONE}", "TXT", dns.rcode.NOERROR, 2),  # two values
-    (f"long.{ZONE}", "TXT", dns.rcode.NOERROR, 1),  # one value in three strings
-    (f"many.{ZONE}", "TXT", dns.rcode.NOERROR, 20),  # over 512 and 1232 bytes
-    (ZONE, "SOA", dns.rcode.NOERROR, 1),
-    (ZONE, "NS", dns.rcode.NOERROR, 3),  # with glue
-    (ZONE, "ANY", dns.rcode.NOERROR, 1),
-    (f"ns1.{ZONE}", "A", dns.rcode.NOERROR, 2),
-    (f"ns1.{ZONE}", "AAAA", dns.rcode.NOERROR, 1),
-    (f"api.eu.{ZONE}", "AAAA", dns.rcode.NOERROR, 1),
-    (f"idle.{ZONE}", "TXT", dns.rcode.NOERROR, 0),  # NODATA
-    (f"{LABEL}.{ZONE}", "MX", dns.rcode.NOERROR, 0),
-    (f"branch.{ZONE}", "TXT", dns.rcode.NOERROR, 0),  # empty non-terminal
-    (f"eu.{ZONE}", "A", dns.rcode.NOERROR, 0),
-    (f"eu.{ZONE}", "CNAME", dns.rcode.NOERROR, 0),
-    (f"a.b.{ZONE}", "A", dns.rcode.NOERROR, 2),  # a nameserver's glue, two labels down
-    (f"b.{ZONE}", "A", dns.rcode.NOERROR, 0),  # the empty non-terminal above it
-    (f"b.{ZONE}", "NS", dns.rcode.NOERROR, 0),
-    (f"c.b.{ZONE}", "A", dns.rcode.NXDOMAIN, 0),  # beside the nameserver
-    (f"nothere.{ZONE}", "TXT", dns.rcode.NXDOMAIN, 0),
-    (f"x.ns1.{ZONE}", "A", dns.rcode.NXDOMAIN, 0),  # the SOA's MNAME compresses into it
-    (f"x.hostmaster.{ZONE}", "A", dns.rcode.NXDOMAIN, 0),
+    (f"{LABEL}.{CERTOK_ZONE}", "TXT", dns.rcode.NOERROR, 2),  # two values
+    (f"long.{CERTOK_ZONE}", "TXT", dns.rcode.NOERROR, 1),  # one value in three strings
+    (f"many.{CERTOK_ZONE}", "TXT", dns.rcode.NOERROR, 20),  # over 512 and 1232 bytes
+    (CERTOK_ZONE, "SOA", dns.rcode.NOERROR, 1),
+    (CERTOK_ZONE, "NS", dns.rcode.NOERROR, 3),  # with glue
+    (CERTOK_ZONE, "ANY", dns.rcode.NOERROR, 1),
+    (f"ns1.{CERTOK_ZONE}", "A", dns.rcode.NOERROR, 2),
+    (f"ns1.{CERTOK_ZONE}", "AAAA", dns.rcode.NOERROR, 1),
+    (f"api.eu.{CERTOK_ZONE}", "AAAA", dns.rcode.NOERROR, 1),
+    (f"idle.{CERTOK_ZONE}", "TXT", dns.rcode.NOERROR, 0),  # NODATA
+    (f"{LABEL}.{CERTOK_ZONE}", "MX", dns.rcode.NOERROR, 0),
+    (f"branch.{CERTOK_ZONE}", "TXT", dns.rcode.NOERROR, 0),  # empty non-terminal
+    (f"eu.{CERTOK_ZONE}", "A", dns.rcode.NOERROR, 0),
+    (f"eu.{CERTOK_ZONE}", "CNAME", dns.rcode.NOERROR, 0),
+    (f"a.b.{CERTOK_ZONE}", "A", dns.rcode.NOERROR, 2),  # a nameserver's glue, two labels down
+    (f"b.{CERTOK_ZONE}", "A", dns.rcode.NOERROR, 0),  # the empty non-terminal above it
+    (f"b.{CERTOK_ZONE}", "NS", dns.rcode.NOERROR, 0),
+    (f"c.b.{CERTOK_ZONE}", "A", dns.rcode.NXDOMAIN, 0),  # beside the nameserver
+    (f"nothere.{CERTOK_ZONE}", "TXT", dns.rcode.NXDOMAIN, 0),
+    (f"x.ns1.{CERTOK_ZONE}", "A", dns.rcode.NXDOMAIN, 0),  # the SOA's MNAME compresses into it
+    (f"x.hostmaster.{CERTOK_ZONE}", "A", dns.rcode.NXDOMAIN, 0),
     ("example.com", "TXT", dns.rcode.REFUSED, 0),
-    (f"x{ZONE}", "TXT", dns.rcode.REFUSED, 0),
-    (ZONE, "AXFR", dns.rcode.REFUSED, 0),
+    (f"x{CERTOK_ZONE}", "TXT", dns.rcode.REFUSED, 0),
+    (CERTOK_ZONE, "AXFR", dns.rcode.REFUSED, 0),
 ]
 
 
@@ -363,7 +363,7 @@ def test_every_name_above_an_existing_one_exists(zone: tuple[ZoneConfig, ZoneRec
 
 def test_the_property_catches_a_wrong_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison can fail: a builder that compresses one name less is caught."""
-    query = common_query(to_wire_name(f"nothere.{ZONE}"), dns.rdatatype.TXT)
+    query = common_query(to_wire_name(f"nothere.{CERTOK_ZONE}"), dns.rdatatype.TXT)
     reference = general_answer(query, CONFIG, RECORDS, max_udp=None)
     assert built_reply(query, CONFIG, RECORDS) == reference
     monkeypatch.setattr(replybuild, "MAX_POINTER_OFFSET", 0)  # nothing may be pointed at
@@ -377,9 +377,9 @@ def test_the_builder_writes_every_type_the_zone_holds() -> None:
 
 
 def test_a_reply_too_big_for_tcp_goes_to_dnspython_and_stays_servfail() -> None:
-    config = ZoneConfig(ZONE, (f"ns1.{ZONE}",), (), 30, max_txt_values=300)
+    config = ZoneConfig(CERTOK_ZONE, (f"ns1.{CERTOK_ZONE}",), (), 30, max_txt_values=300)
     records = ZoneRecords.build([], [("big", f"{i:03d}" + "v" * 250) for i in range(300)])
-    query = common_query(to_wire_name(f"big.{ZONE}"), dns.rdatatype.TXT)
+    query = common_query(to_wire_name(f"big.{CERTOK_ZONE}"), dns.rdatatype.TXT)
     assert built_reply(query, config, records) is None
     reply = answer(query, config, records, max_udp=None)
     assert reply is not None

@@ -1,15 +1,15 @@
-"""Run a real unbound recursive resolver on a free loopback port, stubbing zones to test servers.
+"""A real unbound recursive resolver on a free loopback port, stubbing zones to test servers.
 
-The configuration follows /work/shared/rig/unbound.conf: `.test` is unbound's built-in empty
-zone, so it is switched off (`nodefault`) and each stub zone made `transparent`; `do-not-query-
-localhost: no` lets it ask 127.0.0.1; `local-zone: "." refuse` keeps it off the real root.
+`.test` is unbound's built-in empty zone, so it is switched off (`nodefault`) and each stub zone
+made `transparent`; `do-not-query-localhost: no` lets it ask 127.0.0.1; `local-zone: "."
+refuse` keeps it off the real root. Short cache and infra TTLs keep a test's earlier answers
+(and a stub server seen down) from outliving the test's next step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +19,10 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+import pytest
+
+from tests.kit.ports import free_port
+from tests.kit.processes import stop_process
 
 STARTUP_DEADLINE_SECONDS = 10.0
 
@@ -27,21 +31,6 @@ def unbound_binary() -> str | None:
     return shutil.which("unbound") or (
         "/usr/sbin/unbound" if Path("/usr/sbin/unbound").exists() else None
     )
-
-
-def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (unbound listens on both)."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 def write_config(workdir: Path, port: int, stubs: dict[str, int]) -> Path:
@@ -69,6 +58,7 @@ def write_config(workdir: Path, port: int, stubs: dict[str, int]) -> Path:
         "    verbosity: 1\n"
         "    do-not-query-localhost: no\n"
         '    module-config: "iterator"\n'
+        "    qname-minimisation: yes\n"
         '    local-zone: "test." nodefault\n'
         '    local-zone: "." refuse\n'
         f"{zone_lines}"
@@ -97,11 +87,12 @@ def running_unbound(workdir: Path, stubs: dict[str, int]) -> Iterator[int]:
     """Start unbound stubbing each zone to 127.0.0.1@port; yield its port; stop it after.
 
     Ready means it answered a SOA query for the first stub zone through to the stub server.
+    Without unbound installed the test is skipped.
     """
     binary = unbound_binary()
     if binary is None:
-        raise RuntimeError("unbound is not installed: apt-get install unbound")
-    port = free_udp_tcp_port()
+        pytest.skip("unbound is not installed (apt-get install unbound)")
+    port = free_port("unbound")
     config = write_config(workdir, port, stubs)
     process = subprocess.Popen(
         [binary, "-d", "-c", str(config)],
@@ -130,11 +121,6 @@ def running_unbound(workdir: Path, stubs: dict[str, int]) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
         if process.stderr:
             process.stderr.close()

@@ -1,5 +1,6 @@
-"""Certificates for tests and benches without a CA: a small CA and leaves with AKI, and
-certificate records written as the driver writes them (an issued order + `record_issued`)."""
+"""Certificates for tests and benches without a CA: self-signed leaves, a small CA and leaves
+with AKI, and certificate records written as the driver writes them (an issued order +
+`record_issued`)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,53 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates.records import issued_certificate, record_issued
-from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
+from certok.crypto import PrivateKey, SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.order_states import ISSUED
 from certok.orders.service import order_key_owner
+from tests.kit.rows import order_row
+
+
+def self_signed_pem(
+    key: PrivateKey,
+    names: list[str],
+    *,
+    not_before: dt.datetime | None = None,
+    lifetime: dt.timedelta = dt.timedelta(days=90),
+    serial: int | None = None,
+) -> str:
+    """A self-signed certificate for `names` (the first one the common name), as PEM."""
+    start = not_before or dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number() if serial is None else serial)
+        .not_valid_before(start)
+        .not_valid_after(start + lifetime)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def self_signed(
+    names: list[str],
+    *,
+    not_before: dt.datetime | None = None,
+    lifetime: dt.timedelta = dt.timedelta(days=90),
+) -> tuple[str, str]:
+    """A self-signed certificate for `names` and its new ECC key, both PEM (certificate, key)."""
+    key = generate_private_key("ECC")
+    pem = self_signed_pem(key, names, not_before=not_before, lifetime=lifetime)
+    return pem, private_key_to_pem(key)
 
 
 @dataclass
@@ -48,6 +87,13 @@ class FakeCa:
     def leaf_pem(
         self, names: list[str], not_before: dt.datetime, lifetime: dt.timedelta, serial: int
     ) -> str:
+        """The chain (leaf, then this CA) of a leaf for `names`, as PEM."""
+        return self.leaf(names, not_before, lifetime, serial)[0]
+
+    def leaf(
+        self, names: list[str], not_before: dt.datetime, lifetime: dt.timedelta, serial: int
+    ) -> tuple[str, str]:
+        """The chain of a leaf for `names` as `leaf_pem` gives it, and the leaf's key as PEM."""
         leaf_key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -63,10 +109,11 @@ class FakeCa:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return (
+        chain = (
             cert.public_bytes(serialization.Encoding.PEM)
             + self.certificate.public_bytes(serialization.Encoding.PEM)
         ).decode("ascii")
+        return chain, private_key_to_pem(leaf_key)
 
 
 def add_certificate(
@@ -90,25 +137,21 @@ def add_certificate(
     with transaction(sessions) as session:
         order_id = session.execute(
             insert(Order).returning(Order.id),
-            {
-                "tenant_id": tenant_id,
-                "issuer": issuer,
-                "algorithm": "ECC",
-                "challenge_type": "dns",
-                "domains": ",".join(names),
-                "state": ISSUED,
-                "attempts": 0,
-                "acme_orders": 1,
-                "next_attempt_at": when,
-                "deadline_at": when,
-                "created_at": when,
-                "certificate_pem": chain,
-                "replaces_certificate_id": replaces,
-            },
+            order_row(
+                tenant_id,
+                when,
+                issuer=issuer,
+                domains=",".join(names),
+                state=ISSUED,
+                acme_orders=1,
+                deadline_at=when,
+                certificate_pem=chain,
+                replaces_certificate_id=replaces,
+            ),
         ).scalar_one()
         key = private_key_to_pem(generate_private_key("ECC")).encode("ascii")
         session.execute(
-            Order.__table__.update()
+            update(Order)
             .where(Order.id == order_id)
             .values(key_encrypted=box.encrypt(key, order_key_owner(order_id)))
         )
