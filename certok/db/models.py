@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import ClassVar
 
 from sqlalchemy import (
     Boolean,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -42,7 +44,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 class Base(DeclarativeBase):
-    pass
+    # Every model here is mapped to one Table (no joined or custom selectables), so the
+    # Core statements built from `Model.__table__` across certok type-check as such.
+    __table__: ClassVar[Table]
 
 
 class Tenant(Base):
@@ -56,6 +60,8 @@ class Tenant(Base):
         String(32), unique=True, default=lambda: secrets.token_hex(8)
     )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # A tenant's profile when apply names none.
+    default_profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiToken(Base):
@@ -70,6 +76,9 @@ class ApiToken(Base):
     hint: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The console's token list shows a name and when each token was last used.
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Delegation(Base):
@@ -247,10 +256,6 @@ class DelegationCheck(Base):
     checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
-# The console's token list shows a name and when each token was last used.
-ApiToken.name = mapped_column(String(64), nullable=True)
-ApiToken.last_used_at = mapped_column(UTCDateTime(), nullable=True)
-
 # Console pages: a tenant's certificates by expiry, its orders by state, issuer health.
 Index("ix_orders_tenant_state_not_after", Order.tenant_id, Order.state, Order.not_after)
 Index("ix_orders_issuer_state_finished", Order.issuer, Order.state, Order.finished_at)
@@ -346,8 +351,6 @@ class CertificateName(Base):
 # Orders: the ACME profile asked for, and the certificate an order renews.
 Order.profile = mapped_column(String(64), nullable=True)
 Order.replaces_certificate_id = mapped_column(Integer, nullable=True)
-# A tenant's profile when apply names none.
-Tenant.default_profile = mapped_column(String(64), nullable=True)
 
 # --- agents (issue 17): hosts running httpsok.sh, their managed certificates, their reports ---
 
