@@ -45,12 +45,12 @@ from certok.db.models import (
     Order,
     VerificationCode,
 )
-from certok.domains.verify import DnsVerifier
 from certok.names import base_name
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
 from certok.orders.service import FAILURE, ISSUED, PENDING, order_key_owner
 from certok.settings import Settings
+from certok.verification.dns_verifier import DnsVerifier
 
 READY = "1"
 ISSUING = "2"

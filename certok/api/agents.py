@@ -17,9 +17,9 @@ from certok.agents.issuing import AgentIssuer, current_record, leaf_sha256, reco
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
-from certok.api.ratelimit import RateLimiter
 from certok.db.models import ManagedCertificate
 from certok.errors import InvalidRequest, NotFound, RateLimited
+from certok.ratelimit import RateLimiter
 
 if TYPE_CHECKING:  # routes.py imports this module to build its routes
     from certok.api.routes import ApiServices

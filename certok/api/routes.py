@@ -35,12 +35,9 @@ from certok.api.envelope import (
 from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
 from certok.api.post_api import DEFAULT_POLL_SECONDS, PollGate, post_api_routes
-from certok.api.ratelimit import HTTP01_RESPONDER, RateLimiter
 from certok.api.waiters import OrderWaiters, Watch
 from certok.api.webhooks import EventApi, webhook_routes
 from certok.crypto import ALGORITHMS, SecretBox
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier, DvResult
 from certok.errors import CertokError, InvalidRequest, RateLimited, Unauthenticated
 from certok.health import HealthChecks
 from certok.http01 import store as http01_store
@@ -53,9 +50,13 @@ from certok.orders.service import (
     order_state,
     view_order,
 )
+from certok.ratelimit import HTTP01_RESPONDER, RateLimiter
 from certok.settings import Settings
 from certok.tenants.service import TenantRef, authenticate
 from certok.tenants.token_usage import TokenUsage
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.http_verifier import HttpVerifier
+from certok.verification.results import DvResult
 
 TOKEN_HEADER = "httpsok-token"  # noqa: S105 - a header name, not a secret
 _TOKEN_HEADER_RAW = TOKEN_HEADER.encode("latin-1")

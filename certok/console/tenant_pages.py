@@ -17,12 +17,12 @@ from certok.certificates.service import (
 from certok.console import agent_pages, queries
 from certok.console.web import Page, Refused, finish, redirect, render
 from certok.db.models import ApiToken, DelegationCheck
-from certok.domains.http_verify import nginx_block
 from certok.errors import Conflict, InvalidRequest, NotFound
 from certok.names import base_name, challenge_name, parse_domains
 from certok.orders.service import order_key_owner
 from certok.tenants import users
 from certok.tenants.service import TenantRef, new_token, token_digest
+from certok.verification.http_verifier import nginx_block
 
 TOKEN_NAME_CHARS = 64
 AUDIT_ROWS = 200

@@ -30,8 +30,6 @@ from sqlalchemy import event, func, select
 from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Order
 from certok.domains.delegations import ensure_delegations
-from certok.domains.ownership import Ownership
-from certok.domains.verify import DnsVerifier
 from certok.issuance.client import _NonceRetryingNetwork
 from certok.names import challenge_name
 from certok.orders.accounts import AccountRegistry
@@ -44,6 +42,8 @@ from certok.prechecks.resolver import make_blocking_resolver
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
 from certok.tenants import service as tenants
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.ownership import Ownership
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
 
