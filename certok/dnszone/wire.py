@@ -242,5 +242,5 @@ def with_serial(reply: bytes, serial_at: int, serial: int) -> bytes:
 
 def _skip_record(wire: bytes, position: int) -> int:
     position = skip_name(wire, position)
-    rdlength = struct.unpack_from("!H", wire, position + 8)[0]
+    rdlength: int = struct.unpack_from("!H", wire, position + 8)[0]
     return position + 10 + rdlength

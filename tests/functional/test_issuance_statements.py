@@ -45,7 +45,7 @@ from certok.tenants import service as tenants
 from certok.verification.dns_verifier import DnsVerifier
 from certok.verification.ownership import Ownership
 from tests.functional.dnsfake_server import FakeNameserver
-from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -76,7 +76,7 @@ from certok.store import Store
 from certok.tenants import service as tenants
 from tests.depth import at_depth
 from tests.functional.dnsfake_server import FakeNameserver
-from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,7 +26,7 @@ from certok.orders.worker import LEASE_SECONDS, Worker
 from certok.settings import IssuerSettings, Settings
 from certok.store import Store
 from certok.tenants import service as tenants
-from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
+from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401 - fixture
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 ME = "node-a"
