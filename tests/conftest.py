@@ -51,6 +51,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(0), append=False)
 
 
+def _migrate(url: str) -> None:
+    """The schema at head; the engine's connections are closed, not left to the collector."""
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str | None]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
@@ -63,7 +72,7 @@ def postgres_database() -> Iterator[str | None]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin_url.set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(make_engine(url))
+    _migrate(url)
     try:
         yield url
     finally:
@@ -78,7 +87,7 @@ def database_url(
 ) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'certok.db'}"
-        migrate.upgrade(make_engine(url))
+        _migrate(url)
         yield url
         return
     if postgres_database is None:

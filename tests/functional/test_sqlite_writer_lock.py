@@ -20,7 +20,9 @@ HOLD_SECONDS = 0.5
 
 def _database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'certok.db'}"
-    upgrade(make_engine(url))
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
     return url
 
 
