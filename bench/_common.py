@@ -28,9 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.rig.certok_server import CertokServer  # noqa: E402 - needs the repo root on sys.path
-from tests.rig.ports import PortAllocator  # noqa: E402
-from tests.rig.process import ManagedProcess  # noqa: E402
+from tests.rig.certok_server import CertokServer
+from tests.rig.ports import PortAllocator
+from tests.rig.process import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0

@@ -38,18 +38,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from sqlalchemy import insert, text, update  # noqa: E402
+from sqlalchemy import insert, text, update
 
-from certok.certificates.tasks import CertificateTasks  # noqa: E402
-from certok.crypto import SecretBox, generate_private_key, private_key_to_pem  # noqa: E402
-from certok.db.engine import make_engine, transaction  # noqa: E402
-from certok.db.migrate import upgrade  # noqa: E402
-from certok.db.models import Certificate, CertificateName, CertificateSecret  # noqa: E402
-from certok.db.sessions import make_session_factory  # noqa: E402
-from certok.orders.service import order_key_owner  # noqa: E402
-from certok.persistence import Store  # noqa: E402
-from certok.tenants import service as tenants  # noqa: E402
-from tests.kit.certs import FakeCa  # noqa: E402
+from certok.certificates.tasks import CertificateTasks
+from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
+from certok.db.engine import make_engine, transaction
+from certok.db.migrate import upgrade
+from certok.db.models import Certificate, CertificateName, CertificateSecret
+from certok.db.sessions import make_session_factory
+from certok.orders.service import order_key_owner
+from certok.persistence import Store
+from certok.tenants import service as tenants
+from tests.kit.certs import FakeCa
 
 DUE = 100
 TICKS = 20

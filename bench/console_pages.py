@@ -30,22 +30,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import httpx  # noqa: E402
-from argon2 import PasswordHasher  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+import httpx
+from argon2 import PasswordHasher
+from sqlalchemy import insert
 
-from certok.api.routes import create_app  # noqa: E402
-from certok.api.waiters import OrderWaiters  # noqa: E402
-from certok.assembly import build_api_services, build_checks  # noqa: E402
-from certok.crypto import SecretBox  # noqa: E402
-from certok.db import migrate  # noqa: E402
-from certok.db.engine import make_engine, transaction  # noqa: E402
-from certok.db.models import Certificate, Delegation, Order  # noqa: E402
-from certok.db.sessions import make_session_factory  # noqa: E402
-from certok.persistence import Store  # noqa: E402
-from certok.settings import Settings  # noqa: E402
-from certok.tenants import service as tenants  # noqa: E402
-from certok.tenants import users  # noqa: E402
+from certok.api.routes import create_app
+from certok.api.waiters import OrderWaiters
+from certok.assembly import build_api_services, build_checks
+from certok.crypto import SecretBox
+from certok.db import migrate
+from certok.db.engine import make_engine, transaction
+from certok.db.models import Certificate, Delegation, Order
+from certok.db.sessions import make_session_factory
+from certok.persistence import Store
+from certok.settings import Settings
+from certok.tenants import service as tenants
+from certok.tenants import users
 
 TARGET_P95_MS = 50.0
 PASSWORD = "bench password, long enough"

@@ -12,16 +12,12 @@ import dns.asyncresolver
 
 from certok.api.caches import TtlCache
 from certok.api.post_api import PollGate
-from certok.api.ratelimit import HTTP01_RESPONDER, UNVERIFIED_TOKENS, RateLimiter
 from certok.api.services import ApiServices
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
 from certok.certificates.profiles import ProfileCatalog, directory_profiles
 from certok.certificates.tasks import CertificateTasks
 from certok.dnszone.solver import Dns01Solver
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.ownership import Ownership
-from certok.domains.verify import DnsVerifier
 from certok.events.delivery import DeliveryWorker
 from certok.events.outbox import order_finished
 from certok.events.scans import EventScanner
@@ -36,8 +32,12 @@ from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.outage import ResolverWatch
 from certok.prechecks.resolver import make_blocking_resolver, make_resolver
 from certok.prechecks.safe_http import FetchLimits, SafeFetcher, verified_tls_context
+from certok.ratelimit import HTTP01_RESPONDER, UNVERIFIED_TOKENS, RateLimiter
 from certok.settings import Settings
 from certok.tenants.token_usage import TokenUsage
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.http_verifier import HttpVerifier
+from certok.verification.ownership import Ownership
 
 LABEL_KEY_PURPOSE = "delegation-label"
 TOKEN_CACHE_ENTRIES = 100_000

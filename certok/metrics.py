@@ -235,7 +235,7 @@ class MetricsPage:
         self._sessions = sessions
         self._database_gauges = list(database_gauges)
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self)  # type: ignore[arg-type]  # a collector by shape
+        self._registry.register(self)
         self._multiprocess_dir = os.environ.get(_MULTIPROC_ENV)
         if self._multiprocess_dir:
             self._counted = CollectorRegistry(auto_describe=False)

@@ -41,7 +41,7 @@ def database_check(sessions: sessionmaker[Session]) -> Check:
 def dns_check(host: str, port: Callable[[], int], zone: str) -> Check:
     """The DNS listener answers an SOA query for the zone (over UDP, on loopback if the
     listener is on every address)."""
-    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - maps wildcards to loopback
 
     def check() -> str | None:
         query = dns.message.make_query(zone, dns.rdatatype.SOA)

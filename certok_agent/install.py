@@ -79,7 +79,7 @@ def install(paths: Paths, server: str, token: str, rng: random.Random) -> list[s
         if paths.root == "/":
             subprocess.run(["systemctl", "daemon-reload"], check=False)  # noqa: S607 - fixed argv
             subprocess.run(  # noqa: S603 - fixed argv
-                ["systemctl", "enable", "--now", f"{UNIT}.timer"],  # noqa: S607
+                ["systemctl", "enable", "--now", f"{UNIT}.timer"],  # noqa: S607 - on PATH
                 check=False,
             )
         done.append(f"systemd timer {UNIT}.timer: daily at {hour:02d}:{minute:02d} + up to 1 h")
@@ -94,7 +94,7 @@ def uninstall(paths: Paths, purge: bool) -> list[str]:
     done = []
     if os.path.exists(paths.timer) and paths.root == "/":
         subprocess.run(  # noqa: S603 - fixed argv
-            ["systemctl", "disable", "--now", f"{UNIT}.timer"],  # noqa: S607
+            ["systemctl", "disable", "--now", f"{UNIT}.timer"],  # noqa: S607 - on PATH
             check=False,
         )
     for path in (paths.timer, paths.service, paths.cron, paths.wrapper):

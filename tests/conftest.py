@@ -53,6 +53,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(0), append=False)
 
 
+def _migrate(url: str) -> None:
+    """The schema at head; the engine's connections are closed, not left to the collector."""
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str | None]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
@@ -60,7 +69,7 @@ def postgres_database() -> Iterator[str | None]:
         yield None
         return
     with empty_postgres_database(POSTGRES_URL, "certok_test") as url:
-        migrate.upgrade(make_engine(url))
+        _migrate(url)
         yield url
 
 
@@ -86,7 +95,7 @@ def database_url(
 ) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'certok.db'}"
-        migrate.upgrade(make_engine(url))
+        _migrate(url)
         yield url
         return
     if postgres_database is None:

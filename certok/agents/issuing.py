@@ -43,11 +43,11 @@ from certok.db.models import (
     Order,
     VerificationCode,
 )
-from certok.domains.verify import DnsVerifier
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
 from certok.settings import Settings
+from certok.verification.dns_verifier import DnsVerifier
 
 READY = "1"
 ISSUING = "2"

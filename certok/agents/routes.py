@@ -30,7 +30,6 @@ from certok.agents.nginx_config import ConfigSyntaxError, ParsedConfig, certific
 from certok.agents.server_names import split_delegated
 from certok.db.engine import transaction
 from certok.db.models import Delegation
-from certok.domains.verify import DnsVerifier
 from certok.errors import (
     CertokError,
     InvalidRequest,
@@ -42,6 +41,7 @@ from certok.errors import (
 from certok.names import base_name
 from certok.settings import Settings
 from certok.tenants.service import TenantRef
+from certok.verification.dns_verifier import DnsVerifier
 
 PREFIX = "/v1/nginx"
 OK = "ok"

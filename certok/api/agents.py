@@ -18,9 +18,9 @@ from certok.agents.issuing import AgentIssuer
 from certok.agents.renewal import renewal_clock
 from certok.agents.routes import AgentServices, TenantOf, agent_routes
 from certok.api.envelope import NO_STORE, envelope
-from certok.api.ratelimit import RateLimiter
 from certok.db.models import ManagedCertificate
 from certok.errors import InvalidRequest, NotFound, RateLimited
+from certok.ratelimit import RateLimiter
 
 if TYPE_CHECKING:  # routes.py imports this module to build its routes
     from certok.api.services import ApiServices

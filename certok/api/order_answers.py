@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from certok.domains.verify import DvResult
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.quotas import QUEUED
 from certok.orders.service import OrderView
+from certok.verification.dns_verifier import DvResult
 
 
 def dv_data(result: DvResult) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from certok.api.openapi import openapi_document
 from certok.api.order_answers import dv_data, dv_message, order_data, order_message
 from certok.api.post_api import post_api_routes
 from certok.api.query_params import apply_params, choice_param, single_param
-from certok.api.ratelimit import HTTP01_RESPONDER
 from certok.api.services import ApiServices
 from certok.api.token_check import TOKEN_HEADER, TokenCheck, client_address
 from certok.api.waiters import Watch
@@ -51,6 +50,7 @@ from certok.orders.service import (
     order_state,
     view_order,
 )
+from certok.ratelimit import HTTP01_RESPONDER
 
 _TOKEN_HEADER_RAW = TOKEN_HEADER.encode("latin-1")
 CHALLENGE_TYPES = ("dns", "http")

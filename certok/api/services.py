@@ -9,16 +9,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.api.caches import TtlCache
 from certok.api.post_api import DEFAULT_POLL_SECONDS, PollGate
-from certok.api.ratelimit import RateLimiter
 from certok.api.waiters import OrderWaiters
 from certok.api.webhooks import EventApi
 from certok.crypto import SecretBox
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier
 from certok.health import HealthChecks
+from certok.ratelimit import RateLimiter
 from certok.settings import Settings
 from certok.tenants.service import TenantRef
 from certok.tenants.token_usage import TokenUsage
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.http_verifier import HttpVerifier
 
 # How long a token, once accepted, is exempt from the per-client limit on token lookups.
 ACCEPTED_TOKEN_SECONDS = 3600.0

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from certok.api.ratelimit import RateLimiter
 from certok.console import agent_pages, auth_pages, operator_pages, tenant_pages, webhook_pages
 from certok.console.auth_pages import SIGN_IN_KIND
 from certok.console.web import (
@@ -32,9 +31,10 @@ from certok.console.web import (
     render,
 )
 from certok.crypto import SecretBox
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier
+from certok.ratelimit import RateLimiter
 from certok.settings import Settings
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.http_verifier import HttpVerifier
 
 log = logging.getLogger("certok.console")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Executable, select, tuple_
 from sqlalchemy.orm import Session
 
 from certok.certificates.service import status_of
@@ -63,8 +63,8 @@ CERT_COLUMNS = (
 
 
 def certificate_rows(
-    session: Session, statement, now: dt.datetime, names: bool
-) -> list[CertificateRow]:  # type: ignore[no-untyped-def]
+    session: Session, statement: Executable, now: dt.datetime, names: bool
+) -> list[CertificateRow]:
     rows = session.execute(statement).all()
     tenant_names: dict[int, str] = {}
     if names and rows:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from certok import audit
-from certok.console import queries
+from certok.console import cert_queries, queries
 from certok.console.tenant_pages import after_param, before_param, invite_link, path_id, state_param
 from certok.console.web import Page, Refused, redirect, render
 from certok.db.models import Tenant
@@ -166,13 +166,13 @@ async def any_order(page: Page) -> Response:
     row = await page.db(lambda s: queries.order(s, None, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
-    cert = await page.db(lambda s: queries.certificate_of_order(s, None, order_id))
+    cert = await page.db(lambda s: cert_queries.certificate_of_order(s, None, order_id))
     return render(page, "order.html", order=row, certificate_id=cert, operator=True)
 
 
 async def all_certificates(page: Page) -> Response:
     after, now = after_param(page), page.services.clock()
-    rows = await page.db(lambda s: queries.certificate_records(s, None, now, after, False))
+    rows = await page.db(lambda s: cert_queries.certificate_records(s, None, now, after, False))
     return render(
         page, "certificates.html", rows=rows, paged=after is not None, operator=True, show_all=True
     )
@@ -180,7 +180,7 @@ async def all_certificates(page: Page) -> Response:
 
 async def any_certificate(page: Page) -> Response:
     certificate_id, now = path_id(page), page.services.clock()
-    row = await page.db(lambda s: queries.certificate_record(s, None, certificate_id, now))
+    row = await page.db(lambda s: cert_queries.certificate_record(s, None, certificate_id, now))
     if row is None:
         raise Refused(404, "error.not_found")
     return render(page, "certificate.html", cert=row, operator=True, reasons=[], error=None)

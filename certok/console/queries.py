@@ -10,15 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from certok.console.cert_queries import (  # noqa: F401 - the pages read them from here
-    CERT_COLUMNS,
-    CertificateRow,
-    certificate_files,
-    certificate_of_order,
-    certificate_record,
-    certificate_records,
-    certificate_rows,
-)
+from certok.console.cert_queries import CERT_COLUMNS, CertificateRow, certificate_rows
 from certok.db.models import (
     ApiToken,
     Certificate,

@@ -14,15 +14,15 @@ from certok.certificates.service import (
     request_revocation,
     revocation_reason,
 )
-from certok.console import agent_pages, queries
+from certok.console import agent_pages, cert_queries, queries
 from certok.console.web import Page, Refused, finish, redirect, render
 from certok.db.models import ApiToken, DelegationCheck
-from certok.domains.http_verify import nginx_block
 from certok.errors import Conflict, InvalidRequest, NotFound
 from certok.names import base_name, challenge_name, parse_domains
 from certok.orders.service import order_key_owner
 from certok.tenants import users
 from certok.tenants.service import TenantRef, new_token, token_digest
+from certok.verification.http_verifier import nginx_block
 
 TOKEN_NAME_CHARS = 64
 AUDIT_ROWS = 200
@@ -131,7 +131,7 @@ async def certificates(page: Page) -> Response:
     tenant_id, after, now = page.tenant_id, after_param(page), page.services.clock()
     show_all = page.request.query_params.get("show") == "all"
     rows = await page.db(
-        lambda s: queries.certificate_records(s, tenant_id, now, after, not show_all)
+        lambda s: cert_queries.certificate_records(s, tenant_id, now, after, not show_all)
     )
     return render(
         page,
@@ -145,7 +145,9 @@ async def certificates(page: Page) -> Response:
 
 async def certificate(page: Page, error: str | None = None, status: int = 200) -> Response:
     tenant_id, certificate_id, now = page.tenant_id, path_id(page), page.services.clock()
-    row = await page.db(lambda s: queries.certificate_record(s, tenant_id, certificate_id, now))
+    row = await page.db(
+        lambda s: cert_queries.certificate_record(s, tenant_id, certificate_id, now)
+    )
     if row is None:
         raise Refused(404, "error.not_found")
     return render(
@@ -165,7 +167,7 @@ async def certificate_get(page: Page) -> Response:
 
 async def _files(page: Page) -> tuple[str, bytes, int]:
     tenant_id, certificate_id = page.tenant_id, path_id(page)
-    found = await page.db(lambda s: queries.certificate_files(s, tenant_id, certificate_id))
+    found = await page.db(lambda s: cert_queries.certificate_files(s, tenant_id, certificate_id))
     if found is None:
         raise Refused(404, "error.not_found")
     return found
@@ -244,7 +246,7 @@ async def order(page: Page) -> Response:
     row = await page.db(lambda s: queries.order(s, tenant_id, order_id))
     if row is None:
         raise Refused(404, "error.not_found")
-    cert = await page.db(lambda s: queries.certificate_of_order(s, tenant_id, order_id))
+    cert = await page.db(lambda s: cert_queries.certificate_of_order(s, tenant_id, order_id))
     return render(page, "order.html", order=row, certificate_id=cert, operator=False)
 
 

@@ -24,15 +24,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from certok import audit
-from certok.api.ratelimit import RateLimiter
 from certok.clock import Clock, utcnow
 from certok.console.i18n import Translator, negotiate
 from certok.crypto import SecretBox
 from certok.db.engine import transaction
-from certok.domains.http_verify import HttpVerifier
-from certok.domains.verify import DnsVerifier
+from certok.ratelimit import RateLimiter
 from certok.settings import Settings
 from certok.tenants.console_sessions import SignedIn, find_session
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.http_verifier import HttpVerifier
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ DELIVERY_ROWS = 50
 
 
 def _public_id(page: Page) -> str:
-    value = page.request.path_params["id"]
+    value: str = page.request.path_params["id"]
     if not value.startswith("wh_") or len(value) > 40 or not value[3:].isalnum():
         raise Refused(404, "error.not_found")
     return value

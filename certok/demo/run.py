@@ -56,7 +56,7 @@ def ensure_packages(
     ask: Ask,
     say: Say,
     missing: Callable[[], list[str]] = missing_binaries,
-    run: Callable[[list[str]], int] = lambda argv: subprocess.call(argv),  # noqa: S603
+    run: Callable[[list[str]], int] = lambda argv: subprocess.call(argv),  # noqa: S603 - apt-get
     is_root: Callable[[], bool] = lambda: os.geteuid() == 0,
 ) -> None:
     """Install the rig's Debian packages if a program is missing, after asking (or --yes)."""

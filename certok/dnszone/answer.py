@@ -45,6 +45,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from certok import dns_wire
 from certok.dnszone import replybuild, wire, zoneindex
 from certok.dnszone.config import SOA_EXPIRE, SOA_REFRESH, SOA_RETRY, ZoneConfig
 from certok.dnszone.replycache import (
@@ -119,7 +120,7 @@ def answer(
     except Exception:
         log.exception("DNS query failed; answering SERVFAIL")
         try:
-            return wire.header_only_reply(query_wire, wire.RCODE_SERVFAIL)
+            return wire.header_only_reply(query_wire, dns_wire.RCODE_SERVFAIL)
         except Exception:
             return None
 
@@ -158,8 +159,8 @@ def fast_answer(
         full = entry[TRUNCATED] or wire.truncate_reply(full)
     return (
         query_wire[:2]
-        + full[2 : wire.HEADER_SIZE]
-        + query_wire[wire.HEADER_SIZE : question_end]
+        + full[2 : dns_wire.HEADER_SIZE]
+        + query_wire[dns_wire.HEADER_SIZE : question_end]
         + full[question_end:]
     )
 
@@ -222,19 +223,19 @@ def general_answer(
     query_wire: bytes, config: ZoneConfig, records: ZoneRecords, *, max_udp: int | None
 ) -> bytes | None:
     """The reply built with dnspython; handles every query shape."""
-    if len(query_wire) < wire.HEADER_SIZE:
+    if len(query_wire) < dns_wire.HEADER_SIZE:
         return None  # not even a header to answer to
     flags = struct.unpack_from("!H", query_wire, 2)[0]
-    if flags & wire.FLAG_QR:
+    if flags & dns_wire.FLAG_QR:
         return None
-    if flags & wire.OPCODE_MASK:
+    if flags & dns_wire.OPCODE_MASK:
         # Other opcodes (NOTIFY, UPDATE, ...) have their own section rules: do not parse.
-        return wire.header_only_reply(query_wire, wire.RCODE_NOTIMP)
+        return wire.header_only_reply(query_wire, dns_wire.RCODE_NOTIMP)
     try:
         query = dns.message.from_wire(query_wire)
     except Exception:
         # dnspython signals malformed input with several exception types.
-        return wire.header_only_reply(query_wire, wire.RCODE_FORMERR)
+        return wire.header_only_reply(query_wire, dns_wire.RCODE_FORMERR)
     index = _index_for(config, records)
     full = _render(_respond(query, query_wire, index))
     if max_udp is not None and len(full) > _udp_limit(query.edns >= 0, query.payload, max_udp):

@@ -28,16 +28,13 @@ import struct
 import dns.name
 import dns.rrset
 
-from certok.dnszone import wire
-from certok.dnszone.wire import (
-    ADVERTISED_UDP_PAYLOAD,
+from certok.dns_wire import (
     CLASS_IN,
     EDNS_DO,
     FLAG_AA,
     FLAG_QR,
     HEADER_SIZE,
     MAX_POINTER_OFFSET,
-    MAX_TCP_MESSAGE,
     RCODE_NXDOMAIN,
     RCODE_REFUSED,
     TYPE_A,
@@ -49,6 +46,11 @@ from certok.dnszone.wire import (
     TYPE_OPT,
     TYPE_SOA,
     TYPE_TXT,
+)
+from certok.dnszone import wire
+from certok.dnszone.wire import (
+    ADVERTISED_UDP_PAYLOAD,
+    MAX_TCP_MESSAGE,
     EdnsState,
     ReplyKey,
 )

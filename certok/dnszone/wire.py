@@ -9,49 +9,32 @@ from __future__ import annotations
 
 import struct
 
+from certok.dns_wire import (
+    CLASS_IN,
+    EDNS_DO,
+    FLAG_QR,
+    FLAG_RD,
+    FLAG_TC,
+    HEADER,
+    HEADER_SIZE,
+    OPCODE_MASK,
+    OPTION_COOKIE,
+    OPTION_NSID,
+    OPTION_PADDING,
+    OPTION_TCP_KEEPALIVE,
+    TYPE_OPT,
+    TYPE_SOA,
+    skip_name,
+)
+
 # (lowercase wire qname, qtype, EdnsState, RD|CD as sent): what a reply depends on
 ReplyKey = tuple[bytes, int, int, int]
 
 ADVERTISED_UDP_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 MAX_TCP_MESSAGE = 65535
 
-HEADER = struct.Struct("!HHHHHH")
-HEADER_SIZE = 12
 # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0: the counts every common query has.
 _COMMON_COUNTS = b"\x00\x01\x00\x00\x00\x00"
-
-FLAG_QR = 0x8000
-FLAG_AA = 0x0400
-FLAG_TC = 0x0200
-FLAG_RD = 0x0100
-FLAG_CD = 0x0010
-OPCODE_MASK = 0x7800
-
-EDNS_DO = 0x8000
-TYPE_A = 1
-TYPE_NS = 2
-TYPE_SOA = 6
-TYPE_TXT = 16
-TYPE_AAAA = 28
-TYPE_OPT = 41
-TYPE_IXFR = 251
-TYPE_AXFR = 252
-TYPE_ANY = 255
-CLASS_IN = 1
-
-RCODE_FORMERR = 1
-RCODE_SERVFAIL = 2
-RCODE_NXDOMAIN = 3
-RCODE_NOTIMP = 4
-RCODE_REFUSED = 5
-
-# Compression pointers reach offsets up to here (14 bits).
-MAX_POINTER_OFFSET = 0x3FFF
-
-OPTION_NSID = 3
-OPTION_COOKIE = 10
-OPTION_TCP_KEEPALIVE = 11
-OPTION_PADDING = 12
 
 # Options the fast path may skip. Others go to the dnspython path, which validates the ones
 # it knows (a malformed client-subnet option is a FORMERR there) so both paths agree.
@@ -257,20 +240,7 @@ def with_serial(reply: bytes, serial_at: int, serial: int) -> bytes:
     return reply[:serial_at] + serial.to_bytes(4, "big") + reply[serial_at + 4 :]
 
 
-def skip_name(wire: bytes, position: int) -> int:
-    """The position after the name at ``position`` (a compression pointer ends it).
-
-    IndexError when the name runs past the end of ``wire``."""
-    while True:
-        length = wire[position]
-        if length == 0:
-            return position + 1
-        if length & 0xC0 == 0xC0:
-            return position + 2
-        position += length + 1
-
-
 def _skip_record(wire: bytes, position: int) -> int:
     position = skip_name(wire, position)
-    rdlength = struct.unpack_from("!H", wire, position + 8)[0]
+    rdlength: int = struct.unpack_from("!H", wire, position + 8)[0]
     return position + 10 + rdlength

@@ -202,7 +202,7 @@ class DeliveryWorker:
                 disable_endpoint=claimed.endpoint_id is not None,
             )
         retry_after = parse_retry_after(
-            (result.headers.get("retry-after") or [None])[0], self._clock()
+            next(iter(result.headers.get("retry-after", [])), None), self._clock()
         )
         if 300 <= status < 400:
             error = f"answered {status}; redirects are not followed: register the final URL"

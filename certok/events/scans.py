@@ -215,18 +215,18 @@ def certificate_events_job(connection: Connection, *, now: dt.datetime, limit: i
         .order_by(C.c.revoked_at)
         .limit(limit)
     ).all()
-    for row in revoked:
+    for revocation in revoked:
         data = {
-            **_certificate_data(row),
-            "revokedAt": rfc3339(row.revoked_at),
-            "reason": row.revoke_reason or 0,
+            **_certificate_data(revocation),
+            "revokedAt": rfc3339(revocation.revoked_at),
+            "reason": revocation.revoke_reason or 0,
         }
         sent += _once(
             connection,
             CERTIFICATE_REVOKED,
-            str(row.id),
+            str(revocation.id),
             now,
-            row.tenant_id,
+            revocation.tenant_id,
             CERTIFICATE_REVOKED,
             data,
         )

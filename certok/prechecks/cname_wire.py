@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 
-from certok.dnszone.wire import (
+from certok.dns_wire import (
     CLASS_IN,
     FLAG_QR,
     FLAG_RD,
@@ -32,12 +32,12 @@ from certok.dnszone.wire import (
     HEADER_SIZE,
     OPCODE_MASK,
     RCODE_NXDOMAIN,
+    TYPE_CNAME,
     TYPE_OPT,
     skip_name,
 )
 from certok.prechecks.resolver import EDNS_PAYLOAD  # what dnspython's resolver advertises too
 
-TYPE_CNAME = 5
 _MAX_NAME_OCTETS = 255
 _POINTER = 0xC0
 # What a label of a name certok compares or shows may hold; anything else (escapes, spaces,

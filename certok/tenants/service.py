@@ -12,8 +12,9 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
@@ -95,7 +96,7 @@ def set_disabled(session: Session, name: str, disabled: bool, clock: Clock = utc
         delete(ChallengeRecord).where(ChallengeRecord.order_id.in_(running)),
         execution_options={"synchronize_session": False},
     )
-    stopped = session.execute(
+    stop = (
         update(Order)
         .where(Order.tenant_id == tenant.id, Order.state == PENDING)
         .values(
@@ -104,8 +105,12 @@ def set_disabled(session: Session, name: str, disabled: bool, clock: Clock = utc
             finished_at=clock(),
             lease_owner=None,
             lease_until=None,
-        ),
-        execution_options={"synchronize_session": False},
+        )
+    )
+    # An UPDATE's result is a CursorResult, which has the count (Session types it as Result).
+    stopped = cast(
+        CursorResult[Any],
+        session.execute(stop, execution_options={"synchronize_session": False}),
     )
     return stopped.rowcount
 

@@ -9,11 +9,11 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from certok.api.caches import TtlCache
-from certok.api.ratelimit import RateLimiter
 from certok.console.auth_pages import SIGN_IN_KIND
 from certok.console.web import ConsoleServices
 from certok.db.engine import transaction
 from certok.persistence import Store
+from certok.ratelimit import RateLimiter
 from certok.tenants import service as tenants
 from certok.tenants import users
 from tests.console.harness import Browser, add_user

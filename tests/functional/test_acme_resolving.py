@@ -84,3 +84,4 @@ def test_dns_resolver_asks_only_the_given_nameserver() -> None:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()

@@ -329,7 +329,7 @@ def test_http01_responder_answers_only_through_the_owning_form(api: ApiHarness) 
 
 
 def test_per_tenant_rate_limit_answers_429_with_retry_after(api: ApiHarness) -> None:
-    from certok.api.ratelimit import RateLimiter
+    from certok.ratelimit import RateLimiter
 
     api.client.app.state.services.limiter = RateLimiter({"dv": 2, "apply": 2})  # type: ignore[attr-defined]
     for _ in range(2):
@@ -342,7 +342,7 @@ def test_per_tenant_rate_limit_answers_429_with_retry_after(api: ApiHarness) -> 
 
 
 def test_token_lookups_are_limited_per_client_but_accepted_tokens_pass(api: ApiHarness) -> None:
-    from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
+    from certok.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 
     services = api.client.app.state.services  # type: ignore[attr-defined]
     services.limiter = RateLimiter({UNVERIFIED_TOKENS: 3})
@@ -369,7 +369,7 @@ def test_token_lookups_are_limited_per_client_but_accepted_tokens_pass(api: ApiH
 
 
 def test_a_revoked_token_counts_against_the_client_limit_again(api: ApiHarness) -> None:
-    from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
+    from certok.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 
     services = api.client.app.state.services  # type: ignore[attr-defined]
     services.limiter = RateLimiter({UNVERIFIED_TOKENS: 3})

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from certok.api.ratelimit import RateLimiter
 from certok.crypto import generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
 from certok.persistence import Store
+from certok.ratelimit import RateLimiter
 from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, assert_error, make_app
 from tests.kit.certs import self_signed_pem

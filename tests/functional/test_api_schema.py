@@ -42,7 +42,6 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.applications import Starlette
 
-from certok.api.ratelimit import RateLimiter
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
@@ -56,6 +55,7 @@ from certok.domains.delegations import compute_label
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner, redeem_code
 from certok.persistence import Store
+from certok.ratelimit import RateLimiter
 from certok.settings import Settings
 from certok.tenants import service as tenants
 from tests.depth import at_depth

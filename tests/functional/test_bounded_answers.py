@@ -41,7 +41,7 @@ def test_unknown_webhook_ids_and_agent_files_are_echoed_bounded_too(api: ApiHarn
 
 
 def test_the_http01_responder_is_limited_per_client_address(api: ApiHarness) -> None:
-    from certok.api.ratelimit import HTTP01_RESPONDER, RateLimiter
+    from certok.ratelimit import HTTP01_RESPONDER, RateLimiter
 
     services = api.client.app.state.services  # type: ignore[attr-defined]
     services.limiter = RateLimiter({HTTP01_RESPONDER: 3})

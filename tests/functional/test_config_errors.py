@@ -235,6 +235,7 @@ def test_serve_logs_a_summary_and_warns_of_an_issuer_without_eab(tmp_path: Path)
     finally:
         process.terminate()
         process.wait(30)
+        process.stderr.close()
     text = "".join(lines)
     summary = next(line for line in lines if "zone acme.example.net" in line)
     for part in (

@@ -508,6 +508,7 @@ def test_the_packet_cache_never_outlives_a_snapshot(
 def test_a_servfail_is_not_kept_in_the_packet_cache(
     zone: Zone, cache: ZoneCache, server: DnsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from certok import dns_wire
     from certok.dnszone import udp, wire
 
     zone.delegate(LABEL, "customer.test")
@@ -518,7 +519,7 @@ def test_a_servfail_is_not_kept_in_the_packet_cache(
 
     def servfail_once(query: bytes, *args: Any, **kwargs: Any) -> bytes | None:
         for _ in failures:
-            return wire.header_only_reply(query, wire.RCODE_SERVFAIL)
+            return wire.header_only_reply(query, dns_wire.RCODE_SERVFAIL)
         return real_answer(query, *args, **kwargs)
 
     monkeypatch.setattr(udp, "answer", servfail_once)

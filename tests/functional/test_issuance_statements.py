@@ -31,8 +31,6 @@ from certok.assembly import standard_solvers
 from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Order
 from certok.domains.delegations import ensure_delegations
-from certok.domains.ownership import Ownership
-from certok.domains.verify import DnsVerifier
 from certok.issuance.network import NonceRetryingNetwork
 from certok.names import challenge_name
 from certok.order_states import ISSUED
@@ -46,6 +44,8 @@ from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
+from certok.verification.dns_verifier import DnsVerifier
+from certok.verification.ownership import Ownership
 from tests.functional.dnsfake_server import FakeNameserver
 from tests.functional.pebble_fixture import PebbleInstance, pebble_server  # noqa: F401
 from tests.kit.dns import CERTOK_ZONE

@@ -21,7 +21,9 @@ HOLD_SECONDS = 2.0  # long enough that a busy machine's delays stay well inside 
 
 def _database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'certok.db'}"
-    upgrade(make_engine(url))
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
     return url
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from certok.api.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 from certok.errors import RateLimited
+from certok.ratelimit import UNVERIFIED_TOKENS, RateLimiter
 
 
 class FakeClock:

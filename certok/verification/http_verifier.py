@@ -24,14 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Tenant
-from certok.domains.ownership import run_in_thread_loop
-from certok.domains.verify import CodeIssuer, DvItem, DvResult
 from certok.http01 import store as http01_store
 from certok.prechecks.budget import PrecheckBudget
 from certok.prechecks.http01 import HttpCheckResult, check_http_redirects
 from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
 from certok.prechecks.safe_http import SafeFetcher
 from certok.tenants.service import TenantRef
+from certok.verification.ownership import run_in_thread_loop
+from certok.verification.results import CodeIssuer, DvItem, DvResult
 
 RESPONDER_PATH = "/v1/dv/"
 

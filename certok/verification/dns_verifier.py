@@ -1,12 +1,11 @@
-"""Domain verification (/v1/cert/dv): is each name delegated to this tenant? If so, a code."""
+"""dns verification (/v1/cert/dv): is each name's `_acme-challenge` CNAME delegated to this
+tenant? If so, a code. Also the order-time ownership re-check of dns orders."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import dns.resolver
 from sqlalchemy import bindparam, select
@@ -15,10 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Delegation
-from certok.db.writes import write
 from certok.domains.delegations import ensure_delegations
 from certok.names import base_name, challenge_name, relative_challenge_name
-from certok.orders.codes import issue_code
 from certok.prechecks.delegation import (
     DelegationResult,
     check_delegations,
@@ -26,82 +23,7 @@ from certok.prechecks.delegation import (
 )
 from certok.prechecks.outage import RESOLVER_UNAVAILABLE, ResolverWatch
 from certok.tenants.service import TenantRef
-
-
-@dataclass(frozen=True)
-class DvItem:
-    domain: str
-    type: str | None
-    name: str | None
-    value: str | None
-    valid: bool
-    cost_ms: int
-    detail: str | None
-    # Why an item is not valid, when the reason is not the customer's to fix (e.g.
-    # resolverUnavailable: certok's resolvers failed); None otherwise.
-    code: str | None = None
-
-
-@dataclass(frozen=True)
-class DvResult:
-    code: str | None
-    type: str
-    items: list[DvItem]
-    valid: bool
-    cost_ms: int
-    # type=http: the tenant-bound nginx block to paste
-    nginx: str | None = None
-
-    @property
-    def problems(self) -> list[str]:
-        return [item.detail for item in self.items if not item.valid and item.detail]
-
-
-class CodeIssuer:
-    """Turns checked items into a DvResult, with a fresh code when every item is valid."""
-
-    def __init__(
-        self, session_factory: sessionmaker[Session], code_ttl_seconds: int, clock: Clock
-    ) -> None:
-        self._sessions = session_factory
-        self._code_ttl = code_ttl_seconds
-        self._clock = clock
-
-    async def result(
-        self,
-        tenant_id: int,
-        challenge_type: str,
-        domains: list[str],
-        items: list[DvItem],
-        started: float,
-        nginx: str | None = None,
-    ) -> DvResult:
-        valid = all(item.valid for item in items)
-        code = None
-        if valid:
-            code = await asyncio.to_thread(self._issue, tenant_id, challenge_type, domains)
-        return DvResult(
-            code=code,
-            type=challenge_type,
-            items=items,
-            valid=valid,
-            cost_ms=int((time.perf_counter() - started) * 1000),
-            nginx=nginx,
-        )
-
-    def _issue(self, tenant_id: int, challenge_type: str, domains: list[str]) -> str:
-        return write(
-            self._sessions,
-            functools.partial(
-                issue_code,
-                tenant_id=tenant_id,
-                challenge_type=challenge_type,
-                domains=domains,
-                ttl_seconds=self._code_ttl,
-                clock=self._clock,
-            ),
-        )
-
+from certok.verification.results import CodeIssuer, DvItem, DvResult
 
 _DELEGATIONS = Delegation.__table__
 # Read on every dv and every order: built once (see the hot statements in orders/rows.py).
