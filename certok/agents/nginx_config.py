@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import crossplane  # type: ignore[import-untyped]  # ships neither stubs nor py.typed
+import crossplane
 
 from certok.errors import InvalidRequest
 

@@ -82,5 +82,6 @@ def header_value(scope: Scope, name: bytes) -> str | None:
     """The first value of header `name` (lower case), as Starlette's `Headers.get` reads it."""
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            decoded: str = value.decode("latin-1")
+            return decoded
     return None

@@ -7,7 +7,7 @@ from typing import Any
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.quotas import QUEUED
 from certok.orders.service import OrderView
-from certok.verification.dns_verifier import DvResult
+from certok.verification.results import DvResult
 
 
 def dv_data(result: DvResult) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     "(settings: processes).",
 )
 @click.pass_context
-def serve_command(ctx: click.Context, **listen: Any) -> None:
+def serve_command(ctx: click.Context, /, **listen: Any) -> None:
     """Run the API, the DNS server and the issuance worker."""
     settings: Settings = ctx.obj
     given = {key: value for key, value in listen.items() if value is not None}

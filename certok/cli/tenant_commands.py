@@ -100,7 +100,7 @@ def tenant_profile(ctx: click.Context, name: str, profile: str | None) -> None:
 
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:
-            tenants.find_tenant(session, name).default_profile = profile  # type: ignore[attr-defined]
+            tenants.find_tenant(session, name).default_profile = profile
 
     with_store(ctx, action)
     click.echo(f"tenant {name}: default profile {profile or '(the CA default)'}")

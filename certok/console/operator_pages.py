@@ -11,6 +11,7 @@ from certok.console.tenant_pages import after_param, before_param, invite_link, 
 from certok.console.web import Page, Refused, redirect, render
 from certok.db.models import Tenant
 from certok.errors import Conflict, InvalidRequest, NotFound
+from certok.order_states import ORDER_STATES
 from certok.tenants import console_sessions, users
 from certok.tenants.service import create_tenant
 
@@ -156,9 +157,7 @@ async def enable_tenant_user(page: Page) -> Response:
 async def all_orders(page: Page) -> Response:
     state, before = state_param(page), before_param(page)
     rows = await page.db(lambda s: queries.orders(s, None, state, before))
-    return render(
-        page, "orders.html", rows=rows, state=state, states=queries.ORDER_STATES, operator=True
-    )
+    return render(page, "orders.html", rows=rows, state=state, states=ORDER_STATES, operator=True)
 
 
 async def any_order(page: Page) -> Response:

@@ -16,10 +16,11 @@ from certok.certificates.service import (
 )
 from certok.console import agent_pages, cert_queries, queries
 from certok.console.web import Page, Refused, finish, redirect, render
+from certok.crypto import order_key_owner
 from certok.db.models import ApiToken, DelegationCheck
 from certok.errors import Conflict, InvalidRequest, NotFound
 from certok.names import base_name, challenge_name, parse_domains
-from certok.orders.service import order_key_owner
+from certok.order_states import ORDER_STATES
 from certok.tenants import users
 from certok.tenants.service import TenantRef, new_token, token_digest
 from certok.verification.http_verifier import nginx_block
@@ -230,15 +231,13 @@ def before_param(page: Page) -> int | None:
 
 def state_param(page: Page) -> str | None:
     state = page.request.query_params.get("state")
-    return state if state in queries.ORDER_STATES else None
+    return state if state in ORDER_STATES else None
 
 
 async def orders(page: Page) -> Response:
     tenant_id, state, before = page.tenant_id, state_param(page), before_param(page)
     rows = await page.db(lambda s: queries.orders(s, tenant_id, state, before))
-    return render(
-        page, "orders.html", rows=rows, state=state, states=queries.ORDER_STATES, operator=False
-    )
+    return render(page, "orders.html", rows=rows, state=state, states=ORDER_STATES, operator=False)
 
 
 async def order(page: Page) -> Response:

@@ -188,7 +188,7 @@ def _same_user(connection: socket.socket) -> bool:
     the second lock on a socket that accepts pickles)."""
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     _pid, uid, _gid = _PEERCRED.unpack(credentials)
-    return uid == os.getuid()
+    return bool(uid == os.getuid())
 
 
 # --- the other processes -----------------------------------------------------------------------

@@ -297,7 +297,8 @@ def prepare_index(
         index = derive_index(base, records)
     else:
         index = build_index(config, records)
-    return records.derived.setdefault(config, index)  # type: ignore[return-value]
+    prepared: ZoneIndex = records.derived.setdefault(config, index)
+    return prepared
 
 
 def index_for(config: ZoneConfig, records: ZoneRecords) -> ZoneIndex:
@@ -305,4 +306,5 @@ def index_for(config: ZoneConfig, records: ZoneRecords) -> ZoneIndex:
     ready = records.derived.get(config)
     if isinstance(ready, ZoneIndex):
         return ready
-    return records.derived.setdefault(config, build_index(config, records))  # type: ignore[return-value]
+    built: ZoneIndex = records.derived.setdefault(config, build_index(config, records))
+    return built

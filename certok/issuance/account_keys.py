@@ -26,11 +26,12 @@ def account_key_to_pem(key: josepy.JWK) -> bytes:
     # josepy wraps the cryptography key (ComparableKey); only private keys can serialize.
     if not isinstance(key, josepy.JWKEC | josepy.JWKRSA) or not hasattr(key.key, "private_bytes"):
         raise ValueError("an account key must be a private EC or RSA key")
-    return key.key.private_bytes(
+    pem: bytes = key.key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    return pem
 
 
 def account_key_from_pem(pem: bytes | str) -> josepy.JWK:

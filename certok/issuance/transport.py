@@ -17,10 +17,10 @@ import dns.exception
 import dns.resolver
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import connection as urllib3_connection
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
 
 # host name → addresses to try, in order
 Resolve = Callable[[str], list[str]]
@@ -61,7 +61,7 @@ def _dial(conn: HTTPConnection, resolve: Resolve) -> socket.socket:
     last: OSError | None = None
     for address in addresses:
         try:
-            return urllib3_connection.connection.create_connection(
+            return urllib3_connection.create_connection(
                 (address, conn.port),
                 conn.timeout,
                 source_address=conn.source_address,

@@ -19,9 +19,9 @@ import datetime as dt
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -32,8 +32,8 @@ from certok.orders.quotas import QUEUED, TENANT_DISABLED
 from certok.settings import Settings
 
 # Tables, not the mapped classes: the reservation is Core statements built once.
-_LEDGER = cast(Table, AcmeNewOrder.__table__)
-_ACCOUNTS = cast(Table, AcmeAccount.__table__)
+_LEDGER = AcmeNewOrder.__table__
+_ACCOUNTS = AcmeAccount.__table__
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import datetime as dt
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, String, Table, bindparam, func, select, update
+from sqlalchemy import Connection, String, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
@@ -40,9 +40,9 @@ PENDING_CAP_RETRY_AFTER_SECONDS = 10
 QUEUED = "queued"
 
 # Tables, not the mapped classes: the redemption is Core statements built once.
-_ORDERS = cast(Table, Order.__table__)
-_CODES = cast(Table, VerificationCode.__table__)
-_TENANTS = cast(Table, Tenant.__table__)
+_ORDERS = Order.__table__
+_CODES = VerificationCode.__table__
+_TENANTS = Tenant.__table__
 
 # Whether the tenant is disabled (None: no such tenant); the ACME order budget asks it too.
 TENANT_DISABLED = select(_TENANTS.c.disabled).where(_TENANTS.c.id == bindparam("b_tenant_id"))

@@ -139,7 +139,8 @@ def code_order(
     """The order `code` started, or None if it has started none yet (redeem_code would make
     one). Raises as redeem_code does for an unknown, foreign or expired code. A read only:
     the API asks this first and sends only first redemptions to the writer."""
-    return _redeemable_code(session, tenant_id, code, clock).order_id
+    order_id: int | None = _redeemable_code(session, tenant_id, code, clock).order_id
+    return order_id
 
 
 def _redeemable_code(
