@@ -81,9 +81,16 @@ class CertificateFacts:
     names: list[str]
 
 
+_PEM_END = "-----END CERTIFICATE-----"
+
+
 def certificate_facts(fullchain_pem: str) -> CertificateFacts:
     """Facts about the leaf (first certificate) of a PEM chain."""
-    leaf = x509.load_pem_x509_certificates(fullchain_pem.encode("ascii"))[0]
+    # Only the leaf is parsed: the rest of the chain says nothing about the subject, and an
+    # apply poll that misses the answer cache comes through here.
+    end = fullchain_pem.find(_PEM_END)
+    leaf_pem = fullchain_pem if end < 0 else fullchain_pem[: end + len(_PEM_END)]
+    leaf = x509.load_pem_x509_certificate(leaf_pem.encode("ascii"))
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = [str(n) for n in san.value.get_values_for_type(x509.DNSName)]

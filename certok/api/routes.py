@@ -178,17 +178,18 @@ class _HttpsokApi:
         if cached is not None:
             return envelope_with_encoded_data(request, cached, headers=NO_STORE)
 
-        def redeem() -> tuple[int, bool]:
-            # Most calls poll a code that already has its order: a read. Only a first
-            # redemption writes (in the writer's queue, `certok.db.writes`).
+        def redeem() -> tuple[int, bool, OrderView | None]:
+            # Most calls poll a code that already has its order: a read, in the same session
+            # and thread hop as the order's view. Only a first redemption writes (in the
+            # writer's queue, `certok.db.writes`).
             with self.services.sessions() as session:
                 existing = code_order(session, tenant.id, code)
-            if existing is not None:
-                return existing, False
+                if existing is not None:
+                    return existing, False, view_order(session, existing, self.services.box)
             extras = apply_extras(self.services, tenant.id, code, issuer, request.query_params)
             # Joined to a running order for the same names, or new within the tenant's
             # pending cap (certok/orders/quotas.py).
-            return redeem_with_quotas(
+            order_id, created = redeem_with_quotas(
                 self.services.sessions,
                 settings,
                 tenant_id=tenant.id,
@@ -197,11 +198,13 @@ class _HttpsokApi:
                 issuer=issuer,
                 extras=extras,
             )
+            return order_id, created, None
 
-        order_id, created = await asyncio.to_thread(redeem)
+        order_id, created, view = await asyncio.to_thread(redeem)
         if created:
             self.services.wake_worker()
-        view = await self._wait_for(order_id, settings.apply_wait_seconds)
+        if view is None or view.status == PENDING:
+            view = await self._wait_for(order_id, settings.apply_wait_seconds)
         data = order_data(view)
         if view.status == ISSUED:
             encoded = encode_data(data)
