@@ -27,6 +27,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.browser)
+            # Resource warnings stay warnings here (pyproject's filterwarnings makes them
+            # errors elsewhere): these tests drive the rig's subprocesses, pipes and sockets,
+            # which the collector may finalise during a later test, so the warning would land
+            # on whichever test runs then. Not yet audited one by one (issue 15's closing note).
+            item.add_marker(pytest.mark.filterwarnings("default::ResourceWarning"))
+            item.add_marker(
+                pytest.mark.filterwarnings("default::pytest.PytestUnraisableExceptionWarning")
+            )
 
 
 @pytest.fixture(scope="session")
