@@ -6,6 +6,7 @@ under CI (CI=true), where that is a failure.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,3 +65,12 @@ def browsers(_chromium_installed: None, tmp_path: Path) -> Iterator[Callable[...
     yield make
     for driver in started:
         driver.quit()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _finalise_what_the_module_dropped() -> Iterator[None]:
+    """Collect after each module, while its tests' warning filters (above) still apply: a
+    pipe or socket dropped here would otherwise be finalised during some later test, or at
+    the end of the session, where resource warnings are errors."""
+    yield
+    gc.collect()

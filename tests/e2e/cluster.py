@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,11 @@ class KeptAliveUser(User):
     call (httpx.get) costs more than certok's answer, for hundreds of calls."""
 
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30, trust_env=False))
+
+    def __post_init__(self) -> None:
+        # Tests drop their users without closing them: the client and its kept-alive
+        # connections close when the user is collected (or at exit), not as leaked sockets.
+        weakref.finalize(self, self.client.close)
 
     def get(self, path: str, **params: str) -> httpx.Response:
         headers = {"httpsok-token": self.token}

@@ -7,6 +7,7 @@ run must never mean "the end-to-end tests did not run".
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,3 +126,12 @@ def cluster_rig() -> Iterator[Rig]:
     certok's zone is changed to name the nodes' DNS servers."""
     with Rig(certok_zone="cluster.svc.test") as running:
         yield running
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _finalise_what_the_module_dropped() -> Iterator[None]:
+    """Collect after each module, while its tests' warning filters (above) still apply: a
+    pipe or socket dropped here would otherwise be finalised during some later test, or at
+    the end of the session, where resource warnings are errors."""
+    yield
+    gc.collect()
