@@ -86,24 +86,42 @@ _PEM_END = "-----END CERTIFICATE-----"
 
 def certificate_facts(fullchain_pem: str) -> CertificateFacts:
     """Facts about the leaf (first certificate) of a PEM chain."""
-    # Only the leaf is parsed: the rest of the chain says nothing about the subject, and an
-    # apply poll that misses the answer cache comes through here.
-    end = fullchain_pem.find(_PEM_END)
-    leaf_pem = fullchain_pem if end < 0 else fullchain_pem[: end + len(_PEM_END)]
-    leaf = x509.load_pem_x509_certificate(leaf_pem.encode("ascii"))
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = [str(n) for n in san.value.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        names = []
+    leaf = _leaf(fullchain_pem)
+    names = _dns_names(leaf)
     cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    subject = str(cns[0].value) if cns else (names[0] if names else "")
     return CertificateFacts(
-        subject=subject,
+        subject=str(cns[0].value) if cns else (names[0] if names else ""),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         names=names,
     )
+
+
+def certificate_subject(fullchain_pem: str) -> str:
+    """The leaf's subject as apply shows it: its CommonName, else its first DNS name (CAs
+    that leave the CommonName out). `certificate_facts(...).subject`, for less."""
+    leaf = _leaf(fullchain_pem)
+    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if cns:
+        return str(cns[0].value)
+    names = _dns_names(leaf)
+    return names[0] if names else ""
+
+
+def _leaf(fullchain_pem: str) -> x509.Certificate:
+    # Only the leaf is parsed: the rest of the chain says nothing about the subject, and an
+    # apply poll that misses the answer cache comes through here.
+    end = fullchain_pem.find(_PEM_END)
+    leaf_pem = fullchain_pem if end < 0 else fullchain_pem[: end + len(_PEM_END)]
+    return x509.load_pem_x509_certificate(leaf_pem.encode("ascii"))
+
+
+def _dns_names(leaf: x509.Certificate) -> list[str]:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in san.value.get_values_for_type(x509.DNSName)]
 
 
 def order_key_owner(order_id: int) -> str:

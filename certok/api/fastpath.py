@@ -1,18 +1,19 @@
 """The API's one hot path, answered before Starlette's middleware, routing and request objects.
 
 Clients poll `GET /v1/cert/apply?code=…` until their order is issued, and scripts keep polling
-codes that were issued long ago. Once the token and the issued answer are in the process's
-caches (`certok.api.caches`), that answer is a few dict lookups; Starlette's layers around it
-(two middlewares, route matching, a Request, a Response and its headers) cost more than the
-lookups themselves. Whatever the caches cannot answer, every error included, goes down the
-full route, which makes the same checks in the same order.
+codes that were issued long ago. Once the token is in the process's cache
+(`certok.api.caches`), an issued answer is a few dict lookups when cached, else one read
+gathered with the other polls' (`certok.api.apply_reads`); Starlette's layers around it (two
+middlewares, route matching, a Request, a Response and its headers) cost more than either.
+Whatever is not an issued answer, every error included, goes down the full route, which makes
+the same checks in the same order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,15 +29,15 @@ _CACHE_CONTROL = (b"cache-control", b"no-store")
 _CONTENT_TYPE = (b"content-type", b"application/json")
 
 # scope -> the issued answer's data, encoded as JSON, or None to take the full route.
-CachedAnswer = Callable[[Scope], bytes | None]
+IssuedAnswer = Callable[[Scope], Awaitable[bytes | None]]
 
 
 class CertokApp(Starlette):
-    """Starlette with apply's cached answers served first (see the module's docstring)."""
+    """Starlette with apply's issued answers served first (see the module's docstring)."""
 
-    def __init__(self, cached_apply_answer: CachedAnswer, **kwargs: Any) -> None:
+    def __init__(self, issued_apply_answer: IssuedAnswer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._cached_apply_answer = cached_apply_answer
+        self._issued_apply_answer = issued_apply_answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,7 +49,7 @@ class CertokApp(Starlette):
         started = time.perf_counter() if logged else 0.0
         if scope["method"] == "GET" and scope["path"] == APPLY_PATH:
             try:
-                data = self._cached_apply_answer(scope)
+                data = await self._issued_apply_answer(scope)
             except Exception:  # the full route meets it again, and reports it
                 data = None
             if data is not None:

@@ -17,6 +17,7 @@ from starlette.types import Scope
 from certok import metrics
 from certok.api.agent_api import certok_agent_routes
 from certok.api.agents import agent_api_routes
+from certok.api.apply_reads import ApplyReads, leave_for_route, prefetched
 from certok.api.caches import token_key
 from certok.api.cert_routes import apply_extras, certificate_routes
 from certok.api.envelope import (
@@ -46,6 +47,7 @@ from certok.order_states import ISSUED, PENDING
 from certok.orders.quotas import redeem_with_quotas
 from certok.orders.service import (
     OrderView,
+    check_redeemable,
     code_order,
     order_state,
     view_order,
@@ -82,7 +84,7 @@ def create_app(services: ApiServices) -> CertokApp:
     # /v1/cert/list, /v1/cert/{id}, … (cert_routes.py)
     routes += certificate_routes(services, tenant_of)
     app = CertokApp(
-        api.cached_issued_answer,
+        api.issued_answer,
         routes=routes,
         exception_handlers={
             CertokError: certok_error_handler,
@@ -102,6 +104,7 @@ class _HttpsokApi:
     def __init__(self, services: ApiServices) -> None:
         self.services = services
         self.tokens = TokenCheck(services)
+        self.code_reads = ApplyReads(services.sessions, services.box)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -178,14 +181,19 @@ class _HttpsokApi:
         if cached is not None:
             return envelope_with_encoded_data(request, cached, headers=NO_STORE)
 
+        read_already, read = prefetched(request.scope, code)
+        if read_already:
+            check_redeemable(read, tenant.id, code)  # raises for a missing or expired code
+
         def redeem() -> tuple[int, bool, OrderView | None]:
             # Most calls poll a code that already has its order: a read, in the same session
             # and thread hop as the order's view. Only a first redemption writes (in the
             # writer's queue, `certok.db.writes`).
-            with self.services.sessions() as session:
-                existing = code_order(session, tenant.id, code)
-                if existing is not None:
-                    return existing, False, view_order(session, existing, self.services.box)
+            if not read_already:
+                with self.services.sessions() as session:
+                    existing = code_order(session, tenant.id, code)
+                    if existing is not None:
+                        return existing, False, view_order(session, existing, self.services.box)
             extras = apply_extras(self.services, tenant.id, code, issuer, request.query_params)
             # Joined to a running order for the same names, or new within the tenant's
             # pending cap (certok/orders/quotas.py).
@@ -200,7 +208,11 @@ class _HttpsokApi:
             )
             return order_id, created, None
 
-        order_id, created, view = await asyncio.to_thread(redeem)
+        if read is not None and read.order_id is not None:
+            # The fast path read the code and its order a moment ago (apply_reads.py).
+            order_id, created, view = read.order_id, False, read.view
+        else:
+            order_id, created, view = await asyncio.to_thread(redeem)
         if created:
             self.services.wake_worker()
         if view is None or view.status == PENDING:
@@ -212,11 +224,12 @@ class _HttpsokApi:
             return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
         return envelope(request, data, msg=order_message(view), headers=NO_STORE)
 
-    def cached_issued_answer(self, scope: Scope) -> bytes | None:
-        """apply's issued answer (its data, encoded) when this process's caches hold everything
-        it needs (an accepted token's tenant, the order's issued answer): the same checks as
-        `apply`, with no side effect unless it answers. None sends the request down the full
-        route."""
+    async def issued_answer(self, scope: Scope) -> bytes | None:
+        """apply's issued answer (its data, encoded) for a token this process's cache accepts:
+        from the cache of issued answers, else read with other polls' codes. The same checks
+        as `apply`, with no side effect unless it answers, but one: what it read of a code
+        that is not issued is left on the request for the full route. None sends the request
+        down the full route."""
         token = header_value(scope, _TOKEN_HEADER_RAW)
         if token is None:
             return None
@@ -227,16 +240,21 @@ class _HttpsokApi:
             code, _, _ = apply_params(QueryParams(scope["query_string"]), self.services.settings)
         except InvalidRequest:
             return None
-        cached = self.services.issued.get((tenant.id, code))
-        if cached is None:
-            return None
+        answer = self.services.issued.get((tenant.id, code))
+        if answer is None:
+            found = await self.code_reads.get(tenant.id, code)
+            if found is None or found.issued_answer is None:
+                leave_for_route(scope, code, None if found is None else found.read)
+                return None
+            answer = found.issued_answer
+            self.services.issued.put((tenant.id, code), answer)
         try:
             # Last: the one check that takes something. A refusal takes nothing, so the full
             # route refuses the same way.
             self.services.limiter.check(tenant.id, "apply")
         except RateLimited:
             return None
-        return cached
+        return answer
 
     async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
         """The order's view once it is no longer pending, or after `seconds`."""

@@ -159,8 +159,14 @@ class SessionFactory(sessionmaker[Session]):
         )
         super().__init__(bind, expire_on_commit=False)
         self.engine = engine
+        self._read_bind = bind
         self.writer_lock = writer_lock
         self.writer = writer
+
+    def read_connection(self) -> Connection:
+        """A connection for a few reads, without a session around it (as a session's reads:
+        autocommit on PostgreSQL). Close it when done, e.g. `with factory.read_connection()`."""
+        return self._read_bind.connect()
 
 
 def opened(factory: sessionmaker[Session]) -> SessionFactory:

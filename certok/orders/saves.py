@@ -197,6 +197,7 @@ class OrderSaves:
             state=ISSUED,
             reason=None,
             certificate_pem=fullchain,
+            subject=facts.subject,
             not_before=facts.not_before,
             not_after=facts.not_after,
             finished_at=now,

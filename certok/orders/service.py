@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, CursorResult, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from certok.clock import Clock, utcnow
-from certok.crypto import SecretBox, order_key_owner
+from certok.crypto import SecretBox, certificate_subject, order_key_owner
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.errors import CodeExpired, NotFound
 from certok.order_states import ISSUED, PENDING
@@ -59,20 +59,23 @@ _BIND_CODE = update(_CODES).where(
 _PENDING_AMONG = select(_ORDERS.c.id).where(
     _ORDERS.c.id.in_(bindparam("b_order_ids", expanding=True)), _ORDERS.c.state == PENDING
 )
+# What `view_of_row` reads: an order's columns and its certificate record's (outer-joined).
+VIEW_COLUMNS = (
+    _ORDERS.c.id,
+    _ORDERS.c.state,
+    _ORDERS.c.issuer,
+    _ORDERS.c.domains,
+    _ORDERS.c.reason,
+    _ORDERS.c.not_before,
+    _ORDERS.c.not_after,
+    _ORDERS.c.certificate_pem,
+    _ORDERS.c.subject,
+    _ORDERS.c.key_encrypted,
+    _CERTIFICATES.c.id.label("certificate_id"),
+    _CERTIFICATES.c.renew_at,
+)
 _VIEW = (
-    select(
-        _ORDERS.c.id,
-        _ORDERS.c.state,
-        _ORDERS.c.issuer,
-        _ORDERS.c.domains,
-        _ORDERS.c.reason,
-        _ORDERS.c.not_before,
-        _ORDERS.c.not_after,
-        _ORDERS.c.certificate_pem,
-        _ORDERS.c.key_encrypted,
-        _CERTIFICATES.c.id.label("certificate_id"),
-        _CERTIFICATES.c.renew_at,
-    )
+    select(*VIEW_COLUMNS)
     .select_from(_ORDERS.outerjoin(_CERTIFICATES, _CERTIFICATES.c.order_id == _ORDERS.c.id))
     .where(_ORDERS.c.id == bindparam("b_order_id"))
 )
@@ -147,6 +150,27 @@ def _redeemable_code(
     session: Session | Connection, tenant_id: int, code: str, clock: Clock
 ) -> Row[*tuple[Any, ...]]:
     row = session.execute(_CODE, {"b_code": code}).first()
+    check_redeemable(row, tenant_id, code, clock)
+    assert row is not None  # checked
+    return row
+
+
+class StoredCode(Protocol):
+    """What deciding whether a code can be redeemed needs of its stored row."""
+
+    @property
+    def tenant_id(self) -> int: ...
+    @property
+    def order_id(self) -> int | None: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
+
+
+def check_redeemable(
+    row: StoredCode | None, tenant_id: int, code: str, clock: Clock = utcnow
+) -> None:
+    """Raise as redeem_code does when `row` (the stored `code`, or None) is no code of
+    `tenant_id`'s, or expired before it started an order."""
     if row is None or row.tenant_id != tenant_id:
         raise code_not_found(code)
     if row.order_id is None and clock() > row.expires_at:
@@ -154,7 +178,6 @@ def _redeemable_code(
             f"verification code {code!r} expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC "
             "(codes are valid for one minute): call /v1/cert/dv again for a new code"
         )
-    return row
 
 
 def order_state(session: Session, order_id: int) -> str:
@@ -168,21 +191,24 @@ def finished_orders(session: Session, order_ids: list[int]) -> list[int]:
 
 
 def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
-    from certok.crypto import certificate_facts  # local: only issued orders need it
-
     order = session.execute(_VIEW, {"b_order_id": order_id}).first()
     if order is None:
         raise NotFound("order not found")
-    view = OrderView(
-        id=order.id,
-        status=order.state,
-        issuer=order.issuer,
-        domains=order.domains,
-        reason=order.reason,
-    )
+    return view_of_row(order, box)
+
+
+def view_of_row(order: Row[*tuple[Any, ...]], box: SecretBox) -> OrderView:
+    """The view of an order read with `VIEW_COLUMNS`: its subject and decrypted key too
+    once it is issued (the subject parsed from the certificate for orders issued before
+    the column was kept)."""
     if order.state != ISSUED or not order.certificate_pem or not order.key_encrypted:
-        return view
-    facts = certificate_facts(order.certificate_pem)
+        return OrderView(
+            id=order.id,
+            status=order.state,
+            issuer=order.issuer,
+            domains=order.domains,
+            reason=order.reason,
+        )
     key_pem = box.decrypt(order.key_encrypted, order_key_owner(order.id)).decode("ascii")
     return OrderView(
         id=order.id,
@@ -190,7 +216,7 @@ def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
         issuer=order.issuer,
         domains=order.domains,
         reason=None,
-        subject=facts.subject,
+        subject=order.subject or certificate_subject(order.certificate_pem),
         not_before=order.not_before,
         not_after=order.not_after,
         certificate=order.certificate_pem,

@@ -39,6 +39,7 @@ from certok.challenge_solver import (
     insert_material,
     remove_material,
 )
+from certok.crypto import certificate_subject
 from certok.db.engine import transaction
 from certok.db.models import ChallengeRecord, Order
 from certok.order_states import ISSUED, PENDING
@@ -297,6 +298,8 @@ def test_a_solver_registered_by_the_wiring_drives_an_order_the_ca_validates(
         leaf = x509.load_pem_x509_certificate(order.certificate_pem.encode("ascii"))
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == [NAME]
+        # The issuing save keeps the subject apply shows, so apply never parses for it.
+        assert order.subject == certificate_subject(order.certificate_pem) == NAME
         # The solver's cleanup ran with the issuing save.
         assert session.scalar(select(func.count()).select_from(ChallengeRecord)) == 0
     # Pebble's validation met the material the solver presented.

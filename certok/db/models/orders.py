@@ -52,6 +52,9 @@ class Order(Base):
     key_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     csr_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The certificate's subject as apply shows it (crypto.certificate_subject), written when
+    # issued; NULL for orders issued before migration 0009, whose certificate is parsed instead.
+    subject: Mapped[str | None] = mapped_column(String(253), nullable=True)
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,78 @@
+"""Many apply codes read in one statement: each code's row and its order's view.
+
+`/v1/cert/apply` is polled by many scripts at once. Each poll that is not answered from the
+process's cache needs the code's row and, once the code has an order, that order's view.
+Reading the codes of all polls waiting at one moment in one statement (`certok.api.apply_reads`
+gathers them) costs one round trip and one thread hop for the lot, instead of one of each per
+poll.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, select
+
+from certok.crypto import SecretBox
+from certok.db.models import Certificate, Order, VerificationCode
+from certok.orders.service import VIEW_COLUMNS, OrderView, view_of_row
+
+_CODES = VerificationCode.__table__
+_ORDERS = Order.__table__
+_CERTIFICATES = Certificate.__table__
+
+_CODES_AND_ORDERS = (
+    select(
+        _CODES.c.code,
+        _CODES.c.tenant_id,
+        _CODES.c.order_id,
+        _CODES.c.expires_at,
+        *VIEW_COLUMNS,
+    )
+    .select_from(
+        _CODES.outerjoin(_ORDERS, _ORDERS.c.id == _CODES.c.order_id).outerjoin(
+            _CERTIFICATES, _CERTIFICATES.c.order_id == _ORDERS.c.id
+        )
+    )
+    .where(_CODES.c.code.in_(bindparam("b_codes", expanding=True)))
+)
+
+
+@dataclass(frozen=True)
+class CodeRead:
+    """A stored verification code, as apply needs it: whose it is, and its order if any."""
+
+    code: str
+    tenant_id: int
+    order_id: int | None
+    expires_at: dt.datetime
+    # The order's view (certificate and decrypted key included once issued); None while the
+    # code has no order, or when its order row is gone.
+    view: OrderView | None
+
+
+def read_codes(
+    connection: Connection, wanted: Sequence[tuple[int, str]], box: SecretBox
+) -> list[CodeRead]:
+    """The stored codes among `wanted` ((tenant id, code) pairs) that are their tenant's, with
+    their orders' views. A code that is not stored, or is another tenant's, is left out (and
+    its order's key is not decrypted); the caller decides what that means."""
+    if not wanted:
+        return []
+    asking: dict[str, set[int]] = {}
+    for tenant_id, code in wanted:
+        asking.setdefault(code, set()).add(tenant_id)
+    rows = connection.execute(_CODES_AND_ORDERS, {"b_codes": list(asking)})
+    return [
+        CodeRead(
+            code=row.code,
+            tenant_id=row.tenant_id,
+            order_id=row.order_id,
+            expires_at=row.expires_at,
+            view=None if row.id is None else view_of_row(row, box),
+        )
+        for row in rows
+        if row.tenant_id in asking.get(row.code, ())
+    ]
