@@ -19,7 +19,7 @@ from certok.api.batched_reads import BatchedReads
 from certok.api.envelope import encode_data
 from certok.api.order_answers import order_data
 from certok.crypto import SecretBox
-from certok.db.engine import opened
+from certok.db.engine import APPLY_READ_THREADS, opened
 from certok.order_states import ISSUED
 from certok.orders.code_reads import CodeRead, read_codes
 
@@ -42,7 +42,9 @@ class ApplyReads:
     def __init__(self, sessions: sessionmaker[Session], box: SecretBox) -> None:
         self._sessions = sessions
         self._box = box
-        self._batches: BatchedReads[tuple[int, str], CodeAnswer] = BatchedReads(self._read)
+        self._batches: BatchedReads[tuple[int, str], CodeAnswer] = BatchedReads(
+            self._read, max_running=APPLY_READ_THREADS
+        )
 
     async def get(self, tenant_id: int, code: str) -> CodeAnswer | None:
         return await self._batches.get((tenant_id, code))

@@ -14,10 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.writer_lock import SqliteWriterLock
 
+# Threads that read stored codes for apply's polls, each one batch at a time
+# (certok/api/apply_reads.py).
+APPLY_READ_THREADS = 4
 # Threads of a process that may hold a database connection at once besides the worker's: the
-# event loop's default executor (asyncio.to_thread: min(32, CPUs + 4)) and a few loops of
-# their own (the claim loop, the order poller, the purger, the zone refresher).
-_OTHER_DATABASE_THREADS = min(32, (os.cpu_count() or 1) + 4) + 4
+# event loop's default executor (asyncio.to_thread: min(32, CPUs + 4)), apply's readers, and
+# a few loops of their own (the claim loop, the order poller, the purger, the zone refresher).
+_OTHER_DATABASE_THREADS = min(32, (os.cpu_count() or 1) + 4) + APPLY_READ_THREADS + 4
 # PostgreSQL connections opened past the pool's size for a burst, closed again when returned.
 _POSTGRES_OVERFLOW = 10
 
