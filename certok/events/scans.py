@@ -12,8 +12,10 @@
   certificate no longer leads to certok (a failed lookup is not a broken delegation). Once
   the CNAME is back, a later break is reported again.
 
-Each scan reads only rows near their moment through an index (renew_at, not_after,
-revoked_at), not the whole table. "Once" is an `event_marks` row written in the same
+Each certificate scan reads only rows near their moment through an index (renew_at,
+not_after, revoked_at), not the whole table; the delegation scan reads delegations in batches
+and lets the database keep those with a live certificate (the names' index by tenant and
+name), so neither holds every certificate in memory. "Once" is an `event_marks` row written in the same
 transaction as the event's delivery rows; two nodes scanning at once collide on the mark's
 unique constraint and one of them simply sends nothing.
 """
@@ -29,12 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.resolver
-from sqlalchemy import Connection, String, and_, cast, exists, select
+from sqlalchemy import Connection, String, and_, bindparam, cast, exists, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
-from certok.db.models import Certificate, Delegation, EventMark
+from certok.db.models import Certificate, CertificateName, Delegation, EventMark
 from certok.db.writes import write
 from certok.events.outbox import clear_mark, emit, mark_once
 from certok.events.types import (
@@ -44,7 +46,7 @@ from certok.events.types import (
     DELEGATION_BROKEN,
     rfc3339,
 )
-from certok.names import base_name, challenge_name
+from certok.names import WILDCARD_PREFIX, challenge_name
 from certok.prechecks.delegation import check_delegation
 
 log = logging.getLogger(__name__)
@@ -91,28 +93,48 @@ def crossed_threshold(
     return crossed
 
 
-# Live certificates are read this many at a time: a node holds one batch, not every record.
-_LIVE_BATCH = 5_000
+# Delegations are re-checked this many at a time: a node holds one batch, not every row.
+_DELEGATION_BATCH = 1_000
+_NAMES = CertificateName.__table__
 
 
-def _live_names(session: Session, now: dt.datetime) -> Iterator[Any]:
-    """(tenant_id, domains) of every live certificate, read in batches by id."""
+def _delegations_in_use(sessions: sessionmaker[Session], now: dt.datetime) -> Iterator[Any]:
+    """The delegations of names that have a live certificate (the name itself, or its
+    wildcard), in batches by id, each read in a session of its own (the caller does DNS
+    look-ups between them). The database picks them: per delegation, a look-up in the
+    certificates' names by tenant and name, so the scan's cost follows the delegations, not
+    the certificates."""
     after = 0
     while True:
-        batch = session.execute(
-            select(C.c.id, C.c.tenant_id, C.c.domains)
-            .where(_live(now), C.c.id > after)
-            .order_by(C.c.id)
-            .limit(_LIVE_BATCH)
-        ).all()
+        with sessions() as session:
+            batch = session.execute(_DELEGATIONS_IN_USE, {"b_now": now, "b_after": after}).all()
         yield from batch
-        if len(batch) < _LIVE_BATCH:
+        if len(batch) < _DELEGATION_BATCH:
             return
         after = batch[-1].id
 
 
-def _live(now: dt.datetime) -> Any:
+def _live(now: Any) -> Any:
     return and_(C.c.revoked_at.is_(None), C.c.replaced_by_id.is_(None), C.c.not_after > now)
+
+
+_DELEGATIONS_IN_USE = (
+    select(DEL.c.id, DEL.c.tenant_id, DEL.c.base_name, DEL.c.label)
+    .where(
+        DEL.c.id > bindparam("b_after"),
+        exists(
+            select(_NAMES.c.id)
+            .select_from(_NAMES.join(C, C.c.id == _NAMES.c.certificate_id))
+            .where(
+                _NAMES.c.tenant_id == DEL.c.tenant_id,
+                _NAMES.c.name.in_([DEL.c.base_name, literal(WILDCARD_PREFIX) + DEL.c.base_name]),
+                _live(bindparam("b_now", type_=C.c.not_after.type)),
+            )
+        ),
+    )
+    .order_by(DEL.c.id)
+    .limit(_DELEGATION_BATCH)
+)
 
 
 def _certificate_data(row: Any) -> dict[str, Any]:
@@ -283,52 +305,42 @@ class EventScanner:
 
     def delegation_events(self) -> int:
         """Re-check the delegations of names that have live certificates (blocking)."""
-        now = self._clock()
-        with self._sessions() as session:
-            wanted: dict[tuple[int, str], None] = {}
-            for row in _live_names(session, now):
-                for name in row.domains.split(","):
-                    wanted[(row.tenant_id, base_name(name))] = None
-            delegations = [
-                d
-                for d in session.execute(
-                    select(DEL.c.id, DEL.c.tenant_id, DEL.c.base_name, DEL.c.label)
-                ).all()
-                if (d.tenant_id, d.base_name) in wanted
-            ]
         sent = 0
-        for delegation in delegations:
-            expected = f"{delegation.label}.{self._zone}"
-            result = check_delegation(
-                challenge_name(delegation.base_name), expected, self._resolver
-            )
-            # A lookup that failed says nothing about the CNAME: no event, no all-clear.
-            if not result.valid and "CNAME failed:" in result.detail:
-                continue
-            data = {
-                "domain": delegation.base_name,
-                "host": result.name,
-                "expected": expected,
-                "found": result.found,
-                "detail": result.detail,
-            }
-            try:
-                sent += write(
-                    self._sessions,
-                    functools.partial(
-                        delegation_outcome_job,
-                        delegation_id=delegation.id,
-                        tenant_id=delegation.tenant_id,
-                        data=data,
-                        broken=not result.valid,
-                        now=self._clock(),
-                    ),
-                )
-            except IntegrityError:
-                continue
+        for delegation in _delegations_in_use(self._sessions, self._clock()):
+            sent += self._recheck(delegation)
         if sent:
             self._on_queued()
         return sent
+
+    def _recheck(self, delegation: Any) -> int:
+        """1 when re-checking `delegation` queued an event, else 0."""
+        expected = f"{delegation.label}.{self._zone}"
+        result = check_delegation(challenge_name(delegation.base_name), expected, self._resolver)
+        # A lookup that failed says nothing about the CNAME: no event, no all-clear.
+        if not result.valid and "CNAME failed:" in result.detail:
+            return 0
+        data = {
+            "domain": delegation.base_name,
+            "host": result.name,
+            "expected": expected,
+            "found": result.found,
+            "detail": result.detail,
+        }
+        try:
+            queued: int = write(
+                self._sessions,
+                functools.partial(
+                    delegation_outcome_job,
+                    delegation_id=delegation.id,
+                    tenant_id=delegation.tenant_id,
+                    data=data,
+                    broken=not result.valid,
+                    now=self._clock(),
+                ),
+            )
+        except IntegrityError:
+            return 0
+        return queued
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

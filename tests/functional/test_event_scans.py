@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import event, insert, select, update
 
 from certok.db.engine import transaction
-from certok.db.models import Certificate, Delegation, WebhookDelivery
+from certok.db.models import Certificate, CertificateName, Delegation, WebhookDelivery
+from certok.events import scans
 from certok.events.scans import EventScanner, crossed_threshold, expiry_thresholds
 from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
@@ -57,14 +58,23 @@ class World:
             clock=self.clock,
         )
 
-    def certificate(self, days: float, renew_fraction: float = 2 / 3, **values: object) -> int:
+    def certificate(
+        self,
+        days: float,
+        renew_fraction: float = 2 / 3,
+        names: tuple[str, ...] = ("www.customer.test", "customer.test"),
+        tenant: int | None = None,
+        **values: object,
+    ) -> int:
+        """A certificate record with its names, as the issuing save writes them."""
         not_after = T0 + dt.timedelta(days=days)
+        tenant_id = self.tenant if tenant is None else tenant
         with transaction(self.store.sessions) as session:
-            return session.execute(
+            certificate_id: int = session.execute(
                 insert(Certificate.__table__)
                 .values(
-                    tenant_id=self.tenant,
-                    domains="www.customer.test,customer.test",
+                    tenant_id=tenant_id,
+                    domains=",".join(names),
                     issuer="letsencrypt",
                     serial="0a1b",
                     not_before=T0,
@@ -78,6 +88,14 @@ class World:
                 )
                 .returning(Certificate.__table__.c.id)
             ).scalar_one()
+            session.execute(
+                insert(CertificateName.__table__),
+                [
+                    {"certificate_id": certificate_id, "tenant_id": tenant_id, "name": name}
+                    for name in names
+                ],
+            )
+            return certificate_id
 
     def events(self) -> list[tuple[str, dict[str, object]]]:
         with self.store.sessions() as session:
@@ -243,3 +261,81 @@ def test_a_backlog_beyond_one_batch_is_worked_through_in_turn(world: World) -> N
     assert [world.at(T0 + 30 * DAY) for _ in range(4)] == [batch, batch, 1, 0]
     told = [data["certificateId"] for kind, data in world.events()]
     assert sorted(told) == sorted(ids) and len(set(told)) == len(ids)
+
+
+def test_only_delegations_of_names_with_a_live_certificate_are_rechecked(world: World) -> None:
+    """The database picks the delegations to re-check: a live certificate of the tenant's for
+    the name or its wildcard; not an expired, revoked or replaced one, nor another tenant's."""
+    with transaction(world.store.sessions) as session:
+        beta = tenants.create_tenant(session, "beta").id
+    cases = {  # base name -> the certificate it has, if any
+        "plain.test": {"names": ("plain.test",)},
+        "wild.test": {"names": ("*.wild.test",)},
+        "expired.test": {"names": ("expired.test",), "days": -1},
+        "revoked.test": {"names": ("revoked.test",), "revoked_at": T0},
+        "replaced.test": {"names": ("replaced.test",), "replaced_by_id": 99},
+        "foreign.test": {"names": ("foreign.test",), "tenant": beta},
+        "none.test": None,
+        "sub.wild.test": None,  # *.wild.test covers its names, not its own delegation
+    }
+    with transaction(world.store.sessions) as session:
+        for number, base_name in enumerate(cases):
+            session.add(
+                Delegation(
+                    tenant_id=world.tenant, base_name=base_name, label=f"l{number}", created_at=T0
+                )
+            )
+    for certificate in filter(None, cases.values()):
+        world.certificate(**{"days": 45, **certificate})  # type: ignore[arg-type]
+    checked: list[str] = []
+    world.scanner._recheck = lambda delegation: checked.append(delegation.base_name) or 0  # type: ignore[method-assign]
+    world.clock.now = T0 + DAY
+    assert world.scanner.delegation_events() == 0
+    assert sorted(checked) == ["plain.test", "wild.test"]
+
+
+def test_the_delegation_scan_reads_by_index_in_batches(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per delegation, a look-up of the certificates' names by tenant and name; the
+    delegations come in batches, so a node holds one batch however many there are."""
+    monkeypatch.setattr(scans, "_DELEGATION_BATCH", 3)
+    monkeypatch.setattr(scans, "_DELEGATIONS_IN_USE", scans._DELEGATIONS_IN_USE.limit(3))
+    with transaction(world.store.sessions) as session:
+        for number in range(7):
+            session.add(
+                Delegation(
+                    tenant_id=world.tenant,
+                    base_name=f"n{number}.test",
+                    label=f"l{number}",
+                    created_at=T0,
+                )
+            )
+    world.certificate(45, names=tuple(f"n{number}.test" for number in range(7)))
+    statements: list[tuple[str, object]] = []
+
+    def seen(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        if "FROM delegations" in statement:
+            statements.append((statement, parameters))
+
+    checked: list[str] = []
+    world.scanner._recheck = lambda delegation: checked.append(delegation.base_name) or 0  # type: ignore[method-assign]
+    world.clock.now = T0 + DAY
+    event.listen(world.store.engine, "before_cursor_execute", seen)
+    try:
+        world.scanner.delegation_events()
+    finally:
+        event.remove(world.store.engine, "before_cursor_execute", seen)
+    assert checked == [f"n{number}.test" for number in range(7)]
+    assert len(statements) == 3  # 3 + 3 + 1
+    if world.store.engine.dialect.name != "sqlite":
+        return
+    with world.store.engine.connect() as connection:
+        statement, parameters = statements[0]
+        plan = connection.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + statement,
+            parameters,  # type: ignore[arg-type]
+        ).all()
+    text = " ".join(str(row[-1]) for row in plan)
+    assert "ix_certificate_names_tenant_id_name" in text, text
+    assert "SCAN certificate_names" not in text and "SCAN certificates" not in text, text
