@@ -16,8 +16,8 @@ Each certificate scan reads only rows near their moment through an index (renew_
 not_after, revoked_at), not the whole table; the delegation scan reads delegations in batches
 and lets the database keep those with a live certificate (the names' index by tenant and
 name), so neither holds every certificate in memory. "Once" is an `event_marks` row written
-in the same transaction as the event's delivery rows; two nodes scanning at once collide on the mark's
-unique constraint and one of them simply sends nothing.
+in the same transaction as the event's delivery rows; two nodes scanning at once collide on
+the mark's unique constraint and one of them simply sends nothing.
 """
 
 from __future__ import annotations
