@@ -339,3 +339,30 @@ def test_the_delegation_scan_reads_by_index_in_batches(
     text = " ".join(str(row[-1]) for row in plan)
     assert "ix_certificate_names_tenant_id_name" in text, text
     assert "SCAN certificate_names" not in text and "SCAN certificates" not in text, text
+
+
+def test_a_delegation_found_in_place_costs_no_write(world: World) -> None:
+    world.certificate(45)
+    with transaction(world.store.sessions) as session:
+        session.add(
+            Delegation(tenant_id=world.tenant, base_name="customer.test", label="l1", created_at=T0)
+        )
+    writes: list[str] = []
+
+    def seen(_conn, _cursor, statement: str, *_args: object) -> None:  # type: ignore[no-untyped-def]
+        if not statement.lstrip().upper().startswith("SELECT"):
+            writes.append(statement)
+
+    with FakeNameserver(
+        zones=["customer.test", CERTOK_ZONE],
+        cnames={"_acme-challenge.customer.test": f"l1.{CERTOK_ZONE}"},
+        existing=[f"l1.{CERTOK_ZONE}"],
+    ) as dns_server:
+        world.scanner._resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
+        world.clock.now = T0 + DAY
+        event.listen(world.store.engine, "before_cursor_execute", seen)
+        try:
+            assert world.scanner.delegation_events() == 0
+        finally:
+            event.remove(world.store.engine, "before_cursor_execute", seen)
+    assert writes == []
