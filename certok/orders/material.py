@@ -14,7 +14,12 @@ from collections.abc import Callable, Sequence
 import josepy
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.challenge_solver import ChallengeSolver, Material, Presenter
+from certok.challenge_solver import (
+    ChallengeSolver,
+    Material,
+    Presenter,
+    PresentsInOneStatement,
+)
 from certok.clock import Clock
 from certok.db.writes import write, write_statement
 from certok.issuance import AuthzInfo, ChallengeInfo, key_authorization
@@ -100,7 +105,11 @@ class ChallengeMaterial:
             Material(authz.identifier, authz.url, challenge.token, value)
             for authz, challenge, value in fresh
         ]
-        write(
+        # Nothing to replace, and a solver whose present is one statement: no transaction.
+        one_statement = not replaced_authz and (
+            isinstance(solver, PresentsInOneStatement) and solver.presents_in_one_statement()
+        )
+        (write_statement if one_statement else write)(
             self._sessions,
             functools.partial(
                 present_job,

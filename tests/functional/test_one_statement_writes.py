@@ -4,10 +4,11 @@ The worker's claim returns, on PostgreSQL, each taken order as its first step wo
 in the same compare-and-set UPDATE; an order another node leased is neither taken nor
 returned. A save with the answers' mark or the removal of the order's challenge material is
 one statement there, run outside a transaction (`write_statement`): under a lost lease it
-changes nothing at all, the records included. A place in the budget of new ACME orders is
-one round trip on PostgreSQL, and reservations racing from many threads still never take
-more places than there are. The same code runs on SQLite, where these are ordinary statements
-in a write transaction.
+changes nothing at all, the records included. dns-01 material is presented in one statement
+there too, only under the lease and only when every name is delegated. A place in the budget
+of new ACME orders is one round trip on PostgreSQL, and reservations racing from many threads
+still never take more places than there are. The same code runs on SQLite, where these are
+ordinary statements in a write transaction.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import pytest
 from sqlalchemy import Connection, select, update
 
 from certok.assembly import standard_solvers
+from certok.challenge_solver import Material, Presenter
 from certok.db.engine import transaction
-from certok.db.models import AcmeAccount, AcmeNewOrder, ChallengeRecord, Order
+from certok.db.models import AcmeAccount, AcmeNewOrder, ChallengeRecord, Delegation, Order
 from certok.db.writes import write_statement
-from certok.orders.rows import LeaseLost, load_snapshot, save_job
+from certok.errors import CertokError
+from certok.orders.rows import LeaseLost, load_snapshot, present_job, save_job
 from certok.persistence import Store
 from certok.settings import Settings
 from tests.functional.test_quotas import Clock, _budget, _count, _tenants
@@ -243,3 +246,90 @@ def test_reservations_racing_from_many_threads_take_exactly_the_budget(
 
     assert granted.count(True) == 3
     assert _count(store, AcmeNewOrder, AcmeNewOrder.issuer == "letsencrypt") == 3
+
+
+def _present(store: Store, tmp_path: Path, order_id: int, material: list[Material]) -> None:
+    solver = standard_solvers(Settings(data_dir=tmp_path, resolvers=["127.0.0.1:9"]))["dns"]
+    with store.sessions() as session:
+        tenant_id = session.scalar(select(Order.tenant_id).where(Order.id == order_id))
+    assert tenant_id is not None
+    presenter = Presenter(order_id, tenant_id, ME, NOW)
+    job = functools.partial(
+        present_job, solver=solver, presenter=presenter, material=material, replaced_authz=[]
+    )
+    write_statement(store.sessions, job)
+
+
+def _delegate(store: Store, order_id: int, base_name: str, label: str) -> None:
+    with transaction(store.sessions) as session:
+        tenant_id = session.scalar(select(Order.tenant_id).where(Order.id == order_id))
+        assert tenant_id is not None
+        session.add(
+            Delegation(tenant_id=tenant_id, base_name=base_name, label=label, created_at=NOW)
+        )
+
+
+# A wildcard and its apex: two authorizations, two TXT values under one delegated label.
+WILDCARD_AND_APEX = [
+    Material("w0.customer.test", AUTHZ[0], "token0", "value0"),
+    Material("w0.customer.test", AUTHZ[1], "token1", "value1"),
+]
+
+
+def _stored(store: Store, order_id: int) -> list[tuple[str, str, str, dt.datetime, Any]]:
+    with store.sessions() as session:
+        rows = session.execute(
+            select(
+                ChallengeRecord.name,
+                ChallengeRecord.value,
+                ChallengeRecord.authz_url,
+                ChallengeRecord.created_at,
+                ChallengeRecord.answered_at,
+            )
+            .where(ChallengeRecord.order_id == order_id)
+            .order_by(ChallengeRecord.id)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_dns_material_is_presented_under_the_lease_at_the_delegated_label(
+    store: Store, tmp_path: Path
+) -> None:
+    ids = _add_orders(
+        store, {"n0": {"lease_owner": ME, "lease_until": NOW + dt.timedelta(seconds=30)}}
+    )
+    _delegate(store, ids["n0"], "w0.customer.test", "0123456789abcdef")
+
+    _present(store, tmp_path, ids["n0"], WILDCARD_AND_APEX)
+
+    assert _stored(store, ids["n0"]) == [
+        ("0123456789abcdef", "value0", AUTHZ[0], NOW, None),
+        ("0123456789abcdef", "value1", AUTHZ[1], NOW, None),
+    ]
+
+
+def test_dns_material_is_not_presented_under_a_lost_lease(store: Store, tmp_path: Path) -> None:
+    ids = _add_orders(
+        store, {"n0": {"lease_owner": OTHER, "lease_until": NOW + dt.timedelta(seconds=30)}}
+    )
+    _delegate(store, ids["n0"], "w0.customer.test", "0123456789abcdef")
+
+    with pytest.raises(LeaseLost):
+        _present(store, tmp_path, ids["n0"], WILDCARD_AND_APEX)
+
+    assert _stored(store, ids["n0"]) == []
+
+
+def test_dns_material_for_a_name_without_delegation_is_refused_whole(
+    store: Store, tmp_path: Path
+) -> None:
+    ids = _add_orders(
+        store, {"n0": {"lease_owner": ME, "lease_until": NOW + dt.timedelta(seconds=30)}}
+    )
+    _delegate(store, ids["n0"], "w0.customer.test", "0123456789abcdef")
+    material = [*WILDCARD_AND_APEX, Material("n9.customer.test", AUTHZ[0] + "9", "t9", "v9")]
+
+    with pytest.raises(CertokError, match=r"n9\.customer\.test has no delegation"):
+        _present(store, tmp_path, ids["n0"], material)
+
+    assert _stored(store, ids["n0"]) == []
