@@ -28,8 +28,9 @@ from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
+from certok.db.engine import opened
 from certok.db.models import AcmeAccount, AcmeNewOrder
-from certok.db.writes import write_statement
+from certok.db.writes import write, write_statement
 from certok.errors import CertokError
 from certok.orders.quotas import QUEUED, TENANT_DISABLED
 from certok.settings import Settings
@@ -96,8 +97,11 @@ class AcmeOrderBudget:
         if issuer_budget == 0 and tenant_budget == 0:
             return None
         now = self._clock()
-        # One round trip on PostgreSQL, its own transaction (see _reserve_postgres).
-        verdict = write_statement(
+        # One round trip on PostgreSQL, its own transaction (see _reserve_postgres); the
+        # statements of the other path share a transaction.
+        dialect = opened(self._sessions).engine.dialect
+        writer = write_statement if _one_round_trip(dialect.name, dialect.driver) else write
+        verdict = writer(
             self._sessions,
             functools.partial(
                 _reserve_job,
@@ -193,7 +197,7 @@ def _reserve_job(
     horizon: dt.timedelta,
 ) -> tuple[str, dt.datetime] | None:
     """None and a ledger row when both windows have room; else (which limit, when it frees)."""
-    if connection.dialect.name == "postgresql":
+    if _one_round_trip(connection.dialect.name, connection.dialect.driver):
         return _reserve_postgres(
             connection,
             issuer=issuer,
@@ -234,6 +238,11 @@ def _reserve_job(
         {"issuer": issuer, "tenant_id": tenant_id, "order_id": order_id, "created_at": now},
     )
     return None
+
+
+def _one_round_trip(dialect: str, driver: str) -> bool:
+    """Whether the reservation is `_reserve_postgres` (psycopg 3 sends its simple query)."""
+    return dialect == "postgresql" and driver == "psycopg"
 
 
 # (budget, window in seconds, created_at of the budget-th newest reservation or None, kind)
@@ -328,7 +337,7 @@ def _reserve_postgres(
         "tenant_offset": max(tenant_budget - 1, 0),
     }
     dbapi = connection.connection.dbapi_connection
-    assert isinstance(dbapi, psycopg.Connection)
+    assert isinstance(dbapi, psycopg.Connection)  # the dialect's driver, checked by the caller
     with psycopg.ClientCursor(dbapi) as cursor:
         cursor.execute(_RESERVE_POSTGRES, params)
         cursor.nextset()
