@@ -500,6 +500,8 @@ def run_certok(
         return run, labels, described
     finally:
         server.stop()
+        if database_url and args.postgres:
+            drop_postgres_database(args.postgres, database_url)
 
 
 def _database_name(url: str | None) -> str | None:
@@ -548,7 +550,7 @@ def postgres_transactions(db: sqlalchemy.Connection) -> str:
 
 def fresh_postgres_database(server_url: str, suffix: str) -> str:
     """An empty database on the PostgreSQL at `server_url` for one run (dropped first if left
-    from an earlier run): its URL."""
+    from an earlier run, and after the run by `drop_postgres_database`): its URL."""
     url = sqlalchemy.engine.make_url(server_url)
     # The process id too: two benches on one server (two worktrees) must not share a database.
     name = f"certok_bench_{os.getpid()}_{suffix.replace('-', '_')}"
@@ -560,6 +562,17 @@ def fresh_postgres_database(server_url: str, suffix: str) -> str:
     finally:
         admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    """Drop a run's database once its figures are read: each bench process makes its own."""
+    name = sqlalchemy.engine.make_url(database_url).database
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as db:
+            db.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 _SHOWN_SETTINGS = {
