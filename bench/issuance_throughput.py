@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -95,6 +96,7 @@ DNS_PROBE_TIMEOUT = 2.0
 # the server closes it under a new request.
 KEEPALIVE_SECONDS = 4.0
 LOAD_GENERATOR = "load generator"  # this process, in the certok run: its CPU meter's name
+POSTGRES_BACKENDS = "postgres backends"  # the server's processes for the run's database
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -192,6 +194,61 @@ class EveryWhileRunning:
 
     def tick(self) -> bool:
         raise NotImplementedError
+
+
+class PostgresBackendsCpu(EveryWhileRunning):
+    """CPU of the PostgreSQL server's backends serving one database (the run's), as a
+    percentage of one core: certok's process group does not hold them. Backends are found by
+    their process title (`postgres: <cluster>: <user> <database> <client> ...`) every
+    `interval`; one that starts during the run counts from zero, and one that exits counts
+    up to its last sample (certok's pool keeps its connections, so few do)."""
+
+    def __init__(self, database: str | None, interval: float = 0.25) -> None:
+        super().__init__(interval)
+        self._database = database
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._wall = 0.0
+        self.percent: float | None = None
+
+    def _sample(self) -> dict[int, float]:
+        seen: dict[int, float] = {}
+        if self._database is None:
+            return seen
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    title = handle.read().decode(errors="replace").split()
+                if len(title) < 4 or title[0] != "postgres:" or title[3] != self._database:
+                    continue
+                with open(f"/proc/{entry}/stat") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue  # exited while we looked
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seen[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return seen
+
+    def __enter__(self) -> Self:
+        self._first = self._sample()
+        self._wall = time.monotonic()
+        return super().__enter__()
+
+    def tick(self) -> bool:
+        for pid, seconds in self._sample().items():
+            self._first.setdefault(pid, 0.0)
+            self._last[pid] = seconds
+        return False
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.tick()
+        wall = time.monotonic() - self._wall
+        if self._database is not None and wall > 0:
+            used = sum(seconds - self._first[pid] for pid, seconds in self._last.items())
+            self.percent = 100.0 * used / wall
 
 
 class PebbleWatch(EveryWhileRunning):
@@ -419,6 +476,7 @@ def run_certok(
             CpuMeter(server.pid) as certok_cpu,
             CpuMeter(rig.service_pids["pebble"]) as pebble_cpu,
             SelfCpuMeter() as load_cpu,
+            PostgresBackendsCpu(_database_name(database_url)) as postgres_cpu,
             PebbleWatch(run, probe, end_run),
             DnsProbe(rig.certok_dns_port, f"{label}.{rig.certok_zone}.") as dns_probe,
         ):
@@ -430,6 +488,8 @@ def run_certok(
             "pebble": pebble_cpu.percent,
             LOAD_GENERATOR: load_cpu.percent,
         }
+        if postgres_cpu.percent is not None:
+            run.cpu[POSTGRES_BACKENDS] = postgres_cpu.percent
         run.extra = (
             acme_order_counts(
                 database_url or f"sqlite:///{workdir / 'data' / 'certok.db'}", server.log_text()
@@ -440,6 +500,12 @@ def run_certok(
         return run, labels, described
     finally:
         server.stop()
+        if database_url and args.postgres:
+            drop_postgres_database(args.postgres, database_url)
+
+
+def _database_name(url: str | None) -> str | None:
+    return sqlalchemy.engine.make_url(url).database if url else None
 
 
 def acme_order_counts(database_url: str, log: str) -> str:
@@ -484,9 +550,10 @@ def postgres_transactions(db: sqlalchemy.Connection) -> str:
 
 def fresh_postgres_database(server_url: str, suffix: str) -> str:
     """An empty database on the PostgreSQL at `server_url` for one run (dropped first if left
-    from an earlier run): its URL."""
+    from an earlier run, and after the run by `drop_postgres_database`): its URL."""
     url = sqlalchemy.engine.make_url(server_url)
-    name = f"certok_bench_{suffix.replace('-', '_')}"
+    # The process id too: two benches on one server (two worktrees) must not share a database.
+    name = f"certok_bench_{os.getpid()}_{suffix.replace('-', '_')}"
     admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as db:
@@ -495,6 +562,17 @@ def fresh_postgres_database(server_url: str, suffix: str) -> str:
     finally:
         admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    """Drop a run's database once its figures are read: each bench process makes its own."""
+    name = sqlalchemy.engine.make_url(database_url).database
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as db:
+            db.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 _SHOWN_SETTINGS = {
@@ -647,6 +725,9 @@ def build_report(
                 notes.append(
                     f"{load_per_order:.1f} ms CPU per order (load generator: {load_generator()})"
                 )
+            postgres_per_order = cpu_ms_per_order(run, POSTGRES_BACKENDS)
+            if postgres_per_order is not None:
+                notes.append(f"{postgres_per_order:.1f} ms CPU per order ({POSTGRES_BACKENDS})")
             cpu = _cpu_note(run)
             if cpu:
                 notes.append(cpu)

@@ -78,6 +78,14 @@ class ChallengeSolver(Protocol):
 
 
 @runtime_checkable
+class PresentsInOneStatement(Protocol):
+    """Optional: `present` sends one statement on PostgreSQL, so it needs no transaction
+    around it there (`certok.db.writes.write_statement`)."""
+
+    def presents_in_one_statement(self) -> bool: ...
+
+
+@runtime_checkable
 class ExplainsMissingChallenge(Protocol):
     """Optional: what to tell the tenant when the CA did not offer this challenge type."""
 

@@ -163,6 +163,8 @@ class SessionFactory(sessionmaker[Session]):
         super().__init__(bind, expire_on_commit=False)
         self.engine = engine
         self._read_bind = bind
+        # Where a write of one statement runs as its own transaction (`write_statement`).
+        self.autocommit_engine = bind if self.reads_autocommit else None
         self.writer_lock = writer_lock
         self.writer = writer
 

@@ -57,6 +57,22 @@ def write(sessions: sessionmaker[Session], job: Job[T]) -> T:
     return opened(sessions).writer.run(job)
 
 
+def write_statement(sessions: sessionmaker[Session], job: Job[T]) -> T:
+    """`write(sessions, job)` for a job that sends exactly one statement.
+
+    On PostgreSQL the statement runs in autocommit: one statement is atomic on its own, and
+    it costs one round trip instead of three (psycopg sends BEGIN, and COMMIT, as round trips
+    of their own). Elsewhere it is `write`: SQLite's writes share batched transactions.
+    A job that may send a second statement must use `write`: in autocommit the first one
+    would stay committed if the second failed.
+    """
+    factory = opened(sessions)
+    if factory.autocommit_engine is None:
+        return factory.writer.run(job)
+    with factory.autocommit_engine.connect() as connection:
+        return job(connection)
+
+
 class TransactionWriter:
     """Each job in a transaction of its own, in the caller's thread (PostgreSQL, in-memory
     SQLite)."""

@@ -11,10 +11,11 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, select, text
 
 from certok.challenge_solver import Material, Presenter, insert_material, remove_material
 from certok.db.models import Delegation, Order
+from certok.db.models.base import UTCDateTime
 from certok.dnszone.zone_cache import DNS01_KIND
 from certok.errors import CertokError
 
@@ -34,6 +35,35 @@ _LEASE_AND_LABELS = (
     .where(_ORDERS.c.id == bindparam("b_order_id"))
 )
 
+# On PostgreSQL the lease check, the labels and the INSERT in one statement: the values go in
+# only while the worker holds the lease and every name has its delegation; the caller learns
+# which (the owner, the delegated names) from the same statement.
+_PRESENT_POSTGRES = text(
+    """
+WITH lease AS (
+    SELECT lease_owner FROM orders WHERE id = :order_id
+), labels AS (
+    SELECT base_name, label FROM delegations
+    WHERE tenant_id = :tenant_id AND base_name = ANY(CAST(:identifiers AS text[]))
+), inserted AS (
+    INSERT INTO challenge_records (order_id, kind, name, value, authz_url, created_at)
+    SELECT :order_id, :kind, labels.label, item.value, item.authz_url, :at
+    FROM unnest(
+        CAST(:identifiers AS text[]), CAST(:txt_values AS text[]), CAST(:authz_urls AS text[])
+    ) WITH ORDINALITY AS item(identifier, value, authz_url, position)
+    JOIN labels ON labels.base_name = item.identifier
+    WHERE (SELECT lease_owner FROM lease) = :worker_id
+      AND (SELECT count(*) FROM labels) = :names
+    ORDER BY item.position
+    RETURNING id
+)
+SELECT
+    (SELECT lease_owner FROM lease) AS lease_owner,
+    ARRAY(SELECT base_name FROM labels) AS delegated,
+    (SELECT count(*) FROM inserted) AS inserted
+"""
+).bindparams(bindparam("at", type_=UTCDateTime()))
+
 
 def txt_value(key_authorization: str) -> str:
     """base64url(SHA-256(key authorization)), unpadded (RFC 8555 §8.4)."""
@@ -51,9 +81,14 @@ class Dns01Solver:
     def value(self, key_authorization: str) -> str:
         return txt_value(key_authorization)
 
+    def presents_in_one_statement(self) -> bool:
+        return True
+
     def present(
         self, connection: Connection, presenter: Presenter, material: Sequence[Material]
     ) -> bool:
+        if connection.dialect.name == "postgresql":
+            return _present_postgres(connection, presenter, material)
         rows = connection.execute(
             _LEASE_AND_LABELS,
             {
@@ -80,3 +115,29 @@ class Dns01Solver:
         self, connection: Connection, order_id: int, authz_urls: Sequence[str] | None
     ) -> None:
         remove_material(connection, order_id, authz_urls)
+
+
+def _present_postgres(
+    connection: Connection, presenter: Presenter, material: Sequence[Material]
+) -> bool:
+    identifiers = [item.identifier for item in material]
+    row = connection.execute(
+        _PRESENT_POSTGRES,
+        {
+            "order_id": presenter.order_id,
+            "tenant_id": presenter.tenant_id,
+            "worker_id": presenter.worker_id,
+            "kind": DNS01_KIND,
+            "at": presenter.at,
+            "identifiers": identifiers,
+            "txt_values": [item.value for item in material],
+            "authz_urls": [item.authz_url for item in material],
+            "names": len(set(identifiers)),
+        },
+    ).one()
+    if row.lease_owner != presenter.worker_id:
+        return False
+    if row.inserted != len(material):
+        missing = next(name for name in identifiers if name not in set(row.delegated))
+        raise CertokError(f"{missing} has no delegation for this tenant: call /v1/cert/dv first")
+    return True

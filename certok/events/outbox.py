@@ -16,7 +16,7 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from certok.db.models import (
     Certificate,
@@ -110,27 +110,44 @@ def clear_mark(connection: Connection, kind: str, subject: str) -> None:
     connection.execute(delete(_MARKS).where(_MARKS.c.kind == kind, _MARKS.c.subject == subject))
 
 
+def _of_order(column: Any) -> Any:
+    """The first value of `column` in the rows of its table that belong to the order."""
+    table = column.table
+    return (
+        select(column)
+        .where(table.c.order_id == _ORDERS.c.id)
+        .order_by(table.c[next(iter(table.primary_key.columns)).name])
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# What the event of a finished order says, read in one statement (it runs in the transaction
+# that ends every order): the order, its code (the apply id), its notifyUrl, its certificate
+# (written earlier in the same transaction when it was issued).
+_FINISHED = select(
+    _ORDERS.c.tenant_id,
+    _ORDERS.c.state,
+    _ORDERS.c.issuer,
+    _ORDERS.c.algorithm,
+    _ORDERS.c.domains,
+    _ORDERS.c.reason,
+    _ORDERS.c.not_before,
+    _ORDERS.c.not_after,
+    _of_order(_CODES.c.code).label("code"),
+    _of_order(_NOTIFY.c.url).label("notify_url"),
+    _of_order(_CERTIFICATES.c.id).label("certificate_id"),
+).where(_ORDERS.c.id == bindparam("b_order_id"))
+
+
 def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> None:
     """In the transaction that ends an order: `certificate.issued` or `certificate.failed`
     for the tenant's endpoints, and the outcome for the order's notifyUrl if it has one."""
-    order = connection.execute(
-        select(
-            _ORDERS.c.tenant_id,
-            _ORDERS.c.state,
-            _ORDERS.c.issuer,
-            _ORDERS.c.algorithm,
-            _ORDERS.c.domains,
-            _ORDERS.c.reason,
-            _ORDERS.c.not_before,
-            _ORDERS.c.not_after,
-        ).where(_ORDERS.c.id == order_id)
-    ).first()
+    order = connection.execute(_FINISHED, {"b_order_id": order_id}).first()
     if order is None or order.state not in FINISHED_STATES:
         return
-    code = connection.execute(select(_CODES.c.code).where(_CODES.c.order_id == order_id)).scalar()
-    notify_url = connection.execute(
-        select(_NOTIFY.c.url).where(_NOTIFY.c.order_id == order_id)
-    ).scalar()
+    code = order.code
+    notify_url = order.notify_url
     if notify_url is not None:
         connection.execute(delete(_NOTIFY).where(_NOTIFY.c.order_id == order_id))
     data: dict[str, Any] = {
@@ -144,9 +161,7 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         event_type = CERTIFICATE_ISSUED
         data["status"] = ISSUED
         # The certificate record (certok/certificates) is written earlier in this transaction.
-        data["certificateId"] = connection.execute(
-            select(_CERTIFICATES.c.id).where(_CERTIFICATES.c.order_id == order_id)
-        ).scalar()
+        data["certificateId"] = order.certificate_id
         data["notBefore"] = rfc3339(order.not_before) if order.not_before else None
         data["notAfter"] = rfc3339(order.not_after) if order.not_after else None
     else:

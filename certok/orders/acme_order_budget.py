@@ -11,6 +11,9 @@ time it frees, and starts then. The worker claims due orders round-robin across 
 
 The budget costs one small write job per new ACME order (not per step): one SELECT (the
 tenant's state and both windows, each an index walk of at most `budget` rows) and one INSERT.
+On PostgreSQL, reservations for one account queue on the account's row lock; the whole job is
+then one round trip (`_reserve_postgres`), so the lock is held for the server's own work on
+it, not for the client's turns between statements while every other reservation waits.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
+from certok.db.engine import opened
 from certok.db.models import AcmeAccount, AcmeNewOrder
-from certok.db.writes import write
+from certok.db.writes import write, write_statement
 from certok.errors import CertokError
 from certok.orders.quotas import QUEUED, TENANT_DISABLED
 from certok.settings import Settings
@@ -93,7 +97,11 @@ class AcmeOrderBudget:
         if issuer_budget == 0 and tenant_budget == 0:
             return None
         now = self._clock()
-        verdict = write(
+        # One round trip on PostgreSQL, its own transaction (see _reserve_postgres); the
+        # statements of the other path share a transaction.
+        dialect = opened(self._sessions).engine.dialect
+        writer = write_statement if _one_round_trip(dialect.name, dialect.driver) else write
+        verdict = writer(
             self._sessions,
             functools.partial(
                 _reserve_job,
@@ -189,6 +197,19 @@ def _reserve_job(
     horizon: dt.timedelta,
 ) -> tuple[str, dt.datetime] | None:
     """None and a ledger row when both windows have room; else (which limit, when it frees)."""
+    if _one_round_trip(connection.dialect.name, connection.dialect.driver):
+        return _reserve_postgres(
+            connection,
+            issuer=issuer,
+            tenant_id=tenant_id,
+            order_id=order_id,
+            now=now,
+            issuer_budget=issuer_budget,
+            issuer_window=issuer_window,
+            tenant_budget=tenant_budget,
+            tenant_window=tenant_window,
+            horizon=horizon,
+        )
     if connection.dialect.name != "sqlite":
         # Reservations for one account queue on its row, so nodes reserving at the same moment
         # cannot both take the last place (SQLite has one writer at a time anyway).
@@ -202,19 +223,14 @@ def _reserve_job(
             "b_tenant_id_offset": max(tenant_budget - 1, 0),
         },
     ).one()
-    if disabled is None or disabled:  # None: no such tenant
-        return ("disabled", now)
-    stale = False
-    for budget, window, nth, kind in (
+    refused, stale = _verdict(
+        disabled,
+        now,
         (issuer_budget, issuer_window, issuer_nth, "issuer"),
         (tenant_budget, tenant_window, tenant_nth, "tenant"),
-    ):
-        if budget <= 0 or nth is None:
-            continue
-        frees = nth + dt.timedelta(seconds=window)
-        if frees > now:
-            return (kind, frees)
-        stale = True  # a full window's worth of rows, and older ones: time to forget some
+    )
+    if refused is not None:
+        return refused
     if stale:
         connection.execute(_FORGET, {"b_issuer": issuer, "b_before": now - horizon})
     connection.execute(
@@ -222,3 +238,123 @@ def _reserve_job(
         {"issuer": issuer, "tenant_id": tenant_id, "order_id": order_id, "created_at": now},
     )
     return None
+
+
+def _one_round_trip(dialect: str, driver: str) -> bool:
+    """Whether the reservation is `_reserve_postgres` (psycopg 3 sends its simple query)."""
+    return dialect == "postgresql" and driver == "psycopg"
+
+
+# (budget, window in seconds, created_at of the budget-th newest reservation or None, kind)
+_Window = tuple[int, float, dt.datetime | None, str]
+
+
+def _verdict(
+    disabled: bool | None, now: dt.datetime, *windows: _Window
+) -> tuple[tuple[str, dt.datetime] | None, bool]:
+    """(which limit refuses and when it frees, or None; whether older ledger rows may go)."""
+    if disabled is None or disabled:  # None: no such tenant
+        return ("disabled", now), False
+    stale = False
+    for budget, window, nth, kind in windows:
+        if budget <= 0 or nth is None:
+            continue
+        frees = nth + dt.timedelta(seconds=window)
+        if frees > now:
+            return (kind, frees), False
+        stale = True  # a full window's worth of rows, and older ones: time to forget some
+    return None, stale
+
+
+# The reservation on PostgreSQL, sent as one query string of two statements, which the server
+# runs as one transaction: the account row's lock, then the check, the forgetting of stale
+# rows and the ledger row, in one statement that takes its snapshot once the lock is held (so
+# it sees every reservation committed before it). Its room / stale tests are `_verdict`'s.
+_RESERVE_POSTGRES = """
+SELECT id FROM acme_accounts WHERE issuer = %(issuer)s FOR UPDATE;
+WITH checked AS (
+    SELECT
+        (SELECT disabled FROM tenants WHERE id = %(tenant_id)s) AS disabled,
+        (SELECT created_at FROM acme_new_orders WHERE issuer = %(issuer)s
+         ORDER BY created_at DESC LIMIT 1 OFFSET %(issuer_offset)s) AS issuer_nth,
+        (SELECT created_at FROM acme_new_orders WHERE tenant_id = %(tenant_id)s
+         ORDER BY created_at DESC LIMIT 1 OFFSET %(tenant_offset)s) AS tenant_nth
+), verdict AS (
+    SELECT
+        disabled, issuer_nth, tenant_nth,
+        disabled IS FALSE
+        AND NOT (%(issuer_budget)s > 0 AND issuer_nth IS NOT NULL
+                 AND issuer_nth + make_interval(secs => %(issuer_window)s) > %(now)s)
+        AND NOT (%(tenant_budget)s > 0 AND tenant_nth IS NOT NULL
+                 AND tenant_nth + make_interval(secs => %(tenant_window)s) > %(now)s) AS room,
+        (%(issuer_budget)s > 0 AND issuer_nth IS NOT NULL)
+        OR (%(tenant_budget)s > 0 AND tenant_nth IS NOT NULL) AS stale
+    FROM checked
+), forgotten AS (
+    DELETE FROM acme_new_orders
+    WHERE issuer = %(issuer)s AND created_at < %(before)s
+      AND (SELECT room AND stale FROM verdict)
+), reserved AS (
+    INSERT INTO acme_new_orders (issuer, tenant_id, order_id, created_at)
+    SELECT %(issuer)s, %(tenant_id)s, %(order_id)s, %(now)s FROM verdict WHERE room
+    RETURNING id
+)
+SELECT disabled, issuer_nth, tenant_nth, (SELECT count(*) FROM reserved) FROM verdict
+"""
+
+
+def _reserve_postgres(
+    connection: Connection,
+    *,
+    issuer: str,
+    tenant_id: int,
+    order_id: int,
+    now: dt.datetime,
+    issuer_budget: int,
+    issuer_window: float,
+    tenant_budget: int,
+    tenant_window: float,
+    horizon: dt.timedelta,
+) -> tuple[str, dt.datetime] | None:
+    """`_reserve_job` in one round trip. psycopg sends a query with parameters as one
+    statement (the extended protocol): a cursor that binds them itself sends the two
+    statements as one simple query. Outside a transaction (`write_statement`) the server
+    commits them together; inside one, they are part of it."""
+    import psycopg  # the `postgres` extra: only a PostgreSQL database gets here
+
+    naive = now.astimezone(dt.UTC).replace(tzinfo=None)  # the columns are UTC without zone
+    params = {
+        "issuer": issuer,
+        "tenant_id": tenant_id,
+        "order_id": order_id,
+        "now": naive,
+        "before": naive - horizon,
+        "issuer_budget": issuer_budget,
+        "issuer_window": float(issuer_window),
+        "issuer_offset": max(issuer_budget - 1, 0),
+        "tenant_budget": tenant_budget,
+        "tenant_window": float(tenant_window),
+        "tenant_offset": max(tenant_budget - 1, 0),
+    }
+    dbapi = connection.connection.dbapi_connection
+    assert isinstance(dbapi, psycopg.Connection)  # the dialect's driver, checked by the caller
+    with psycopg.ClientCursor(dbapi) as cursor:
+        cursor.execute(_RESERVE_POSTGRES, params)
+        cursor.nextset()
+        row = cursor.fetchone()
+    assert row is not None
+    disabled, issuer_nth, tenant_nth, reserved = row
+    if reserved:
+        return None
+    refused, _ = _verdict(
+        disabled,
+        now,
+        (issuer_budget, issuer_window, _aware(issuer_nth), "issuer"),
+        (tenant_budget, tenant_window, _aware(tenant_nth), "tenant"),
+    )
+    # The statement and `_verdict` test the same conditions: one refuses when the other does.
+    return refused or ("issuer", now)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.replace(tzinfo=dt.UTC)

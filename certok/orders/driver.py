@@ -123,14 +123,25 @@ class OrderDriver:
         )
 
     # --- entry point ---------------------------------------------------------------------
-    def step(self, order_id: int, *, hold_lease_for: float | None = None) -> float | None:
+    def step(
+        self,
+        order_id: int,
+        *,
+        hold_lease_for: float | None = None,
+        snapshot: OrderSnapshot | None = None,
+    ) -> float | None:
         """Advance the order by one step. Returns seconds until the next step, None when done.
 
         With `hold_lease_for`, a next step further away than that releases the lease in the
         step's own save (the caller will not keep the order); without it the lease is kept.
+        `snapshot`: the order as the claim that just leased it returned it, instead of a load.
         """
-        with self._reading() as connection:
-            order = load_snapshot(connection, order_id, self._worker_id, hold_lease_for)
+        order: OrderSnapshot | None
+        if snapshot is not None and snapshot.id == order_id:
+            order = dataclasses.replace(snapshot, hold_lease_for=hold_lease_for)
+        else:
+            with self._reading() as connection:
+                order = load_snapshot(connection, order_id, self._worker_id, hold_lease_for)
         if order is None:
             return None
         solver = self._solvers.get(order.challenge_type)

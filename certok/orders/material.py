@@ -14,9 +14,14 @@ from collections.abc import Callable, Sequence
 import josepy
 from sqlalchemy.orm import Session, sessionmaker
 
-from certok.challenge_solver import ChallengeSolver, Material, Presenter
+from certok.challenge_solver import (
+    ChallengeSolver,
+    Material,
+    Presenter,
+    PresentsInOneStatement,
+)
 from certok.clock import Clock
-from certok.db.writes import write
+from certok.db.writes import write, write_statement
 from certok.issuance import AuthzInfo, ChallengeInfo, key_authorization
 from certok.orders.rows import (
     OrderSnapshot,
@@ -100,7 +105,11 @@ class ChallengeMaterial:
             Material(authz.identifier, authz.url, challenge.token, value)
             for authz, challenge, value in fresh
         ]
-        write(
+        # Nothing to replace, and a solver whose present is one statement: no transaction.
+        one_statement = not replaced_authz and (
+            isinstance(solver, PresentsInOneStatement) and solver.presents_in_one_statement()
+        )
+        (write_statement if one_statement else write)(
             self._sessions,
             functools.partial(
                 present_job,
@@ -112,7 +121,8 @@ class ChallengeMaterial:
         )
 
     def mark_answered(self, order_id: int, authz_urls: Sequence[str]) -> None:
-        write(
+        # One UPDATE: no transaction around it on PostgreSQL.
+        write_statement(
             self._sessions,
             functools.partial(
                 write_answered, order_id=order_id, authz_urls=list(authz_urls), at=self._clock()
@@ -122,8 +132,9 @@ class ChallengeMaterial:
     def remove(self, solver: ChallengeSolver, order_id: int, authz_urls: list[str]) -> None:
         # Removals are not announced: nobody waits for them, and the DNS server's periodic
         # refresh (`dns_refresh_seconds`) stops serving the values soon enough. Waiting for a
-        # reload here would hold the worker thread for nothing.
-        write(
+        # reload here would hold the worker thread for nothing. One DELETE (every solver's
+        # cleanup removes its rows of challenge_records): no transaction around it.
+        write_statement(
             self._sessions,
             functools.partial(remove_job, solver=solver, order_id=order_id, authz_urls=authz_urls),
         )

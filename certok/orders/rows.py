@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, exists, func, select, update
 
 from certok.certificates.records import IssuedCertificate, record_issued
 from certok.challenge_solver import ChallengeSolver, Material, Presenter
@@ -75,7 +75,7 @@ class PresentedRecord:
 ORDERS = Order.__table__
 CHALLENGE_RECORDS = ChallengeRecord.__table__
 
-_SNAPSHOT_COLUMNS = (
+SNAPSHOT_COLUMNS = (
     ORDERS.c.id,
     ORDERS.c.tenant_id,
     ORDERS.c.issuer,
@@ -99,7 +99,7 @@ _SNAPSHOT_COLUMNS = (
 # Hot statements, built once: building a statement and its cache key costs several times
 # what executing it does. Values come as bound parameters named b_* (an UPDATE's other
 # parameters are its SET columns).
-_LOAD = select(*_SNAPSHOT_COLUMNS).where(
+_LOAD = select(*SNAPSHOT_COLUMNS).where(
     ORDERS.c.id == bindparam("b_order_id"),
     ORDERS.c.state == PENDING,
     ORDERS.c.lease_owner == bindparam("b_worker_id"),
@@ -134,6 +134,11 @@ def load_snapshot(
     row = connection.execute(_LOAD, {"b_order_id": order_id, "b_worker_id": worker_id}).first()
     if row is None:
         return None
+    return snapshot_of(row, hold_lease_for)
+
+
+def snapshot_of(row: Any, hold_lease_for: float | None) -> OrderSnapshot:
+    """A row of `SNAPSHOT_COLUMNS` (a load, or the claim's RETURNING) as a snapshot."""
     return OrderSnapshot(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -176,8 +181,26 @@ def save_job(
     certificate: IssuedCertificate | None = None,
     after: FinishHook | None = None,
 ) -> None:
-    """Save `values` under the lease; `drop_records`: the solver whose material all goes."""
-    result = connection.execute(_SAVE, {**values, "b_order_id": order_id, "b_worker_id": worker_id})
+    """Save `values` under the lease; `drop_records`: the solver whose material all goes.
+
+    On PostgreSQL a save of the shape `one_statement_save` names is one statement (see
+    `_combined_save`); `OrderSaves` runs those outside a transaction.
+    """
+    params = {**values, "b_order_id": order_id, "b_worker_id": worker_id}
+    combined = (answered or drop_records is not None) and one_statement_save(
+        answered, drop_records, certificate, after
+    )
+    if combined and connection.dialect.name == "postgresql":
+        statement = _combined_save(tuple(sorted(values)), "answered" if answered else "drop")
+        named = {f"v_{key}": value for key, value in values.items()}
+        side = {"b_authz_urls": answered, "b_answered_at": answered_at} if answered else {}
+        saved = connection.scalar(
+            statement, {**named, **side, "b_order_id": order_id, "b_worker_id": worker_id}
+        )
+        if saved != 1:
+            raise LeaseLost(order_id)
+        return
+    result = connection.execute(_SAVE, params)
     if result.rowcount != 1:
         raise LeaseLost(order_id)
     if certificate is not None:
@@ -189,6 +212,57 @@ def save_job(
         drop_records.cleanup(connection, order_id, None)
     if after is not None:
         after(connection, order_id, answered_at)
+
+
+def one_statement_save(
+    answered: list[str],
+    drop_records: ChallengeSolver | None,
+    certificate: IssuedCertificate | None,
+    after: FinishHook | None,
+) -> bool:
+    """Whether `save_job` sends one statement on PostgreSQL: the order's UPDATE, alone or with
+    either the answers' mark or the removal of all its challenge material (not both)."""
+    return certificate is None and after is None and not (answered and drop_records is not None)
+
+
+# One statement per shape (the SET columns, and what goes with the save), built once.
+_COMBINED: dict[tuple[tuple[str, ...], str], Select[Any]] = {}
+
+
+def _combined_save(columns: tuple[str, ...], kind: str) -> Select[Any]:
+    """The lease-fenced UPDATE of the order and, in the same statement, the mark of its
+    answered challenges (`answered`) or the removal of all its challenge material (`drop`):
+    PostgreSQL runs data-modifying WITH clauses once, on the same snapshot, and the second
+    one touches the order's records only if the first one saved the order (the lease held).
+    The removal is what every solver's `cleanup(connection, order_id, None)` does: delete the
+    order's rows of challenge_records. The statement returns how many orders it saved."""
+    statement = _COMBINED.get((columns, kind))
+    if statement is not None:
+        return statement
+    saved = (
+        update(ORDERS)
+        .where(
+            ORDERS.c.id == bindparam("b_order_id"),
+            ORDERS.c.lease_owner == bindparam("b_worker_id"),
+        )
+        .values({column: bindparam(f"v_{column}") for column in columns})
+        .returning(ORDERS.c.id)
+        .cte("saved")
+    )
+    of_saved = CHALLENGE_RECORDS.c.order_id.in_(select(saved.c.id))
+    side = (
+        update(CHALLENGE_RECORDS)
+        .where(
+            of_saved,
+            CHALLENGE_RECORDS.c.authz_url.in_(bindparam("b_authz_urls", expanding=True)),
+        )
+        .values(answered_at=bindparam("b_answered_at"))
+        if kind == "answered"
+        else delete(CHALLENGE_RECORDS).where(of_saved)
+    )
+    statement = select(func.count()).select_from(saved).add_cte(side.cte("side"))
+    _COMBINED[(columns, kind)] = statement
+    return statement
 
 
 def write_answered(

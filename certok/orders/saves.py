@@ -1,7 +1,8 @@
 """How a step ends: what the driver saves, and when the order is stepped next.
 
 Every save is fenced by the lease (`certok.orders.rows.save_job`). What one step writes
-after its last exchange with the CA goes in one transaction: the state or the next attempt
+after its last exchange with the CA goes in one transaction (on PostgreSQL, most often one
+statement): the state or the next attempt
 time, the last answer's mark, the lease handed back, challenge material no longer needed.
 A poll the worker holds on to saves nothing: the next one follows in the same task.
 """
@@ -21,12 +22,12 @@ from certok.certificates.records import IssuedCertificate, issued_certificate
 from certok.challenge_solver import ChallengeSolver
 from certok.clock import Clock
 from certok.crypto import certificate_facts
-from certok.db.writes import write
+from certok.db.writes import write, write_statement
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.order_states import FAILURE, ISSUED
 from certok.orders.acme_order_budget import BudgetWait
 from certok.orders.polling import poll_delay
-from certok.orders.rows import FinishHook, OrderSnapshot, save_job
+from certok.orders.rows import FinishHook, OrderSnapshot, one_statement_save, save_job
 from certok.orders.schedule import next_attempt
 
 log = logging.getLogger(__name__)
@@ -65,21 +66,26 @@ class OrderSaves:
         removes all of the order's challenge material (a finished order, a new ACME order),
         so a crash can leave neither a finished order's material served nor a new order's
         half-saved. That removal runs even when the snapshot saw no material: it is the last
-        guard against rows a worker that lost its lease wrote after this step's load."""
-        write(
-            self._sessions,
-            functools.partial(
-                save_job,
-                order_id=order_id,
-                worker_id=self._worker_id,
-                values=values,
-                answered=list(answered),
-                answered_at=self._clock(),
-                drop_records=drop_records,
-                certificate=certificate,
-                after=self._on_finished_tx if finished else None,
-            ),
+        guard against rows a worker that lost its lease wrote after this step's load.
+
+        A save that is one statement (`one_statement_save`) needs no transaction around it on
+        PostgreSQL: `write_statement`."""
+        after = self._on_finished_tx if finished else None
+        job = functools.partial(
+            save_job,
+            order_id=order_id,
+            worker_id=self._worker_id,
+            values=values,
+            answered=list(answered),
+            answered_at=self._clock(),
+            drop_records=drop_records,
+            certificate=certificate,
+            after=after,
         )
+        if one_statement_save(list(answered), drop_records, certificate, after):
+            write_statement(self._sessions, job)
+        else:
+            write(self._sessions, job)
 
     def next_attempt(
         self,

@@ -40,10 +40,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
 from certok.db.models import Order
-from certok.db.writes import write
+from certok.db.writes import write_statement
 from certok.order_states import PENDING
 from certok.orders.driver import OrderDriver
-from certok.orders.rows import LeaseLost
+from certok.orders.rows import SNAPSHOT_COLUMNS, LeaseLost, OrderSnapshot, snapshot_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,7 @@ class Worker:
         self._sessions = session_factory
         self._driver = driver
         # The driver's save hands the lease back when the next step is beyond the inline wait.
-        self._step = functools.partial(driver.step, hold_lease_for=INLINE_WAIT_SECONDS)
+        self._step = functools.partial(_step, driver, INLINE_WAIT_SECONDS)
         self._worker_id = worker_id
         self._threads = threads
         self._max_in_flight = max_in_flight
@@ -92,7 +92,8 @@ class Worker:
 
     def release_own_leases(self) -> int:
         """At start: leases held under our id belong to a previous run of this node that died."""
-        return write(self._sessions, functools.partial(_release_all_job, worker_id=self._worker_id))
+        job = functools.partial(_release_all_job, worker_id=self._worker_id)
+        return write_statement(self._sessions, job)
 
     def wake(self) -> None:
         """Look for due orders now (thread-safe; the API calls it after recording an order)."""
@@ -107,10 +108,10 @@ class Worker:
                 free = self._max_in_flight - len(self._busy)
                 if free > 0:
                     claimed = await self._in_pool(self._claim, free)
-                    for order_id in claimed:
+                    for order_id, snapshot in claimed:
                         with self._busy_lock:
                             self._busy.add(order_id)
-                        task = asyncio.create_task(self._drive(order_id))
+                        task = asyncio.create_task(self._drive(order_id, snapshot))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
                 self.heartbeat = time.monotonic()
@@ -134,7 +135,7 @@ class Worker:
         return await loop.run_in_executor(self._pool, function, *args)
 
     # --- claiming ----------------------------------------------------------------------------
-    def _claim(self, limit: int) -> list[int]:
+    def _claim(self, limit: int) -> list[tuple[int, OrderSnapshot | None]]:
         now = self._clock()
         with self._busy_lock:
             busy = set(self._busy)
@@ -156,7 +157,8 @@ class Worker:
         wanted = due[:limit]
         if not wanted:
             return []
-        return write(
+        # One statement where the database returns what it updated (see _claim_job).
+        return write_statement(
             self._sessions,
             functools.partial(_claim_job, wanted=wanted, worker_id=self._worker_id, now=now),
         )
@@ -166,20 +168,22 @@ class Worker:
         job = functools.partial(
             _update_own_lease, order_id=order_id, worker_id=self._worker_id, until=until
         )
-        return write(self._sessions, job) == 1
+        return write_statement(self._sessions, job) == 1
 
     def _release_lease(self, order_id: int) -> None:
         job = functools.partial(
             _update_own_lease, order_id=order_id, worker_id=self._worker_id, until=None
         )
-        write(self._sessions, job)
+        write_statement(self._sessions, job)
 
     # --- driving -------------------------------------------------------------------------------
-    async def _drive(self, order_id: int) -> None:
+    async def _drive(self, order_id: int, snapshot: OrderSnapshot | None) -> None:
+        """`snapshot`: the order as the claim returned it, for the first step (None: loaded)."""
         lease_checked = time.monotonic()
         try:
             while not self._stopping.is_set():
-                delay = await self._in_pool(self._step, order_id)
+                delay = await self._in_pool(self._step, order_id, snapshot)
+                snapshot = None  # later steps load the order: the previous one changed it
                 if delay is None:
                     if self._on_finished is not None:
                         self._on_finished(order_id)
@@ -207,6 +211,12 @@ class Worker:
             with self._busy_lock:
                 self._busy.discard(order_id)
             self.wake()
+
+
+def _step(
+    driver: OrderDriver, hold_lease_for: float, order_id: int, snapshot: OrderSnapshot | None
+) -> float | None:
+    return driver.step(order_id, hold_lease_for=hold_lease_for, snapshot=snapshot)
 
 
 def _lease_free(now: dt.datetime | BindParameter[dt.datetime]) -> ColumnElement[bool]:
@@ -248,15 +258,16 @@ _DUE_FAIR = (
     .order_by(_DUE_RANKED.c.turn, _DUE_RANKED.c.next_attempt_at, _DUE_RANKED.c.id)
     .limit(bindparam("b_limit"))
 )
-_TAKE = (
-    update(ORDERS)
-    .where(
-        ORDERS.c.id.in_(bindparam("b_ids", expanding=True)),
-        ORDERS.c.state == PENDING,
-        _lease_free(bindparam("b_now")),
-    )
-    .returning(ORDERS.c.id)
+_TAKE_WHERE = (
+    ORDERS.c.id.in_(bindparam("b_ids", expanding=True)),
+    ORDERS.c.state == PENDING,
+    _lease_free(bindparam("b_now")),
 )
+_TAKE = update(ORDERS).where(*_TAKE_WHERE).returning(ORDERS.c.id)
+# On PostgreSQL the claim returns what each order's first step would load (its snapshot):
+# the lease and the load in one statement. Not on SQLite, whose RETURNING drops the table
+# name from the snapshot's correlated EXISTS (it would compare challenge_records.id).
+_TAKE_SNAPSHOTS = update(ORDERS).where(*_TAKE_WHERE).returning(*SNAPSHOT_COLUMNS)
 
 
 # --- write jobs (module-level with plain arguments: they may run in the writer process) -------
@@ -272,11 +283,16 @@ def _release_all_job(connection: Connection, *, worker_id: str) -> int:
 
 def _claim_job(
     connection: Connection, *, wanted: list[int], worker_id: str, now: dt.datetime
-) -> list[int]:
+) -> list[tuple[int, OrderSnapshot | None]]:
+    """Lease the orders of `wanted` that are still pending and free: (id, snapshot or None).
+
+    One statement wherever the database can return the rows it updated (the Worker runs it
+    with `write_statement`); one UPDATE per order elsewhere.
+    """
     lease = {"lease_owner": worker_id, "lease_until": now + dt.timedelta(seconds=LEASE_SECONDS)}
     if not connection.dialect.update_returning:
         return [
-            order_id
+            (order_id, None)
             for order_id in wanted
             if connection.execute(
                 update(ORDERS)
@@ -287,8 +303,14 @@ def _claim_job(
         ]
     # Compare-and-set for the whole batch: rows another node leased meanwhile (or that
     # finished) fail the WHERE and are simply not returned.
-    taken = set(connection.execute(_TAKE, {**lease, "b_ids": wanted, "b_now": now}).scalars())
-    return [order_id for order_id in wanted if order_id in taken]
+    params = {**lease, "b_ids": wanted, "b_now": now}
+    taken: dict[int, OrderSnapshot | None]
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(_TAKE_SNAPSHOTS, params)
+        taken = {row.id: snapshot_of(row, None) for row in rows}
+    else:
+        taken = dict.fromkeys(connection.execute(_TAKE, params).scalars())
+    return [(order_id, taken[order_id]) for order_id in wanted if order_id in taken]
 
 
 def _update_own_lease(

@@ -26,7 +26,7 @@ from certok.persistence import Store
 from certok.settings import IssuerSettings, Settings
 from certok.tenants import service as tenants
 from tests.functional.test_api import api_settings, assert_error, make_app
-from tests.functional.test_worker_leases import ME, _worker
+from tests.functional.test_worker_leases import ME, _worker, claimed_ids
 from tests.functional.test_worker_leases import NOW as WORKER_NOW
 from tests.kit.rows import order_row
 
@@ -350,10 +350,10 @@ def test_due_orders_are_claimed_round_robin_across_tenants(store: Store, tmp_pat
     worker = _worker(store, tmp_path)
     worker._max_in_flight = 3  # each claim below is a batch worth taking turns for
     # Each tenant's most overdue order first, then each tenant's second, ...
-    assert worker._claim(3) == [due["flood"][0], due["quiet"][0], due["third"][0]]
-    assert worker._claim(3) == [due["flood"][1], due["third"][1], due["flood"][2]]
+    assert claimed_ids(worker, 3) == [due["flood"][0], due["quiet"][0], due["third"][0]]
+    assert claimed_ids(worker, 3) == [due["flood"][1], due["third"][1], due["flood"][2]]
     # No backlog left (all the rest fit): the most overdue first.
-    assert worker._claim(10) == due["flood"][3:]
+    assert claimed_ids(worker, 10) == due["flood"][3:]
 
 
 def test_under_a_backlog_turns_are_taken_for_batches_not_for_each_free_place(
@@ -366,8 +366,8 @@ def test_under_a_backlog_turns_are_taken_for_batches_not_for_each_free_place(
                 session.add(_overdue_order(ids[tenant], f"n{i}.{tenant}.test", first_due - i))
     worker = _worker(store, tmp_path)
     worker._max_in_flight = 16  # batches of 2 places
-    first = worker._claim(2)
+    first = claimed_ids(worker, 2)
     assert len(first) == 2
     # One free place right after: waits for a batch (or the poll interval), claims nothing.
-    assert worker._claim(1) == []
-    assert len(worker._claim(2)) == 2
+    assert claimed_ids(worker, 1) == []
+    assert len(claimed_ids(worker, 2)) == 2

@@ -127,11 +127,11 @@ def test_claim_takes_due_free_orders_oldest_first_and_nothing_else(
     worker._busy.add(ids["busy-here"])
 
     statements.clear()
-    first = worker._claim(1)
+    first = claimed_ids(worker, 1)
     assert first == [ids["oldest"]]
-    rest = worker._claim(10)
+    rest = claimed_ids(worker, 10)
     assert sorted(rest) == sorted([ids["due"], ids["expired-lease"]])
-    assert worker._claim(10) == []
+    assert claimed_ids(worker, 10) == []
 
     leases = _leases(store)
     until = NOW + dt.timedelta(seconds=LEASE_SECONDS)
@@ -168,7 +168,7 @@ def test_a_batch_claim_skips_rows_another_node_leased_after_the_lookup(
 
     event.listen(store.engine, "before_cursor_execute", lease_raced_elsewhere)
     try:
-        claimed = worker._claim(10)
+        claimed = claimed_ids(worker, 10)
     finally:
         event.remove(store.engine, "before_cursor_execute", lease_raced_elsewhere)
     assert raced == [True]
@@ -224,3 +224,8 @@ def test_a_step_hands_the_lease_back_only_when_the_next_attempt_is_beyond_the_ho
         assert order.attempts == 1 and order.reason is not None and refusal in order.reason
         assert order.next_attempt_at == NOW + dt.timedelta(seconds=FIRST_RETRY_SECONDS)
         assert order.acme_order_url is None
+
+
+def claimed_ids(worker: Worker, limit: int) -> list[int]:
+    """The ids of the orders one claim of the worker took (its snapshots aside)."""
+    return [order_id for order_id, _ in worker._claim(limit)]
