@@ -303,3 +303,5 @@ def test_certok_agent_explicit_entries_deploy_to_any_tls_service(  # type: ignor
     finally:
         tls.kill()
         tls.wait(timeout=10)
+        if tls.stdout is not None:
+            tls.stdout.close()
