@@ -88,9 +88,8 @@ def certificate_facts(fullchain_pem: str) -> CertificateFacts:
     """Facts about the leaf (first certificate) of a PEM chain."""
     leaf = _leaf(fullchain_pem)
     names = _dns_names(leaf)
-    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return CertificateFacts(
-        subject=str(cns[0].value) if cns else (names[0] if names else ""),
+        subject=_subject_of(leaf, names),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         names=names,
@@ -100,11 +99,15 @@ def certificate_facts(fullchain_pem: str) -> CertificateFacts:
 def certificate_subject(fullchain_pem: str) -> str:
     """The leaf's subject as apply shows it: its CommonName, else its first DNS name (CAs
     that leave the CommonName out). `certificate_facts(...).subject`, for less."""
-    leaf = _leaf(fullchain_pem)
+    return _subject_of(_leaf(fullchain_pem))
+
+
+def _subject_of(leaf: x509.Certificate, names: list[str] | None = None) -> str:
+    """The CommonName, else the first of the DNS names (`names`, when already read)."""
     cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if cns:
         return str(cns[0].value)
-    names = _dns_names(leaf)
+    names = _dns_names(leaf) if names is None else names
     return names[0] if names else ""
 
 

@@ -105,15 +105,17 @@ class AcmeOrderBudget:
             self._sessions,
             functools.partial(
                 _reserve_job,
-                issuer=issuer,
-                tenant_id=tenant_id,
-                order_id=order_id,
-                now=now,
-                issuer_budget=issuer_budget,
-                issuer_window=issuer_window,
-                tenant_budget=tenant_budget,
-                tenant_window=tenant_window,
-                horizon=self._horizon,
+                ask=_Ask(
+                    issuer=issuer,
+                    tenant_id=tenant_id,
+                    order_id=order_id,
+                    now=now,
+                    issuer_budget=issuer_budget,
+                    issuer_window=issuer_window,
+                    tenant_budget=tenant_budget,
+                    tenant_window=tenant_window,
+                    horizon=self._horizon,
+                ),
             ),
         )
         if verdict is None:
@@ -183,33 +185,35 @@ _FORGET = delete(_LEDGER).where(
 )
 
 
-def _reserve_job(
-    connection: Connection,
-    *,
-    issuer: str,
-    tenant_id: int,
-    order_id: int,
-    now: dt.datetime,
-    issuer_budget: int,
-    issuer_window: float,
-    tenant_budget: int,
-    tenant_window: float,
-    horizon: dt.timedelta,
-) -> tuple[str, dt.datetime] | None:
+@dataclass(frozen=True)
+class _Ask:
+    """One reservation asked for: the order, the moment, and both windows' budgets."""
+
+    issuer: str
+    tenant_id: int
+    order_id: int
+    now: dt.datetime
+    issuer_budget: int
+    issuer_window: float
+    tenant_budget: int
+    tenant_window: float
+    horizon: dt.timedelta
+
+    def windows(
+        self, issuer_nth: dt.datetime | None, tenant_nth: dt.datetime | None
+    ) -> tuple[_Window, _Window]:
+        """Both windows for `_verdict`, with the budget-th newest reservation of each."""
+        return (
+            (self.issuer_budget, self.issuer_window, issuer_nth, "issuer"),
+            (self.tenant_budget, self.tenant_window, tenant_nth, "tenant"),
+        )
+
+
+def _reserve_job(connection: Connection, *, ask: _Ask) -> tuple[str, dt.datetime] | None:
     """None and a ledger row when both windows have room; else (which limit, when it frees)."""
     if _one_round_trip(connection.dialect.name, connection.dialect.driver):
-        return _reserve_postgres(
-            connection,
-            issuer=issuer,
-            tenant_id=tenant_id,
-            order_id=order_id,
-            now=now,
-            issuer_budget=issuer_budget,
-            issuer_window=issuer_window,
-            tenant_budget=tenant_budget,
-            tenant_window=tenant_window,
-            horizon=horizon,
-        )
+        return _reserve_postgres(connection, ask)
+    issuer, tenant_id, now = ask.issuer, ask.tenant_id, ask.now
     if connection.dialect.name != "sqlite":
         # Reservations for one account queue on its row, so nodes reserving at the same moment
         # cannot both take the last place (SQLite has one writer at a time anyway).
@@ -219,23 +223,18 @@ def _reserve_job(
         {
             "b_tenant_id": tenant_id,
             "b_issuer": issuer,
-            "b_issuer_offset": max(issuer_budget - 1, 0),
-            "b_tenant_id_offset": max(tenant_budget - 1, 0),
+            "b_issuer_offset": max(ask.issuer_budget - 1, 0),
+            "b_tenant_id_offset": max(ask.tenant_budget - 1, 0),
         },
     ).one()
-    refused, stale = _verdict(
-        disabled,
-        now,
-        (issuer_budget, issuer_window, issuer_nth, "issuer"),
-        (tenant_budget, tenant_window, tenant_nth, "tenant"),
-    )
+    refused, stale = _verdict(disabled, now, *ask.windows(issuer_nth, tenant_nth))
     if refused is not None:
         return refused
     if stale:
-        connection.execute(_FORGET, {"b_issuer": issuer, "b_before": now - horizon})
+        connection.execute(_FORGET, {"b_issuer": issuer, "b_before": now - ask.horizon})
     connection.execute(
         _RESERVE,
-        {"issuer": issuer, "tenant_id": tenant_id, "order_id": order_id, "created_at": now},
+        {"issuer": issuer, "tenant_id": tenant_id, "order_id": ask.order_id, "created_at": now},
     )
     return None
 
@@ -303,38 +302,26 @@ SELECT disabled, issuer_nth, tenant_nth, (SELECT count(*) FROM reserved) FROM ve
 """
 
 
-def _reserve_postgres(
-    connection: Connection,
-    *,
-    issuer: str,
-    tenant_id: int,
-    order_id: int,
-    now: dt.datetime,
-    issuer_budget: int,
-    issuer_window: float,
-    tenant_budget: int,
-    tenant_window: float,
-    horizon: dt.timedelta,
-) -> tuple[str, dt.datetime] | None:
+def _reserve_postgres(connection: Connection, ask: _Ask) -> tuple[str, dt.datetime] | None:
     """`_reserve_job` in one round trip. psycopg sends a query with parameters as one
     statement (the extended protocol): a cursor that binds them itself sends the two
     statements as one simple query. Outside a transaction (`write_statement`) the server
     commits them together; inside one, they are part of it."""
     import psycopg  # the `postgres` extra: only a PostgreSQL database gets here
 
-    naive = now.astimezone(dt.UTC).replace(tzinfo=None)  # the columns are UTC without zone
+    naive = ask.now.astimezone(dt.UTC).replace(tzinfo=None)  # the columns are UTC, no zone
     params = {
-        "issuer": issuer,
-        "tenant_id": tenant_id,
-        "order_id": order_id,
+        "issuer": ask.issuer,
+        "tenant_id": ask.tenant_id,
+        "order_id": ask.order_id,
         "now": naive,
-        "before": naive - horizon,
-        "issuer_budget": issuer_budget,
-        "issuer_window": float(issuer_window),
-        "issuer_offset": max(issuer_budget - 1, 0),
-        "tenant_budget": tenant_budget,
-        "tenant_window": float(tenant_window),
-        "tenant_offset": max(tenant_budget - 1, 0),
+        "before": naive - ask.horizon,
+        "issuer_budget": ask.issuer_budget,
+        "issuer_window": float(ask.issuer_window),
+        "issuer_offset": max(ask.issuer_budget - 1, 0),
+        "tenant_budget": ask.tenant_budget,
+        "tenant_window": float(ask.tenant_window),
+        "tenant_offset": max(ask.tenant_budget - 1, 0),
     }
     dbapi = connection.connection.dbapi_connection
     assert isinstance(dbapi, psycopg.Connection)  # the dialect's driver, checked by the caller
@@ -346,14 +333,9 @@ def _reserve_postgres(
     disabled, issuer_nth, tenant_nth, reserved = row
     if reserved:
         return None
-    refused, _ = _verdict(
-        disabled,
-        now,
-        (issuer_budget, issuer_window, _aware(issuer_nth), "issuer"),
-        (tenant_budget, tenant_window, _aware(tenant_nth), "tenant"),
-    )
+    refused, _ = _verdict(disabled, ask.now, *ask.windows(_aware(issuer_nth), _aware(tenant_nth)))
     # The statement and `_verdict` test the same conditions: one refuses when the other does.
-    return refused or ("issuer", now)
+    return refused or ("issuer", ask.now)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
