@@ -31,6 +31,11 @@ OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno
 _ONE_CONNECTION = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 RETRY_SECONDS = 0.1
 SHED_GRACE_SECONDS = 1.0
+# Connections taken from the queue before the loop gets a turn. A connection closed to make
+# room (or refused) frees its descriptor only in a later turn of the loop, and one accepted
+# is handed over only then: taking a long queue in one go would hold all of them open at once,
+# past the reserve, and starve the process's own files (database, the writer channel).
+ACCEPT_BURST = 32
 # Descriptors a process keeps for itself besides client connections: database connections,
 # outbound requests (pre-checks, the CA), resolver sockets, logs, the listening sockets.
 RESERVED_DESCRIPTORS = 256
@@ -87,6 +92,7 @@ class Acceptor:
         self._sleep = sleep
         self.exhausted = False
         self._exhausted_at = 0.0
+        self._taken_in_a_row = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,12 +119,18 @@ class Acceptor:
                 log.exception("%s: dropping a connection after an unexpected error", self._name)
 
     async def _accept(self, loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, Any]:
-        # What is queued is taken without a round through the loop; the shortage is over
-        # once the queue is empty.
+        # What is queued is taken without a round through the loop, ACCEPT_BURST at a time;
+        # the shortage is over once the queue is empty.
+        if self._taken_in_a_row >= ACCEPT_BURST:
+            self._taken_in_a_row = 0
+            await asyncio.sleep(0)
         try:
-            return self._sock.accept()
+            accepted = self._sock.accept()
         except BlockingIOError:
-            pass
+            self._taken_in_a_row = 0
+        else:
+            self._taken_in_a_row += 1
+            return accepted
         if self.exhausted:
             self.exhausted = False
             log.warning("%s: accepting connections again", self._name)

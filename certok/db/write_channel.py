@@ -243,7 +243,13 @@ class RemoteWriter:
         connection: socket.socket | None = getattr(self._local, "connection", None)
         if connection is not None:
             return connection
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as error:  # out of descriptors: this process, not the writer
+            raise Unavailable(
+                f"cannot open a connection to the writer process ({error.strerror or error}): "
+                "try again in a moment"
+            ) from error
         connection.settimeout(CONNECT_TIMEOUT_SECONDS)
         try:
             connection.connect(str(self._path))

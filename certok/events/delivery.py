@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox
 from certok.db.writes import write
+from certok.errors import Unavailable
 from certok.events import claims
 from certok.events.outbox import DELIVERED, FAILED, PENDING
 from certok.events.schedule import next_attempt_at, parse_retry_after
@@ -142,6 +143,8 @@ class DeliveryWorker:
                 if now - purged_at > PURGE_EVERY_SECONDS:
                     purged_at = now
                     await asyncio.to_thread(self.purge)
+            except Unavailable as error:  # a passing shortage: no traceback to read
+                log.warning("webhooks: claiming deliveries failed: %s", error.message)
             except Exception:
                 log.exception("webhooks: claiming deliveries failed; trying again shortly")
             with contextlib.suppress(TimeoutError):

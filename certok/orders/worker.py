@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certok.clock import Clock, utcnow
 from certok.db.models import Order
 from certok.db.writes import write_statement
+from certok.errors import Unavailable
 from certok.order_states import PENDING
 from certok.orders.driver import OrderDriver
 from certok.orders.rows import SNAPSHOT_COLUMNS, LeaseLost, OrderSnapshot, snapshot_of
@@ -115,6 +116,8 @@ class Worker:
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
                 self.heartbeat = time.monotonic()
+            except Unavailable as error:  # a passing shortage: no traceback to read
+                log.warning("worker: claiming orders failed: %s", error.message)
             except Exception:
                 log.exception("worker: claiming orders failed; trying again shortly")
             with contextlib.suppress(TimeoutError):

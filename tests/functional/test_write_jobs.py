@@ -25,6 +25,8 @@ from certok.db.models import Base, Tenant
 from certok.db.sessions import make_session_factory
 from certok.db.write_channel import WriterUnavailable, serve_writes
 from certok.db.writes import TransactionWriter, WriteBatcher, write
+from certok.errors import Unavailable
+from tests.rig.open_files import file_table_full
 
 TENANTS = Tenant.__table__
 
@@ -175,6 +177,21 @@ def test_the_writer_channel_runs_jobs_and_returns_results_and_errors(
         with pytest.raises(Exception, match="pickle"):
             write(client, lambda connection: None)
         assert tenant_names(engine) == ["local", "remote"]
+
+
+def test_out_of_descriptors_a_write_is_refused_clearly_and_then_goes_through(
+    engine: Engine, tmp_path: Path
+) -> None:
+    with writer_process(engine, tmp_path) as (path, writer_thread, client_engine):
+        _wait_until_listening(path)
+        client = make_session_factory(client_engine, writer_socket=path)
+        with file_table_full(), pytest.raises(Unavailable) as refused:
+            write(client, functools.partial(add_tenant, name="later"))
+        assert "cannot open a connection to the writer process" in refused.value.message
+        assert "try again" in refused.value.message
+        assert tenant_names(engine) == []
+        assert write(client, functools.partial(add_tenant, name="later")) == writer_thread
+        assert tenant_names(engine) == ["later"]
 
 
 def test_a_writer_that_goes_away_mid_job_is_reported(engine: Engine, tmp_path: Path) -> None:

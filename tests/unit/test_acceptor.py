@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from certok.acceptor import RESERVED_DESCRIPTORS, Acceptor, api_connection_budget
+from certok.acceptor import ACCEPT_BURST, RESERVED_DESCRIPTORS, Acceptor, api_connection_budget
 
 
 class ShortOfDescriptors(socket.socket):
@@ -66,6 +66,43 @@ def test_out_of_descriptors_waits_sheds_and_logs_once(caplog: pytest.LogCaptureF
     for sock in accepted:
         sock.close()
     listener.close()
+
+
+def test_a_long_queue_is_taken_a_burst_at_a_time() -> None:
+    # Connections shed or refused while the queue is taken close only when the loop turns:
+    # a queue taken in one go would hold every one of them open at once.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    queued = 10 * ACCEPT_BURST
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(queued)]
+    turns = 0
+    taken_in_turn: dict[int, int] = {}
+    accepted: list[socket.socket] = []
+
+    async def main() -> None:
+        nonlocal turns
+        done = asyncio.Event()
+
+        def on_connection(sock: socket.socket, address: Any) -> None:
+            accepted.append(sock)
+            taken_in_turn[turns] = taken_in_turn.get(turns, 0) + 1
+            if len(accepted) == queued:
+                done.set()
+
+        task = asyncio.create_task(Acceptor(listener, on_connection, name="test").run())
+        while not done.is_set():
+            await asyncio.sleep(0)
+            turns += 1
+            assert turns < 100 * queued, "the queue was never taken"
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(accepted) == queued
+    assert max(taken_in_turn.values()) == ACCEPT_BURST
+    assert len(taken_in_turn) >= queued // ACCEPT_BURST
+    for sock in [*accepted, *clients, listener]:
+        sock.close()
 
 
 def test_the_api_budget_leaves_room_for_dns_and_the_reserve() -> None:
