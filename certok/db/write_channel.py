@@ -29,6 +29,7 @@ import selectors
 import socket
 import struct
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -258,6 +259,11 @@ class RemoteWriter:
             return None
         connection.settimeout(None)
         self._local.connection = connection
+        # Closed when the thread ends and its locals are collected, rather than left to the
+        # garbage collector (which warns about an unclosed socket).
+        thread_end = _ThreadEnd()
+        weakref.finalize(thread_end, connection.close)
+        self._local.thread_end = thread_end
         return connection
 
     def _drop(self) -> None:
@@ -265,6 +271,10 @@ class RemoteWriter:
         self._local.connection = None
         if connection is not None:
             connection.close()
+
+
+class _ThreadEnd:
+    """Kept in a thread's locals only: collected when the thread ends."""
 
 
 # --- framing -----------------------------------------------------------------------------------
