@@ -186,7 +186,12 @@ def measure(rows: int, workdir: Path) -> dict[str, Any]:
     populate(store, tenant.id, rows, secrets_too=secrets_too)
     inserted = time.monotonic() - started
     tasks = CertificateTasks(
-        store.sessions, _StandInAccounts(), batch=DUE * 2, interval_seconds=60, clock=lambda: NOW
+        store.sessions,
+        _StandInAccounts(),
+        box=store.box,
+        batch=DUE * 2,
+        interval_seconds=60,
+        clock=lambda: NOW,
     )
     rng = random.Random(2)
     ticks, idle, naive = [], [], []

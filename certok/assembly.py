@@ -265,6 +265,7 @@ def build_certificate_tasks(settings: Settings, store: Store) -> CertificateTask
     return CertificateTasks(
         store.sessions,
         AccountRegistry(store.sessions, settings, store.box),
+        box=store.box,
         batch=settings.certificate_scan_batch,
         interval_seconds=settings.certificate_scan_seconds,
     )

@@ -4,8 +4,9 @@ Each tick reads only the rows due (indexes on the next check time, on revocation
 and on (renewal_noticed_at, renew_at)), at most `certificate_scan_batch` of each, so its cost
 follows the work due, not the size of the table. A row is claimed with a compare-and-set
 UPDATE before the CA is asked, so two nodes never check or revoke the same certificate at
-once. The CA is reached through the issuer's ACME account (the one that issued it:
-RFC 8555 §7.6 lets the issuing account revoke).
+once. The CA is reached through the issuer's ACME account (RFC 8555 §7.6 lets the issuing
+account revoke); when that account may not (the operator replaced it since the certificate
+was ordered), the revocation is signed with the certificate's own key instead.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates import timing
 from certok.certificates.ari import AriError, parse_renewal_info
 from certok.clock import Clock, utcnow
+from certok.crypto import SecretBox, order_key_owner
 from certok.db.engine import transaction
 from certok.db.models import Certificate, CertificateSecret
 from certok.db.results import rows_changed
 from certok.issuance import AcmeProblem, AcmeSession, ProblemKind, parse_retry_after
+from certok.issuance.problems import BAD_CONFIGURATION
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class CertificateTasks:
         sessions: sessionmaker[Session],
         accounts: Accounts,
         *,
+        box: SecretBox,
         batch: int,
         interval_seconds: float,
         clock: Clock = utcnow,
@@ -77,6 +82,8 @@ class CertificateTasks:
     ) -> None:
         self._sessions = sessions
         self._accounts = accounts
+        # Decrypts a certificate's key when only the key itself may revoke it.
+        self._box = box
         self._batch = batch
         self._interval = interval_seconds
         self._clock = clock
@@ -127,17 +134,26 @@ class CertificateTasks:
     def _revoke(self, certificate_id: int, now: dt.datetime) -> None:
         with self._sessions() as session:
             row = session.execute(
-                select(_C.c.issuer, _SECRETS.c.certificate_pem, _C.c.revoke_reason)
+                select(
+                    _C.c.issuer,
+                    _C.c.order_id,
+                    _C.c.revoke_reason,
+                    _SECRETS.c.certificate_pem,
+                    _SECRETS.c.key_encrypted,
+                )
                 .join(_SECRETS, _SECRETS.c.certificate_id == _C.c.id)
                 .where(_C.c.id == certificate_id)
             ).one()
         values: dict[str, Any]
         try:
-            self._accounts.account(row.issuer).session.revoke(
-                row.certificate_pem, row.revoke_reason or 0
-            )
+            signed_by = self._ask_to_revoke(certificate_id, row)
             values = {"revoked_at": now, "revoke_error": None, "next_check_at": None}
-            log.info("certificate %s revoked (reason %s)", certificate_id, row.revoke_reason)
+            log.info(
+                "certificate %s revoked (reason %s), signed with %s",
+                certificate_id,
+                row.revoke_reason,
+                signed_by,
+            )
         except AcmeProblem as problem:
             if problem.type == "alreadyRevoked":
                 values = {"revoked_at": now, "revoke_error": None, "next_check_at": None}
@@ -154,6 +170,37 @@ class CertificateTasks:
                 )
         with transaction(self._sessions) as session:
             session.execute(update(_C).where(_C.c.id == certificate_id).values(**values))
+
+    def _ask_to_revoke(self, certificate_id: int, row: Any) -> str:
+        """revokeCert signed by the issuer's account; if that account may not (it is not the
+        one that ordered the certificate: the operator replaced it since), once more signed
+        with the certificate's own key. Returns which signed the revocation that went through."""
+        session = self._accounts.account(row.issuer).session
+        reason = row.revoke_reason or 0
+        try:
+            session.revoke(row.certificate_pem, reason)
+            return "the issuer's account"
+        except AcmeProblem as problem:
+            if problem.type != "unauthorized":
+                raise
+            log.info(
+                "certificate %s: the issuer's account may not revoke it (%s); asking again "
+                "signed with the certificate's own key",
+                certificate_id,
+                problem.detail,
+            )
+        try:
+            # The key is the order's ciphertext, bound to the order's id (see records.py).
+            key_pem = self._box.decrypt(row.key_encrypted, order_key_owner(row.order_id))
+        except (ValueError, InvalidTag) as exc:
+            raise AcmeProblem(
+                ProblemKind.REJECTED,
+                BAD_CONFIGURATION,
+                "the certificate's private key could not be decrypted (a different secret "
+                "key?), so it could not sign the revocation",
+            ) from exc
+        session.revoke_with_certificate_key(row.certificate_pem, key_pem.decode("ascii"), reason)
+        return "the certificate's own key"
 
     # --- ARI ---------------------------------------------------------------------------------
     def ari_checks(self) -> int:

@@ -90,6 +90,28 @@ class AcmeExchange:
     def account_url(self) -> str | None:
         return self._account_url
 
+    def signed_by(self, key: josepy.JWK) -> AcmeExchange:
+        """This issuer's exchange (same CA, settings and directory) signing with ``key`` and
+        no account: every POST carries the public key itself (a ``jwk`` header).
+
+        For revocation with the certificate's own key (RFC 8555 §7.6), which does not depend
+        on which account ordered it. Close it when done: it has its own HTTP pools.
+        """
+        other = AcmeExchange(
+            self._directory_url,
+            key,
+            ca_bundle=self._verify if isinstance(self._verify, str) else None,
+            timeout=self._timeout,
+            user_agent=self._user_agent,
+            nonce_retries=self._nonce_retries,
+            clock=self._clock,
+            resolve=self._resolve,
+            issuer=self._issuer,
+        )
+        # The same CA: the directory fetched already serves it too.
+        other._directory = self._directory
+        return other
+
     def close(self) -> None:
         """Close every thread's HTTP connection pool."""
         with self._lock:

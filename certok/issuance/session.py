@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import josepy
 import requests
 from acme import client as acme_client
 from acme import crypto_util, messages
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from certok.issuance.account_keys import account_key_from_pem, signature_algorithm
 from certok.issuance.exchange import directory_entry
 from certok.issuance.network import EmptyObject, JsonPayload
 from certok.issuance.problems import BAD_CONFIGURATION, GARBLED_RESPONSE, AcmeProblem, ProblemKind
@@ -222,6 +225,15 @@ class AcmeSession(AccountRegistration):
         leaf = x509.load_pem_x509_certificates(fullchain_pem.encode("ascii"))[0]
         self._exchange(lambda client: client.revoke(leaf, reason))
 
+    def revoke_with_certificate_key(self, fullchain_pem: str, key_pem: str, reason: int) -> None:
+        """revokeCert for the chain's leaf, signed with the certificate's own private key and
+        no account (RFC 8555 §7.6): works whichever account ordered it, even one this issuer
+        no longer uses. ``key_pem`` is the leaf's private key (EC P-256/P-384 or RSA)."""
+        leaf = x509.load_pem_x509_certificates(fullchain_pem.encode("ascii"))[0]
+        key = _certificate_key(leaf, key_pem)
+        with self.signed_by(key) as exchange:
+            exchange._exchange(lambda client: client.revoke(leaf, reason), needs_account=False)
+
     def _order_with_authorizations(
         self,
         client: acme_client.ClientV2,
@@ -241,6 +253,33 @@ def _fetch_authorizations(
     client: acme_client.ClientV2, urls: tuple[str, ...]
 ) -> tuple[AuthzInfo, ...]:
     return tuple(authz_info(url, json_object(client._post_as_get(url))) for url in urls)
+
+
+def _certificate_key(leaf: x509.Certificate, key_pem: str) -> josepy.JWK:
+    """The leaf's private key as a JWK, or a clear refusal before the CA is asked."""
+    try:
+        key = account_key_from_pem(key_pem)
+        signature_algorithm(key)
+    except ValueError as exc:
+        raise AcmeProblem(
+            ProblemKind.REJECTED,
+            BAD_CONFIGURATION,
+            f"the certificate's private key cannot sign a revocation: {exc}",
+        ) from exc
+    if _spki(key.public_key().key) != _spki(leaf.public_key()):
+        raise AcmeProblem(
+            ProblemKind.REJECTED,
+            BAD_CONFIGURATION,
+            "the private key given is not the certificate's: its public key differs",
+        )
+    return key
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
 
 
 def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

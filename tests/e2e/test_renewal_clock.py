@@ -69,6 +69,7 @@ def test_thousands_of_certificates(
     tasks = CertificateTasks(
         store.sessions,
         AccountRegistry(store.sessions, settings, store.box),
+        box=store.box,
         batch=500,
         interval_seconds=60,
         clock=clock,

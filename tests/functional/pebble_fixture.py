@@ -59,6 +59,14 @@ class PebbleInstance:
         with urllib.request.urlopen(f"{self.management_url}/roots/0", context=context) as answer:
             return answer.read().decode("ascii")
 
+    def certificate_status(self, serial: int) -> str:
+        """Pebble's own view of a certificate ("Valid", "Revoked"), from the management port."""
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        url = f"{self.management_url}/cert-status-by-serial/{serial:x}"
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
+            status: str = json.loads(answer.read())["Status"]
+        return status
+
 
 @contextlib.contextmanager
 def run_pebble(

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certok.crypto import generate_private_key, make_csr
+from certok.crypto import generate_private_key, make_csr, private_key_to_pem
 from certok.issuance import (
     STATUS_PENDING,
     STATUS_PROCESSING,
@@ -378,3 +378,53 @@ def test_untrusted_ca_certificate_is_a_retryable_problem_naming_ca_bundle(
         session.register(contact_email=None, eab_kid=None, eab_hmac_key=None)
     assert (caught.value.kind, caught.value.type) == (ProblemKind.RETRYABLE, TRANSPORT_ERROR)
     assert "ca_bundle" in caught.value.detail
+
+
+# --- revocation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["ECC", "RSA"])
+def test_another_account_revokes_with_the_certificate_key(
+    pebble: PebbleInstance, algorithm: str
+) -> None:
+    # Account A orders; the issuer's account is then B (the operator registered a new one).
+    ordering, current = registered_session(pebble), registered_session(pebble)
+    key = generate_private_key(algorithm)
+    names = [f"rotated-{algorithm.lower()}.revoke.test"]
+    _, chain_pem = issue(ordering, make_csr(key, names).encode("ascii"))
+    serial = leaf_and_chain(chain_pem)[0].serial_number
+    assert pebble.certificate_status(serial) == "Valid"
+
+    # B's own signature is not enough: it did not order the certificate.
+    with pytest.raises(AcmeProblem) as refused:
+        current.revoke(chain_pem, 1)
+    assert refused.value.type == "unauthorized", refused.value
+    assert pebble.certificate_status(serial) == "Valid"
+
+    # Signed with the certificate's own key, through B's session (no account needed).
+    key_pem = private_key_to_pem(key)
+    current.revoke_with_certificate_key(chain_pem, key_pem, 1)
+    assert pebble.certificate_status(serial) == "Revoked"
+    with pytest.raises(AcmeProblem) as again:
+        current.revoke_with_certificate_key(chain_pem, key_pem, 1)
+    assert again.value.type == "alreadyRevoked", again.value
+    # B's session still orders with B's account afterwards.
+    assert current.new_order(make_csr(key, ["after.revoke.test"]).encode()).status == (
+        STATUS_PENDING
+    )
+
+
+def test_revoking_with_a_key_that_is_not_the_certificates_is_refused_before_the_ca(
+    pebble: PebbleInstance,
+) -> None:
+    session = registered_session(pebble)
+    key = generate_private_key("ECC")
+    _, chain_pem = issue(session, make_csr(key, ["wrongkey.revoke.test"]).encode("ascii"))
+    other_key = private_key_to_pem(generate_private_key("ECC"))
+    with pytest.raises(AcmeProblem, match="not the certificate's") as refused:
+        session.revoke_with_certificate_key(chain_pem, other_key, 0)
+    assert refused.value.kind is ProblemKind.REJECTED
+    with pytest.raises(AcmeProblem, match="cannot sign a revocation"):
+        session.revoke_with_certificate_key(chain_pem, "not a key", 0)
+    serial = leaf_and_chain(chain_pem)[0].serial_number
+    assert pebble.certificate_status(serial) == "Valid"

@@ -7,6 +7,7 @@ worker's certificate tasks, here with a stand-in account that records what it wa
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -15,12 +16,15 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from certok.api.caches import TtlCache
+from certok.certificates.service import request_revocation
 from certok.certificates.tasks import CertificateTasks
 from certok.crypto import private_key_from_pem
 from certok.db.engine import transaction
+from certok.db.models import Certificate, CertificateSecret
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.persistence import Store
 from certok.tenants import service as tenants
@@ -33,13 +37,23 @@ DAY = dt.timedelta(days=1)
 
 @dataclass
 class StandInSession:
+    """The issuer's session: what its account revoked, and what was revoked signed with a
+    certificate's own key (chain, key PEM, reason); `refuse`/`refuse_key` make either fail."""
+
     revoked: list[tuple[str, int]] = field(default_factory=list)
     refuse: AcmeProblem | None = None
+    revoked_with_key: list[tuple[str, str, int]] = field(default_factory=list)
+    refuse_key: AcmeProblem | None = None
 
     def revoke(self, pem: str, reason: int) -> None:
         if self.refuse is not None:
             raise self.refuse
         self.revoked.append((pem, reason))
+
+    def revoke_with_certificate_key(self, pem: str, key_pem: str, reason: int) -> None:
+        if self.refuse_key is not None:
+            raise self.refuse_key
+        self.revoked_with_key.append((pem, key_pem, reason))
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Harness:
     ids: dict[str, int]
     ca: FakeCa
     accounts: StandInAccounts
+    tasks: CertificateTasks
 
     def get(self, path: str, tenant: str = "alpha", **params: Any) -> Any:
         return self.client.get(path, params=params, headers={"httpsok-token": self.tokens[tenant]})
@@ -83,7 +98,7 @@ def cert_api(store: Store, tmp_path: Any) -> Iterator[Harness]:
             ids[name] = tenants.create_tenant(session, name).id
             tokens[name] = tenants.issue_token(session, name)
     accounts = StandInAccounts()
-    tasks = CertificateTasks(store.sessions, accounts, batch=50, interval_seconds=60)
+    tasks = CertificateTasks(store.sessions, accounts, box=store.box, batch=50, interval_seconds=60)
 
     def wake() -> None:
         # The worker's tick, run at once in a thread of its own (as `run` would after a wake).
@@ -97,7 +112,7 @@ def cert_api(store: Store, tmp_path: Any) -> Iterator[Harness]:
         tokens=TtlCache(ttl=0, max_entries=10),
     )
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Harness(client, store, tokens, ids, FakeCa.create(), accounts)
+        yield Harness(client, store, tokens, ids, FakeCa.create(), accounts, tasks)
 
 
 def test_list_get_and_pem_downloads(cert_api: Harness) -> None:
@@ -193,13 +208,87 @@ def test_revoke_goes_to_the_ca_and_marks_the_record(cert_api: Harness) -> None:
 
 def test_a_ca_refusal_is_reported(cert_api: Harness) -> None:
     mine = cert_api.add("alpha", ["q.example.com"], serial=41)
-    cert_api.accounts.session.refuse = AcmeProblem(
-        ProblemKind.REJECTED, "unauthorized", "not yours"
-    )
+    cert_api.accounts.session.refuse = AcmeProblem(ProblemKind.REJECTED, "malformed", "no way")
     body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": 0}).json()
     assert body["code"] == 0
     assert body["data"]["status"] == "valid"
-    assert "not yours" in body["msg"] and "not yours" in body["data"]["revocationError"]
+    assert "no way" in body["msg"] and "no way" in body["data"]["revocationError"]
+    # Only an account that may not revoke it is a reason to sign with the certificate's key.
+    assert cert_api.accounts.session.revoked_with_key == []
+
+
+def test_an_account_that_may_not_revoke_falls_back_to_the_certificate_key(
+    cert_api: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine = cert_api.add("alpha", ["k.example.com"], serial=42)
+    key_pem = cert_api.get(f"/v1/cert/{mine}").json()["data"]["privateKey"]
+    cert_api.accounts.session.refuse = AcmeProblem(
+        ProblemKind.AUTHORIZATION_INVALID, "unauthorized", "not the ordering account"
+    )
+    with caplog.at_level(logging.INFO, logger="certok.certificates.tasks"):
+        body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": "superseded"}).json()
+    assert body["code"] == 0, body
+    assert body["data"]["status"] == "revoked"
+    assert body["data"].get("revocationError") is None
+    [(pem, used_key, reason)] = cert_api.accounts.session.revoked_with_key
+    assert "BEGIN CERTIFICATE" in pem and used_key == key_pem and reason == 4
+    assert f"certificate {mine} revoked" in caplog.text
+    assert "signed with the certificate's own key" in caplog.text
+    assert "PRIVATE KEY" not in caplog.text and key_pem not in caplog.text
+
+
+def test_a_refusal_of_the_certificate_key_too_is_reported(cert_api: Harness) -> None:
+    mine = cert_api.add("alpha", ["kk.example.com"], serial=43)
+    session = cert_api.accounts.session
+    session.refuse = AcmeProblem(ProblemKind.AUTHORIZATION_INVALID, "unauthorized", "not yours")
+    session.refuse_key = AcmeProblem(ProblemKind.REJECTED, "badPublicKey", "weak key")
+    body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": 0}).json()
+    assert body["code"] == 0
+    assert body["data"]["status"] == "valid"
+    assert body["data"]["revocationError"] == "badPublicKey: weak key"
+    assert "weak key" in body["msg"]
+
+
+def test_a_key_that_cannot_be_decrypted_is_a_clear_refusal(cert_api: Harness) -> None:
+    mine = cert_api.add("alpha", ["lost.example.com"], serial=45)
+    with transaction(cert_api.store.sessions) as db:
+        db.execute(
+            update(CertificateSecret)
+            .where(CertificateSecret.certificate_id == mine)
+            .values(key_encrypted=b"\x01" + bytes(40))
+        )
+    session = cert_api.accounts.session
+    session.refuse = AcmeProblem(ProblemKind.AUTHORIZATION_INVALID, "unauthorized", "not yours")
+    body = cert_api.post(f"/v1/cert/{mine}/revoke", json={"reason": 0}).json()
+    assert body["code"] == 0
+    assert body["data"]["status"] == "valid"
+    assert "could not be decrypted" in body["data"]["revocationError"]
+    assert session.revoked_with_key == []
+
+
+def test_a_retryable_problem_is_retried_later_without_the_certificate_key(
+    cert_api: Harness,
+) -> None:
+    mine = cert_api.add("alpha", ["later.example.com"], serial=44)
+    session = cert_api.accounts.session
+    session.refuse = AcmeProblem(ProblemKind.RETRYABLE, "serverInternal", "try later")
+    asked = dt.datetime.now(dt.UTC)
+    with transaction(cert_api.store.sessions) as db:
+        assert request_revocation(db, cert_api.ids["alpha"], mine, 0, asked)
+    assert cert_api.tasks.revocations() == 1
+    assert session.revoked_with_key == []
+    with cert_api.store.sessions() as db:
+        row = db.execute(select(Certificate).where(Certificate.id == mine)).scalar_one()
+    assert row.revoked_at is None and row.revoke_error is None
+    assert row.revoke_requested_at is not None and row.revoke_requested_at > asked
+    # The CA takes it on the next try, from the account itself.
+    session.refuse = None
+    with transaction(cert_api.store.sessions) as db:
+        db.execute(
+            update(Certificate).where(Certificate.id == mine).values(revoke_requested_at=asked)
+        )
+    assert cert_api.tasks.revocations() == 1
+    assert len(session.revoked) == 1 and session.revoked_with_key == []
 
 
 @pytest.mark.parametrize(

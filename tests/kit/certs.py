@@ -133,7 +133,36 @@ def add_certificate(
 ) -> int:
     """An issued order and its certificate record, as the driver's closing save writes them."""
     chain = ca.leaf_pem(names, not_before, lifetime, serial)
-    when = now or not_before
+    key_pem = private_key_to_pem(generate_private_key("ECC"))
+    return add_issued_chain(
+        sessions,
+        box,
+        tenant_id,
+        names,
+        chain,
+        key_pem,
+        when=now or not_before,
+        ari=ari,
+        issuer=issuer,
+        replaces=replaces,
+    )
+
+
+def add_issued_chain(
+    sessions: sessionmaker[Session],
+    box: SecretBox,
+    tenant_id: int,
+    names: list[str],
+    chain: str,
+    key_pem: str,
+    *,
+    when: dt.datetime,
+    ari: bool = False,
+    issuer: str = "pebble",
+    replaces: int | None = None,
+) -> int:
+    """The record of a given chain and its key (a CA's real certificate, say), written as
+    the driver's closing save writes it."""
     with transaction(sessions) as session:
         order_id = session.execute(
             insert(Order).returning(Order.id),
@@ -149,7 +178,7 @@ def add_certificate(
                 replaces_certificate_id=replaces,
             ),
         ).scalar_one()
-        key = private_key_to_pem(generate_private_key("ECC")).encode("ascii")
+        key = key_pem.encode("ascii")
         session.execute(
             update(Order)
             .where(Order.id == order_id)
