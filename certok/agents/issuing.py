@@ -2,7 +2,8 @@
 
 No second order path: a new certificate is a verification code and an order made by the same
 functions `/v1/cert/dv` and `/v1/cert/apply` use (`issue_code`, `redeem_code`), for names
-whose dns-01 delegation to this tenant is in place, driven by the worker like any order (its
+whose dns-01 delegation to this tenant is in place, with the profile every order gets
+(certok/certificates/order_profile.py), driven by the worker like any order (its
 retries, nonce handling, crash safety and order-time ownership check all hold). The worker
 writes the certificate's record (certok/certificates) as it marks the order issued; the
 managed certificate points at that record, deploys it until the record's `renew_at`, and
@@ -33,6 +34,8 @@ from certok.agents import hosts
 from certok.agents.check_facts import read_check_facts
 from certok.agents.deployed_record import current_record, record_secret
 from certok.agents.server_names import split_delegated
+from certok.certificates.order_profile import OrderProfile, order_profile
+from certok.certificates.profiles import ProfileCatalog
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox, order_key_owner
 from certok.db.engine import transaction
@@ -43,6 +46,7 @@ from certok.db.models import (
     Order,
     VerificationCode,
 )
+from certok.errors import InvalidRequest, Unavailable
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
@@ -91,6 +95,7 @@ class AgentIssuer:
         wake_worker: Callable[[], None],
         settings: Settings,
         renewal_now: Clock,
+        profiles: ProfileCatalog | None,
     ) -> None:
         self._sessions = sessions
         self._box = box
@@ -99,6 +104,7 @@ class AgentIssuer:
         self._wake_worker = wake_worker
         self._settings = settings
         self._now = renewal_now
+        self._profiles = profiles
 
     # --- /check ----------------------------------------------------------------------------
     async def check(self, tenant_id: int, uuid: str, code: str) -> str:
@@ -134,13 +140,19 @@ class AgentIssuer:
             failed_at = order.finished_at
             if order.state == FAILURE and failed_at and utcnow() < failed_at + FAILED_ORDER_QUIET:
                 return f"certificate order failed: {order.reason or 'no reason given'}"
+        renews = current.id if current is not None else None
+        try:
+            chosen = await asyncio.to_thread(self._order_profile, tenant_id, renews)
+        except (InvalidRequest, Unavailable) as refused:  # the tenant's default not offered
+            return f"certok: {refused.message}"
         order_id = await asyncio.to_thread(
             self._start_order,
             snap.id,
             tenant_id,
             names,
             order.id if order else None,
-            current.id if current is not None else None,
+            renews,
+            chosen,
         )
         if isinstance(order_id, str):  # refused: the tenant's pending cap, or disabled
             return f"certok: {order_id}"
@@ -163,6 +175,19 @@ class AgentIssuer:
         return CertificateFiles(secret.certificate_pem.encode("ascii"), key)
 
     # --- steps -----------------------------------------------------------------------------
+    def _order_profile(self, tenant_id: int, renews: int | None) -> OrderProfile:
+        """The new order's profile and deadline, as on every order path: httpsok.sh names no
+        profile, so the renewed certificate's, else the tenant's default."""
+        return order_profile(
+            self._sessions,
+            self._profiles,
+            tenant_id=tenant_id,
+            issuer=self._settings.default_issuer,
+            requested=None,
+            renews=renews,
+            deadline_seconds=self._settings.order_deadline_seconds,
+        )
+
     def _start_order(
         self,
         managed_id: int,
@@ -170,6 +195,7 @@ class AgentIssuer:
         names: list[str],
         previous: int | None,
         replaces: int | None,
+        chosen: OrderProfile,
     ) -> int | str:
         """A new order for `names` (a code redeemed at once) that renews the certificate
         deployed now, if any; bound to the managed certificate unless a concurrent check bound
@@ -186,10 +212,10 @@ class AgentIssuer:
                 code=code,
                 algorithm=ALGORITHM,
                 issuer=self._settings.default_issuer,
-                deadline_seconds=self._settings.order_deadline_seconds,
+                deadline_seconds=chosen.deadline_seconds,
                 # The record it renews: the driver sends `replaces` for it where the CA offers
                 # ARI, and the new record marks it replaced.
-                order_extras={"replaces_certificate_id": replaces},
+                order_extras={"replaces_certificate_id": replaces, **chosen.order_extras()},
                 max_pending=self._settings.tenant_max_pending_orders,
                 join_seconds=self._settings.order_join_seconds,
                 now=utcnow(),

@@ -39,6 +39,7 @@ def agent_api_routes(services: ApiServices, tenant_of: TenantOf) -> list[Route]:
         services.wake_worker,
         services.settings,
         renewal_clock(services.settings),
+        services.profiles,
     )
     agent = AgentServices(
         settings=services.settings,

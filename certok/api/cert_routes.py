@@ -22,13 +22,10 @@ from starlette.routing import Route
 
 from certok.api.envelope import NO_STORE, envelope
 from certok.certificates import service
-from certok.certificates.profiles import (
-    SHORT_AUTHORIZATION_PROFILES,
-    SHORT_PROFILE_DEADLINE_SECONDS,
-)
+from certok.certificates.order_profile import order_profile
 from certok.clock import utcnow
 from certok.db.engine import transaction
-from certok.db.models import Tenant, VerificationCode
+from certok.db.models import VerificationCode
 from certok.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
@@ -240,17 +237,12 @@ def check_apply_extras(params: QueryParams) -> None:
 def apply_extras(
     services: ApiServices, tenant_id: int, code: str, issuer: str, params: QueryParams
 ) -> dict[str, Any]:
-    """What apply's first redemption of `code` adds to the order: the profile (checked against
-    the issuer's meta.profiles; else the tenant's default), the certificate it renews (named by
-    `replaces`, or the tenant's live certificate for exactly these names), and the shorter
-    deadline of profiles whose pending authorizations live one hour. Blocking: call in a
-    thread."""
-    profile = params.get("profile")
+    """What apply's first redemption of `code` adds to the order: the certificate it renews
+    (named by `replaces`, or the tenant's live certificate for exactly these names), and the
+    profile and deadline of every new order (certok/certificates/order_profile.py), from
+    `profile` when given. Blocking: call in a thread."""
     replaces_text = params.get("replaces")
     with services.sessions() as session:
-        if profile is None:
-            tenants = Tenant.__table__.c  # default_profile is mapped after the class body
-            profile = session.scalar(select(tenants.default_profile).where(tenants.id == tenant_id))
         domains = session.scalar(
             select(VerificationCode.domains).where(VerificationCode.code == code)
         )
@@ -260,14 +252,17 @@ def apply_extras(
             ).id
         else:
             replaces = service.renewal_target(session, tenant_id, (domains or "").split(","))
-    extras: dict[str, Any] = {"replaces_certificate_id": replaces}
-    if profile is not None:
-        if services.profiles is None:
-            raise InvalidRequest("this server does not check profiles: leave profile out")
-        extras["profile"] = services.profiles.check(issuer, profile)
-        if profile in SHORT_AUTHORIZATION_PROFILES:
-            # Pending authorizations live one hour: finish within it, or fail and start over.
-            extras["deadline_seconds"] = min(
-                services.settings.order_deadline_seconds, SHORT_PROFILE_DEADLINE_SECONDS
-            )
-    return extras
+    chosen = order_profile(
+        services.sessions,
+        services.profiles,
+        tenant_id=tenant_id,
+        issuer=issuer,
+        requested=params.get("profile"),
+        renews=replaces,
+        deadline_seconds=services.settings.order_deadline_seconds,
+    )
+    return {
+        "replaces_certificate_id": replaces,
+        "deadline_seconds": chosen.deadline_seconds,
+        **chosen.order_extras(),
+    }

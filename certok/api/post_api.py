@@ -4,8 +4,9 @@
   valid}]` and `data.valid`: the same delegation check as `GET /v1/cert/dv`.
 - `POST /v1/cert/apply {"domainList", "algorithm", "ca", "notifyUrl"}` -> `data: "<id>"`:
   checks the delegations, takes a verification code and redeems it at once (the same code
-  and order services as the GET API); the id is that code, so `GET /v1/cert/apply?code=<id>`
-  answers for the same order.
+  and order services as the GET API, and its profile rule: certok/certificates/
+  order_profile.py); the id is that code, so `GET /v1/cert/apply?code=<id>` answers for the
+  same order.
 - `GET /v1/cert/apply/{id}` -> the GET apply's status/certificate answer, without waiting.
   One id polled more often than every `post_api_poll_seconds` gets 429 with Retry-After.
 
@@ -32,6 +33,8 @@ from certok.api.caches import TtlCache
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.query_params import named_choice
 from certok.api.webhooks import EventApi, checked_url, read_json_object
+from certok.certificates.order_profile import OrderProfile, order_profile
+from certok.certificates.service import renewal_target
 from certok.crypto import ALGORITHMS
 from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
@@ -107,6 +110,7 @@ def _apply_job(
     algorithm: str,
     issuer: str,
     deadline_seconds: int,
+    order_extras: dict[str, Any],
     notify_url: str | None,
     max_pending: int,
     join_seconds: float,
@@ -121,7 +125,7 @@ def _apply_job(
         algorithm=algorithm,
         issuer=issuer,
         deadline_seconds=deadline_seconds,
-        order_extras={},
+        order_extras=order_extras,
         max_pending=max_pending,
         join_seconds=join_seconds,
         now=now,
@@ -175,6 +179,25 @@ def post_api_routes(
         msg = "success" if result.valid else "not verified yet: " + "; ".join(result.problems)
         return envelope(request, {"configs": configs, "valid": result.valid}, msg=msg)
 
+    def order_terms(
+        tenant_id: int, domains: list[str], issuer: str
+    ) -> tuple[int | None, OrderProfile]:
+        """The certificate the order renews (the tenant's live one for exactly these names,
+        as the GET apply finds it) and the order's profile and deadline: httpsok's body has
+        no `profile`, so the renewed certificate's or the tenant's default."""
+        with services.sessions() as session:
+            renews = renewal_target(session, tenant_id, domains)
+        chosen = order_profile(
+            services.sessions,
+            services.profiles,
+            tenant_id=tenant_id,
+            issuer=issuer,
+            requested=None,
+            renews=renews,
+            deadline_seconds=settings.order_deadline_seconds,
+        )
+        return renews, chosen
+
     async def apply(request: Request) -> Response:
         ref = await tenant(request)
         services.limiter.check(ref.id, "apply")
@@ -188,6 +211,8 @@ def post_api_routes(
         notify_url = None
         if raw_notify not in (None, ""):
             notify_url = checked_url(events, raw_notify, "notifyUrl")
+        # Before the names are checked: a profile the issuer does not offer leaves no code.
+        renews, chosen = await asyncio.to_thread(order_terms, ref.id, domains, issuer)
         result = await services.verifier.verify(ref, domains)
         if not result.valid or result.code is None:
             raise InvalidRequest(
@@ -204,7 +229,8 @@ def post_api_routes(
                 code=result.code,
                 algorithm=algorithm,
                 issuer=issuer,
-                deadline_seconds=settings.order_deadline_seconds,
+                deadline_seconds=chosen.deadline_seconds,
+                order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
                 notify_url=notify_url,
                 max_pending=settings.tenant_max_pending_orders,
                 join_seconds=settings.order_join_seconds,

@@ -95,8 +95,9 @@ def tenant_enable(ctx: click.Context, name: str) -> None:
 @click.argument("profile", required=False)
 @click.pass_context
 def tenant_profile(ctx: click.Context, name: str, profile: str | None) -> None:
-    """Set the ACME profile NAME's orders use when apply names none (no PROFILE: the CA's
-    default). Checked against the directory when an order asks for it."""
+    """Set the ACME profile of NAME's orders that name none and renew no certificate with
+    one (no PROFILE: the CA's default). Checked against the directory when an order asks
+    for it."""
 
     def action(store: Store) -> None:
         with transaction(store.sessions) as session:

@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from certok.api.routes import create_app
 from certok.api.waiters import OrderWaiters
 from certok.assembly import build_api_services, build_checks
+from certok.certificates.profiles import ProfileCatalog
 from certok.certificates.records import issued_certificate, record_issued
 from certok.db.engine import transaction
 from certok.db.models import (
@@ -183,7 +184,11 @@ def issued_chain(names: list[str], days: int) -> tuple[str, str]:
     )
 
 
-def make_harness(store: Store, tmp_path: Path, **overrides: Any) -> Iterator[Harness]:
+def make_harness(
+    store: Store, tmp_path: Path, profiles: ProfileCatalog | None = None, **overrides: Any
+) -> Iterator[Harness]:
+    """`profiles`: the issuers' meta.profiles as a stand-in serves them (by default the
+    catalog reads each issuer's directory, which no test may reach)."""
     with FakeNameserver(zones=[CUSTOMER, CERTOK_ZONE]) as dns:
         values: dict[str, Any] = {
             "data_dir": tmp_path,
@@ -203,15 +208,16 @@ def make_harness(store: Store, tmp_path: Path, **overrides: Any) -> Iterator[Har
                 ids[name] = tenants.create_tenant(session, name).id
                 tokens[name] = tenants.issue_token(session, name)
         wakes: list[int] = []
-        app = create_app(
-            build_api_services(
-                settings,
-                store,
-                build_checks(settings, store, label_key=LABEL_KEY),
-                waiters=OrderWaiters(),
-                wake_worker=lambda: wakes.append(1),
-            )
+        services = build_api_services(
+            settings,
+            store,
+            build_checks(settings, store, label_key=LABEL_KEY),
+            waiters=OrderWaiters(),
+            wake_worker=lambda: wakes.append(1),
         )
+        if profiles is not None:
+            services.profiles = profiles
+        app = create_app(services)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield Harness(store, client, ids, tokens, dns, wakes)
 

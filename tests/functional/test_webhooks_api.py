@@ -287,6 +287,7 @@ def test_notify_url_gets_the_orders_outcome(hooks: Harness) -> None:
             algorithm="ECC",
             issuer="google",
             deadline_seconds=60,
+            order_extras={},
             notify_url=hooks.receiver.url("/notify"),
             max_pending=0,
             join_seconds=0,
