@@ -579,6 +579,12 @@ class IsolationMachine(RuleBasedStateMachine):
             self.secrets[tenant].codes.add(code)
         self.count("agent preparse")
 
+    @initialize(tenant=TENANT, host=st.integers(0, 1), pick=INDEX)
+    def an_agent_code(self, tenant: int, host: int, pick: int) -> None:
+        """Every run starts with one host's code: the rules about agent codes are enabled
+        from the first step, not only after a `agent_preparse` happened to come first."""
+        self.agent_preparse(tenant, host, [(pick, False)])
+
     @precondition(lambda self: self.agent_codes)
     @rule(pick=INDEX)
     def agent_check_own(self, pick: int) -> None:
