@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 DNS01_KIND = "dns-01"
 # Labels are reread in full at least this often even when the delegations table's fingerprint
-# did not move: the fingerprint cannot see a row edited in place (certok never edits one) or,
+# did not move: the fingerprint cannot see a label edited in place (certok never edits one; the
+# only column it updates is the event scanner's next_check_at, which the zone does not read) or,
 # on SQLite, the highest row deleted and another inserted within one refresh with a clock that
 # did not advance. A full read grows with the number of labels, so it is not done every time.
 LABELS_FULL_RELOAD_SECONDS = 30.0

@@ -13,11 +13,16 @@
   the CNAME is back, a later break is reported again.
 
 Each certificate scan reads only rows near their moment through an index (renew_at,
-not_after, revoked_at), not the whole table; the delegation scan reads delegations in batches
-and lets the database keep those with a live certificate (the names' index by tenant and
-name), so neither holds every certificate in memory. "Once" is an `event_marks` row written
-in the same transaction as the event's delivery rows; two nodes scanning at once collide on
-the mark's unique constraint and one of them simply sends nothing.
+not_after, revoked_at), not the whole table; the delegation scan reads the delegations due a
+re-check (`next_check_at`, indexed) in batches and lets the database tell those with a live
+certificate (the names' index by tenant and name), so neither holds every certificate in
+memory. A delegation's re-check is claimed, not repeated per node: a compare-and-set UPDATE
+moves its `next_check_at` an interval (plus jitter) forward before the look-up, so with
+several nodes on one database each delegation is looked up once per interval, by one of them,
+and the checks are spread over the interval (a delegation never scheduled gets a random first
+time within it). "Once" is an `event_marks` row written in the same transaction as the event's
+delivery rows; two nodes scanning at once collide on the mark's unique constraint and one of
+them simply sends nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +31,23 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dns.resolver
-from sqlalchemy import Connection, String, and_, bindparam, cast, exists, literal, select
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -96,33 +112,26 @@ def crossed_threshold(
 # Delegations are re-checked this many at a time: a node holds one batch, not every row.
 _DELEGATION_BATCH = 1_000
 _NAMES = CertificateName.__table__
-
-
-def _delegations_in_use(sessions: sessionmaker[Session], now: dt.datetime) -> Iterator[Any]:
-    """The delegations of names that have a live certificate (the name itself, or its
-    wildcard), read 1,000 delegations at a time by id, each batch in a session of its own
-    (the caller does DNS look-ups between them). The database tells which are in use: per
-    delegation, a look-up in the certificates' names by tenant and name, so the scan's cost
-    follows the delegations, not the certificates."""
-    after = 0
-    while True:
-        with sessions() as session:
-            batch = session.execute(_DELEGATIONS_IN_USE, {"b_now": now, "b_after": after}).all()
-        yield from (row for row in batch if row.in_use)
-        if len(batch) < _DELEGATION_BATCH:
-            return
-        after = batch[-1].id
+# A check claimed falls due again one interval later plus up to this fraction of it, drawn per
+# delegation: checks that fell due together (a backlog after every node was down) drift apart
+# instead of staying in one burst, and no delegation is checked twice within an interval.
+RECHECK_JITTER = 0.1
+# The due delegations are picked at least this often: a pass takes only those due, so the
+# checks follow their spread times rather than one burst per interval.
+DELEGATION_POLL_SECONDS = 60.0
 
 
 def _live(now: Any) -> Any:
     return and_(C.c.revoked_at.is_(None), C.c.replaced_by_id.is_(None), C.c.not_after > now)
 
 
-# Both tests are per delegation row, in the select list: the database runs them as index
-# look-ups for the batch's rows. As a WHERE clause, PostgreSQL may turn the names' test into a
-# join over every live certificate, which with a stale estimate (a table just filled) took
-# seconds per batch.
-_DELEGATIONS_IN_USE = (
+# The delegations due a re-check, earliest first, through the index on next_check_at. Whether
+# each is in use (a live certificate of the tenant's for the name or its wildcard) is a test per
+# delegation row, in the select list: the database runs it as an index look-up for the batch's
+# rows. As a WHERE clause, PostgreSQL may turn the names' test into a join over every live
+# certificate, which with a stale estimate (a table just filled) took seconds per batch. Those
+# not in use are claimed too, without a look-up, so a pass does not read them again.
+_DUE_DELEGATIONS = (
     select(
         DEL.c.id,
         DEL.c.tenant_id,
@@ -138,17 +147,61 @@ _DELEGATIONS_IN_USE = (
             )
         ).label("in_use"),
         # Reported broken and not seen fixed since: a re-check that finds it in place clears
-        # the mark. The others found in place need no write at all.
+        # the mark. The others found in place need no write beyond their claim.
         exists(
             select(M.c.id).where(
                 M.c.kind == DELEGATION_BROKEN, M.c.subject == cast(DEL.c.id, String)
             )
         ).label("marked"),
     )
-    .where(DEL.c.id > bindparam("b_after"))
-    .order_by(DEL.c.id)
+    .where(DEL.c.next_check_at <= bindparam("b_now", type_=DEL.c.next_check_at.type))
+    .order_by(DEL.c.next_check_at)
     .limit(_DELEGATION_BATCH)
 )
+# Never scheduled (new, or from before migration 0010). No order: any of them will do.
+_UNSCHEDULED = select(DEL.c.id).where(DEL.c.next_check_at.is_(None)).limit(_DELEGATION_BATCH)
+_FIRST_CHECK = (
+    update(DEL)
+    .where(DEL.c.id == bindparam("b_id"), DEL.c.next_check_at.is_(None))
+    .values(next_check_at=bindparam("b_at"))
+)
+# The compare-and-set: the row moves only if it is still due (another node has not claimed it).
+_CLAIM = (
+    update(DEL)
+    .where(
+        DEL.c.id == bindparam("b_id"),
+        DEL.c.next_check_at <= bindparam("b_due", type_=DEL.c.next_check_at.type),
+    )
+    .values(next_check_at=bindparam("b_at"))
+)
+
+
+def first_checks_job(connection: Connection, *, times: list[tuple[int, dt.datetime]]) -> int:
+    """Give never-scheduled delegations their first check time, each where still unset (two
+    nodes starting at once: the first one's times stand)."""
+    if not times:
+        return 0
+    result = connection.execute(_FIRST_CHECK, [{"b_id": i, "b_at": at} for i, at in times])
+    return int(result.rowcount)
+
+
+def claim_job(
+    connection: Connection, *, due: dt.datetime, times: list[tuple[int, dt.datetime]]
+) -> list[int]:
+    """One UPDATE (executed for every row) moving each delegation still due at `due` to its
+    next check time. The ones this transaction moved are this node's to check: another node's
+    claim already moved the rest, to a time of its own drawing."""
+    if not times:
+        return []
+    result = connection.execute(_CLAIM, [{"b_id": i, "b_due": due, "b_at": at} for i, at in times])
+    if result.rowcount == len(times):
+        return [i for i, _ in times]
+    stored = dict(
+        connection.execute(
+            select(DEL.c.id, DEL.c.next_check_at).where(DEL.c.id.in_([i for i, _ in times]))
+        ).all()
+    )
+    return [i for i, at in times if stored.get(i) == at]
 
 
 def _certificate_data(row: Any) -> dict[str, Any]:
@@ -296,6 +349,7 @@ class EventScanner:
         delegation_seconds: float,
         batch: int = 1000,
         clock: Clock = utcnow,
+        rng: random.Random | None = None,
         on_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
@@ -305,6 +359,7 @@ class EventScanner:
         self._delegation_seconds = delegation_seconds
         self._batch = batch
         self._clock = clock
+        self._rng = rng or random.SystemRandom()
         self._on_queued = on_queued
 
     def certificate_events(self) -> int:
@@ -318,13 +373,55 @@ class EventScanner:
         return sent
 
     def delegation_events(self) -> int:
-        """Re-check the delegations of names that have live certificates (blocking)."""
+        """Re-check the delegations due, of names that have live certificates (blocking).
+
+        First the never-scheduled delegations get a first check time, each a random moment
+        within the interval, so a node's start (or the upgrade that added the column) is no
+        burst of look-ups. Then the due ones, earliest first, a batch at a time: each batch is
+        claimed by moving its next check an interval forward before any look-up, so another
+        node's pass skips them and each is looked up once per interval, by one node.
+        """
+        now = self._clock()
+        self._schedule_first_checks(now)
         sent = 0
-        for delegation in _delegations_in_use(self._sessions, self._clock()):
+        for delegation in self._claim_due(now):
             sent += self._recheck(delegation)
         if sent:
             self._on_queued()
         return sent
+
+    def _schedule_first_checks(self, now: dt.datetime) -> None:
+        """Each never-scheduled delegation's first check: a random moment of the interval."""
+        interval = dt.timedelta(seconds=self._delegation_seconds)
+        while True:
+            with self._sessions() as session:
+                ids = list(session.scalars(_UNSCHEDULED))
+            if not ids:
+                return  # the usual pass: one index look-up, no write
+            times = [(i, now + interval * self._rng.random()) for i in ids]
+            write(self._sessions, functools.partial(first_checks_job, times=times))
+            if len(ids) < _DELEGATION_BATCH:
+                return
+
+    def _claim_due(self, now: dt.datetime) -> Iterator[Any]:
+        """The delegations in use that this pass claimed, a batch at a time (each batch read
+        in a session of its own: the caller looks them up between batches). Every row read
+        leaves the due ones, claimed by this node or another, so the pass ends."""
+        interval = dt.timedelta(seconds=self._delegation_seconds)
+        while True:
+            with self._sessions() as session:
+                batch = session.execute(_DUE_DELEGATIONS, {"b_now": now}).all()
+            if not batch:
+                return
+            claimed_at = self._clock()
+            times = [
+                (row.id, claimed_at + interval * (1 + RECHECK_JITTER * self._rng.random()))
+                for row in batch
+            ]
+            claimed = set(write(self._sessions, functools.partial(claim_job, due=now, times=times)))
+            yield from (row for row in batch if row.in_use and row.id in claimed)
+            if len(batch) < _DELEGATION_BATCH:
+                return
 
     def _recheck(self, delegation: Any) -> int:
         """1 when re-checking `delegation` queued an event, else 0."""
@@ -361,6 +458,9 @@ class EventScanner:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_certificates = next_delegations = loop.time()
+        # Each pass takes only the delegations due by then: passes more often than the
+        # interval let the checks happen at their spread times.
+        delegation_poll = min(self._delegation_seconds, DELEGATION_POLL_SECONDS)
         while True:
             now = loop.time()
             try:
@@ -368,7 +468,7 @@ class EventScanner:
                     next_certificates = now + self._certificate_seconds
                     await asyncio.to_thread(self.certificate_events)
                 if self._delegation_seconds > 0 and now >= next_delegations:
-                    next_delegations = now + self._delegation_seconds
+                    next_delegations = now + delegation_poll
                     await asyncio.to_thread(self.delegation_events)
             except Exception:
                 log.exception("event scan failed; trying again at the next interval")

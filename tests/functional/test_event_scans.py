@@ -1,11 +1,15 @@
 """The scans that find events nobody's request causes: renewal_due, expiring (thresholds
 scaled to the lifetime), revoked, each once per certificate; delegation.broken against a
-real DNS server on loopback, once per break. Injected clock; certificates inserted directly."""
+real DNS server on loopback, once per break, each delegation's re-check claimed by one node
+and spread over the interval. Injected clock and randomness; certificates inserted directly."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import random
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +17,7 @@ from sqlalchemy import event, insert, select, update
 
 from certok.db.engine import transaction
 from certok.db.models import Certificate, CertificateName, Delegation, WebhookDelivery
+from certok.db.writes import write
 from certok.events import scans
 from certok.events.scans import EventScanner, crossed_threshold, expiry_thresholds
 from certok.persistence import Store
@@ -24,6 +29,15 @@ from tests.kit.dns import CERTOK_ZONE
 
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
+INTERVAL = dt.timedelta(seconds=60)  # the scanners' delegation_recheck_seconds
+
+
+class NoSpread(random.Random):
+    """Every draw 0: a new delegation's first check is at once and each next one exactly an
+    interval later, so a test of outcomes rechecks every delegation on each interval."""
+
+    def random(self) -> float:
+        return 0.0
 
 
 def test_thresholds_scale_with_the_lifetime() -> None:
@@ -54,8 +68,9 @@ class World:
             zone=CERTOK_ZONE,
             resolver=make_blocking_resolver(["127.0.0.1:9"], 0.3),
             certificate_seconds=60,
-            delegation_seconds=60,
+            delegation_seconds=INTERVAL.total_seconds(),
             clock=self.clock,
+            rng=NoSpread(),
         )
 
     def certificate(
@@ -105,6 +120,27 @@ class World:
     def at(self, moment: dt.datetime) -> int:
         self.clock.now = moment
         return self.scanner.certificate_events()
+
+    def recheck(self) -> int:
+        """The delegation pass one interval on: every delegation in use is due again."""
+        self.clock.now += INTERVAL
+        return self.scanner.delegation_events()
+
+    def delegations(self, *base_names: str) -> list[int]:
+        with transaction(self.store.sessions) as session:
+            rows = [
+                Delegation(tenant_id=self.tenant, base_name=name, label=f"l{n}", created_at=T0)
+                for n, name in enumerate(base_names)
+            ]
+            session.add_all(rows)
+            session.flush()
+            return [row.id for row in rows]
+
+    def next_checks(self) -> dict[str, dt.datetime | None]:
+        with self.store.sessions() as session:
+            return dict(
+                session.execute(select(Delegation.base_name, Delegation.next_check_at)).all()
+            )
 
 
 @pytest.fixture
@@ -228,12 +264,13 @@ def test_delegation_broken_once_per_break(world: World) -> None:
         world.clock.now = T0 + DAY
         assert world.scanner.delegation_events() == 0  # in place
         dns_server.add_cname("_acme-challenge.customer.test", "somewhere.customer.test")
-        assert world.scanner.delegation_events() == 1
-        assert world.scanner.delegation_events() == 0  # once per break
+        assert world.scanner.delegation_events() == 0  # checked this interval already
+        assert world.recheck() == 1
+        assert world.recheck() == 0  # once per break
         dns_server.add_cname("_acme-challenge.customer.test", f"lbl1.{CERTOK_ZONE}")
-        assert world.scanner.delegation_events() == 0  # fixed: the mark goes
+        assert world.recheck() == 0  # fixed: the mark goes
         dns_server.add_cname("_acme-challenge.customer.test", "elsewhere.customer.test")
-        assert world.scanner.delegation_events() == 1  # a new break is news again
+        assert world.recheck() == 1  # a new break is news again
     events = [data for kind, data in world.events() if kind == "delegation.broken"]
     assert len(events) == 2
     assert events[0]["domain"] == "customer.test"
@@ -300,7 +337,8 @@ def test_the_delegation_scan_reads_by_index_in_batches(
     """Per delegation, a look-up of the certificates' names by tenant and name; the
     delegations come in batches, so a node holds one batch however many there are."""
     monkeypatch.setattr(scans, "_DELEGATION_BATCH", 3)
-    monkeypatch.setattr(scans, "_DELEGATIONS_IN_USE", scans._DELEGATIONS_IN_USE.limit(3))
+    monkeypatch.setattr(scans, "_DUE_DELEGATIONS", scans._DUE_DELEGATIONS.limit(3))
+    monkeypatch.setattr(scans, "_UNSCHEDULED", scans._UNSCHEDULED.limit(3))
     with transaction(world.store.sessions) as session:
         for number in range(7):
             session.add(
@@ -315,7 +353,7 @@ def test_the_delegation_scan_reads_by_index_in_batches(
     statements: list[tuple[str, object]] = []
 
     def seen(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        if "FROM delegations" in statement:
+        if "FROM delegations" in statement and "in_use" in statement:
             statements.append((statement, parameters))
 
     checked: list[str] = []
@@ -338,10 +376,11 @@ def test_the_delegation_scan_reads_by_index_in_batches(
         ).all()
     text = " ".join(str(row[-1]) for row in plan)
     assert "ix_certificate_names_tenant_id_name" in text, text
+    assert "ix_delegations_next_check_at" in text and "SCAN delegations" not in text, text
     assert "SCAN certificate_names" not in text and "SCAN certificates" not in text, text
 
 
-def test_a_delegation_found_in_place_costs_no_write(world: World) -> None:
+def test_a_delegation_found_in_place_costs_no_write_but_its_claim(world: World) -> None:
     world.certificate(45)
     with transaction(world.store.sessions) as session:
         session.add(
@@ -360,9 +399,128 @@ def test_a_delegation_found_in_place_costs_no_write(world: World) -> None:
     ) as dns_server:
         world.scanner._resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
         world.clock.now = T0 + DAY
+        world.scanner.delegation_events()  # its first check time, and the first check
         event.listen(world.store.engine, "before_cursor_execute", seen)
         try:
-            assert world.scanner.delegation_events() == 0
+            assert world.recheck() == 0
         finally:
             event.remove(world.store.engine, "before_cursor_execute", seen)
-    assert writes == []
+        assert dns_server.queries_for("_acme-challenge.customer.test") == ["CNAME"] * 2
+    # The claim only: one UPDATE of next_check_at, no mark, no event.
+    assert len(writes) == 1, writes
+    assert writes[0].startswith("UPDATE delegations SET next_check_at="), writes
+
+
+class Nodes:
+    """Two event scanners ("nodes") on one database and one clock, each with randomness of its
+    own, re-checking against one DNS server that logs every query it gets."""
+
+    def __init__(self, world: World, dns_server: FakeNameserver) -> None:
+        self.world = world
+        self.dns_server = dns_server
+        resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
+        self.scanners = [
+            EventScanner(
+                world.store.sessions,
+                zone=CERTOK_ZONE,
+                resolver=resolver,
+                certificate_seconds=60,
+                delegation_seconds=INTERVAL.total_seconds(),
+                clock=world.clock,
+                rng=random.Random(seed),
+            )
+            for seed in (1, 2)
+        ]
+        self.by_node = [0, 0]
+
+    def passes(self, first: int = 0) -> None:
+        """Each node's delegation pass, `first` one first."""
+        for node in (first, 1 - first):
+            before = len(self.dns_server.queries)
+            self.scanners[node].delegation_events()
+            self.by_node[node] += len(self.dns_server.queries) - before
+
+    def lookups(self) -> Counter[str]:
+        return Counter(name for name, qtype in self.dns_server.queries if qtype == "CNAME")
+
+
+def _in_use(world: World, count: int) -> list[str]:
+    names = [f"n{number}.customer.test" for number in range(count)]
+    world.delegations(*names, "idle.customer.test")  # idle: no certificate
+    world.certificate(45, names=tuple(names))
+    return names
+
+
+def _in_place(names: list[str]) -> dict[str, str]:
+    return {f"_acme-challenge.{name}": f"l{n}.{CERTOK_ZONE}" for n, name in enumerate(names)}
+
+
+def test_two_nodes_look_each_delegation_up_once_per_interval(world: World) -> None:
+    """Two nodes pass every twentieth of the interval: each delegation in use is looked up by
+    one of them, once; one interval later it is due again; one not in use never is."""
+    names = _in_use(world, 12)
+    labels = [f"l{n}.{CERTOK_ZONE}" for n in range(len(names) + 1)]
+    with FakeNameserver(
+        zones=["customer.test", CERTOK_ZONE], cnames=_in_place(names), existing=labels
+    ) as dns_server:
+        nodes = Nodes(world, dns_server)
+        steps = 20
+        for step in range(steps + 1):  # from T0 to T0 + one interval, both ends included
+            world.clock.now = T0 + INTERVAL * step / steps
+            nodes.passes(first=step % 2)
+        assert nodes.lookups() == Counter(f"_acme-challenge.{name}" for name in names)
+        assert all(nodes.by_node), nodes.by_node  # the checks are shared out, not repeated
+        # Claimed up to a tenth of an interval later than one interval on: due again after it.
+        world.clock.now = T0 + INTERVAL * (2 + scans.RECHECK_JITTER) + INTERVAL / steps
+        nodes.passes()
+        assert nodes.lookups() == Counter(f"_acme-challenge.{name}" for name in names * 2)
+        # The idle one is claimed like the others (a pass does not read it again), unchecked.
+        assert world.next_checks()["idle.customer.test"] > world.clock.now  # type: ignore[operator]
+        assert dns_server.queries_for("_acme-challenge.idle.customer.test") == []
+
+
+def test_the_first_pass_after_start_spreads_the_checks_over_the_interval(world: World) -> None:
+    """Delegations never scheduled (all of them, right after the upgrade) are not looked up at
+    once: each gets a first check at a random moment within the interval."""
+    names = _in_use(world, 200)
+    assert set(world.next_checks().values()) == {None}
+    with FakeNameserver(
+        zones=["customer.test", CERTOK_ZONE],
+        cnames=_in_place(names),
+        existing=[f"l{n}.{CERTOK_ZONE}" for n in range(len(names) + 1)],
+    ) as dns_server:
+        nodes = Nodes(world, dns_server)
+        world.clock.now = T0
+        nodes.passes()
+        started = nodes.lookups()
+        first = [at for at in world.next_checks().values() if at is not None]
+        assert len(first) == len(names) + 1
+        assert all(T0 <= at < T0 + INTERVAL for at in first), first
+        tenths = Counter(int((at - T0) / INTERVAL * 10) for at in first)
+        assert sorted(tenths) == list(range(10)) and max(tenths.values()) < 40, tenths
+        assert sum(started.values()) <= 2  # only those drawn due at once, not a burst
+        world.clock.now = T0 + INTERVAL
+        nodes.passes()
+    assert nodes.lookups() == Counter(f"_acme-challenge.{name}" for name in names)
+
+
+def test_a_delegation_another_node_claimed_is_not_claimed_again(world: World) -> None:
+    """The compare-and-set: a node that read a batch of due delegations claims none of them if
+    another node claimed them between its read and its claim."""
+    world.certificate(45)
+    [delegation] = world.delegations("customer.test")
+    world.clock.now = T0 + DAY
+    with world.store.sessions() as session:  # "node one" reads: never scheduled
+        assert session.get(Delegation, delegation).next_check_at is None  # type: ignore[union-attr]
+    world.scanner._recheck = lambda delegation: 0  # type: ignore[method-assign]
+    world.scanner.delegation_events()  # "node two" schedules, claims and checks it
+    claimed_by_two = world.next_checks()["customer.test"]
+    assert claimed_by_two == T0 + DAY + INTERVAL
+    mine = T0 + DAY + INTERVAL * 1.05
+    claim = functools.partial(scans.claim_job, due=T0 + DAY, times=[(delegation, mine)])
+    assert write(world.store.sessions, claim) == []
+    assert world.next_checks()["customer.test"] == claimed_by_two
+    world.clock.now = T0 + DAY + INTERVAL
+    claim = functools.partial(scans.claim_job, due=world.clock.now, times=[(delegation, mine)])
+    assert write(world.store.sessions, claim) == [delegation]  # due again: claimed
+    assert world.next_checks()["customer.test"] == mine

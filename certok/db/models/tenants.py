@@ -8,6 +8,7 @@ import secrets
 from sqlalchemy import (
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -54,13 +55,21 @@ class Delegation(Base):
     """A tenant's DNS delegation: `_acme-challenge.<base_name>` CNAME `<label>.<zone>`."""
 
     __tablename__ = "delegations"
-    __table_args__ = (UniqueConstraint("tenant_id", "base_name"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "base_name"),
+        # The event scanner reads the delegations due a re-check, earliest first.
+        Index("ix_delegations_next_check_at", "next_check_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     base_name: Mapped[str] = mapped_column(String(253))
     label: Mapped[str] = mapped_column(String(32), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # When the CNAME is next re-checked (certok.events.scans): a node claims the check by
+    # moving it forward. NULL: never scheduled yet (a new row, or one from before migration
+    # 0010); the scanner gives it a first time spread over the interval.
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class HttpHostBinding(Base):
