@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Scope
 
 from certok.api.batched_reads import BatchedReads
-from certok.api.envelope import encode_data
-from certok.api.order_answers import order_data
+from certok.api.order_answers import encoded_issued_data
 from certok.crypto import SecretBox
 from certok.db.engine import APPLY_READ_THREADS, opened
 from certok.order_states import ISSUED
@@ -60,7 +59,7 @@ class ApplyReads:
 def _issued_answer(read: CodeRead) -> bytes | None:
     if read.view is None or read.view.status != ISSUED:
         return None
-    return encode_data(order_data(read.view))
+    return encoded_issued_data(read.view)
 
 
 def leave_for_route(scope: Scope, code: str, read: CodeRead | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from pathlib import Path
@@ -63,11 +62,6 @@ def encoded_success(data_json: bytes, trace: str) -> bytes:
 
 def new_trace_id() -> str:
     return secrets.token_hex(8)
-
-
-def encode_data(data: Any) -> bytes:
-    """JSON exactly as JSONResponse renders it, for envelope_with_encoded_data."""
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def certok_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -25,7 +25,6 @@ from certok.api.envelope import (
     certok_error_handler,
     database_error_handler,
     database_unavailable_handler,
-    encode_data,
     envelope,
     envelope_with_encoded_data,
     http_error_handler,
@@ -33,7 +32,13 @@ from certok.api.envelope import (
 )
 from certok.api.fastpath import APPLY_PATH, CertokApp, header_value
 from certok.api.openapi import openapi_document
-from certok.api.order_answers import dv_data, dv_message, order_data, order_message
+from certok.api.order_answers import (
+    dv_data,
+    dv_message,
+    encoded_issued_data,
+    order_data,
+    order_message,
+)
 from certok.api.post_api import post_api_routes
 from certok.api.query_params import apply_params, choice_param, single_param
 from certok.api.services import ApiServices
@@ -217,12 +222,11 @@ class _HttpsokApi:
             self.services.wake_worker()
         if view is None or view.status == PENDING:
             view = await self._wait_for(order_id, settings.apply_wait_seconds)
-        data = order_data(view)
         if view.status == ISSUED:
-            encoded = encode_data(data)
+            encoded = encoded_issued_data(view)
             self.services.issued.put((tenant.id, code), encoded)
             return envelope_with_encoded_data(request, encoded, headers=NO_STORE)
-        return envelope(request, data, msg=order_message(view), headers=NO_STORE)
+        return envelope(request, order_data(view), msg=order_message(view), headers=NO_STORE)
 
     async def issued_answer(self, scope: Scope) -> bytes | None:
         """apply's issued answer (its data, encoded) for a token this process's cache accepts:

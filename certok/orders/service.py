@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox, certificate_subject, order_key_owner
 from certok.db.models import Certificate, Order, VerificationCode
+from certok.db.models.base import stored_utc, untyped
 from certok.errors import CodeExpired, NotFound
 from certok.order_states import ISSUED, PENDING
 from certok.orders.codes import code_not_found
@@ -60,19 +61,20 @@ _PENDING_AMONG = select(_ORDERS.c.id).where(
     _ORDERS.c.id.in_(bindparam("b_order_ids", expanding=True)), _ORDERS.c.state == PENDING
 )
 # What `view_of_row` reads: an order's columns and its certificate record's (outer-joined).
+# The times are read untyped: only an issued order's are converted (apply polls are hot).
 VIEW_COLUMNS = (
     _ORDERS.c.id,
     _ORDERS.c.state,
     _ORDERS.c.issuer,
     _ORDERS.c.domains,
     _ORDERS.c.reason,
-    _ORDERS.c.not_before,
-    _ORDERS.c.not_after,
+    untyped(_ORDERS.c.not_before),
+    untyped(_ORDERS.c.not_after),
     _ORDERS.c.certificate_pem,
     _ORDERS.c.subject,
     _ORDERS.c.key_encrypted,
     _CERTIFICATES.c.id.label("certificate_id"),
-    _CERTIFICATES.c.renew_at,
+    untyped(_CERTIFICATES.c.renew_at),
 )
 _VIEW = (
     select(*VIEW_COLUMNS)
@@ -217,10 +219,10 @@ def view_of_row(order: Row[*tuple[Any, ...]], box: SecretBox) -> OrderView:
         domains=order.domains,
         reason=None,
         subject=order.subject or certificate_subject(order.certificate_pem),
-        not_before=order.not_before,
-        not_after=order.not_after,
+        not_before=stored_utc(order.not_before),
+        not_after=stored_utc(order.not_after),
         certificate=order.certificate_pem,
         private_key=key_pem,
         certificate_id=order.certificate_id,
-        renew_at=order.renew_at,
+        renew_at=stored_utc(order.renew_at),
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import ClassVar
+from typing import ClassVar, overload
 
-from sqlalchemy import DateTime, Table
+from sqlalchemy import Column, ColumnElement, DateTime, String, Table, type_coerce
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -29,6 +29,27 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC)
+
+
+def untyped(column: Column[dt.datetime]) -> ColumnElement[str]:
+    """`column` (a UTCDateTime) read as the driver returns it, for `stored_utc`: a hot read
+    converts only the times it uses, without SQLAlchemy's per-value processing (which on
+    SQLite parses the text with a regular expression)."""
+    return type_coerce(column, String).label(column.key)
+
+
+@overload
+def stored_utc(value: None) -> None: ...
+@overload
+def stored_utc(value: str | dt.datetime) -> dt.datetime: ...
+def stored_utc(value: str | dt.datetime | None) -> dt.datetime | None:
+    """What UTCDateTime returns for `value`, a column read `untyped`: SQLite's text or
+    PostgreSQL's naive datetime (both UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC)
 
 
 class Base(DeclarativeBase):
