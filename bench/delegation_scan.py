@@ -48,7 +48,7 @@ def reference_pick(sessions: Any, now: Any) -> list[int]:
     from sqlalchemy import select
 
     from certok.db.models import Certificate, Delegation
-    from certok.events.scans import _live
+    from certok.events.live_certificates import live
     from certok.names import base_name
 
     certificates, delegations = Certificate.__table__, Delegation.__table__
@@ -58,7 +58,7 @@ def reference_pick(sessions: Any, now: Any) -> list[int]:
         while True:
             batch = session.execute(
                 select(certificates.c.id, certificates.c.tenant_id, certificates.c.domains)
-                .where(_live(now), certificates.c.id > after)
+                .where(live(now), certificates.c.id > after)
                 .order_by(certificates.c.id)
                 .limit(REFERENCE_BATCH)
             ).all()
@@ -87,21 +87,20 @@ class CertokPick:
         import datetime as dt
         import random
 
-        from certok.events.scans import RECHECK_JITTER
+        from certok.events.delegation_rechecks import RECHECK_JITTER
 
         self.now = now
         self.step = dt.timedelta(seconds=INTERVAL_SECONDS * (1 + RECHECK_JITTER) + 1)
         self.rng = random.Random(1)
 
     def scanner(self, sessions: Any) -> Any:
-        from certok.events.scans import EventScanner
+        from certok.events.delegation_rechecks import DelegationRechecks
 
-        return EventScanner(
+        return DelegationRechecks(
             sessions,
             zone="certok.growth.test",
             resolver=None,  # type: ignore[arg-type]  # the bench looks nothing up
-            certificate_seconds=0,
-            delegation_seconds=INTERVAL_SECONDS,
+            interval_seconds=INTERVAL_SECONDS,
             clock=lambda: self.now,
             rng=self.rng,
         )

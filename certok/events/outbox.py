@@ -177,3 +177,19 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         now=now,
         notify_url=notify_url,
     )
+
+
+def emit_once(
+    connection: Connection,
+    kind: str,
+    subject: str,
+    now: dt.datetime,
+    tenant_id: int,
+    event_type: str,
+    data: dict[str, Any],
+) -> bool:
+    """Emit the event unless `kind` is already marked for `subject`; whether it was."""
+    if not mark_once(connection, kind, subject, now):
+        return False
+    emit(connection, tenant_id=tenant_id, event_type=event_type, data=data, now=now)
+    return True

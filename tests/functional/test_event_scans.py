@@ -18,7 +18,7 @@ from sqlalchemy import event, insert, select, update
 from certok.db.engine import transaction
 from certok.db.models import Certificate, CertificateName, Delegation, WebhookDelivery
 from certok.db.writes import write
-from certok.events import scans
+from certok.events import delegation_rechecks as rechecks
 from certok.events.scans import EventScanner, crossed_threshold, expiry_thresholds
 from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
@@ -260,7 +260,9 @@ def test_delegation_broken_once_per_break(world: World) -> None:
         cnames={"_acme-challenge.customer.test": f"lbl1.{CERTOK_ZONE}"},
         existing=[f"lbl1.{CERTOK_ZONE}"],
     ) as dns_server:
-        world.scanner._resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
+        world.scanner._delegations._resolver = make_blocking_resolver(
+            [f"127.0.0.1:{dns_server.port}"], 2.0
+        )
         world.clock.now = T0 + DAY
         assert world.scanner.delegation_events() == 0  # in place
         dns_server.add_cname("_acme-challenge.customer.test", "somewhere.customer.test")
@@ -325,7 +327,9 @@ def test_only_delegations_of_names_with_a_live_certificate_are_rechecked(world: 
     for certificate in filter(None, cases.values()):
         world.certificate(**{"days": 45, **certificate})  # type: ignore[arg-type]
     checked: list[str] = []
-    world.scanner._recheck = lambda delegation: checked.append(delegation.base_name) or 0  # type: ignore[method-assign]
+    world.scanner._delegations._recheck = lambda delegation: (
+        checked.append(delegation.base_name) or 0
+    )  # type: ignore[method-assign]
     world.clock.now = T0 + DAY
     assert world.scanner.delegation_events() == 0
     assert sorted(checked) == ["plain.test", "wild.test"]
@@ -336,9 +340,9 @@ def test_the_delegation_scan_reads_by_index_in_batches(
 ) -> None:
     """Per delegation, a look-up of the certificates' names by tenant and name; the
     delegations come in batches, so a node holds one batch however many there are."""
-    monkeypatch.setattr(scans, "_DELEGATION_BATCH", 3)
-    monkeypatch.setattr(scans, "_DUE_DELEGATIONS", scans._DUE_DELEGATIONS.limit(3))
-    monkeypatch.setattr(scans, "_UNSCHEDULED", scans._UNSCHEDULED.limit(3))
+    monkeypatch.setattr(rechecks, "_DELEGATION_BATCH", 3)
+    monkeypatch.setattr(rechecks, "_DUE_DELEGATIONS", rechecks._DUE_DELEGATIONS.limit(3))
+    monkeypatch.setattr(rechecks, "_UNSCHEDULED", rechecks._UNSCHEDULED.limit(3))
     with transaction(world.store.sessions) as session:
         for number in range(7):
             session.add(
@@ -357,7 +361,9 @@ def test_the_delegation_scan_reads_by_index_in_batches(
             statements.append((statement, parameters))
 
     checked: list[str] = []
-    world.scanner._recheck = lambda delegation: checked.append(delegation.base_name) or 0  # type: ignore[method-assign]
+    world.scanner._delegations._recheck = lambda delegation: (
+        checked.append(delegation.base_name) or 0
+    )  # type: ignore[method-assign]
     world.clock.now = T0 + DAY
     event.listen(world.store.engine, "before_cursor_execute", seen)
     try:
@@ -397,7 +403,9 @@ def test_a_delegation_found_in_place_costs_no_write_but_its_claim(world: World) 
         cnames={"_acme-challenge.customer.test": f"l1.{CERTOK_ZONE}"},
         existing=[f"l1.{CERTOK_ZONE}"],
     ) as dns_server:
-        world.scanner._resolver = make_blocking_resolver([f"127.0.0.1:{dns_server.port}"], 2.0)
+        world.scanner._delegations._resolver = make_blocking_resolver(
+            [f"127.0.0.1:{dns_server.port}"], 2.0
+        )
         world.clock.now = T0 + DAY
         world.scanner.delegation_events()  # its first check time, and the first check
         event.listen(world.store.engine, "before_cursor_execute", seen)
@@ -471,7 +479,7 @@ def test_two_nodes_look_each_delegation_up_once_per_interval(world: World) -> No
         assert nodes.lookups() == Counter(f"_acme-challenge.{name}" for name in names)
         assert all(nodes.by_node), nodes.by_node  # the checks are shared out, not repeated
         # Claimed up to a tenth of an interval later than one interval on: due again after it.
-        world.clock.now = T0 + INTERVAL * (2 + scans.RECHECK_JITTER) + INTERVAL / steps
+        world.clock.now = T0 + INTERVAL * (2 + rechecks.RECHECK_JITTER) + INTERVAL / steps
         nodes.passes()
         assert nodes.lookups() == Counter(f"_acme-challenge.{name}" for name in names * 2)
         # The idle one is claimed like the others (a pass does not read it again), unchecked.
@@ -512,15 +520,15 @@ def test_a_delegation_another_node_claimed_is_not_claimed_again(world: World) ->
     world.clock.now = T0 + DAY
     with world.store.sessions() as session:  # "node one" reads: never scheduled
         assert session.get(Delegation, delegation).next_check_at is None  # type: ignore[union-attr]
-    world.scanner._recheck = lambda delegation: 0  # type: ignore[method-assign]
+    world.scanner._delegations._recheck = lambda delegation: 0  # type: ignore[method-assign]
     world.scanner.delegation_events()  # "node two" schedules, claims and checks it
     claimed_by_two = world.next_checks()["customer.test"]
     assert claimed_by_two == T0 + DAY + INTERVAL
     mine = T0 + DAY + INTERVAL * 1.05
-    claim = functools.partial(scans.claim_job, due=T0 + DAY, times=[(delegation, mine)])
+    claim = functools.partial(rechecks.claim_job, due=T0 + DAY, times=[(delegation, mine)])
     assert write(world.store.sessions, claim) == []
     assert world.next_checks()["customer.test"] == claimed_by_two
     world.clock.now = T0 + DAY + INTERVAL
-    claim = functools.partial(scans.claim_job, due=world.clock.now, times=[(delegation, mine)])
+    claim = functools.partial(rechecks.claim_job, due=world.clock.now, times=[(delegation, mine)])
     assert write(world.store.sessions, claim) == [delegation]  # due again: claimed
     assert world.next_checks()["customer.test"] == mine
