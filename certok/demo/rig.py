@@ -311,12 +311,14 @@ class Rig:
 
         Call this after starting certok's DNS server when unbound may have tried it while it was
         still down: otherwise unbound may keep answering SERVFAIL for up to `infra-host-ttl`.
+        Queries unbound is resolving at that moment are left to finish: dropping them
+        (`flush_requestlist`) leaves their askers without an answer, and by then the asker may
+        be a CA validating a challenge that a just-restarted certok answered.
         """
         if infra:
             self.unbound_control("flush_infra", "all")
         self.unbound_control("flush_zone", CUSTOMER_ZONE)
         self.unbound_control("flush_zone", self.certok_zone)
-        self.unbound_control("flush_requestlist")
 
     def resolve(self, name: str, rdtype: str = "A") -> dns.message.Message:
         """Ask unbound (the rig's recursive resolver) one question; returns the full response."""

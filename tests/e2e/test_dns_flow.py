@@ -155,9 +155,8 @@ def test_sigkill_while_pending_then_restart_resumes_the_same_order(  # type: ign
     state, order_url = _order_row(server)
     assert state == "pending" and order_url, "the ACME order should exist before the kill"
     server.kill()
-    # unbound may have marked certok's DNS server down while it was dead (a CI run saw the CA's
-    # TXT lookup time out right after the restart, and the order start over, as it should):
-    # what this test is about is the resume, so unbound forgets that before certok answers.
+    # unbound may have marked certok's DNS server down while it was dead: what this test is
+    # about is the resume, so unbound forgets that before certok answers.
     rig.flush_resolver()
     server.start()
     data = user.apply_until_done(code, timeout=60)

@@ -11,12 +11,18 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dns.flags
+import dns.message
+import dns.name
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import httpx
 import josepy as jose
@@ -26,6 +32,7 @@ from acme import messages as acme_messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from certok.demo import dns_probe
 from tests.rig import Rig, RigError
 from tests.rig.certok_server import CertokServer
 from tests.rig.ports import PEBBLE_DEFAULT_PORTS
@@ -191,6 +198,67 @@ def test_set_customer_records_refuses_bad_lines_and_keeps_the_zone(
 def test_flush_resolver_talks_to_unbound(rig: Rig) -> None:
     rig.flush_resolver()
     assert rig.unbound_control("status").count("is running") == 1
+
+
+def test_flush_resolver_lets_a_query_in_flight_finish(rig: Rig) -> None:
+    # A restarted certok may already be answering a CA's validation when the harness flushes
+    # unbound: the CA's lookup must still get its answer (dropping unbound's request list left
+    # it waiting until its own timeout, and the order started over).
+    name = f"held.{rig.certok_zone}."
+    with (
+        _HeldAuthority(rig.certok_dns_port, name, "in-flight") as authority,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        lookup = pool.submit(dns_probe.ask, rig.unbound_port, name, "TXT", timeout=10)
+        assert authority.holding.wait(10), "unbound never asked certok's DNS port"
+        rig.flush_resolver()
+        authority.release.set()
+        response = lookup.result(timeout=15)
+    assert response.rcode() == dns.rcode.NOERROR
+    assert dns_probe.answer_texts(response, name, dns.rdatatype.TXT) == {'"in-flight"'}
+
+
+class _HeldAuthority:
+    """An authoritative server on certok's DNS port that holds its first answer until released."""
+
+    def __init__(self, port: int, name: str, text: str) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.settimeout(0.2)
+        self._name, self._text = dns.name.from_text(name), text
+        self.holding, self.release, self._stop = (threading.Event() for _ in range(3))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _HeldAuthority:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wire, client = self._sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            if not self.holding.is_set():
+                self.holding.set()
+                self.release.wait(10)
+            self._sock.sendto(self._answer(dns.message.from_wire(wire)).to_wire(), client)
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        if question.name == self._name and question.rdtype == dns.rdatatype.TXT:
+            rrset = response.find_rrset(
+                response.answer, self._name, dns.rdataclass.IN, dns.rdatatype.TXT, create=True
+            )
+            rrset.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, self._text), 0)
+        return response
 
 
 # --- nginx -------------------------------------------------------------------------------------
