@@ -36,6 +36,7 @@ from sqlalchemy import insert, text
 
 from certok.assembly import standard_solvers
 from certok.certificates.records import issued_certificate, record_issued
+from certok.challenge_solver import remove_material
 from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import AcmeAccount, ChallengeRecord, Order
@@ -77,9 +78,7 @@ def old_issue(connection: Any, *, order_id: int, values: dict[str, Any], record:
     if connection.execute(_SAVE, params).rowcount != 1:
         raise LeaseLost(order_id)
     record_issued(connection, order_id, record)
-    connection.execute(
-        ChallengeRecord.__table__.delete().where(ChallengeRecord.order_id == order_id)
-    )
+    remove_material(connection, order_id, None)  # what every solver's cleanup(..., None) does
 
 
 def old_redeem(connection: Any, *, tenant_id: int, code: str) -> int:
