@@ -16,7 +16,7 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select
 
 from certok.db.models import (
     Certificate,
@@ -61,18 +61,26 @@ def emit(
     data: dict[str, Any],
     now: dt.datetime,
     notify_url: str | None = None,
+    endpoints: list[tuple[int, str]] | None = None,
 ) -> int:
-    """Queue `event_type` for the tenant's endpoints (and `notify_url`); returns rows queued."""
+    """Queue `event_type` for the tenant's endpoints (and `notify_url`); returns rows queued.
+
+    `endpoints`: the tenant's enabled endpoints as (id, event_types), when the caller read
+    them already (None: read here)."""
     body = payload(event_type, now, data)
     rows: list[dict[str, Any]] = []
-    endpoints = connection.execute(
-        select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types).where(
-            _ENDPOINTS.c.tenant_id == tenant_id, _ENDPOINTS.c.disabled_at.is_(None)
-        )
-    ).all()
-    for endpoint in endpoints:
-        if wants(endpoint.event_types, event_type):
-            rows.append({"endpoint_id": endpoint.id, "url": None})
+    if endpoints is None:
+        endpoints = [
+            (row.id, row.event_types)
+            for row in connection.execute(
+                select(_ENDPOINTS.c.id, _ENDPOINTS.c.event_types).where(
+                    _ENDPOINTS.c.tenant_id == tenant_id, _ENDPOINTS.c.disabled_at.is_(None)
+                )
+            )
+        ]
+    for endpoint_id, event_types in endpoints:
+        if wants(event_types, event_type):
+            rows.append({"endpoint_id": endpoint_id, "url": None})
     if notify_url:
         rows.append({"endpoint_id": None, "url": notify_url})
     for row in rows:
@@ -124,28 +132,45 @@ def _of_order(column: Any) -> Any:
 
 # What the event of a finished order says, read in one statement (it runs in the transaction
 # that ends every order): the order, its code (the apply id), its notifyUrl, its certificate
-# (written earlier in the same transaction when it was issued).
-_FINISHED = select(
-    _ORDERS.c.tenant_id,
-    _ORDERS.c.state,
-    _ORDERS.c.issuer,
-    _ORDERS.c.algorithm,
-    _ORDERS.c.domains,
-    _ORDERS.c.reason,
-    _ORDERS.c.not_before,
-    _ORDERS.c.not_after,
-    _of_order(_CODES.c.code).label("code"),
-    _of_order(_NOTIFY.c.url).label("notify_url"),
-    _of_order(_CERTIFICATES.c.id).label("certificate_id"),
-).where(_ORDERS.c.id == bindparam("b_order_id"))
+# (written earlier in the same transaction when it was issued), and the tenant's enabled
+# endpoints, one row each (one row of NULLs without any), so `emit` need not read them.
+_FINISHED = (
+    select(
+        _ORDERS.c.tenant_id,
+        _ORDERS.c.state,
+        _ORDERS.c.issuer,
+        _ORDERS.c.algorithm,
+        _ORDERS.c.domains,
+        _ORDERS.c.reason,
+        _ORDERS.c.not_before,
+        _ORDERS.c.not_after,
+        _of_order(_CODES.c.code).label("code"),
+        _of_order(_NOTIFY.c.url).label("notify_url"),
+        _of_order(_CERTIFICATES.c.id).label("certificate_id"),
+        _ENDPOINTS.c.id.label("endpoint_id"),
+        _ENDPOINTS.c.event_types.label("endpoint_event_types"),
+    )
+    .select_from(
+        _ORDERS.outerjoin(
+            _ENDPOINTS,
+            and_(_ENDPOINTS.c.tenant_id == _ORDERS.c.tenant_id, _ENDPOINTS.c.disabled_at.is_(None)),
+        )
+    )
+    .where(_ORDERS.c.id == bindparam("b_order_id"))
+    .order_by(_ENDPOINTS.c.id)
+)
 
 
 def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> None:
     """In the transaction that ends an order: `certificate.issued` or `certificate.failed`
     for the tenant's endpoints, and the outcome for the order's notifyUrl if it has one."""
-    order = connection.execute(_FINISHED, {"b_order_id": order_id}).first()
-    if order is None or order.state not in FINISHED_STATES:
+    found = connection.execute(_FINISHED, {"b_order_id": order_id}).all()
+    if not found or found[0].state not in FINISHED_STATES:
         return
+    order = found[0]
+    endpoints = [
+        (row.endpoint_id, row.endpoint_event_types) for row in found if row.endpoint_id is not None
+    ]
     code = order.code
     notify_url = order.notify_url
     if notify_url is not None:
@@ -176,6 +201,7 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         data=data,
         now=now,
         notify_url=notify_url,
+        endpoints=endpoints,
     )
 
 

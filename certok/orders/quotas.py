@@ -46,14 +46,22 @@ _TENANTS = Tenant.__table__
 
 # Whether the tenant is disabled (None: no such tenant); the ACME order budget asks it too.
 TENANT_DISABLED = select(_TENANTS.c.disabled).where(_TENANTS.c.id == bindparam("b_tenant_id"))
-_CODE_ROW = select(
-    _CODES.c.id,
-    _CODES.c.tenant_id,
-    _CODES.c.order_id,
-    _CODES.c.expires_at,
-    _CODES.c.challenge_type,
-    _CODES.c.domains,
-).where(_CODES.c.code == bindparam("b_code"))
+# The tenant's disabled flag and the code's row in one read (the code's columns are NULL for
+# an unknown code; no row at all for an unknown tenant). redeem_code takes the code's row as
+# read here instead of reading it again.
+_TENANT_AND_CODE = (
+    select(
+        _TENANTS.c.disabled.label("tenant_disabled"),
+        _CODES.c.id,
+        _CODES.c.tenant_id,
+        _CODES.c.order_id,
+        _CODES.c.expires_at,
+        _CODES.c.challenge_type,
+        _CODES.c.domains,
+    )
+    .select_from(_TENANTS.outerjoin(_CODES, _CODES.c.code == bindparam("b_code")))
+    .where(_TENANTS.c.id == bindparam("b_tenant_id"))
+)
 _JOINABLE = (
     select(_ORDERS.c.id)
     .where(
@@ -150,10 +158,10 @@ def redeem_job(
     join_seconds: float,
     now: dt.datetime,
 ) -> Redemption:
-    disabled = connection.scalar(TENANT_DISABLED, {"b_tenant_id": tenant_id})
-    if disabled is None or disabled:  # None: no such tenant
+    read = connection.execute(_TENANT_AND_CODE, {"b_tenant_id": tenant_id, "b_code": code}).first()
+    if read is None or read.tenant_disabled:  # None: no such tenant
         return Redemption(None, False, disabled=True)
-    row = connection.execute(_CODE_ROW, {"b_code": code}).first()
+    row = read if read.id is not None else None
     fresh = (
         row is not None
         and row.tenant_id == tenant_id
@@ -200,6 +208,7 @@ def redeem_job(
         issuer=issuer,
         deadline_seconds=deadline_seconds,
         clock=lambda: now,
+        code_row=row,
         **order_extras,
     )
     return Redemption(order_id, created)

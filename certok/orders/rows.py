@@ -25,6 +25,7 @@ from certok.certificates.records import IssuedCertificate, record_issued
 from certok.challenge_solver import ChallengeSolver, Material, Presenter
 from certok.db.models import ChallengeRecord, Order
 from certok.order_states import PENDING
+from certok.orders.issuing_save import issue_in_one_statement
 
 
 class LeaseLost(Exception):
@@ -184,7 +185,9 @@ def save_job(
     """Save `values` under the lease; `drop_records`: the solver whose material all goes.
 
     On PostgreSQL a save of the shape `one_statement_save` names is one statement (see
-    `_combined_save`); `OrderSaves` runs those outside a transaction.
+    `_combined_save`); `OrderSaves` runs those outside a transaction. The issuing save is
+    one statement there too (`issue_in_one_statement`), followed by `after` in its
+    transaction.
     """
     params = {**values, "b_order_id": order_id, "b_worker_id": worker_id}
     combined = (answered or drop_records is not None) and one_statement_save(
@@ -199,6 +202,25 @@ def save_job(
         )
         if saved != 1:
             raise LeaseLost(order_id)
+        return
+    if (
+        certificate is not None
+        and drop_records is not None
+        and not answered
+        and connection.dialect.name == "postgresql"
+    ):
+        # The order, the certificate's record and the material's removal in one statement.
+        saved_certificate = issue_in_one_statement(
+            connection,
+            order_id=order_id,
+            worker_id=worker_id,
+            values=values,
+            certificate=certificate,
+        )
+        if saved_certificate is None:
+            raise LeaseLost(order_id)
+        if after is not None:
+            after(connection, order_id, answered_at)
         return
     result = connection.execute(_SAVE, params)
     if result.rowcount != 1:

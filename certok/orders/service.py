@@ -94,14 +94,20 @@ def redeem_code(
     clock: Clock = utcnow,
     profile: str | None = None,
     replaces_certificate_id: int | None = None,
+    code_row: StoredCodeRow | None = None,
 ) -> tuple[int, bool]:
     """The order for `code`, creating it on first use. Returns (order id, created now).
 
     A code starts an order only within its validity and only once; later calls with the same
     code read that order (whatever algorithm/issuer they pass). Plain SQL statements, not ORM
-    units of work: this runs once per apply call, on the API's hot path.
+    units of work: this runs once per apply call, on the API's hot path. `code_row`: the
+    code's row as this transaction read it already (`_CODE`'s columns), not read again.
     """
-    row = _redeemable_code(session, tenant_id, code, clock)
+    if code_row is None:
+        row: Any = _redeemable_code(session, tenant_id, code, clock)
+    else:
+        check_redeemable(code_row, tenant_id, code, clock)
+        row = code_row
     if row.order_id is not None:
         return row.order_id, False
     now = clock()
@@ -155,6 +161,23 @@ def _redeemable_code(
     check_redeemable(row, tenant_id, code, clock)
     assert row is not None  # checked
     return row
+
+
+class StoredCodeRow(Protocol):
+    """A code's row as `redeem_code` uses it (the columns of `_CODE`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def tenant_id(self) -> int: ...
+    @property
+    def order_id(self) -> int | None: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
+    @property
+    def challenge_type(self) -> str: ...
+    @property
+    def domains(self) -> str: ...
 
 
 class StoredCode(Protocol):

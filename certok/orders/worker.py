@@ -88,6 +88,11 @@ class Worker:
         self._stopping = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fair_at = -float("inf")  # monotonic time of the last round-robin claim
+        # Whether the last look for work left due orders it had no place for: only then does
+        # an order that ends its drive look again at once (its place goes to one of them).
+        # Otherwise the next look is at the next wake (a new order) or poll; orders handed
+        # back with a later next attempt are not due before that anyway.
+        self._more_due = True
         # time.monotonic() of the last look for work that reached the database (/readyz).
         self.heartbeat: float | None = None
 
@@ -115,10 +120,14 @@ class Worker:
                         task = asyncio.create_task(self._drive(order_id, snapshot))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
+                else:
+                    self._more_due = True  # not looked: a freed place looks at once
                 self.heartbeat = time.monotonic()
             except Unavailable as error:  # a passing shortage: no traceback to read
+                self._more_due = True
                 log.warning("worker: claiming orders failed: %s", error.message)
             except Exception:
+                self._more_due = True
                 log.exception("worker: claiming orders failed; trying again shortly")
             with contextlib.suppress(TimeoutError):
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
@@ -147,6 +156,7 @@ class Worker:
             # The most overdue first, one more than we can take: an index walk.
             oldest = {"b_now": now, "b_limit": limit + len(busy) + 1}
             due = [i for i in connection.execute(_DUE, oldest).scalars() if i not in busy]
+            self._more_due = len(due) > limit
             if len(due) > limit:
                 # More are due than we take: tenants take turns. That query reads every due
                 # order, so under a lasting backlog it runs for a batch of free places, or
@@ -210,10 +220,12 @@ class Worker:
             log.exception("order %s: unexpected error; it will be retried", order_id)
             with contextlib.suppress(Exception):
                 await self._in_pool(self._release_lease, order_id)
+            self._more_due = True  # the order is due again now
         finally:
             with self._busy_lock:
                 self._busy.discard(order_id)
-            self.wake()
+            if self._more_due:
+                self.wake()
 
 
 def _step(

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from certok.db.engine import transaction
 from certok.db.models import Order
-from certok.errors import CodeExpired, NotFound
+from certok.errors import CodeExpired, NotFound, Unauthenticated
 from certok.order_states import PENDING
 from certok.orders.codes import issue_code
+from certok.orders.quotas import redeem_with_quotas
 from certok.orders.service import redeem_code, view_order
 from certok.persistence import Store
+from certok.settings import Settings
 from certok.tenants import service as tenants
 
 RACERS = 12
@@ -73,5 +77,59 @@ def test_an_expired_code_starts_nothing(store: Store) -> None:
     alpha, _, code = _tenant_and_code(store, ttl=-1)
     with pytest.raises(CodeExpired, match="call /v1/cert/dv again"):
         _redeem(store, alpha, code)
+    with store.sessions() as session:
+        assert session.scalar(select(func.count(Order.id))) == 0
+
+
+def _redeem_with_quotas(store: Store, tenant_id: int, code: str) -> tuple[int, bool]:
+    """As apply redeems: the tenant's flag and the code read once, handed to redeem_code."""
+    settings = Settings(data_dir=Path("/nonexistent"), tenant_max_pending_orders=0)
+    return redeem_with_quotas(
+        store.sessions, settings, tenant_id=tenant_id, code=code, algorithm="ECC", issuer="x"
+    )
+
+
+def test_apply_redeems_with_one_read_of_the_tenant_and_the_code(store: Store) -> None:
+    alpha, beta, code = _tenant_and_code(store)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    start = threading.Barrier(RACERS)
+
+    def race(_: int) -> tuple[int, bool]:
+        start.wait()
+        return _redeem_with_quotas(store, alpha, code)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        first = _redeem_with_quotas(store, alpha, code)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert first[1] is True
+    code_reads = [
+        s for s in statements if "FROM verification_codes" in s or "JOIN verification" in s
+    ]
+    assert len(code_reads) == 1, statements
+    assert not any(s.startswith("SELECT tenants.disabled FROM") for s in statements), statements
+    # Later calls, racing, answer with the same order and start no other.
+    with ThreadPoolExecutor(RACERS) as pool:
+        results = list(pool.map(race, range(RACERS)))
+    assert set(results) == {(first[0], False)}
+    with pytest.raises(NotFound):
+        _redeem_with_quotas(store, beta, code)  # another tenant's code reads as unknown
+    with pytest.raises(NotFound):
+        _redeem_with_quotas(store, alpha, "0" * 16)
+    with transaction(store.sessions) as session:
+        tenants.set_disabled(session, "alpha", True)
+    with pytest.raises(Unauthenticated, match="disabled"):
+        _redeem_with_quotas(store, alpha, code)
+
+
+def test_apply_on_an_expired_code_starts_nothing(store: Store) -> None:
+    alpha, _, code = _tenant_and_code(store, ttl=-1)
+    with pytest.raises(CodeExpired, match="call /v1/cert/dv again"):
+        _redeem_with_quotas(store, alpha, code)
     with store.sessions() as session:
         assert session.scalar(select(func.count(Order.id))) == 0

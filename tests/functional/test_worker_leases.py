@@ -9,7 +9,9 @@ further away than that, and keeps it otherwise (and always, without `hold_lease_
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,40 @@ def test_a_step_hands_the_lease_back_only_when_the_next_attempt_is_beyond_the_ho
 def claimed_ids(worker: Worker, limit: int) -> list[int]:
     """The ids of the orders one claim of the worker took (its snapshots aside)."""
     return [order_id for order_id, _ in worker._claim(limit)]
+
+
+def test_a_finished_drive_looks_for_work_at_once_only_when_due_orders_were_left_behind(
+    store: Store, tmp_path: Path
+) -> None:
+    """A look for work that took every due order leaves nothing for a freed place: the drive
+    that ends does not look again (one read per finished order saved); new orders wake the
+    worker themselves. One that left due orders behind, or failed, makes it look at once."""
+    _add_orders(store, {f"n{i}": {} for i in range(3)})
+    worker = _worker(store, tmp_path)
+    wakes: list[int] = []
+    worker.wake = lambda: wakes.append(1)  # type: ignore[method-assign]
+    worker._step = lambda *_: None  # every drive finishes in one step
+
+    async def drive_one() -> None:
+        worker._busy.add(-1)
+        await worker._drive(-1, None)
+
+    async def scenario() -> list[int]:
+        seen = []
+        assert len(worker._claim(2)) == 2  # three due, two places: one left behind
+        await drive_one()
+        seen.append(len(wakes))
+        assert len(worker._claim(5)) == 1  # the last one: nothing left behind
+        await drive_one()
+        seen.append(len(wakes))
+        worker._step = functools.partial(_raise, RuntimeError("boom"))
+        await drive_one()  # an unexpected error hands the order back: due again now
+        seen.append(len(wakes))
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+    worker.stop()
+
+
+def _raise(error: Exception, *_: Any) -> None:
+    raise error
