@@ -2,7 +2,7 @@
 
     python bench/growth.py [--orders 1000,10000,100000] [--delegations 1000,10000,10000]
                            [--duration 8] [--connections 16] [--refresh-samples 300]
-                           [--json FILE]
+                           [--keep DIR] [--json FILE]
 
 Needs `dnsperf` and `wrk` (`apt-get install dnsperf wrk`). One SQLite database grows stage by
 stage (`--orders` and `--delegations` give the totals per stage, same length): before each
@@ -93,6 +93,7 @@ IDLE_SECONDS = 3.0
 WARMUP_SECONDS = 2.0
 DNSPERF_OUTSTANDING = 300
 PENDING_CHALLENGES = 100  # dns-01 rows present while zone_refresh measures
+FILLER_STATE = "filler.json"  # with --keep: what a later run needs to reuse a stage's database
 
 
 # --- filling the database ---------------------------------------------------------------------
@@ -100,6 +101,9 @@ PENDING_CHALLENGES = 100  # dns-01 rows present while zone_refresh measures
 
 def delegated_name(index: int) -> str:
     return f"d{index}.{NAME_SUFFIX}"
+
+
+STORED_CODE_PREFIX = "c0de"  # stored_code's first 4 hex digits (order ids below 16**12)
 
 
 def stored_code(order_id: int) -> str:
@@ -382,6 +386,29 @@ end
     return path
 
 
+def random_code_script(path: Path, first_order_id: int, orders: int) -> Path:
+    """A wrk script asking `/v1/cert/apply?code=<code>` for a stored order drawn uniformly
+    from all of them, each code made from its order's id (`stored_code`). Not a table of the
+    codes, as `random_path_script` has: with a million distinct strings in wrk's Lua heap,
+    every collection of its garbage walks them, and wrk itself stalls for 100-260 ms at a
+    time, idling the server (it did so against nginx's static answer too)."""
+    last = first_order_id + orders - 1
+    for order_id in (first_order_id, last):
+        if stored_code(order_id) != f"{STORED_CODE_PREFIX}{order_id:012x}":
+            raise SystemExit(f"order {order_id}'s code does not take the script's form")
+    path.write_text(
+        f"""\
+math.randomseed(20261128)
+local first, count = {first_order_id}, {orders}
+request = function()
+  local id = first + math.random(count) - 1
+  return wrk.format("GET", "/v1/cert/apply?code={STORED_CODE_PREFIX}" .. string.format("%012x", id))
+end
+"""
+    )
+    return path
+
+
 @dataclass
 class Stage:
     orders: int
@@ -469,11 +496,11 @@ def measure_stage(
         stage.dns_lost = perf.lost
 
         # API: apply on random stored codes, dv on random delegated names
-        codes_file = workdir / "codes.txt"
-        codes_file.write_text("\n".join(codes) + "\n")
         names_file = workdir / "names.txt"
         names_file.write_text("\n".join(filler.labels) + "\n")
-        apply_script = random_path_script(workdir / "apply.lua", codes_file, "/v1/cert/apply?code=")
+        apply_script = random_code_script(
+            workdir / "apply.lua", filler.first_order_id or 1, filler.orders
+        )
         dv_script = random_path_script(workdir / "dv.lua", names_file, "/v1/cert/dv?domains=")
         one_code = f"{certok.base_url}/v1/cert/apply?code={codes[-1]}"
         for attribute, url, lua in (
@@ -654,22 +681,24 @@ def run(args: argparse.Namespace) -> Report:
     cores = Cores.pick()
     print(f"{BENCH}: {describe_machine()}", flush=True)
     print(f"{BENCH}: {cores.describe()}", flush=True)
+    if args.keep and args.postgres:
+        raise SystemExit("--keep is for SQLite only: PostgreSQL's database is made afresh")
     stages: list[Stage] = []
     with tempfile.TemporaryDirectory(prefix="certok-bench-growth-") as tmp:
-        workdir = Path(tmp)
-        # The tenant comes from certok's own CLI, as an operator would make it.
         database_url = fresh_postgres_database(args.postgres, "growth") if args.postgres else None
-        setup = CertokServer(
-            growth_env(workdir / "data", database_url, 1, 1, 1), workdir=workdir / "certok"
-        )  # a handle for `certok tenant create` only: never started
-        setup.workdir.mkdir(parents=True)
-        token = setup.create_tenant(TENANT)
-        filler = Filler(workdir / "data", database_url)
+        workdir, token, filler = Path(tmp), "", None
         for order_count, delegation_count in zip(orders, delegations, strict=True):
             stage = Stage(order_count, delegation_count)
+            if args.keep:  # each stage its own database, kept and reused by the next run
+                workdir = args.keep / f"{order_count}-orders-{delegation_count}-delegations"
+                token, filler = kept_filler(workdir)
+            if filler is None:
+                token, filler = new_filler(workdir, database_url)
             print(f"{BENCH}: filling to {order_count:,} orders, {delegation_count:,} delegations",
                   flush=True)  # fmt: skip
             stage.fill_seconds = filler.grow(delegation_count, order_count)
+            if args.keep:
+                save_filler(workdir, token, filler)
             stage.db_path = apply_db_path(
                 filler.data_dir, database_url, filler.codes(), args.db_samples
             )
@@ -684,6 +713,41 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
+def new_filler(workdir: Path, database_url: str | None) -> tuple[str, Filler]:
+    """An empty database in `workdir` with the bench's tenant; its token and filler. The tenant
+    comes from certok's own CLI, as an operator would make it."""
+    setup = CertokServer(
+        growth_env(workdir / "data", database_url, 1, 1, 1), workdir=workdir / "certok"
+    )  # a handle for `certok tenant create` only: never started
+    setup.workdir.mkdir(parents=True, exist_ok=True)
+    return setup.create_tenant(TENANT), Filler(workdir / "data", database_url)
+
+
+def kept_filler(workdir: Path) -> tuple[str, Filler | None]:
+    """The token and filler a previous `--keep` run left in `workdir` (none: start afresh)."""
+    state = workdir / FILLER_STATE
+    if not state.exists():
+        if workdir.exists():
+            raise SystemExit(f"{workdir} exists without {FILLER_STATE}: remove it to refill")
+        return "", None
+    kept = json.loads(state.read_text())
+    filler = Filler(
+        workdir / "data",
+        delegations=kept["delegations"],
+        orders=kept["orders"],
+        labels=kept["labels"],
+        first_order_id=kept["first_order_id"],
+    )
+    print(f"{BENCH}: reusing {workdir} ({filler.orders:,} orders)", flush=True)
+    return kept["token"], filler
+
+
+def save_filler(workdir: Path, token: str, filler: Filler) -> None:
+    state = {"token": token, "delegations": filler.delegations, "orders": filler.orders,
+             "labels": filler.labels, "first_order_id": filler.first_order_id}  # fmt: skip
+    (workdir / FILLER_STATE).write_text(json.dumps(state))
+
+
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--orders", default="1000,10000,100000", help="orders per stage")
@@ -695,6 +759,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--refresh-samples", type=int, default=300, help="in-process zone refreshes per stage (300)"
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        type=Path,
+        help="fill each stage's SQLite database in DIR/<orders>-orders-<delegations>-delegations "
+        "and keep it; a later run with the same DIR and stages measures it again without filling",
     )
     parser.add_argument(
         "--postgres",

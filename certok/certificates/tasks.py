@@ -120,7 +120,13 @@ class CertificateTasks:
         with self._sessions() as session:
             rows = session.execute(
                 select(_C.c.id, _C.c.revoke_requested_at)
-                .where(_C.c.revoke_requested_at <= now, _C.c.revoked_at.is_(None))
+                # revoked_at inside coalesce(): SQLite, without statistics, would otherwise
+                # take "revoked_at IS NULL" (true of every live certificate) to its index over
+                # the revocation requests' and walk every live certificate, every tick.
+                .where(
+                    _C.c.revoke_requested_at <= now,
+                    func.coalesce(_C.c.revoked_at, _C.c.revoked_at).is_(None),
+                )
                 .order_by(_C.c.revoke_requested_at)
                 .limit(self._batch)
             ).all()

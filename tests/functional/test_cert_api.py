@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from starlette.testclient import TestClient
 
 from certok.api.caches import TtlCache
@@ -385,3 +385,35 @@ def test_apply_profile_default_profile_and_short_deadline(store: Store, tmp_path
         default = order_of(client.get("/v1/cert/apply", params={"code": code()}, headers=headers))
         assert default.profile == "classic"
     assert fetched == ["google"]  # the directory read once, then remembered
+
+
+def test_the_revocation_pick_walks_the_requests_not_every_live_certificate(
+    cert_api: Harness,
+) -> None:
+    # Without statistics SQLite took "revoked_at IS NULL" (every live certificate) to the
+    # revoked_at index: each tick walked every live certificate to find the few requests.
+    if cert_api.store.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan is read from SQLite's EXPLAIN QUERY PLAN")
+    live = [cert_api.add("alpha", [f"live{i}.example.com"], serial=500 + i) for i in range(3)]
+    with transaction(cert_api.store.sessions) as db:
+        assert request_revocation(db, cert_api.ids["alpha"], live[0], 1, NOW)
+    picks: list[tuple[str, Any]] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if (
+            statement.lstrip().upper().startswith("SELECT")
+            and "revoke_requested_at <=" in statement
+        ):
+            picks.append((statement, parameters))
+
+    event.listen(cert_api.store.engine, "before_cursor_execute", seen)
+    try:
+        assert cert_api.tasks.revocations() == 1
+    finally:
+        event.remove(cert_api.store.engine, "before_cursor_execute", seen)
+    [(statement, parameters)] = picks
+    with cert_api.store.engine.connect() as connection:
+        plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+    text = " ".join(str(row[-1]) for row in plan)
+    assert "USING INDEX ix_certificates_revoke_requested_at" in text, text
+    assert "TEMP B-TREE" not in text, text
