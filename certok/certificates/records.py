@@ -37,6 +37,27 @@ _ACCOUNTS = AcmeAccount.__table__
 
 # One INSERT ... SELECT: the record takes the order's columns (and the issuer's account) in
 # the statement that writes it, so issuing costs one statement more, not a read and a write.
+# The certificate record's columns an issuing save fills, in the order both its statements
+# (`_INSERT` here, `certok.orders.issuing_save` on PostgreSQL) select them.
+RECORD_COLUMNS = [
+    "tenant_id",
+    "domains",
+    "issuer",
+    "acme_account_id",
+    "account_url",
+    "serial",
+    "not_before",
+    "not_after",
+    "key_type",
+    "profile",
+    "ari_cert_id",
+    "order_id",
+    "replaces_id",
+    "renew_at",
+    "ari",
+    "next_check_at",
+    "created_at",
+]
 _FROM_ORDER = (
     select(
         _ORDERS.c.tenant_id,
@@ -63,25 +84,7 @@ _FROM_ORDER = (
 _INSERT = (
     insert(CERTIFICATES)
     .from_select(
-        [
-            "tenant_id",
-            "domains",
-            "issuer",
-            "acme_account_id",
-            "account_url",
-            "serial",
-            "not_before",
-            "not_after",
-            "key_type",
-            "profile",
-            "ari_cert_id",
-            "order_id",
-            "replaces_id",
-            "renew_at",
-            "ari",
-            "next_check_at",
-            "created_at",
-        ],
+        RECORD_COLUMNS,
         _FROM_ORDER,
     )
     .returning(CERTIFICATES.c.id, CERTIFICATES.c.tenant_id, CERTIFICATES.c.replaces_id)

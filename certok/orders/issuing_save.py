@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 
-from certok.certificates.records import IssuedCertificate
+from certok.certificates.records import RECORD_COLUMNS, IssuedCertificate
 from certok.db.models import (
     AcmeAccount,
     Certificate,
@@ -41,6 +41,7 @@ from certok.db.models import (
     ChallengeRecord,
     Order,
 )
+from certok.orders.fenced_save import fenced_save
 
 _ORDERS = Order.__table__
 _RECORDS = ChallengeRecord.__table__
@@ -91,14 +92,9 @@ def _statement(columns: tuple[str, ...]) -> Select[Any]:
     # The order's columns the record takes come from the UPDATE's RETURNING: the other
     # clauses see the table as it was before the statement (one snapshot), and the columns
     # read here are ones the save does not change.
-    saved = (
-        update(_ORDERS)
-        .where(
-            _ORDERS.c.id == bindparam("b_order_id"),
-            _ORDERS.c.lease_owner == bindparam("b_worker_id"),
-        )
-        .values({column: bindparam(f"v_{column}") for column in columns})
-        .returning(
+    saved = fenced_save(
+        columns,
+        [
             _ORDERS.c.id,
             _ORDERS.c.tenant_id,
             _ORDERS.c.domains,
@@ -107,32 +103,13 @@ def _statement(columns: tuple[str, ...]) -> Select[Any]:
             _ORDERS.c.profile,
             _ORDERS.c.replaces_certificate_id,
             _ORDERS.c.key_encrypted,
-        )
-        .cte("saved")
+        ],
     )
     c = _CERTIFICATES.c
     record = (
         insert(_CERTIFICATES)
         .from_select(
-            [
-                "tenant_id",
-                "domains",
-                "issuer",
-                "acme_account_id",
-                "account_url",
-                "serial",
-                "not_before",
-                "not_after",
-                "key_type",
-                "profile",
-                "ari_cert_id",
-                "order_id",
-                "replaces_id",
-                "renew_at",
-                "ari",
-                "next_check_at",
-                "created_at",
-            ],
+            RECORD_COLUMNS,
             select(
                 saved.c.tenant_id,
                 saved.c.domains,

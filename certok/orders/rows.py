@@ -25,6 +25,7 @@ from certok.certificates.records import IssuedCertificate, record_issued
 from certok.challenge_solver import ChallengeSolver, Material, Presenter
 from certok.db.models import ChallengeRecord, Order
 from certok.order_states import PENDING
+from certok.orders.fenced_save import fenced_save
 from certok.orders.issuing_save import issue_in_one_statement
 
 
@@ -261,16 +262,7 @@ def _combined_save(columns: tuple[str, ...], kind: str) -> Select[Any]:
     statement = _COMBINED.get((columns, kind))
     if statement is not None:
         return statement
-    saved = (
-        update(ORDERS)
-        .where(
-            ORDERS.c.id == bindparam("b_order_id"),
-            ORDERS.c.lease_owner == bindparam("b_worker_id"),
-        )
-        .values({column: bindparam(f"v_{column}") for column in columns})
-        .returning(ORDERS.c.id)
-        .cte("saved")
-    )
+    saved = fenced_save(columns, [ORDERS.c.id])
     of_saved = CHALLENGE_RECORDS.c.order_id.in_(select(saved.c.id))
     side = (
         update(CHALLENGE_RECORDS)
