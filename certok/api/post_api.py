@@ -33,8 +33,7 @@ from certok.api.caches import TtlCache
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.query_params import named_choice
 from certok.api.webhooks import EventApi, checked_url, read_json_object
-from certok.certificates.order_profile import OrderProfile, order_profile
-from certok.certificates.service import renewal_target
+from certok.certificates.order_profile import OrderProfile, renewal_and_profile
 from certok.crypto import ALGORITHMS
 from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
@@ -185,18 +184,15 @@ def post_api_routes(
         """The certificate the order renews (the tenant's live one for exactly these names,
         as the GET apply finds it) and the order's profile and deadline: httpsok's body has
         no `profile`, so the renewed certificate's or the tenant's default."""
-        with services.sessions() as session:
-            renews = renewal_target(session, tenant_id, domains)
-        chosen = order_profile(
+        return renewal_and_profile(
             services.sessions,
             services.profiles,
             tenant_id=tenant_id,
             issuer=issuer,
+            domains=domains,
             requested=None,
-            renews=renews,
             deadline_seconds=settings.order_deadline_seconds,
         )
-        return renews, chosen
 
     async def apply(request: Request) -> Response:
         ref = await tenant(request)
