@@ -41,7 +41,8 @@ from certok.errors import InvalidRequest, RateLimited, Unauthenticated
 from certok.names import parse_domains
 from certok.order_states import PENDING
 from certok.orders.codes import CODE_HEX_CHARS, code_not_found
-from certok.orders.quotas import Redemption, redeem_job, redeemed
+from certok.orders.quotas import redeem_job, redeemed
+from certok.orders.redemption import Redemption
 from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
 
