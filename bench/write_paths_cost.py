@@ -44,6 +44,7 @@ from certok.db.sessions import make_session_factory
 from certok.db.writes import write
 from certok.orders import quotas
 from certok.orders.codes import issue_code
+from certok.orders.redemption import RedemptionTerms
 from certok.orders.rows import _SAVE, LeaseLost, save_job
 from certok.orders.service import _CODE, redeem_code
 from certok.settings import Settings
@@ -199,15 +200,17 @@ def run(
             sessions,
             functools.partial(
                 quotas.redeem_job,
-                tenant_id=tenant_id,
-                code=code,
-                algorithm="ECC",
-                issuer="letsencrypt",
-                deadline_seconds=3600,
-                order_extras={},
-                max_pending=0,
-                join_seconds=0,
-                now=NOW,
+                terms=RedemptionTerms(
+                    tenant_id=tenant_id,
+                    code=code,
+                    algorithm="ECC",
+                    issuer="letsencrypt",
+                    deadline_seconds=3600,
+                    order_extras={},
+                    max_pending=0,
+                    join_seconds=0,
+                    now=NOW,
+                ),
             ),
         )
 

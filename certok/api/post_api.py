@@ -16,7 +16,6 @@ The token goes in the `OpenApiKey` header (the same tokens as `httpsok-token`).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import math
 import time
@@ -42,7 +41,7 @@ from certok.names import parse_domains
 from certok.order_states import PENDING
 from certok.orders.codes import CODE_HEX_CHARS, code_not_found
 from certok.orders.quotas import redeem_job, redeemed
-from certok.orders.redemption import Redemption
+from certok.orders.redemption import Redemption, RedemptionTerms
 from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
 
@@ -103,38 +102,16 @@ def _choice(body: dict[str, Any], name: str, default: str, choices: tuple[str, .
 
 
 def _apply_job(
-    connection: Connection,
-    *,
-    tenant_id: int,
-    code: str,
-    algorithm: str,
-    issuer: str,
-    deadline_seconds: int,
-    order_extras: dict[str, Any],
-    notify_url: str | None,
-    max_pending: int,
-    join_seconds: float,
-    now: dt.datetime,
+    connection: Connection, *, terms: RedemptionTerms, notify_url: str | None
 ) -> Redemption:
     """Redeem the fresh code within the tenant's caps (certok/orders/quotas.py, as the GET
     apply does) and remember the notifyUrl, in one transaction."""
-    outcome = redeem_job(
-        connection,
-        tenant_id=tenant_id,
-        code=code,
-        algorithm=algorithm,
-        issuer=issuer,
-        deadline_seconds=deadline_seconds,
-        order_extras=order_extras,
-        max_pending=max_pending,
-        join_seconds=join_seconds,
-        now=now,
-    )
+    outcome = redeem_job(connection, terms)
     order_id, created = outcome.order_id, outcome.created
     if order_id is not None and created and notify_url:
         connection.execute(
             insert(OrderNotifyUrl).values(
-                order_id=order_id, tenant_id=tenant_id, url=notify_url, created_at=now
+                order_id=order_id, tenant_id=terms.tenant_id, url=notify_url, created_at=terms.now
             )
         )
     return outcome
@@ -222,16 +199,18 @@ def post_api_routes(
             services.sessions,
             functools.partial(
                 _apply_job,
-                tenant_id=ref.id,
-                code=result.code,
-                algorithm=algorithm,
-                issuer=issuer,
-                deadline_seconds=chosen.deadline_seconds,
-                order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
+                terms=RedemptionTerms(
+                    tenant_id=ref.id,
+                    code=result.code,
+                    algorithm=algorithm,
+                    issuer=issuer,
+                    deadline_seconds=chosen.deadline_seconds,
+                    order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
+                    max_pending=settings.tenant_max_pending_orders,
+                    join_seconds=settings.order_join_seconds,
+                    now=events.clock(),
+                ),
                 notify_url=notify_url,
-                max_pending=settings.tenant_max_pending_orders,
-                join_seconds=settings.order_join_seconds,
-                now=events.clock(),
             ),
         )
         redeemed(outcome)  # the pending cap's 429, or a tenant disabled meanwhile

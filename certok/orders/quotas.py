@@ -32,7 +32,7 @@ from certok.db.writes import write, write_statement
 from certok.errors import RateLimited, Unauthenticated
 from certok.order_states import PENDING
 from certok.orders.redeem_statement import redeem_in_one_statement
-from certok.orders.redemption import TENANT_AND_CODE, Redemption, refusal
+from certok.orders.redemption import TENANT_AND_CODE, Redemption, RedemptionTerms, refusal
 from certok.orders.service import redeem_code
 from certok.settings import Settings
 
@@ -93,23 +93,23 @@ def redeem_with_quotas(
     `deadline_seconds`: certok/api/cert_routes.py's apply_extras)."""
     order_extras = dict(extras or {})
     deadline_seconds = order_extras.pop("deadline_seconds", settings.order_deadline_seconds)
-    terms: dict[str, Any] = {
-        "tenant_id": tenant_id,
-        "code": code,
-        "algorithm": algorithm,
-        "issuer": issuer,
-        "deadline_seconds": deadline_seconds,
-        "order_extras": order_extras,
-        "max_pending": settings.tenant_max_pending_orders,
-        "join_seconds": settings.order_join_seconds,
-        "now": clock(),
-    }
+    terms = RedemptionTerms(
+        tenant_id=tenant_id,
+        code=code,
+        algorithm=algorithm,
+        issuer=issuer,
+        deadline_seconds=deadline_seconds,
+        order_extras=order_extras,
+        max_pending=settings.tenant_max_pending_orders,
+        join_seconds=settings.order_join_seconds,
+        now=clock(),
+    )
     if opened(sessions).reads_autocommit:
         # PostgreSQL: one statement, atomic on its own (redeem_statement.py). Its one
         # possible second statement is a read.
-        outcome = write_statement(sessions, functools.partial(redeem_in_one_statement, **terms))
+        outcome = write_statement(sessions, functools.partial(redeem_in_one_statement, terms=terms))
     else:
-        outcome = write(sessions, functools.partial(redeem_job, **terms))
+        outcome = write(sessions, functools.partial(redeem_job, terms=terms))
     return redeemed(outcome)
 
 
@@ -123,19 +123,10 @@ def redeemed(outcome: Redemption) -> tuple[int, bool]:
     return outcome.order_id, outcome.created
 
 
-def redeem_job(
-    connection: Connection,
-    *,
-    tenant_id: int,
-    code: str,
-    algorithm: str,
-    issuer: str,
-    deadline_seconds: int,
-    order_extras: dict[str, Any],
-    max_pending: int,
-    join_seconds: float,
-    now: dt.datetime,
-) -> Redemption:
+def redeem_job(connection: Connection, terms: RedemptionTerms) -> Redemption:
+    """Redeem within the tenant's caps, in the caller's write transaction."""
+    tenant_id, code, now = terms.tenant_id, terms.code, terms.now
+    max_pending, join_seconds = terms.max_pending, terms.join_seconds
     read = connection.execute(TENANT_AND_CODE, {"b_tenant_id": tenant_id, "b_code": code}).first()
     if read is None or read.tenant_disabled:  # None: no such tenant
         return Redemption(None, False, disabled=True)
@@ -154,9 +145,9 @@ def redeem_job(
                     "b_tenant_id": tenant_id,
                     "b_domains": row.domains,
                     "b_challenge_type": row.challenge_type,
-                    "b_algorithm": algorithm,
-                    "b_issuer": issuer,
-                    "b_profile": order_extras.get("profile"),
+                    "b_algorithm": terms.algorithm,
+                    "b_issuer": terms.issuer,
+                    "b_profile": terms.order_extras.get("profile"),
                     "b_since": now - dt.timedelta(seconds=join_seconds),
                 },
             )
@@ -174,11 +165,11 @@ def redeem_job(
         connection,
         tenant_id,
         code,
-        algorithm=algorithm,
-        issuer=issuer,
-        deadline_seconds=deadline_seconds,
+        algorithm=terms.algorithm,
+        issuer=terms.issuer,
+        deadline_seconds=terms.deadline_seconds,
         clock=lambda: now,
         code_row=row,
-        **order_extras,
+        **terms.order_extras,
     )
     return Redemption(order_id, created)

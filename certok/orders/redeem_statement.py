@@ -39,7 +39,7 @@ from sqlalchemy import (
 
 from certok.db.models import Order, VerificationCode
 from certok.order_states import PENDING
-from certok.orders.redemption import TENANT_AND_CODE, Redemption, refusal
+from certok.orders.redemption import TENANT_AND_CODE, Redemption, RedemptionTerms, refusal
 from certok.orders.service import check_redeemable
 
 _ORDERS = Order.__table__
@@ -164,36 +164,23 @@ _REDEEM = _statement()
 _CODE_ORDER = select(_CODES.c.order_id).where(_CODES.c.id == bindparam("b_code_id"))
 
 
-def redeem_in_one_statement(
-    connection: Connection,
-    *,
-    tenant_id: int,
-    code: str,
-    algorithm: str,
-    issuer: str,
-    deadline_seconds: int,
-    order_extras: dict[str, Any],
-    max_pending: int,
-    join_seconds: float,
-    now: dt.datetime,
-) -> Redemption:
+def redeem_in_one_statement(connection: Connection, terms: RedemptionTerms) -> Redemption:
     """`certok.orders.quotas.redeem_job`'s answer (a `Redemption`), in one statement on an
     autocommit connection (a second one only for a code another request bound meanwhile)."""
-
     row = connection.execute(
         _REDEEM,
         {
-            "b_tenant_id": tenant_id,
-            "b_code": code,
-            "b_algorithm": algorithm,
-            "b_issuer": issuer,
-            "b_profile": order_extras.get("profile"),
-            "b_replaces": order_extras.get("replaces_certificate_id"),
-            "b_join": join_seconds > 0,
-            "b_since": now - dt.timedelta(seconds=join_seconds),
-            "b_max_pending": max_pending,
-            "b_now": now,
-            "b_deadline": now + dt.timedelta(seconds=deadline_seconds),
+            "b_tenant_id": terms.tenant_id,
+            "b_code": terms.code,
+            "b_algorithm": terms.algorithm,
+            "b_issuer": terms.issuer,
+            "b_profile": terms.order_extras.get("profile"),
+            "b_replaces": terms.order_extras.get("replaces_certificate_id"),
+            "b_join": terms.join_seconds > 0,
+            "b_since": terms.now - dt.timedelta(seconds=terms.join_seconds),
+            "b_max_pending": terms.max_pending,
+            "b_now": terms.now,
+            "b_deadline": terms.now + dt.timedelta(seconds=terms.deadline_seconds),
         },
     ).first()
     if row is None or row.tenant_disabled:  # None: no such tenant
@@ -201,12 +188,13 @@ def redeem_in_one_statement(
     if row.bound_order_id is not None:
         return Redemption(row.bound_order_id, bool(row.created))
     code_row = row if row.id is not None else None
-    check_redeemable(code_row, tenant_id, code, lambda: now)  # unknown, foreign, expired
+    # Unknown, foreign or expired: raises as redeem_code does.
+    check_redeemable(code_row, terms.tenant_id, terms.code, lambda: terms.now)
     assert code_row is not None  # checked
     if code_row.order_id is not None:  # redeemed before
         return Redemption(code_row.order_id, False)
-    if row.joined_id is None and row.pending is not None and row.pending >= max_pending:
-        return Redemption(None, False, refused=refusal(row.pending, max_pending))
+    if row.joined_id is None and row.pending is not None and row.pending >= terms.max_pending:
+        return Redemption(None, False, refused=refusal(row.pending, terms.max_pending))
     # Fresh and within the cap, yet not bound: another request bound it first.
     winner = connection.scalar(_CODE_ORDER, {"b_code_id": code_row.id})
     if winner is None:  # pragma: no cover - the compare-and-set failed, so someone set it

@@ -4,11 +4,14 @@ PostgreSQL (`certok.orders.redeem_statement`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select
 
 from certok.db.models import Tenant, VerificationCode
+from certok.orders.service import CODE_COLUMNS
 
 _CODES = VerificationCode.__table__
 _TENANTS = Tenant.__table__
@@ -17,18 +20,26 @@ _TENANTS = Tenant.__table__
 # an unknown code; no row at all for an unknown tenant). redeem_code takes the code's row as
 # read here instead of reading it again.
 TENANT_AND_CODE = (
-    select(
-        _TENANTS.c.disabled.label("tenant_disabled"),
-        _CODES.c.id,
-        _CODES.c.tenant_id,
-        _CODES.c.order_id,
-        _CODES.c.expires_at,
-        _CODES.c.challenge_type,
-        _CODES.c.domains,
-    )
+    select(_TENANTS.c.disabled.label("tenant_disabled"), *CODE_COLUMNS)
     .select_from(_TENANTS.outerjoin(_CODES, _CODES.c.code == bindparam("b_code")))
     .where(_TENANTS.c.id == bindparam("b_tenant_id"))
 )
+
+
+@dataclass(frozen=True)
+class RedemptionTerms:
+    """What a redemption is asked (plain data: it may go to the writer process)."""
+
+    tenant_id: int
+    code: str
+    algorithm: str
+    issuer: str
+    deadline_seconds: int
+    # The new order's other columns (`profile`, `replaces_certificate_id`).
+    order_extras: dict[str, Any]
+    max_pending: int
+    join_seconds: float
+    now: dt.datetime
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,16 @@ class OrderView:
 _ORDERS = Order.__table__
 _CODES = VerificationCode.__table__
 _CERTIFICATES = Certificate.__table__
-_CODE = select(
+# A code's row as redeem_code uses it (`StoredCodeRow`).
+CODE_COLUMNS = (
     _CODES.c.id,
     _CODES.c.tenant_id,
     _CODES.c.order_id,
     _CODES.c.expires_at,
     _CODES.c.challenge_type,
     _CODES.c.domains,
-).where(_CODES.c.code == bindparam("b_code"))
+)
+_CODE = select(*CODE_COLUMNS).where(_CODES.c.code == bindparam("b_code"))
 _NEW_ORDER = insert(_ORDERS).returning(_ORDERS.c.id)
 _BIND_CODE = update(_CODES).where(
     _CODES.c.id == bindparam("b_code_id"), _CODES.c.order_id.is_(None)
