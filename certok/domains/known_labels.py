@@ -3,8 +3,8 @@ them again for every request.
 
 A delegation's row is written once and never changed or removed by certok (its label is a
 keyed hash of the tenant and the name: certok/domains/delegations.py), so a label read once
-stays true: the map keeps only what was read, and a name it does not know is read from the
-database as before. Bounded: the least recently used entries go first.
+stays true: the map keeps only what was read or committed, and a name it does not know is
+read from the database as before. Bounded: the least recently used entries go first.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class KnownLabels:
         return found
 
     def remember(self, tenant_id: int, labels: dict[str, str]) -> None:
-        """Labels as read from the database (never ones about to be written: a write may
-        still fail)."""
+        """Labels as read from the database, or as committed to it (never ones about to be
+        written: the write may still fail)."""
         with self._lock:
             for base, label in labels.items():
                 self._labels[(tenant_id, base)] = label

@@ -131,4 +131,6 @@ class DnsVerifier:
         if len(existing) == len(set(bases)):
             return existing
         with transaction(self._sessions) as session:
-            return ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
+            labels = ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
+        self._known.remember(tenant_id, labels)  # committed: stored for good
+        return labels
