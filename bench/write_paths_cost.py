@@ -1,4 +1,4 @@
-"""CPU of two write paths on PostgreSQL, the way they were and the way they are, in one process.
+"""CPU of two write paths on PostgreSQL, the ways they were and the way they are, in one process.
 
 - the issuing save: the order's lease-fenced UPDATE, the certificate's record (INSERT ...
   SELECT, chain and key, names) and the removal of the order's challenge material, as five
@@ -6,7 +6,9 @@
   (certok/orders/issuing_save.py); each in its write transaction;
 - apply's redemption of a new code: the tenant's flag, the code, the code again in
   `redeem_code`, the order's INSERT and the code's bind (before), or the flag and the code in
-  one read handed to `redeem_code` (now; certok/orders/quotas.py).
+  one read handed to `redeem_code` (the transaction SQLite still runs,
+  certok/orders/quotas.py), or the whole redemption as one statement in autocommit
+  (PostgreSQL's now; certok/orders/redeem_statement.py).
 
 Each variant runs in blocks of `--block` operations, alternating, for `--rounds` rounds, on a
 fresh database. Reported per operation, the median of the rounds: this thread's CPU
@@ -41,9 +43,11 @@ from certok.db.engine import make_engine, transaction
 from certok.db.migrate import upgrade
 from certok.db.models import AcmeAccount, ChallengeRecord, Order
 from certok.db.sessions import make_session_factory
-from certok.db.writes import write
+from certok.db.writes import write, write_statement
 from certok.orders import quotas
 from certok.orders.codes import issue_code
+from certok.orders.redeem_statement import redeem_in_one_statement
+from certok.orders.redemption import RedemptionTerms
 from certok.orders.rows import _SAVE, LeaseLost, save_job
 from certok.orders.service import _CODE, redeem_code
 from certok.settings import Settings
@@ -161,7 +165,7 @@ def run(
         )
         codes = [
             issue_code(session, tenant_id, "dns", [f"n{i}.customer.test"], 3600)
-            for i in range(count)
+            for i in range(count * 3 // 2)
         ]
     chain, _ = self_signed(["www.customer.test", "customer.test"], not_before=NOW)
     record = issued_certificate(chain, NOW, ari=False)
@@ -194,22 +198,24 @@ def run(
             sessions, functools.partial(old_issue, order_id=order_id, values=values, record=record)
         )
 
-    def redeem_new(code: str) -> None:
-        write(
-            sessions,
-            functools.partial(
-                quotas.redeem_job,
-                tenant_id=tenant_id,
-                code=code,
-                algorithm="ECC",
-                issuer="letsencrypt",
-                deadline_seconds=3600,
-                order_extras={},
-                max_pending=0,
-                join_seconds=0,
-                now=NOW,
-            ),
+    def terms(code: str) -> RedemptionTerms:
+        return RedemptionTerms(
+            tenant_id=tenant_id,
+            code=code,
+            algorithm="ECC",
+            issuer="letsencrypt",
+            deadline_seconds=3600,
+            order_extras={},
+            max_pending=0,
+            join_seconds=0,
+            now=NOW,
         )
+
+    def redeem_new(code: str) -> None:
+        write(sessions, functools.partial(quotas.redeem_job, terms=terms(code)))
+
+    def redeem_one(code: str) -> None:
+        write_statement(sessions, functools.partial(redeem_in_one_statement, terms=terms(code)))
 
     def redeem_old(code: str) -> None:
         write(sessions, functools.partial(old_redeem, tenant_id=tenant_id, code=code))
@@ -217,8 +223,9 @@ def run(
     cases: list[tuple[str, str, Callable[[Any], None], list[Any]]] = [
         ("issuing save", "five statements", issue_old, order_ids[0::2]),
         ("issuing save", "one statement", issue_new, order_ids[1::2]),
-        ("redemption", "flag, code, code again", redeem_old, codes[0::2]),
-        ("redemption", "flag and code in one read", redeem_new, codes[1::2]),
+        ("redemption", "flag, code, code again", redeem_old, codes[0::3]),
+        ("redemption", "flag and code in one read", redeem_new, codes[1::3]),
+        ("redemption", "one statement, autocommit", redeem_one, codes[2::3]),
     ]
     # Warm up: connections, prepared statements (psycopg prepares on the fifth run).
     for _, _, function, items in cases:

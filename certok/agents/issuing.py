@@ -50,6 +50,7 @@ from certok.errors import InvalidRequest, Unavailable
 from certok.order_states import FAILURE, ISSUED, PENDING
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_job
+from certok.orders.redemption import RedemptionTerms
 from certok.settings import Settings
 from certok.verification.dns_verifier import DnsVerifier
 
@@ -208,17 +209,19 @@ class AgentIssuer:
             )
             outcome = redeem_job(
                 session.connection(),
-                tenant_id=tenant_id,
-                code=code,
-                algorithm=ALGORITHM,
-                issuer=self._settings.default_issuer,
-                deadline_seconds=chosen.deadline_seconds,
-                # The record it renews: the driver sends `replaces` for it where the CA offers
-                # ARI, and the new record marks it replaced.
-                order_extras={"replaces_certificate_id": replaces, **chosen.order_extras()},
-                max_pending=self._settings.tenant_max_pending_orders,
-                join_seconds=self._settings.order_join_seconds,
-                now=utcnow(),
+                RedemptionTerms(
+                    tenant_id=tenant_id,
+                    code=code,
+                    algorithm=ALGORITHM,
+                    issuer=self._settings.default_issuer,
+                    deadline_seconds=chosen.deadline_seconds,
+                    # The record it renews: the driver sends `replaces` for it where the CA
+                    # offers ARI, and the new record marks it replaced.
+                    order_extras={"replaces_certificate_id": replaces, **chosen.order_extras()},
+                    max_pending=self._settings.tenant_max_pending_orders,
+                    join_seconds=self._settings.order_join_seconds,
+                    now=utcnow(),
+                ),
             )
             if outcome.order_id is None:
                 session.execute(delete(VerificationCode).where(VerificationCode.code == code))

@@ -14,7 +14,6 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -22,10 +21,9 @@ from starlette.routing import Route
 
 from certok.api.envelope import NO_STORE, envelope
 from certok.certificates import service
-from certok.certificates.order_profile import order_profile
+from certok.certificates.order_profile import order_profile, renewal_and_profile
 from certok.clock import utcnow
 from certok.db.engine import transaction
-from certok.db.models import VerificationCode
 from certok.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
@@ -235,32 +233,38 @@ def check_apply_extras(params: QueryParams) -> None:
 
 
 def apply_extras(
-    services: ApiServices, tenant_id: int, code: str, issuer: str, params: QueryParams
+    services: ApiServices, tenant_id: int, domains: list[str], issuer: str, params: QueryParams
 ) -> dict[str, Any]:
-    """What apply's first redemption of `code` adds to the order: the certificate it renews
-    (named by `replaces`, or the tenant's live certificate for exactly these names), and the
-    profile and deadline of every new order (certok/certificates/order_profile.py), from
-    `profile` when given. Blocking: call in a thread."""
+    """What apply's first redemption of a code for `domains` adds to the order: the
+    certificate it renews (named by `replaces`, or the tenant's live certificate for exactly
+    these names), and the profile and deadline of every new order
+    (certok/certificates/order_profile.py), from `profile` when given. Blocking: call in a
+    thread."""
     replaces_text = params.get("replaces")
-    with services.sessions() as session:
-        domains = session.scalar(
-            select(VerificationCode.domains).where(VerificationCode.code == code)
+    requested = params.get("profile")
+    deadline_seconds = services.settings.order_deadline_seconds
+    if replaces_text is None:
+        replaces, chosen = renewal_and_profile(
+            services.sessions,
+            services.profiles,
+            tenant_id=tenant_id,
+            issuer=issuer,
+            domains=domains,
+            requested=requested,
+            deadline_seconds=deadline_seconds,
         )
-        if replaces_text is not None:
-            replaces: int | None = service.get_certificate(
-                session, tenant_id, int(replaces_text), utcnow()
-            ).id
-        else:
-            replaces = service.renewal_target(session, tenant_id, (domains or "").split(","))
-    chosen = order_profile(
-        services.sessions,
-        services.profiles,
-        tenant_id=tenant_id,
-        issuer=issuer,
-        requested=params.get("profile"),
-        renews=replaces,
-        deadline_seconds=services.settings.order_deadline_seconds,
-    )
+    else:
+        with services.sessions() as session:
+            replaces = service.get_certificate(session, tenant_id, int(replaces_text), utcnow()).id
+        chosen = order_profile(
+            services.sessions,
+            services.profiles,
+            tenant_id=tenant_id,
+            issuer=issuer,
+            requested=requested,
+            renews=replaces,
+            deadline_seconds=deadline_seconds,
+        )
     return {
         "replaces_certificate_id": replaces,
         "deadline_seconds": chosen.deadline_seconds,

@@ -16,7 +16,6 @@ The token goes in the `OpenApiKey` header (the same tokens as `httpsok-token`).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import math
 import time
@@ -33,8 +32,7 @@ from certok.api.caches import TtlCache
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.query_params import named_choice
 from certok.api.webhooks import EventApi, checked_url, read_json_object
-from certok.certificates.order_profile import OrderProfile, order_profile
-from certok.certificates.service import renewal_target
+from certok.certificates.order_profile import OrderProfile, renewal_and_profile
 from certok.crypto import ALGORITHMS
 from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
@@ -42,7 +40,8 @@ from certok.errors import InvalidRequest, RateLimited, Unauthenticated
 from certok.names import parse_domains
 from certok.order_states import PENDING
 from certok.orders.codes import CODE_HEX_CHARS, code_not_found
-from certok.orders.quotas import Redemption, redeem_job, redeemed
+from certok.orders.quotas import redeem_job, redeemed
+from certok.orders.redemption import Redemption, RedemptionTerms
 from certok.orders.service import OrderView, code_order, view_order
 from certok.tenants.service import TenantRef
 
@@ -103,38 +102,16 @@ def _choice(body: dict[str, Any], name: str, default: str, choices: tuple[str, .
 
 
 def _apply_job(
-    connection: Connection,
-    *,
-    tenant_id: int,
-    code: str,
-    algorithm: str,
-    issuer: str,
-    deadline_seconds: int,
-    order_extras: dict[str, Any],
-    notify_url: str | None,
-    max_pending: int,
-    join_seconds: float,
-    now: dt.datetime,
+    connection: Connection, *, terms: RedemptionTerms, notify_url: str | None
 ) -> Redemption:
     """Redeem the fresh code within the tenant's caps (certok/orders/quotas.py, as the GET
     apply does) and remember the notifyUrl, in one transaction."""
-    outcome = redeem_job(
-        connection,
-        tenant_id=tenant_id,
-        code=code,
-        algorithm=algorithm,
-        issuer=issuer,
-        deadline_seconds=deadline_seconds,
-        order_extras=order_extras,
-        max_pending=max_pending,
-        join_seconds=join_seconds,
-        now=now,
-    )
+    outcome = redeem_job(connection, terms)
     order_id, created = outcome.order_id, outcome.created
     if order_id is not None and created and notify_url:
         connection.execute(
             insert(OrderNotifyUrl).values(
-                order_id=order_id, tenant_id=tenant_id, url=notify_url, created_at=now
+                order_id=order_id, tenant_id=terms.tenant_id, url=notify_url, created_at=terms.now
             )
         )
     return outcome
@@ -185,18 +162,15 @@ def post_api_routes(
         """The certificate the order renews (the tenant's live one for exactly these names,
         as the GET apply finds it) and the order's profile and deadline: httpsok's body has
         no `profile`, so the renewed certificate's or the tenant's default."""
-        with services.sessions() as session:
-            renews = renewal_target(session, tenant_id, domains)
-        chosen = order_profile(
+        return renewal_and_profile(
             services.sessions,
             services.profiles,
             tenant_id=tenant_id,
             issuer=issuer,
+            domains=domains,
             requested=None,
-            renews=renews,
             deadline_seconds=settings.order_deadline_seconds,
         )
-        return renews, chosen
 
     async def apply(request: Request) -> Response:
         ref = await tenant(request)
@@ -225,16 +199,18 @@ def post_api_routes(
             services.sessions,
             functools.partial(
                 _apply_job,
-                tenant_id=ref.id,
-                code=result.code,
-                algorithm=algorithm,
-                issuer=issuer,
-                deadline_seconds=chosen.deadline_seconds,
-                order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
+                terms=RedemptionTerms(
+                    tenant_id=ref.id,
+                    code=result.code,
+                    algorithm=algorithm,
+                    issuer=issuer,
+                    deadline_seconds=chosen.deadline_seconds,
+                    order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
+                    max_pending=settings.tenant_max_pending_orders,
+                    join_seconds=settings.order_join_seconds,
+                    now=events.clock(),
+                ),
                 notify_url=notify_url,
-                max_pending=settings.tenant_max_pending_orders,
-                join_seconds=settings.order_join_seconds,
-                now=events.clock(),
             ),
         )
         redeemed(outcome)  # the pending cap's 429, or a tenant disabled meanwhile

@@ -53,8 +53,8 @@ from certok.orders.quotas import redeem_with_quotas
 from certok.orders.service import (
     OrderView,
     check_redeemable,
-    code_order,
     order_state,
+    redeemable_code,
     view_order,
 )
 from certok.ratelimit import HTTP01_RESPONDER
@@ -194,12 +194,19 @@ class _HttpsokApi:
             # Most calls poll a code that already has its order: a read, in the same session
             # and thread hop as the order's view. Only a first redemption writes (in the
             # writer's queue, `certok.db.writes`).
-            if not read_already:
+            if read_already:
+                assert read is not None  # check_redeemable refused a missing code
+                domains = read.domains
+            else:
                 with self.services.sessions() as session:
-                    existing = code_order(session, tenant.id, code)
-                    if existing is not None:
-                        return existing, False, view_order(session, existing, self.services.box)
-            extras = apply_extras(self.services, tenant.id, code, issuer, request.query_params)
+                    row = redeemable_code(session, tenant.id, code)
+                    if row.order_id is not None:
+                        view = view_order(session, row.order_id, self.services.box)
+                        return row.order_id, False, view
+                    domains = row.domains
+            extras = apply_extras(
+                self.services, tenant.id, domains.split(","), issuer, request.query_params
+            )
             # Joined to a running order for the same names, or new within the tenant's
             # pending cap (certok/orders/quotas.py).
             order_id, created = redeem_with_quotas(
@@ -218,10 +225,8 @@ class _HttpsokApi:
             order_id, created, view = read.order_id, False, read.view
         else:
             order_id, created, view = await asyncio.to_thread(redeem)
-        if created:
-            self.services.wake_worker()
-        if view is None or view.status == PENDING:
-            view = await self._wait_for(order_id, settings.apply_wait_seconds)
+        if created or view is None or view.status == PENDING:
+            view = await self._wait_for(order_id, settings.apply_wait_seconds, created=created)
         if view.status == ISSUED:
             encoded = encoded_issued_data(view)
             self.services.issued.put((tenant.id, code), encoded)
@@ -260,12 +265,19 @@ class _HttpsokApi:
             return None
         return answer
 
-    async def _wait_for(self, order_id: int, seconds: float) -> OrderView:
-        """The order's view once it is no longer pending, or after `seconds`."""
+    async def _wait_for(self, order_id: int, seconds: float, *, created: bool) -> OrderView:
+        """The order's view once it is no longer pending, or after `seconds`. `created`: this
+        request made the order a moment ago, so it is pending by construction and its worker
+        is yet to be woken."""
         deadline = time.monotonic() + seconds
         with self.services.waiters.watch(order_id) as finished:
-            view = await asyncio.to_thread(self._view, order_id)
-            while view.status == PENDING:
+            if created:
+                # The watch is in place before the worker is woken, so its finish wakes us;
+                # an order another process finishes first is found by the poller's next
+                # read of every watched order (or `_woken_or_finished`'s, without one).
+                self.services.wake_worker()
+            view = None if created else await asyncio.to_thread(self._view, order_id)
+            while view is None or view.status == PENDING:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -276,6 +288,8 @@ class _HttpsokApi:
                 elif not await self._woken_or_finished(finished, order_id, remaining):
                     continue
                 view = await asyncio.to_thread(self._view, order_id)
+        if view is None:  # not woken within `seconds`: what the order is now
+            view = await asyncio.to_thread(self._view, order_id)
         return view
 
     async def _woken_or_finished(self, finished: Watch, order_id: int, remaining: float) -> bool:

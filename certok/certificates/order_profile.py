@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates.profiles import (
@@ -27,6 +27,7 @@ from certok.certificates.profiles import (
     SHORT_PROFILE_DEADLINE_SECONDS,
     ProfileCatalog,
 )
+from certok.certificates.service import RENEWAL_CANDIDATES, renewal_key, renewed_among
 from certok.db.models import Certificate, Tenant
 from certok.errors import InvalidRequest
 
@@ -40,6 +41,22 @@ _TENANT_DEFAULT = select(_TENANTS.c.default_profile).where(
 _RENEWED = select(_CERTIFICATES.c.profile, _CERTIFICATES.c.issuer).where(
     _CERTIFICATES.c.id == bindparam("b_id"),
     _CERTIFICATES.c.tenant_id == bindparam("b_tenant_id"),
+)
+_CANDIDATES = RENEWAL_CANDIDATES.subquery("candidates")
+# The tenant's default profile and the certificates a new order for some names may renew, in
+# one read: one row per candidate, newest first, each with the default; a single row with
+# NULL candidate columns when there is none (no row at all for an unknown tenant).
+_DEFAULT_AND_CANDIDATES = (
+    select(
+        _TENANTS.c.default_profile,
+        _CANDIDATES.c.id,
+        _CANDIDATES.c.domains,
+        _CANDIDATES.c.profile,
+        _CANDIDATES.c.issuer,
+    )
+    .select_from(_TENANTS.outerjoin(_CANDIDATES, true()))
+    .where(_TENANTS.c.id == bindparam("b_tenant_id"))
+    .order_by(_CANDIDATES.c.id.desc())
 )
 NOT_CHECKED = "this server does not check profiles: leave profile out"
 
@@ -70,11 +87,74 @@ def order_profile(
     InvalidRequest for a profile the issuer does not offer, Unavailable when its directory
     cannot be read. Blocking (a database read, maybe the issuer's directory): call in a
     thread, outside any write transaction."""
+    # A named profile needs nothing stored.
+    stored = (
+        (None, None)
+        if requested is not None
+        else _stored_choices(sessions, tenant_id, issuer, renews)
+    )
+    return choose_profile(
+        catalog,
+        tenant_id=tenant_id,
+        issuer=issuer,
+        requested=requested,
+        stored=stored,
+        renews=renews,
+        deadline_seconds=deadline_seconds,
+    )
+
+
+def renewal_and_profile(
+    sessions: sessionmaker[Session],
+    catalog: ProfileCatalog | None,
+    *,
+    tenant_id: int,
+    issuer: str,
+    domains: list[str],
+    requested: str | None,
+    deadline_seconds: int,
+) -> tuple[int | None, OrderProfile]:
+    """A new order's terms when the request names no certificate to replace: the one it
+    renews (the tenant's newest live certificate for exactly `domains`, or None) and its
+    profile and deadline as `order_profile` chooses them, from one read. Blocking: call in a
+    thread, outside any write transaction."""
+    with sessions() as session:
+        rows = session.execute(
+            _DEFAULT_AND_CANDIDATES,
+            {"b_tenant_id": tenant_id, "b_name": renewal_key(domains)},
+        ).all()
+    renews = renewed_among(rows, domains)
+    renewed = next((row for row in rows if renews is not None and row.id == renews), None)
+    inherited = renewed.profile if renewed is not None and renewed.issuer == issuer else None
+    default = rows[0].default_profile if rows else None
+    return renews, choose_profile(
+        catalog,
+        tenant_id=tenant_id,
+        issuer=issuer,
+        requested=requested,
+        stored=(inherited, default),
+        renews=renews,
+        deadline_seconds=deadline_seconds,
+    )
+
+
+def choose_profile(
+    catalog: ProfileCatalog | None,
+    *,
+    tenant_id: int,
+    issuer: str,
+    requested: str | None,
+    stored: tuple[str | None, str | None],
+    renews: int | None,
+    deadline_seconds: int,
+) -> OrderProfile:
+    """The module's rule, given what is stored: `stored` is (the renewed certificate's
+    profile if it came from `issuer`, the tenant's default)."""
     if requested is not None:
         if catalog is None:
             raise InvalidRequest(NOT_CHECKED)
         return _with_deadline(catalog.check(issuer, requested), deadline_seconds)
-    inherited, default = _stored_choices(sessions, tenant_id, issuer, renews)
+    inherited, default = stored
     if inherited is not None:
         if _offered(catalog, issuer, inherited):
             return _with_deadline(inherited, deadline_seconds)

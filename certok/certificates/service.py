@@ -13,10 +13,11 @@ Statuses are derived at read time from the record and `now`:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Row, and_, func, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from certok.crypto import SecretBox, order_key_owner
@@ -252,25 +253,39 @@ def revocation_settled(session: Session, tenant_id: int, certificate_id: int) ->
     return row.revoked_at is not None or row.revoke_requested_at is None
 
 
-def renewal_target(session: Session, tenant_id: int, domains: list[str]) -> int | None:
-    """The tenant's newest live certificate for exactly these names (an apply for them is
-    its renewal), or None."""
+# The tenant's live certificates that carry a name, newest first (an apply for exactly their
+# names renews the newest of them: `renewed_among`): built once, every new order reads it
+# (certok/certificates/order_profile.py).
+RENEWAL_CANDIDATES = (
+    select(_C.c.id, _C.c.domains, _C.c.profile, _C.c.issuer)
+    .join(_NAMES, _NAMES.c.certificate_id == _C.c.id)
+    .where(
+        _NAMES.c.tenant_id == bindparam("b_tenant_id"),
+        _NAMES.c.name == bindparam("b_name"),
+        _C.c.revoked_at.is_(None),
+        _C.c.replaced_by_id.is_(None),
+    )
+    .order_by(_C.c.id.desc())
+    .limit(50)
+)
+
+
+def renewal_key(domains: list[str]) -> str:
+    """The name `RENEWAL_CANDIDATES` looks certificates up by."""
+    return min(domains).lower()
+
+
+class _Candidate(Protocol):
+    @property
+    def id(self) -> Any: ...
+    @property
+    def domains(self) -> Any: ...
+
+
+def renewed_among(rows: Sequence[_Candidate], domains: list[str]) -> int | None:
+    """The first of `rows` (newest first) whose names are exactly `domains`, or None."""
     wanted = sorted(domains)
-    if not wanted:
-        return None
-    rows = session.execute(
-        select(_C.c.id, _C.c.domains)
-        .join(_NAMES, _NAMES.c.certificate_id == _C.c.id)
-        .where(
-            _NAMES.c.tenant_id == tenant_id,
-            _NAMES.c.name == wanted[0].lower(),
-            _C.c.revoked_at.is_(None),
-            _C.c.replaced_by_id.is_(None),
-        )
-        .order_by(_C.c.id.desc())
-        .limit(50)
-    ).all()
     for row in rows:
-        if sorted(row.domains.split(",")) == wanted:
+        if row.id is not None and sorted(row.domains.split(",")) == wanted:
             return int(row.id)
     return None

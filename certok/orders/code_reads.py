@@ -32,6 +32,7 @@ _CODES_AND_ORDERS = (
         _CODES.c.tenant_id,
         _CODES.c.order_id,
         untyped(_CODES.c.expires_at),
+        _CODES.c.domains.label("code_domains"),
         *VIEW_COLUMNS,
     )
     .select_from(
@@ -52,6 +53,8 @@ class CodeRead:
     tenant_id: int
     order_id: int | None
     expires_at: dt.datetime
+    # The names the code verified (comma-separated), what a first redemption orders.
+    domains: str
     # The order's view (certificate and decrypted key included once issued); None while the
     # code has no order, or when its order row is gone.
     view: OrderView | None
@@ -75,6 +78,7 @@ def read_codes(
             tenant_id=row.tenant_id,
             order_id=row.order_id,
             expires_at=stored_utc(row.expires_at),
+            domains=row.code_domains,
             view=None if row.id is None else view_of_row(row, box),
         )
         for row in rows

@@ -20,17 +20,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, String, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.clock import Clock, utcnow
+from certok.db.engine import opened
 from certok.db.models import Order, Tenant, VerificationCode
-from certok.db.writes import write
+from certok.db.writes import write, write_statement
 from certok.errors import RateLimited, Unauthenticated
 from certok.order_states import PENDING
+from certok.orders.redeem_statement import redeem_in_one_statement
+from certok.orders.redemption import TENANT_AND_CODE, Redemption, RedemptionTerms, refusal
 from certok.orders.service import redeem_code
 from certok.settings import Settings
 
@@ -46,22 +48,6 @@ _TENANTS = Tenant.__table__
 
 # Whether the tenant is disabled (None: no such tenant); the ACME order budget asks it too.
 TENANT_DISABLED = select(_TENANTS.c.disabled).where(_TENANTS.c.id == bindparam("b_tenant_id"))
-# The tenant's disabled flag and the code's row in one read (the code's columns are NULL for
-# an unknown code; no row at all for an unknown tenant). redeem_code takes the code's row as
-# read here instead of reading it again.
-_TENANT_AND_CODE = (
-    select(
-        _TENANTS.c.disabled.label("tenant_disabled"),
-        _CODES.c.id,
-        _CODES.c.tenant_id,
-        _CODES.c.order_id,
-        _CODES.c.expires_at,
-        _CODES.c.challenge_type,
-        _CODES.c.domains,
-    )
-    .select_from(_TENANTS.outerjoin(_CODES, _CODES.c.code == bindparam("b_code")))
-    .where(_TENANTS.c.id == bindparam("b_tenant_id"))
-)
 _JOINABLE = (
     select(_ORDERS.c.id)
     .where(
@@ -88,16 +74,6 @@ _PENDING_COUNT = (
 )
 
 
-@dataclass(frozen=True)
-class Redemption:
-    """What redeeming a code came to (plain data: it may come back from the writer process)."""
-
-    order_id: int | None
-    created: bool
-    refused: str | None = None
-    disabled: bool = False
-
-
 def redeem_with_quotas(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -117,21 +93,23 @@ def redeem_with_quotas(
     `deadline_seconds`: certok/api/cert_routes.py's apply_extras)."""
     order_extras = dict(extras or {})
     deadline_seconds = order_extras.pop("deadline_seconds", settings.order_deadline_seconds)
-    outcome = write(
-        sessions,
-        functools.partial(
-            redeem_job,
-            tenant_id=tenant_id,
-            code=code,
-            algorithm=algorithm,
-            issuer=issuer,
-            deadline_seconds=deadline_seconds,
-            order_extras=order_extras,
-            max_pending=settings.tenant_max_pending_orders,
-            join_seconds=settings.order_join_seconds,
-            now=clock(),
-        ),
+    terms = RedemptionTerms(
+        tenant_id=tenant_id,
+        code=code,
+        algorithm=algorithm,
+        issuer=issuer,
+        deadline_seconds=deadline_seconds,
+        order_extras=order_extras,
+        max_pending=settings.tenant_max_pending_orders,
+        join_seconds=settings.order_join_seconds,
+        now=clock(),
     )
+    if opened(sessions).reads_autocommit:
+        # PostgreSQL: one statement, atomic on its own (redeem_statement.py). Its one
+        # possible second statement is a read.
+        outcome = write_statement(sessions, functools.partial(redeem_in_one_statement, terms=terms))
+    else:
+        outcome = write(sessions, functools.partial(redeem_job, terms=terms))
     return redeemed(outcome)
 
 
@@ -145,20 +123,11 @@ def redeemed(outcome: Redemption) -> tuple[int, bool]:
     return outcome.order_id, outcome.created
 
 
-def redeem_job(
-    connection: Connection,
-    *,
-    tenant_id: int,
-    code: str,
-    algorithm: str,
-    issuer: str,
-    deadline_seconds: int,
-    order_extras: dict[str, Any],
-    max_pending: int,
-    join_seconds: float,
-    now: dt.datetime,
-) -> Redemption:
-    read = connection.execute(_TENANT_AND_CODE, {"b_tenant_id": tenant_id, "b_code": code}).first()
+def redeem_job(connection: Connection, terms: RedemptionTerms) -> Redemption:
+    """Redeem within the tenant's caps, in the caller's write transaction."""
+    tenant_id, code, now = terms.tenant_id, terms.code, terms.now
+    max_pending, join_seconds = terms.max_pending, terms.join_seconds
+    read = connection.execute(TENANT_AND_CODE, {"b_tenant_id": tenant_id, "b_code": code}).first()
     if read is None or read.tenant_disabled:  # None: no such tenant
         return Redemption(None, False, disabled=True)
     row = read if read.id is not None else None
@@ -176,9 +145,9 @@ def redeem_job(
                     "b_tenant_id": tenant_id,
                     "b_domains": row.domains,
                     "b_challenge_type": row.challenge_type,
-                    "b_algorithm": algorithm,
-                    "b_issuer": issuer,
-                    "b_profile": order_extras.get("profile"),
+                    "b_algorithm": terms.algorithm,
+                    "b_issuer": terms.issuer,
+                    "b_profile": terms.order_extras.get("profile"),
                     "b_since": now - dt.timedelta(seconds=join_seconds),
                 },
             )
@@ -189,26 +158,18 @@ def redeem_job(
         if max_pending > 0:
             pending = connection.scalar(_PENDING_COUNT, {"b_tenant_id": tenant_id}) or 0
             if pending >= max_pending:
-                return Redemption(
-                    None,
-                    False,
-                    refused=(
-                        f"this tenant has {pending} orders pending, the most it may have at "
-                        f"once (tenant_max_pending_orders = {max_pending}): apply again once "
-                        "one of them has finished (poll their codes to see when)"
-                    ),
-                )
+                return Redemption(None, False, refused=refusal(pending, max_pending))
     # Unknown, foreign, expired or already redeemed codes: redeem_code answers (or raises) as
     # it always has.
     order_id, created = redeem_code(
         connection,
         tenant_id,
         code,
-        algorithm=algorithm,
-        issuer=issuer,
-        deadline_seconds=deadline_seconds,
+        algorithm=terms.algorithm,
+        issuer=terms.issuer,
+        deadline_seconds=terms.deadline_seconds,
         clock=lambda: now,
         code_row=row,
-        **order_extras,
+        **terms.order_extras,
     )
     return Redemption(order_id, created)

@@ -45,14 +45,16 @@ class OrderView:
 _ORDERS = Order.__table__
 _CODES = VerificationCode.__table__
 _CERTIFICATES = Certificate.__table__
-_CODE = select(
+# A code's row as redeem_code uses it (`StoredCodeRow`).
+CODE_COLUMNS = (
     _CODES.c.id,
     _CODES.c.tenant_id,
     _CODES.c.order_id,
     _CODES.c.expires_at,
     _CODES.c.challenge_type,
     _CODES.c.domains,
-).where(_CODES.c.code == bindparam("b_code"))
+)
+_CODE = select(*CODE_COLUMNS).where(_CODES.c.code == bindparam("b_code"))
 _NEW_ORDER = insert(_ORDERS).returning(_ORDERS.c.id)
 _BIND_CODE = update(_CODES).where(
     _CODES.c.id == bindparam("b_code_id"), _CODES.c.order_id.is_(None)
@@ -104,7 +106,7 @@ def redeem_code(
     code's row as this transaction read it already (`_CODE`'s columns), not read again.
     """
     if code_row is None:
-        row: Any = _redeemable_code(session, tenant_id, code, clock)
+        row: Any = redeemable_code(session, tenant_id, code, clock)
     else:
         check_redeemable(code_row, tenant_id, code, clock)
         row = code_row
@@ -150,13 +152,15 @@ def code_order(
     """The order `code` started, or None if it has started none yet (redeem_code would make
     one). Raises as redeem_code does for an unknown, foreign or expired code. A read only:
     the API asks this first and sends only first redemptions to the writer."""
-    order_id: int | None = _redeemable_code(session, tenant_id, code, clock).order_id
+    order_id: int | None = redeemable_code(session, tenant_id, code, clock).order_id
     return order_id
 
 
-def _redeemable_code(
-    session: Session | Connection, tenant_id: int, code: str, clock: Clock
+def redeemable_code(
+    session: Session | Connection, tenant_id: int, code: str, clock: Clock = utcnow
 ) -> Row[*tuple[Any, ...]]:
+    """`code`'s row (`StoredCodeRow`'s columns), read; raises as redeem_code does for an
+    unknown, foreign or expired code."""
     row = session.execute(_CODE, {"b_code": code}).first()
     check_redeemable(row, tenant_id, code, clock)
     assert row is not None  # checked

@@ -15,6 +15,7 @@ from certok.clock import Clock, utcnow
 from certok.db.engine import transaction
 from certok.db.models import Delegation
 from certok.domains.delegations import ensure_delegations
+from certok.domains.known_labels import KnownLabels
 from certok.names import base_name, challenge_name, relative_challenge_name
 from certok.prechecks.delegation import (
     DelegationResult,
@@ -57,6 +58,8 @@ class DnsVerifier:
         self._lookups = lookups
         self._codes = CodeIssuer(session_factory, code_ttl_seconds, clock)
         self._clock = clock
+        # Delegations already read: nearly every dv and order asks for names seen before.
+        self._known = KnownLabels()
 
     async def verify(self, tenant: TenantRef, domains: list[str]) -> DvResult:
         started = time.perf_counter()
@@ -108,9 +111,15 @@ class DnsVerifier:
             self.watch.answered()
 
     def _existing_labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
-        with self._sessions() as session:
-            rows = session.execute(_LABELS, {"b_tenant_id": tenant_id, "b_bases": bases})
-            return {row.base_name: row.label for row in rows}
+        labels = self._known.known(tenant_id, bases)
+        unknown = sorted({base for base in bases if base not in labels})
+        if unknown:
+            with self._sessions() as session:
+                rows = session.execute(_LABELS, {"b_tenant_id": tenant_id, "b_bases": unknown})
+                read = {row.base_name: row.label for row in rows}
+            self._known.remember(tenant_id, read)
+            labels.update(read)
+        return labels
 
     def labels(self, tenant_id: int, bases: list[str]) -> dict[str, str]:
         """The CNAME labels of base names, allocated where new (the console's "add names")."""
@@ -122,4 +131,6 @@ class DnsVerifier:
         if len(existing) == len(set(bases)):
             return existing
         with transaction(self._sessions) as session:
-            return ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
+            labels = ensure_delegations(session, tenant_id, bases, self._label_key, self._clock)
+        self._known.remember(tenant_id, labels)  # committed: stored for good
+        return labels

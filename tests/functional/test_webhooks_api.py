@@ -273,6 +273,7 @@ def test_notify_url_gets_the_orders_outcome(hooks: Harness) -> None:
     from certok.events.delivery import notify_secret
     from certok.events.outbox import order_finished
     from certok.orders.codes import issue_code
+    from certok.orders.redemption import RedemptionTerms
 
     alpha = hooks.tenant_ids["alpha"]
     with transaction(hooks.store.sessions) as session:
@@ -282,16 +283,18 @@ def test_notify_url_gets_the_orders_outcome(hooks: Harness) -> None:
         hooks.store.sessions,
         functools.partial(
             _apply_job,
-            tenant_id=alpha,
-            code=code,
-            algorithm="ECC",
-            issuer="google",
-            deadline_seconds=60,
-            order_extras={},
+            terms=RedemptionTerms(
+                tenant_id=alpha,
+                code=code,
+                algorithm="ECC",
+                issuer="google",
+                deadline_seconds=60,
+                order_extras={},
+                max_pending=0,
+                join_seconds=0,
+                now=now,
+            ),
             notify_url=hooks.receiver.url("/notify"),
-            max_pending=0,
-            join_seconds=0,
-            now=now,
         ),
     ).order_id
     from sqlalchemy import update
