@@ -74,6 +74,11 @@ class CursorStatement:
         self._bases: dict[str, tuple[dict[str, BindParameter[Any]], list[str]]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def statement(self) -> ClauseElement:
+        """The Core statement, as `Connection.execute` would take it."""
+        return self._statement  # type: ignore[no-any-return]
+
     def run(self, connection: Connection, parameters: Mapping[str, Any]) -> CursorResult:
         dialect = connection.dialect
         if dialect.paramstyle not in _NAMED_PARAMSTYLES:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, func, select, true
+from sqlalchemy import Connection, String, func, select, true, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.cursor_statements import CursorStatement
@@ -58,11 +58,15 @@ _TXT_ROWS = (
 _LABELS_FINGERPRINT = select(
     select(func.count()).select_from(_DELEGATIONS).scalar_subquery().label("labels"),
     select(func.max(_DELEGATIONS.c.id)).scalar_subquery().label("highest"),
-    select(_DELEGATIONS.c.created_at)
-    .order_by(_DELEGATIONS.c.id.desc())
-    .limit(1)
-    .scalar_subquery()
-    .label("newest_at"),
+    # As the driver returns it: the fingerprint is only compared, and the refresh's rows
+    # then need no conversion each (see `CursorStatement`).
+    type_coerce(
+        select(_DELEGATIONS.c.created_at)
+        .order_by(_DELEGATIONS.c.id.desc())
+        .limit(1)
+        .scalar_subquery(),
+        String,
+    ).label("newest_at"),
 ).subquery("fingerprint")
 # A refresh's one statement: the fingerprint's one row, joined with every TXT row (or with
 # none: one row of NULLs). Newest first: if more values exist than the server presents, the
