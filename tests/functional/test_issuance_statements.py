@@ -88,7 +88,7 @@ POSTGRES_STATEMENTS_PER_ORDER_BUDGET = {0.0: 12.0, 0.3: 14.0}
 # (certok/db/cursor_statements.py): on PostgreSQL the step's load, its saves, the stored
 # material's read and the dns-01 INSERT run on the cursor, leaving the ownership check's
 # delegation read (one per order), a first answer's mark of a two-name order and the claim
-# loop's statements. Measured 1.3 and 1.3 (2026-12-06; 8.5 and 10.5 before: every statement).
+# loop's statements. Measured 1.5 and 1.5 (2026-12-06; 8.5 and 10.5 before: every statement).
 POSTGRES_EXECUTIONS_PER_ORDER_BUDGET = 2.5
 # Committed (write) transactions per issued order: key + CSR with the ACME order URL, TXT
 # values, the first answer's mark (wildcard + apex orders answer two), the last answer's mark
