@@ -35,7 +35,7 @@ Processor = Callable[[Any], Any] | None
 
 
 @dataclass(frozen=True)
-class CursorResult:
+class StatementRows:
     """What the statement returned: its rows (attribute access by column key) and rowcount."""
 
     rows: Sequence[Any]
@@ -79,12 +79,12 @@ class CursorStatement:
         """The Core statement, as `Connection.execute` would take it."""
         return self._statement  # type: ignore[no-any-return]
 
-    def run(self, connection: Connection, parameters: Mapping[str, Any]) -> CursorResult:
+    def run(self, connection: Connection, parameters: Mapping[str, Any]) -> StatementRows:
         dialect = connection.dialect
         if dialect.paramstyle not in _NAMED_PARAMSTYLES:
             result = connection.execute(self._statement, dict(parameters))
             rows = result.all() if result.returns_rows else []
-            return CursorResult(rows, result.rowcount)
+            return StatementRows(rows, result.rowcount)
         rendered = self._render(dialect, parameters)
         values: dict[str, Any] = {}
         for name, key, process, default in rendered.binds:
@@ -99,12 +99,12 @@ class CursorStatement:
             connection, rendered.sql, values, fetch=self.row_type is not None
         )
         if not rows:
-            return CursorResult([], rowcount)
+            return StatementRows([], rowcount)
         make = self.row_type._make
         processors = rendered.results
         if not any(processors):
-            return CursorResult([make(row) for row in rows], rowcount)
-        return CursorResult(
+            return StatementRows([make(row) for row in rows], rowcount)
+        return StatementRows(
             [
                 make([p(v) if p is not None else v for p, v in zip(processors, row, strict=True)])
                 for row in rows
