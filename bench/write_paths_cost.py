@@ -1,4 +1,4 @@
-"""CPU of two write paths on PostgreSQL, the ways they were and the way they are, in one process.
+"""CPU of hot database paths on PostgreSQL, the ways they were and the way they are, in one process.
 
 - the issuing save: the order's lease-fenced UPDATE, the certificate's record (INSERT ...
   SELECT, chain and key, names) and the removal of the order's challenge material, as five
@@ -8,7 +8,13 @@
   `redeem_code`, the order's INSERT and the code's bind (before), or the flag and the code in
   one read handed to `redeem_code` (the transaction SQLite still runs,
   certok/orders/quotas.py), or the whole redemption as one statement in autocommit
-  (PostgreSQL's now; certok/orders/redeem_statement.py).
+  (PostgreSQL's now; certok/orders/redeem_statement.py);
+- a step's order load: `Connection.execute` in a session (before), or the statement on the
+  driver's cursor on a plain connection (now; certok/db/cursor_statements.py);
+- a poll's lease-fenced save with the answers' mark (one statement, in autocommit):
+  `Connection.execute` (before) or on the cursor (now);
+- the DNS process's zone refresh, its reads only: the labels' fingerprint and the TXT rows
+  as two statements in a session (before), or as one on the cursor (now).
 
 Each variant runs in blocks of `--block` operations, alternating, for `--rounds` rounds, on a
 fresh database. Reported per operation, the median of the rounds: this thread's CPU
@@ -34,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy
-from sqlalchemy import insert, text
+from sqlalchemy import delete, insert, text
 
 from certok.assembly import standard_solvers
 from certok.certificates.records import issued_certificate, record_issued
@@ -44,11 +50,12 @@ from certok.db.migrate import upgrade
 from certok.db.models import AcmeAccount, ChallengeRecord, Order
 from certok.db.sessions import make_session_factory
 from certok.db.writes import write, write_statement
+from certok.dnszone.zone_cache import _LABELS_FINGERPRINT, _REFRESH, _TXT_ROWS, ZoneCache
 from certok.orders import quotas
 from certok.orders.codes import issue_code
 from certok.orders.redeem_statement import redeem_in_one_statement
 from certok.orders.redemption import RedemptionTerms
-from certok.orders.rows import _SAVE, LeaseLost, save_job
+from certok.orders.rows import _LOAD, _SAVE, LeaseLost, _combined_save, load_snapshot, save_job
 from certok.orders.service import _CODE, redeem_code
 from certok.settings import Settings
 from certok.tenants import service as tenants
@@ -145,7 +152,7 @@ def run(
             order_row(
                 tenant_id, NOW, lease_owner=ME, key_encrypted=b"key" * 40, csr_pem="csr" * 100
             )
-            for _ in range(count)
+            for _ in range(count + 10)  # 10 more for the loads and saves
         ]
         order_ids = list(session.scalars(insert(Order).returning(Order.id), rows))
         session.execute(
@@ -220,18 +227,115 @@ def run(
     def redeem_old(code: str) -> None:
         write(sessions, functools.partial(old_redeem, tenant_id=tenant_id, code=code))
 
-    cases: list[tuple[str, str, Callable[[Any], None], list[Any]]] = [
-        ("issuing save", "five statements", issue_old, order_ids[0::2]),
-        ("issuing save", "one statement", issue_new, order_ids[1::2]),
+    # Loads and saves go round a set of orders that stay pending under the lease.
+    held = order_ids[-10:]
+    load_params = {"b_worker_id": ME}
+
+    def load_old(n: int) -> None:
+        with sessions() as session:
+            statement = _LOAD.statement
+            session.connection().execute(statement, {**load_params, "b_order_id": held[n % 10]})
+
+    def load_new(n: int) -> None:
+        with sessions.read_connection() as connection:
+            load_snapshot(connection, held[n % 10], ME, None)
+
+    poll = _combined_save(("attempts", "next_attempt_at"), "answered")
+    poll_params = {
+        "v_attempts": 0,
+        "v_next_attempt_at": NOW,
+        "b_answered_at": NOW,
+        "b_authz_urls": ["https://ca.test/authz/x/0"],
+        "b_worker_id": ME,
+    }
+
+    def poll_old(n: int) -> None:
+        with autocommit.connect() as connection:
+            params = {**poll_params, "b_order_id": held[n % 10]}
+            assert connection.scalar(poll.statement, params) == 1  # type: ignore[call-overload]
+
+    def poll_new(n: int) -> None:
+        with autocommit.connect() as connection:
+            params = {**poll_params, "b_order_id": held[n % 10]}
+            assert poll.run(connection, params).scalar() == 1
+
+    fingerprint_old = sqlalchemy.select(*_LABELS_FINGERPRINT.c)
+    txt_old = sqlalchemy.select(_TXT_ROWS.c.name, _TXT_ROWS.c.value).order_by(_TXT_ROWS.c.id.desc())
+    cache = ZoneCache(sessions)
+
+    def refresh_old(_: int) -> None:
+        with sessions() as session:
+            session.execute(fingerprint_old).one()
+            session.execute(txt_old).all()
+
+    def refresh_new(_: int) -> None:
+        cache._load()
+        assert _REFRESH  # the statement `_load` runs
+
+    autocommit = sessions.autocommit_engine
+    assert autocommit is not None
+    steps = list(range(count // 2))
+
+    cases: list[Case] = [
+        ("issuing save", "five statements", issue_old, order_ids[:count][0::2]),
+        ("issuing save", "one statement", issue_new, order_ids[:count][1::2]),
         ("redemption", "flag, code, code again", redeem_old, codes[0::3]),
         ("redemption", "flag and code in one read", redeem_new, codes[1::3]),
         ("redemption", "one statement, autocommit", redeem_one, codes[2::3]),
+        ("order load", "execute in a session", load_old, steps),
+        ("order load", "cursor on a connection", load_new, steps),
+        ("poll save with the answers' mark", "execute", poll_old, steps),
+        ("poll save with the answers' mark", "cursor", poll_new, steps),
     ]
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    measure(cases, results, admin, database, block, rounds)
+    # The zone refresh with as many TXT values as 200 orders in flight present: the rows
+    # above (two per order, for every order) are far more than ever pend at once.
+    with transaction(sessions) as session:
+        session.execute(delete(ChallengeRecord))
+        session.execute(
+            insert(ChallengeRecord),
+            [
+                {
+                    "order_id": held[n % 10],
+                    "kind": "dns-01",
+                    "name": f"l{n}",
+                    "value": "v" * 43,
+                    "authz_url": f"https://ca.test/authz/{n}",
+                    "created_at": NOW,
+                }
+                for n in range(200)
+            ],
+        )
+    refreshes = [
+        ("zone refresh, 200 TXT rows (reads)", "two statements in a session", refresh_old, steps),
+        ("zone refresh, 200 TXT rows (reads)", "one statement on the cursor", refresh_new, steps),
+    ]
+    measure(refreshes, results, admin, database, block, rounds)
+    print("| path | variant | certok CPU per operation | backend CPU per operation |")
+    print("|---|---|---|---|")
+    for (name, variant), samples in results.items():
+        client = statistics.median(s[0] for s in samples) * 1e6
+        server = statistics.median(s[1] for s in samples) * 1e6
+        print(f"| {name} | {variant} | {client:.0f} µs | {server:.0f} µs |")
+
+
+Case = tuple[str, str, Callable[[Any], None], list[Any]]
+
+
+def measure(
+    cases: list[Case],
+    results: dict[tuple[str, str], list[tuple[float, float]]],
+    admin: sqlalchemy.Engine,
+    database: str,
+    block: int,
+    rounds: int,
+) -> None:
+    """Each case in blocks of `block`, alternating, for `rounds` rounds, into `results`."""
     # Warm up: connections, prepared statements (psycopg prepares on the fifth run).
     for _, _, function, items in cases:
         for item in items[:10]:
             function(item)
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for round_number in range(rounds):
         for name, variant, function, items in cases:
             batch = items[10 + round_number * block : 10 + (round_number + 1) * block]
@@ -244,12 +348,6 @@ def run(
             client = (time.thread_time() - started) / len(batch)
             server = (backend_cpu(admin, database) - backends) / len(batch)
             results.setdefault((name, variant), []).append((client, server))
-    print("| path | variant | certok CPU per operation | backend CPU per operation |")
-    print("|---|---|---|---|")
-    for (name, variant), samples in results.items():
-        client = statistics.median(s[0] for s in samples) * 1e6
-        server = statistics.median(s[1] for s in samples) * 1e6
-        print(f"| {name} | {variant} | {client:.0f} µs | {server:.0f} µs |")
 
 
 if __name__ == "__main__":

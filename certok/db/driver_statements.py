@@ -48,19 +48,7 @@ class DriverSelect:
             if positional
             else {f"{self._expanding}_{n}": value for n, value in enumerate(values, 1)}
         )
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            # SQLAlchemy's own way to run a statement on a cursor (its dialects' special
-            # cases use it): the cursor events, echo, and a driver error raised as its
-            # DBAPIError, the connection invalidated when the error is a disconnect.
-            connection._cursor_execute(cursor, sql, parameters)
-            try:
-                rows = cursor.fetchall()
-            except Exception as error:
-                connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
-                raise  # not reached: the handler raises
-        finally:
-            cursor.close()
+        rows, _ = run_on_cursor(connection, sql, parameters, fetch=True)
         make = self.row_type._make
         return [make(row) for row in rows]
 
@@ -75,3 +63,23 @@ class DriverSelect:
             with self._lock:
                 self._rendered[key] = rendered
         return rendered
+
+
+def run_on_cursor(
+    connection: Connection, sql: str, parameters: Any, *, fetch: bool
+) -> tuple[list[Any], int]:
+    """Run `sql` on a DBAPI cursor of `connection`: the rows (when `fetch`) and the rowcount."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        # SQLAlchemy's own way to run a statement on a cursor (its dialects' special cases use
+        # it): the cursor events, echo, and a driver error raised as its DBAPIError, the
+        # connection invalidated when the error is a disconnect.
+        connection._cursor_execute(cursor, sql, parameters)
+        try:
+            rows: list[Any] = list(cursor.fetchall()) if fetch else []
+        except Exception as error:
+            connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
+            raise  # not reached: the handler raises
+        return rows, int(cursor.rowcount)
+    finally:
+        cursor.close()

@@ -11,9 +11,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import ARRAY, Connection, String, bindparam, column, select, text
 
 from certok.challenge_solver import Material, Presenter, insert_material, remove_material
+from certok.db.cursor_statements import CursorStatement
 from certok.db.models import Delegation, Order
 from certok.db.models.base import UTCDateTime
 from certok.dnszone.zone_cache import DNS01_KIND
@@ -38,8 +39,9 @@ _LEASE_AND_LABELS = (
 # On PostgreSQL the lease check, the labels and the INSERT in one statement: the values go in
 # only while the worker holds the lease and every name has its delegation; the caller learns
 # which (the owner, the delegated names) from the same statement.
-_PRESENT_POSTGRES = text(
-    """
+_PRESENT_POSTGRES = CursorStatement(
+    text(
+        """
 WITH lease AS (
     SELECT lease_owner FROM orders WHERE id = :order_id
 ), labels AS (
@@ -62,7 +64,10 @@ SELECT
     ARRAY(SELECT base_name FROM labels) AS delegated,
     (SELECT count(*) FROM inserted) AS inserted
 """
-).bindparams(bindparam("at", type_=UTCDateTime()))
+    )
+    .bindparams(bindparam("at", type_=UTCDateTime()))
+    .columns(column("lease_owner", String), column("delegated", ARRAY(String)), column("inserted"))
+)
 
 
 def txt_value(key_authorization: str) -> str:
@@ -121,8 +126,8 @@ def _present_postgres(
     connection: Connection, presenter: Presenter, material: Sequence[Material]
 ) -> bool:
     identifiers = [item.identifier for item in material]
-    row = connection.execute(
-        _PRESENT_POSTGRES,
+    row = _PRESENT_POSTGRES.run(
+        connection,
         {
             "order_id": presenter.order_id,
             "tenant_id": presenter.tenant_id,
@@ -134,7 +139,7 @@ def _present_postgres(
             "authz_urls": [item.authz_url for item in material],
             "names": len(set(identifiers)),
         },
-    ).one()
+    ).rows[0]
     if row.lease_owner != presenter.worker_id:
         return False
     if row.inserted != len(material):

@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, String, func, select, true, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
+from certok.db.cursor_statements import CursorStatement
+from certok.db.engine import opened
 from certok.db.models import ChallengeRecord, Delegation, Order
 from certok.dnszone.zone_records import ZoneRecords, group_txt, label_keys, time_serial
 from certok.order_states import PENDING
@@ -44,19 +46,41 @@ _ORDERS = Order.__table__
 # Only running orders' values: a stopped order's (its tenant disabled) is not served even if
 # a worker that lost its lease wrote it after the stop.
 _TXT_ROWS = (
-    select(_RECORDS.c.name, _RECORDS.c.value)
+    select(_RECORDS.c.id, _RECORDS.c.name, _RECORDS.c.value)
     .join(_ORDERS, _ORDERS.c.id == _RECORDS.c.order_id)
     .where(_RECORDS.c.kind == DNS01_KIND, _ORDERS.c.state == PENDING)
-    .order_by(_RECORDS.c.id.desc())
+    .subquery("txt")
 )
 # count, highest id, and the highest id's created_at: each its own scalar subquery, so SQLite
 # answers them from the b-tree (its count(*) shortcut, the rowid's ends) instead of one scan of
 # the table per refresh (as one aggregate, count(id), max(id), max(created_at), it scans, and a
 # refresh runs once per order under load).
 _LABELS_FINGERPRINT = select(
-    select(func.count()).select_from(_DELEGATIONS).scalar_subquery(),
-    select(func.max(_DELEGATIONS.c.id)).scalar_subquery(),
-    select(_DELEGATIONS.c.created_at).order_by(_DELEGATIONS.c.id.desc()).limit(1).scalar_subquery(),
+    select(func.count()).select_from(_DELEGATIONS).scalar_subquery().label("labels"),
+    select(func.max(_DELEGATIONS.c.id)).scalar_subquery().label("highest"),
+    # As the driver returns it: the fingerprint is only compared, and the refresh's rows
+    # then need no conversion each (see `CursorStatement`).
+    type_coerce(
+        select(_DELEGATIONS.c.created_at)
+        .order_by(_DELEGATIONS.c.id.desc())
+        .limit(1)
+        .scalar_subquery(),
+        String,
+    ).label("newest_at"),
+).subquery("fingerprint")
+# A refresh's one statement: the fingerprint's one row, joined with every TXT row (or with
+# none: one row of NULLs). Newest first: if more values exist than the server presents, the
+# newest are the ones a CA is validating right now.
+_REFRESH = CursorStatement(
+    select(
+        _LABELS_FINGERPRINT.c.labels,
+        _LABELS_FINGERPRINT.c.highest,
+        _LABELS_FINGERPRINT.c.newest_at,
+        _TXT_ROWS.c.name,
+        _TXT_ROWS.c.value,
+    )
+    .select_from(_LABELS_FINGERPRINT.outerjoin(_TXT_ROWS, true()))
+    .order_by(_TXT_ROWS.c.id.desc())
 )
 _ALL_LABELS = select(_DELEGATIONS.c.label)
 
@@ -143,16 +167,19 @@ class ZoneCache:
 
     def _load(self) -> tuple[frozenset[str], list[tuple[str, str]]]:
         assert self._session_factory is not None
-        with self._session_factory() as session:
-            labels = self._load_labels(session)
-            # Always read: only pending dns-01 challenges have rows, so this is small, and it
-            # is the data that must be served within a refresh of being written.
-            # Newest first: if more values exist than the server presents, the newest are
-            # the ones a CA is validating right now.
-            rows = session.execute(_TXT_ROWS).all()
-        return labels, [(name, value) for name, value in rows]
+        # A connection, not a session: under load a refresh runs for most orders.
+        with opened(self._session_factory).read_connection() as connection:
+            # The TXT rows are always read: only pending dns-01 challenges have rows, so they
+            # are few, and they are the data that must be served within a refresh of being
+            # written. The labels' fingerprint comes with them.
+            rows = _REFRESH.run(connection, {}).rows
+            fingerprint = (rows[0].labels, rows[0].highest, rows[0].newest_at)
+            labels = self._load_labels(connection, fingerprint)
+        return labels, [(row.name, row.value) for row in rows if row.name is not None]
 
-    def _load_labels(self, session: Session) -> frozenset[str]:
+    def _load_labels(
+        self, connection: Connection, fingerprint: tuple[object, ...]
+    ) -> frozenset[str]:
         """The labels, read in full only when the delegations table may have changed.
 
         The fingerprint moves on every insert (a new highest id, or on SQLite a reused one,
@@ -160,14 +187,13 @@ class ZoneCache:
         and adding others between two refreshes is seen too. The fingerprint is read first, so
         a row added between the two reads only makes the next refresh read the labels again.
         """
-        fingerprint = tuple(session.execute(_LABELS_FINGERPRINT).one())
         now = self._monotonic()
         if (
             fingerprint == self._labels_fingerprint
             and now - self._labels_read_at < self._labels_full_reload_seconds
         ):
             return self._labels
-        self._labels = label_keys(session.scalars(_ALL_LABELS))
+        self._labels = label_keys(connection.scalars(_ALL_LABELS))
         self._labels_fingerprint = fingerprint
         self._labels_read_at = now
         return self._labels

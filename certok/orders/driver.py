@@ -38,6 +38,7 @@ from certok.crypto import (
     order_key_owner,
     private_key_to_pem,
 )
+from certok.db.engine import opened
 from certok.errors import CertokError, Unavailable
 from certok.issuance import (
     STATUS_INVALID,
@@ -359,8 +360,9 @@ class OrderDriver:
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
-        with self._sessions() as session:
-            yield session.connection()
+        # A connection, not a session: the load runs once per step of every order.
+        with opened(self._sessions).read_connection() as connection:
+            yield connection
 
     def _start_over_or_fail(
         self, order: OrderSnapshot, solver: ChallengeSolver, reason: str, dead: bool

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import CTE, ColumnElement, bindparam, update
+from sqlalchemy import CTE, ColumnElement, Update, bindparam, update
 
 from certok.db.models import Order
 
 _ORDERS = Order.__table__
 
 
-def fenced_save(columns: Iterable[str], returning: Iterable[ColumnElement[object]]) -> CTE:
-    """`UPDATE orders SET <columns> WHERE id = :b_order_id AND lease_owner = :b_worker_id
-    RETURNING <returning>`, named `saved`."""
+def fenced_update(columns: Iterable[str]) -> Update:
+    """`UPDATE orders SET <columns> WHERE id = :b_order_id AND lease_owner = :b_worker_id`:
+    the save alone, which matches no row once the worker lost the lease."""
     return (
         update(_ORDERS)
         .where(
@@ -28,6 +28,9 @@ def fenced_save(columns: Iterable[str], returning: Iterable[ColumnElement[object
             _ORDERS.c.lease_owner == bindparam("b_worker_id"),
         )
         .values({column: bindparam(f"v_{column}") for column in columns})
-        .returning(*returning)
-        .cte("saved")
     )
+
+
+def fenced_save(columns: Iterable[str], returning: Iterable[ColumnElement[object]]) -> CTE:
+    """`fenced_update(columns) RETURNING <returning>`, named `saved`."""
+    return fenced_update(columns).returning(*returning).cte("saved")

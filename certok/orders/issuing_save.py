@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     Connection,
-    Select,
     String,
     bindparam,
     delete,
@@ -33,6 +32,7 @@ from sqlalchemy import (
 )
 
 from certok.certificates.records import RECORD_COLUMNS, IssuedCertificate
+from certok.db.cursor_statements import CursorStatement
 from certok.db.models import (
     AcmeAccount,
     Certificate,
@@ -51,7 +51,7 @@ _NAMES = CertificateName.__table__
 _ACCOUNTS = AcmeAccount.__table__
 
 # One statement per set of the order's saved columns, built once.
-_BUILT: dict[tuple[str, ...], Select[Any]] = {}
+_BUILT: dict[tuple[str, ...], CursorStatement] = {}
 
 
 def issue_in_one_statement(
@@ -81,11 +81,11 @@ def issue_in_one_statement(
         b_fullchain=certificate.fullchain,
         b_names=list(certificate.names),
     )
-    found = connection.scalar(statement, params)
+    found = statement.run(connection, params).scalar()
     return None if found is None else int(found)
 
 
-def _statement(columns: tuple[str, ...]) -> Select[Any]:
+def _statement(columns: tuple[str, ...]) -> CursorStatement:
     built = _BUILT.get(columns)
     if built is not None:
         return built
@@ -168,5 +168,6 @@ def _statement(columns: tuple[str, ...]) -> Select[Any]:
         replaced.cte("replaced"),
         dropped.cte("dropped"),
     )
-    _BUILT[columns] = statement
-    return statement
+    built = CursorStatement(statement)
+    _BUILT[columns] = built
+    return built

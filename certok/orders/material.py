@@ -21,6 +21,7 @@ from certok.challenge_solver import (
     PresentsInOneStatement,
 )
 from certok.clock import Clock
+from certok.db.engine import opened
 from certok.db.writes import write, write_statement
 from certok.issuance import AuthzInfo, ChallengeInfo, key_authorization
 from certok.orders.rows import (
@@ -52,8 +53,8 @@ class ChallengeMaterial:
         """The order's stored challenge material by authorization URL."""
         if not order.has_records:
             return {}
-        with self._sessions() as session:
-            return read_presented(session.connection(), order.id)
+        with opened(self._sessions).read_connection() as connection:
+            return read_presented(connection, order.id)
 
     def present(
         self,

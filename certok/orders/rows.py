@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 
 from certok.certificates.records import IssuedCertificate, record_issued
 from certok.challenge_solver import ChallengeSolver, Material, Presenter
+from certok.db.cursor_statements import CursorStatement
 from certok.db.models import ChallengeRecord, Order
 from certok.order_states import PENDING
-from certok.orders.fenced_save import fenced_save
+from certok.orders.fenced_save import fenced_save, fenced_update
 from certok.orders.issuing_save import issue_in_one_statement
 
 
@@ -101,15 +102,17 @@ SNAPSHOT_COLUMNS = (
 # Hot statements, built once: building a statement and its cache key costs several times
 # what executing it does. Values come as bound parameters named b_* (an UPDATE's other
 # parameters are its SET columns).
-_LOAD = select(*SNAPSHOT_COLUMNS).where(
-    ORDERS.c.id == bindparam("b_order_id"),
-    ORDERS.c.state == PENDING,
-    ORDERS.c.lease_owner == bindparam("b_worker_id"),
+_LOAD = CursorStatement(
+    select(*SNAPSHOT_COLUMNS).where(
+        ORDERS.c.id == bindparam("b_order_id"),
+        ORDERS.c.state == PENDING,
+        ORDERS.c.lease_owner == bindparam("b_worker_id"),
+    )
 )
 _SAVE = update(ORDERS).where(
     ORDERS.c.id == bindparam("b_order_id"), ORDERS.c.lease_owner == bindparam("b_worker_id")
 )
-_PRESENTED = (
+_PRESENTED = CursorStatement(
     select(
         CHALLENGE_RECORDS.c.authz_url,
         CHALLENGE_RECORDS.c.value,
@@ -133,7 +136,7 @@ def load_snapshot(
     connection: Connection, order_id: int, worker_id: str, hold_lease_for: float | None
 ) -> OrderSnapshot | None:
     """The pending order `worker_id` holds the lease of, or None."""
-    row = connection.execute(_LOAD, {"b_order_id": order_id, "b_worker_id": worker_id}).first()
+    row = _LOAD.run(connection, {"b_order_id": order_id, "b_worker_id": worker_id}).first()
     if row is None:
         return None
     return snapshot_of(row, hold_lease_for)
@@ -165,7 +168,7 @@ def snapshot_of(row: Any, hold_lease_for: float | None) -> OrderSnapshot:
 
 def read_presented(connection: Connection, order_id: int) -> dict[str, PresentedRecord]:
     """The order's stored challenge material by authorization URL."""
-    rows = connection.execute(_PRESENTED, {"b_order_id": order_id})
+    rows = _PRESENTED.run(connection, {"b_order_id": order_id}).rows
     return {
         row.authz_url: PresentedRecord(row.value, row.created_at, row.answered_at) for row in rows
     }
@@ -198,9 +201,9 @@ def save_job(
         statement = _combined_save(tuple(sorted(values)), "answered" if answered else "drop")
         named = {f"v_{key}": value for key, value in values.items()}
         side = {"b_authz_urls": answered, "b_answered_at": answered_at} if answered else {}
-        saved = connection.scalar(
-            statement, {**named, **side, "b_order_id": order_id, "b_worker_id": worker_id}
-        )
+        saved = statement.run(
+            connection, {**named, **side, "b_order_id": order_id, "b_worker_id": worker_id}
+        ).scalar()
         if saved != 1:
             raise LeaseLost(order_id)
         return
@@ -223,8 +226,14 @@ def save_job(
         if after is not None:
             after(connection, order_id, answered_at)
         return
-    result = connection.execute(_SAVE, params)
-    if result.rowcount != 1:
+    if connection.dialect.name == "postgresql":
+        named = {f"v_{key}": value for key, value in values.items()}
+        saved_count = _plain_save(tuple(sorted(values))).run(
+            connection, {**named, "b_order_id": order_id, "b_worker_id": worker_id}
+        )
+        if saved_count.rowcount != 1:
+            raise LeaseLost(order_id)
+    elif connection.execute(_SAVE, params).rowcount != 1:
         raise LeaseLost(order_id)
     if certificate is not None:
         record_issued(connection, order_id, certificate)
@@ -249,10 +258,10 @@ def one_statement_save(
 
 
 # One statement per shape (the SET columns, and what goes with the save), built once.
-_COMBINED: dict[tuple[tuple[str, ...], str], Select[Any]] = {}
+_COMBINED: dict[tuple[tuple[str, ...], str], CursorStatement] = {}
 
 
-def _combined_save(columns: tuple[str, ...], kind: str) -> Select[Any]:
+def _combined_save(columns: tuple[str, ...], kind: str) -> CursorStatement:
     """The lease-fenced UPDATE of the order and, in the same statement, the mark of its
     answered challenges (`answered`) or the removal of all its challenge material (`drop`):
     PostgreSQL runs data-modifying WITH clauses once, on the same snapshot, and the second
@@ -274,8 +283,24 @@ def _combined_save(columns: tuple[str, ...], kind: str) -> Select[Any]:
         if kind == "answered"
         else delete(CHALLENGE_RECORDS).where(of_saved)
     )
-    statement = select(func.count()).select_from(saved).add_cte(side.cte("side"))
+    statement = CursorStatement(
+        select(func.count().label("saved")).select_from(saved).add_cte(side.cte("side"))
+    )
     _COMBINED[(columns, kind)] = statement
+    return statement
+
+
+_PLAIN: dict[tuple[str, ...], CursorStatement] = {}
+
+
+def _plain_save(columns: tuple[str, ...]) -> CursorStatement:
+    """The lease-fenced UPDATE of `columns` alone, built once per set of columns (`_SAVE`
+    takes its SET columns from each call's parameters, which a statement compiled once
+    cannot)."""
+    statement = _PLAIN.get(columns)
+    if statement is None:
+        statement = CursorStatement(fenced_update(columns))
+        _PLAIN[columns] = statement
     return statement
 
 
