@@ -52,7 +52,14 @@ def ensure_delegations(
                     Delegation(tenant_id=tenant_id, base_name=base, label=label, created_at=clock())
                 )
         except IntegrityError:
-            # A concurrent dv for the same name stored the same (deterministic) label first.
-            pass
+            # A concurrent dv stored this name first: answer with the label it stored (the
+            # same one unless the label key differs between nodes), as callers keep it.
+            stored = session.scalar(
+                select(Delegation.label).where(
+                    Delegation.tenant_id == tenant_id, Delegation.base_name == base
+                )
+            )
+            if stored is not None:
+                label = stored
         existing[base] = label
     return existing
