@@ -140,6 +140,15 @@ class Run:
     def rate(self) -> float:
         return len(self.finished) / self.wall if self.finished else 0.0
 
+    def milestones(self) -> str:
+        """When the first, the 25%, the 75% and the last order finished (seconds into the
+        run): where the ramp-up and the tail lost time against the middle half."""
+        ordered = sorted(self.finished)
+        if not ordered:
+            return "-"
+        marks = [ordered[0], ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]]
+        return "/".join(f"{mark - self.started:.1f}" for mark in [*marks, ordered[-1]]) + " s"
+
     @property
     def middle_rate(self) -> float:
         """Completions per second between the 25% and the 75% completion: steady state."""
@@ -700,6 +709,7 @@ def build_report(
                 f"{args.in_flight} in flight over {args.names} names",
                 f"middle half {run.middle_rate:.1f} orders/s",
                 f"wall {run.wall:.1f} s",
+                f"completions at {run.milestones()}",
             ]
             if run.retries:
                 notes.insert(1, f"{run.retries} request(s) resent after a closed keep-alive")
