@@ -20,20 +20,29 @@ from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select
+from sqlalchemy import Connection, Dialect, Select, TableClause
 
 
 class DriverSelect:
     """`statement` (a SELECT whose one expanding parameter is `expanding`), run on the
-    driver's cursor."""
+    driver's cursor. `sqlite_index` (table, index): on SQLite, the table is read through
+    that index (`INDEXED BY`, which SQLAlchemy's SQLite dialect does not render); it must
+    be the statement's first FROM."""
 
-    def __init__(self, statement: Select[Any], expanding: str) -> None:
+    def __init__(
+        self,
+        statement: Select[Any],
+        expanding: str,
+        *,
+        sqlite_index: tuple[TableClause, str] | None = None,
+    ) -> None:
         # `run` passes the expanding parameter's values only.
         others = sorted(set(statement.compile().binds) - {expanding})
         if others:
             raise ValueError(f"{expanding} must be the statement's only parameter, not {others}")
         self._statement = statement
         self._expanding = expanding
+        self._sqlite_index = sqlite_index
         # Rows come back in the select's column order.
         names = [str(column.key) for column in statement.selected_columns]
         self.row_type: Any = namedtuple("DriverRow", names)  # type: ignore[misc]
@@ -59,7 +68,10 @@ class DriverSelect:
             compiled = self._statement.params({self._expanding: [""] * count}).compile(
                 dialect=dialect, compile_kwargs={"render_postcompile": True}
             )
-            rendered = (compiled.string, compiled.positional)
+            sql = compiled.string
+            if self._sqlite_index is not None and dialect.name == "sqlite":
+                sql = _indexed_by(sql, *self._sqlite_index)
+            rendered = (sql, compiled.positional)
             with self._lock:
                 self._rendered[key] = rendered
         return rendered
@@ -83,3 +95,11 @@ def run_on_cursor(
         return rows, int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _indexed_by(sql: str, table: TableClause, index: str) -> str:
+    """`sql` with its first FROM, `table`, read through `index` (SQLite's INDEXED BY)."""
+    plain = f"\nFROM {table.name} "
+    if plain not in sql:
+        raise ValueError(f"{table.name} is not the statement's first FROM")
+    return sql.replace(plain, f"\nFROM {table.name} INDEXED BY {index} ", 1)

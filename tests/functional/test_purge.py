@@ -23,6 +23,7 @@ from certok.settings import Settings
 from tests.functional import test_api
 from tests.functional.test_cli import run
 from tests.kit import rows
+from tests.kit.plans import sqlite_plans
 
 # The API harness of test_api (real Starlette app on the same `store`).
 api = test_api.api
@@ -378,3 +379,25 @@ def test_purger_loop_survives_a_failing_run_and_zero_disables_it(
     failures = [r for r in caplog.records if r.getMessage().startswith("purge failed")]
     assert len(failures) >= 2
     assert all(r.levelname == "WARNING" for r in failures)
+
+
+def test_the_purge_finds_old_orders_by_their_finish_not_by_walking_every_issued_order(
+    store: Store,
+) -> None:
+    # With only ix_orders_due (state, next_attempt_at), SQLite took the state alone: each
+    # purge read the row of every issued order, on a large store the whole table.
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan is read from SQLite's EXPLAIN QUERY PLAN")
+    with transaction(store.sessions) as session:
+        tenant = add_tenant(session)
+        add_order(session, tenant, "issued", hours_ago(RETENTION_HOURS + 1))
+        add_order(session, tenant, "issued", hours_ago(1))
+
+    def finding(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and "finished_at <" in sql
+
+    plans = sqlite_plans(store.engine, finding, lambda: purge_at_now(store.sessions))
+    assert plans, "the purge looked for no old orders"
+    assert "INDEX ix_orders_finished (state=? AND finished_at<?)" in plans[0], plans[0]
+    for plan in plans:
+        assert "ix_orders_due (state=?)" not in plan, plan

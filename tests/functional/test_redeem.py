@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from certok.db.engine import transaction
+from certok.db.engine import opened, transaction
 from certok.db.models import Order
 from certok.errors import CodeExpired, NotFound, Unauthenticated
 from certok.order_states import PENDING
+from certok.orders.code_reads import read_codes
 from certok.orders.codes import issue_code
 from certok.orders.quotas import redeem_with_quotas
 from certok.orders.service import redeem_code, view_order
 from certok.persistence import Store
 from certok.settings import Settings
 from certok.tenants import service as tenants
+from tests.kit.plans import sqlite_plans
 
 RACERS = 12
 
@@ -133,3 +135,24 @@ def test_apply_on_an_expired_code_starts_nothing(store: Store) -> None:
         _redeem_with_quotas(store, alpha, code)
     with store.sessions() as session:
         assert session.scalar(select(func.count(Order.id))) == 0
+
+
+def test_a_polled_codes_read_takes_no_table_page_of_the_code_or_the_certificate(
+    store: Store,
+) -> None:
+    # apply's read of a polled code (one per cache miss) finds the code's columns and the
+    # certificate record's in indexes: at a million orders each table page is a page read.
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan is read from SQLite's EXPLAIN QUERY PLAN")
+    alpha, _, code = _tenant_and_code(store)
+    _redeem(store, alpha, code)
+
+    def read() -> None:
+        with opened(store.sessions).read_connection() as connection:
+            [found] = read_codes(connection, [(alpha, code)], store.box)
+        assert found.order_id is not None
+
+    [plan] = sqlite_plans(store.engine, lambda sql: "FROM verification_codes" in sql, read)
+    assert "USING COVERING INDEX ix_verification_codes_read" in plan, plan
+    assert "USING COVERING INDEX ix_certificates_order_id_renew_at" in plan, plan
+    assert "USING INTEGER PRIMARY KEY" in plan, plan  # the order's row: read for its columns

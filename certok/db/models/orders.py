@@ -34,7 +34,11 @@ class Order(Base):
     """A certificate order: certok's record of intent plus the saved ACME state between steps."""
 
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_orders_due", "state", "next_attempt_at"),
+        # The purge's look-up of finished orders past their retention (certok.orders.purge).
+        Index("ix_orders_finished", "state", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
