@@ -195,7 +195,8 @@ class _HttpsokApi:
             # and thread hop as the order's view. Only a first redemption writes (in the
             # writer's queue, `certok.db.writes`).
             if read_already:
-                assert read is not None  # check_redeemable refused a missing code
+                # check_redeemable refused a missing code; one with an order went no further
+                assert read is not None and read.domains is not None
                 domains = read.domains
             else:
                 with self.services.sessions() as session:

@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, case, select
 
 from certok.crypto import SecretBox
 from certok.db.driver_statements import DriverSelect
@@ -33,7 +33,10 @@ _CODES_AND_ORDERS = (
         _CODES.c.tenant_id,
         _CODES.c.order_id,
         untyped(_CODES.c.expires_at),
-        _CODES.c.domains.label("code_domains"),
+        # A code with an order is answered from the order's view: its names are read only
+        # for a code still to be redeemed, so SQLite seeks the code's table row (it defers the
+        # seek past the index until a column outside it is needed) only for such a code.
+        case((_CODES.c.order_id.is_(None), _CODES.c.domains), else_=None).label("code_domains"),
         *VIEW_COLUMNS,
     )
     .select_from(
@@ -56,8 +59,9 @@ class CodeRead:
     tenant_id: int
     order_id: int | None
     expires_at: dt.datetime
-    # The names the code verified (comma-separated), what a first redemption orders.
-    domains: str
+    # The names the code verified (comma-separated), what a first redemption orders; None
+    # once the code has an order (its view has them).
+    domains: str | None
     # The order's view (certificate and decrypted key included once issued); None while the
     # code has no order, or when its order row is gone.
     view: OrderView | None
