@@ -25,6 +25,7 @@ from certok.http01.solver import Http01Solver
 from certok.orders.accounts import AccountRegistry
 from certok.orders.acme_order_budget import AcmeOrderBudget
 from certok.orders.driver import OrderDriver, SolverRegistry
+from certok.orders.finished_row import FinishedRow
 from certok.orders.worker import Worker
 from certok.persistence import Store
 from certok.prechecks.addresses import AddressPolicy
@@ -193,7 +194,7 @@ def build_worker(
     *,
     worker_id: str,
     on_challenge_records_changed: Callable[[], None] | None,
-    on_order_finished: Callable[[int], None] | None,
+    on_order_finished: Callable[[int, FinishedRow | None], None] | None,
 ) -> Worker:
     driver = build_driver(
         settings,

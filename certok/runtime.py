@@ -45,6 +45,7 @@ from certok.http_listeners import (
     on_stop_signals,
     stop_on_signals,
 )
+from certok.orders.finished_row import FinishedRow
 from certok.orders.leases import release_node_leases
 from certok.orders.purge import run_purger
 from certok.orders.service import finished_orders
@@ -259,12 +260,15 @@ def _app(
     )
 
 
-def _and_wake(finished: Callable[[int], None], wake: Callable[[], None]) -> Callable[[int], None]:
-    """An order finished: tell the held apply requests, and the delivery worker (its
-    certificate.issued/failed rows were committed with the order's end)."""
+def _and_wake(
+    finished: Callable[[int, FinishedRow | None], None], wake: Callable[[], None]
+) -> Callable[[int, FinishedRow | None], None]:
+    """An order finished: tell the held apply requests (with what its last save wrote, when
+    known), and the delivery worker (its certificate.issued/failed rows were committed with
+    the order's end)."""
 
-    def both(order_id: int) -> None:
-        finished(order_id)
+    def both(order_id: int, row: FinishedRow | None) -> None:
+        finished(order_id, row)
         wake()
 
     return both

@@ -55,6 +55,7 @@ from certok.orders.service import (
     check_redeemable,
     order_state,
     redeemable_code,
+    view_of_row,
     view_order,
 )
 from certok.ratelimit import HTTP01_RESPONDER
@@ -288,7 +289,11 @@ class _HttpsokApi:
                         break
                 elif not await self._woken_or_finished(finished, order_id, remaining):
                     continue
-                view = await asyncio.to_thread(self._view, order_id)
+                if finished.row is not None:
+                    # This process's worker finished it and handed on what it saved.
+                    view = view_of_row(finished.row, self.services.box)
+                else:
+                    view = await asyncio.to_thread(self._view, order_id)
         if view is None:  # not woken within `seconds`: what the order is now
             view = await asyncio.to_thread(self._view, order_id)
         return view

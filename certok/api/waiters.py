@@ -1,10 +1,11 @@
 """Held `apply` requests wait here for their order to finish.
 
-This process's worker wakes a request the moment it finishes the order (`finished`). Orders
-another process or node drives are found by one poller that reads, every `poll_seconds`, which
-of all the waited-for orders have finished: one query per interval for every held request
-together, instead of one read per request per interval (200 held requests cost 200 reads a
-second that way, a seventh of the process's CPU under load).
+This process's worker wakes a request the moment it finishes the order (`finished`), handing
+it what the finishing save wrote (certok/orders/finished_row.py), so the request needs no read
+of its order. Orders another process or node drives are found by one poller that reads,
+every `poll_seconds`, which of all the waited-for orders have finished: one query per
+interval for every held request together, instead of one read per request per interval (200
+held requests cost 200 reads a second that way, a seventh of the process's CPU under load).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
+from certok.orders.finished_row import FinishedRow
+
 log = logging.getLogger(__name__)
 
 # (order ids) → the ones among them that are no longer pending.
@@ -26,7 +29,7 @@ POLL_BATCH = 500
 
 class OrderWaiters:
     def __init__(self) -> None:
-        self._events: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._watches: dict[int, set[Watch]] = defaultdict(set)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._polling = False
@@ -39,17 +42,21 @@ class OrderWaiters:
         """Whether a poller runs: then a waiter needs no polling of its own."""
         return self._polling
 
-    def finished(self, order_id: int) -> None:
-        """Wake the requests waiting for `order_id`. Thread-safe: worker threads call it."""
-        self._wake([order_id])
+    def finished(self, order_id: int, row: FinishedRow | None = None) -> None:
+        """Wake the requests waiting for `order_id`, with what its finishing save wrote
+        (`row`; None: they read the order). Thread-safe: worker threads call it."""
+        self._wake([order_id], row)
 
-    def _wake(self, order_ids: Iterable[int]) -> None:
+    def _wake(self, order_ids: Iterable[int], row: FinishedRow | None = None) -> None:
         loop = self._loop
         if loop is None:
             return
         with self._lock:
-            events = [event for order_id in order_ids for event in self._events.get(order_id, ())]
-        for event in events:
+            watches = [w for order_id in order_ids for w in self._watches.get(order_id, ())]
+            if row is not None:
+                for watch in watches:
+                    watch.row = row
+        for event in (watch.event for watch in watches):
             # RuntimeError: the loop closed meanwhile (shutdown); nobody is left to wake.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
@@ -58,16 +65,16 @@ class OrderWaiters:
     def watch(self, order_id: int) -> Iterator[Watch]:
         """Listen for `order_id` finishing. Enter before reading the order's state, so a
         finish between that read and the wait still wakes the request."""
-        event = asyncio.Event()
+        watch = Watch(asyncio.Event())
         with self._lock:
-            self._events[order_id].add(event)
+            self._watches[order_id].add(watch)
         try:
-            yield Watch(event)
+            yield watch
         finally:
             with self._lock:
-                self._events[order_id].discard(event)
-                if not self._events[order_id]:
-                    del self._events[order_id]
+                self._watches[order_id].discard(watch)
+                if not self._watches[order_id]:
+                    del self._watches[order_id]
 
     async def run_poller(self, read_finished: FinishedReader, poll_seconds: float) -> None:
         """Wake waiters whose order finished elsewhere, checking all of them every interval."""
@@ -77,7 +84,7 @@ class OrderWaiters:
             while True:
                 await asyncio.sleep(poll_seconds)
                 with self._lock:
-                    waited = list(self._events)
+                    waited = list(self._watches)
                 if not waited:
                     continue
                 try:
@@ -92,16 +99,19 @@ class OrderWaiters:
 
 class Watch:
     def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
+        self.event = event
+        # What the save that finished the order wrote, when this process's worker finished
+        # it (set before `event`); the order is this request's own (it watches its id).
+        self.row: FinishedRow | None = None
 
     async def wait(self, timeout: float) -> bool:
         """Wait until the order is reported finished or `timeout` passes; True when woken."""
         try:
             async with asyncio.timeout(timeout):  # not wait_for: it can swallow cancellation
-                await self._event.wait()
+                await self.event.wait()
         except TimeoutError:
             return False
-        self._event.clear()
+        self.event.clear()
         return True
 
 

@@ -55,6 +55,7 @@ from certok.issuance import (
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
 from certok.orders.acme_order_budget import AcmeOrderBudget
+from certok.orders.finished_row import FinishedRow
 from certok.orders.material import ChallengeMaterial
 from certok.orders.polling import authorizations_needed
 from certok.orders.rows import (
@@ -122,6 +123,10 @@ class OrderDriver:
             poll_seconds=settings.acme_poll_seconds,
             on_finished_in_transaction=on_finished_in_transaction,
         )
+
+    def take_finished(self, order_id: int) -> FinishedRow | None:
+        """What the step that ended `order_id` saved (for the waiting requests), once."""
+        return self._saves.take_finished(order_id)
 
     # --- entry point ---------------------------------------------------------------------
     def step(

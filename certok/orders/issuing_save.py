@@ -61,10 +61,12 @@ def issue_in_one_statement(
     worker_id: str,
     values: dict[str, Any],
     certificate: IssuedCertificate,
-) -> int | None:
+) -> tuple[int, bytes | None] | None:
     """Save `values` on the order if `worker_id` holds its lease, record `certificate` and
     remove the order's challenge material, in one statement (PostgreSQL only). Returns the
-    certificate record's id, or None when the lease was lost (nothing was written)."""
+    certificate record's id and the order's key as stored (for the waiting requests'
+    view, certok/orders/finished_row.py), or None when the lease was lost (nothing was
+    written)."""
     statement = _statement(tuple(sorted(values)))
     params = {f"v_{key}": value for key, value in values.items()}
     params.update(
@@ -81,8 +83,8 @@ def issue_in_one_statement(
         b_fullchain=certificate.fullchain,
         b_names=list(certificate.names),
     )
-    found = statement.run(connection, params).scalar()
-    return None if found is None else int(found)
+    found = statement.run(connection, params).first()
+    return None if found is None else (int(found[0]), found[1])
 
 
 def _statement(columns: tuple[str, ...]) -> CursorStatement:
@@ -162,11 +164,15 @@ def _statement(columns: tuple[str, ...]) -> CursorStatement:
     )
     # What every solver's `cleanup(connection, order_id, None)` does: all the order's rows.
     dropped = delete(_RECORDS).where(_RECORDS.c.order_id.in_(select(saved.c.id)))
-    statement = select(record.c.id).add_cte(
-        secrets.cte("secrets"),
-        names.cte("names"),
-        replaced.cte("replaced"),
-        dropped.cte("dropped"),
+    statement = (
+        select(record.c.id, saved.c.key_encrypted)
+        .select_from(record.join(saved, true()))
+        .add_cte(
+            secrets.cte("secrets"),
+            names.cte("names"),
+            replaced.cte("replaced"),
+            dropped.cte("dropped"),
+        )
     )
     built = CursorStatement(statement)
     _BUILT[columns] = built

@@ -185,13 +185,14 @@ def save_job(
     drop_records: ChallengeSolver | None,
     certificate: IssuedCertificate | None = None,
     after: FinishHook | None = None,
-) -> None:
+) -> tuple[int, bytes | None] | None:
     """Save `values` under the lease; `drop_records`: the solver whose material all goes.
 
     On PostgreSQL a save of the shape `one_statement_save` names is one statement (see
     `_combined_save`); `OrderSaves` runs those outside a transaction. The issuing save is
     one statement there too (`issue_in_one_statement`), followed by `after` in its
-    transaction.
+    transaction; it returns the order's key as stored and the certificate record's id (for
+    the waiting requests, certok/orders/finished_row.py), None everywhere else.
     """
     params = {**values, "b_order_id": order_id, "b_worker_id": worker_id}
     combined = (answered or drop_records is not None) and one_statement_save(
@@ -206,7 +207,7 @@ def save_job(
         ).scalar()
         if saved != 1:
             raise LeaseLost(order_id)
-        return
+        return None
     if (
         certificate is not None
         and drop_records is not None
@@ -225,7 +226,7 @@ def save_job(
             raise LeaseLost(order_id)
         if after is not None:
             after(connection, order_id, answered_at)
-        return
+        return saved_certificate
     if connection.dialect.name == "postgresql":
         named = {f"v_{key}": value for key, value in values.items()}
         saved_count = _plain_save(tuple(sorted(values))).run(
@@ -244,6 +245,7 @@ def save_job(
         drop_records.cleanup(connection, order_id, None)
     if after is not None:
         after(connection, order_id, answered_at)
+    return None
 
 
 def one_statement_save(

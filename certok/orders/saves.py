@@ -26,6 +26,7 @@ from certok.db.writes import write, write_statement
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.order_states import FAILURE, ISSUED
 from certok.orders.acme_order_budget import BudgetWait
+from certok.orders.finished_row import FinishedRow
 from certok.orders.polling import poll_delay
 from certok.orders.rows import FinishHook, OrderSnapshot, one_statement_save, save_job
 from certok.orders.schedule import next_attempt
@@ -50,6 +51,13 @@ class OrderSaves:
         # Runs in the transaction that ends an order (issued or failed): the events outbox
         # (certok.events.outbox.order_finished). A module-level function: it may be pickled.
         self._on_finished_tx = on_finished_in_transaction
+        # What the save that ended an order wrote, until the worker hands it to the waiting
+        # requests (`take_finished`). Worker threads set and pop distinct keys.
+        self._finished: dict[int, FinishedRow] = {}
+
+    def take_finished(self, order_id: int) -> FinishedRow | None:
+        """What this process's last save of `order_id` wrote when it ended the order, once."""
+        return self._finished.pop(order_id, None)
 
     def save(
         self,
@@ -60,7 +68,7 @@ class OrderSaves:
         certificate: IssuedCertificate | None = None,
         finished: bool = False,
         **values: Any,
-    ) -> None:
+    ) -> tuple[int, bytes | None] | None:
         """Save `values` if we still hold the lease. In the same transaction, `answered` marks
         those authorizations' challenges as answered, and `drop_records` (the order's solver)
         removes all of the order's challenge material (a finished order, a new ACME order),
@@ -83,9 +91,8 @@ class OrderSaves:
             after=after,
         )
         if one_statement_save(list(answered), drop_records, certificate, after):
-            write_statement(self._sessions, job)
-        else:
-            write(self._sessions, job)
+            return write_statement(self._sessions, job)
+        return write(self._sessions, job)
 
     def next_attempt(
         self,
@@ -183,6 +190,9 @@ class OrderSaves:
             lease_owner=None,
             lease_until=None,
         )
+        self._finished[order.id] = FinishedRow(
+            order.id, FAILURE, order.issuer, ",".join(order.domains), reason
+        )
         log.warning("order %s failed: %s", order.id, reason)
         metrics.order_finished(
             order.issuer, False, reason, (now - order.created_at).total_seconds()
@@ -195,7 +205,7 @@ class OrderSaves:
         now = self._clock()
         # The certificate's record is written in the same transaction (certificates/records).
         record = issued_certificate(fullchain, now, ari=ari)
-        self.save(
+        saved = self.save(
             order.id,
             certificate=record,
             drop_records=solver,
@@ -210,5 +220,21 @@ class OrderSaves:
             lease_owner=None,
             lease_until=None,
         )
+        if saved is not None:  # PostgreSQL's issuing statement returned what it stored
+            certificate_id, key_encrypted = saved
+            self._finished[order.id] = FinishedRow(
+                order.id,
+                ISSUED,
+                order.issuer,
+                ",".join(order.domains),
+                None,
+                not_before=facts.not_before,
+                not_after=facts.not_after,
+                certificate_pem=fullchain,
+                subject=facts.subject,
+                key_encrypted=key_encrypted,
+                certificate_id=certificate_id,
+                renew_at=record.renew_at,
+            )
         log.info("order %s issued for %s", order.id, ",".join(order.domains))
         metrics.order_finished(order.issuer, True, None, (now - order.created_at).total_seconds())

@@ -19,6 +19,7 @@ from certok.db.models.base import stored_utc, untyped
 from certok.errors import CodeExpired, NotFound
 from certok.order_states import ISSUED, PENDING
 from certok.orders.codes import code_not_found
+from certok.orders.finished_row import FinishedRow
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,9 @@ def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
     return view_of_row(order, box)
 
 
-def view_of_row(order: Row[*tuple[Any, ...]], box: SecretBox) -> OrderView:
-    """The view of an order read with `VIEW_COLUMNS`: its subject and decrypted key too
+def view_of_row(order: Row[*tuple[Any, ...]] | FinishedRow, box: SecretBox) -> OrderView:
+    """The view of an order read with `VIEW_COLUMNS` (or handed on by the save that finished
+    it, certok/orders/finished_row.py): its subject and decrypted key too
     once it is issued (the subject parsed from the certificate for orders issued before
     the column was kept)."""
     if order.state != ISSUED or not order.certificate_pem or not order.key_encrypted:

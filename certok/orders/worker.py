@@ -44,6 +44,7 @@ from certok.db.writes import write_statement
 from certok.errors import Unavailable
 from certok.order_states import PENDING
 from certok.orders.driver import OrderDriver
+from certok.orders.finished_row import FinishedRow
 from certok.orders.rows import SNAPSHOT_COLUMNS, LeaseLost, OrderSnapshot, snapshot_of
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Worker:
         threads: int,
         poll_seconds: float,
         max_in_flight: int = 256,
-        on_order_finished: Callable[[int], None] | None = None,
+        on_order_finished: Callable[[int, FinishedRow | None], None] | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._sessions = session_factory
@@ -198,8 +199,10 @@ class Worker:
                 delay = await self._in_pool(self._step, order_id, snapshot)
                 snapshot = None  # later steps load the order: the previous one changed it
                 if delay is None:
+                    # What the finishing save wrote, when this process's save ended it.
+                    finished = self._driver.take_finished(order_id)
                     if self._on_finished is not None:
-                        self._on_finished(order_id)
+                        self._on_finished(order_id, finished)
                     return
                 if delay > INLINE_WAIT_SECONDS:
                     return  # the step's save handed the lease back
@@ -222,6 +225,7 @@ class Worker:
                 await self._in_pool(self._release_lease, order_id)
             self._more_due = True  # the order is due again now
         finally:
+            self._driver.take_finished(order_id)  # not kept past the drive, whatever happened
             with self._busy_lock:
                 self._busy.discard(order_id)
             if self._more_due:

@@ -32,6 +32,7 @@ from certok.db.models import Order
 from certok.domains.delegations import ensure_delegations
 from certok.order_states import FAILURE
 from certok.orders.codes import issue_code
+from certok.orders.finished_row import FinishedRow
 from certok.persistence import Store
 from certok.prechecks.resolver import make_blocking_resolver
 from certok.tenants import service as tenants
@@ -81,6 +82,15 @@ class _NotingWatch(Watch):
     def __init__(self, inner: Watch, waiting: threading.Event) -> None:
         self._inner = inner
         self._waiting = waiting
+        super().__init__(inner.event)
+
+    @property
+    def row(self) -> FinishedRow | None:
+        return self._inner.row
+
+    @row.setter
+    def row(self, value: FinishedRow | None) -> None:
+        self._inner.row = value
 
     async def wait(self, timeout: float) -> bool:
         self._waiting.set()
@@ -110,6 +120,8 @@ class Harness:
     waiters: _NotingWaiters
     statements: Statements
     finish_when_waiting: bool = False
+    # Whether the finisher hands on what it saved, as this process's worker does.
+    hand_row: bool = False
     workers: list[threading.Thread] = field(default_factory=list)
 
     def code(self) -> str:
@@ -131,13 +143,14 @@ class Harness:
     def _finish_when_waiting(self) -> None:
         assert self.waiters.waiting.wait(30)
         with transaction(self.store.sessions) as session:
-            order_id = session.execute(
+            order = session.execute(
                 update(Order)
                 .where(Order.tenant_id == self.tenant_id)
                 .values(state=FAILURE, reason="the CA said no")
-                .returning(Order.id)
-            ).scalar_one()
-        self.waiters.finished(order_id)
+                .returning(Order.id, Order.issuer, Order.domains)
+            ).one()
+        row = FinishedRow(order.id, FAILURE, order.issuer, order.domains, "the CA said no")
+        self.waiters.finished(order.id, row if self.hand_row else None)
 
 
 def _harness(store: Store, tmp_path: Any, wait_seconds: float) -> Iterator[Harness]:
@@ -210,6 +223,18 @@ def test_a_request_that_made_its_order_reads_it_once_when_it_finishes(held: Harn
     assert response.json()["data"]["status"] == FAILURE, response.text
     # Pending by construction until the request waits: no read of its view before.
     assert len(held.statements.reading(VIEW_READ)) == 1, held.statements.texts
+
+
+def test_a_request_its_worker_hands_the_finished_order_reads_nothing(held: Harness) -> None:
+    held.finish_when_waiting = held.hand_row = True
+    code = held.code()
+    with held.statements.counting():
+        response = held.apply(code)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["status"] == FAILURE, response.text
+    assert "the CA said no" in response.text
+    # Only the code's read and the redemption's statements: the view comes from the finisher.
+    assert held.statements.reading(VIEW_READ) == [], held.statements.texts
 
 
 def test_dv_and_the_ownership_check_read_a_delegation_once(store: Store) -> None:
