@@ -31,7 +31,7 @@ from certok.db.models import Order, Tenant, VerificationCode
 from certok.db.writes import write, write_statement
 from certok.errors import RateLimited, Unauthenticated
 from certok.order_states import PENDING
-from certok.orders.redeem_statement import redeem_in_one_statement
+from certok.orders.redeem_statement import redeem_in_one_statement, redeem_within_the_cap
 from certok.orders.redemption import TENANT_AND_CODE, Redemption, RedemptionTerms, refusal
 from certok.orders.service import redeem_code
 from certok.settings import Settings
@@ -104,7 +104,10 @@ def redeem_with_quotas(
         join_seconds=settings.order_join_seconds,
         now=clock(),
     )
-    if opened(sessions).reads_autocommit:
+    if opened(sessions).reads_autocommit and terms.max_pending > 0:
+        # PostgreSQL with the cap on: the statement behind the tenant's lock (redeem_statement.py).
+        outcome = write(sessions, functools.partial(redeem_within_the_cap, terms=terms))
+    elif opened(sessions).reads_autocommit:
         # PostgreSQL: one statement, atomic on its own (redeem_statement.py). Its one
         # possible second statement is a read.
         outcome = write_statement(sessions, functools.partial(redeem_in_one_statement, terms=terms))

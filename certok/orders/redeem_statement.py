@@ -15,6 +15,13 @@ Under READ COMMITTED this decides as the transaction did: neither took a lock fo
 Whatever the statement did not bind is answered in Python as `redeem_code` answers it (an
 unknown, foreign or expired code raises, an already redeemed one gives its order); the
 refusal at the pending cap says how many orders were counted.
+
+That makes the pending cap soft on its own: requests racing on fresh codes each count the
+orders committed before they started, and all may pass. With the cap on, the statement
+therefore runs in a transaction that first takes the tenant's advisory lock
+(`redeem_within_the_cap`): racing redemptions of one tenant queue on it, and each statement's
+snapshot, taken after the lock, counts the orders the earlier ones inserted. Other tenants,
+and the cap off, never wait on it.
 """
 
 from __future__ import annotations
@@ -161,6 +168,13 @@ def _statement() -> Any:
 
 
 _REDEEM = _statement()
+# The two-key form of PostgreSQL's advisory locks: (this namespace, the tenant's id).
+_PENDING_CAP_LOCK_SPACE = 0x70656E64
+_TENANT_LOCK = select(
+    func.pg_advisory_xact_lock(
+        literal(_PENDING_CAP_LOCK_SPACE, Integer()), bindparam("b_tenant_id", type_=Integer())
+    )
+)
 _CODE_ORDER = select(_CODES.c.order_id).where(_CODES.c.id == bindparam("b_code_id"))
 
 
@@ -200,3 +214,10 @@ def redeem_in_one_statement(connection: Connection, terms: RedemptionTerms) -> R
     if winner is None:  # pragma: no cover - the compare-and-set failed, so someone set it
         raise RuntimeError("verification code lost its order: call /v1/cert/dv again")
     return Redemption(winner, False)
+
+
+def redeem_within_the_cap(connection: Connection, terms: RedemptionTerms) -> Redemption:
+    """`redeem_in_one_statement` behind the tenant's advisory lock, in the caller's write
+    transaction (held until it commits): the pending cap holds however many race."""
+    connection.execute(_TENANT_LOCK, {"b_tenant_id": terms.tenant_id})
+    return redeem_in_one_statement(connection, terms)

@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 
 from certok.db.engine import opened, transaction
 from certok.db.models import Order
-from certok.errors import CodeExpired, NotFound, Unauthenticated
+from certok.errors import CodeExpired, NotFound, RateLimited, Unauthenticated
 from certok.order_states import PENDING
 from certok.orders.code_reads import read_codes
 from certok.orders.codes import issue_code
@@ -168,3 +168,33 @@ def test_a_polled_codes_read_takes_no_table_page_of_the_code_or_the_certificate(
     assert reads_of_table_are_guarded(program, codes_table), program
     assert "USING COVERING INDEX ix_certificates_order_id_renew_at" in plan, plan
     assert "USING INTEGER PRIMARY KEY" in plan, plan  # the order's row: read for its columns
+
+
+def test_racing_first_redemptions_keep_to_the_pending_cap(store: Store) -> None:
+    """Fresh codes for different names redeemed at once: exactly `tenant_max_pending_orders`
+    start orders, the rest are refused (on PostgreSQL the requests really run together)."""
+    cap = 3
+    with transaction(store.sessions) as session:
+        alpha = tenants.create_tenant(session, "alpha").id
+        codes = [
+            issue_code(session, alpha, "dns", [f"n{i}.customer.test"], 60) for i in range(RACERS)
+        ]
+    settings = Settings(data_dir=Path("/nonexistent"), tenant_max_pending_orders=cap)
+    start = threading.Barrier(RACERS)
+
+    def race(code: str) -> bool:
+        start.wait()
+        try:
+            redeem_with_quotas(
+                store.sessions, settings, tenant_id=alpha, code=code, algorithm="ECC", issuer="x"
+            )
+        except RateLimited as refused:
+            assert "tenant_max_pending_orders = 3" in refused.message
+            return False
+        return True
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        started = list(pool.map(race, codes))
+    assert sum(started) == cap, started
+    with store.sessions() as session:
+        assert session.scalar(select(func.count(Order.id))) == cap
