@@ -4,8 +4,8 @@
 process's cache needs the code's row and, once the code has an order, that order's view.
 Reading the codes of all polls waiting at one moment in one statement (`certok.api.apply_reads`
 gathers them) costs one round trip and one thread hop for the lot, instead of one of each per
-poll. The statement runs on the driver's cursor (`certok.db.driver_statements`): SQLAlchemy's
-work around an execution costs more than the read.
+poll. The statement runs on the driver's cursor with the driver's values
+(`certok.db.cursor_statements`): SQLAlchemy's work around an execution costs more than the read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, case, select
 
 from certok.crypto import SecretBox
-from certok.db.driver_statements import DriverSelect
+from certok.db.cursor_statements import CursorStatement
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.db.models.base import stored_utc, untyped
 from certok.db.models.tenants import CODE_READ_INDEX
@@ -48,7 +48,9 @@ _CODES_AND_ORDERS = (
 )
 # SQLite, without statistics, takes the code's unique index (one row, then a table page for
 # the code's other columns); this index holds every column read of the code.
-_READ_CODES = DriverSelect(_CODES_AND_ORDERS, "b_codes", sqlite_index=(_CODES, CODE_READ_INDEX))
+_READ_CODES = CursorStatement(
+    _CODES_AND_ORDERS, driver_values=True, sqlite_index=(_CODES, CODE_READ_INDEX)
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def read_codes(
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
-    rows = _READ_CODES.run(connection, list(asking))
+    rows = _READ_CODES.run(connection, {"b_codes": list(asking)}).rows
     return [
         CodeRead(
             code=row.code,
