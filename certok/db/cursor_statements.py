@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, TableClause
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import BindParameter
 
@@ -73,22 +73,11 @@ _REQUIRED = object()
 class CursorStatement:
     """`statement` (a SELECT, or an INSERT / UPDATE / DELETE with or without RETURNING, or a
     `text()` with `.columns()`), run on the cursor: typed values where the driver takes named
-    parameters, or the driver's values (`driver_values`) on every driver. `sqlite_index`
-    (table, index): on SQLite, the table is read through that index (`INDEXED BY`); it must be
-    the statement's first FROM, and the statement must take the driver's values."""
+    parameters, or the driver's values (`driver_values`) on every driver."""
 
-    def __init__(
-        self,
-        statement: ClauseElement,
-        *,
-        driver_values: bool = False,
-        sqlite_index: tuple[TableClause, str] | None = None,
-    ) -> None:
-        if sqlite_index is not None and not driver_values:
-            raise ValueError("sqlite_index needs driver_values: SQLite's typed runs execute")
+    def __init__(self, statement: ClauseElement, *, driver_values: bool = False) -> None:
         self._statement: Any = statement
         self._driver_values = driver_values
-        self._sqlite_index = sqlite_index
         columns = _returned_columns(statement)
         keys = [str(column.key) for column in columns] if columns else []
         self.row_type: Any = namedtuple("CursorRow", keys, rename=True) if keys else None
@@ -160,12 +149,9 @@ class CursorStatement:
         else:
             compiled = self._statement.compile(dialect=dialect)
         columns = _returned_columns(self._statement) or []
-        sql = compiled.string
-        if self._sqlite_index is not None and dialect.name == "sqlite":
-            sql = _indexed_by(sql, *self._sqlite_index)
         typed = not self._driver_values
         rendered = _Rendered(
-            sql=sql,
+            sql=compiled.string,
             binds=tuple(
                 (
                     name,
@@ -229,11 +215,3 @@ def run_on_cursor(
         return rows, int(cursor.rowcount)
     finally:
         cursor.close()
-
-
-def _indexed_by(sql: str, table: TableClause, index: str) -> str:
-    """`sql` with its first FROM, `table`, read through `index` (SQLite's INDEXED BY)."""
-    plain = f"\nFROM {table.name} "
-    if plain not in sql:
-        raise ValueError(f"{table.name} is not the statement's first FROM")
-    return sql.replace(plain, f"\nFROM {table.name} INDEXED BY {index} ", 1)

@@ -21,13 +21,16 @@ from certok.db.cursor_statements import CursorStatement
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.db.models.base import stored_utc, untyped
 from certok.db.models.tenants import CODE_READ_INDEX
+from certok.db.sqlite_index_hints import indexed_by
 from certok.orders.service import VIEW_COLUMNS, OrderView, view_of_row
 
 _CODES = VerificationCode.__table__
 _ORDERS = Order.__table__
 _CERTIFICATES = Certificate.__table__
 
-_CODES_AND_ORDERS = (
+# SQLite, without statistics, takes the code's unique index (one row, then a table page for
+# the code's other columns); this index holds every column read of the code.
+_CODES_AND_ORDERS = indexed_by(
     select(
         _CODES.c.code,
         _CODES.c.tenant_id,
@@ -44,13 +47,11 @@ _CODES_AND_ORDERS = (
             _CERTIFICATES, _CERTIFICATES.c.order_id == _ORDERS.c.id
         )
     )
-    .where(_CODES.c.code.in_(bindparam("b_codes", expanding=True)))
+    .where(_CODES.c.code.in_(bindparam("b_codes", expanding=True))),
+    _CODES,
+    CODE_READ_INDEX,
 )
-# SQLite, without statistics, takes the code's unique index (one row, then a table page for
-# the code's other columns); this index holds every column read of the code.
-_READ_CODES = CursorStatement(
-    _CODES_AND_ORDERS, driver_values=True, sqlite_index=(_CODES, CODE_READ_INDEX)
-)
+_READ_CODES = CursorStatement(_CODES_AND_ORDERS, driver_values=True)
 
 
 @dataclass(frozen=True)

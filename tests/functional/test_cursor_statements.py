@@ -100,11 +100,6 @@ def test_parameters_around_the_expanding_one_go_where_the_sql_takes_them(store: 
     assert sorted(row.code for row in rows) == [codes[0], codes[2]]
 
 
-def test_an_index_for_sqlite_needs_the_drivers_values() -> None:
-    with pytest.raises(ValueError, match="sqlite_index needs driver_values"):
-        CursorStatement(_BY_CODE, sqlite_index=(_CODES, "ix_verification_codes_read"))
-
-
 def test_a_lost_connection_is_raised_as_sqlalchemys_and_dropped(store: Store) -> None:
     if store.engine.dialect.name != "postgresql":
         pytest.skip("a server that can drop the connection: PostgreSQL")
