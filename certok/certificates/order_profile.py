@@ -33,7 +33,7 @@ from certok.certificates.profiles import (
     SHORT_PROFILE_DEADLINE_SECONDS,
     ProfileCatalog,
 )
-from certok.certificates.service import RENEWAL_CANDIDATES, renewal_key, renewed_among
+from certok.certificates.service import RENEWED_CERTIFICATE, renewal_parameters
 from certok.db.models import Certificate, Tenant
 from certok.errors import InvalidRequest
 
@@ -48,21 +48,19 @@ _RENEWED = select(_CERTIFICATES.c.profile, _CERTIFICATES.c.issuer).where(
     _CERTIFICATES.c.id == bindparam("b_id"),
     _CERTIFICATES.c.tenant_id == bindparam("b_tenant_id"),
 )
-_CANDIDATES = RENEWAL_CANDIDATES.subquery("candidates")
-# The tenant's default profile and the certificates a new order for some names may renew, in
-# one read: one row per candidate, newest first, each with the default; a single row with
-# NULL candidate columns when there is none (no row at all for an unknown tenant).
-_DEFAULT_AND_CANDIDATES = (
+_RENEWED_CERTIFICATE = RENEWED_CERTIFICATE.subquery("renewed")
+# The tenant's default profile and the certificate a new order for some names renews, in one
+# read: one row, with NULL certificate columns when it renews none (no row at all for an
+# unknown tenant).
+_DEFAULT_AND_RENEWED = (
     select(
         _TENANTS.c.default_profile,
-        _CANDIDATES.c.id,
-        _CANDIDATES.c.domains,
-        _CANDIDATES.c.profile,
-        _CANDIDATES.c.issuer,
+        _RENEWED_CERTIFICATE.c.id,
+        _RENEWED_CERTIFICATE.c.profile,
+        _RENEWED_CERTIFICATE.c.issuer,
     )
-    .select_from(_TENANTS.outerjoin(_CANDIDATES, true()))
+    .select_from(_TENANTS.outerjoin(_RENEWED_CERTIFICATE, true()))
     .where(_TENANTS.c.id == bindparam("b_tenant_id"))
-    .order_by(_CANDIDATES.c.id.desc())
 )
 NOT_CHECKED = "this server does not check profiles: leave profile out"
 
@@ -159,15 +157,13 @@ def _renewal_and_stored_choices(
     """The certificate a new order for `domains` renews (the tenant's newest live one for
     exactly these names, or None) and what `_stored_choices` reads, in one read."""
     with sessions() as session:
-        rows = session.execute(
-            _DEFAULT_AND_CANDIDATES,
-            {"b_tenant_id": tenant_id, "b_name": renewal_key(domains)},
-        ).all()
-    renews = renewed_among(rows, domains)
-    renewed = next((row for row in rows if renews is not None and row.id == renews), None)
-    inherited = renewed.profile if renewed is not None and renewed.issuer == issuer else None
-    default = rows[0].default_profile if rows else None
-    return renews, (inherited, default)
+        row = session.execute(
+            _DEFAULT_AND_RENEWED, {"b_tenant_id": tenant_id, **renewal_parameters(domains)}
+        ).first()
+    if row is None or row.id is None:
+        return None, (None, None if row is None else row.default_profile)
+    inherited = row.profile if row.issuer == issuer else None
+    return int(row.id), (inherited, row.default_profile)
 
 
 def _stored_choices(
