@@ -34,7 +34,7 @@ from certok.agents import hosts
 from certok.agents.check_facts import read_check_facts
 from certok.agents.deployed_record import current_record, record_secret
 from certok.agents.server_names import split_delegated
-from certok.certificates.order_profile import OrderProfile, order_profile
+from certok.certificates.order_profile import OrderTerms, order_terms
 from certok.certificates.profiles import ProfileCatalog
 from certok.clock import Clock, utcnow
 from certok.crypto import SecretBox, order_key_owner
@@ -143,7 +143,7 @@ class AgentIssuer:
                 return f"certificate order failed: {order.reason or 'no reason given'}"
         renews = current.id if current is not None else None
         try:
-            chosen = await asyncio.to_thread(self._order_profile, tenant_id, renews)
+            terms = await asyncio.to_thread(self._order_terms, tenant_id, renews)
         except (InvalidRequest, Unavailable) as refused:  # the tenant's default not offered
             return f"certok: {refused.message}"
         order_id = await asyncio.to_thread(
@@ -152,8 +152,7 @@ class AgentIssuer:
             tenant_id,
             names,
             order.id if order else None,
-            renews,
-            chosen,
+            terms,
         )
         if isinstance(order_id, str):  # refused: the tenant's pending cap, or disabled
             return f"certok: {order_id}"
@@ -176,17 +175,18 @@ class AgentIssuer:
         return CertificateFiles(secret.certificate_pem.encode("ascii"), key)
 
     # --- steps -----------------------------------------------------------------------------
-    def _order_profile(self, tenant_id: int, renews: int | None) -> OrderProfile:
-        """The new order's profile and deadline, as on every order path: httpsok.sh names no
-        profile, so the renewed certificate's, else the tenant's default."""
-        return order_profile(
+    def _order_terms(self, tenant_id: int, renews: int | None) -> OrderTerms:
+        """The new order's terms, as on every order path: it renews the certificate deployed
+        now, if any; httpsok.sh names no profile, so the renewed certificate's, else the
+        tenant's default."""
+        return order_terms(
             self._sessions,
             self._profiles,
             tenant_id=tenant_id,
             issuer=self._settings.default_issuer,
             requested=None,
-            renews=renews,
             deadline_seconds=self._settings.order_deadline_seconds,
+            renews=renews,
         )
 
     def _start_order(
@@ -195,8 +195,7 @@ class AgentIssuer:
         tenant_id: int,
         names: list[str],
         previous: int | None,
-        replaces: int | None,
-        chosen: OrderProfile,
+        terms: OrderTerms,
     ) -> int | str:
         """A new order for `names` (a code redeemed at once) that renews the certificate
         deployed now, if any; bound to the managed certificate unless a concurrent check bound
@@ -214,10 +213,10 @@ class AgentIssuer:
                     code=code,
                     algorithm=ALGORITHM,
                     issuer=self._settings.default_issuer,
-                    deadline_seconds=chosen.deadline_seconds,
-                    # The record it renews: the driver sends `replaces` for it where the CA
-                    # offers ARI, and the new record marks it replaced.
-                    order_extras={"replaces_certificate_id": replaces, **chosen.order_extras()},
+                    deadline_seconds=terms.deadline_seconds,
+                    # With the record it renews: the driver sends `replaces` for it where the
+                    # CA offers ARI, and the new record marks it replaced.
+                    order_extras=terms.order_extras(),
                     max_pending=self._settings.tenant_max_pending_orders,
                     join_seconds=self._settings.order_join_seconds,
                     now=utcnow(),

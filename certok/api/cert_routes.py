@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from certok.api.envelope import NO_STORE, envelope
 from certok.certificates import service
-from certok.certificates.order_profile import order_profile, renewal_and_profile
+from certok.certificates.order_profile import order_terms
 from certok.clock import utcnow
 from certok.db.engine import transaction
 from certok.errors import InvalidRequest, NotFound
@@ -241,32 +241,18 @@ def apply_extras(
     (certok/certificates/order_profile.py), from `profile` when given. Blocking: call in a
     thread."""
     replaces_text = params.get("replaces")
-    requested = params.get("profile")
-    deadline_seconds = services.settings.order_deadline_seconds
-    if replaces_text is None:
-        replaces, chosen = renewal_and_profile(
-            services.sessions,
-            services.profiles,
-            tenant_id=tenant_id,
-            issuer=issuer,
-            domains=domains,
-            requested=requested,
-            deadline_seconds=deadline_seconds,
-        )
-    else:
+    replaces = None
+    if replaces_text is not None:
         with services.sessions() as session:
             replaces = service.get_certificate(session, tenant_id, int(replaces_text), utcnow()).id
-        chosen = order_profile(
-            services.sessions,
-            services.profiles,
-            tenant_id=tenant_id,
-            issuer=issuer,
-            requested=requested,
-            renews=replaces,
-            deadline_seconds=deadline_seconds,
-        )
-    return {
-        "replaces_certificate_id": replaces,
-        "deadline_seconds": chosen.deadline_seconds,
-        **chosen.order_extras(),
-    }
+    terms = order_terms(
+        services.sessions,
+        services.profiles,
+        tenant_id=tenant_id,
+        issuer=issuer,
+        requested=params.get("profile"),
+        deadline_seconds=services.settings.order_deadline_seconds,
+        renews=replaces,
+        domains=domains,
+    )
+    return {"deadline_seconds": terms.deadline_seconds, **terms.order_extras()}

@@ -32,7 +32,7 @@ from certok.api.caches import TtlCache
 from certok.api.envelope import NO_STORE, envelope
 from certok.api.query_params import named_choice
 from certok.api.webhooks import EventApi, checked_url, read_json_object
-from certok.certificates.order_profile import OrderProfile, renewal_and_profile
+from certok.certificates.order_profile import OrderTerms, order_terms
 from certok.crypto import ALGORITHMS
 from certok.db.models import OrderNotifyUrl
 from certok.db.writes import write
@@ -156,20 +156,18 @@ def post_api_routes(
         msg = "success" if result.valid else "not verified yet: " + "; ".join(result.problems)
         return envelope(request, {"configs": configs, "valid": result.valid}, msg=msg)
 
-    def order_terms(
-        tenant_id: int, domains: list[str], issuer: str
-    ) -> tuple[int | None, OrderProfile]:
+    def terms_of(tenant_id: int, domains: list[str], issuer: str) -> OrderTerms:
         """The certificate the order renews (the tenant's live one for exactly these names,
         as the GET apply finds it) and the order's profile and deadline: httpsok's body has
         no `profile`, so the renewed certificate's or the tenant's default."""
-        return renewal_and_profile(
+        return order_terms(
             services.sessions,
             services.profiles,
             tenant_id=tenant_id,
             issuer=issuer,
-            domains=domains,
             requested=None,
             deadline_seconds=settings.order_deadline_seconds,
+            domains=domains,
         )
 
     async def apply(request: Request) -> Response:
@@ -186,7 +184,7 @@ def post_api_routes(
         if raw_notify not in (None, ""):
             notify_url = checked_url(events, raw_notify, "notifyUrl")
         # Before the names are checked: a profile the issuer does not offer leaves no code.
-        renews, chosen = await asyncio.to_thread(order_terms, ref.id, domains, issuer)
+        terms = await asyncio.to_thread(terms_of, ref.id, domains, issuer)
         result = await services.verifier.verify(ref, domains)
         if not result.valid or result.code is None:
             raise InvalidRequest(
@@ -204,8 +202,8 @@ def post_api_routes(
                     code=result.code,
                     algorithm=algorithm,
                     issuer=issuer,
-                    deadline_seconds=chosen.deadline_seconds,
-                    order_extras={"replaces_certificate_id": renews, **chosen.order_extras()},
+                    deadline_seconds=terms.deadline_seconds,
+                    order_extras=terms.order_extras(),
                     max_pending=settings.tenant_max_pending_orders,
                     join_seconds=settings.order_join_seconds,
                     now=events.clock(),

@@ -1,5 +1,10 @@
-"""The ACME profile a new order carries, and the deadline that follows from it: one rule for
-every path that starts an order (GET and POST `/v1/cert/apply`, httpsok.sh's `check`).
+"""A new order's terms: the certificate it renews, the ACME profile it carries and the deadline
+that follows from it; one entry point (`order_terms`) for every path that starts an order (GET
+and POST `/v1/cert/apply`, httpsok.sh's `check`).
+
+The certificate it renews is the one the caller names (a `replaces` the client gave, the
+certificate an agent deploys), else the tenant's newest live certificate for exactly the
+order's names, else none. The profile:
 
 1. the profile the request names (only GET apply has a parameter for it);
 2. else, for a renewal, the profile of the certificate it renews, when that certificate came
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select, true
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +33,7 @@ from certok.certificates.profiles import (
     SHORT_PROFILE_DEADLINE_SECONDS,
     ProfileCatalog,
 )
-from certok.certificates.service import RENEWAL_CANDIDATES, renewal_key, renewed_among
+from certok.certificates.service import RENEWED_CERTIFICATE, renewal_parameters
 from certok.db.models import Certificate, Tenant
 from certok.errors import InvalidRequest
 
@@ -42,97 +48,69 @@ _RENEWED = select(_CERTIFICATES.c.profile, _CERTIFICATES.c.issuer).where(
     _CERTIFICATES.c.id == bindparam("b_id"),
     _CERTIFICATES.c.tenant_id == bindparam("b_tenant_id"),
 )
-_CANDIDATES = RENEWAL_CANDIDATES.subquery("candidates")
-# The tenant's default profile and the certificates a new order for some names may renew, in
-# one read: one row per candidate, newest first, each with the default; a single row with
-# NULL candidate columns when there is none (no row at all for an unknown tenant).
-_DEFAULT_AND_CANDIDATES = (
+_RENEWED_CERTIFICATE = RENEWED_CERTIFICATE.subquery("renewed")
+# The tenant's default profile and the certificate a new order for some names renews, in one
+# read: one row, with NULL certificate columns when it renews none (no row at all for an
+# unknown tenant).
+_DEFAULT_AND_RENEWED = (
     select(
         _TENANTS.c.default_profile,
-        _CANDIDATES.c.id,
-        _CANDIDATES.c.domains,
-        _CANDIDATES.c.profile,
-        _CANDIDATES.c.issuer,
+        _RENEWED_CERTIFICATE.c.id,
+        _RENEWED_CERTIFICATE.c.profile,
+        _RENEWED_CERTIFICATE.c.issuer,
     )
-    .select_from(_TENANTS.outerjoin(_CANDIDATES, true()))
+    .select_from(_TENANTS.outerjoin(_RENEWED_CERTIFICATE, true()))
     .where(_TENANTS.c.id == bindparam("b_tenant_id"))
-    .order_by(_CANDIDATES.c.id.desc())
 )
 NOT_CHECKED = "this server does not check profiles: leave profile out"
 
 
 @dataclass(frozen=True)
-class OrderProfile:
-    """What a new order is made with: its profile (None: the CA's default) and deadline."""
+class OrderTerms:
+    """What a new order is made with: the certificate it renews (None: none), its profile
+    (None: the CA's default) and its deadline."""
 
+    renews: int | None
     profile: str | None
     deadline_seconds: int
 
-    def order_extras(self) -> dict[str, str]:
-        return {} if self.profile is None else {"profile": self.profile}
+    def order_extras(self) -> dict[str, Any]:
+        """The order's columns these terms set, besides its deadline."""
+        extras: dict[str, Any] = {"replaces_certificate_id": self.renews}
+        if self.profile is not None:
+            extras["profile"] = self.profile
+        return extras
 
 
-def order_profile(
+def order_terms(
     sessions: sessionmaker[Session],
     catalog: ProfileCatalog | None,
     *,
     tenant_id: int,
     issuer: str,
     requested: str | None,
-    renews: int | None,
     deadline_seconds: int,
-) -> OrderProfile:
-    """The profile and deadline of a new order of `tenant_id` at `issuer` (see the module's
-    rule). `renews`: the id of the tenant's certificate the order renews, if any. Raises
-    InvalidRequest for a profile the issuer does not offer, Unavailable when its directory
-    cannot be read. Blocking (a database read, maybe the issuer's directory): call in a
-    thread, outside any write transaction."""
-    # A named profile needs nothing stored.
-    stored = (
-        (None, None)
-        if requested is not None
-        else _stored_choices(sessions, tenant_id, issuer, renews)
-    )
+    renews: int | None = None,
+    domains: list[str] | None = None,
+) -> OrderTerms:
+    """The terms of a new order of `tenant_id` at `issuer` (see the module's rule). `renews`:
+    the id of the tenant's certificate the order renews, when the caller knows it; else, given
+    the order's `domains`, the certificate it renews is looked up in the same read as the
+    stored profiles. Raises InvalidRequest for a profile the issuer does not offer,
+    Unavailable when its directory cannot be read. Blocking (a database read, maybe the
+    issuer's directory): call in a thread, outside any write transaction."""
+    if renews is None and domains is not None:
+        renews, stored = _renewal_and_stored_choices(sessions, tenant_id, issuer, domains)
+    elif requested is not None:
+        stored = (None, None)  # a named profile needs nothing stored
+    else:
+        stored = _stored_choices(sessions, tenant_id, issuer, renews)
     return choose_profile(
         catalog,
         tenant_id=tenant_id,
         issuer=issuer,
         requested=requested,
         stored=stored,
-        renews=renews,
-        deadline_seconds=deadline_seconds,
-    )
-
-
-def renewal_and_profile(
-    sessions: sessionmaker[Session],
-    catalog: ProfileCatalog | None,
-    *,
-    tenant_id: int,
-    issuer: str,
-    domains: list[str],
-    requested: str | None,
-    deadline_seconds: int,
-) -> tuple[int | None, OrderProfile]:
-    """A new order's terms when the request names no certificate to replace: the one it
-    renews (the tenant's newest live certificate for exactly `domains`, or None) and its
-    profile and deadline as `order_profile` chooses them, from one read. Blocking: call in a
-    thread, outside any write transaction."""
-    with sessions() as session:
-        rows = session.execute(
-            _DEFAULT_AND_CANDIDATES,
-            {"b_tenant_id": tenant_id, "b_name": renewal_key(domains)},
-        ).all()
-    renews = renewed_among(rows, domains)
-    renewed = next((row for row in rows if renews is not None and row.id == renews), None)
-    inherited = renewed.profile if renewed is not None and renewed.issuer == issuer else None
-    default = rows[0].default_profile if rows else None
-    return renews, choose_profile(
-        catalog,
-        tenant_id=tenant_id,
-        issuer=issuer,
-        requested=requested,
-        stored=(inherited, default),
         renews=renews,
         deadline_seconds=deadline_seconds,
     )
@@ -147,17 +125,17 @@ def choose_profile(
     stored: tuple[str | None, str | None],
     renews: int | None,
     deadline_seconds: int,
-) -> OrderProfile:
+) -> OrderTerms:
     """The module's rule, given what is stored: `stored` is (the renewed certificate's
     profile if it came from `issuer`, the tenant's default)."""
     if requested is not None:
         if catalog is None:
             raise InvalidRequest(NOT_CHECKED)
-        return _with_deadline(catalog.check(issuer, requested), deadline_seconds)
+        return _with_deadline(renews, catalog.check(issuer, requested), deadline_seconds)
     inherited, default = stored
     if inherited is not None:
         if _offered(catalog, issuer, inherited):
-            return _with_deadline(inherited, deadline_seconds)
+            return _with_deadline(renews, inherited, deadline_seconds)
         if catalog is not None:
             log.warning(
                 "tenant %s: issuer %s no longer offers profile %r of certificate %s; its "
@@ -169,8 +147,23 @@ def choose_profile(
                 f"the tenant's default {default!r}" if default else "the CA's default",
             )
     if default is None:
-        return OrderProfile(None, deadline_seconds)
-    return _with_deadline(_checked_default(catalog, issuer, default), deadline_seconds)
+        return OrderTerms(renews, None, deadline_seconds)
+    return _with_deadline(renews, _checked_default(catalog, issuer, default), deadline_seconds)
+
+
+def _renewal_and_stored_choices(
+    sessions: sessionmaker[Session], tenant_id: int, issuer: str, domains: list[str]
+) -> tuple[int | None, tuple[str | None, str | None]]:
+    """The certificate a new order for `domains` renews (the tenant's newest live one for
+    exactly these names, or None) and what `_stored_choices` reads, in one read."""
+    with sessions() as session:
+        row = session.execute(
+            _DEFAULT_AND_RENEWED, {"b_tenant_id": tenant_id, **renewal_parameters(domains)}
+        ).first()
+    if row is None or row.id is None:
+        return None, (None, None if row is None else row.default_profile)
+    inherited = row.profile if row.issuer == issuer else None
+    return int(row.id), (inherited, row.default_profile)
 
 
 def _stored_choices(
@@ -208,8 +201,8 @@ def _checked_default(catalog: ProfileCatalog | None, issuer: str, profile: str) 
     )
 
 
-def _with_deadline(profile: str, deadline_seconds: int) -> OrderProfile:
+def _with_deadline(renews: int | None, profile: str, deadline_seconds: int) -> OrderTerms:
     if profile in SHORT_AUTHORIZATION_PROFILES:
         # Pending authorizations live one hour: finish within it, or fail and start over.
         deadline_seconds = min(deadline_seconds, SHORT_PROFILE_DEADLINE_SECONDS)
-    return OrderProfile(profile, deadline_seconds)
+    return OrderTerms(renews, profile, deadline_seconds)

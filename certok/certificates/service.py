@@ -13,11 +13,10 @@ Statuses are derived at read time from the record and `now`:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from certok.crypto import SecretBox, order_key_owner
@@ -253,39 +252,36 @@ def revocation_settled(session: Session, tenant_id: int, certificate_id: int) ->
     return row.revoked_at is not None or row.revoke_requested_at is None
 
 
-# The tenant's live certificates that carry a name, newest first (an apply for exactly their
-# names renews the newest of them: `renewed_among`): built once, every new order reads it
-# (certok/certificates/order_profile.py).
-RENEWAL_CANDIDATES = (
-    select(_C.c.id, _C.c.domains, _C.c.profile, _C.c.issuer)
+# The certificate a new order renews: the tenant's newest live (not revoked, not replaced)
+# certificate whose names are exactly the order's (`renewal_parameters`); built once, every
+# new order reads it (certok/certificates/order_profile.py). Through the names' indexes: the
+# (tenant, name) index finds the certificates carrying one of the names, and each one's names
+# (its certificate_id index) must be as many as the order's, none of them another; so any
+# number of the tenant's other certificates sharing that name, expired or live, do not hide
+# it.
+_ITS_NAMES = _NAMES.alias("its_names")
+RENEWED_CERTIFICATE = (
+    select(_C.c.id, _C.c.profile, _C.c.issuer)
     .join(_NAMES, _NAMES.c.certificate_id == _C.c.id)
     .where(
         _NAMES.c.tenant_id == bindparam("b_tenant_id"),
         _NAMES.c.name == bindparam("b_name"),
         _C.c.revoked_at.is_(None),
         _C.c.replaced_by_id.is_(None),
+        select(func.count()).where(_ITS_NAMES.c.certificate_id == _C.c.id).scalar_subquery()
+        == bindparam("b_name_count"),
+        ~exists().where(
+            _ITS_NAMES.c.certificate_id == _C.c.id,
+            _ITS_NAMES.c.name.not_in(bindparam("b_names", expanding=True)),
+        ),
     )
     .order_by(_C.c.id.desc())
-    .limit(50)
+    .limit(1)
 )
 
 
-def renewal_key(domains: list[str]) -> str:
-    """The name `RENEWAL_CANDIDATES` looks certificates up by."""
-    return min(domains).lower()
-
-
-class _Candidate(Protocol):
-    @property
-    def id(self) -> Any: ...
-    @property
-    def domains(self) -> Any: ...
-
-
-def renewed_among(rows: Sequence[_Candidate], domains: list[str]) -> int | None:
-    """The first of `rows` (newest first) whose names are exactly `domains`, or None."""
-    wanted = sorted(domains)
-    for row in rows:
-        if row.id is not None and sorted(row.domains.split(",")) == wanted:
-            return int(row.id)
-    return None
+def renewal_parameters(domains: list[str]) -> dict[str, Any]:
+    """`RENEWED_CERTIFICATE`'s parameters for an order of `domains` (but the tenant's): the
+    names as certificates keep them (lower case), looked up by the smallest."""
+    names = sorted({domain.lower() for domain in domains})
+    return {"b_name": names[0], "b_names": names, "b_name_count": len(names)}

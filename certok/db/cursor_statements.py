@@ -1,19 +1,27 @@
-"""A hot Core statement, compiled once, run on the driver's cursor with typed values.
+"""A hot Core statement, compiled once, run on the driver's cursor.
 
 SQLAlchemy's work around each execution (looking the statement up in its compiled cache, the
-execution context, building the result) costs more certok CPU than psycopg's own round trip
-for a short statement. The worker's statements for each step of each order (the order's
-load, its lease-fenced saves, the challenge material's INSERT) and the DNS process's zone
-refresh pay it several times per order. `CursorStatement` compiles its statement once per
-dialect (and per length of an expanding IN list), and runs it on the DBAPI cursor
-(`certok.db.driver_statements.run_on_cursor`: the cursor events and SQLAlchemy's errors as
-from `execute`). Unlike `DriverSelect`, values keep their column types: parameters go through
-each bind's type (`UTCDateTime` stores naive UTC) and results through each column's
-(`UTCDateTime` reads aware UTC), so callers see what `Connection.execute` gives them.
+execution context, rendering an expanding IN, building the result) costs more certok CPU than
+the driver's own round trip for a short statement. The worker's statements for each step of
+each order (the order's load, its lease-fenced saves, the challenge material's INSERT), the
+DNS process's zone refresh and apply's read of polled codes pay it several times per order.
+`CursorStatement` compiles its statement once per dialect (and per length of each expanding
+IN list) and runs it on the DBAPI cursor through `Connection._cursor_execute`, SQLAlchemy's
+own path for statements its dialects run on a cursor: listeners of the cursor events see it,
+and a driver error is raised as `DBAPIError` with the connection invalidated on a disconnect,
+as from `execute`.
 
-Only where the driver takes named parameters (psycopg's `%(name)s`); on SQLite the statement
-runs through `Connection.execute` unchanged (its writes are batched, and its positional
-parameters would need another renderer for no measured gain).
+Its values are either typed (the default) or the driver's own:
+
+- typed: parameters go through each bind's type (`UTCDateTime` stores naive UTC) and results
+  through each column's (`UTCDateTime` reads aware UTC), so callers see what
+  `Connection.execute` gives them. Only where the driver takes named parameters (psycopg's
+  `%(name)s`); on SQLite the statement runs through `Connection.execute` unchanged (its writes
+  are batched, and the gain there was not measured).
+- `driver_values=True`: parameters go to the driver and results come back untouched (text for
+  SQLite's times, as `certok.db.models.base.untyped` columns give them everywhere else), on
+  every driver, positional parameters (SQLite's `?`) included: for a read whose every poll
+  counts, such as apply's read of polled codes.
 """
 
 from __future__ import annotations
@@ -27,8 +35,6 @@ from typing import Any
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.elements import BindParameter
-
-from certok.db.driver_statements import run_on_cursor
 
 _NAMED_PARAMSTYLES = ("pyformat", "named")
 Processor = Callable[[Any], Any] | None
@@ -56,6 +62,9 @@ class _Rendered:
     # (the caller's key, processor): expanding parameters, rendered as key_1, key_2, ...
     expanding: tuple[tuple[str, Processor], ...]
     results: tuple[Processor, ...]
+    # The parameters' names in the order the SQL takes them, where the driver's are
+    # positional; None where they are named.
+    positional: tuple[str, ...] | None
 
 
 _REQUIRED = object()
@@ -63,10 +72,12 @@ _REQUIRED = object()
 
 class CursorStatement:
     """`statement` (a SELECT, or an INSERT / UPDATE / DELETE with or without RETURNING, or a
-    `text()` with `.columns()`), run on the cursor where the driver takes named parameters."""
+    `text()` with `.columns()`), run on the cursor: typed values where the driver takes named
+    parameters, or the driver's values (`driver_values`) on every driver."""
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, driver_values: bool = False) -> None:
         self._statement: Any = statement
+        self._driver_values = driver_values
         columns = _returned_columns(statement)
         keys = [str(column.key) for column in columns] if columns else []
         self.row_type: Any = namedtuple("CursorRow", keys, rename=True) if keys else None
@@ -81,7 +92,7 @@ class CursorStatement:
 
     def run(self, connection: Connection, parameters: Mapping[str, Any]) -> StatementRows:
         dialect = connection.dialect
-        if dialect.paramstyle not in _NAMED_PARAMSTYLES:
+        if not self._driver_values and dialect.paramstyle not in _NAMED_PARAMSTYLES:
             result = connection.execute(self._statement, dict(parameters))
             rows = result.all() if result.returns_rows else []
             return StatementRows(rows, result.rowcount)
@@ -95,8 +106,11 @@ class CursorStatement:
         for key, process in rendered.expanding:
             for n, item in enumerate(parameters[key], 1):
                 values[f"{key}_{n}"] = process(item) if process is not None else item
+        sent: Any = values
+        if rendered.positional is not None:
+            sent = tuple([values[name] for name in rendered.positional])
         rows, rowcount = run_on_cursor(
-            connection, rendered.sql, values, fetch=self.row_type is not None
+            connection, rendered.sql, sent, fetch=self.row_type is not None
         )
         if not rows:
             return StatementRows([], rowcount)
@@ -135,24 +149,28 @@ class CursorStatement:
         else:
             compiled = self._statement.compile(dialect=dialect)
         columns = _returned_columns(self._statement) or []
+        typed = not self._driver_values
         rendered = _Rendered(
             sql=compiled.string,
             binds=tuple(
                 (
                     name,
                     str(bind.key),
-                    bind.type.bind_processor(dialect),
+                    bind.type.bind_processor(dialect) if typed else None,
                     _REQUIRED if bind.required else bind.effective_value,
                 )
                 for name, bind in binds.items()
                 if not bind.expanding
             ),
             expanding=tuple(
-                (str(bind.key), bind.type.bind_processor(dialect))
+                (str(bind.key), bind.type.bind_processor(dialect) if typed else None)
                 for bind in binds.values()
                 if bind.expanding
             ),
-            results=tuple(column.type.result_processor(dialect, None) for column in columns),
+            results=tuple(
+                column.type.result_processor(dialect, None) if typed else None for column in columns
+            ),
+            positional=tuple(compiled.positiontup or ()) if compiled.positional else None,
         )
         with self._lock:
             self._rendered[cache_key] = rendered
@@ -177,3 +195,23 @@ def _returned_columns(statement: Any) -> list[Any] | None:
         # An INSERT / UPDATE / DELETE: its RETURNING columns, if any.
         columns = getattr(statement, "exported_columns", None)
     return list(columns) if columns else None
+
+
+def run_on_cursor(
+    connection: Connection, sql: str, parameters: Any, *, fetch: bool
+) -> tuple[list[Any], int]:
+    """Run `sql` on a DBAPI cursor of `connection`: the rows (when `fetch`) and the rowcount."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        # SQLAlchemy's own way to run a statement on a cursor (its dialects' special cases use
+        # it): the cursor events, echo, and a driver error raised as its DBAPIError, the
+        # connection invalidated when the error is a disconnect.
+        connection._cursor_execute(cursor, sql, parameters)
+        try:
+            rows: list[Any] = list(cursor.fetchall()) if fetch else []
+        except Exception as error:
+            connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
+            raise  # not reached: the handler raises
+        return rows, int(cursor.rowcount)
+    finally:
+        cursor.close()

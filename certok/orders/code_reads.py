@@ -4,8 +4,8 @@
 process's cache needs the code's row and, once the code has an order, that order's view.
 Reading the codes of all polls waiting at one moment in one statement (`certok.api.apply_reads`
 gathers them) costs one round trip and one thread hop for the lot, instead of one of each per
-poll. The statement runs on the driver's cursor (`certok.db.driver_statements`): SQLAlchemy's
-work around an execution costs more than the read.
+poll. The statement runs on the driver's cursor with the driver's values
+(`certok.db.cursor_statements`): SQLAlchemy's work around an execution costs more than the read.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, case, select
 
 from certok.crypto import SecretBox
-from certok.db.driver_statements import DriverSelect
+from certok.db.cursor_statements import CursorStatement
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.db.models.base import stored_utc, untyped
 from certok.db.models.tenants import CODE_READ_INDEX
+from certok.db.sqlite_index_hints import indexed_by
 from certok.orders.service import VIEW_COLUMNS, OrderView, view_of_row
 
 _CODES = VerificationCode.__table__
 _ORDERS = Order.__table__
 _CERTIFICATES = Certificate.__table__
 
-_CODES_AND_ORDERS = (
+# SQLite, without statistics, takes the code's unique index (one row, then a table page for
+# the code's other columns); this index holds every column read of the code.
+_CODES_AND_ORDERS = indexed_by(
     select(
         _CODES.c.code,
         _CODES.c.tenant_id,
@@ -44,11 +47,11 @@ _CODES_AND_ORDERS = (
             _CERTIFICATES, _CERTIFICATES.c.order_id == _ORDERS.c.id
         )
     )
-    .where(_CODES.c.code.in_(bindparam("b_codes", expanding=True)))
+    .where(_CODES.c.code.in_(bindparam("b_codes", expanding=True))),
+    _CODES,
+    CODE_READ_INDEX,
 )
-# SQLite, without statistics, takes the code's unique index (one row, then a table page for
-# the code's other columns); this index holds every column read of the code.
-_READ_CODES = DriverSelect(_CODES_AND_ORDERS, "b_codes", sqlite_index=(_CODES, CODE_READ_INDEX))
+_READ_CODES = CursorStatement(_CODES_AND_ORDERS, driver_values=True)
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def read_codes(
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
-    rows = _READ_CODES.run(connection, list(asking))
+    rows = _READ_CODES.run(connection, {"b_codes": list(asking)}).rows
     return [
         CodeRead(
             code=row.code,

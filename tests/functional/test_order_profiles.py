@@ -159,6 +159,23 @@ def test_a_default_the_issuer_does_not_offer_is_refused_on_every_path(
     assert order_count(harness) == 0
 
 
+def test_a_named_replaces_is_what_the_order_renews_whatever_its_names(
+    store: Store, tmp_path: Path, directory: Directory
+) -> None:
+    for harness in harness_with(store, tmp_path, directory):
+        harness.delegate("alpha", "www.customer.test", "a.customer.test")
+        set_default(harness, "tlsserver")
+        assert_ok(post_apply(harness, "a.customer.test"))
+        harness.issue_pending_orders()
+        with harness.store.sessions() as session:
+            named = session.scalars(select(Certificate)).one()
+        set_default(harness, "classic")
+        answer = get_apply(harness, "www.customer.test", replaces=str(named.id))
+        assert answer.status_code == 200, answer.text
+        order = newest_order(harness)
+        assert (order.replaces_certificate_id, order.profile) == (named.id, "tlsserver")
+
+
 def test_a_renewal_keeps_the_profile_of_the_certificate_it_renews(
     store: Store, tmp_path: Path, directory: Directory
 ) -> None:

@@ -1,6 +1,7 @@
-"""`DriverSelect` (certok/db/driver_statements.py) on both databases: the same rows as
-SQLAlchemy's own execution, seen by the cursor events, and a lost connection reported and
-dropped as `Connection.execute` would."""
+"""`CursorStatement` (certok/db/cursor_statements.py) with the driver's values, on both
+databases: the same rows as SQLAlchemy's own execution, with the driver's values, parameters
+in the order the SQL takes them where the driver's are positional, seen by the cursor events,
+and a lost connection reported and dropped as `Connection.execute` would."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.exc import DBAPIError
 
-from certok.db.driver_statements import DriverSelect
+from certok.db.cursor_statements import CursorStatement
 from certok.db.engine import opened, transaction
 from certok.db.models import VerificationCode
 from certok.persistence import Store
@@ -43,9 +44,9 @@ def _stored_codes(store: Store, count: int) -> list[str]:
 def test_the_rows_are_sqlalchemys_with_the_drivers_values(store: Store, count: int) -> None:
     codes = _stored_codes(store, 10)
     wanted = [*codes[:count], "not-stored"]
-    driver = DriverSelect(_BY_CODE, "b_codes")
+    driver = CursorStatement(_BY_CODE, driver_values=True)
     with opened(store.sessions).read_connection() as connection:
-        rows = driver.run(connection, wanted)
+        rows = driver.run(connection, {"b_codes": wanted}).rows
         typed = connection.execute(_BY_CODE, {"b_codes": wanted}).all()
     assert sorted(row.code for row in rows) == sorted(codes[:count])
     by_code = {row.code: row for row in typed}
@@ -71,7 +72,7 @@ def test_listeners_of_the_cursor_events_see_the_statement(store: Store) -> None:
     event.listen(store.engine, "before_cursor_execute", note)
     try:
         with opened(store.sessions).read_connection() as connection:
-            DriverSelect(_BY_CODE, "b_codes").run(connection, codes)
+            CursorStatement(_BY_CODE, driver_values=True).run(connection, {"b_codes": codes})
     finally:
         event.remove(store.engine, "before_cursor_execute", note)
     [(statement, parameters)] = seen
@@ -79,16 +80,31 @@ def test_listeners_of_the_cursor_events_see_the_statement(store: Store) -> None:
     assert sorted(parameters.values() if isinstance(parameters, dict) else parameters) == codes
 
 
-def test_a_statement_with_another_parameter_is_refused() -> None:
-    with pytest.raises(ValueError, match="b_codes must be the statement's only parameter"):
-        DriverSelect(_BY_CODE.where(_CODES.c.tenant_id == 5), "b_codes")
+def test_parameters_around_the_expanding_one_go_where_the_sql_takes_them(store: Store) -> None:
+    codes = _stored_codes(store, 4)
+    with opened(store.sessions).read_connection() as connection:
+        tenant_id = connection.execute(select(_CODES.c.tenant_id).distinct()).scalar_one()
+    statement = select(_CODES.c.code).where(
+        _CODES.c.domains != bindparam("b_before"),
+        _CODES.c.code.in_(bindparam("b_codes", expanding=True)),
+        _CODES.c.tenant_id == bindparam("b_tenant"),
+    )
+    driver = CursorStatement(statement, driver_values=True)
+    with opened(store.sessions).read_connection() as connection:
+        rows = driver.run(
+            connection,
+            {"b_before": "n1.example.com", "b_codes": codes[:3], "b_tenant": tenant_id},
+        ).rows
+        with pytest.raises(KeyError, match="b_tenant"):
+            driver.run(connection, {"b_before": "x", "b_codes": codes})
+    assert sorted(row.code for row in rows) == [codes[0], codes[2]]
 
 
 def test_a_lost_connection_is_raised_as_sqlalchemys_and_dropped(store: Store) -> None:
     if store.engine.dialect.name != "postgresql":
         pytest.skip("a server that can drop the connection: PostgreSQL")
     codes = _stored_codes(store, 1)
-    driver = DriverSelect(_BY_CODE, "b_codes")
+    driver = CursorStatement(_BY_CODE, driver_values=True)
     factory = opened(store.sessions)
     with factory.read_connection() as connection:
         backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
@@ -96,8 +112,8 @@ def test_a_lost_connection_is_raised_as_sqlalchemys_and_dropped(store: Store) ->
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
             other.commit()
         with pytest.raises(DBAPIError) as raised:
-            driver.run(connection, codes)
+            driver.run(connection, {"b_codes": codes})
     assert raised.value.connection_invalidated
     # The pool made a new connection: the next read works.
     with factory.read_connection() as connection:
-        assert [row.code for row in driver.run(connection, codes)] == codes
+        assert [row.code for row in driver.run(connection, {"b_codes": codes}).rows] == codes
