@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Scope
 
 from certok.api.batched_reads import BatchedReads
-from certok.api.order_answers import encoded_issued_data
+from certok.api.order_answers import encoded_issued_data, encoded_issued_row
 from certok.crypto import SecretBox
 from certok.db.engine import APPLY_READ_THREADS, opened
 from certok.order_states import ISSUED
 from certok.orders.code_reads import CodeRead, read_codes
+from certok.orders.service import issued_key_pem
 
 # Where the fast path leaves what it read for the full route, in the request's state.
 _PREFETCHED = "certok.apply_code"
@@ -52,14 +53,20 @@ class ApplyReads:
         with opened(self._sessions).read_connection() as connection:
             reads = read_codes(connection, wanted, self._box)
         return {
-            (read.tenant_id, read.code): CodeAnswer(read, _issued_answer(read)) for read in reads
+            (read.tenant_id, read.code): CodeAnswer(read, _issued_answer(read, self._box))
+            for read in reads
         }
 
 
-def _issued_answer(read: CodeRead) -> bytes | None:
-    if read.view is None or read.view.status != ISSUED:
+def _issued_answer(read: CodeRead, box: SecretBox) -> bytes | None:
+    order = read.order_row
+    if order is None or order.state != ISSUED:
         return None
-    return encoded_issued_data(read.view)
+    key_pem = issued_key_pem(order, box)
+    if key_pem is None:  # issued without its certificate or key: as its view shows it
+        assert read.view is not None
+        return encoded_issued_data(read.view)
+    return encoded_issued_row(order, key_pem)
 
 
 def leave_for_route(scope: Scope, code: str, read: CodeRead | None) -> None:
