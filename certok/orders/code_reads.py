@@ -57,9 +57,8 @@ _READ_CODES = DriverSelect(_CODES_AND_ORDERS, "b_codes", sqlite_index=(_CODES, C
 class CodeRead:
     """A stored verification code, as apply needs it: whose it is, and its order if any.
 
-    What is not needed for every poll is made from the row only when asked for: a poll of an
-    issued code is answered from the row itself (`certok.api.apply_reads`), so its expiry is
-    never parsed nor its view built."""
+    Its expiry and view are made from the row only when asked for: a poll of an issued code
+    is answered from the row itself (`certok.api.apply_reads`), and needs neither."""
 
     code: str
     tenant_id: int
@@ -82,11 +81,6 @@ class CodeRead:
         the code has no order, or when its order row is gone."""
         return None if self.row.id is None else view_of_row(self.row, self.box)
 
-    @property
-    def order_row(self) -> Any | None:
-        """The order's columns (`VIEW_COLUMNS`) as read; None as for `view`."""
-        return None if self.row.id is None else self.row
-
 
 def read_codes(
     connection: Connection, wanted: Sequence[tuple[int, str]], box: SecretBox
@@ -94,21 +88,28 @@ def read_codes(
     """The stored codes among `wanted` ((tenant id, code) pairs) that are their tenant's, with
     their orders' rows. A code that is not stored, or is another tenant's, is left out (and
     its order's key is never decrypted); the caller decides what that means."""
+    return [code_read(row, box) for row in read_code_rows(connection, wanted)]
+
+
+def read_code_rows(connection: Connection, wanted: Sequence[tuple[int, str]]) -> list[Any]:
+    """`read_codes`' rows, as the driver gives them (`code_read` makes a `CodeRead` of one):
+    for a caller that answers an issued code from its row alone."""
     if not wanted:
         return []
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
     rows = _READ_CODES.run(connection, list(asking))
-    return [
-        CodeRead(
-            code=row.code,
-            tenant_id=row.tenant_id,
-            order_id=row.order_id,
-            domains=row.code_domains,
-            row=row,
-            box=box,
-        )
-        for row in rows
-        if row.tenant_id in asking.get(row.code, ())
-    ]
+    return [row for row in rows if row.tenant_id in asking.get(row.code, ())]
+
+
+def code_read(row: Any, box: SecretBox) -> CodeRead:
+    """The `CodeRead` of a row of `read_code_rows`."""
+    return CodeRead(
+        code=row.code,
+        tenant_id=row.tenant_id,
+        order_id=row.order_id,
+        domains=row.code_domains,
+        row=row,
+        box=box,
+    )
