@@ -10,28 +10,26 @@ again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Scope
 
 from certok.api.batched_reads import BatchedReads
-from certok.api.order_answers import encoded_issued_data
+from certok.api.order_answers import encoded_issued_data, encoded_issued_row
 from certok.crypto import SecretBox
 from certok.db.engine import APPLY_READ_THREADS, opened
 from certok.order_states import ISSUED
-from certok.orders.code_reads import CodeRead, read_codes
+from certok.orders.code_reads import CodeRead, code_read, read_code_rows
+from certok.orders.service import issued_key_pem, view_of_row
 
 # Where the fast path leaves what it read for the full route, in the request's state.
 _PREFETCHED = "certok.apply_code"
 
 
-@dataclass(frozen=True)
-class CodeAnswer:
-    """A stored code as read, and its order's issued answer (the data, encoded) if issued."""
-
-    read: CodeRead
-    issued_answer: bytes | None
+# What a read finds of a stored code: its order's issued answer (the data, encoded), or what
+# the full route needs of a code that is not issued.
+CodeAnswer = bytes | CodeRead
 
 
 class ApplyReads:
@@ -50,16 +48,18 @@ class ApplyReads:
 
     def _read(self, wanted: Sequence[tuple[int, str]]) -> dict[tuple[int, str], CodeAnswer]:
         with opened(self._sessions).read_connection() as connection:
-            reads = read_codes(connection, wanted, self._box)
-        return {
-            (read.tenant_id, read.code): CodeAnswer(read, _issued_answer(read)) for read in reads
-        }
+            rows = read_code_rows(connection, wanted)
+        return {(row.tenant_id, row.code): self._answer(row) for row in rows}
 
-
-def _issued_answer(read: CodeRead) -> bytes | None:
-    if read.view is None or read.view.status != ISSUED:
-        return None
-    return encoded_issued_data(read.view)
+    def _answer(self, row: Any) -> CodeAnswer:
+        # An issued code is answered from its row: no view, no datetimes (`encoded_issued_row`).
+        if row.id is not None and row.state == ISSUED:
+            key_pem = issued_key_pem(row, self._box)
+            if key_pem is not None:
+                return encoded_issued_row(row, key_pem)
+            # Issued without its certificate or key: answered as its view shows it.
+            return encoded_issued_data(view_of_row(row, self._box))
+        return code_read(row, self._box)
 
 
 def leave_for_route(scope: Scope, code: str, read: CodeRead | None) -> None:

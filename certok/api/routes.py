@@ -254,10 +254,10 @@ class _HttpsokApi:
         answer = self.services.issued.get((tenant.id, code))
         if answer is None:
             found = await self.code_reads.get(tenant.id, code)
-            if found is None or found.issued_answer is None:
-                leave_for_route(scope, code, None if found is None else found.read)
+            if not isinstance(found, bytes):  # not issued, not stored, or another tenant's
+                leave_for_route(scope, code, found)
                 return None
-            answer = found.issued_answer
+            answer = found
             self.services.issued.put((tenant.id, code), answer)
         try:
             # Last: the one check that takes something. A refusal takes nothing, so the full

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, select
 
@@ -56,41 +58,61 @@ _READ_CODES = CursorStatement(_CODES_AND_ORDERS, driver_values=True)
 
 @dataclass(frozen=True)
 class CodeRead:
-    """A stored verification code, as apply needs it: whose it is, and its order if any."""
+    """A stored verification code, as apply needs it: whose it is, and its order if any.
+
+    Its expiry and view are made from the row only when asked for: a poll of an issued code
+    is answered from the row itself (`certok.api.apply_reads`), and needs neither."""
 
     code: str
     tenant_id: int
     order_id: int | None
-    expires_at: dt.datetime
     # The names the code verified (comma-separated), what a first redemption orders; None
     # once the code has an order (its view has them).
     domains: str | None
-    # The order's view (certificate and decrypted key included once issued); None while the
-    # code has no order, or when its order row is gone.
-    view: OrderView | None
+    # The row as read (the driver's values, times as stored) and the box its key opens with.
+    row: Any = field(repr=False, compare=False)
+    box: SecretBox = field(repr=False, compare=False)
+
+    @cached_property
+    def expires_at(self) -> dt.datetime:
+        expires: dt.datetime = stored_utc(self.row.expires_at)
+        return expires
+
+    @cached_property
+    def view(self) -> OrderView | None:
+        """The order's view (certificate and decrypted key included once issued); None while
+        the code has no order, or when its order row is gone."""
+        return None if self.row.id is None else view_of_row(self.row, self.box)
 
 
 def read_codes(
     connection: Connection, wanted: Sequence[tuple[int, str]], box: SecretBox
 ) -> list[CodeRead]:
     """The stored codes among `wanted` ((tenant id, code) pairs) that are their tenant's, with
-    their orders' views. A code that is not stored, or is another tenant's, is left out (and
-    its order's key is not decrypted); the caller decides what that means."""
+    their orders' rows. A code that is not stored, or is another tenant's, is left out (and
+    its order's key is never decrypted); the caller decides what that means."""
+    return [code_read(row, box) for row in read_code_rows(connection, wanted)]
+
+
+def read_code_rows(connection: Connection, wanted: Sequence[tuple[int, str]]) -> list[Any]:
+    """`read_codes`' rows, as the driver gives them (`code_read` makes a `CodeRead` of one):
+    for a caller that answers an issued code from its row alone."""
     if not wanted:
         return []
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
     rows = _READ_CODES.run(connection, {"b_codes": list(asking)}).rows
-    return [
-        CodeRead(
-            code=row.code,
-            tenant_id=row.tenant_id,
-            order_id=row.order_id,
-            expires_at=stored_utc(row.expires_at),
-            domains=row.code_domains,
-            view=None if row.id is None else view_of_row(row, box),
-        )
-        for row in rows
-        if row.tenant_id in asking.get(row.code, ())
-    ]
+    return [row for row in rows if row.tenant_id in asking.get(row.code, ())]
+
+
+def code_read(row: Any, box: SecretBox) -> CodeRead:
+    """The `CodeRead` of a row of `read_code_rows`."""
+    return CodeRead(
+        code=row.code,
+        tenant_id=row.tenant_id,
+        order_id=row.order_id,
+        domains=row.code_domains,
+        row=row,
+        box=box,
+    )

@@ -227,12 +227,27 @@ def view_order(session: Session, order_id: int, box: SecretBox) -> OrderView:
     return view_of_row(order, box)
 
 
+def issued_key_pem(order: Row[*tuple[Any, ...]] | FinishedRow, box: SecretBox) -> str | None:
+    """The decrypted private key of an order read with `VIEW_COLUMNS` that is issued with its
+    certificate and key; None for any other order (its view shows no certificate)."""
+    if order.state != ISSUED or not order.certificate_pem or not order.key_encrypted:
+        return None
+    return box.decrypt(order.key_encrypted, order_key_owner(order.id)).decode("ascii")
+
+
+def issued_subject(order: Row[*tuple[Any, ...]] | FinishedRow) -> str:
+    """An issued order's subject: as kept at issue, else parsed from the certificate (orders
+    issued before the column was kept)."""
+    return order.subject or certificate_subject(order.certificate_pem or "")
+
+
 def view_of_row(order: Row[*tuple[Any, ...]] | FinishedRow, box: SecretBox) -> OrderView:
     """The view of an order read with `VIEW_COLUMNS` (or handed on by the save that finished
     it, certok/orders/finished_row.py): its subject and decrypted key too
     once it is issued (the subject parsed from the certificate for orders issued before
     the column was kept)."""
-    if order.state != ISSUED or not order.certificate_pem or not order.key_encrypted:
+    key_pem = issued_key_pem(order, box)
+    if key_pem is None:
         return OrderView(
             id=order.id,
             status=order.state,
@@ -240,14 +255,13 @@ def view_of_row(order: Row[*tuple[Any, ...]] | FinishedRow, box: SecretBox) -> O
             domains=order.domains,
             reason=order.reason,
         )
-    key_pem = box.decrypt(order.key_encrypted, order_key_owner(order.id)).decode("ascii")
     return OrderView(
         id=order.id,
         status=order.state,
         issuer=order.issuer,
         domains=order.domains,
         reason=None,
-        subject=order.subject or certificate_subject(order.certificate_pem),
+        subject=issued_subject(order),
         not_before=stored_utc(order.not_before),
         not_after=stored_utc(order.not_after),
         certificate=order.certificate_pem,

@@ -22,6 +22,7 @@ from certok.api.caches import TtlCache, token_key
 from certok.crypto import SecretBox, generate_private_key, private_key_to_pem
 from certok.db.engine import transaction
 from certok.db.models import Order, VerificationCode
+from certok.orders import service
 from certok.orders.codes import issue_code
 from certok.orders.service import order_key_owner
 from certok.persistence import Store
@@ -162,6 +163,27 @@ def test_an_uncached_issued_answer_takes_one_from_the_limit_too(cached_api: Cach
     before = len(cached_api.full_route)
     assert_error(cached_api.poll(), 429, "at most 2 a minute", "retry in")
     assert len(cached_api.full_route) == before + 1
+
+
+def test_an_uncached_issued_answer_is_made_from_the_row_without_a_view(
+    cached_api: CachedApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every poll of an issued code past the cache lands here: the order's view (its times
+    # parsed, only to be written back as text) is not built for it.
+    def no_view(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an issued code's answer built the order's view")
+
+    cached_api.services.issued.discard((cached_api.tenant_id, cached_api.code))
+    before = len(cached_api.full_route)
+    with monkeypatch.context() as patched:
+        patched.setattr(service, "OrderView", no_view)
+        answer = cached_api.poll()
+    assert answer.status_code == 200
+    assert answer.json()["data"]["status"] == "issued"
+    assert answer.json()["data"]["notBefore"] == "2026-01-02 00:00:00"
+    assert len(cached_api.full_route) == before
+    # The same answer as the one cached from it, then served again.
+    assert _without_trace(cached_api.poll().text) == _without_trace(answer.text)
 
 
 @contextmanager

@@ -4,14 +4,27 @@
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import DateTime
+from sqlalchemy.dialects import sqlite
 from starlette.responses import JSONResponse
 
-from certok.api.order_answers import encoded_issued_data, order_data
+from certok.api.order_answers import (
+    _time_text,
+    encoded_issued_data,
+    encoded_issued_row,
+    order_data,
+    stored_time_text,
+)
+from certok.crypto import SecretBox, generate_private_key, order_key_owner, private_key_to_pem
+from certok.db.models.base import stored_utc
 from certok.order_states import ISSUED
-from certok.orders.service import OrderView
+from certok.orders.service import OrderView, issued_key_pem, view_of_row
+from tests.kit.certs import self_signed_pem
 
 _TIMES = st.datetimes(
     min_value=dt.datetime(1000, 1, 1),
@@ -83,3 +96,75 @@ def test_a_typical_answer_reads_as_the_seed_shows_it() -> None:
         b'"certificate":"-----BEGIN CERTIFICATE-----\\nMII\\n-----END CERTIFICATE-----\\n",'
         b'"privateKey":"-----BEGIN EC PRIVATE KEY-----\\n\\"\\\\\\n","id":42,"renewAt":null}'
     )
+
+
+# A time as SQLite stores a DATETIME column ("%Y-%m-%d %H:%M:%S.%f"), read back `untyped`.
+def _sqlite_stored(when: dt.datetime) -> str:
+    dialect = sqlite.dialect()
+    processor = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    return str(processor(when))
+
+
+_NAIVE_TIMES = st.datetimes(min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31))
+_KEY = generate_private_key("ECC")
+_CERTIFICATE = self_signed_pem(_KEY, ["cn.example.com", "other.example.com"], serial=3)
+
+
+@given(when=_NAIVE_TIMES)
+def test_a_stored_time_reads_as_its_datetime_would(when: dt.datetime) -> None:
+    # SQLite's text, cut without parsing it, and PostgreSQL's naive datetime alike.
+    stored_text = _sqlite_stored(when)
+    assert stored_time_text(stored_text) == _time_text(stored_utc(stored_text))
+    assert stored_time_text(when) == _time_text(stored_utc(when))
+    # Text in any other form is parsed, as before.
+    other = when.isoformat()
+    assert stored_time_text(other) == _time_text(stored_utc(other))
+    assert stored_time_text(None) is None
+
+
+@given(
+    issuer=_TEXT,
+    subject=st.none() | _TEXT,
+    domains=_TEXT,
+    not_before=st.none() | _NAIVE_TIMES,
+    not_after=st.none() | _NAIVE_TIMES,
+    certificate_id=st.none() | st.integers(min_value=1, max_value=2**63 - 1),
+    renew_at=st.none() | _NAIVE_TIMES,
+    times_as_text=st.booleans(),
+)
+def test_an_issued_row_answers_as_its_view(
+    issuer: str,
+    subject: str | None,
+    domains: str,
+    not_before: dt.datetime | None,
+    not_after: dt.datetime | None,
+    certificate_id: int | None,
+    renew_at: dt.datetime | None,
+    times_as_text: bool,
+) -> None:
+    """apply's answer made from an issued order's row is its view's, byte for byte, with the
+    times as SQLite's text or PostgreSQL's datetimes, and the subject kept or parsed."""
+    box = SecretBox(b"k" * 32)
+
+    def stored(when: dt.datetime | None) -> str | dt.datetime | None:
+        return _sqlite_stored(when) if times_as_text and when is not None else when
+
+    # The row as the driver gives it: attributes named as VIEW_COLUMNS are.
+    row: Any = SimpleNamespace(
+        id=9,
+        state=ISSUED,
+        issuer=issuer,
+        domains=domains,
+        reason=None,
+        not_before=stored(not_before),
+        not_after=stored(not_after),
+        certificate_pem=_CERTIFICATE,
+        subject=subject,
+        key_encrypted=box.encrypt(private_key_to_pem(_KEY).encode(), order_key_owner(9)),
+        certificate_id=certificate_id,
+        renew_at=stored(renew_at),
+    )
+    key_pem = issued_key_pem(row, box)
+    assert key_pem == private_key_to_pem(_KEY)
+    assert encoded_issued_row(row, key_pem) == encoded_issued_data(view_of_row(row, box))
