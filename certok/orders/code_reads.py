@@ -81,7 +81,7 @@ def read_codes(
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
-    rows = _READ_CODES.run(connection, {"b_codes": list(asking)}).rows
+    rows = _READ_CODES.rows(connection, {"b_codes": list(asking)})
     return [
         CodeRead(
             code=row.code,
