@@ -102,7 +102,7 @@ def read_code_rows(connection: Connection, wanted: Sequence[tuple[int, str]]) ->
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
-    rows = _READ_CODES.run(connection, {"b_codes": list(asking)}).rows
+    rows = _READ_CODES.rows(connection, {"b_codes": list(asking)})
     return [row for row in rows if row.tenant_id in asking.get(row.code, ())]
 
 
