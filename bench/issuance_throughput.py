@@ -1,7 +1,7 @@
 """Sustained issuance rate with many orders in flight: certok next to the floor, same Pebble.
 
     python bench/issuance_throughput.py [--orders 600] [--in-flight 200] [--names 200]
-                                        [--worker-threads 32] [--worker-max-orders 400]
+                                        [--worker-threads 8] [--worker-max-orders 400]
                                         [--processes 3] [--postgres URL]
                                         [--rounds 1] [--json FILE]
 
@@ -836,7 +836,9 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=600, help="orders per client (600)")
     parser.add_argument("--in-flight", type=int, default=200, help="orders in flight (200)")
     parser.add_argument("--names", type=int, default=200, help="distinct names (200)")
-    parser.add_argument("--worker-threads", type=int, default=32, help="certok (32)")
+    parser.add_argument(
+        "--worker-threads", type=int, default=8, help="certok (8, certok's default)"
+    )
     parser.add_argument("--worker-max-orders", type=int, default=400, help="certok (400)")
     parser.add_argument(
         "--processes", type=int, default=3, help="certok: 1 DNS + N-1 API/worker processes (3)"
