@@ -264,12 +264,14 @@ def _and_wake(
     finished: Callable[[int, FinishedRow | None], None], wake: Callable[[], None]
 ) -> Callable[[int, FinishedRow | None], None]:
     """An order finished: tell the held apply requests (with what its last save wrote, when
-    known), and the delivery worker (its certificate.issued/failed rows were committed with
-    the order's end)."""
+    known), and the delivery worker when the order's end queued deliveries (its
+    certificate.issued/failed rows were committed with it) or when that is not known. A
+    wake claims in a transaction of its own: under load most orders queue none."""
 
     def both(order_id: int, row: FinishedRow | None) -> None:
         finished(order_id, row)
-        wake()
+        if row is None or row.deliveries_queued != 0:
+            wake()
 
     return both
 

@@ -18,7 +18,8 @@ from starlette.types import Scope
 from certok.api.batched_reads import BatchedReads
 from certok.api.order_answers import encoded_issued_data, encoded_issued_row
 from certok.crypto import SecretBox
-from certok.db.engine import APPLY_READ_THREADS, opened
+from certok.db.engine import APPLY_READ_THREADS
+from certok.db.held_reads import HeldReads
 from certok.order_states import ISSUED
 from certok.orders.code_reads import CodeRead, code_read, read_code_rows
 from certok.orders.service import issued_key_pem, view_of_row
@@ -37,17 +38,18 @@ class ApplyReads:
     stored or is another tenant's."""
 
     def __init__(self, sessions: sessionmaker[Session], box: SecretBox) -> None:
-        self._sessions = sessions
         self._box = box
         self._batches: BatchedReads[tuple[int, str], CodeAnswer] = BatchedReads(
             self._read, max_running=APPLY_READ_THREADS
         )
+        # One kept connection per batch that may run at once (certok.db.held_reads).
+        self._connections = HeldReads(sessions, most=APPLY_READ_THREADS)
 
     async def get(self, tenant_id: int, code: str) -> CodeAnswer | None:
         return await self._batches.get((tenant_id, code))
 
     def _read(self, wanted: Sequence[tuple[int, str]]) -> dict[tuple[int, str], CodeAnswer]:
-        with opened(self._sessions).read_connection() as connection:
+        with self._connections.connection() as connection:
             rows = read_code_rows(connection, wanted)
         return {(row.tenant_id, row.code): self._answer(row) for row in rows}
 

@@ -34,6 +34,8 @@ from certok.certificates.profiles import (
     ProfileCatalog,
 )
 from certok.certificates.service import RENEWED_CERTIFICATE, renewal_parameters
+from certok.db.cursor_statements import CursorStatement
+from certok.db.engine import opened
 from certok.db.models import Certificate, Tenant
 from certok.errors import InvalidRequest
 
@@ -52,7 +54,9 @@ _RENEWED_CERTIFICATE = RENEWED_CERTIFICATE.subquery("renewed")
 # The tenant's default profile and the certificate a new order for some names renews, in one
 # read: one row, with NULL certificate columns when it renews none (no row at all for an
 # unknown tenant).
-_DEFAULT_AND_RENEWED = (
+# On the driver's cursor (certok.db.cursor_statements): it runs for every new order, and
+# SQLAlchemy's work around an execution through a session cost more than the read.
+_DEFAULT_AND_RENEWED = CursorStatement(
     select(
         _TENANTS.c.default_profile,
         _RENEWED_CERTIFICATE.c.id,
@@ -156,9 +160,9 @@ def _renewal_and_stored_choices(
 ) -> tuple[int | None, tuple[str | None, str | None]]:
     """The certificate a new order for `domains` renews (the tenant's newest live one for
     exactly these names, or None) and what `_stored_choices` reads, in one read."""
-    with sessions() as session:
-        row = session.execute(
-            _DEFAULT_AND_RENEWED, {"b_tenant_id": tenant_id, **renewal_parameters(domains)}
+    with opened(sessions).read_connection() as connection:
+        row = _DEFAULT_AND_RENEWED.run(
+            connection, {"b_tenant_id": tenant_id, **renewal_parameters(domains)}
         ).first()
     if row is None or row.id is None:
         return None, (None, None if row is None else row.default_profile)

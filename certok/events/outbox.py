@@ -6,6 +6,12 @@ neither does, and a kill -9 at any moment loses no event and invents none. One r
 destination: each of the tenant's enabled endpoints that wants the type, plus a notifyUrl
 when one is given. The delivery worker (`certok.events.delivery`) sends them.
 
+An order's end with nobody to tell (no notifyUrl, no enabled endpoint of its tenant, as the
+worker's step read the order when it began: `notifies` in `certok.orders.rows`) runs without
+this hook, so the issuing save stays one statement on PostgreSQL. An endpoint enabled in the
+moment between that read and the order's end misses its event, as one enabled a moment
+after the end would.
+
 Functions here take a Connection and plain arguments: they run in the writer process of a
 multi-process node too.
 """
@@ -161,12 +167,13 @@ _FINISHED = (
 )
 
 
-def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> None:
+def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> int:
     """In the transaction that ends an order: `certificate.issued` or `certificate.failed`
-    for the tenant's endpoints, and the outcome for the order's notifyUrl if it has one."""
+    for the tenant's endpoints, and the outcome for the order's notifyUrl if it has one.
+    Returns the deliveries queued."""
     found = connection.execute(_FINISHED, {"b_order_id": order_id}).all()
     if not found or found[0].state not in FINISHED_STATES:
-        return
+        return 0
     order = found[0]
     endpoints = [
         (row.endpoint_id, row.endpoint_event_types) for row in found if row.endpoint_id is not None
@@ -194,7 +201,7 @@ def order_finished(connection: Connection, order_id: int, now: dt.datetime) -> N
         data["status"] = FAILURE
         # The CA's problem (type and detail) or certok's own reason, as /v1/cert/apply shows.
         data["reason"] = order.reason
-    emit(
+    return emit(
         connection,
         tenant_id=order.tenant_id,
         event_type=event_type,

@@ -31,3 +31,5 @@ class FinishedRow:
     key_encrypted: bytes | None = None
     certificate_id: int | None = None
     renew_at: dt.datetime | None = None
+    # The webhook deliveries the save queued for the order's end; None when not known.
+    deliveries_queued: int | None = None

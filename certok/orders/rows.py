@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, or_, select, update
 
 from certok.certificates.records import IssuedCertificate, record_issued
 from certok.challenge_solver import ChallengeSolver, Material, Presenter
 from certok.db.cursor_statements import CursorStatement
-from certok.db.models import ChallengeRecord, Order
+from certok.db.models import ChallengeRecord, Order, OrderNotifyUrl, WebhookEndpoint
 from certok.order_states import PENDING
 from certok.orders.fenced_save import fenced_save, fenced_update
 from certok.orders.issuing_save import issue_in_one_statement
@@ -62,6 +62,8 @@ class OrderSnapshot:
     # The ACME profile asked for, and the certificate this order renews (certificates/).
     profile: str | None = None
     replaces_certificate_id: int | None = None
+    # Whether the order's end has anyone to tell (`notifies` in SNAPSHOT_COLUMNS).
+    notifies: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class PresentedRecord:
 # synchronize_session evaluation of ORM-enabled UPDATEs), which cost more than the SQL.
 ORDERS = Order.__table__
 CHALLENGE_RECORDS = ChallengeRecord.__table__
+_NOTIFY_URLS = OrderNotifyUrl.__table__
+_ENDPOINTS = WebhookEndpoint.__table__
 
 SNAPSHOT_COLUMNS = (
     ORDERS.c.id,
@@ -96,6 +100,16 @@ SNAPSHOT_COLUMNS = (
     exists().where(CHALLENGE_RECORDS.c.order_id == ORDERS.c.id).label("has_records"),
     ORDERS.c.profile,
     ORDERS.c.replaces_certificate_id,
+    # Whether the order's end has anyone to tell (certok.events.outbox.order_finished): a
+    # notifyUrl given with the order, or an enabled webhook endpoint of its tenant. Without
+    # either, the save that ends the order runs without the outbox's hook: on PostgreSQL the
+    # issuing statement alone, outside a transaction (`issuing_alone`).
+    or_(
+        exists().where(_NOTIFY_URLS.c.order_id == ORDERS.c.id),
+        exists().where(
+            _ENDPOINTS.c.tenant_id == ORDERS.c.tenant_id, _ENDPOINTS.c.disabled_at.is_(None)
+        ),
+    ).label("notifies"),
 )
 
 
@@ -128,8 +142,23 @@ _MARK_ANSWERED = update(CHALLENGE_RECORDS).where(
 )
 
 
-# (connection, order id, now): called in the transaction that ends an order.
-FinishHook = Callable[[Connection, int, dt.datetime], None]
+# (connection, order id, now): called in the transaction that ends an order; returns how many
+# webhook deliveries it queued.
+FinishHook = Callable[[Connection, int, dt.datetime], int]
+
+
+@dataclass(frozen=True)
+class FinishingSave:
+    """What a save that ended an order reports (`save_job` with a finish hook).
+
+    `deliveries_queued`: the webhook deliveries the hook queued in the save's transaction (the
+    delivery worker needs waking only when there are some). On PostgreSQL the issuing
+    statement also returns the certificate record's id and the order's key as stored, for
+    the waiting requests' view (certok/orders/finished_row.py); None elsewhere."""
+
+    deliveries_queued: int
+    certificate_id: int | None = None
+    key_encrypted: bytes | None = None
 
 
 def load_snapshot(
@@ -163,6 +192,7 @@ def snapshot_of(row: Any, hold_lease_for: float | None) -> OrderSnapshot:
         hold_lease_for=hold_lease_for,
         profile=row.profile,
         replaces_certificate_id=row.replaces_certificate_id,
+        notifies=bool(row.notifies),
     )
 
 
@@ -185,14 +215,14 @@ def save_job(
     drop_records: ChallengeSolver | None,
     certificate: IssuedCertificate | None = None,
     after: FinishHook | None = None,
-) -> tuple[int, bytes | None] | None:
+) -> FinishingSave | None:
     """Save `values` under the lease; `drop_records`: the solver whose material all goes.
 
     On PostgreSQL a save of the shape `one_statement_save` names is one statement (see
     `_combined_save`); `OrderSaves` runs those outside a transaction. The issuing save is
     one statement there too (`issue_in_one_statement`), followed by `after` in its
-    transaction; it returns the order's key as stored and the certificate record's id (for
-    the waiting requests, certok/orders/finished_row.py), None everywhere else.
+    transaction. A save with `after` (one that ends the order) returns what it reports
+    (`FinishingSave`); any other, None.
     """
     params = {**values, "b_order_id": order_id, "b_worker_id": worker_id}
     combined = (answered or drop_records is not None) and one_statement_save(
@@ -224,9 +254,9 @@ def save_job(
         )
         if saved_certificate is None:
             raise LeaseLost(order_id)
-        if after is not None:
-            after(connection, order_id, answered_at)
-        return saved_certificate
+        certificate_id, key_encrypted = saved_certificate
+        queued = 0 if after is None else after(connection, order_id, answered_at)
+        return FinishingSave(queued, certificate_id, key_encrypted)
     if connection.dialect.name == "postgresql":
         named = {f"v_{key}": value for key, value in values.items()}
         saved_count = _plain_save(tuple(sorted(values))).run(
@@ -244,7 +274,7 @@ def save_job(
         # Not announced to the DNS server (see ChallengeMaterial.remove).
         drop_records.cleanup(connection, order_id, None)
     if after is not None:
-        after(connection, order_id, answered_at)
+        return FinishingSave(after(connection, order_id, answered_at))
     return None
 
 
@@ -257,6 +287,17 @@ def one_statement_save(
     """Whether `save_job` sends one statement on PostgreSQL: the order's UPDATE, alone or with
     either the answers' mark or the removal of all its challenge material (not both)."""
     return certificate is None and after is None and not (answered and drop_records is not None)
+
+
+def issuing_alone(
+    answered: list[str],
+    drop_records: ChallengeSolver | None,
+    certificate: IssuedCertificate | None,
+    after: FinishHook | None,
+) -> bool:
+    """Whether `save_job` is the issuing save without a finish hook: one statement on
+    PostgreSQL (`issue_in_one_statement`)."""
+    return certificate is not None and drop_records is not None and not answered and after is None
 
 
 # One statement per shape (the SET columns, and what goes with the save), built once.

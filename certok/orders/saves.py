@@ -28,7 +28,14 @@ from certok.order_states import FAILURE, ISSUED
 from certok.orders.acme_order_budget import BudgetWait
 from certok.orders.finished_row import FinishedRow
 from certok.orders.polling import poll_delay
-from certok.orders.rows import FinishHook, OrderSnapshot, one_statement_save, save_job
+from certok.orders.rows import (
+    FinishHook,
+    FinishingSave,
+    OrderSnapshot,
+    issuing_alone,
+    one_statement_save,
+    save_job,
+)
 from certok.orders.schedule import next_attempt
 
 log = logging.getLogger(__name__)
@@ -67,8 +74,9 @@ class OrderSaves:
         answered: Sequence[str] = (),
         certificate: IssuedCertificate | None = None,
         finished: bool = False,
+        notify: bool = True,
         **values: Any,
-    ) -> tuple[int, bytes | None] | None:
+    ) -> FinishingSave | None:
         """Save `values` if we still hold the lease. In the same transaction, `answered` marks
         those authorizations' challenges as answered, and `drop_records` (the order's solver)
         removes all of the order's challenge material (a finished order, a new ACME order),
@@ -76,9 +84,12 @@ class OrderSaves:
         half-saved. That removal runs even when the snapshot saw no material: it is the last
         guard against rows a worker that lost its lease wrote after this step's load.
 
-        A save that is one statement (`one_statement_save`) needs no transaction around it on
-        PostgreSQL: `write_statement`."""
-        after = self._on_finished_tx if finished else None
+        A save that ends the order (`finished`) runs the outbox's hook in its transaction,
+        unless `notify` is false: the order's end has nobody to tell (`OrderSnapshot.notifies`).
+
+        A save that is one statement (`one_statement_save`, `issuing_alone`) needs no
+        transaction around it on PostgreSQL: `write_statement`."""
+        after = self._on_finished_tx if finished and notify else None
         job = functools.partial(
             save_job,
             order_id=order_id,
@@ -90,7 +101,8 @@ class OrderSaves:
             certificate=certificate,
             after=after,
         )
-        if one_statement_save(list(answered), drop_records, certificate, after):
+        shape = (list(answered), drop_records, certificate, after)
+        if one_statement_save(*shape) or issuing_alone(*shape):
             return write_statement(self._sessions, job)
         return write(self._sessions, job)
 
@@ -180,10 +192,11 @@ class OrderSaves:
     def fail(self, order: OrderSnapshot, reason: str, solver: ChallengeSolver | None) -> None:
         """End the order without a certificate; its challenge material goes with it."""
         now = self._clock()
-        self.save(
+        saved = self.save(
             order.id,
             drop_records=solver,
             finished=True,
+            notify=order.notifies,
             state=FAILURE,
             reason=reason,
             finished_at=now,
@@ -191,7 +204,12 @@ class OrderSaves:
             lease_until=None,
         )
         self._finished[order.id] = FinishedRow(
-            order.id, FAILURE, order.issuer, ",".join(order.domains), reason
+            order.id,
+            FAILURE,
+            order.issuer,
+            ",".join(order.domains),
+            reason,
+            deliveries_queued=_queued(order, saved),
         )
         log.warning("order %s failed: %s", order.id, reason)
         metrics.order_finished(
@@ -210,6 +228,7 @@ class OrderSaves:
             certificate=record,
             drop_records=solver,
             finished=True,
+            notify=order.notifies,
             state=ISSUED,
             reason=None,
             certificate_pem=fullchain,
@@ -220,8 +239,8 @@ class OrderSaves:
             lease_owner=None,
             lease_until=None,
         )
-        if saved is not None:  # PostgreSQL's issuing statement returned what it stored
-            certificate_id, key_encrypted = saved
+        if saved is not None and saved.certificate_id is not None:
+            # PostgreSQL's issuing statement returned what it stored.
             self._finished[order.id] = FinishedRow(
                 order.id,
                 ISSUED,
@@ -232,9 +251,18 @@ class OrderSaves:
                 not_after=facts.not_after,
                 certificate_pem=fullchain,
                 subject=facts.subject,
-                key_encrypted=key_encrypted,
-                certificate_id=certificate_id,
+                key_encrypted=saved.key_encrypted,
+                certificate_id=saved.certificate_id,
                 renew_at=record.renew_at,
+                deliveries_queued=_queued(order, saved),
             )
         log.info("order %s issued for %s", order.id, ",".join(order.domains))
         metrics.order_finished(order.issuer, True, None, (now - order.created_at).total_seconds())
+
+
+def _queued(order: OrderSnapshot, saved: FinishingSave | None) -> int | None:
+    """The deliveries an order's end queued: none when it had nobody to tell; what the hook
+    reported otherwise (None: not known, the save did not say)."""
+    if not order.notifies:
+        return 0
+    return None if saved is None else saved.deliveries_queued

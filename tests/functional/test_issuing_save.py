@@ -33,7 +33,7 @@ from certok.db.models import (
 )
 from certok.db.writes import write
 from certok.events.outbox import order_finished
-from certok.orders.rows import LeaseLost, save_job
+from certok.orders.rows import FinishingSave, LeaseLost, load_snapshot, save_job
 from certok.persistence import Store
 from certok.settings import Settings
 from certok.tenants import service as tenants
@@ -46,7 +46,9 @@ LEASED = {"lease_owner": ME, "lease_until": NOW + dt.timedelta(seconds=30)}
 NAMES = ["renewal.customer.test", "www.renewal.customer.test"]
 
 
-def _issue(store: Store, tmp_path: Path, order_id: int, fullchain: str, after: Any = None) -> None:
+def _issue(
+    store: Store, tmp_path: Path, order_id: int, fullchain: str, after: Any = None
+) -> FinishingSave | None:
     solver = standard_solvers(Settings(data_dir=tmp_path, resolvers=["127.0.0.1:9"]))["dns"]
     values = {
         "state": "issued",
@@ -67,7 +69,8 @@ def _issue(store: Store, tmp_path: Path, order_id: int, fullchain: str, after: A
         certificate=issued_certificate(fullchain, NOW, ari=False),
         after=after,
     )
-    write(store.sessions, job)
+    saved: FinishingSave | None = write(store.sessions, job)
+    return saved
 
 
 def _certificates(store: Store) -> list[dict[str, Any]]:
@@ -252,8 +255,10 @@ def test_a_finished_orders_event_goes_to_each_enabled_endpoint_that_wants_it(
         )
     chain, _ = self_signed(NAMES, not_before=NOW)
 
-    _issue(store, tmp_path, ids["n0"], chain, after=order_finished)
+    saved = _issue(store, tmp_path, ids["n0"], chain, after=order_finished)
 
+    # The save reports what its hook queued: the delivery worker is woken for them.
+    assert saved is not None and saved.deliveries_queued == 3
     [certificate] = _certificates(store)
     with store.sessions() as session:
         rows = session.execute(
@@ -272,3 +277,87 @@ def test_a_finished_orders_event_goes_to_each_enabled_endpoint_that_wants_it(
     for row in rows:
         data = json.loads(row.payload)["data"]
         assert (data["status"], data["certificateId"]) == ("issued", certificate["id"])
+
+
+def test_an_order_end_that_queues_no_delivery_says_so(store: Store, tmp_path: Path) -> None:
+    """A tenant without endpoints and an order without a notifyUrl: the finishing save reports
+    no delivery queued (so nothing wakes the delivery worker), and none is stored."""
+    ids = _add_orders(store, {"n0": LEASED | {"key_encrypted": b"k"}})
+    chain, _ = self_signed(NAMES, not_before=NOW)
+
+    saved = _issue(store, tmp_path, ids["n0"], chain, after=order_finished)
+
+    assert saved is not None and saved.deliveries_queued == 0
+    with store.sessions() as session:
+        assert session.scalars(select(WebhookDelivery.id)).all() == []
+
+
+def _endpoint(session: Any, tenant_id: int, name: str, disabled_at: dt.datetime | None) -> None:
+    session.add(
+        WebhookEndpoint(
+            public_id=f"whe_{name}",
+            tenant_id=tenant_id,
+            url=f"https://hooks.test/{name}",
+            event_types="",
+            secret_encrypted=b"s",
+            disabled_at=disabled_at,
+            created_at=NOW,
+        )
+    )
+
+
+def test_an_orders_snapshot_says_whether_its_end_has_anyone_to_tell(store: Store) -> None:
+    """`notifies`: a notifyUrl given with the order, or an enabled endpoint of its tenant; not
+    a disabled endpoint, nor another tenant's. The worker's load and the claim's RETURNING
+    read it alike."""
+    ids = _add_orders(store, {name: LEASED for name in ("plain", "told", "hooked")})
+    with transaction(store.sessions) as session:
+        order = session.get(Order, ids["plain"])
+        assert order is not None
+        tenant_id = order.tenant_id
+        other = tenants.create_tenant(session, "someone-else").id
+        _endpoint(session, tenant_id, "disabled", NOW)
+        _endpoint(session, other, "other-tenant", None)
+        session.add(
+            OrderNotifyUrl(
+                order_id=ids["told"], tenant_id=tenant_id, url="https://n.test/", created_at=NOW
+            )
+        )
+
+    def notifies() -> dict[str, bool]:
+        found = {}
+        with store.sessions() as session:
+            connection = session.connection()
+            for name, order_id in ids.items():
+                snapshot = load_snapshot(connection, order_id, ME, None)
+                assert snapshot is not None
+                found[name] = snapshot.notifies
+        return found
+
+    assert notifies() == {"plain": False, "told": True, "hooked": False}
+    with transaction(store.sessions) as session:
+        _endpoint(session, tenant_id, "enabled", None)
+    assert notifies() == {"plain": True, "told": True, "hooked": True}
+
+
+def test_an_end_with_nobody_to_tell_is_saved_without_the_outbox(
+    store: Store, tmp_path: Path
+) -> None:
+    """Issued without the hook (its snapshot said nobody listens): the order and its record
+    are written, no delivery is queued, and on PostgreSQL the save still returns what it
+    stored, with no delivery queued."""
+    ids = _add_orders(store, {"n0": LEASED | {"key_encrypted": b"k"}})
+    chain, _ = self_signed(NAMES, not_before=NOW)
+
+    saved = _issue(store, tmp_path, ids["n0"], chain, after=None)
+
+    [certificate] = _certificates(store)
+    assert certificate["order_id"] == ids["n0"]
+    with store.sessions() as session:
+        assert session.scalars(select(WebhookDelivery.id)).all() == []
+        assert session.scalar(select(Order.state).where(Order.id == ids["n0"])) == "issued"
+    if store.engine.dialect.name == "postgresql":
+        assert saved is not None
+        assert (saved.certificate_id, saved.deliveries_queued) == (certificate["id"], 0)
+    else:
+        assert saved is None  # SQLite's save reports only what a hook queued

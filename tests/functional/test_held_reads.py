@@ -1,0 +1,149 @@
+"""Read connections kept between reads (certok/db/held_reads.py), on both databases: kept
+and reused, never kept after a failed read, handed back to the pool once idle too long or when
+the engine is disposed, at most `most` of them, and no transaction left open by a read."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from certok.db.engine import opened
+from certok.db.held_reads import HeldReads
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _driver(connection: Connection) -> Any:
+    return connection.connection.dbapi_connection
+
+
+def _checked_out(sessions: sessionmaker[Session]) -> int:
+    return int(opened(sessions).engine.pool.checkedout())  # type: ignore[attr-defined]
+
+
+def _read(connection: Connection) -> int:
+    return int(connection.execute(text("SELECT 1")).scalar_one())
+
+
+def _driver_in_transaction(connection: Connection) -> bool:
+    driver = _driver(connection)
+    if connection.dialect.name == "sqlite":
+        return bool(driver.in_transaction)
+    import psycopg
+
+    return bool(driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+def test_a_connection_is_kept_and_reused_by_the_next_read(
+    sessions: sessionmaker[Session],
+) -> None:
+    held = HeldReads(sessions, most=2)
+    with held.connection() as first:
+        assert _read(first) == 1
+        driver = _driver(first)
+    # Kept: still out of the pool, and neither SQLAlchemy nor the driver in a transaction.
+    assert _checked_out(sessions) == 1
+    assert not first.in_transaction() and not _driver_in_transaction(first)
+    with held.connection() as second:
+        assert _read(second) == 1
+        assert _driver(second) is driver
+    held.close()
+    assert _checked_out(sessions) == 0
+
+
+def test_a_failed_read_does_not_keep_its_connection(sessions: sessionmaker[Session]) -> None:
+    held = HeldReads(sessions, most=2)
+    with held.connection() as connection:
+        _read(connection)
+        kept = _driver(connection)
+    with pytest.raises(ZeroDivisionError), held.connection() as connection:
+        assert _driver(connection) is kept
+        raise ZeroDivisionError
+    assert _checked_out(sessions) == 0  # closed: back to the pool
+    with held.connection() as connection:
+        assert _read(connection) == 1
+    held.close()
+
+
+def test_a_connection_idle_too_long_goes_back_to_the_pool(sessions: sessionmaker[Session]) -> None:
+    clock = _Clock()
+    held = HeldReads(sessions, most=2, idle_seconds=10, monotonic=clock)
+    with held.connection() as connection:
+        _read(connection)
+    clock.now += 9
+    with held.connection() as connection:
+        _read(connection)
+        reused = connection
+    assert _checked_out(sessions) == 1
+    clock.now += 11
+    with held.connection() as connection:
+        # The idle one went back (the pool checks a connection it hands out), this is a new
+        # checkout: its wrapper is not the kept one.
+        assert connection is not reused
+        assert _checked_out(sessions) == 1
+        _read(connection)
+    held.close()
+
+
+def test_at_most_most_connections_are_kept(sessions: sessionmaker[Session]) -> None:
+    held = HeldReads(sessions, most=2)
+    with held.connection() as a, held.connection() as b, held.connection() as c:
+        for connection in (a, b, c):
+            _read(connection)
+        assert _checked_out(sessions) == 3
+    assert _checked_out(sessions) == 2
+    held.close()
+    assert _checked_out(sessions) == 0
+
+
+def _closed(driver: Any) -> bool:
+    if isinstance(driver, sqlite3.Connection):
+        try:
+            driver.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+    return bool(driver.closed)
+
+
+def test_disposing_the_engine_closes_the_kept_connections(sessions: sessionmaker[Session]) -> None:
+    held = HeldReads(sessions, most=2)
+    with held.connection() as in_use:
+        with held.connection() as idle:
+            _read(idle)
+            idle_driver = _driver(idle)
+        in_use_driver = _driver(in_use)
+        opened(sessions).engine.dispose()  # a new pool from here on
+        assert _closed(idle_driver)
+        _read(in_use)  # the read in progress finishes on its connection...
+    # ...which is closed after it, not kept: the next read takes the new pool's.
+    assert _closed(in_use_driver)
+    assert _checked_out(sessions) == 0
+    with held.connection() as connection:
+        assert _driver(connection) is not idle_driver
+        assert _driver(connection) is not in_use_driver
+        assert _checked_out(sessions) == 1
+        assert _read(connection) == 1
+    held.close()
+
+
+def test_what_is_kept_is_closed_when_the_holder_goes(sessions: sessionmaker[Session]) -> None:
+    held = HeldReads(sessions, most=2)
+    with held.connection() as connection:
+        _read(connection)
+    assert _checked_out(sessions) == 1
+    del held, connection
+    import gc
+
+    gc.collect()
+    assert _checked_out(sessions) == 0
