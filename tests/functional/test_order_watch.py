@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
 from sqlalchemy import select
 
 from certok.api.waiters import OrderWaiters
@@ -145,3 +146,29 @@ def _set_state(store: Store, order_id: int, state: str) -> None:
         row = session.get(Order, order_id)
         assert row is not None
         row.state = state
+
+
+def test_a_node_polls_held_orders_more_often_than_it_looks_for_work(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request held in one process while another process's worker drives its order learns
+    of the end from the poller: at the worker's 1 s look for work that cost it half a second
+    on average, so the poller runs at `HELD_ORDERS_POLL_SECONDS` (or the worker's interval
+    when that is shorter)."""
+    from certok import runtime
+    from certok.settings import Settings
+
+    intervals: list[float] = []
+
+    async def run_poller(self: OrderWaiters, read: object, poll_seconds: float) -> None:
+        intervals.append(poll_seconds)
+
+    monkeypatch.setattr(OrderWaiters, "run_poller", run_poller)
+
+    async def start(settings: Settings) -> None:
+        await runtime._poll_waiters(OrderWaiters(), store, settings)
+
+    asyncio.run(start(Settings(worker_poll_seconds=1.0)))
+    asyncio.run(start(Settings(worker_poll_seconds=0.05)))
+    assert runtime.HELD_ORDERS_POLL_SECONDS < 1.0
+    assert intervals == [runtime.HELD_ORDERS_POLL_SECONDS, 0.05]
