@@ -8,14 +8,16 @@ SQLite's own read of the code. `HeldReads` keeps up to `most` connections checke
 hands them from one batch to the next instead.
 
 What the pool did around each checkout still holds for a kept connection:
-- a connection idle for longer than `IDLE_PING_SECONDS` goes back to the pool and the read
-  takes a fresh checkout, which pings it on PostgreSQL (a restarted server is found then,
-  not by a poll's failure);
-- a read that fails closes its connection rather than keeping one that may be broken;
-- `Engine.dispose()` closes the kept connections that are idle, and one in use is closed
-  when its read ends, so no read outlives the engine's connections;
+- a kept connection unused for longer than `IDLE_PING_SECONDS` goes back to the pool before
+  the next read, which takes a fresh checkout (pinged on PostgreSQL);
+- a read that fails closes its connection and hands the other kept ones back to the pool, so
+  after a database restart the pool's own check replaces them at their next checkout;
+- after `Engine.dispose()` (a new pool) a connection of the old pool is closed, driver
+  connection included, instead of being kept or handed back to the old pool;
 - they are read connections (`read_connection`: autocommit on PostgreSQL), and a read leaves
   no transaction open on them.
+No engine event is listened to: a connection event on the engine would make every statement
+on it run the event machinery.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
 
 from certok.db.engine import IDLE_PING_SECONDS, opened
+
+# A kept connection: the connection, the pool it came from, when it was last used.
+_Kept = tuple[Connection, Pool, float]
 
 
 class HeldReads:
@@ -46,100 +52,77 @@ class HeldReads:
         if most < 1:
             raise ValueError("most must be at least 1")
         self._factory = opened(sessions)
+        self._engine = self._factory.engine
         self._most = most
         self._idle_seconds = idle_seconds
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        # The kept connections not in use, each with when it was last used; most recent last.
-        self._kept: list[tuple[Connection, float]] = []
-        # Bumped by the engine's dispose: a connection taken before it is not kept again.
-        self._generation = 0
-        engine = self._factory.engine
-        disposed = _on_dispose(weakref.ref(self))
-        event.listen(engine, "engine_disposed", disposed)
+        # The kept connections not in use, least recently used first.
+        self._kept: list[_Kept] = []
         # Whatever is still kept when this object goes is closed, not left to the collector.
-        weakref.finalize(self, _forget, engine, disposed, self._kept, self._lock)
+        weakref.finalize(self, _close_all, self._engine, self._kept, self._lock)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A read connection for this thread's read; kept for the next one if the read ends
         without an error."""
-        connection, generation = self._take()
+        connection, pool = self._take()
         try:
             yield connection
+            if connection.in_transaction():
+                # A read through `execute` began one (on the driver: nothing, in autocommit or
+                # for a SELECT on SQLite); the next read must not run inside it.
+                connection.rollback()
         except BaseException:
-            connection.close()
+            _release(self._engine, connection, pool)
+            # The database may have restarted: the kept ones go back to the pool, whose check
+            # at checkout replaces those older than the failure.
+            self.close()
             raise
-        if connection.in_transaction():
-            # A read through `execute` began one (on the driver: nothing, in autocommit or
-            # for a SELECT on SQLite); the next read must not run inside it.
-            connection.rollback()
-        self._give_back(connection, generation)
+        self._give_back(connection, pool)
 
     def close(self) -> None:
-        """Close the kept connections that are not in use, and let none in use be kept."""
-        with self._lock:
-            self._generation += 1
-            kept, self._kept[:] = list(self._kept), []
-        for connection, _ in kept:
-            _discard(connection)
+        """Hand the kept connections that are not in use back to the pool."""
+        _close_all(self._engine, self._kept, self._lock)
 
-    def _take(self) -> tuple[Connection, int]:
+    def _take(self) -> tuple[Connection, Pool]:
         now = self._monotonic()
-        stale: list[Connection] = []
+        current = self._engine.pool
+        released: list[_Kept] = []
+        taken: _Kept | None = None
         with self._lock:
-            generation = self._generation
-            taken = None
-            while self._kept:
-                connection, used_at = self._kept.pop()
-                if now - used_at > self._idle_seconds:
-                    stale.append(connection)  # the older ones below it are staler still
-                    continue
-                taken = connection
-                break
-        for connection in stale:
-            connection.close()  # back to the pool, which checks it before handing it out
-        if taken is None:
-            taken = self._factory.read_connection()
-        return taken, generation
+            # Least recently used first: the unused ones go back even when the most recent
+            # one is in use all the time.
+            while self._kept and (
+                now - self._kept[0][2] > self._idle_seconds or self._kept[0][1] is not current
+            ):
+                released.append(self._kept.pop(0))
+            if self._kept:
+                taken = self._kept.pop()
+        for connection, pool, _ in released:
+            _release(self._engine, connection, pool)
+        if taken is not None:
+            return taken[0], taken[1]
+        return self._factory.read_connection(), current
 
-    def _give_back(self, connection: Connection, generation: int) -> None:
+    def _give_back(self, connection: Connection, pool: Pool) -> None:
         with self._lock:
-            current = generation == self._generation
-            if current and len(self._kept) < self._most:
-                self._kept.append((connection, self._monotonic()))
+            if pool is self._engine.pool and len(self._kept) < self._most:
+                self._kept.append((connection, pool, self._monotonic()))
                 return
-        if current:
-            connection.close()  # back to the pool
-        else:
-            _discard(connection)
+        _release(self._engine, connection, pool)
 
 
-def _discard(connection: Connection) -> None:
-    """Close `connection`'s driver connection itself: its pool may be one a dispose replaced,
-    which would leave a connection handed back to it open until the collector finds it."""
-    connection.invalidate()
+def _release(engine: Engine, connection: Connection, pool: Pool) -> None:
+    """Back to its pool; if a dispose replaced that pool, close the driver connection itself
+    (handed back to the old pool, it would stay open until the collector found it)."""
+    if pool is not engine.pool:
+        connection.invalidate()
     connection.close()
 
 
-def _on_dispose(holder: weakref.ref[HeldReads]) -> Callable[[Engine], None]:
-    def disposed(_engine: Engine) -> None:
-        held = holder()
-        if held is not None:
-            held.close()
-
-    return disposed
-
-
-def _forget(
-    engine: Engine,
-    disposed: Callable[[Engine], None],
-    kept: list[tuple[Connection, float]],
-    lock: threading.Lock,
-) -> None:
-    if event.contains(engine, "engine_disposed", disposed):
-        event.remove(engine, "engine_disposed", disposed)
+def _close_all(engine: Engine, kept: list[_Kept], lock: threading.Lock) -> None:
     with lock:
-        connections, kept[:] = [connection for connection, _ in kept], []
-    for connection in connections:
-        connection.close()
+        released, kept[:] = list(kept), []
+    for connection, pool, _ in released:
+        _release(engine, connection, pool)

@@ -149,12 +149,13 @@ FinishHook = Callable[[Connection, int, dt.datetime], int]
 
 @dataclass(frozen=True)
 class FinishingSave:
-    """What a save that ended an order reports (`save_job` with a finish hook).
+    """What a save that ended an order reports: `save_job` with a finish hook, and on
+    PostgreSQL every issuing save (with or without the hook).
 
-    `deliveries_queued`: the webhook deliveries the hook queued in the save's transaction (the
-    delivery worker needs waking only when there are some). On PostgreSQL the issuing
-    statement also returns the certificate record's id and the order's key as stored, for
-    the waiting requests' view (certok/orders/finished_row.py); None elsewhere."""
+    `deliveries_queued`: the webhook deliveries the hook queued in the save's transaction, 0
+    without a hook (the delivery worker needs waking only when there are some). On PostgreSQL
+    the issuing statement also returns the certificate record's id and the order's key as
+    stored, for the waiting requests' view (certok/orders/finished_row.py); None elsewhere."""
 
     deliveries_queued: int
     certificate_id: int | None = None
@@ -221,8 +222,8 @@ def save_job(
     On PostgreSQL a save of the shape `one_statement_save` names is one statement (see
     `_combined_save`); `OrderSaves` runs those outside a transaction. The issuing save is
     one statement there too (`issue_in_one_statement`), followed by `after` in its
-    transaction. A save with `after` (one that ends the order) returns what it reports
-    (`FinishingSave`); any other, None.
+    transaction. A save with `after` (one that ends the order), and PostgreSQL's issuing save
+    without it, return what they report (`FinishingSave`); any other, None.
     """
     params = {**values, "b_order_id": order_id, "b_worker_id": worker_id}
     combined = (answered or drop_records is not None) and one_statement_save(

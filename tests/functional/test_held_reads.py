@@ -1,6 +1,7 @@
 """Read connections kept between reads (certok/db/held_reads.py), on both databases: kept
-and reused, never kept after a failed read, handed back to the pool once idle too long or when
-the engine is disposed, at most `most` of them, and no transaction left open by a read."""
+and reused, never kept after a failed read (which hands the others back to the pool too),
+handed back once unused for too long, closed after the engine is disposed, at most `most` of
+them, no transaction left open by a read, and no engine event listened to."""
 
 from __future__ import annotations
 
@@ -63,13 +64,17 @@ def test_a_connection_is_kept_and_reused_by_the_next_read(
 
 def test_a_failed_read_does_not_keep_its_connection(sessions: sessionmaker[Session]) -> None:
     held = HeldReads(sessions, most=2)
-    with held.connection() as connection:
-        _read(connection)
-        kept = _driver(connection)
+    with held.connection() as first, held.connection() as second:
+        _read(first)
+        _read(second)
+        kept = _driver(first)  # given back last: the next read takes it
+    assert _checked_out(sessions) == 2
     with pytest.raises(ZeroDivisionError), held.connection() as connection:
         assert _driver(connection) is kept
         raise ZeroDivisionError
-    assert _checked_out(sessions) == 0  # closed: back to the pool
+    # Its connection is closed, and the other kept one went back to the pool with it (after
+    # a database restart the pool replaces the connections older than the failure).
+    assert _checked_out(sessions) == 0
     with held.connection() as connection:
         assert _read(connection) == 1
     held.close()
@@ -87,8 +92,7 @@ def test_a_connection_idle_too_long_goes_back_to_the_pool(sessions: sessionmaker
     assert _checked_out(sessions) == 1
     clock.now += 11
     with held.connection() as connection:
-        # The idle one went back (the pool checks a connection it hands out), this is a new
-        # checkout: its wrapper is not the kept one.
+        # The unused one went back to the pool; this is a new checkout, not the kept wrapper.
         assert connection is not reused
         assert _checked_out(sessions) == 1
         _read(connection)
@@ -116,24 +120,55 @@ def _closed(driver: Any) -> bool:
     return bool(driver.closed)
 
 
-def test_disposing_the_engine_closes_the_kept_connections(sessions: sessionmaker[Session]) -> None:
+def test_connections_of_a_disposed_engine_are_closed_not_kept(
+    sessions: sessionmaker[Session],
+) -> None:
+    engine = opened(sessions).engine
     held = HeldReads(sessions, most=2)
     with held.connection() as in_use:
         with held.connection() as idle:
             _read(idle)
             idle_driver = _driver(idle)
         in_use_driver = _driver(in_use)
-        opened(sessions).engine.dispose()  # a new pool from here on
-        assert _closed(idle_driver)
+        engine.dispose()  # a new pool from here on
         _read(in_use)  # the read in progress finishes on its connection...
-    # ...which is closed after it, not kept: the next read takes the new pool's.
+    # ...which is then closed, driver connection and all, not kept nor handed to the old pool.
     assert _closed(in_use_driver)
-    assert _checked_out(sessions) == 0
     with held.connection() as connection:
+        # The next read closes the idle one of the old pool and takes the new pool's.
+        assert _closed(idle_driver)
         assert _driver(connection) is not idle_driver
-        assert _driver(connection) is not in_use_driver
         assert _checked_out(sessions) == 1
         assert _read(connection) == 1
+    held.close()
+    assert _checked_out(sessions) == 0
+
+
+def test_unused_connections_go_back_while_another_is_busy(sessions: sessionmaker[Session]) -> None:
+    """Reads reuse the most recently kept connection: the others, unused for longer than the
+    idle time, go back to the pool rather than stay checked out."""
+    clock = _Clock()
+    held = HeldReads(sessions, most=3, idle_seconds=10, monotonic=clock)
+    with held.connection() as a, held.connection() as b, held.connection() as c:
+        for connection in (a, b, c):
+            _read(connection)
+    assert _checked_out(sessions) == 3
+    for _ in range(3):
+        clock.now += 6
+        with held.connection() as connection:
+            _read(connection)
+    assert _checked_out(sessions) == 1
+    held.close()
+
+
+def test_no_engine_event_is_listened_to(sessions: sessionmaker[Session]) -> None:
+    """An engine with connection events runs its event machinery for every statement."""
+    engine = opened(sessions).engine
+    had_events = engine._has_events
+    held = HeldReads(sessions, most=2)
+    with held.connection() as connection:
+        _read(connection)
+    assert engine._has_events == had_events
     held.close()
 
 

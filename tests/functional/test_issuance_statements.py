@@ -104,7 +104,7 @@ POSTGRES_EXECUTIONS_PER_ORDER_BUDGET = 2.5
 COMMITS_PER_ORDER_BUDGET = {0.0: 7.0, 0.3: 7.0}
 # PostgreSQL: an order whose end has nobody to tell (no notifyUrl, no enabled webhook endpoint,
 # as here) is issued by the issuing statement alone, outside a transaction: 0.0 (2026-12-06;
-# 1.0 before, the issuing transaction). The margin allows for one more per order.
+# 1.0 before, the issuing transaction, which this budget refuses).
 POSTGRES_COMMITS_PER_ORDER_BUDGET = 1.0
 # Requests to the CA per issued order: newOrder, each authorization, each answer, the order
 # once it is ready (a poll reads the order alone while every challenge is answered),

@@ -308,8 +308,8 @@ def _endpoint(session: Any, tenant_id: int, name: str, disabled_at: dt.datetime 
 
 def test_an_orders_snapshot_says_whether_its_end_has_anyone_to_tell(store: Store) -> None:
     """`notifies`: a notifyUrl given with the order, or an enabled endpoint of its tenant; not
-    a disabled endpoint, nor another tenant's. The worker's load and the claim's RETURNING
-    read it alike."""
+    a disabled endpoint, nor another tenant's, as the step's load reads it (the claim's
+    RETURNING takes the same columns, SNAPSHOT_COLUMNS)."""
     ids = _add_orders(store, {name: LEASED for name in ("plain", "told", "hooked")})
     with transaction(store.sessions) as session:
         order = session.get(Order, ids["plain"])
