@@ -32,6 +32,7 @@ from certok.assembly import (
     build_worker,
 )
 from certok.certificates.tasks import CertificateTasks
+from certok.db.engine import opened
 from certok.db.files import HEALTH_KEY, DatabaseFileWatch, run_file_watch, sqlite_file
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
@@ -133,6 +134,7 @@ async def serve(settings: Settings) -> None:
         await _cancel(tasks)
         await dns_server.close()
         checks.close()
+        opened(store.sessions).release_kept_connections()
         store.engine.dispose()
 
 
@@ -167,6 +169,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
         control_server.close()
         await _cancel([refresher, purger, scans])
         await dns_server.close()
+        opened(store.sessions).release_kept_connections()
         store.engine.dispose()
 
 
@@ -230,6 +233,7 @@ async def serve_app(
         worker.stop()
         await _cancel(tasks)
         checks.close()
+        opened(store.sessions).release_kept_connections()
         store.engine.dispose()
 
 

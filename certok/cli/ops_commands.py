@@ -149,8 +149,14 @@ def register(cli: click.Group, open_admin_store: OpenStore) -> None:
             kept = target.with_name(f"{target.name}.before-restore-{stamp}")
             sqlite_backup(target, kept)
             click.echo(f"the replaced database is kept as {kept}", err=True)
-            for suffix in ("-wal", "-shm"):
-                Path(f"{target}{suffix}").unlink(missing_ok=True)
+        # The replaced database's write-ahead log (copied into the kept file above) or a lost
+        # one's (its file deleted, its log left behind): opened next to the restored file,
+        # SQLite would replay it onto the backup.
+        for suffix in ("-wal", "-shm"):
+            leftover = Path(f"{target}{suffix}")
+            if leftover.exists() and not target.exists():
+                click.echo(f"removed {leftover}, left behind by the lost database", err=True)
+            leftover.unlink(missing_ok=True)
         sqlite_backup(backup, target)
         engine = make_engine(url)
         try:

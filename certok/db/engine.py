@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -138,6 +139,13 @@ class Writer(Protocol):
     def run(self, job: Callable[[Connection], T]) -> T: ...
 
 
+class ConnectionKeeper(Protocol):
+    """Something that keeps connections checked out of the pool (certok.db.held_reads)."""
+
+    def close(self) -> None:
+        """Hand every kept connection back and keep none from now on."""
+
+
 class SessionFactory(sessionmaker[Session]):
     """The sessions of one opened database, and how this process writes to it.
 
@@ -167,11 +175,23 @@ class SessionFactory(sessionmaker[Session]):
         self.autocommit_engine = bind if self.reads_autocommit else None
         self.writer_lock = writer_lock
         self.writer = writer
+        self._keepers: weakref.WeakSet[ConnectionKeeper] = weakref.WeakSet()
 
     def read_connection(self) -> Connection:
         """A connection for a few reads, without a session around it (as a session's reads:
         autocommit on PostgreSQL). Close it when done, e.g. `with factory.read_connection()`."""
         return self._read_bind.connect()
+
+    def keep_track(self, keeper: ConnectionKeeper) -> None:
+        """Have `release_kept_connections` close `keeper` (held weakly)."""
+        self._keepers.add(keeper)
+
+    def release_kept_connections(self) -> None:
+        """Before the engine is disposed at shutdown: connections kept out of the pool go
+        back, so disposing closes every connection (on SQLite the last one to close folds the
+        write-ahead log into the database file and removes it)."""
+        for keeper in list(self._keepers):
+            keeper.close()
 
 
 def opened(factory: sessionmaker[Session]) -> SessionFactory:

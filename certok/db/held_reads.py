@@ -59,6 +59,8 @@ class HeldReads:
         self._lock = threading.Lock()
         # The kept connections not in use, least recently used first.
         self._kept: list[_Kept] = []
+        self._closed = False  # closed at shutdown: keeps nothing more
+        self._factory.keep_track(self)
         # Whatever is still kept when this object goes is closed, not left to the collector.
         weakref.finalize(self, _close_all, self._engine, self._kept, self._lock)
 
@@ -77,12 +79,15 @@ class HeldReads:
             _release(self._engine, connection, pool)
             # The database may have restarted: the kept ones go back to the pool, whose check
             # at checkout replaces those older than the failure.
-            self.close()
+            _close_all(self._engine, self._kept, self._lock)
             raise
         self._give_back(connection, pool)
 
     def close(self) -> None:
-        """Hand the kept connections that are not in use back to the pool."""
+        """Hand the kept connections back to the pool and keep none from now on (a read in
+        progress hands its connection back when it ends)."""
+        with self._lock:
+            self._closed = True
         _close_all(self._engine, self._kept, self._lock)
 
     def _take(self) -> tuple[Connection, Pool]:
@@ -107,7 +112,7 @@ class HeldReads:
 
     def _give_back(self, connection: Connection, pool: Pool) -> None:
         with self._lock:
-            if pool is self._engine.pool and len(self._kept) < self._most:
+            if not self._closed and pool is self._engine.pool and len(self._kept) < self._most:
                 self._kept.append((connection, pool, self._monotonic()))
                 return
         _release(self._engine, connection, pool)

@@ -136,6 +136,34 @@ def test_backup_and_restore_round_trip(tmp_path: Path) -> None:
     assert result.returncode != 0 and "not a SQLite database" in result.stderr
 
 
+def test_restore_over_a_lost_database_ignores_its_leftover_log(tmp_path: Path) -> None:
+    """The database file is gone but its write-ahead log is left (a server that was killed, a
+    careless `rm certok.db`): the restore must not let SQLite replay that log onto the
+    backup."""
+    data = tmp_path / "data"
+    run(data, "tenant", "create", "before")
+    backup = tmp_path / "certok-backup.db"
+    run(data, "backup", str(backup))
+    database = data / "certok.db"
+    writer = sqlite3.connect(database)
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # the new row stays in the log
+    writer.execute(
+        "INSERT INTO tenants (name, disabled, http_handle, created_at) "
+        "SELECT 'only-in-the-log', disabled, 'only-in-the-log', created_at FROM tenants LIMIT 1"
+    )
+    writer.commit()
+    log = Path(f"{database}-wal").read_bytes()
+    writer.close()  # the last connection folds the log into the file and removes it
+    database.unlink()
+    Path(f"{database}-wal").write_bytes(log)  # what a killed server leaves beside it
+
+    restored = run(data, "restore", str(backup), "--force")
+
+    assert "left behind by the lost database" in restored.stderr
+    listing = run(data, "tenant", "list").stdout
+    assert "before" in listing and "only-in-the-log" not in listing
+
+
 def test_backup_of_postgresql_prints_pg_dump_guidance(tmp_path: Path) -> None:
     url = "postgresql+psycopg://certok:s3cret@db.internal:5432/certok"
     result = run(

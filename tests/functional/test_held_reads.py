@@ -182,3 +182,23 @@ def test_what_is_kept_is_closed_when_the_holder_goes(sessions: sessionmaker[Sess
 
     gc.collect()
     assert _checked_out(sessions) == 0
+
+
+def test_shutdown_releases_what_is_kept_and_keeps_no_more(
+    sessions: sessionmaker[Session],
+) -> None:
+    """`release_kept_connections` (certok's shutdown, before disposing the engine) hands the
+    kept connections back, and a read still running then does not keep its own: disposing
+    closes every connection (on SQLite the last close folds the log into the file)."""
+    held = HeldReads(sessions, most=2)
+    with held.connection() as in_use:
+        with held.connection() as idle:
+            _read(idle)
+        assert _checked_out(sessions) == 2
+        opened(sessions).release_kept_connections()
+        assert _checked_out(sessions) == 1
+        _read(in_use)
+    assert _checked_out(sessions) == 0
+    with held.connection() as connection:
+        _read(connection)
+    assert _checked_out(sessions) == 0
