@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from certok.crypto import SecretBox
 from certok.db import migrate
-from certok.db.engine import SessionFactory, database_threads, make_engine
+from certok.db.engine import SessionFactory, database_threads, make_engine, opened
 from certok.db.files import (
     database_is_empty,
     empty_database_message,
@@ -28,6 +28,13 @@ class Store:
     engine: Engine
     sessions: SessionFactory
     box: SecretBox
+
+    def close(self) -> None:
+        """Close every database connection: the ones apply's readers keep first (they are
+        outside the pool, and a SQLite connection left open keeps its write-ahead log from
+        being folded into the file), then the pool's."""
+        opened(self.sessions).release_kept_connections()
+        self.engine.dispose()
 
 
 def open_store(

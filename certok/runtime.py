@@ -32,7 +32,6 @@ from certok.assembly import (
     build_worker,
 )
 from certok.certificates.tasks import CertificateTasks
-from certok.db.engine import opened
 from certok.db.files import HEALTH_KEY, DatabaseFileWatch, run_file_watch, sqlite_file
 from certok.dnszone.answer import ZoneConfig
 from certok.dnszone.refresh_channel import RefreshClient, serve_refresh_requests
@@ -134,8 +133,7 @@ async def serve(settings: Settings) -> None:
         await _cancel(tasks)
         await dns_server.close()
         checks.close()
-        opened(store.sessions).release_kept_connections()
-        store.engine.dispose()
+        store.close()
 
 
 async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], None]) -> None:
@@ -169,8 +167,7 @@ async def serve_dns(settings: Settings, control: Path, on_ready: Callable[[], No
         control_server.close()
         await _cancel([refresher, purger, scans])
         await dns_server.close()
-        opened(store.sessions).release_kept_connections()
-        store.engine.dispose()
+        store.close()
 
 
 async def serve_app(
@@ -233,8 +230,7 @@ async def serve_app(
         worker.stop()
         await _cancel(tasks)
         checks.close()
-        opened(store.sessions).release_kept_connections()
-        store.engine.dispose()
+        store.close()
 
 
 # --- parts -----------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def supervise(settings: Settings) -> int:
     set_role("supervisor")
     store = open_store(settings)  # migrations and the key file, once, before any child
     released = release_node_leases(store.sessions, settings.effective_node_name)
-    store.engine.dispose()
+    store.close()
     if released:
         log.info("resuming %d order(s) left by a previous run of this node", released)
     sockets = listen_sockets(settings)
@@ -243,4 +243,4 @@ def _writer_main(settings: Settings, writes: Path) -> None:
     try:
         serve_writes(writes, store.sessions, stop)
     finally:
-        store.engine.dispose()
+        store.close()

@@ -60,7 +60,7 @@ def with_store(ctx: click.Context, action: Callable[[Store], T]) -> T:
         try:
             return action(store)
         finally:
-            store.engine.dispose()
+            store.close()
 
 
 @contextlib.contextmanager

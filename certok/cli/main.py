@@ -64,7 +64,7 @@ def serve_command(ctx: click.Context, /, **listen: Any) -> None:
     preflight.check_serve(settings)
     # The database and the key file, checked once before anything starts.
     with storage_errors_in_one_line(settings):
-        open_admin_store(settings, announce=False).engine.dispose()
+        open_admin_store(settings, announce=False).close()
     configure_logging(settings)
     with storage_errors_in_one_line(settings):
         status = run_server(settings)

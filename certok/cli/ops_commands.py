@@ -59,7 +59,7 @@ def register(cli: click.Group, open_admin_store: OpenStore) -> None:
                 )
                 names = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
         finally:
-            store.engine.dispose()
+            store.close()
         click.echo(
             f"{'WHEN (UTC)':<20} {'ACTION':<20} {'TENANT':<16} {'WHO':<24} {'FROM':<24} TARGET"
         )

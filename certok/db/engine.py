@@ -10,10 +10,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import URL, Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.db.writer_lock import SqliteWriterLock
+from certok.errors import ConfigurationError
 
 # Threads that read stored codes for apply's polls, each one batch at a time
 # (certok/api/apply_reads.py).
@@ -24,6 +25,15 @@ APPLY_READ_THREADS = 4
 _OTHER_DATABASE_THREADS = min(32, (os.cpu_count() or 1) + 4) + APPLY_READ_THREADS + 4
 # PostgreSQL connections opened past the pool's size for a burst, closed again when returned.
 _POSTGRES_OVERFLOW = 10
+# psycopg prepares a statement on a connection once it has run there this many times (its own
+# default is 5). certok's statements are few and repeated, but spread over a pool of tens of
+# connections: at 5, each statement was parsed and planned afresh its first five times on
+# every connection, a quarter of the statements of a new process's first few hundred orders.
+# At 1 a statement run once (a migration's, an operator's command) is still never prepared.
+# `?prepare_threshold=N` in the database URL sets it; `none` turns preparing off (a pooler
+# that hands each transaction to another server connection, as PgBouncer's transaction mode
+# does, cannot keep them).
+POSTGRES_PREPARE_THRESHOLD = 1
 
 
 def database_threads(worker_threads: int) -> int:
@@ -51,6 +61,13 @@ def make_engine(url: str, *, threads: int | None = None) -> Engine:
     else:
         kwargs["pool_size"] = threads or database_threads(8)
         kwargs["max_overflow"] = _POSTGRES_OVERFLOW
+        parsed = make_url(url)
+        if parsed.get_driver_name() == "psycopg":
+            kwargs["connect_args"] = {"prepare_threshold": prepare_threshold(parsed)}
+            # psycopg would take the URL's text for a number and fail at the first statement.
+            url = parsed.difference_update_query(["prepare_threshold"]).render_as_string(
+                hide_password=False
+            )
     engine = create_engine(url, **kwargs)
     if not url.startswith("sqlite"):
         event.listen(engine, "checkin", _note_checkin)
@@ -58,6 +75,24 @@ def make_engine(url: str, *, threads: int | None = None) -> Engine:
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def prepare_threshold(url: URL) -> int | None:
+    """psycopg's `prepare_threshold` for `url`: its `?prepare_threshold=` (a whole number, or
+    `none`), else POSTGRES_PREPARE_THRESHOLD. Raises ConfigurationError naming what is
+    accepted."""
+    given = url.query.get("prepare_threshold")
+    if given is None:
+        return POSTGRES_PREPARE_THRESHOLD
+    text = (given[-1] if isinstance(given, tuple) else given).strip().lower()
+    if text == "none":
+        return None
+    if not text.isdigit():
+        raise ConfigurationError(
+            f"database_url: prepare_threshold={text!r} is not a whole number >= 0 or 'none' "
+            "(none turns prepared statements off, as PgBouncer's transaction mode needs)"
+        )
+    return int(text)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -240,9 +240,8 @@ def save_job(
             raise LeaseLost(order_id)
         return None
     if (
-        certificate is not None
-        and drop_records is not None
-        and not answered
+        certificate is not None  # for the type checker: the next test says as much
+        and one_issuing_statement(answered, drop_records, certificate)
         and connection.dialect.name == "postgresql"
     ):
         # The order, the certificate's record and the material's removal in one statement.
@@ -297,8 +296,18 @@ def issuing_alone(
     after: FinishHook | None,
 ) -> bool:
     """Whether `save_job` is the issuing save without a finish hook: one statement on
-    PostgreSQL (`issue_in_one_statement`)."""
-    return certificate is not None and drop_records is not None and not answered and after is None
+    PostgreSQL (`issue_in_one_statement`), and nothing after it."""
+    return one_issuing_statement(answered, drop_records, certificate) and after is None
+
+
+def one_issuing_statement(
+    answered: list[str],
+    drop_records: ChallengeSolver | None,
+    certificate: IssuedCertificate | None,
+) -> bool:
+    """Whether `save_job`'s issuing save is `issue_in_one_statement` on PostgreSQL: the
+    certificate, all the challenge material dropped, and no answer to mark."""
+    return certificate is not None and drop_records is not None and not answered
 
 
 # One statement per shape (the SET columns, and what goes with the save), built once.

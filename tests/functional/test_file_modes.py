@@ -55,18 +55,18 @@ def test_a_new_data_directory_and_database_are_private_whatever_the_umask(
                 assert mode(data / companion) == 0o600, companion
             assert mode(data / "secret.key") == 0o600
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def test_an_existing_directory_or_database_others_can_read_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = tmp_path / "data"
-    open_store(Settings(data_dir=data)).engine.dispose()
+    open_store(Settings(data_dir=data)).close()
     os.chmod(data, 0o755)
     os.chmod(data / "certok.db", 0o644)
     with caplog.at_level(logging.WARNING, logger="certok.db.files"):
-        open_store(Settings(data_dir=data)).engine.dispose()
+        open_store(Settings(data_dir=data)).close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"chmod 700 {data}" in w and "0755" in w for w in warnings), warnings
     assert any(f"chmod 600 {data / 'certok.db'}" in w and "0644" in w for w in warnings), warnings
@@ -76,7 +76,7 @@ def test_an_existing_directory_or_database_others_can_read_is_warned_about(
 
 def test_private_modes_give_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
-    open_store(Settings(data_dir=data)).engine.dispose()
+    open_store(Settings(data_dir=data)).close()
     with caplog.at_level(logging.WARNING, logger="certok.db.files"):
-        open_store(Settings(data_dir=data)).engine.dispose()
+        open_store(Settings(data_dir=data)).close()
     assert not [r for r in caplog.records if r.name == "certok.db.files"]

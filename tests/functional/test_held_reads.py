@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from certok.crypto import SecretBox
 from certok.db.engine import opened
 from certok.db.held_reads import HeldReads
+from certok.persistence import Store
 
 
 class _Clock:
@@ -182,6 +184,22 @@ def test_what_is_kept_is_closed_when_the_holder_goes(sessions: sessionmaker[Sess
 
     gc.collect()
     assert _checked_out(sessions) == 0
+
+
+def test_closing_the_store_hands_kept_connections_back_then_closes_the_pool(
+    sessions: sessionmaker[Session],
+) -> None:
+    """`Store.close`, what every process of certok runs last: nothing stays checked out, and
+    the pool holds no open connection (a kept SQLite one would keep its log unfolded)."""
+    held = HeldReads(sessions, most=2)
+    with held.connection() as connection:
+        _read(connection)
+        kept = _driver(connection)
+    assert _checked_out(sessions) == 1
+    engine = opened(sessions).engine
+    Store(engine=engine, sessions=opened(sessions), box=SecretBox(bytes(32))).close()
+    assert _checked_out(sessions) == 0
+    assert _closed(kept)
 
 
 def test_shutdown_releases_what_is_kept_and_keeps_no_more(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, exc, text
+from sqlalchemy import Engine, exc, make_url, text
 
 from certok.db import engine as engine_module
 from certok.db.engine import make_engine
+from certok.errors import ConfigurationError
 
 
 @pytest.fixture
@@ -58,3 +59,53 @@ def test_a_connection_in_steady_use_is_not_pinged(
         backend_pid(engine)
     assert failed.value.connection_invalidated
     assert backend_pid(engine) != first
+
+
+def _prepared_after(engine: Engine, runs: int) -> int:
+    """How many statements the server holds prepared for one connection after it ran the same
+    query `runs` times."""
+    with engine.connect() as connection:
+        for _ in range(runs):
+            connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one()
+        count = connection.execute(text("SELECT count(*) FROM pg_prepared_statements"))
+        return int(count.scalar_one())
+
+
+def _with_threshold(database_url: str, value: str) -> str:
+    url = make_url(database_url).update_query_dict({"prepare_threshold": value})
+    return url.render_as_string(hide_password=False)
+
+
+def test_a_statement_is_prepared_from_its_second_run(postgres: tuple[Engine, Engine]) -> None:
+    """psycopg's own default waits for a fifth run on each connection of the pool."""
+    engine, _ = postgres
+    assert _prepared_after(engine, 1) == 0
+    engine.dispose()
+    assert _prepared_after(engine, 2) >= 1
+
+
+@pytest.mark.parametrize(("runs", "prepared"), [(5, False), (6, True)])
+def test_the_database_url_sets_the_threshold(
+    postgres: tuple[Engine, Engine], runs: int, prepared: bool
+) -> None:
+    """`prepare_threshold=5`: prepared once it has run 5 times, at its sixth run."""
+    engine = make_engine(_with_threshold(postgres[0].url.render_as_string(False), "5"))
+    try:
+        assert (_prepared_after(engine, runs) >= 1) is prepared
+    finally:
+        engine.dispose()
+
+
+def test_none_in_the_database_url_turns_preparing_off(postgres: tuple[Engine, Engine]) -> None:
+    """For a pooler that moves transactions between server connections (PgBouncer)."""
+    engine = make_engine(_with_threshold(postgres[0].url.render_as_string(False), "none"))
+    try:
+        assert _prepared_after(engine, 20) == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_threshold_that_is_not_a_number_is_refused_naming_the_setting() -> None:
+    url = "postgresql+psycopg://certok@db.invalid/certok?prepare_threshold=often"
+    with pytest.raises(ConfigurationError, match=r"database_url: prepare_threshold='often'"):
+        make_engine(url)
