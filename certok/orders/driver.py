@@ -3,7 +3,10 @@
 Each call to `OrderDriver.step` loads the order, does one exchange with the CA (fetching the
 order and its authorizations counts as one), saves what it learned with the next attempt time,
 and says how long to wait before the next step. A restart therefore resumes the same ACME
-order from its saved URL instead of starting over.
+order from its saved URL instead of starting over. The load is skipped when the worker has the
+order at hand: the claim's row for the first step, and for a step that follows another in the
+same worker, the order as that step's saves left it (`take_carried`; only the lease holder
+writes what a step reads, and whoever else changes the order takes the lease away first).
 
 Requests to the CA are the costliest part of a step, so none is sent twice: the answer to
 newOrder is used as the order (only its authorizations are read after it), and a poll of an
@@ -64,6 +67,7 @@ from certok.orders.rows import (
     OrderSnapshot,
     PresentedRecord,
     load_snapshot,
+    snapshot_after,
 )
 from certok.orders.saves import OrderSaves
 from certok.settings import Settings
@@ -123,10 +127,18 @@ class OrderDriver:
             poll_seconds=settings.acme_poll_seconds,
             on_finished_in_transaction=on_finished_in_transaction,
         )
+        # The snapshot a step hands to the order's next step (`take_carried`). Worker threads
+        # set and pop distinct keys.
+        self._carried: dict[int, OrderSnapshot] = {}
 
     def take_finished(self, order_id: int) -> FinishedRow | None:
         """What the step that ended `order_id` saved (for the waiting requests), once."""
         return self._saves.take_finished(order_id)
+
+    def take_carried(self, order_id: int) -> OrderSnapshot | None:
+        """The order as the last step left it, for the next step, once; None when that step
+        gave no such snapshot (the next step then loads the order)."""
+        return self._carried.pop(order_id, None)
 
     # --- entry point ---------------------------------------------------------------------
     def step(
@@ -140,9 +152,12 @@ class OrderDriver:
 
         With `hold_lease_for`, a next step further away than that releases the lease in the
         step's own save (the caller will not keep the order); without it the lease is kept.
-        `snapshot`: the order as the claim that just leased it returned it, instead of a load.
+        `snapshot`: the order as the claim that just leased it returned it, or as the previous
+        step left it (`take_carried`), instead of a load. A step the caller keeps the order
+        after (within `hold_lease_for`) leaves its order's snapshot to `take_carried`.
         """
         order: OrderSnapshot | None
+        self._carried.pop(order_id, None)
         if snapshot is not None and snapshot.id == order_id:
             order = dataclasses.replace(snapshot, hold_lease_for=hold_lease_for)
         else:
@@ -150,6 +165,20 @@ class OrderDriver:
                 order = load_snapshot(connection, order_id, self._worker_id, hold_lease_for)
         if order is None:
             return None
+        self._saves.take_written(order_id)  # whatever a step that raised left
+        try:
+            delay = self._step(order)
+        finally:
+            written = self._saves.take_written(order_id)
+        if delay is not None and hold_lease_for is not None and delay <= hold_lease_for:
+            # The lease is kept and the caller drives the order on: what this step wrote is
+            # all that changed (`snapshot_after`), so the next step needs no read.
+            carried = snapshot_after(order, written)
+            if carried is not None:
+                self._carried[order_id] = carried
+        return delay
+
+    def _step(self, order: OrderSnapshot) -> float | None:
         solver = self._solvers.get(order.challenge_type)
         if solver is None:
             # Nothing was presented without a solver: there is no material to remove.
@@ -319,6 +348,7 @@ class OrderDriver:
         if not to_answer:
             return self._saves.poll_later(order, info.retry_after)
         ready = self._material.present(order, solver, account.key, to_answer, presented)
+        self._saves.note_presented(order.id)
         # Each answer is saved before the next exchange; the last one goes with the step's
         # closing save, which follows it at once.
         answered: list[str] = []

@@ -14,6 +14,7 @@ in its writer process (certok.db.write_channel), which receives them pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,6 +196,32 @@ def snapshot_of(row: Any, hold_lease_for: float | None) -> OrderSnapshot:
         replaces_certificate_id=row.replaces_certificate_id,
         notifies=bool(row.notifies),
     )
+
+
+# The order's columns a step's saves write that a snapshot holds as they are, and the ones it
+# does not hold at all. A save of any other column (the order's end, the lease handed back)
+# leaves nothing to carry to a next step.
+_CARRIED_AS_IS = frozenset({"acme_order_url", "acme_orders", "csr_pem", "attempts", "reason"})
+_NOT_IN_SNAPSHOT = frozenset({"next_attempt_at"})
+# `written`'s entry for the challenge material: True once presented, False once all removed.
+HAS_RECORDS = "has_records"
+
+
+def snapshot_after(order: OrderSnapshot, written: dict[str, Any]) -> OrderSnapshot | None:
+    """`order` as the row is after a step of the lease holder wrote `written` (the columns its
+    saves set, and `HAS_RECORDS`): what a load would return, without the read. None when
+    `written` holds a column a snapshot cannot follow. Only the lease holder writes these
+    columns; anyone else who changes the order (a disabled tenant's stop, a restart's
+    release) takes the lease away, so the next save is refused as it would be after a load."""
+    changes: dict[str, Any] = {}
+    for column, value in written.items():
+        if column in _CARRIED_AS_IS or column == HAS_RECORDS:
+            changes[column] = value
+        elif column == "key_encrypted":
+            changes["has_key"] = value is not None
+        elif column not in _NOT_IN_SNAPSHOT:
+            return None
+    return dataclasses.replace(order, **changes) if changes else order
 
 
 def read_presented(connection: Connection, order_id: int) -> dict[str, PresentedRecord]:

@@ -29,6 +29,7 @@ from certok.orders.acme_order_budget import BudgetWait
 from certok.orders.finished_row import FinishedRow
 from certok.orders.polling import poll_delay
 from certok.orders.rows import (
+    HAS_RECORDS,
     FinishHook,
     FinishingSave,
     OrderSnapshot,
@@ -61,10 +62,22 @@ class OrderSaves:
         # What the save that ended an order wrote, until the worker hands it to the waiting
         # requests (`take_finished`). Worker threads set and pop distinct keys.
         self._finished: dict[int, FinishedRow] = {}
+        # What the current step's saves wrote to each order's row (`take_written`), so the
+        # driver can carry the order to its next step without reading it back.
+        self._written: dict[int, dict[str, Any]] = {}
 
     def take_finished(self, order_id: int) -> FinishedRow | None:
         """What this process's last save of `order_id` wrote when it ended the order, once."""
         return self._finished.pop(order_id, None)
+
+    def note_presented(self, order_id: int) -> None:
+        """The step stored challenge material for the order (`ChallengeMaterial.present`)."""
+        self._written.setdefault(order_id, {})[HAS_RECORDS] = True
+
+    def take_written(self, order_id: int) -> dict[str, Any]:
+        """The columns this step's saves set on the order's row, and `HAS_RECORDS` when the
+        step stored or removed all of its challenge material; once (`snapshot_after`)."""
+        return self._written.pop(order_id, {})
 
     def save(
         self,
@@ -103,8 +116,14 @@ class OrderSaves:
         )
         shape = (list(answered), drop_records, certificate, after)
         if one_statement_save(*shape) or issuing_alone(*shape):
-            return write_statement(self._sessions, job)
-        return write(self._sessions, job)
+            saved = write_statement(self._sessions, job)
+        else:
+            saved = write(self._sessions, job)
+        written = self._written.setdefault(order_id, {})
+        written.update(values)
+        if drop_records is not None:
+            written[HAS_RECORDS] = False
+        return saved
 
     def next_attempt(
         self,

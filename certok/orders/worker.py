@@ -197,7 +197,9 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 delay = await self._in_pool(self._step, order_id, snapshot)
-                snapshot = None  # later steps load the order: the previous one changed it
+                # The order as this step left it, when the step could tell without a read
+                # (else None: the next step loads it).
+                snapshot = self._driver.take_carried(order_id)
                 if delay is None:
                     # What the finishing save wrote, when this process's save ended it.
                     finished = self._driver.take_finished(order_id)
@@ -225,7 +227,9 @@ class Worker:
                 await self._in_pool(self._release_lease, order_id)
             self._more_due = True  # the order is due again now
         finally:
-            self._driver.take_finished(order_id)  # not kept past the drive, whatever happened
+            # Neither is kept past the drive, whatever happened.
+            self._driver.take_finished(order_id)
+            self._driver.take_carried(order_id)
             with self._busy_lock:
                 self._busy.discard(order_id)
             if self._more_due:
