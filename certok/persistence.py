@@ -33,8 +33,10 @@ class Store:
         """Close every database connection: the ones apply's readers keep first (they are
         outside the pool, and a SQLite connection left open keeps its write-ahead log from
         being folded into the file), then the pool's."""
-        opened(self.sessions).release_kept_connections()
-        self.engine.dispose()
+        try:
+            opened(self.sessions).release_kept_connections()
+        finally:
+            self.engine.dispose()
 
 
 def open_store(

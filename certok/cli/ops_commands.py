@@ -230,7 +230,10 @@ def _sqlite_path(settings: Settings) -> Path:
 
 
 def _libpq_url(url: str) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
+    # prepare_threshold is psycopg's (certok.db.engine); pg_dump refuses it.
+    parsed = (
+        make_url(url).set(drivername="postgresql").difference_update_query(["prepare_threshold"])
+    )
     return parsed.render_as_string(hide_password=True)
 
 

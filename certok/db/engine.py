@@ -49,6 +49,7 @@ def make_engine(url: str, *, threads: int | None = None) -> Engine:
     a connection (a backend process on the server) plus a ping per transaction.
     """
     kwargs: dict[str, Any] = {"future": True}
+    target: str | URL = url
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -65,10 +66,8 @@ def make_engine(url: str, *, threads: int | None = None) -> Engine:
         if parsed.get_driver_name() == "psycopg":
             kwargs["connect_args"] = {"prepare_threshold": prepare_threshold(parsed)}
             # psycopg would take the URL's text for a number and fail at the first statement.
-            url = parsed.difference_update_query(["prepare_threshold"]).render_as_string(
-                hide_password=False
-            )
-    engine = create_engine(url, **kwargs)
+            target = parsed.difference_update_query(["prepare_threshold"])
+    engine = create_engine(target, **kwargs)
     if not url.startswith("sqlite"):
         event.listen(engine, "checkin", _note_checkin)
         event.listen(engine, "checkout", _ping_if_idle)
@@ -87,7 +86,7 @@ def prepare_threshold(url: URL) -> int | None:
     text = (given[-1] if isinstance(given, tuple) else given).strip().lower()
     if text == "none":
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ConfigurationError(
             f"database_url: prepare_threshold={text!r} is not a whole number >= 0 or 'none' "
             "(none turns prepared statements off, as PgBouncer's transaction mode needs)"

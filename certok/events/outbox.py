@@ -7,10 +7,10 @@ destination: each of the tenant's enabled endpoints that wants the type, plus a 
 when one is given. The delivery worker (`certok.events.delivery`) sends them.
 
 An order's end with nobody to tell (no notifyUrl, no enabled endpoint of its tenant, as the
-worker read the order when it claimed it or, after a pause, loaded it again: `notifies` in
+worker read the order when it claimed it or last loaded it: `notifies` in
 `certok.orders.rows`) runs without this hook, so the issuing save stays one statement on
-PostgreSQL. An endpoint enabled in the moment between that read and the order's end (about a
-second while the CA validates and issues) misses its event, as one enabled a moment after
+PostgreSQL. An endpoint enabled between that read and the order's end (typically the few
+seconds the CA takes to validate and issue) misses its event, as one enabled a moment after
 the end would.
 
 Functions here take a Connection and plain arguments: they run in the writer process of a

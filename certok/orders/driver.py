@@ -5,8 +5,9 @@ order and its authorizations counts as one), saves what it learned with the next
 and says how long to wait before the next step. A restart therefore resumes the same ACME
 order from its saved URL instead of starting over. The load is skipped when the worker has the
 order at hand: the claim's row for the first step, and for a step that follows another in the
-same worker, the order as that step's saves left it (`take_carried`; only the lease holder
-writes what a step reads, and whoever else changes the order takes the lease away first).
+same worker, the order as that step's saves left it (`take_carried`, `snapshot_after`: only
+the lease holder writes what a step reads, whoever else changes the order takes the lease
+away first, and a snapshot is carried only from a step whose save the lease let through).
 
 Requests to the CA are the costliest part of a step, so none is sent twice: the answer to
 newOrder is used as the order (only its authorizations are read after it), and a poll of an
@@ -204,6 +205,7 @@ class OrderDriver:
             raise
         except Unavailable as error:
             # A part of certok is restarting (the writer process): not the order's fault.
+            self._saves.distrust(order.id)
             return self._saves.retry_later(order, error.message, None)
         except CertokError as error:
             self._saves.fail(order, error.message, solver)
@@ -211,6 +213,7 @@ class OrderDriver:
         except Exception:
             # A bug or an unexpected failure must not spin: back off like a retryable problem.
             log.exception("order %s: unexpected error", order.id)
+            self._saves.distrust(order.id)
             return self._saves.retry_later(order, "internal error (see the server log)", None)
 
     # --- steps -----------------------------------------------------------------------------

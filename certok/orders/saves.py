@@ -30,6 +30,7 @@ from certok.orders.finished_row import FinishedRow
 from certok.orders.polling import poll_delay
 from certok.orders.rows import (
     HAS_RECORDS,
+    UNSURE,
     FinishHook,
     FinishingSave,
     OrderSnapshot,
@@ -73,6 +74,11 @@ class OrderSaves:
     def note_presented(self, order_id: int) -> None:
         """The step stored challenge material for the order (`ChallengeMaterial.present`)."""
         self._written.setdefault(order_id, {})[HAS_RECORDS] = True
+
+    def distrust(self, order_id: int) -> None:
+        """The step failed after a write that may have committed unseen (a connection lost
+        after the commit): the next step reads the order (`snapshot_after`)."""
+        self._written.setdefault(order_id, {})[UNSURE] = True
 
     def take_written(self, order_id: int) -> dict[str, Any]:
         """The columns this step's saves set on the order's row, and `HAS_RECORDS` when the

@@ -86,7 +86,8 @@ def set_disabled(session: Session, name: str, disabled: bool, clock: Clock = utc
     """Disable or enable a tenant. Disabling also stops its running orders, in the same
     transaction: each fails with the reason, its challenge material goes (the DNS server and
     the HTTP-01 responder stop serving it), and a worker driving one loses its lease, so its
-    next save is refused. Returns how many orders were stopped."""
+    next save is refused (a request to the CA it sends before that save, within one poll
+    interval of its last one, may still go out). Returns how many orders were stopped."""
     tenant = find_tenant(session, name)
     tenant.disabled = disabled
     if not disabled:

@@ -173,3 +173,12 @@ def test_backup_of_postgresql_prints_pg_dump_guidance(tmp_path: Path) -> None:
     assert "pg_dump --format=custom" in result.stderr
     assert "postgresql://certok:***@db.internal:5432/certok" in result.stderr
     assert "s3cret" not in result.stderr and "secret key file" in result.stderr
+
+
+def test_the_pg_dump_guidance_leaves_out_what_only_psycopg_takes(tmp_path: Path) -> None:
+    """`prepare_threshold` is psycopg's (docs/settings.md); pg_dump refuses the URL with it."""
+    url = "postgresql+psycopg://certok@db.internal/certok?prepare_threshold=none&sslmode=require"
+    result = run(
+        tmp_path / "data", "backup", str(tmp_path / "b"), ok=False, CERTOK_DATABASE_URL=url
+    )
+    assert "'postgresql://certok@db.internal/certok?sslmode=require'" in result.stderr
