@@ -77,7 +77,7 @@ from _common import (
 from _wrk import WrkResult, run_wrk
 from api_rps import certok_env, self_signed
 from dns_qps import Load, ZoneData, run_dnsperf, warm_up, write_query_file
-from issuance_throughput import fresh_postgres_database
+from issuance_throughput import drop_postgres_database, fresh_postgres_database
 
 from tests.rig.certok_server import CertokServer
 
@@ -683,34 +683,52 @@ def run(args: argparse.Namespace) -> Report:
     print(f"{BENCH}: {cores.describe()}", flush=True)
     if args.keep and args.postgres:
         raise SystemExit("--keep is for SQLite only: PostgreSQL's database is made afresh")
-    stages: list[Stage] = []
     with tempfile.TemporaryDirectory(prefix="certok-bench-growth-") as tmp:
         database_url = fresh_postgres_database(args.postgres, "growth") if args.postgres else None
-        workdir, token, filler = Path(tmp), "", None
-        for order_count, delegation_count in zip(orders, delegations, strict=True):
-            stage = Stage(order_count, delegation_count)
-            if args.keep:  # each stage its own database, kept and reused by the next run
-                workdir = args.keep / f"{order_count}-orders-{delegation_count}-delegations"
-                token, filler = kept_filler(workdir)
-            if filler is None:
-                token, filler = new_filler(workdir, database_url)
-            print(f"{BENCH}: filling to {order_count:,} orders, {delegation_count:,} delegations",
-                  flush=True)  # fmt: skip
-            stage.fill_seconds = filler.grow(delegation_count, order_count)
-            if args.keep:
-                save_filler(workdir, token, filler)
-            stage.db_path = apply_db_path(
-                filler.data_dir, database_url, filler.codes(), args.db_samples
-            )
-            stage.refresh = zone_refresh(
-                filler.data_dir, database_url, filler.first_order_id or 1, args.refresh_samples
-            )
-            print(f"{BENCH}: measuring ({stage.fill_seconds:.0f} s to fill)", flush=True)
-            measure_stage(stage, filler, workdir, token, args, cores)
-            stages.append(stage)
+        try:
+            stages = measure_stages(Path(tmp), database_url, orders, delegations, args, cores)
+        finally:
+            if database_url is not None:  # a 1M stage's database holds gigabytes
+                drop_postgres_database(args.postgres, database_url)
     report = build_report(stages)
     report.commands.insert(0, invocation(__file__))
     return report
+
+
+def measure_stages(
+    tmp: Path,
+    database_url: str | None,
+    orders: list[int],
+    delegations: list[int],
+    args: argparse.Namespace,
+    cores: Cores,
+) -> list[Stage]:
+    """Grow the database stage by stage and measure each (SQLite in `tmp` or `--keep`'s
+    directories, or the PostgreSQL database at `database_url`)."""
+    stages: list[Stage] = []
+    workdir, token, filler = tmp, "", None
+    for order_count, delegation_count in zip(orders, delegations, strict=True):
+        stage = Stage(order_count, delegation_count)
+        if args.keep:  # each stage its own database, kept and reused by the next run
+            workdir = args.keep / f"{order_count}-orders-{delegation_count}-delegations"
+            token, filler = kept_filler(workdir)
+        if filler is None:
+            token, filler = new_filler(workdir, database_url)
+        print(f"{BENCH}: filling to {order_count:,} orders, {delegation_count:,} delegations",
+              flush=True)  # fmt: skip
+        stage.fill_seconds = filler.grow(delegation_count, order_count)
+        if args.keep:
+            save_filler(workdir, token, filler)
+        stage.db_path = apply_db_path(
+            filler.data_dir, database_url, filler.codes(), args.db_samples
+        )
+        stage.refresh = zone_refresh(
+            filler.data_dir, database_url, filler.first_order_id or 1, args.refresh_samples
+        )
+        print(f"{BENCH}: measuring ({stage.fill_seconds:.0f} s to fill)", flush=True)
+        measure_stage(stage, filler, workdir, token, args, cores)
+        stages.append(stage)
+    return stages
 
 
 def new_filler(workdir: Path, database_url: str | None) -> tuple[str, Filler]:
