@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from certok.certificates.ordering import new_order_for
@@ -59,6 +57,8 @@ from certok.issuance import (
 )
 from certok.orders.accounts import AccountRegistry, IssuerAccount
 from certok.orders.acme_order_budget import AcmeOrderBudget
+from certok.orders.ca_verdicts import answered_before, first_authz_error
+from certok.orders.carried import snapshot_after
 from certok.orders.finished_row import FinishedRow
 from certok.orders.material import ChallengeMaterial
 from certok.orders.polling import authorizations_needed
@@ -68,7 +68,6 @@ from certok.orders.rows import (
     OrderSnapshot,
     PresentedRecord,
     load_snapshot,
-    snapshot_after,
 )
 from certok.orders.saves import OrderSaves
 from certok.settings import Settings
@@ -162,7 +161,8 @@ class OrderDriver:
         if snapshot is not None and snapshot.id == order_id:
             order = dataclasses.replace(snapshot, hold_lease_for=hold_lease_for)
         else:
-            with self._reading() as connection:
+            # A connection, not a session: a load runs for many steps of every order.
+            with opened(self._sessions).read_connection() as connection:
                 order = load_snapshot(connection, order_id, self._worker_id, hold_lease_for)
         if order is None:
             return None
@@ -226,7 +226,9 @@ class OrderDriver:
             wait := self._budget.waiting(order.issuer, order.tenant_id)
         ):
             return self._saves.queue(order, wait)
-        problem = self._ownership_problem(order)
+        # The CA may reuse an authorization it validated earlier for the shared ACME account,
+        # so certok's own check gates every order, at the moment the order goes out.
+        problem = self._ownership(order.tenant_id, order.challenge_type, order.domains)
         if problem is not None:
             if order.attempts < OWNERSHIP_RETRIES:
                 return self._saves.retry_later(order, problem, None)
@@ -284,7 +286,7 @@ class OrderDriver:
         """`presented`: the stored challenge material, when the step has read it already."""
         if info.status == STATUS_INVALID:
             # "invalid": The certificate will not be issued. Consider this order process abandoned.
-            reason = info.error or _first_authz_error(info) or "the CA marked the order invalid"
+            reason = info.error or first_authz_error(info) or "the CA marked the order invalid"
             dead = any(
                 a.error_kind == ProblemKind.AUTHORIZATION_INVALID for a in info.authorizations
             )
@@ -359,7 +361,7 @@ class OrderDriver:
             try:
                 account.session.answer_challenge(challenge.url)
             except AcmeProblem as problem:
-                if not self._answered_before(account, authz_url, challenge.url, problem):
+                if not answered_before(account, authz_url, challenge.url, problem):
                     raise
             if index < len(ready) - 1:
                 self._material.mark_answered(order.id, [authz_url])
@@ -370,37 +372,6 @@ class OrderDriver:
                 order, None, at_least=solver.settle_seconds, answered=answered
             )
         return self._saves.poll_later(order, info.retry_after, answered=answered)
-
-    @staticmethod
-    def _answered_before(
-        account: IssuerAccount, authz_url: str, challenge_url: str, problem: AcmeProblem
-    ) -> bool:
-        """Whether a refused answer only means the CA already has an earlier one.
-
-        After a crash between answering and saving that fact, the restarted driver answers
-        again; if the first answer arrived meanwhile, the challenge is no longer pending and
-        the CA refuses the second (Pebble: `malformed`). The next fetch shows the outcome.
-        """
-        if problem.kind is not ProblemKind.REJECTED:
-            return False
-        authz = account.session.fetch_authorization(authz_url)
-        current = next((c for c in authz.challenges if c.url == challenge_url), None)
-        return current is not None and current.status != STATUS_PENDING
-
-    # --- ownership ---------------------------------------------------------------------------
-    def _ownership_problem(self, order: OrderSnapshot) -> str | None:
-        """Why this tenant may not order these names now, or None.
-
-        The CA may reuse an authorization it validated earlier for the shared ACME account,
-        so certok's own check gates every order, at the moment the order goes out.
-        """
-        return self._ownership(order.tenant_id, order.challenge_type, order.domains)
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        # A connection, not a session: the load runs once per step of every order.
-        with opened(self._sessions).read_connection() as connection:
-            yield connection
 
     def _start_over_or_fail(
         self, order: OrderSnapshot, solver: ChallengeSolver, reason: str, dead: bool
@@ -420,7 +391,3 @@ class OrderDriver:
             drop_records=solver,
             acme_order_url=None,
         )
-
-
-def _first_authz_error(info: OrderInfo) -> str | None:
-    return next((a.error for a in info.authorizations if a.error), None)

@@ -14,7 +14,6 @@ in its writer process (certok.db.write_channel), which receives them pickled.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,43 +195,6 @@ def snapshot_of(row: Any, hold_lease_for: float | None) -> OrderSnapshot:
         replaces_certificate_id=row.replaces_certificate_id,
         notifies=bool(row.notifies),
     )
-
-
-# The order's columns a step's saves write that a snapshot holds as they are, and the ones it
-# does not hold at all. A save of any other column (the order's end, the lease handed back)
-# leaves nothing to carry to a next step.
-_CARRIED_AS_IS = frozenset({"acme_order_url", "acme_orders", "csr_pem", "attempts", "reason"})
-_NOT_IN_SNAPSHOT = frozenset({"next_attempt_at"})
-# `written`'s entry for the challenge material: True once presented, False once all removed.
-HAS_RECORDS = "has_records"
-# `written`'s mark of a step that failed after it may have written something unseen.
-UNSURE = "unsure"
-
-
-def snapshot_after(order: OrderSnapshot, written: dict[str, Any]) -> OrderSnapshot | None:
-    """`order` as the row is after a step of the lease holder wrote `written` (the columns its
-    saves set, `HAS_RECORDS`, `UNSURE`), for the next step instead of a read; None when that
-    step must read the order.
-
-    Only the lease holder writes these columns, and anyone else who changes the order (a
-    disabled tenant's stop, a node's release of its leases) takes the lease away. So a
-    snapshot is carried only from a step whose save the lease fence let through (a held poll
-    saves nothing: the next step reads), and never into a step that would make a new ACME
-    order. What a read would show and a carried snapshot may not: `notifies` as of the last
-    read, and `has_records` true after material was removed piecemeal (one read more, never
-    a removal missed)."""
-    if UNSURE in written or not any(column != HAS_RECORDS for column in written):
-        return None
-    changes: dict[str, Any] = {}
-    for column, value in written.items():
-        if column in _CARRIED_AS_IS or column == HAS_RECORDS:
-            changes[column] = value
-        elif column == "key_encrypted":
-            changes["has_key"] = value is not None
-        elif column not in _NOT_IN_SNAPSHOT:
-            return None
-    carried = dataclasses.replace(order, **changes)
-    return None if carried.acme_order_url is None else carried
 
 
 def read_presented(connection: Connection, order_id: int) -> dict[str, PresentedRecord]:

@@ -26,11 +26,10 @@ from certok.db.writes import write, write_statement
 from certok.issuance import AcmeProblem, ProblemKind
 from certok.order_states import FAILURE, ISSUED
 from certok.orders.acme_order_budget import BudgetWait
+from certok.orders.carried import HAS_RECORDS, UNSURE
 from certok.orders.finished_row import FinishedRow
 from certok.orders.polling import poll_delay
 from certok.orders.rows import (
-    HAS_RECORDS,
-    UNSURE,
     FinishHook,
     FinishingSave,
     OrderSnapshot,

@@ -1,4 +1,4 @@
-"""What a step carries to the next (certok/orders/rows.py `snapshot_after`): the order as the
+"""What a step carries to the next (certok/orders/carried.py `snapshot_after`): the order as the
 step's saves left it, or None where the next step must read the order itself."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from certok.orders.rows import HAS_RECORDS, UNSURE, OrderSnapshot, snapshot_after
+from certok.orders.carried import HAS_RECORDS, UNSURE, snapshot_after
+from certok.orders.rows import OrderSnapshot
 
 _AT = dt.datetime(2026, 12, 6, 10, 0, tzinfo=dt.UTC)
 _STARTED = OrderSnapshot(
