@@ -157,7 +157,6 @@ class OrderDriver:
         after (within `hold_lease_for`) leaves its order's snapshot to `take_carried`.
         """
         order: OrderSnapshot | None
-        self._carried.pop(order_id, None)
         if snapshot is not None and snapshot.id == order_id:
             order = dataclasses.replace(snapshot, hold_lease_for=hold_lease_for)
         else:
@@ -166,10 +165,9 @@ class OrderDriver:
                 order = load_snapshot(connection, order_id, self._worker_id, hold_lease_for)
         if order is None:
             return None
-        self._saves.take_written(order_id)  # whatever a step that raised left
         try:
             delay = self._step(order)
-        finally:
+        finally:  # taken even from a step that raised: nothing stays for its next step
             written = self._saves.take_written(order_id)
         if delay is not None and hold_lease_for is not None and delay <= hold_lease_for:
             # The lease is kept and the caller drives the order on: what this step wrote is
