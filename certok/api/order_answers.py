@@ -114,9 +114,13 @@ def encoded_issued_row(order: Any, private_key: str) -> bytes:
 
 def stored_time_text(value: str | dt.datetime | None) -> str | None:
     """`_time(stored_utc(value))` for a time read `untyped`: SQLite's stored text, as
-    SQLAlchemy writes it, is cut to the seconds without parsing it."""
-    if isinstance(value, str) and _SQLITE_STORED_TIME.fullmatch(value):
-        return value[:19]
+    SQLAlchemy writes it, is cut to the seconds without parsing it, and PostgreSQL's naive
+    UTC datetime is written as it is, without making an aware copy of it first."""
+    if isinstance(value, str):
+        if _SQLITE_STORED_TIME.fullmatch(value):
+            return value[:19]
+    elif isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.isoformat(" ", "seconds")
     return _time(stored_utc(value))
 
 

@@ -5,8 +5,10 @@ more than the batches ahead of it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -66,7 +68,7 @@ def test_at_most_max_running_batches_run_at_once() -> None:
             running -= 1
         return {key: key for key in keys}
 
-    reads = BatchedReads(slow, max_batch=1, max_running=2)
+    reads = BatchedReads(slow, max_batch=1, max_running=2, alongside_from=1)
 
     async def run() -> list[int | None]:
         polls = asyncio.gather(*(reads.get(key) for key in range(6)))
@@ -79,6 +81,223 @@ def test_at_most_max_running_batches_run_at_once() -> None:
 
     assert asyncio.run(run()) == list(range(6))
     assert most == 2
+
+
+class HeldFirst:
+    """Negates its keys; notes each batch; holds the first batch until `release` is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, keys: Sequence[int]) -> Mapping[int, int]:
+        self.batches.append(list(keys))
+        if len(self.batches) == 1:
+            self.first_started.set()
+            self.release.wait(30)
+        return {key: -key for key in keys}
+
+
+def test_a_batch_runs_alongside_another_only_once_enough_reads_wait() -> None:
+    reader = HeldFirst()
+    # No time limit within the test: only the number of waiting reads starts a batch here.
+    reads = BatchedReads(reader, max_running=2, alongside_from=3, alongside_after=30)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async def run() -> list[int | None]:
+        first = asyncio.ensure_future(reads.get(0))
+        await asyncio.to_thread(reader.first_started.wait, 30)
+        # Two reads wait while the first batch runs: too few for a batch alongside it.
+        few = [asyncio.ensure_future(reads.get(key)) for key in (1, 2)]
+        await asyncio.sleep(0.05)  # time for a wrongly started batch to reach the reader
+        assert reader.batches == [[0]]
+        # A third makes enough: they are read alongside the held batch, as one.
+        more = asyncio.ensure_future(reads.get(3))
+        await until(lambda: len(reader.batches) == 2)
+        assert reader.batches[1] == [1, 2, 3]
+        reader.release.set()
+        return list(await asyncio.gather(first, *few, more))
+
+    assert asyncio.run(run()) == [0, -1, -2, -3]
+
+
+def test_reads_waiting_for_a_running_batch_are_read_together_when_it_ends() -> None:
+    reader = HeldFirst()
+    reads = BatchedReads(reader, alongside_after=30)
+
+    async def run() -> list[int | None]:
+        first = asyncio.ensure_future(reads.get(1))
+        await asyncio.to_thread(reader.first_started.wait, 30)
+        later = [asyncio.ensure_future(reads.get(key)) for key in (2, 3, 4)]
+        await asyncio.sleep(0.05)  # time for a wrongly started batch to reach the reader
+        assert reader.batches == [[1]]
+        reader.release.set()
+        return list(await asyncio.gather(first, *later))
+
+    assert asyncio.run(run()) == [-1, -2, -3, -4]
+    assert reader.batches == [[1], [2, 3, 4]]
+
+
+def test_reads_waiting_start_when_any_running_batch_ends_not_the_last() -> None:
+    batches: list[list[int]] = []
+    release = {key: threading.Event() for key in (0, 1)}
+    started = threading.Semaphore(0)
+
+    def held(keys: Sequence[int]) -> Mapping[int, int]:
+        batches.append(list(keys))
+        started.release()
+        for key in keys:
+            if key in release:
+                release[key].wait(30)
+        return {key: key + 100 for key in keys}
+
+    # Two waiting reads make a batch alongside; one alone starts only when a batch ends.
+    reads = BatchedReads(held, max_batch=1, max_running=2, alongside_from=2, alongside_after=30)
+
+    async def run() -> int | None:
+        held_long = asyncio.ensure_future(reads.get(0))
+        await asyncio.to_thread(started.acquire, True, 30)
+        ending = asyncio.ensure_future(reads.get(1))
+        waiting = asyncio.ensure_future(reads.get(2))  # no third batch: max_running
+        await asyncio.to_thread(started.acquire, True, 30)
+        await asyncio.sleep(0.05)  # time for a wrongly started batch to reach the reader
+        assert sorted(batches) == [[0], [1]]
+        release[1].set()  # the batch of key 1 ends; key 0's still runs
+        assert await ending == 101
+        answer = await asyncio.wait_for(waiting, 30)
+        assert not held_long.done()
+        release[0].set()
+        assert await held_long == 100
+        return answer
+
+    assert asyncio.run(run()) == 102
+
+
+def test_a_held_up_batch_is_gone_around_after_the_time_limit() -> None:
+    release = threading.Event()
+    first_started = threading.Event()
+
+    def stuck_first(keys: Sequence[int]) -> Mapping[int, int]:
+        if 0 in keys:
+            first_started.set()
+            release.wait(30)
+        return {key: key * 2 for key in keys}
+
+    # One read waiting is far fewer than alongside_from: only the time limit starts it.
+    reads = BatchedReads(stuck_first, alongside_from=64, alongside_after=0.05)
+
+    async def run() -> int | None:
+        stuck = asyncio.ensure_future(reads.get(0))
+        await asyncio.to_thread(first_started.wait, 30)
+        answer = await asyncio.wait_for(reads.get(7), 30)
+        assert not stuck.done()  # answered while the first batch is still held up
+        release.set()
+        assert await stuck == 0
+        return answer
+
+    assert asyncio.run(run()) == 14
+
+
+def test_a_thread_that_cannot_start_fails_its_batch_and_not_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = Reader()
+    reads = BatchedReads(reader, max_running=1)
+    real_start = threading.Thread.start
+
+    def cannot_start(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def run() -> tuple[list[object], list[int | None]]:
+        monkeypatch.setattr(threading.Thread, "start", cannot_start)
+        failed = await asyncio.wait_for(
+            asyncio.gather(reads.get(4), reads.get(5), return_exceptions=True), 30
+        )
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        return failed, await asyncio.wait_for(asyncio.gather(reads.get(4), reads.get(6)), 30)
+
+    failed, answered = asyncio.run(run())
+    assert [str(error) for error in failed] == ["can't start new thread"] * 2
+    assert answered == [16, 36]
+
+
+def test_a_thread_that_cannot_start_leaves_the_batch_to_those_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = Reader()
+    reads = BatchedReads(reader, max_running=2)
+
+    def cannot_start(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def run() -> list[int | None]:
+        first = await asyncio.wait_for(reads.get(2), 30)  # one thread started
+        monkeypatch.setattr(threading.Thread, "start", cannot_start)
+        return [first, await asyncio.wait_for(reads.get(3), 30)]
+
+    assert asyncio.run(run()) == [4, 9]
+
+
+class StoppingMapping(Mapping[int, int]):
+    """A mapping whose `get` raises StopIteration for key 1."""
+
+    def __getitem__(self, key: int) -> int:
+        return key
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def get(self, key: int, default: object = None) -> Any:
+        if key == 1:
+            raise StopIteration("from get")
+        return key
+
+
+def test_an_answer_that_cannot_be_given_fails_that_caller_and_answers_the_others() -> None:
+    reads = BatchedReads(lambda keys: StoppingMapping())
+
+    async def run() -> list[object]:
+        return await asyncio.wait_for(
+            asyncio.gather(reads.get(1), reads.get(2), return_exceptions=True), 30
+        )
+
+    failed, answered = asyncio.run(run())
+    assert isinstance(failed, RuntimeError) and "StopIteration" in str(failed)
+    assert answered == 2
+
+
+def test_a_read_raising_stop_iteration_fails_its_callers_with_why() -> None:
+    calls = 0
+
+    def stopping(keys: Sequence[int]) -> Mapping[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StopIteration("no more")
+        return {key: key for key in keys}
+
+    reads = BatchedReads(stopping)
+
+    async def run() -> tuple[list[object], int | None]:
+        failed = await asyncio.wait_for(
+            asyncio.gather(reads.get(1), reads.get(2), return_exceptions=True), 30
+        )
+        return failed, await asyncio.wait_for(reads.get(3), 30)
+
+    failed, answered = asyncio.run(run())
+    assert [type(error) for error in failed] == [RuntimeError, RuntimeError]
+    assert "StopIteration" in str(failed[0])
+    assert answered == 3
 
 
 def test_a_failed_batch_fails_its_callers_and_the_next_batch_runs() -> None:
@@ -128,3 +347,25 @@ def test_each_event_loop_gathers_its_own_reads() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BatchedReads(Reader(), max_batch=0)
+
+
+def test_its_threads_end_once_it_is_gone() -> None:
+    before = set(threading.enumerate())
+    reads = BatchedReads(Reader(), max_running=2)
+    assert asyncio.run(reads.get(3)) == 9
+    started = [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name.startswith("certok-reads")
+    ]
+    assert started  # as the batches need them
+    del reads
+    # Collected once the thread that answered has let go of its batch (a moment after the
+    # answer reaches the loop), at the collector's next run.
+    for _ in range(300):
+        gc.collect()
+        for thread in started:
+            thread.join(0.1)
+        if not any(thread.is_alive() for thread in started):
+            break
+    assert not any(thread.is_alive() for thread in started)

@@ -123,6 +123,12 @@ def test_a_stored_time_reads_as_its_datetime_would(when: dt.datetime) -> None:
     assert stored_time_text(None) is None
 
 
+@given(when=st.datetimes())
+def test_a_naive_datetime_of_any_year_reads_as_its_aware_copy_would(when: dt.datetime) -> None:
+    # PostgreSQL's naive UTC datetimes are written without an aware copy: the same text.
+    assert stored_time_text(when) == _time_text(stored_utc(when))
+
+
 @given(
     issuer=_TEXT,
     subject=st.none() | _TEXT,
