@@ -102,6 +102,18 @@ def group_cpu_seconds(pgid: int) -> float:
     The benchmarks start each server in its own session (tests.rig.process), so its group holds
     exactly that server and the helpers it forked (NSD serves from a child process).
     """
+    return processes_cpu_seconds(lambda _name, fields: int(fields[2]) == pgid)  # field 5: pgrp
+
+
+def named_cpu_seconds(name: str) -> float:
+    """User+system CPU seconds of every live process whose command is `name` (a server this
+    machine runs, such as PostgreSQL's backends)."""
+    return processes_cpu_seconds(lambda command, _fields: command == name)
+
+
+def processes_cpu_seconds(wanted: Callable[[str, list[str]], bool]) -> float:
+    """User+system CPU seconds of every live process for which `wanted(command name, the stat
+    fields after it)` holds."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -112,8 +124,9 @@ def group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue  # exited while we looked
         # The command name may hold spaces and parentheses: split after the last ")".
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # field 5 of stat: pgrp
+        if wanted(command, fields):
             total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
     return total / _CLOCK_TICKS
 

@@ -449,28 +449,10 @@ def measure_stage(
     stage: Stage, filler: Filler, workdir: Path, token: str, args: argparse.Namespace,
     cores: Cores,
 ) -> None:  # fmt: skip
-    label_map = workdir / "labels.json"
-    label_map.write_text(json.dumps(filler.labels))
     with Processes() as processes:
-        resolver_port = free_port("delegation resolver")
-        processes.add(
-            start_process(
-                "delegation-resolver",
-                _stub_resolver.command(resolver_port, ZONE, label_map),
-                workdir=workdir,
-                core=cores.load,
-                ready=lambda: _stub_resolver.answers(resolver_port),
-                what="answering",
-            )
-        )
+        certok = serve_filled(processes, filler, workdir, cores)
+        dns_port = int(certok.env["CERTOK_DNS_PORT"])
         first_name = delegated_name(0)
-        api_port, dns_port = free_port("certok api"), free_port("certok dns")
-        env = growth_env(workdir / "data", filler.database_url, api_port, dns_port, resolver_port)
-        certok = processes.add(
-            certok_serve(
-                env, workdir=workdir / "certok", core=cores.server, timeout=STARTUP_TIMEOUT
-            )
-        )
         started = time.monotonic()
         certok.start()
         stage.startup_seconds = time.monotonic() - started
@@ -520,6 +502,30 @@ def measure_stage(
         memory = memory_kib(certok.pid)
         stage.rss_after_kib, stage.peak_kib = memory["VmRSS"], memory["VmHWM"]
     stage.database_mib = database_mib(workdir / "data", filler.database_url)
+
+
+def serve_filled(processes: Processes, filler: Filler, workdir: Path, cores: Cores) -> CertokServer:
+    """`certok serve` on `filler`'s database, pinned to the server's core and not started yet,
+    with a stand-in resolver on the load core (running) that answers each delegated name's
+    `_acme-challenge` CNAME with its label."""
+    label_map = workdir / "labels.json"
+    label_map.write_text(json.dumps(filler.labels))
+    resolver_port = free_port("delegation resolver")
+    processes.add(
+        start_process(
+            "delegation-resolver",
+            _stub_resolver.command(resolver_port, ZONE, label_map),
+            workdir=workdir,
+            core=cores.load,
+            ready=lambda: _stub_resolver.answers(resolver_port),
+            what="answering",
+        )
+    )
+    api_port, dns_port = free_port("certok api"), free_port("certok dns")
+    env = growth_env(workdir / "data", filler.database_url, api_port, dns_port, resolver_port)
+    return processes.add(
+        certok_serve(env, workdir=workdir / "certok", core=cores.server, timeout=STARTUP_TIMEOUT)
+    )
 
 
 def growth_env(
@@ -751,6 +757,7 @@ def kept_filler(workdir: Path) -> tuple[str, Filler | None]:
     kept = json.loads(state.read_text())
     filler = Filler(
         workdir / "data",
+        database_url=kept.get("database_url"),  # None: SQLite in the data dir
         delegations=kept["delegations"],
         orders=kept["orders"],
         labels=kept["labels"],
@@ -762,7 +769,8 @@ def kept_filler(workdir: Path) -> tuple[str, Filler | None]:
 
 def save_filler(workdir: Path, token: str, filler: Filler) -> None:
     state = {"token": token, "delegations": filler.delegations, "orders": filler.orders,
-             "labels": filler.labels, "first_order_id": filler.first_order_id}  # fmt: skip
+             "labels": filler.labels, "first_order_id": filler.first_order_id,
+             "database_url": filler.database_url}  # fmt: skip
     (workdir / FILLER_STATE).write_text(json.dumps(state))
 
 

@@ -85,7 +85,7 @@ class BatchedReads(Generic[K, V]):
         loop = asyncio.get_running_loop()
         batches = self._loops.get(loop)
         if batches is None:
-            batches = self._loops[loop] = _LoopBatches(self, loop)
+            batches = self._loops[loop] = _LoopBatches(self)
         return await batches.get(key)
 
     def _submit(self, job: _Job) -> None:
@@ -150,9 +150,10 @@ def _end_threads(jobs: queue.SimpleQueue[_Job | None], count: int) -> None:
 class _LoopBatches(Generic[K, V]):
     """One event loop's waiting reads and the batches running for them."""
 
-    def __init__(self, owner: BatchedReads[K, V], loop: asyncio.AbstractEventLoop) -> None:
+    # It runs only on its loop, and finds the loop running there: holding it would keep the
+    # owner's entry for the loop (a weak key) alive, and the loop with it, once it is closed.
+    def __init__(self, owner: BatchedReads[K, V]) -> None:
         self._owner = owner
-        self._loop = loop
         self._waiting: list[tuple[K, asyncio.Future[V | None]]] = []
         self._running = 0
         self._scheduled = False
@@ -163,7 +164,7 @@ class _LoopBatches(Generic[K, V]):
         self._late: asyncio.TimerHandle | None = None
 
     async def get(self, key: K) -> V | None:
-        future: asyncio.Future[V | None] = self._loop.create_future()
+        future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((key, future))
         self._start_soon()
         return await future
@@ -174,9 +175,11 @@ class _LoopBatches(Generic[K, V]):
             return
         if self._may_start():
             self._scheduled = True
-            self._loop.call_soon(self._start)
+            asyncio.get_running_loop().call_soon(self._start)
         elif self._late is None and self._running < self._owner._max_running:
-            self._late = self._loop.call_later(self._owner._alongside_after, self._ran_long)
+            self._late = asyncio.get_running_loop().call_later(
+                self._owner._alongside_after, self._ran_long
+            )
 
     def _may_start(self) -> bool:
         owner = self._owner
@@ -195,6 +198,7 @@ class _LoopBatches(Generic[K, V]):
     def _start(self) -> None:
         self._scheduled = False
         owner = self._owner
+        loop = asyncio.get_running_loop()
         started = False
         while self._waiting and self._may_start():
             batch = self._waiting[: owner._max_batch]
@@ -208,7 +212,7 @@ class _LoopBatches(Generic[K, V]):
             keys = list(dict.fromkeys(key for key, _ in batch))
             answer = functools.partial(self._answer, batch)
             try:
-                owner._submit((owner._read, keys, self._loop, answer))
+                owner._submit((owner._read, keys, loop, answer))
             except Exception as error:  # no thread to read it: its callers meet why
                 answer({}, error)
         if (started or not self._waiting) and self._late is not None:

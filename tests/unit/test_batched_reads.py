@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -342,6 +343,19 @@ def test_each_event_loop_gathers_its_own_reads() -> None:
     for key in (2, 3):  # asyncio.run makes a new loop each time
         assert asyncio.run(reads.get(key)) == key * key
     assert reader.batches == [[2], [3]]
+
+
+def test_a_closed_event_loop_is_not_kept_alive_by_it() -> None:
+    # Each of a test's clients runs a loop of its own: a server's reads must not hold on to
+    # every loop that ever asked, nor to what their callbacks hold.
+    reads = BatchedReads(Reader())
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(reads.get(4)) == 16
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
 
 
 def test_limits_below_one_are_refused() -> None:
