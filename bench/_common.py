@@ -102,24 +102,26 @@ def group_cpu_seconds(pgid: int) -> float:
     The benchmarks start each server in its own session (tests.rig.process), so its group holds
     exactly that server and the helpers it forked (NSD serves from a child process).
     """
-    return processes_cpu_seconds(lambda _name, fields: int(fields[2]) == pgid)  # field 5: pgrp
+    return processes_cpu_seconds(lambda _name, fields: int(fields[2]) == pgid) or 0.0  # pgrp
 
 
-def named_cpu_seconds(name: str) -> float:
+def named_cpu_seconds(name: str) -> float | None:
     """User+system CPU seconds of every live process whose command is `name` (a server this
-    machine runs, such as PostgreSQL's backends)."""
+    machine runs, such as PostgreSQL's backends); None when no such process runs here (the
+    kernel keeps the first 15 characters of a command)."""
     return processes_cpu_seconds(lambda command, _fields: command == name)
 
 
-def processes_cpu_seconds(wanted: Callable[[str, list[str]], bool]) -> float:
+def processes_cpu_seconds(wanted: Callable[[str, list[str]], bool]) -> float | None:
     """User+system CPU seconds of every live process for which `wanted(command name, the stat
-    fields after it)` holds."""
-    total = 0
+    fields after it)` holds; None when none does."""
+    total, matched = 0, False
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as handle:
+            # A command name is any bytes its program chose.
+            with open(f"/proc/{entry}/stat", errors="replace") as handle:
                 stat = handle.read()
         except OSError:
             continue  # exited while we looked
@@ -127,8 +129,9 @@ def processes_cpu_seconds(wanted: Callable[[str, list[str]], bool]) -> float:
         command = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         if wanted(command, fields):
+            matched = True
             total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / _CLOCK_TICKS
+    return total / _CLOCK_TICKS if matched else None
 
 
 class CpuMeter:

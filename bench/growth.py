@@ -450,7 +450,7 @@ def measure_stage(
     cores: Cores,
 ) -> None:  # fmt: skip
     with Processes() as processes:
-        certok = serve_filled(processes, filler, workdir, cores)
+        certok = serve_filled(processes, filler, workdir, cores, purge=not args.keep)
         dns_port = int(certok.env["CERTOK_DNS_PORT"])
         first_name = delegated_name(0)
         started = time.monotonic()
@@ -504,10 +504,15 @@ def measure_stage(
     stage.database_mib = database_mib(workdir / "data", filler.database_url)
 
 
-def serve_filled(processes: Processes, filler: Filler, workdir: Path, cores: Cores) -> CertokServer:
+def serve_filled(
+    processes: Processes, filler: Filler, workdir: Path, cores: Cores, *, purge: bool
+) -> CertokServer:
     """`certok serve` on `filler`'s database, pinned to the server's core and not started yet,
     with a stand-in resolver on the load core (running) that answers each delegated name's
-    `_acme-challenge` CNAME with its label."""
+    `_acme-challenge` CNAME with its label. `purge`: whether certok's purge of old orders
+    runs, as it does in production; off for a database kept between runs (`--keep`), whose
+    orders, finished when it was filled, the purge deletes once they are older than
+    `order_retention_hours`, under the measurement and for every later run."""
     label_map = workdir / "labels.json"
     label_map.write_text(json.dumps(filler.labels))
     resolver_port = free_port("delegation resolver")
@@ -523,6 +528,8 @@ def serve_filled(processes: Processes, filler: Filler, workdir: Path, cores: Cor
     )
     api_port, dns_port = free_port("certok api"), free_port("certok dns")
     env = growth_env(workdir / "data", filler.database_url, api_port, dns_port, resolver_port)
+    if not purge:
+        env["CERTOK_PURGE_INTERVAL_SECONDS"] = "0"
     return processes.add(
         certok_serve(env, workdir=workdir / "certok", core=cores.server, timeout=STARTUP_TIMEOUT)
     )

@@ -11,11 +11,14 @@ database and one running `certok serve`, alternated round after round:
   costs what any cached poll costs, whatever the size;
 - `GET /v1/cert/apply?code=<random stored code>` (growth.py's wrk script): with more stored
   codes than the cache holds, almost every poll reads its code from the database.
-Each round gives the random polls' rate over the cached polls' rate measured seconds before;
-the median of the rounds is the figure. Per run it also reports the server's CPU per request,
-the database server's (PostgreSQL processes on this machine), and how busy the server's and
-the load generator's cores were: a server core less than fully busy is waiting for the
-database, not working.
+Both are first polled until their rate stops rising (a kept database starts with its pages
+out of memory). Each round gives the random polls' rate over the cached polls' rate measured
+seconds apart, each kind going first every other round; the median of the rounds is the
+figure. A run with any error answer stops the script: it would not measure the read. Per
+run it also reports the server's CPU per request, the database server's (the PostgreSQL
+processes on this machine, other clients' included), and how busy the server's and the load
+generator's cores were: a server core less than fully busy is waiting for the database, not
+working. certok's purge of old orders is off (the filled orders are finished when filled).
 
 The database is filled as growth.py fills it (`Filler`: issued orders behind codes, rows
 inserted directly). `--keep DIR` fills it once and reuses it in later runs (SQLite in DIR; on
@@ -28,6 +31,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from _common import (
     clean_environment,
     describe_machine,
     finish,
+    group_cpu_seconds,
     invocation,
     named_cpu_seconds,
     require_tools,
@@ -51,59 +56,90 @@ from _wrk import WrkResult, run_wrk
 from growth import (
     TOKEN_HEADER,
     Filler,
+    check_answers,
+    delegated_name,
     kept_filler,
     new_filler,
     random_code_script,
     save_filler,
     serve_filled,
+    stored_code,
 )
 from issuance_throughput import drop_postgres_database, fresh_postgres_database
 
 BENCH = "miss_cost"
 WARMUP_SECONDS = 2.0
+# Warm once a run is no more than this much faster than the one before (at most WARMUP_RUNS).
+WARM_WITHIN = 1.05
+WARMUP_RUNS = 30
 _KINDS = ("cached", "random")
 
 
 @dataclass
 class Run:
-    """One wrk run, with what the machine's processes spent meanwhile."""
+    """One wrk run, with what the server, PostgreSQL and the two cores spent meanwhile."""
 
     result: WrkResult
-    database_us: float | None  # PostgreSQL processes' CPU per request
-    core_busy: list[float]  # per CPU, percent
+    server_us: float  # certok's CPU per request
+    database_us: float | None  # PostgreSQL processes' CPU per request (None: not measured)
+    server_core_busy: float | None  # percent (None: nothing pinned)
+    load_core_busy: float | None
 
 
 @dataclass
 class Rounds:
+    """Each kind of poll's runs, round by round."""
+
     runs: dict[str, list[Run]] = field(default_factory=lambda: {kind: [] for kind in _KINDS})
 
 
-def cpu_times() -> list[tuple[int, int]]:
-    """(all ticks, idle ticks) per CPU, from /proc/stat."""
-    times = []
+def idle_ticks() -> dict[int, tuple[int, int]]:
+    """(all ticks, idle ticks) by CPU number, from /proc/stat."""
+    times = {}
     with open("/proc/stat") as handle:
         for line in handle:
             if line.startswith("cpu") and line[3].isdigit():
-                ticks = [int(value) for value in line.split()[1:]]
-                times.append((sum(ticks), ticks[3] + ticks[4]))  # idle + iowait
+                name, *values = line.split()
+                # user nice system idle iowait irq softirq steal (guest time is in user's)
+                ticks = [int(value) for value in values[:8]]
+                times[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])
     return times
+
+
+def busy_percent(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int | None
+) -> float | None:
+    if core is None or core not in before or core not in after:
+        return None
+    (total_before, idle_before), (total_after, idle_after) = before[core], after[core]
+    return 100.0 * (1 - (idle_after - idle_before) / max(1, total_after - total_before))
 
 
 def measured_run(
     url: str, args: argparse.Namespace, cores: Cores, headers: tuple[str, ...],
     script: Path | None, server_pgid: int,
 ) -> Run:  # fmt: skip
-    database_before, cores_before = named_cpu_seconds("postgres"), cpu_times()
+    database_before = named_cpu_seconds("postgres") if args.postgres else None
+    server_before, ticks_before = group_cpu_seconds(server_pgid), idle_ticks()
     result = run_wrk(url, seconds=args.duration, connections=args.connections, core=cores.load,
                      headers=headers, script=script, server_pgid=server_pgid)  # fmt: skip
-    database_seconds = named_cpu_seconds("postgres") - database_before
-    busy = [
-        100.0 * (1 - (after[1] - before[1]) / max(1, after[0] - before[0]))
-        for before, after in zip(cores_before, cpu_times(), strict=True)
-    ]
-    requests = result.requests
-    database_us = 1e6 * database_seconds / requests if args.postgres and requests else None
-    return Run(result, database_us, busy)
+    server_seconds, ticks_after = group_cpu_seconds(server_pgid) - server_before, idle_ticks()
+    database_after = named_cpu_seconds("postgres") if args.postgres else None
+    if not result.clean or not result.requests:
+        raise SystemExit(
+            f"{BENCH}: {url} answered {result.non_2xx} of {result.requests} requests with an "
+            f"error and had {result.socket_errors} socket errors: not measuring that"
+        )
+    database_us = None
+    if database_before is not None and database_after is not None:
+        database_us = 1e6 * (database_after - database_before) / result.requests
+    return Run(
+        result,
+        server_us=1e6 * server_seconds / result.requests,
+        database_us=database_us,
+        server_core_busy=busy_percent(ticks_before, ticks_after, cores.server),
+        load_core_busy=busy_percent(ticks_before, ticks_after, cores.load),
+    )
 
 
 def measure(filler: Filler, token: str, workdir: Path, args: argparse.Namespace) -> Rounds:
@@ -111,39 +147,61 @@ def measure(filler: Filler, token: str, workdir: Path, args: argparse.Namespace)
     print(f"{BENCH}: {cores.describe()}", flush=True)
     rounds = Rounds()
     with Processes() as processes:
-        certok = serve_filled(processes, filler, workdir, cores)
+        # No purge: a kept database's orders were finished when it was filled.
+        certok = serve_filled(processes, filler, workdir, cores, purge=False)
         certok.start()
         assert certok.pid is not None
-        script = random_code_script(workdir / "apply.lua", filler.first_order_id or 1,
-                                    filler.orders)  # fmt: skip
+        first = filler.first_order_id or 1
+        newest, oldest = stored_code(first + filler.orders - 1), stored_code(first)
+        for code in (newest, oldest):
+            check_answers(certok.base_url, token, code, delegated_name(0))
+        script = random_code_script(workdir / "apply.lua", first, filler.orders)
         targets = {
-            "cached": (f"{certok.base_url}/v1/cert/apply?code={filler.codes()[-1]}", None),
+            "cached": (f"{certok.base_url}/v1/cert/apply?code={newest}", None),
             "random": (certok.base_url + "/", script),
         }
         headers = (f"{TOKEN_HEADER}: {token}",)
-        for url, lua in targets.values():
-            run_wrk(url, seconds=WARMUP_SECONDS, connections=args.connections, core=cores.load,
-                    headers=headers, script=lua)  # fmt: skip
+        for kind, (url, lua) in targets.items():
+            warm_up(kind, url, lua, args, cores, headers)
         for number in range(1, args.rounds + 1):
-            for kind, (url, lua) in targets.items():
+            # Each kind goes first every other round: a steady drift favours neither.
+            kinds = list(targets) if number % 2 else list(reversed(targets))
+            for kind in kinds:
+                url, lua = targets[kind]
                 run = measured_run(url, args, cores, headers, lua, certok.pid)
                 rounds.runs[kind].append(run)
                 print(f"{BENCH}: round {number}, {kind}: {describe(run)}", flush=True)
     return rounds
 
 
+def warm_up(
+    kind: str, url: str, script: Path | None, args: argparse.Namespace, cores: Cores,
+    headers: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Poll until the rate stops rising: a database kept from an earlier run starts with its
+    pages out of memory (PostgreSQL's buffers and the kernel's cache), and the first random
+    polls measure the disk."""
+    previous = 0.0
+    for _ in range(WARMUP_RUNS):
+        result = run_wrk(url, seconds=WARMUP_SECONDS, connections=args.connections,
+                         core=cores.load, headers=headers, script=script)  # fmt: skip
+        print(f"{BENCH}: warming up, {kind}: {result.rps:,.0f} req/s", flush=True)
+        if result.rps <= previous * WARM_WITHIN:
+            return
+        previous = result.rps
+    print(f"{BENCH}: {kind} still getting faster after {WARMUP_RUNS} warm-up runs", flush=True)
+
+
 def describe(run: Run) -> str:
-    result = run.result
-    text = f"{result.rps:,.0f} req/s, server {server_us(result):.0f} µs/request"
+    text = f"{run.result.rps:,.0f} req/s, server {run.server_us:.0f} µs/request"
     if run.database_us is not None:
         text += f", PostgreSQL {run.database_us:.0f} µs/request"
-    busy = " ".join(f"{percent:.0f}%" for percent in run.core_busy)
-    return f"{text}; cores busy {busy}"
-
-
-def server_us(result: WrkResult) -> float:
-    per_cpu_second = result.per_cpu_second
-    return 1e6 / per_cpu_second if per_cpu_second else float("nan")
+    if run.server_core_busy is not None and run.load_core_busy is not None:
+        text += (
+            f"; server's core {run.server_core_busy:.0f}% busy, load generator's "
+            f"{run.load_core_busy:.0f}%"
+        )
+    return text
 
 
 def build_report(rounds: Rounds, orders: int) -> Report:
@@ -152,7 +210,7 @@ def build_report(rounds: Rounds, orders: int) -> Report:
     ratios = [r.result.rps / c.result.rps for c, r in zip(cached, random, strict=True)]
     for kind, runs in rounds.runs.items():
         rates = [run.result.rps for run in runs]
-        costs = [server_us(run.result) for run in runs]
+        costs = [run.server_us for run in runs]
         database = [run.database_us for run in runs if run.database_us is not None]
         note = (
             f"{len(runs)} runs, req/s {min(rates):,.0f}-{max(rates):,.0f}; server CPU "
@@ -160,13 +218,14 @@ def build_report(rounds: Rounds, orders: int) -> Report:
         )
         if database:
             note += f", PostgreSQL {statistics.median(database):.0f} µs/request"
+        server_cpu = [run.result.cpu_percent for run in runs if run.result.cpu_percent is not None]
         report.measurements.append(
             Measurement(
                 BENCH,
                 f"{orders:,} orders: GET /v1/cert/apply, {kind} (median of rounds)",
                 rate=statistics.median(rates),
                 rate_unit="req/s",
-                cpu_percent=statistics.median(run.result.cpu_percent or 0.0 for run in runs),
+                cpu_percent=statistics.median(server_cpu) if server_cpu else None,
                 note=note,
             )
         )
@@ -189,14 +248,17 @@ def run(args: argparse.Namespace) -> Report:
     with ExitStack() as cleanup:
         workdir = args.keep or Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
         token, filler = kept_filler(workdir) if args.keep else ("", None)
-        # A fresh PostgreSQL database (a million orders' holds gigabytes) is dropped at the end
+        # A fresh PostgreSQL database (a million orders' holds gigabytes) is dropped at the end,
         # unless `--keep` saved it for later runs.
-        kept = {"saved": False}
+        fresh = ExitStack()
+        cleanup.enter_context(fresh)
         if filler is None:
             database_url = None
             if args.postgres:
-                database_url = fresh_postgres_database(args.postgres, "miss_cost")
-                cleanup.callback(drop_unless_saved, args.postgres, database_url, kept)
+                # A kept one's name must not be another run's: each run drops its own first.
+                suffix = f"miss_cost_kept_{uuid.uuid4().hex[:8]}" if args.keep else "miss_cost"
+                database_url = fresh_postgres_database(args.postgres, suffix)
+                fresh.callback(drop_postgres_database, args.postgres, database_url)
             token, filler = new_filler(workdir, database_url)
         elif bool(filler.database_url) != bool(args.postgres):
             raise SystemExit(f"{workdir} holds a database of the other kind: remove it to refill")
@@ -206,16 +268,11 @@ def run(args: argparse.Namespace) -> Report:
             print(f"{BENCH}: filled in {seconds:.0f} s", flush=True)
         if args.keep:
             save_filler(workdir, token, filler)
-            kept["saved"] = True
+            fresh.pop_all()
         rounds = measure(filler, token, workdir, args)
     report = build_report(rounds, filler.orders)
     report.commands.insert(0, invocation(__file__))
     return report
-
-
-def drop_unless_saved(server_url: str, database_url: str, kept: dict[str, bool]) -> None:
-    if not kept["saved"]:
-        drop_postgres_database(server_url, database_url)
 
 
 def main() -> None:

@@ -85,6 +85,10 @@ class BatchedReads(Generic[K, V]):
         loop = asyncio.get_running_loop()
         batches = self._loops.get(loop)
         if batches is None:
+            # A loop closed with reads still waiting is held by their futures and timer: its
+            # entry goes once another loop asks (its first read only).
+            for closed in [known for known in self._loops if known.is_closed()]:
+                del self._loops[closed]
             batches = self._loops[loop] = _LoopBatches(self)
         return await batches.get(key)
 
