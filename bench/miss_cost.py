@@ -31,6 +31,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class Run:
 
     result: WrkResult
     server_us: float  # certok's CPU per request
+    server_percent: float  # certok's CPU over the run, percent of one core
     database_us: float | None  # PostgreSQL processes' CPU per request (None: not measured)
     server_core_busy: float | None  # percent (None: nothing pinned)
     load_core_busy: float | None
@@ -121,8 +123,10 @@ def measured_run(
 ) -> Run:  # fmt: skip
     database_before = named_cpu_seconds("postgres") if args.postgres else None
     server_before, ticks_before = group_cpu_seconds(server_pgid), idle_ticks()
+    started = time.monotonic()
     result = run_wrk(url, seconds=args.duration, connections=args.connections, core=cores.load,
-                     headers=headers, script=script, server_pgid=server_pgid)  # fmt: skip
+                     headers=headers, script=script)  # fmt: skip
+    wall = time.monotonic() - started
     server_seconds, ticks_after = group_cpu_seconds(server_pgid) - server_before, idle_ticks()
     database_after = named_cpu_seconds("postgres") if args.postgres else None
     if not result.clean or not result.requests:
@@ -136,6 +140,7 @@ def measured_run(
     return Run(
         result,
         server_us=1e6 * server_seconds / result.requests,
+        server_percent=100.0 * server_seconds / wall,
         database_us=database_us,
         server_core_busy=busy_percent(ticks_before, ticks_after, cores.server),
         load_core_busy=busy_percent(ticks_before, ticks_after, cores.load),
@@ -218,14 +223,13 @@ def build_report(rounds: Rounds, orders: int) -> Report:
         )
         if database:
             note += f", PostgreSQL {statistics.median(database):.0f} µs/request"
-        server_cpu = [run.result.cpu_percent for run in runs if run.result.cpu_percent is not None]
         report.measurements.append(
             Measurement(
                 BENCH,
                 f"{orders:,} orders: GET /v1/cert/apply, {kind} (median of rounds)",
                 rate=statistics.median(rates),
                 rate_unit="req/s",
-                cpu_percent=statistics.median(server_cpu) if server_cpu else None,
+                cpu_percent=statistics.median(run.server_percent for run in runs),
                 note=note,
             )
         )
