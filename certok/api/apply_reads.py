@@ -1,10 +1,11 @@
 """apply's reads of stored codes, gathered across concurrent polls (`certok.api.batched_reads`).
 
 A poll that the process's cache of issued answers cannot answer reads its code and the code's
-order. The fast path (`certok.api.fastpath`) asks here first: an issued order's answer is
-rendered in the reading thread and served at once; anything else goes down the full route
-with the code's row attached to the request (`prefetched`), so the route does not read it
-again.
+order: on PostgreSQL sent from the event loop itself (`certok.db.loop_reads`); on SQLite, or
+while the loop has no connection free, on a reader thread. The fast path
+(`certok.api.fastpath`) asks here first: an issued order's answer is rendered where the rows
+arrive and served at once; anything else goes down the full route with the code's row
+attached to the request (`prefetched`), so the route does not read it again.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import Scope
 
-from certok.api.batched_reads import BatchedReads
+from certok.api.batched_reads import Answer, BatchedReads
 from certok.api.order_answers import encoded_issued_data, encoded_issued_row
 from certok.crypto import SecretBox
-from certok.db.engine import APPLY_READ_THREADS
+from certok.db.engine import APPLY_READ_THREADS, opened
 from certok.db.held_reads import HeldReads
 from certok.order_states import ISSUED
-from certok.orders.code_reads import CodeRead, code_read, read_code_rows
+from certok.orders.code_reads import (
+    CodeRead,
+    code_read,
+    code_rows_on_loop,
+    read_code_rows,
+    start_code_rows,
+)
 from certok.orders.service import issued_key_pem, view_of_row
 
 # Where the fast path leaves what it read for the full route, in the request's state.
@@ -39,8 +46,13 @@ class ApplyReads:
 
     def __init__(self, sessions: sessionmaker[Session], box: SecretBox) -> None:
         self._box = box
+        # On PostgreSQL a batch is sent from the event loop (certok.db.loop_reads); on a
+        # thread when it cannot be (SQLite, or no loop connection free or open yet).
+        self._on_loop = code_rows_on_loop(opened(sessions), most=APPLY_READ_THREADS)
         self._batches: BatchedReads[tuple[int, str], CodeAnswer] = BatchedReads(
-            self._read, max_running=APPLY_READ_THREADS
+            self._read,
+            max_running=APPLY_READ_THREADS,
+            start_read=None if self._on_loop is None else self._start_on_loop,
         )
         # One kept connection per batch that may run at once (certok.db.held_reads).
         self._connections = HeldReads(sessions, most=APPLY_READ_THREADS)
@@ -52,6 +64,20 @@ class ApplyReads:
         with self._connections.connection() as connection:
             rows = read_code_rows(connection, wanted)
         return {(row.tenant_id, row.code): self._answer(row) for row in rows}
+
+    def _start_on_loop(self, wanted: Sequence[tuple[int, str]], answer: Answer) -> bool:
+        assert self._on_loop is not None
+
+        def answered(rows: list[Any] | None, error: BaseException | None) -> None:
+            found: dict[tuple[int, str], CodeAnswer] = {}
+            if rows is not None:
+                try:
+                    found = {(row.tenant_id, row.code): self._answer(row) for row in rows}
+                except Exception as unanswerable:
+                    error = unanswerable
+            answer(found, error)
+
+        return start_code_rows(self._on_loop, wanted, answered)
 
     def _answer(self, row: Any) -> CodeAnswer:
         # An issued code is answered from its row: no view, no datetimes (`encoded_issued_row`).

@@ -9,6 +9,8 @@ fewer than `max_running` run, as soon as enough reads wait to make a batch along
 are held up: while one is stuck, a poll waits that long more); and when a running one ends,
 whichever comes first.
 
+A batch may instead be sent from the loop itself (`start_read`: PostgreSQL's reads through
+libpq, `certok.db.loop_reads`), without a thread; whatever it declines goes to a thread.
 The batches run on threads of their own, not the event loop's default executor: that one
 also runs slow blocking work (DNS checks of delegations, say), and a poll must not queue
 behind it. Nor an executor of their own: a batch's trip to a thread and back is what a poll
@@ -59,12 +61,15 @@ class BatchedReads(Generic[K, V]):
         max_running: int = DEFAULT_MAX_RUNNING,
         alongside_from: int = DEFAULT_ALONGSIDE_FROM,
         alongside_after: float = DEFAULT_ALONGSIDE_AFTER,
+        start_read: StartRead[K, V] | None = None,
     ) -> None:
         if max_batch < 1 or max_running < 1 or alongside_from < 1:
             raise ValueError("max_batch, max_running and alongside_from must be at least 1")
         if alongside_after < 0:
             raise ValueError("alongside_after must be 0 or more")
         self._read = read
+        # Sends a batch's read from the loop, to answer later; False: read it on a thread.
+        self._start_read = start_read
         self._max_batch = max_batch
         self._max_running = max_running
         self._alongside_from = alongside_from
@@ -113,11 +118,16 @@ class BatchedReads(Generic[K, V]):
         self._jobs.put(job)
 
 
+# What takes a batch's result: what was found for its keys, or the error the read raised.
+Answer = Callable[[Mapping[Any, Any], BaseException | None], None]
+# start_read(keys, answer): sends the read of `keys` from the running loop and returns True,
+# `answer` to be called there once; or returns False at once, and never calls `answer`.
+StartRead = Callable[[Sequence[K], Callable[[Mapping[K, V], BaseException | None], None]], bool]
+
 # A batch for a thread: the read, its keys, the loop and what there takes the read's result
 # (or the error it raised).
-_Answer = Callable[[Mapping[Any, Any], BaseException | None], None]
 _Job = tuple[
-    Callable[[Sequence[Any]], Mapping[Any, Any]], Sequence[Any], asyncio.AbstractEventLoop, _Answer
+    Callable[[Sequence[Any]], Mapping[Any, Any]], Sequence[Any], asyncio.AbstractEventLoop, Answer
 ]
 
 
@@ -131,7 +141,7 @@ def _read_batch(
     read: Callable[[Sequence[Any]], Mapping[Any, Any]],
     keys: Sequence[Any],
     loop: asyncio.AbstractEventLoop,
-    answer: _Answer,
+    answer: Answer,
 ) -> None:
     error: BaseException | None = None
     found: Mapping[Any, Any] = {}
@@ -216,7 +226,8 @@ class _LoopBatches(Generic[K, V]):
             keys = list(dict.fromkeys(key for key, _ in batch))
             answer = functools.partial(self._answer, batch)
             try:
-                owner._submit((owner._read, keys, loop, answer))
+                if owner._start_read is None or not owner._start_read(keys, answer):
+                    owner._submit((owner._read, keys, loop, answer))
             except Exception as error:  # no thread to read it: its callers meet why
                 answer({}, error)
         if (started or not self._waiting) and self._late is not None:
@@ -234,6 +245,8 @@ class _LoopBatches(Generic[K, V]):
         error: BaseException | None,
     ) -> None:
         self._running -= 1
+        if isinstance(error, StopIteration):  # a future cannot take it
+            error = _future_safe(error)
         try:
             for key, future in batch:
                 if not future.done():

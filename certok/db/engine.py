@@ -19,10 +19,13 @@ from certok.errors import ConfigurationError
 # Threads that read stored codes for apply's polls, each one batch at a time
 # (certok/api/apply_reads.py).
 APPLY_READ_THREADS = 4
-# Threads of a process that may hold a database connection at once besides the worker's: the
-# event loop's default executor (asyncio.to_thread: min(32, CPUs + 4)), apply's readers, and
-# a few loops of their own (the claim loop, the order poller, the purger, the zone refresher).
-_OTHER_DATABASE_THREADS = min(32, (os.cpu_count() or 1) + 4) + APPLY_READ_THREADS + 4
+# Connections a process may hold at once besides its worker threads': the event loop's
+# default executor's (asyncio.to_thread: min(32, CPUs + 4)), apply's reader threads' and, on
+# PostgreSQL, as many more that an API process reads through from the event loop itself
+# (certok/db/loop_reads.py), and a few loops' of their own (the claim loop, the order poller,
+# the purger, the zone refresher). A pool opens its connections as they are needed: a
+# process that serves no polls never opens the API's.
+_OTHER_DATABASE_CONNECTIONS = min(32, (os.cpu_count() or 1) + 4) + 2 * APPLY_READ_THREADS + 4
 # PostgreSQL connections opened past the pool's size for a burst, closed again when returned.
 _POSTGRES_OVERFLOW = 10
 # psycopg prepares a statement on a connection once it has run there this many times (its own
@@ -37,8 +40,9 @@ POSTGRES_PREPARE_THRESHOLD = 1
 
 
 def database_threads(worker_threads: int) -> int:
-    """How many threads of one certok process may use the database at the same time."""
-    return worker_threads + _OTHER_DATABASE_THREADS
+    """How many database connections one certok process may use at the same time (its
+    PostgreSQL pool's size)."""
+    return worker_threads + _OTHER_DATABASE_CONNECTIONS
 
 
 def make_engine(url: str, *, threads: int | None = None) -> Engine:

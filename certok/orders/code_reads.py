@@ -11,7 +11,7 @@ poll. The statement runs on the driver's cursor with the driver's values
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -20,6 +20,8 @@ from sqlalchemy import Connection, bindparam, case, select
 
 from certok.crypto import SecretBox
 from certok.db.cursor_statements import CursorStatement
+from certok.db.engine import SessionFactory
+from certok.db.loop_reads import LoopReads, on_loop_reads_supported
 from certok.db.models import Certificate, Order, VerificationCode
 from certok.db.models.base import stored_utc, untyped
 from certok.db.models.tenants import CODE_READ_INDEX
@@ -99,10 +101,43 @@ def read_code_rows(connection: Connection, wanted: Sequence[tuple[int, str]]) ->
     for a caller that answers an issued code from its row alone."""
     if not wanted:
         return []
+    asking = _tenants_by_code(wanted)
+    return _theirs(_READ_CODES.rows(connection, {"b_codes": list(asking)}), asking)
+
+
+def code_rows_on_loop(factory: SessionFactory, *, most: int) -> LoopReads | None:
+    """What `start_code_rows` reads with, on a database that takes reads from the event loop
+    (`certok.db.loop_reads`: PostgreSQL); None on any other."""
+    if not on_loop_reads_supported(factory):
+        return None
+    return LoopReads(factory, _CODES_AND_ORDERS, most=most)
+
+
+def start_code_rows(
+    reads: LoopReads,
+    wanted: Sequence[tuple[int, str]],
+    done: Callable[[list[Any] | None, BaseException | None], None],
+) -> bool:
+    """`read_code_rows` sent from the running event loop: `done` is called there with the
+    rows (the driver's values, as `read_code_rows` gives them) or the error. False: it could
+    not be sent now (`LoopReads.start`), and `done` is never called."""
+    asking = _tenants_by_code(wanted)
+
+    def theirs(rows: Sequence[Any] | None, error: BaseException | None) -> None:
+        done(None if rows is None else _theirs(rows, asking), error)
+
+    return reads.start(list(asking), theirs)
+
+
+def _tenants_by_code(wanted: Sequence[tuple[int, str]]) -> dict[str, set[int]]:
     asking: dict[str, set[int]] = {}
     for tenant_id, code in wanted:
         asking.setdefault(code, set()).add(tenant_id)
-    rows = _READ_CODES.rows(connection, {"b_codes": list(asking)})
+    return asking
+
+
+def _theirs(rows: Sequence[Any], asking: dict[str, set[int]]) -> list[Any]:
+    # A stored code is answered only to the tenant it belongs to.
     return [row for row in rows if row.tenant_id in asking.get(row.code, ())]
 
 

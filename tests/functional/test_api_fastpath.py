@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,6 +221,35 @@ def test_a_poll_reads_its_code_once(store: Store, cached_api: CachedApi) -> None
         assert cached_api.poll().json()["data"] == {"status": "pending"}
     assert len(reads) == 1
     assert len(cached_api.full_route) == before + 2
+
+
+def test_on_postgresql_an_uncached_poll_is_read_from_the_event_loop(
+    store: Store, cached_api: CachedApi
+) -> None:
+    """certok/db/loop_reads.py: once the loop has a connection of its own, a poll the cache
+    misses is read from the loop itself (its statement has no cursor), with the same answer."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("reads from the event loop are PostgreSQL's")
+    services = cached_api.services
+    services.tokens.discard(token_key(cached_api.token))
+    full = cached_api.poll()  # the full route's answer
+    cursors: list[Any] = []
+
+    def note(_conn, cursor, statement: str, *_args: Any) -> None:  # type: ignore[no-untyped-def]
+        if "verification_codes" in statement:
+            cursors.append(cursor)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        deadline = time.monotonic() + 10
+        while None not in cursors:
+            assert time.monotonic() < deadline, "no poll was read from the loop"
+            services.issued.discard((cached_api.tenant_id, cached_api.code))
+            answer = cached_api.poll()
+            assert _without_trace(answer.text) == _without_trace(full.text)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+    assert cursors[0] is not None  # the first, before the loop had a connection: on a thread
 
 
 def test_another_tenants_code_is_not_found_and_its_key_stays_sealed(

@@ -420,3 +420,64 @@ def test_its_threads_end_once_it_is_gone() -> None:
         if not any(thread.is_alive() for thread in started):
             break
     assert not any(thread.is_alive() for thread in started)
+
+
+class LoopStarter:
+    """A `start_read` that answers on the loop's next turn, from the loop's own thread, with
+    squares (as Reader); it declines the batches `decline` says to."""
+
+    def __init__(self, decline: Callable[[Sequence[int]], bool] = lambda keys: False) -> None:
+        self.sent: list[list[int]] = []
+        self.threads: set[int] = set()
+        self.decline = decline
+        self.error: BaseException | None = None
+
+    def __call__(
+        self, keys: Sequence[int], answer: Callable[[Mapping[int, int], Any], None]
+    ) -> bool:
+        if self.decline(keys):
+            return False
+        self.sent.append(list(keys))
+        self.threads.add(threading.get_ident())
+        found = {key: key * key for key in keys if key != 13}
+        asyncio.get_running_loop().call_soon(answer, {} if self.error else found, self.error)
+        return True
+
+
+def test_a_batch_sent_from_the_loop_is_read_there_and_not_on_a_thread() -> None:
+    reader, starter = Reader(), LoopStarter()
+    reads = BatchedReads(reader, start_read=starter)
+
+    async def run() -> list[int | None]:
+        return await asyncio.gather(*(reads.get(key) for key in (1, 2, 13, 2)))
+
+    assert asyncio.run(run()) == [1, 4, None, 4]
+    assert starter.sent == [[1, 2, 13]] and reader.batches == []
+    assert starter.threads == {threading.get_ident()}  # asyncio.run's loop runs here
+
+
+def test_a_batch_the_loop_declines_is_read_on_a_thread() -> None:
+    reader, starter = Reader(), LoopStarter(decline=lambda keys: 3 in keys)
+    reads = BatchedReads(reader, max_batch=2, max_running=1, start_read=starter)
+
+    async def run() -> list[int | None]:
+        return await asyncio.gather(*(reads.get(key) for key in range(6)))
+
+    assert asyncio.run(run()) == [key * key for key in range(6)]
+    assert starter.sent == [[0, 1], [4, 5]] and reader.batches == [[2, 3]]
+
+
+def test_a_batch_sent_from_the_loop_that_fails_fails_its_callers() -> None:
+    starter = LoopStarter()
+    starter.error = StopIteration("a future cannot take this")
+    reads = BatchedReads(Reader(), start_read=starter)
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(reads.get(1), reads.get(2), return_exceptions=True)
+
+    failures = asyncio.run(run())
+    assert all(isinstance(failure, RuntimeError) for failure in failures)
+    assert all("StopIteration" in str(failure) for failure in failures)
+    starter.error = ConnectionError("the database went away")
+    again = asyncio.run(run())
+    assert all(isinstance(failure, ConnectionError) for failure in again)
