@@ -63,7 +63,7 @@ class ApplyReads:
     def _read(self, wanted: Sequence[tuple[int, str]]) -> dict[tuple[int, str], CodeAnswer]:
         with self._connections.connection() as connection:
             rows = read_code_rows(connection, wanted)
-        return {(row.tenant_id, row.code): self._answer(row) for row in rows}
+        return self._answers(rows)
 
     def _start_on_loop(self, wanted: Sequence[tuple[int, str]], answer: Answer) -> bool:
         assert self._on_loop is not None
@@ -72,12 +72,15 @@ class ApplyReads:
             found: dict[tuple[int, str], CodeAnswer] = {}
             if rows is not None:
                 try:
-                    found = {(row.tenant_id, row.code): self._answer(row) for row in rows}
+                    found = self._answers(rows)
                 except Exception as unanswerable:
                     error = unanswerable
             answer(found, error)
 
         return start_code_rows(self._on_loop, wanted, answered)
+
+    def _answers(self, rows: list[Any]) -> dict[tuple[int, str], CodeAnswer]:
+        return {(row.tenant_id, row.code): self._answer(row) for row in rows}
 
     def _answer(self, row: Any) -> CodeAnswer:
         # An issued code is answered from its row: no view, no datetimes (`encoded_issued_row`).

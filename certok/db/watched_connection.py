@@ -97,8 +97,8 @@ class WatchedConnection:
     def send(self, sql: bytes, name: bytes, values: list[bytes], done: Done) -> None:
         """Send the read (`sql`: the statement for as many values, prepared as `name`);
         `done` is taken only once it is sent (a failure raises, and never calls it)."""
+        self._values = values  # kept for the read itself, sent once its statement is prepared
         # One prepared statement per number of values, unless the connection prepares none.
-        self._values = values
         if not self._prepares:
             self._pgconn.send_query_params(sql, values)
         elif name in self._prepared:
@@ -115,16 +115,12 @@ class WatchedConnection:
     def _flush(self) -> None:
         # A statement this short goes in one write; anything left is sent once writable.
         if self._pgconn.flush():
-            loop = self._loop()
-            if loop is not None:
-                loop.add_writer(self._socket, self._writable)
+            asyncio.get_running_loop().add_writer(self._socket, self._writable)
 
     def _writable(self) -> None:
         try:
             if not self._pgconn.flush():
-                loop = self._loop()
-                if loop is not None:
-                    loop.remove_writer(self._socket)
+                asyncio.get_running_loop().remove_writer(self._socket)
         except Exception as error:
             self._fail(error)
 
