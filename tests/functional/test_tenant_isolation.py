@@ -139,6 +139,10 @@ def open_world(tmp_path: Path, pebble: PebbleInstance) -> Iterator[World]:
             # lookups from the test client's one address: the per-address limit on those
             # (120 a minute by default) would answer 429 after a few dozen runs.
             rate_limit_unverified_tokens_per_minute=0,
+            # A run may upload more than 10 nginx configurations for one tenant within a
+            # minute (agent_preparse is one of the machine's rules): the per-tenant limit on
+            # them is not what this test checks, and answered 429 on such a run.
+            agent_preparse_per_minute=0,
             issuers={
                 "pebble": IssuerSettings(
                     directory=pebble.directory_url, ca_bundle=Path(pebble.ca_bundle)
